@@ -1,0 +1,47 @@
+"""Ingest settings (sections of :class:`ioc.settings.Settings`)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MqttConfig(BaseModel):
+    """How an ingest worker holds its MQTT session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str = Field(
+        default_factory=lambda: f"ioc-ingest-{socket.gethostname()}",
+        description="Stable per worker: a restarted worker resumes its persistent session under this id.")
+    share_group: str | None = Field(
+        "ioc-ingest", description="Shared-subscription group; workers in one group split the load. None = plain.")
+    session_expiry_s: int = Field(
+        7 * 24 * 3600, ge=0, description="How long the broker keeps the session (and queued messages) offline.")
+    keepalive_s: int = Field(30, ge=5, le=600)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    username: str | None = None
+    password: str | None = None
+
+
+class IngestConfig(BaseModel):
+    """Batching and flow control of the DB writer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_max_messages: int = Field(2000, ge=1, description="Flush a batch at this many messages...")
+    batch_max_delay_ms: int = Field(50, ge=1, description="...or when its oldest message is this old.")
+    max_pending_messages: int = Field(
+        20000, ge=1, description="Unacknowledged messages held in memory; reading pauses above this bound.")
+    writers: int = Field(2, ge=1, le=16, description="Batches committed concurrently (acks stay in order).")
+    write_method: Literal["copy", "unnest"] = Field(
+        "copy", description="copy: COPY into a staging table (fast); unnest: array INSERT (no COPY support).")
+    registry_touch_s: float = Field(
+        5.0, ge=0, description="Write a device's last_seen at most this often (state changes write at once).")
+    retry_min_s: float = Field(0.2, gt=0)
+    retry_max_s: float = Field(5.0, gt=0)
+    quarantine_payload_bytes: int = Field(64 * 1024, ge=256, description="Quarantined payloads are cut here.")
+    metrics_port: int | None = Field(None, description="Serve Prometheus metrics of `ioc ingest` on this port.")

@@ -1,0 +1,70 @@
+"""The device API as constants: topic layout, kinds, channels, limits and the standard metric catalogue.
+
+``docs/device-api.md`` is the prose version of this module; keep them in step.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+TOPIC_PREFIX: Final = "ioc/v1"
+#: Topic filter the ingest workers subscribe to (wrapped in ``$share/<group>/`` for scale-out).
+SUBSCRIPTION: Final = "ioc/v1/#"
+
+KINDS: Final = frozenset({"camera", "bts", "traffic"})
+CHANNELS: Final = frozenset({"telemetry", "status", "event", "snapshot"})
+#: Channels allowed per kind (snapshots are camera-only).
+CHANNELS_BY_KIND: Final = {
+    "camera": frozenset({"telemetry", "status", "event", "snapshot"}),
+    "bts": frozenset({"telemetry", "status", "event"}),
+    "traffic": frozenset({"telemetry", "status", "event"}),
+}
+DEVICE_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+METRIC_NAME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+EVENT_TYPE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+STATES: Final = frozenset({"online", "offline", "degraded"})
+SEVERITIES: Final = frozenset({"critical", "major", "minor", "warning", "info"})
+
+MAX_JSON_BYTES: Final = 256 * 1024
+MAX_SNAPSHOT_BYTES: Final = 4 * 1024 * 1024
+#: A gateway batch may carry at most this many readings.
+MAX_BATCH_ITEMS: Final = 1000
+MAX_METRICS_PER_READING: Final = 256
+MAX_FUTURE_SECONDS: Final = 300.0
+#: Timestamps before this are refused: usually epoch seconds sent where milliseconds are expected.
+MIN_TS_EPOCH_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+#: Standard metrics per kind: name -> (unit, description). Unknown names are stored too.
+METRICS: Final[dict[str, dict[str, tuple[str, str]]]] = {
+    "traffic": {
+        "flow_veh_h": ("veh/h", "vehicles per hour over the detector, all lanes"),
+        "speed_kmh": ("km/h", "mean spot speed"),
+        "occupancy_pct": ("%", "share of time the detector is occupied"),
+        "queue_len_m": ("m", "estimated queue length upstream"),
+        "heavy_vehicle_pct": ("%", "share of trucks and buses in the flow"),
+    },
+    "bts": {
+        "availability_pct": ("%", "cell availability over the reporting period"),
+        "prb_util_pct": ("%", "physical resource block utilisation (load)"),
+        "active_users": ("users", "connected user equipments"),
+        "throughput_mbps": ("Mbit/s", "downlink throughput"),
+        "drop_call_rate_pct": ("%", "dropped calls / established calls"),
+        "mains_power": ("0/1", "1 when on mains power, 0 when on battery or generator"),
+        "battery_pct": ("%", "battery state of charge"),
+        "temperature_c": ("°C", "shelter / cabinet temperature"),
+        "rssi_dbm": ("dBm", "mean received signal strength"),
+    },
+    "camera": {
+        "fps": ("frames/s", "encoded frame rate"),
+        "bitrate_kbps": ("kbit/s", "stream bitrate"),
+        "temperature_c": ("°C", "housing temperature"),
+        "storage_free_pct": ("%", "free space on the edge recorder"),
+    },
+}
+
+
+def topic_for(kind: str, device_id: str, channel: str) -> str:
+    """Build the topic a device publishes on."""
+    return f"{TOPIC_PREFIX}/{kind}/{device_id}/{channel}"

@@ -1,0 +1,310 @@
+"""An MQTT v5 session for paho-mqtt 2.x driven by the asyncio event loop.
+
+Why not paho's own thread: flow control. When the database is slow or down the worker must stop taking
+messages beyond its bound; we do that by no longer reading the socket, so TCP back-pressure leaves the
+messages queued at the broker. (Mosquitto 2.0.11 does not reliably honour the client's Receive Maximum,
+so the broker cannot be trusted to enforce the bound.)
+
+Acks are manual and tagged with the connection *generation*: after a reconnect the broker redelivers
+whatever was not acked, and a packet id from the old connection must never be acked on the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ingest import paho_speedups
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """Connection parameters of one session."""
+
+    host: str
+    port: int
+    client_id: str
+    subscriptions: tuple[str, ...]
+    qos: int = 1
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    clean_start: bool = False
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    username: str | None = None
+    password: str | None = None
+    receive_maximum: int = 1000
+
+
+MessageHandler = Callable[[mqtt.MQTTMessage, int], None]
+
+#: Packets handled per socket-readiness event before yielding to the loop (keeps the API responsive).
+_PACKETS_PER_WAKEUP = 1000
+
+
+class _BufferedSocket:
+    """Socket proxy that reads 64 KiB at a time.
+
+    paho reads each packet with three or more tiny ``recv`` calls (command byte, length bytes, body);
+    serving those from a userspace buffer removes most syscalls on the receive path.
+    """
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos < len(self._buf):
+            chunk = self._buf[self._pos:self._pos + size]
+            self._pos += len(chunk)
+            return chunk
+        data: bytes = self._sock.recv(65536)  # BlockingIOError when empty: paho maps it to "again"
+        if len(data) <= size:
+            return data
+        self._buf, self._pos = data, size
+        return data[:size]
+
+    def buffered(self) -> bool:
+        return self._pos < len(self._buf)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class MqttSession:
+    """A persistent, self-reconnecting MQTT v5 subscriber session with manual acks.
+
+    Args:
+        options: where to connect and what to subscribe to.
+        on_message: called on the event loop for each message with the connection generation; the
+            caller must later :meth:`ack` it (QoS 1) with that generation.
+        on_connection_change: called with True after a successful CONNACK + subscribe, False on loss.
+    """
+
+    def __init__(self, options: SessionOptions, on_message: MessageHandler,
+                 on_connection_change: Callable[[bool], None] | None = None) -> None:
+        self.options = options
+        self._on_message_cb = on_message
+        self._on_change = on_connection_change
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        paho_speedups.install()
+        self._client = self._make_client()
+        self._sock: _BufferedSocket | None = None
+        self._fd = -1
+        self._reading = True
+        self._generation = 0
+        self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._stopping = False
+        self._was_stable = False  # set 10 s after a connect that held; resets the reconnect backoff
+        self.reconnects = 0
+
+    @property
+    def generation(self) -> int:
+        """Increments on every successful connect."""
+        return self._generation
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the session is connected and subscribed."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def ack(self, mid: int, generation: int, qos: int = 1) -> bool:
+        """Acknowledge a message if it came over the current connection; False if it is stale."""
+        if qos == 0 or generation != self._generation or not self._connected.is_set():
+            return False
+        self._client.ack(mid, qos)
+        return True
+
+    def pause_reading(self, why: str = "back-pressure") -> None:
+        """Stop reading the socket: the broker keeps further messages queued."""
+        if self._reading:
+            self._reading = False
+            if self._sock is not None and self._loop is not None:
+                self._loop.remove_reader(self._fd)
+            logger.log(logging.INFO if why == "shutdown" else logging.WARNING, "MQTT reading paused (%s)", why)
+
+    def resume_reading(self) -> None:
+        """Resume reading after :meth:`pause_reading`."""
+        if not self._reading:
+            self._reading = True
+            if self._sock is not None and self._loop is not None:
+                self._loop.add_reader(self._fd, self._on_readable)
+                self._loop.call_soon(self._on_readable)  # bytes may wait in our buffer, not the socket
+            logger.info("MQTT reading resumed")
+
+    async def run(self) -> None:
+        """Connect, and reconnect with exponential backoff and jitter, until :meth:`stop`."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        delay = self.options.reconnect_min_s
+        misc = asyncio.create_task(self._misc_loop())
+        try:
+            while not self._stopping:
+                self._lost.clear()
+                try:
+                    await self._loop.run_in_executor(None, self._connect_blocking)
+                    await self._lost.wait()
+                except OSError as err:
+                    logger.warning("MQTT connect to %s:%s failed: %s", self.options.host, self.options.port, err)
+                if self._stopping:
+                    break
+                # A connection that stayed up resets the backoff; a flapping one keeps growing it.
+                delay = self.options.reconnect_min_s if self._was_stable else min(
+                    delay * 2, self.options.reconnect_max_s)
+                self._was_stable = False
+                self.reconnects += 1
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        finally:
+            misc.cancel()
+
+    async def stop(self) -> None:
+        """Disconnect cleanly (the broker keeps the session and unacked messages)."""
+        self._stopping = True
+        if self._sock is not None:
+            self._client.disconnect()
+            self._flush_writes()
+        self._lost.set()
+
+    # --- paho plumbing -------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        opts = self.options
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=opts.client_id,
+                             protocol=mqtt.MQTTv5)
+        client.manual_ack_set(True)
+        if opts.username:
+            client.username_pw_set(opts.username, opts.password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        return client
+
+    def _connect_blocking(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.options.session_expiry_s
+        props.ReceiveMaximum = self.options.receive_maximum
+        self._client.connect(self.options.host, self.options.port, keepalive=self.options.keepalive_s,
+                             clean_start=self.options.clean_start, properties=props)
+
+    def _threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Runs in the connecting executor thread, right after paho created the socket and before it
+        # sends CONNECT: swap in the buffered proxy, then register on the loop's thread.
+        wrapped = _BufferedSocket(sock)
+        client._sock = wrapped
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._threadsafe(self._attach, wrapped)
+
+    def _attach(self, sock: _BufferedSocket) -> None:
+        assert self._loop is not None
+        self._sock, self._fd = sock, sock.fileno()
+        if self._reading:
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._sock, self._fd = None, -1
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and threading.get_ident() == self._loop_thread:
+            self._add_writer(sock)  # the usual case (acks): no thread hop needed
+        else:
+            self._threadsafe(self._add_writer, sock)
+
+    def _add_writer(self, sock: Any) -> None:
+        if self._loop is not None and self._sock is sock and self._fd >= 0:
+            self._loop.add_writer(self._fd, self._flush_writes)
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and self._fd >= 0:
+            self._loop.remove_writer(self._fd)
+
+    def _on_readable(self) -> None:
+        # paho's loop_read() handles one packet per call; drain what is there instead, up to a budget.
+        client = self._client
+        for _ in range(_PACKETS_PER_WAKEUP):
+            if not self._reading or self._sock is None:
+                return
+            rc = client._packet_read()
+            if rc == mqtt.MQTT_ERR_AGAIN:
+                return
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                client._loop_rc_handle(rc)
+                return
+        if self._loop is not None:
+            self._loop.call_soon(self._on_readable)  # budget spent; data may remain in our buffer
+
+    def _flush_writes(self) -> None:
+        self._client.loop_write()
+
+    async def _misc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._sock is not None:
+                self._client.loop_misc()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            # Refused (bad credentials, server busy...): never mark connected; run() retries with backoff.
+            logger.error("MQTT broker refused connection: %s", reason)
+            self._was_stable = False
+            return
+        self._generation += 1
+        self._was_stable = False
+        for topic in self.options.subscriptions:
+            client.subscribe(topic, qos=self.options.qos)
+        logger.info("MQTT connected to %s:%s as %s (session present: %s, generation %d)",
+                    self.options.host, self.options.port, self.options.client_id,
+                    flags.session_present, self._generation)
+        self._connected.set()
+        assert self._loop is not None
+        self._loop.call_later(10.0, self._mark_stable, self._generation)
+        if self._on_change:
+            self._on_change(True)
+
+    def _mark_stable(self, generation: int) -> None:
+        self._was_stable = generation == self._generation and self._connected.is_set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                       properties: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self._lost.set()
+        if was:
+            logger.warning("MQTT connection lost: %s", reason)
+            if self._on_change:
+                self._on_change(False)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._on_message_cb(message, self._generation)

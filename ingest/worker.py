@@ -1,0 +1,284 @@
+"""The ingest worker: MQTT session -> parse -> batches -> one transaction each -> ack in order.
+
+Guarantees:
+* a QoS 1 message is acked only after the transaction holding its rows (or its quarantine row) commits;
+* at most ``max_pending_messages`` unacknowledged messages are held; beyond that the socket is not read;
+* database outages are retried with backoff forever; data the database refuses is bisected down to the
+  single message, which is quarantined with the database's reason;
+* redeliveries are harmless: every insert is idempotent (see :mod:`storage.writes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import paho.mqtt.client as mqtt
+
+from ingest import metrics as m
+from ingest.batch import Batch, Pending, RegistryCache, build_rows, quarantine_row
+from ingest.config import IngestConfig
+from ingest.errors import Failure, classify
+from ingest.mqtt_session import MqttSession, SessionOptions
+from ingest.parse import parse_message
+from ingest.records import ParsedMessage, Reading, Reason, Rejection
+from storage.config import StorageConfig
+from storage.db import SchemaNotReady, create_pool, read_backend
+from storage.maintenance import run_maintenance
+from storage.writes import BatchRows, write_batch
+
+logger = logging.getLogger(__name__)
+
+ParsedSink = Callable[[ParsedMessage], None]
+
+
+class IngestWorker:
+    """One ingest worker process' pipeline (several may share a subscription group).
+
+    Args:
+        database_url: PostgreSQL DSN.
+        session: MQTT session options (subscriptions already include any ``$share/`` prefix).
+        config: batching and flow control.
+        storage: storage settings (pool size, maintenance).
+        sinks: called on the event loop with every parsed message, before commit (live feed, analytics).
+        maintenance_interval_s: how often to run storage housekeeping; None disables it.
+    """
+
+    def __init__(self, database_url: str, session: SessionOptions, config: IngestConfig,
+                 storage: StorageConfig, sinks: tuple[ParsedSink, ...] = (),
+                 maintenance_interval_s: float | None = 3600.0) -> None:
+        self.database_url = database_url
+        self.config = config
+        self.storage = storage
+        self.sinks = sinks
+        self.maintenance_interval_s = maintenance_interval_s
+        self.session = MqttSession(session, self._on_message, self._on_connection_change)
+        self.registry = RegistryCache(config.registry_touch_s)
+        self._pool: asyncpg.Pool | None = None
+        self._open = Batch()
+        self._open_since = 0.0
+        self._sealed: asyncio.Queue[Batch] = asyncio.Queue()
+        self._order: deque[Batch] = deque()
+        self._pending = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._stopped = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`: wait for the database, then consume."""
+        self._pool = await self._open_pool()
+        tasks = [asyncio.create_task(self._writer(i), name=f"ingest-writer-{i}")
+                 for i in range(self.config.writers)]
+        if self.maintenance_interval_s:
+            tasks.append(asyncio.create_task(self._maintenance_loop(), name="ingest-maintenance"))
+        session_task = asyncio.create_task(self.session.run(), name="mqtt-session")
+        self.ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._drain(timeout=10.0)
+            await self.session.stop()
+            session_task.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(session_task, *tasks, return_exceptions=True)
+            await self._pool.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish: flush what is pending, ack it, disconnect."""
+        self._stopped.set()
+
+    async def _open_pool(self) -> asyncpg.Pool:
+        delay = self.config.retry_min_s
+        while True:
+            try:
+                pool = await create_pool(self.database_url, self.storage,
+                                         staging=self.config.write_method == "copy",
+                                         max_size=self.config.writers + 1)
+                async with pool.acquire() as conn:
+                    backend = await read_backend(conn)
+                logger.info("database ready (%s backend, %s writes)", backend.value, self.config.write_method)
+                return pool
+            except SchemaNotReady:
+                logger.error("database has no IOC schema yet; run `ioc db upgrade` (retrying)")
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                logger.warning("database not reachable (%s); retrying in %.1fs", err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.retry_max_s)
+
+    async def _drain(self, timeout: float) -> None:
+        """On shutdown: stop reading, seal the open batch, wait for commits and acks."""
+        self.session.pause_reading("shutdown")
+        self._seal()
+        deadline = time.monotonic() + timeout
+        while self._order and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._order:
+            logger.warning("shutdown with %d messages uncommitted; the broker will redeliver them", self._pending)
+
+    # --- receive -------------------------------------------------------------------------------------
+
+    def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
+        received_at = datetime.now(UTC)
+        topic = message._topic.decode("utf-8", "replace")
+        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
+        parsed = parse_message(topic, payload, received_at, retained=bool(message.retain))
+        channel = topic.rsplit("/", 1)[-1] if topic.count("/") == 4 else "invalid"
+        for rej in parsed.rejections:
+            m.quarantined(rej.reason.value).inc()
+        for sink in self.sinks:
+            try:
+                sink(parsed)
+            except Exception:  # a consumer's bug must never stop ingest
+                logger.exception("ingest sink %r failed", sink)
+        if not self._open.messages:
+            self._open_since = time.monotonic()
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                self.config.batch_max_delay_ms / 1000, self._seal)
+        self._open.messages.append(Pending(message.mid, message.qos, generation, channel, received_at, parsed))
+        self._pending += 1
+        if len(self._open.messages) >= self.config.batch_max_messages:
+            self._seal()
+        if self._pending >= self.config.max_pending_messages:
+            self.session.pause_reading()
+            m.PAUSED.set(1)
+
+    def _seal(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._open.messages:
+            # Per-batch, not per-message, metric updates: they cost microseconds each on the hot path.
+            per_channel: dict[str, int] = {}
+            for msg in self._open.messages:
+                per_channel[msg.channel] = per_channel.get(msg.channel, 0) + 1
+            for channel, count in per_channel.items():
+                m.received(channel).inc(count)
+            m.PENDING.set(self._pending)
+            batch, self._open = self._open, Batch()
+            self._order.append(batch)
+            self._sealed.put_nowait(batch)
+
+    def _on_connection_change(self, connected: bool) -> None:
+        m.MQTT_CONNECTED.set(1 if connected else 0)
+
+    # --- commit --------------------------------------------------------------------------------------
+
+    async def _writer(self, index: int) -> None:
+        while True:
+            batch = await self._sealed.get()
+            started = time.monotonic()
+            await self._commit(batch.messages)
+            m.COMMIT_SECONDS.observe(time.monotonic() - started)
+            m.BATCH_MESSAGES.observe(len(batch.messages))
+            batch.done = True
+            self._ack_in_order()
+
+    async def _commit(self, messages: list[Pending]) -> None:
+        """Commit ``messages`` (retrying transient failures); bisect on refused data."""
+        assert self._pool is not None
+        delay = self.config.retry_min_s
+        attempts = 0
+        while True:
+            rows = build_rows(messages, self.registry, self.config.quarantine_payload_bytes)
+            try:
+                async with self._pool.acquire() as conn:
+                    await write_batch(conn, rows, self.config.write_method)
+            except Exception as err:
+                attempts += 1
+                if classify(err, attempts) is Failure.PERMANENT:
+                    m.DB_ERRORS.labels("permanent").inc()
+                    await self._bisect(messages, err)
+                    return
+                m.DB_ERRORS.labels("transient").inc()
+                logger.warning("batch of %d messages not committed (%s: %s); retry in %.1fs",
+                               len(messages), type(err).__name__, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            self._committed(messages, rows)
+            return
+
+    async def _bisect(self, messages: list[Pending], err: BaseException) -> None:
+        if len(messages) > 1:
+            half = len(messages) // 2
+            await self._commit(messages[:half])
+            await self._commit(messages[half:])
+            return
+        msg = messages[0]
+        logger.error("database refused message %d: %s; quarantined", msg.mid, err)
+        payload = b"".join(_record_bytes(msg.parsed))
+        rejection = Rejection(f"(message on {msg.channel})", msg.received_at, Reason.DB_REJECTED,
+                              f"database refused the rows: {type(err).__name__}: {err}"[:2000], payload)
+        m.quarantined(Reason.DB_REJECTED.value).inc()
+        msg.parsed = ParsedMessage([], [rejection])
+        assert self._pool is not None
+        rows = BatchRows(quarantine=[quarantine_row(rejection, self.config.quarantine_payload_bytes)])
+        await self._commit_rows_forever(rows)
+        self._committed(messages, rows)
+
+    async def _commit_rows_forever(self, rows: BatchRows) -> None:
+        assert self._pool is not None
+        delay = self.config.retry_min_s
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    await write_batch(conn, rows, "unnest")
+                return
+            except Exception as err:
+                logger.warning("quarantine write failed (%s); retry in %.1fs", err, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+
+    def _committed(self, messages: list[Pending], rows: BatchRows) -> None:
+        self.registry.committed(rows.devices)
+        now = datetime.now(UTC)
+        per_channel: dict[str, int] = {}
+        for msg in messages:
+            per_channel[msg.channel] = per_channel.get(msg.channel, 0) + 1
+            for rec in msg.parsed.records:
+                if isinstance(rec, Reading):
+                    m.LAG_SECONDS.observe(max(0.0, (now - rec.ts).total_seconds()))
+        for channel, count in per_channel.items():
+            m.committed(channel).inc(count)
+        m.VALUES_COMMITTED.inc(len(rows.telemetry))
+
+    def _ack_in_order(self) -> None:
+        # MQTT wants PUBACKs in receive order; batches may finish out of order with several writers.
+        released = 0
+        while self._order and self._order[0].done:
+            batch = self._order.popleft()
+            for msg in batch.messages:
+                if not self.session.ack(msg.mid, msg.generation, msg.qos) and msg.qos:
+                    m.ACKS_SKIPPED.inc()
+            released += len(batch.messages)
+        if released:
+            self._pending -= released
+            m.PENDING.set(self._pending)
+            if self._pending <= self.config.max_pending_messages // 2:
+                self.session.resume_reading()
+                m.PAUSED.set(0)
+
+    # --- housekeeping --------------------------------------------------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        assert self._pool is not None and self.maintenance_interval_s
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    backend = await read_backend(conn)
+                    await run_maintenance(conn, backend, self.storage)
+            except Exception as err:
+                logger.warning("maintenance failed: %s", err)
+            await asyncio.sleep(self.maintenance_interval_s)
+
+
+def _record_bytes(parsed: ParsedMessage) -> list[bytes]:
+    return [repr(rec).encode()[:4096] for rec in parsed.records]

@@ -1,0 +1,115 @@
+"""Versioned migrations, applied by ``ioc db upgrade`` and never on the insert path.
+
+Files in ``storage/migrations`` are named ``NNNN_name.sql`` (both backends) or
+``NNNN_name.<backend>.sql`` (one per backend). Each runs in its own transaction, recorded in
+``schema_migrations``; an advisory lock keeps two upgraders from racing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import resources
+from typing import Any
+
+from storage.config import StorageConfig
+from storage.db import Backend, StorageError, timescaledb_available
+
+logger = logging.getLogger(__name__)
+
+_LOCK_KEY = 0x10C_0001
+_NAME_RE = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)(?:\.(?P<backend>timescaledb|postgres))?\.sql")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file for the chosen backend."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def migrations_for(backend: Backend) -> list[Migration]:
+    """All migrations that apply to ``backend``, in version order."""
+    found: dict[int, Migration] = {}
+    for entry in resources.files("storage.migrations").iterdir():
+        match = _NAME_RE.fullmatch(entry.name)
+        if not match or match["backend"] not in (None, backend.value):
+            continue
+        version = int(match["version"])
+        if version in found:
+            raise StorageError(f"two migrations with version {version:04d}")
+        found[version] = Migration(version, match["name"], entry.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+async def choose_backend(conn: Any, config: StorageConfig) -> Backend:
+    """Decide the backend for a fresh database (or return the one it already uses)."""
+    recorded = await conn.fetchval(
+        "SELECT value FROM ioc_meta WHERE key = 'backend'") if await _has_table(conn, "ioc_meta") else None
+    if recorded:
+        return Backend(recorded)
+    if config.timescaledb != "off" and await timescaledb_available(conn):
+        return Backend.TIMESCALEDB
+    if config.timescaledb == "require":
+        raise StorageError("IOC_STORAGE__TIMESCALEDB=require but the timescaledb extension is not available")
+    return Backend.POSTGRES
+
+
+async def upgrade(conn: Any, config: StorageConfig) -> tuple[Backend, list[str]]:
+    """Bring the schema up to date and apply policies. Returns the backend and the migrations applied."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        backend = await choose_backend(conn, config)
+        if backend is Backend.TIMESCALEDB:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, backend text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for mig in migrations_for(backend):
+            if mig.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(mig.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, backend) VALUES ($1, $2, $3)",
+                    mig.version, mig.name, backend.value)
+                await conn.execute(
+                    "INSERT INTO ioc_meta (key, value) VALUES ('backend', $1) ON CONFLICT (key) DO NOTHING",
+                    backend.value)
+            applied.append(f"{mig.version:04d}_{mig.name}")
+            logger.info("applied migration %04d_%s (%s)", mig.version, mig.name, backend.value)
+        if backend is Backend.TIMESCALEDB:
+            await apply_timescaledb_policies(conn, config)
+        return backend, applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+async def apply_timescaledb_policies(conn: Any, config: StorageConfig) -> None:
+    """(Re)apply compression and retention policies from settings; idempotent."""
+    for table in ("telemetry", "device_status", "device_events"):
+        await conn.execute("SELECT remove_retention_policy($1, if_exists => true)", table)
+        await conn.execute("SELECT add_retention_policy($1, $2::interval)", table,
+                           timedelta(days=config.retention_days))
+    await conn.execute("SELECT remove_compression_policy('telemetry', if_exists => true)")
+    await conn.execute("SELECT add_compression_policy('telemetry', $1::interval)",
+                       timedelta(days=config.compress_after_days))
+
+
+async def current_version(conn: Any) -> int | None:
+    """Highest applied migration version, or None for an empty database."""
+    if not await _has_table(conn, "schema_migrations"):
+        return None
+    value = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    return int(value) if value is not None else None
+
+
+async def _has_table(conn: Any, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
