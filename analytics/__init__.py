@@ -1,0 +1,1 @@
+"""Analytics: pure detectors over numbers and frames. Numbers or frames in, findings out; no I/O."""

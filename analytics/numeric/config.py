@@ -1,0 +1,109 @@
+"""The one default detector configuration shared by the live pipeline and the batch runner."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    """Tuning of the numeric detector bank; ``DetectorConfig()`` is THE default everywhere.
+
+    Counts are in samples of the series itself, times in seconds, so the same values fit a
+    5-minute traffic counter and an hourly BTS report.
+    """
+
+    warmup: int = 120
+    """Samples a series needs before it may raise anything (it still learns meanwhile)."""
+    warmup_days: float = 1.0
+    """...and the span of data it needs, so the daily pattern is known before anything is judged."""
+    day_bins: int = 96
+    """Bins of the daily profile (linear interpolation between bins)."""
+    week_bins: int = 168
+    """Bins of the weekly profile (hour of week)."""
+    history: int = 128
+    """Ring buffer of recent values used by the contextual detector."""
+    context_dim: int = 6
+    context_z: float = 5.0
+    novelty_levels: int = 8
+    novelty_orders: int = 6
+    novelty_bytes: int = 4096
+    novelty_w: float = 0.0
+    """Context novelty: coarse levels over the running range, sequences up to this order, a hashed
+    bit set of this size per series; the share of new continuations, times this weight, is added
+    to the emitted score. Off by default (0): on NAB its gain did not survive leave-one-category-out
+    checks and moved with hash collisions, so it costs speed and 4 KiB per series for no sure gain."""
+    level_alpha: float = 0.1
+    """EW rate of the fast (prediction) level per sample."""
+    base_alpha: float = 0.02
+    """EW rate of the baseline level the shift detector compares with."""
+    season_alpha: float = 0.1
+    """EW rate of a profile bin each time it is visited."""
+    slow_tau_s: float = 86400.0
+    """Time constant of the slow level the seasonal profiles are learned against."""
+    err_alpha: float = 0.003
+    """EW rate of the absolute-error (spread) estimates."""
+    huber_k: float = 3.0
+    """Residuals are clipped at this many spreads before they update the model (robustness)."""
+    season_gain: float = 0.85
+    """A seasonal model is used only when its error is below this fraction of the simpler one."""
+    season_step_gain: float = 1.0
+    """...and only when its one-step errors are at most this fraction of the simpler model's."""
+    mode_hysteresis: float = 0.0
+    min_days_daily: float = 1.0
+    min_days_weekly: float = 14.0
+    spike_z: float = 5.0
+    """|z| that counts as a detection (score 0.5)."""
+    burst_alpha: float = 0.3
+    burst_k: float = 1.0
+    point_w: float = 1.0
+    cusum_k: float = 0.5
+    cusum_h: float = 10.0
+    """CUSUM of baseline residuals (in spreads): allowance per sample and alarm level."""
+    var_alpha: float = 0.05
+    var_ratio: float = 20.0
+    """Short-term variance this many times the usual (or 1/this) counts as a detection."""
+    var_relabel: float = 0.4
+    """A spike while the variance severity is above this is reported as a variance change."""
+    stuck_p: float = 1e-3
+    """A run of identical values less likely than this (given the series' repeat rate) is stuck."""
+    stuck_min_run: int = 6
+    drift_z: float = 4.0
+    anchor_alpha: float = 0.001
+    gap_factor: float = 5.0
+    """An interval above this many usual intervals is a gap: short-term detectors restart."""
+    silence_factor: float = 6.0
+    """No data for this many usual intervals (and ``silence_min_s``) is silence."""
+    silence_min_s: float = 600.0
+    rarity_decay: float = 0.9995
+    rarity_ref: float = 3.0
+    rarity_min: float = 0.2
+    rarity_max: float = 2.0
+    record_decay: float = 1.0
+    record_power: float = 3.0
+    fire_level: float = 0.5
+    """Score at which a finding is raised."""
+    hold: int = 400
+    """Samples after a finding during which similar scores are damped (one alert per episode)."""
+    hold_extend_level: float = 2.0
+    """A damped score at or above this extends the hold (the episode is still going on)."""
+    hold_damp: float = 0.3
+    refire_ratio: float = 1.5
+
+    speed_collapse_frac: float = 0.6
+    """Traffic: speed below this fraction of its usual value (and occupancy up) is a collapse."""
+    occupancy_up_z: float = 2.0
+    availability_drop_pts: float = 2.0
+    """BTS: availability this many points below usual (and 3 spreads) is a drop."""
+    rule_window_s: float = 900.0
+    """Readings of two metrics (or two devices) this close in time are taken together."""
+    group_min_devices: int = 3
+    group_min_frac: float = 0.3
+    """A group event needs this many devices, and this share of the group's devices of that kind."""
+    slow_z: float = 3.0
+    slow_frac: float = 0.85
+    """Traffic: speed this many spreads, and this fraction, below usual is slowing (group rule)."""
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Plain dict, e.g. for logging or storing alongside state."""
+        return asdict(self)

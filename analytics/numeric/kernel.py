@@ -1,0 +1,281 @@
+"""Vectorised per-reading update of the detector bank (struct-of-arrays, one row per series).
+
+Every function here takes the bank arrays and a set of *distinct* series rows with one reading
+each, updates the state in place and returns per-reading results. Strictly causal: the score of
+a reading is computed from the state before it, then the state learns from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from analytics.numeric.config import DetectorConfig
+from analytics.numeric.novelty import novelty
+
+# Columns of the scalar state matrix F (float64, one row per series).
+(
+    N, T_FIRST, T_LAST, DT_EW, X_LAST, L0, L1, L2, LB, LS, AE0, AE1, AE2, RES, CP, CN, VS,
+    REP, RUN, ANCHOR, QLO, HOLD, ALERT, MODE, AEB, M_SPIKE, M_SHIFT, M_VAR, M_OTHER, SM, M_PAT,
+    AER, AESD, AESW, QHI,
+) = range(35)
+N_COLS = 35
+# record column per type code: a severity is judged against the largest recent one of its group
+_RECORD_COL = np.array([M_OTHER, M_SPIKE, M_SPIKE, M_SHIFT, M_VAR, M_VAR, M_OTHER, M_OTHER, M_PAT])
+
+# Finding types, by code; the code is what ``update`` returns per reading.
+TYPES = ("none", "spike", "dip", "level_shift", "variance_change", "flatline", "stuck", "drift", "pattern")
+NONE, SPIKE, DIP, SHIFT, VAR_UP, FLAT, STUCK, DRIFT, PATTERN = range(9)
+
+DAY = 86400.0
+WEEK_OFFSET_DAYS = 3.0  # 1970-01-01 was a Thursday; shifting by 3 days makes bin 0 Monday 00:00
+
+
+@dataclass(slots=True)
+class StepResult:
+    """Per-reading output of one vectorised step (arrays aligned with the input readings)."""
+
+    score: np.ndarray
+    """Emitted anomaly score 0..1 (after one-alert-per-episode damping)."""
+    raw: np.ndarray
+    """Score before damping."""
+    kind: np.ndarray
+    """Type code (index into ``TYPES``) of the strongest component."""
+    expected: np.ndarray
+    """What the model expected for this reading."""
+    spread: np.ndarray
+    """Usual deviation (1 sigma) around ``expected``."""
+    fired: np.ndarray
+    """True where this reading raises a finding."""
+    baseline: np.ndarray
+    """Slow baseline (plus season) the shift and drift detectors compare with."""
+    baseline_spread: np.ndarray
+    """Usual deviation around ``baseline``."""
+
+
+def _interp(prof: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation into cyclic per-row profiles; returns value, lower bin, weight."""
+    nb = prof.shape[1]
+    b0 = np.floor(pos).astype(np.intp)
+    w = pos - b0
+    b0 %= nb
+    b1 = (b0 + 1) % nb
+    val = prof[rows, b0] * (1.0 - w) + prof[rows, b1] * w
+    return val, b0, w
+
+
+def _learn_profile(prof: np.ndarray, rows: np.ndarray, b0: np.ndarray, w: np.ndarray,
+                   target: np.ndarray, rate: np.ndarray) -> None:
+    nb = prof.shape[1]
+    b1 = (b0 + 1) % nb
+    prof[rows, b0] += (rate * (1.0 - w) * (target - prof[rows, b0])).astype(prof.dtype)
+    prof[rows, b1] += (rate * w * (target - prof[rows, b1])).astype(prof.dtype)
+
+
+RARITY_BINS = 16
+
+
+def _rarity(R: np.ndarray, rows: np.ndarray, sev: np.ndarray, decay: float) -> np.ndarray:
+    """-log10 of how often this series' past severities reached ``sev``; learns ``sev``."""
+    b = np.clip(np.floor(2.0 * np.log2(np.maximum(sev, 1e-9) / 0.125)), 0, RARITY_BINS - 1).astype(np.intp)
+    h = R[rows].astype(np.float64)
+    tail = np.cumsum(h[:, ::-1], axis=1)[:, ::-1]
+    total = tail[:, 0]
+    p = (tail[np.arange(len(rows)), b] + 0.5) / (total + 1.0)
+    h *= decay
+    h[np.arange(len(rows)), b] += 1.0
+    R[rows] = h
+    return -np.log10(p)
+
+
+def _context(Hb: np.ndarray, rows: np.ndarray, v: np.ndarray, dim: int) -> np.ndarray:
+    """Distance from the latest ``dim`` values to their nearest earlier subsequence; appends ``v``."""
+    hb = Hb[rows]
+    hb[:, :-1] = hb[:, 1:]
+    hb[:, -1] = v
+    Hb[rows] = hb
+    win = np.lib.stride_tricks.sliding_window_view(hb, dim, axis=1)
+    cur = win[:, -1:, :]
+    cand = win[:, : win.shape[1] - dim, :]
+    d2 = ((cand - cur) ** 2).sum(axis=2)
+    return np.sqrt(d2.min(axis=1) / dim)
+
+
+def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np.ndarray, Hb: np.ndarray,
+         Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray) -> StepResult:
+    """Score and learn one reading for each of ``rows`` (distinct) in place."""
+    s = F[rows]
+    n = s[:, N]
+    new = n == 0
+    if new.any():
+        for c in (L0, L1, L2, LB, LS, ANCHOR, X_LAST, QLO, QHI):
+            s[new, c] = x[new]
+        s[new, T_FIRST] = t[new]
+        s[new, T_LAST] = t[new]
+    dt = t - s[:, T_LAST]
+    dt_ew = np.where(s[:, DT_EW] > 0, s[:, DT_EW], np.maximum(dt, 1e-9))
+    gap = (~new) & (dt > cfg.gap_factor * dt_ew)
+    days = (t - s[:, T_FIRST]) / DAY
+
+    # --- predictions of three models: no season, daily, weekly --------------------------------
+    sd, d0, dw = _interp(D, rows, (t % DAY) / DAY * D.shape[1])
+    sw, w0, ww = _interp(W, rows, ((t / DAY + WEEK_OFFSET_DAYS) % 7.0) / 7.0 * W.shape[1])
+    e0 = x - s[:, L0]
+    e1 = x - (s[:, L1] + sd)
+    e2 = x - (s[:, L2] + sw)
+    mode = np.zeros(len(rows), dtype=np.intp)
+    # a profile is used when it explains the deviations from the slow level (not judged on 1-step
+    # errors, which a fast level keeps small even for a strong but smooth daily pattern)
+    # (with hysteresis: a model in use keeps a margin, so records are not reset by flapping)
+    keep = cfg.mode_hysteresis
+    g_d = cfg.season_gain + keep * (s[:, MODE] >= 1)
+    use_d = ((days >= cfg.min_days_daily) & (s[:, AESD] < g_d * s[:, AER])
+             & (s[:, AE1] < (cfg.season_step_gain + keep * (s[:, MODE] >= 1)) * s[:, AE0]))
+    mode[use_d] = 1
+    g_w = cfg.season_gain + keep * (s[:, MODE] == 2)
+    use_w = (days >= cfg.min_days_weekly) & (s[:, AESW] < g_w * np.where(use_d, s[:, AESD], s[:, AER]))
+    mode[use_w] = 2
+    err = np.choose(mode, (e0, e1, e2))
+    season = np.choose(mode, (np.zeros_like(sd), sd, sw))
+    level = np.choose(mode, (s[:, L0], s[:, L1], s[:, L2]))
+    ae = np.choose(mode, (s[:, AE0], s[:, AE1], s[:, AE2]))
+    floor = np.maximum(0.5 * s[:, RES], 1e-9 + 1e-6 * np.abs(level))
+    sigma = np.maximum(1.2533 * ae, floor)
+    expected = level + season
+    z = err / sigma
+
+    # --- components, each as a severity where 1.0 means "detect" --------------------------------
+    sev = np.zeros((len(rows), len(TYPES)))
+    sev[:, SPIKE] = np.maximum(z, 0.0) / cfg.spike_z
+    sev[:, DIP] = np.maximum(-z, 0.0) / cfg.spike_z
+    # a burst: several large residuals in a row, rarer in heavy-tailed data than one big one
+    sm = np.where(gap, 0.0, s[:, SM] + cfg.burst_alpha * (np.clip(z, -20, 20) - s[:, SM]))
+    bz = sm / (cfg.spike_z * np.sqrt(cfg.burst_alpha / (2.0 - cfg.burst_alpha)) * cfg.burst_k)
+    sev[:, SPIKE] = np.maximum(sev[:, SPIKE] * cfg.point_w, np.maximum(bz, 0.0))
+    sev[:, DIP] = np.maximum(sev[:, DIP] * cfg.point_w, np.maximum(-bz, 0.0))
+    sigma_b = np.maximum(1.2533 * s[:, AEB], floor)
+    baseline = s[:, LB] + season
+    # a day of data before judging anything: until then the daily pattern itself looks anomalous
+    warm = (n >= cfg.warmup) & (days >= cfg.warmup_days)
+    # level shift: two-sided CUSUM of the residuals around the slow baseline
+    lim_f = cfg.huber_k * sigma
+    level_now = level + cfg.level_alpha * np.clip(err, -lim_f, lim_f)
+    zb = np.clip((x - baseline) / sigma_b, -cfg.huber_k, cfg.huber_k)
+    restart = gap | ~warm  # nothing to compare with yet: a fresh CUSUM
+    cp = np.where(restart, 0.0, np.maximum(0.0, s[:, CP] + zb - cfg.cusum_k))
+    cn = np.where(restart, 0.0, np.maximum(0.0, s[:, CN] - zb - cfg.cusum_k))
+    sev[:, SHIFT] = np.maximum(cp, cn) / cfg.cusum_h
+    vs = np.where(gap, 1.0, s[:, VS] + cfg.var_alpha * (np.minimum(z * z, 100.0) - s[:, VS]))
+    lr = np.log(np.maximum(vs, 1e-12)) / np.log(cfg.var_ratio)
+    sev[:, VAR_UP] = np.maximum(lr, 0.0)
+    sev[:, FLAT] = np.maximum(-lr, 0.0) * (s[:, REP] < 0.5)
+    same = x == s[:, X_LAST]
+    run = np.where(same & ~gap & ~new, s[:, RUN] + 1.0, 0.0)
+    rep = np.clip(s[:, REP], 1e-3, 0.999)
+    need = np.maximum(cfg.stuck_min_run, np.log(cfg.stuck_p) / np.log(rep))
+    sev[:, STUCK] = run / need
+    # drift: the baseline wandered far from where it sat a long while ago, too slowly for the CUSUM
+    sev[:, DRIFT] = np.where(n > 3 * cfg.warmup, np.abs(s[:, LB] - s[:, ANCHOR]) / sigma_b / cfg.drift_z, 0.0)
+
+    sigma_c = np.maximum(1.2533 * s[:, AE0], floor)
+    nn = _context(Hb, rows, (x - s[:, LB]).astype(np.float32), cfg.context_dim)
+    sev[:, PATTERN] = np.where(n > Hb.shape[1], nn / sigma_c / cfg.context_z, 0.0)
+    kind = np.argmax(sev, axis=1)
+    top = sev[np.arange(len(rows)), kind]
+    # name the episode, not the point: a big residual amid many is a variance change, and a shift
+    # alarm whose baseline had already wandered far from its long-term anchor is a drift
+    point = (kind == SPIKE) | (kind == DIP)
+    var_before = np.log(np.maximum(s[:, VS], 1e-12)) / np.log(cfg.var_ratio)  # without this reading
+    kind[point & (var_before >= cfg.var_relabel)] = VAR_UP
+    wander = np.abs(s[:, LB] - s[:, ANCHOR]) > np.abs(level_now - s[:, LB])
+    kind[(kind == SHIFT) & wander & (sev[:, DRIFT] >= 0.25)] = DRIFT
+    rare = _rarity(R, rows, top, cfg.rarity_decay)
+    adj = top * np.clip(rare / cfg.rarity_ref, cfg.rarity_min, cfg.rarity_max)
+    # records: a severity well below the largest recent one of its kind is old news
+    rcol = _RECORD_COL[kind]
+    ar = np.arange(len(rows))
+    # severities of another model (seasonality just switched on or off) are not comparable
+    switched = (n > 0) & (mode != s[:, MODE])
+    s[switched, M_SPIKE:M_OTHER + 1] = 0.0
+    s[switched, M_PAT] = 0.0
+    rec = s[ar, rcol]
+    adj = adj * np.clip(top / np.maximum(rec, 1e-9), 0.0, 1.0) ** cfg.record_power
+    for c in (M_SPIKE, M_SHIFT, M_VAR, M_OTHER):
+        s[:, c] *= cfg.record_decay
+    # early severities reflect an unconverged model, not the series
+    s[ar, rcol] = np.where(warm, np.maximum(s[ar, rcol], top), s[ar, rcol])
+    raw = adj / (1.0 + adj)
+    raw[~warm] = 0.0
+    kind[raw <= 0.0] = NONE
+
+    # --- one alert per episode: damp scores while a recent alert holds ---------------------------
+    holding = n < s[:, HOLD]
+    refire = raw > cfg.refire_ratio * s[:, ALERT]
+    fired = (raw >= cfg.fire_level) & (~holding | refire)
+    score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
+    # context novelty raises the emitted score (not the findings): a never-seen run of levels
+    s[:, QLO] = np.minimum(s[:, QLO], x)
+    s[:, QHI] = np.maximum(s[:, QHI], x)
+    if cfg.novelty_w > 0:
+        nov = novelty(Q, S, s[:, QLO], s[:, QHI], n, x, rows, cfg.novelty_levels)
+        score = np.minimum(score + cfg.novelty_w * nov * warm, 1.0)
+    # the hold lasts while the episode does: still-elevated scores extend it
+    extend = holding & (raw >= cfg.hold_extend_level)
+    s[:, HOLD] = np.where(fired | extend, n + cfg.hold, s[:, HOLD])
+    s[:, ALERT] = np.where(fired, raw, s[:, ALERT])
+    # after an alarm the CUSUM restarts and the baseline jumps to the current level
+    reset = fired & ((kind == SHIFT) | (kind == DRIFT))
+    cp[reset] = 0.0
+    cn[reset] = 0.0
+    s[reset, LB] = level_now[reset]
+    s[reset, ANCHOR] = level_now[reset]
+
+    # --- learn ------------------------------------------------------------------------------------
+    lim0 = cfg.huber_k * np.maximum(1.2533 * s[:, AE0], floor)
+    lim1 = cfg.huber_k * np.maximum(1.2533 * s[:, AE1], floor)
+    lim2 = cfg.huber_k * np.maximum(1.2533 * s[:, AE2], floor)
+    c0, c1, c2 = np.clip(e0, -lim0, lim0), np.clip(e1, -lim1, lim1), np.clip(e2, -lim2, lim2)
+    a = cfg.level_alpha
+    s[:, L0] += a * c0
+    s[:, L1] += a * c1
+    s[:, L2] += a * c2
+    ea = np.maximum(cfg.err_alpha, 1.0 / (n + 2.0))
+    s[:, AE0] += ea * (np.abs(c0) - s[:, AE0])
+    s[:, AE1] += ea * (np.abs(c1) - s[:, AE1])
+    s[:, AE2] += ea * (np.abs(c2) - s[:, AE2])
+    lim = cfg.huber_k * sigma_b
+    cb = np.clip(x - season - s[:, LB], -lim, lim)
+    s[:, LB] += cfg.base_alpha * cb
+    s[:, AEB] += ea * (np.abs(cb) - s[:, AEB])
+    s[:, ANCHOR] += cfg.anchor_alpha * (s[:, LB] - s[:, ANCHOR])
+    k = 1.0 - np.exp(-np.maximum(dt, 0.0) / cfg.slow_tau_s)
+    k = np.where(new, 0.0, np.maximum(k, 1.0 / (n + 1.0)))
+    # the slow level the profiles learn against must itself be free of the daily cycle, else its
+    # own (attenuated, lagged) daily wobble is learned into the profile
+    s[:, LS] += k * np.clip(x - sd - s[:, LS], -lim * 3, lim * 3)
+    target = x - s[:, LS]
+    sa = np.maximum(cfg.err_alpha, 1.0 / (n + 2.0)) * (days >= 0.5)  # profiles need half a day first
+    s[:, AER] += sa * (np.minimum(np.abs(target), lim * 3) - s[:, AER])
+    s[:, AESD] += sa * (np.minimum(np.abs(target - sd), lim * 3) - s[:, AESD])
+    s[:, AESW] += sa * (np.minimum(np.abs(target - sw), lim * 3) - s[:, AESW])
+    # a bin is the plain mean of its visits at first, then an EW mean (fast, unbiased start)
+    per_day = DAY / np.maximum(dt_ew, 1.0)
+    rate_d = np.maximum(cfg.season_alpha, 1.0 / (1.0 + per_day / D.shape[1] * days))
+    rate_w = np.maximum(cfg.season_alpha, 1.0 / (1.0 + per_day * 7.0 / W.shape[1] * days / 7.0))
+    _learn_profile(D, rows, d0, dw, target, rate_d)
+    _learn_profile(W, rows, w0, ww, target, rate_w)
+    diff = np.abs(x - s[:, X_LAST])
+    nz = (diff > 0) & ~new
+    s[:, RES] = np.where(nz, np.where(s[:, RES] > 0, s[:, RES] + 0.02 * (diff - s[:, RES]), diff), s[:, RES])
+    s[:, REP] = np.where(new, 0.0, s[:, REP] + 0.01 * (same - s[:, REP]))
+    s[:, RUN] = run
+    s[:, CP], s[:, CN], s[:, VS], s[:, SM] = cp, cn, vs, sm
+    s[:, DT_EW] = np.where(new | gap, s[:, DT_EW], dt_ew + 0.05 * (dt - dt_ew))
+    s[:, X_LAST] = x
+    s[:, T_LAST] = t
+    s[:, MODE] = mode
+    s[:, N] = n + 1.0
+    F[rows] = s
+    return StepResult(score=score, raw=raw, kind=kind, expected=expected, spread=sigma, fired=fired,
+                      baseline=baseline, baseline_spread=sigma_b)

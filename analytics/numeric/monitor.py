@@ -1,0 +1,178 @@
+"""Live entry point: readings of many devices in, findings out, state that survives restarts."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from analytics.findings import Finding
+from analytics.numeric import kernel
+from analytics.numeric.bank import SeriesBank
+from analytics.numeric.config import DetectorConfig
+from analytics.numeric.explain import explain, label, num
+from analytics.numeric.rules import MAINS, DomainRules, infer_kind, utc
+from analytics.numeric.table import SeriesTable
+
+logger = logging.getLogger(__name__)
+
+
+class Reading(NamedTuple):
+    """One numeric reading as the ingest delivers it."""
+
+    device_id: str
+    metric: str
+    ts: datetime | float
+    """Aware datetime, or seconds since the epoch."""
+    value: float
+
+
+def epoch(ts: datetime | float) -> float:
+    """Seconds since the epoch; naive datetimes are taken as UTC."""
+    if isinstance(ts, datetime):
+        return ts.timestamp() if ts.tzinfo else ts.replace(tzinfo=utc(0).tzinfo).timestamp()
+    return float(ts)
+
+
+class NumericMonitor:
+    """Every numeric metric of every device, detected as readings arrive.
+
+    Use ``ingest`` with each batch from the ingest, ``check_silence`` every minute or so, and
+    ``to_state``/``from_state`` around restarts. Series are created on first sight; call
+    ``set_device`` (or ``register``) to give a device its kind (``"traffic"``, ``"bts"``...) and its
+    group (district, corridor) for the group rules.
+    """
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self.bank = SeriesBank(self.config)
+        self.table = SeriesTable()
+        self.rules = DomainRules(self.config)
+
+    def set_device(self, device_id: str, kind: str = "", group: str = "") -> None:
+        """Declare or update a device's kind and group label."""
+        self.table.device(device_id, kind, group)
+
+    def register(self, device_id: str, metric: str, kind: str = "", group: str = "") -> int:
+        """Row of a series, created if new (idempotent); kind/group as in ``set_device``."""
+        known = (device_id, metric) in self.table.keys
+        if kind or group or not known:
+            self.table.device(device_id, kind or (infer_kind(metric) if not known else ""), group)
+        row = self.table.add(device_id, metric)
+        if row >= self.bank.size:
+            self.bank.add(row + 1 - self.bank.size)
+        return row
+
+    def ingest(self, readings: Iterable[Reading | tuple[str, str, datetime | float, float]]) -> list[Finding]:
+        """Score and learn a batch of readings (any order, any devices); returns the findings."""
+        rows, ts, vals = [], [], []
+        keys = self.table.keys
+        for dev, metric, t, v in readings:
+            row = keys.get((dev, metric))
+            rows.append(self.register(dev, metric) if row is None else row)
+            ts.append(epoch(t))
+            vals.append(v)
+        return self.ingest_arrays(np.array(rows, dtype=np.intp), np.array(ts), np.array(vals, dtype=float))
+
+    def ingest_arrays(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray) -> list[Finding]:
+        """Fast path: rows from ``register``, epoch seconds, values (aligned arrays)."""
+        if len(rows) == 0:
+            return []
+        order = np.lexsort((ts, rows))  # per series in time order
+        rows, ts, values = rows[order], ts[order], values[order]
+        res = self.bank.update(rows, ts, values)
+        self._remember(rows, ts, values, res)
+        out = self._bank_findings(rows, ts, values, res)
+        ruled = self.rules.apply(self.table, rows, ts)
+        hit = {(f.device_id, f.series) for f in ruled}
+        return [f for f in out if (f.device_id, f.series) not in hit] + ruled
+
+    def _remember(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray, res: kernel.StepResult) -> None:
+        f = self.table.f
+        last = np.r_[rows[1:] != rows[:-1], True]
+        li = np.flatnonzero(last)
+        ur = rows[li]
+        prev_in = np.r_[False, rows[1:] == rows[:-1]][li]
+        pi = np.maximum(li - 1, 0)
+        f["prev_v"][ur] = np.where(prev_in, values[pi], f["last_v"][ur])
+        f["prev_ts"][ur] = np.where(prev_in, ts[pi], f["last_ts"][ur])
+        f["last_v"][ur], f["last_ts"][ur] = values[li], ts[li]
+        f["last_exp"][ur], f["last_sd"][ur] = res.expected[li], res.spread[li]
+        f["n"][ur] = self.bank.F[ur, kernel.N]
+        f["first_ts"][ur] = self.bank.F[ur, kernel.T_FIRST]
+        self.table.silent[ur] = False
+
+    def _bank_findings(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray,
+                       res: kernel.StepResult) -> list[Finding]:
+        out = []
+        for i in np.flatnonzero(res.fired):
+            r = int(rows[i])
+            metric = self.table.metrics[r]
+            if metric == MAINS:
+                continue  # an on/off signal: the mains rule speaks for it
+            kind = kernel.TYPES[int(res.kind[i])]
+            when = utc(ts[i])
+            seasonal = bool(self.bank.F[r, kernel.MODE] > 0)
+            # shifts and drifts are about the level, so compare with the slow baseline
+            slow = kind in ("level_shift", "drift", "variance_change")
+            exp = float(res.baseline[i] if slow else res.expected[i])
+            sd = float(res.baseline_spread[i] if slow else res.spread[i])
+            text = explain(kind, metric, when, float(values[i]), exp, sd, seasonal)
+            out.append(Finding(self.table.devices[r], metric, when, kind, round(float(res.raw[i]), 3), text,
+                               {"value": float(values[i]), "expected": exp, "spread": sd}))
+        return out
+
+    def check_silence(self, now: datetime | float) -> list[Finding]:
+        """Findings for series whose data is overdue; once per silence, cleared by the next reading."""
+        now_s = epoch(now)
+        rows = self.bank.silent(now_s)
+        rows = rows[~self.table.silent[rows]]
+        if len(rows) == 0:
+            return []
+        self.table.silent[rows] = True
+        self.table.f["flag_ts"][rows] = now_s
+        out = []
+        for r in rows:
+            late = now_s - self.bank.F[r, kernel.T_LAST]
+            usual = self.bank.F[r, kernel.DT_EW]
+            metric = self.table.metrics[int(r)]
+            out.append(Finding(
+                self.table.devices[int(r)], metric, utc(now_s), "silence",
+                round(float(np.clip(0.5 + 0.05 * late / max(usual, 1e-9), 0.5, 1.0)), 3),
+                f"no {label(metric)} data for {_duration(late)} (usually every {_duration(usual)})",
+                {"silent_s": float(late), "usual_interval_s": float(usual)}))
+        groups = {int(self.table.grp[r]) for r in rows if self.table.grp[r] >= 0}
+        return out + self.rules.groups(self.table, groups, now_s)
+
+    def to_state(self) -> bytes:
+        """Learned state as bytes (numpy ``.npz``; no pickle)."""
+        buf = io.BytesIO()
+        arrays: dict[str, Any] = self.table.to_arrays()
+        arrays["bank"] = np.frombuffer(self.bank.to_state(), dtype=np.uint8)
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_state(cls, data: bytes, config: DetectorConfig | None = None) -> NumericMonitor:
+        """Monitor restored from ``to_state`` output."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        mon = cls(config)
+        mon.bank = SeriesBank.from_state(arrays.pop("bank").tobytes(), mon.config)
+        mon.table = SeriesTable.from_arrays(arrays)
+        if len(mon.table) != mon.bank.size:
+            raise ValueError("numeric state is inconsistent: registry and bank sizes differ")
+        logger.info("restored numeric state: %d series", mon.bank.size)
+        return mon
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{num(seconds)} s"
+    if seconds < 7200:
+        return f"{num(seconds / 60)} min"
+    return f"{num(seconds / 3600)} h"

@@ -1,0 +1,160 @@
+"""Domain rules (traffic, BTS) and group context, evaluated on the facts of a ``SeriesTable``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import numpy as np
+
+from analytics.findings import Finding
+from analytics.numeric.config import DetectorConfig
+from analytics.numeric.explain import num, slot, value
+from analytics.numeric.table import KIND_CODES, SeriesTable
+
+SPEED, OCCUPANCY, MAINS, BATTERY, AVAILABILITY = "speed_kmh", "occupancy_pct", "mains_power", "battery_pct", \
+    "availability_pct"
+TRAFFIC_METRICS = frozenset({SPEED, OCCUPANCY, "flow_veh_h"})
+BTS_METRICS = frozenset({MAINS, BATTERY, AVAILABILITY})
+
+
+def utc(ts: float) -> datetime:
+    """Epoch seconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(float(ts), UTC)
+
+
+def infer_kind(metric: str) -> str:
+    """Device kind guessed from a metric name when the pipeline did not say."""
+    if metric in TRAFFIC_METRICS:
+        return "traffic"
+    if metric in BTS_METRICS:
+        return "bts"
+    return ""
+
+
+class DomainRules:
+    """Traffic speed collapse, BTS mains loss, availability drop, and group events.
+
+    Each ``apply`` looks only at the series touched by the batch and at the latest facts of their
+    partner series, so it stays cheap; a rule fires once per episode (until its condition clears).
+    """
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.cfg = config
+        self.group_active: set[tuple[int, str]] = set()
+
+    def apply(self, table: SeriesTable, rows: np.ndarray, ts: np.ndarray) -> list[Finding]:
+        """Findings of the rules for the series rows just updated (table facts already current)."""
+        out: list[Finding] = []
+        touched = np.unique(rows)
+        metrics = [table.metrics[r] for r in touched]
+        speed_rows = {int(r) if m == SPEED else int(table.partner[r])
+                      for r, m in zip(touched, metrics, strict=True) if m in (SPEED, OCCUPANCY)}
+        out += self._speed_collapse(table, [r for r in speed_rows if r >= 0])
+        out += self._mains(table, [int(r) for r, m in zip(touched, metrics, strict=True) if m == MAINS])
+        out += self._availability(table, [int(r) for r, m in zip(touched, metrics, strict=True)
+                                          if m == AVAILABILITY])
+        groups = {int(table.grp[r]) for r in touched if table.grp[r] >= 0}
+        out += self.groups(table, groups, float(ts.max()) if len(ts) else 0.0)
+        return out
+
+    def _episode(self, table: SeriesTable, r: int, condition: bool, need_history: bool = True) -> bool:
+        """True when ``condition`` starts a new episode on row ``r`` (one finding per episode)."""
+        f = table.f
+        if not condition:
+            f["rule_until"][r] = np.nan  # episode over: the next one may fire
+            return False
+        f["flag_ts"][r] = f["last_ts"][r]
+        # the usual value for this time of day is known only after a day of data
+        learnt = f["last_ts"][r] - f["first_ts"][r] >= self.cfg.min_days_daily * 86400.0
+        if need_history and not (f["n"][r] >= self.cfg.warmup and learnt):
+            return False
+        if not np.isnan(f["rule_until"][r]):
+            return False  # this episode was already reported
+        f["rule_until"][r] = f["last_ts"][r]  # episode start
+        return True
+
+    def _speed_collapse(self, table: SeriesTable, speed_rows: Iterable[int]) -> list[Finding]:
+        cfg, f, out = self.cfg, table.f, []
+        for s in speed_rows:
+            v, e, sd, t = f["last_v"][s], f["last_exp"][s], f["last_sd"][s], f["last_ts"][s]
+            o = int(table.partner[s])
+            ov, oe, osd = (f["last_v"][o], f["last_exp"][o], f["last_sd"][o]) if o >= 0 else (0.0, 0.0, 0.0)
+            collapse = bool(o >= 0 and v < cfg.speed_collapse_frac * e and v < e - 3 * sd
+                            and abs(f["last_ts"][o] - t) <= cfg.rule_window_s and ov > oe + cfg.occupancy_up_z * osd)
+            slow = bool(f["n"][s] >= cfg.warmup and v < e - cfg.slow_z * sd and v < cfg.slow_frac * e)
+            if not self._episode(table, s, collapse):
+                if slow:
+                    f["flag_ts"][s] = t  # slowing, for the neighbourhood rule
+                continue
+            depth = float(np.clip(1.0 - v / max(e, 1e-9), 0.0, 1.0))
+            out.append(Finding(
+                table.devices[s], SPEED, utc(t), "speed_collapse", round(0.6 + 0.4 * depth, 3),
+                f"speed {value(SPEED, v)} vs usual {num(e)}±{num(sd)} for {slot(utc(t))}, "
+                f"occupancy up to {value(OCCUPANCY, ov)} (usual {num(oe)})",
+                {"value": float(v), "expected": float(e), "spread": float(sd), "occupancy": float(ov),
+                 "occupancy_expected": float(oe)}))
+        return out
+
+    def _mains(self, table: SeriesTable, mains_rows: Iterable[int]) -> list[Finding]:
+        f, out = table.f, []
+        for r in mains_rows:
+            t = f["last_ts"][r]
+            if not self._episode(table, r, bool(f["last_v"][r] < 0.5), need_history=False):
+                continue
+            b = int(table.partner[r])
+            detail: dict[str, float] = {}
+            text = "mains power lost"
+            score = 0.8
+            if b >= 0 and np.isfinite(f["last_v"][b]):
+                dt = f["last_ts"][b] - f["prev_ts"][b]
+                rate = (f["last_v"][b] - f["prev_v"][b]) / dt * 3600.0 if dt > 0 else float("nan")
+                detail = {"battery_pct": float(f["last_v"][b]), "battery_rate_pct_h": float(rate)}
+                text += f"; battery {value(BATTERY, f['last_v'][b])}"
+                if np.isfinite(rate) and rate < 0:
+                    text += f" and draining ({num(rate)}%/h)"
+                    score = 0.95
+            out.append(Finding(table.devices[r], MAINS, utc(t), "mains_power_lost", score, text, detail))
+        return out
+
+    def _availability(self, table: SeriesTable, avail_rows: Iterable[int]) -> list[Finding]:
+        cfg, f, out = self.cfg, table.f, []
+        for r in avail_rows:
+            v, e, sd, t = f["last_v"][r], f["last_exp"][r], f["last_sd"][r], f["last_ts"][r]
+            if not self._episode(table, r, bool(v < e - max(3 * sd, cfg.availability_drop_pts))):
+                continue
+            drop = e - v
+            out.append(Finding(
+                table.devices[r], AVAILABILITY, utc(t), "availability_drop",
+                round(float(np.clip(0.5 + drop / 20.0, 0.5, 1.0)), 3),
+                f"availability {value(AVAILABILITY, v)} vs usual {num(e)}±{num(sd)} for {slot(utc(t))}",
+                {"value": float(v), "expected": float(e), "spread": float(sd)}))
+        return out
+
+    def groups(self, table: SeriesTable, groups: Iterable[int], now: float) -> list[Finding]:
+        """Group events: BTS of one district failing together, traffic sensors slowing together."""
+        cfg, out = self.cfg, []
+        n = len(table)
+        recent = table.f["flag_ts"][:n] >= now - cfg.rule_window_s
+        calm_before = table.f["flag_ts"][:n] >= now - 4 * cfg.rule_window_s
+        for g in groups:
+            members = table.grp[:n] == g
+            for kind, label, what in (("bts", "group_outage", "BTS failing"),
+                                      ("traffic", "group_slowdown", "traffic sensors slowing")):
+                is_kind = members & (table.kcode[:n] == KIND_CODES[kind])
+                total = len(np.unique(table.dev[:n][is_kind]))
+                hit_devs = np.unique(table.dev[:n][is_kind & recent])
+                hit = len(hit_devs)
+                if not (is_kind & calm_before).any():
+                    self.group_active.discard((g, kind))  # over once all have been back for a while
+                if hit < cfg.group_min_devices or hit < cfg.group_min_frac * total:
+                    continue
+                if (g, kind) in self.group_active:
+                    continue  # one finding per group episode
+                self.group_active.add((g, kind))
+                name = table.group_name(g)
+                devs = sorted(table.devices[int(np.flatnonzero(table.dev[:n] == d)[0])] for d in hit_devs)
+                out.append(Finding(
+                    f"group:{name}", "*", utc(now), label, round(min(1.0, 0.5 + 0.5 * hit / max(total, 1)), 3),
+                    f"{hit} of {total} {what} together in {name}", {"devices": devs, "group": name}))
+        return out
