@@ -1,0 +1,199 @@
+"""Run the detectors on what is ingested: numeric monitor in-process, camera analysers in worker processes.
+
+Readings are buffered and handed to the vectorised numeric monitor once a second; snapshots go to a
+camera shard chosen by camera id, so each camera's analyser (and its learned scene) lives in one
+process. Findings are pushed on the live feed and stored. Nothing here ever blocks ingest: when the
+camera shards are busy, snapshots are skipped (and counted), not queued without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import multiprocessing
+import threading
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+
+from analytics.camera.stale import StaleMonitor
+from analytics.findings import Finding
+from analytics.numeric.monitor import NumericMonitor
+from ingest.records import ParsedMessage, Reading, Snapshot
+from ioc.live.hub import LiveHub
+from storage.writes import FindingRow, load_state, save_state, write_findings
+
+logger = logging.getLogger(__name__)
+
+FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
+SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
+_STATE_NAME = "numeric_monitor"
+
+# --- camera shard (child process) -------------------------------------------------------------------
+
+_analysers: dict[str, Any] = {}
+
+
+def _analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, float, int, list[Finding]]:
+    """In a shard process: run this camera's analyser on one snapshot."""
+    from analytics.camera.analyser import CameraAnalyser
+
+    analyser = _analysers.get(device_id)
+    if analyser is None:
+        analyser = _analysers[device_id] = CameraAnalyser(device_id)
+    res = analyser.analyse(jpeg, ts)
+    return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)
+
+
+class AnalyticsStage:
+    """The analytics sink of one process (beside the live hub)."""
+
+    def __init__(self, hub: LiveHub, pool: Any, camera_processes: int = 2, max_inflight_per_shard: int = 32,
+                 flush_s: float = 1.0, silence_every_s: float = 30.0, state_every_s: float = 300.0) -> None:
+        self.hub = hub
+        self.pool = pool
+        self.monitor = NumericMonitor()
+        self.stale = StaleMonitor()
+        self._readings: list[tuple[str, str, datetime, float]] = []
+        self._new_devices: list[tuple[str, str, str]] = []  # (device, kind, district) to register
+        # A cancelled to_thread() keeps running: the lock stops a shutdown save() from overlapping it.
+        self._lock = threading.Lock()
+        self._known: set[str] = set()
+        # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
+        # after the server stops.
+        ctx = multiprocessing.get_context("spawn")
+        self._shards = [ProcessPoolExecutor(max_workers=1, mp_context=ctx) for _ in range(camera_processes)]
+        self._inflight = [0] * camera_processes
+        self._max_inflight = max_inflight_per_shard
+        self._pending_rows: list[FindingRow] = []
+        self.flush_s, self.silence_every_s, self.state_every_s = flush_s, silence_every_s, state_every_s
+
+    async def load(self) -> None:
+        """Restore the numeric monitor's learned state, if any (a restart does not relearn a week)."""
+        try:
+            async with self.pool.acquire(timeout=5) as conn:
+                state = await load_state(conn, _STATE_NAME)
+            if state:
+                self.monitor = NumericMonitor.from_state(state)
+                logger.info("numeric detector state restored (%d bytes)", len(state))
+        except Exception as err:
+            logger.warning("detector state not restored (%s); learning from scratch", err)
+
+    # --- sink (event loop, must be cheap) ----------------------------------------------------------------
+
+    def on_parsed(self, parsed: ParsedMessage) -> None:
+        loop = asyncio.get_running_loop()
+        for rec in parsed.records:
+            if isinstance(rec, Reading):
+                if rec.device_id not in self._known:
+                    self._known.add(rec.device_id)
+                    dev = self.hub.table.devices.get(rec.device_id)
+                    self._new_devices.append((rec.device_id, rec.kind, (dev.district if dev else None) or ""))
+                for metric, value in rec.metrics.items():
+                    self._readings.append((rec.device_id, metric, rec.ts, value))
+                if rec.kind == "camera":
+                    self.stale.telemetry(rec.device_id, fps=rec.metrics.get("fps"),
+                                         kbps=rec.metrics.get("bitrate_kbps"))
+            elif isinstance(rec, Snapshot):
+                self.stale.snapshot(rec.device_id, rec.ts)
+                shard = zlib.crc32(rec.device_id.encode()) % len(self._shards)
+                if self._inflight[shard] >= self._max_inflight:
+                    SNAPSHOTS_SKIPPED.inc()
+                    continue
+                self._inflight[shard] += 1
+                fut = loop.run_in_executor(self._shards[shard], _analyse, rec.device_id, rec.jpeg, rec.ts)
+                fut.add_done_callback(functools.partial(self._camera_done, rec.device_id, shard))
+
+    def _camera_done(self, device_id: str, shard: int, fut: asyncio.Future[Any]) -> None:
+        self._inflight[shard] -= 1
+        try:
+            label, confidence, activity, objects, findings = fut.result()
+        except Exception:
+            logger.exception("camera analysis of %s failed", device_id)
+            return
+        self.hub.set_health(device_id, {"label": label, "confidence": confidence, "activity": activity,
+                                        "objects": objects, "ts": datetime.now(UTC)})
+        self._raise(findings)
+
+    def _raise(self, findings: list[Finding]) -> None:
+        for f in findings:
+            FINDINGS.labels(f.type).inc()
+            self.hub.emit_finding(f)
+            self._pending_rows.append((f.ts, f.device_id, f.series, f.type, float(f.score), f.explanation,
+                                       orjson.dumps(f.detail, option=orjson.OPT_SERIALIZE_NUMPY,
+                                                    default=str).decode()))
+
+    # --- periodic work ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Flush readings to the detectors every second; silence and stale checks; persist state."""
+        loop = asyncio.get_running_loop()
+        last_silence = last_state = loop.time()
+        try:
+            while True:
+                await asyncio.sleep(self.flush_s)
+                readings, self._readings = self._readings, []
+                devices, self._new_devices = self._new_devices, []
+                if readings or devices:
+                    # Off the event loop: a big flush must not hold up the live feed's senders. Only this
+                    # task touches the monitor, one call at a time, so the thread needs no lock.
+                    self._raise(await asyncio.to_thread(self._detect, devices, readings))
+                now = loop.time()
+                if now - last_silence >= self.silence_every_s:
+                    last_silence = now
+                    wall = datetime.now(UTC)
+                    silent = await asyncio.to_thread(self._silence, wall)
+                    self._raise(silent + self.stale.check(wall))
+                await self._store()
+                if now - last_state >= self.state_every_s:
+                    last_state = now
+                    await self.save()
+        finally:
+            await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Stop the camera worker processes (waits for them to exit)."""
+        for shard in self._shards:
+            shard.shutdown(wait=True, cancel_futures=True)
+
+    def _detect(self, devices: list[tuple[str, str, str]],
+                readings: list[tuple[str, str, datetime, float]]) -> list[Finding]:
+        with self._lock:
+            for device_id, kind, district in devices:
+                self.monitor.set_device(device_id, kind, district)
+            return self.monitor.ingest(readings) if readings else []
+
+    def _silence(self, now: datetime) -> list[Finding]:
+        with self._lock:
+            return self.monitor.check_silence(now)
+
+    def _state(self) -> bytes:
+        with self._lock:
+            return self.monitor.to_state()
+
+    async def _store(self) -> None:
+        rows, self._pending_rows = self._pending_rows, []
+        if not rows:
+            return
+        try:
+            async with self.pool.acquire(timeout=5) as conn:
+                await write_findings(conn, rows)
+        except Exception as err:  # findings are also on the feed; keep them for the next try, bounded
+            logger.warning("findings not stored yet (%s)", err)
+            self._pending_rows = (rows + self._pending_rows)[-10_000:]
+
+    async def save(self) -> None:
+        """Persist the numeric monitor's state."""
+        if not self._known:
+            return  # nothing learned yet (and an empty monitor's state does not restore)
+        try:
+            state = await asyncio.to_thread(self._state)
+            async with self.pool.acquire(timeout=5) as conn:
+                await save_state(conn, _STATE_NAME, state)
+        except Exception as err:
+            logger.warning("detector state not saved: %s", err)

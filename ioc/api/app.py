@@ -1,0 +1,108 @@
+"""The FastAPI app factory and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ingest.records import ParsedMessage
+from ioc.analytics_stage import AnalyticsStage
+from ioc.api import routes_devices, routes_health, routes_live, routes_wall
+from ioc.api.deps import require_access
+from ioc.geo import City
+from ioc.live.hub import LiveHub
+from ioc.live.source import LiveListener
+from ioc.settings import Settings
+from storage import queries
+from storage.db import create_pool
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
+    """Build the app. With ``embed_ingest`` an ingest worker runs inside the same process."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # min_size=0: the API starts (and /healthz answers) even while the database is down.
+        app.state.pool = await create_pool(settings.database_url, settings.storage, min_size=0)
+        app.state.backend = None
+        app.state.worker = None
+        app.state.city = City.load(settings.live.city_file)
+        hub = app.state.hub = LiveHub(app.state.city.district_of, settings.live.ring_size,
+                                      settings.live.client_queue, settings.live.heartbeat_s)
+        await _seed_hub(app, settings)
+        tasks = [asyncio.create_task(hub.heartbeat_loop(), name="live-heartbeat")]
+        sinks: tuple[Callable[[ParsedMessage], None], ...] = (hub.on_parsed,)
+        stage = app.state.analytics = None
+        if settings.analytics.enabled:
+            stage = app.state.analytics = AnalyticsStage(hub, app.state.pool, settings.analytics.camera_processes,
+                                                         state_every_s=settings.analytics.state_every_s)
+            await stage.load()
+            sinks = (hub.on_parsed, stage.on_parsed)
+            tasks.append(asyncio.create_task(stage.run(), name="analytics"))
+        listener = None
+        if embed_ingest:
+            from ioc.services import build_worker
+
+            app.state.worker = build_worker(settings, sinks=sinks)
+            worker_task = asyncio.create_task(app.state.worker.run(), name="embedded-ingest")
+        elif settings.live.listen_mqtt:
+            listener = LiveListener(settings, sinks)
+            tasks.append(asyncio.create_task(listener.run(), name="live-mqtt"))
+        try:
+            yield
+        finally:
+            if app.state.worker is not None:
+                app.state.worker.stop()
+                await asyncio.wait_for(worker_task, 15)
+            if listener is not None:
+                await listener.stop()
+            if stage is not None:
+                await stage.save()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await app.state.pool.close()
+
+    app = FastAPI(title="IOC realtime monitor", version="0.1.0", lifespan=lifespan,
+                  description="Smart-city Intelligent Operations Center: devices, telemetry, quarantine.",
+                  dependencies=[Depends(require_access)])
+    app.include_router(routes_health.router)
+    app.include_router(routes_devices.router)
+    app.include_router(routes_live.router)
+    app.include_router(routes_wall.router)
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("database unavailable: %s", exc)
+        return JSONResponse({"detail": f"database unavailable: {type(exc).__name__}"}, status_code=503)
+
+    @app.exception_handler(asyncpg.UndefinedTableError)
+    async def schema_missing(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "database schema missing; run `ioc db upgrade`"}, status_code=503)
+
+    return app
+
+
+async def _seed_hub(app: FastAPI, settings: Settings) -> None:
+    """Load the registry and recent latest values so the first snapshot matches the database."""
+    since = datetime.now(UTC) - timedelta(minutes=settings.live.initial_window_min)
+    try:
+        async with app.state.pool.acquire(timeout=5) as conn:
+            devices = await queries.list_devices(conn, limit=10_000_000)
+            latest = await queries.recent_latest_values(conn, since)
+    except Exception as err:  # the feed still works from live data; the snapshot is just thinner
+        logger.warning("live state not seeded from the database: %s", err)
+        return
+    app.state.hub.load_devices(devices, latest)
+    logger.info("live state seeded: %d devices, %d latest values", len(devices), len(latest))

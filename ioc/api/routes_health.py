@@ -1,0 +1,42 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from storage.db import SchemaNotReady, read_backend
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (it does not check dependencies; see /readyz)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready to serve: the database answers and is migrated (and the embedded ingest, if any, runs)."""
+    checks: dict[str, str] = {}
+    pool = request.app.state.pool
+    try:
+        async with pool.acquire(timeout=2) as conn:
+            checks["database"] = (await read_backend(conn)).value
+    except SchemaNotReady:
+        checks["database"] = "schema missing: run `ioc db upgrade`"
+    except Exception as err:
+        checks["database"] = f"unreachable: {type(err).__name__}"
+    worker = request.app.state.worker
+    if worker is not None:
+        checks["mqtt"] = "connected" if worker.session.is_connected else "disconnected"
+    ok = checks["database"] in ("timescaledb", "postgres") and checks.get("mqtt", "connected") == "connected"
+    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus metrics of this process (ingest counters included when ingest runs here)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

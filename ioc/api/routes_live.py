@@ -1,0 +1,139 @@
+"""The live feed over WebSocket, and REST views of the live state (districts, summary, snapshots)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
+
+from ioc.api.deps import PoolDep
+from ioc.live.filters import FilterError, Subscription
+from ioc.live.hub import ClientSession, LiveHub, encode
+from storage import queries
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["live"])
+
+
+@router.websocket("/ws/live")
+async def live_feed(ws: WebSocket) -> None:
+    """Subscribe with query parameters (``kinds``, ``devices``, ``districts``, ``bbox``, ``types``,
+    ``resume_from`` + ``epoch``) or a ``{"type": "subscribe", ...}`` message. See docs/live-feed.md."""
+    hub: LiveHub = ws.app.state.hub
+    await ws.accept()
+    try:
+        sub = Subscription.parse(dict(ws.query_params))
+        resume = _int_or_none(ws.query_params.get("resume_from"))
+    except (FilterError, ValueError) as err:
+        await ws.send_text(encode({"type": "error", "detail": str(err)}))
+        await ws.close(code=1008, reason=str(err)[:120])
+        return
+    client = hub.attach(sub, resume, ws.query_params.get("epoch"))
+    sender = asyncio.create_task(_send_loop(ws, client, hub))
+    try:
+        while True:
+            raw = await ws.receive_text()
+            client = _handle_client_message(hub, client, raw, ws)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.detach(client)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+
+
+def _handle_client_message(hub: LiveHub, client: ClientSession, raw: str, ws: WebSocket) -> ClientSession:
+    try:
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict):
+            raise FilterError("messages must be JSON objects")
+        if doc.get("type") == "subscribe":
+            hub.resubscribe(client, Subscription.parse(doc), _int_or_none(doc.get("resume_from")), doc.get("epoch"))
+        elif doc.get("type") == "ping":
+            client.push_control(encode({"type": "pong", "seq": hub.seq}))
+        else:
+            raise FilterError(f"unknown message type {doc.get('type')!r}; use subscribe or ping")
+    except (FilterError, ValueError, orjson.JSONDecodeError) as err:
+        client.push_control(encode({"type": "error", "detail": str(err)}))
+    return client
+
+
+async def _send_loop(ws: WebSocket, client: ClientSession, hub: LiveHub) -> None:
+    # One WebSocket message carries every frame queued since the last send (a JSON array): under load
+    # the batches grow and the number of sends stays small.
+    while not client.closed:
+        await client.wake.wait()
+        texts = client.take(hub)
+        if texts:
+            await ws.send_text("[" + ",".join(texts) + "]")
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+@router.get("/api/live/stats")
+async def live_stats(request: Request) -> dict[str, Any]:
+    """Live-feed health: sequence, clients, how many are behind, deepest queue."""
+    hub: LiveHub = request.app.state.hub
+    clients = list(hub.clients)
+    return {"epoch": hub.epoch, "seq": hub.seq, "devices": len(hub.table.devices), "clients": len(clients),
+            "lagging_clients": sum(c.lagging for c in clients), "frames_out": hub.frames_out,
+            "max_queue": max((len(c.queue) for c in clients), default=0)}
+
+
+@router.get("/api/findings")
+async def findings(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+                   device_id: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Detector findings (numeric and camera), newest first."""
+    async with pool.acquire() as conn:
+        rows = await queries.recent_findings(conn, limit, device_id, since)
+    for row in rows:
+        if isinstance(row["detail"], str):
+            row["detail"] = orjson.loads(row["detail"])
+    return rows
+
+
+@router.get("/api/districts")
+async def districts(request: Request) -> list[dict[str, Any]]:
+    """Districts of the city with their bounding box and device counts by kind."""
+    city = request.app.state.city
+    hub: LiveHub = request.app.state.hub
+    counts: dict[str, dict[str, int]] = {}
+    for row in hub.summary():
+        if row["district"]:
+            counts.setdefault(row["district"], {})[row["kind"]] = row["total"]
+    return [{"code": d.code, "name": d.name, "bbox": d.bbox, "population": d.properties.get("population"),
+             "devices": counts.get(d.code, {})} for d in city.districts]
+
+
+@router.get("/api/city")
+async def city_geojson(request: Request) -> Response:
+    """The city's GeoJSON (district outlines, roads) for maps that must work offline."""
+    return Response(orjson.dumps(request.app.state.city.geojson), media_type="application/geo+json")
+
+
+@router.get("/api/summary")
+async def summary(request: Request) -> list[dict[str, Any]]:
+    """Device counts per district and kind: total, online, offline, degraded, unknown."""
+    hub: LiveHub = request.app.state.hub
+    return hub.summary()
+
+
+@router.get("/api/devices/{device_id}/snapshot", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no snapshot"}})
+async def latest_snapshot(pool: PoolDep, device_id: str) -> Response:
+    """The most recent snapshot of a camera as ``image/jpeg``."""
+    async with pool.acquire() as conn:
+        snap = await queries.latest_snapshot(conn, device_id)
+    if snap is None:
+        raise HTTPException(404, f"no snapshot for {device_id!r}")
+    return Response(snap["jpeg"], media_type="image/jpeg", headers={
+        "Last-Modified": snap["last_seen"].strftime("%a, %d %b %Y %H:%M:%S GMT"), "Cache-Control": "no-cache",
+        "X-Snapshot-First-Seen": snap["first_seen"].isoformat()})

@@ -1,0 +1,59 @@
+"""The control-room wall display: ``/`` and its static assets under ``/wall/`` (no build step)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["wall"])
+
+WALL_DIR = Path(__file__).resolve().parents[2] / "dashboards" / "wall"
+
+# Only these types are served: a stray file in the folder (notes, backups) never leaks out.
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+}
+# One flat name, no leading dot: nothing like "..", "a/b" or ".env" can reach the file system.
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+
+
+@router.get("/", include_in_schema=False)
+async def wall_index(request: Request) -> Response:
+    """The wall display page."""
+    return _serve("index.html", request)
+
+
+@router.get("/wall/{name}", include_in_schema=False)
+async def wall_asset(name: str, request: Request) -> Response:
+    """A script, style sheet or image of the wall display."""
+    return _serve(name, request)
+
+
+def _serve(name: str, request: Request) -> Response:
+    path = WALL_DIR / name
+    media_type = CONTENT_TYPES.get(path.suffix.lower())
+    if not _NAME_RE.fullmatch(name) or media_type is None or path.resolve().parent != WALL_DIR.resolve():
+        raise HTTPException(404, "not found")
+    try:
+        body = path.read_bytes()  # a few small files: reading them per request keeps edits live
+    except (FileNotFoundError, IsADirectoryError):
+        raise HTTPException(404, "not found") from None
+    # no-cache means "revalidate", so a new deploy shows up on the next reload; the ETag keeps that cheap.
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    headers = {"Cache-Control": "no-cache", "ETag": etag, "X-Content-Type-Options": "nosniff"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)

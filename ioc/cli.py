@@ -1,0 +1,171 @@
+"""The ``ioc`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ioc.settings import Settings
+
+logger = logging.getLogger("ioc")
+DEFAULT_DEMO_DIR = "~/.local/share/ioc-demo"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.services import db_upgrade
+
+    if args.db_command == "upgrade":
+        backend, applied = asyncio.run(db_upgrade(settings))
+        print(f"database up to date ({backend.value} backend); applied: {', '.join(applied) or 'nothing'}")
+        return 0
+    if args.db_command == "status":
+        return asyncio.run(_db_status(settings))
+    return 2
+
+
+async def _db_status(settings: Settings) -> int:
+    import asyncpg
+
+    from storage.db import SchemaNotReady, read_backend
+    from storage.migrate import current_version
+
+    conn = await asyncpg.connect(settings.database_url, statement_cache_size=settings.storage.statement_cache_size)
+    try:
+        try:
+            backend = await read_backend(conn)
+        except SchemaNotReady as err:
+            print(err)
+            return 1
+        print(f"backend: {backend.value}; schema version: {await current_version(conn)}")
+        return 0
+    finally:
+        await conn.close()
+
+
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from prometheus_client import start_http_server
+
+    from ioc.services import build_worker, run_until_signal
+
+    if args.write_method:
+        settings.ingest.write_method = args.write_method
+    port = args.metrics_port if args.metrics_port is not None else settings.ingest.metrics_port
+    if port:
+        start_http_server(port, addr="127.0.0.1" if args.metrics_host is None else args.metrics_host)
+        logger.info("ingest metrics on :%d/metrics", port)
+    worker = build_worker(settings, client_id=args.client_id)
+    asyncio.run(run_until_signal(worker))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from ioc.api.app import create_app
+
+    app = create_app(settings, embed_ingest=args.ingest)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
+    return 0
+
+
+def _cmd_camera_check(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.camera.batch import check_dir
+
+    count = check_dir(args.dir, args.out, progress=not args.quiet)
+    print(f"{count} snapshots analysed -> {args.out}")
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.numeric.batch import detect_path
+
+    count = detect_path(args.path, args.out, progress=not args.quiet)
+    print(f"{count} file(s) scored -> {args.out}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from simulators.cli import run
+
+    return run(args, settings.mqtt_url)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.demo import DEFAULT_DATA_DIR, run_demo
+
+    data_dir = (args.data_dir or DEFAULT_DATA_DIR).expanduser()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_demo(settings, args.host, args.port, data_dir, args.sim_args or []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="ioc", description="Smart-city IOC realtime monitor. Settings come from IOC_* environment variables.")
+    parser.add_argument("--log-level", default=None, help="override IOC_LOG_LEVEL (DEBUG, INFO, WARNING...)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="database schema management")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply migrations (TimescaleDB when available, else partitioned PostgreSQL)")
+    db_sub.add_parser("status", help="print the backend and schema version")
+
+    ing = sub.add_parser("ingest", help="run one MQTT ingest worker (several may share the load)")
+    ing.add_argument("--client-id", help="MQTT client id; stable per worker (default IOC_MQTT__CLIENT_ID)")
+    ing.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    ing.add_argument("--metrics-host", help="address for --metrics-port (default 127.0.0.1)")
+    ing.add_argument("--write-method", choices=["copy", "unnest"], help="override IOC_INGEST__WRITE_METHOD")
+
+    cam = sub.add_parser("camera-check", help="run the live camera analyser over DIR/<sequence>/<index>.jpg")
+    cam.add_argument("dir", type=Path, help="folder with one sub-folder of numbered JPEGs per camera")
+    cam.add_argument("--out", type=Path, required=True, help="CSV to write: sequence,index,label,activity")
+    cam.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    det = sub.add_parser("detect", help="run the live numeric detectors over CSV files (timestamp,value)")
+    det.add_argument("path", type=Path, help="a CSV file or a folder searched recursively")
+    det.add_argument("--out", type=Path, required=True, help="folder for the scored CSVs (same relative paths)")
+    det.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    demo = sub.add_parser("demo", help="simulated city -> ingest -> analytics -> live wall display, one command")
+    demo.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    demo.add_argument("--data-dir", type=Path, help=f"where private services keep data (default {DEFAULT_DEMO_DIR})")
+    demo.add_argument("--sim-args", nargs=argparse.REMAINDER, help="pass the rest to the simulator (see ioc simulate)")
+
+    from simulators.cli import add_arguments
+
+    sim = sub.add_parser("simulate", help="simulated city devices publishing over MQTT (IOC_MQTT_URL), with incidents")
+    add_arguments(sim)
+
+    srv = sub.add_parser("serve", help="run the HTTP API (REST, /metrics, /healthz, OpenAPI at /docs)")
+    srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument("--ingest", action="store_true", help="also run an ingest worker in this process")
+    return parser
+
+
+_COMMANDS = {"db": _cmd_db, "demo": _cmd_demo, "ingest": _cmd_ingest, "serve": _cmd_serve,
+             "camera-check": _cmd_camera_check, "detect": _cmd_detect, "simulate": _cmd_simulate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ioc`` command."""
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    _setup_logging(args.log_level or settings.log_level)
+    try:
+        return _COMMANDS[args.command](args, settings)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

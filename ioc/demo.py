@@ -1,0 +1,87 @@
+"""``ioc demo``: one command from a fresh machine to a live simulated city on the wall display."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import uvicorn
+
+import simulators
+from ioc.api.app import create_app
+from ioc.infra import InfraError, Services
+from ioc.services import db_upgrade
+from ioc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "ioc-demo"
+
+
+LIVE_DEMO_SCENARIO = Path(simulators.__file__).resolve().parent / "data" / "live-demo.toml"
+
+
+def simulator_command(mqtt_url: str, data_dir: Path, options: list[str]) -> list[str]:
+    """The simulator child process (its own process: it must not compete with the API for the GIL).
+
+    Without options it runs the bundled live-demo scenario until stopped, writing its ground truth
+    next to the demo's data so a run can be scored afterwards.
+    """
+    if not options:
+        options = ["--scenario", str(LIVE_DEMO_SCENARIO), "--duration", "0",
+                   "--ground-truth", str(data_dir / "ground-truth.jsonl"), "--report-every", "60"]
+    return [sys.executable, "-m", "simulators", "--mqtt-url", mqtt_url, *options]
+
+
+async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim_options: list[str]) -> int:
+    """Find or start PostgreSQL and Mosquitto, migrate, serve API + ingest, run the simulator; until Ctrl-C."""
+    services = Services(data_dir)
+    simulator: asyncio.subprocess.Process | None = None
+    try:
+        try:
+            database_url = await services.resolve_database(os.environ.get("IOC_DATABASE_URL"))
+            mqtt_url = services.resolve_broker(os.environ.get("IOC_MQTT_URL"))
+        except InfraError as err:
+            print(f"ioc demo: {err}", file=sys.stderr)
+            return 2
+        settings = settings.model_copy(update={"database_url": database_url, "mqtt_url": mqtt_url})
+        # A demo worker of its own: never share a subscription group with real ingest workers.
+        settings.mqtt.client_id = "ioc-demo-ingest"
+        settings.mqtt.share_group = "ioc-demo"
+        settings.mqtt.session_expiry_s = 3600
+        backend, _ = await db_upgrade(settings)
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, embed_ingest=True), host=host, port=port,
+                                               log_level="warning"))
+        serving = asyncio.create_task(server.serve())
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if serving.done() or time.monotonic() > deadline:
+                await serving
+                print("ioc demo: the web server did not start", file=sys.stderr)
+                return 2
+            await asyncio.sleep(0.05)
+        simulator = await asyncio.create_subprocess_exec(*simulator_command(mqtt_url, data_dir, sim_options),
+                                                         stdin=asyncio.subprocess.DEVNULL)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print("\n".join([
+            "", "IOC demo is running.",
+            *[f"  {note}" for note in services.notes], f"  storage backend: {backend.value}",
+            f"  wall display:  http://{shown}:{port}/",
+            f"  API docs:      http://{shown}:{port}/docs",
+            f"  live feed:     ws://{shown}:{port}/ws/live",
+            f"  ground truth:  {data_dir / 'ground-truth.jsonl'}" if not sim_options else "",
+            "Press Ctrl-C to stop.", ""]), flush=True)
+        await serving  # uvicorn owns SIGINT/SIGTERM and returns here after a graceful shutdown
+        return 0
+    finally:
+        if simulator is not None and simulator.returncode is None:
+            simulator.terminate()
+            try:
+                await asyncio.wait_for(simulator.wait(), 10)
+            except TimeoutError:
+                simulator.kill()
+        await asyncio.to_thread(services.stop)

@@ -1,0 +1,87 @@
+"""City geography: district outlines (and roads) from a GeoJSON file shipped with the project.
+
+The service assigns each device to a district by the position it reports, so districts stay a
+property of the city, not of the device simulator or of device ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CITY_FILE = Path(__file__).resolve().parent.parent / "simulators" / "data" / "haiphong.json"
+
+Ring = list[tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class District:
+    """One district: code, name and outline (lon, lat rings; holes ignored)."""
+
+    code: str
+    name: str
+    polygons: tuple[Ring, ...]
+    bbox: tuple[float, float, float, float]  # min lon, min lat, max lon, max lat
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    def contains(self, lon: float, lat: float) -> bool:
+        x0, y0, x1, y1 = self.bbox
+        if not (x0 <= lon <= x1 and y0 <= lat <= y1):
+            return False
+        return any(_in_ring(lon, lat, ring) for ring in self.polygons)
+
+
+class City:
+    """Districts of a city with a point -> district lookup."""
+
+    def __init__(self, name: str, districts: list[District], geojson: dict[str, Any]) -> None:
+        self.name = name
+        self.districts = districts
+        self.geojson = geojson
+        self._by_code = {d.code: d for d in districts}
+
+    @classmethod
+    def load(cls, path: Path | str = DEFAULT_CITY_FILE) -> City:
+        """Read a GeoJSON FeatureCollection whose district features have ``properties.layer == "district"``."""
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        districts = []
+        for feature in doc.get("features", []):
+            props = feature.get("properties", {})
+            geom = feature.get("geometry") or {}
+            if props.get("layer", "district") != "district" or geom.get("type") not in ("Polygon", "MultiPolygon"):
+                continue
+            polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
+            rings = tuple([(float(p[0]), float(p[1])) for p in poly[0]] for poly in polys)
+            xs = [p[0] for r in rings for p in r]
+            ys = [p[1] for r in rings for p in r]
+            code = str(props.get("code") or feature.get("id"))
+            districts.append(District(code, str(props.get("name", code)), rings,
+                                      (min(xs), min(ys), max(xs), max(ys)), props))
+        name = str(doc.get("properties", {}).get("name", Path(path).stem))
+        return cls(name, districts, doc)
+
+    def get(self, code: str) -> District | None:
+        return self._by_code.get(code)
+
+    def district_of(self, lat: float | None, lon: float | None) -> str | None:
+        """Code of the district containing the point, or None (no position, or outside every district)."""
+        if lat is None or lon is None:
+            return None
+        for district in self.districts:
+            if district.contains(lon, lat):
+                return district.code
+        return None
+
+
+def _in_ring(x: float, y: float, ring: Ring) -> bool:
+    inside = False
+    j = len(ring) - 1
+    for i in range(len(ring)):
+        xi, yi = ring[i]
+        xj, yj = ring[j]
+        if (yi > y) != (yj > y) and x < (xj - xi) * (y - yi) / (yj - yi) + xi:
+            inside = not inside
+        j = i
+    return inside

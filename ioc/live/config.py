@@ -1,0 +1,33 @@
+"""Live-feed settings (a section of :class:`ioc.settings.Settings`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ioc.geo import DEFAULT_CITY_FILE
+
+
+class LiveConfig(BaseModel):
+    """How the WebSocket hub buffers and where its data comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    city_file: Path = Field(DEFAULT_CITY_FILE, description="GeoJSON with district outlines (and roads).")
+    listen_mqtt: bool = Field(
+        True, description="Without an embedded ingest worker, follow the broker directly (plain subscription).")
+    ring_size: int = Field(50_000, ge=100, description="Frames kept for clients that reconnect and resume.")
+    client_queue: int = Field(2000, ge=10, description="Frames queued per client before it is marked behind.")
+    heartbeat_s: float = Field(10.0, gt=0)
+    initial_window_min: int = Field(15, ge=1, description="Latest values loaded from the database at start.")
+
+
+class AnalyticsConfig(BaseModel):
+    """Detectors run next to the live hub (numeric in-process, cameras in worker processes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Run the numeric and camera detectors on ingested data.")
+    camera_processes: int = Field(2, ge=1, le=32, description="Processes analysing camera snapshots.")
+    state_every_s: float = Field(300.0, gt=0, description="How often the learned detector state is saved.")

@@ -1,0 +1,289 @@
+"""The live hub: turns ingested records into frames and fans them out to WebSocket clients.
+
+* Frames are built from the in-memory records as they are ingested, never read back from the database.
+* Every frame has a sequence number; the last ``ring_size`` frames are kept so a client that reconnects
+  with the last number it saw (and the hub's epoch) gets what it missed, or else a fresh snapshot.
+* Each client has a bounded queue. A client that falls behind stops getting individual frames: the
+  hub remembers which devices changed and, when the client catches up, sends each one's latest state
+  once with a ``lagged`` notice. Pushing to a client is O(1) and never waits, so a stalled screen can
+  slow neither the other screens nor the ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from analytics.findings import Finding
+from ingest.records import DeviceEvent, ParsedMessage, Reading, Record, Snapshot, StatusUpdate
+from ioc.live.filters import Subscription
+from ioc.live.state import DeviceState, DeviceTable
+
+logger = logging.getLogger(__name__)
+
+DistrictOf = Callable[[float | None, float | None], str | None]
+_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def encode(doc: dict[str, Any]) -> str:
+    return orjson.dumps(doc, option=_OPTS).decode()
+
+
+@dataclass(slots=True)
+class Frame:
+    """One encoded update plus what filters need to know about it."""
+
+    seq: int
+    type: str
+    device_id: str
+    kind: str
+    district: str | None
+    lat: float | None
+    lon: float | None
+    text: str
+    coalescable: bool  # may be replaced by the device's latest state when a client lags
+
+    def visible_to(self, sub: Subscription) -> bool:
+        return sub.matches(self.kind, self.device_id, self.district, self.lat, self.lon, self.type)
+
+
+@dataclass(eq=False)
+class ClientSession:
+    """One connected client: its filter and its bounded outbox."""
+
+    sub: Subscription
+    capacity: int
+    queue: deque[Frame | str] = field(default_factory=deque)  # str: control frames (heartbeat, notices)
+    behind: dict[str, None] = field(default_factory=dict)  # devices to resend as latest state
+    behind_other: deque[str] = field(default_factory=deque)  # events etc. kept while lagging (bounded)
+    dropped: int = 0
+    lagging: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+
+    def push(self, frame: Frame) -> None:
+        if self.lagging:
+            self._remember(frame)
+        elif len(self.queue) >= self.capacity:
+            # Fell behind: from now on keep only "which devices changed" until the client catches up.
+            self.lagging = True
+            queued, controls = list(self.queue), [q for q in self.queue if isinstance(q, str)]
+            self.queue = deque(controls)
+            for item in queued:
+                if isinstance(item, Frame):
+                    self._remember(item)
+            self._remember(frame)
+        else:
+            self.queue.append(frame)
+        self.wake.set()
+
+    def push_control(self, text: str) -> None:
+        """Heartbeats and notices: always delivered, never counted against the bound."""
+        self.queue.append(text)
+        self.wake.set()
+
+    def _remember(self, frame: Frame) -> None:
+        self.dropped += 1
+        if frame.coalescable:
+            self.behind.pop(frame.device_id, None)
+            self.behind[frame.device_id] = None
+        else:
+            if len(self.behind_other) >= self.capacity:
+                self.behind_other.popleft()
+            self.behind_other.append(frame.text)
+
+    def take(self, hub: LiveHub, max_bytes: int = 256 * 1024) -> list[str]:
+        """Frames to send now (oldest first), about ``max_bytes`` at most; empty when there is nothing.
+
+        The cap keeps each WebSocket message well under clients' message-size limits (1 MiB by default
+        in common libraries) however far behind the sender is.
+        """
+        self.wake.clear()
+        if self.lagging:
+            caught_up = [encode({"type": "lagged", "seq": hub.seq, "dropped_frames": self.dropped,
+                                 "devices_resent": len(self.behind)})]
+            caught_up.extend(q for q in self.queue if isinstance(q, str))  # control frames queued meanwhile
+            caught_up.extend(hub.device_frame(d) for d in self.behind if d in hub.table.devices)
+            caught_up.extend(self.behind_other)
+            self.queue.clear()
+            self.behind.clear()
+            self.behind_other.clear()
+            self.lagging, self.dropped = False, 0
+            return caught_up
+        out: list[str] = []
+        size = 0
+        while self.queue and (not out or size < max_bytes):
+            item = self.queue.popleft()
+            text = item if isinstance(item, str) else item.text
+            out.append(text)
+            size += len(text)
+        if self.queue:
+            self.wake.set()
+        return out
+
+
+class LiveHub:
+    """State + fan-out. All methods run on the event loop thread."""
+
+    def __init__(self, district_of: DistrictOf = lambda lat, lon: None, ring_size: int = 50_000,
+                 client_capacity: int = 2000, heartbeat_s: float = 10.0) -> None:
+        self.district_of = district_of
+        self.table = DeviceTable()
+        self.ring: deque[Frame] = deque(maxlen=ring_size)
+        self.clients: set[ClientSession] = set()
+        self.client_capacity = client_capacity
+        self.heartbeat_s = heartbeat_s
+        self.epoch = uuid.uuid4().hex[:12]
+        self.seq = 0
+        self.frames_out = 0
+
+    # --- input ---------------------------------------------------------------------------------------
+
+    def load_devices(self, devices: list[dict[str, Any]], latest: list[dict[str, Any]]) -> None:
+        """Seed state from the database at start (registry rows and recent latest values)."""
+        for row in devices:
+            dev = self.table.get_or_create(row["device_id"], row["kind"])
+            dev.lat, dev.lon = row.get("lat"), row.get("lon")
+            dev.state, dev.state_reason, dev.state_ts = row["state"], row.get("state_reason"), row.get("state_ts")
+            dev.last_seen = row.get("last_seen")
+            dev.district = self.district_of(dev.lat, dev.lon)
+        for row in latest:
+            known = self.table.devices.get(row["device_id"])
+            if known is not None:
+                known.latest[row["metric"]] = (row["ts"], row["value"])
+
+    def on_parsed(self, parsed: ParsedMessage) -> None:
+        """Ingest sink: one parsed MQTT message (called before it is committed)."""
+        received_at = datetime.now(UTC)
+        for rec in parsed.records:
+            self.on_record(rec, received_at)
+
+    def on_record(self, rec: Record, received_at: datetime) -> None:
+        dev, moved, news = self.table.apply(rec, received_at)
+        if moved or (dev.district is None and dev.lat is not None):
+            dev.district = self.district_of(dev.lat, dev.lon)
+        if not news:
+            return  # e.g. a reading the broker redelivered after a worker restart
+        if isinstance(rec, Reading):
+            self.emit("reading", dev, {"ts": rec.ts, "metrics": rec.metrics, "dev_seq": rec.seq}, True)
+        elif isinstance(rec, StatusUpdate):
+            self.emit("status", dev, {"ts": rec.ts, "state": dev.state, "reason": dev.state_reason}, True)
+        elif isinstance(rec, DeviceEvent):
+            self.emit("event", dev, {"ts": rec.ts, "event_type": rec.type, "severity": rec.severity,
+                                     "detail": rec.detail}, False)
+        elif isinstance(rec, Snapshot):
+            self.emit("image", dev, {"ts": rec.ts, "width": rec.width, "height": rec.height,
+                                     "url": f"/api/devices/{dev.device_id}/snapshot"}, True)
+
+    def emit(self, frame_type: str, dev: DeviceState, body: dict[str, Any], coalescable: bool) -> Frame:
+        """Sequence, encode once, keep in the ring and push to every interested client."""
+        self.seq += 1
+        doc = {"type": frame_type, "seq": self.seq, "device_id": dev.device_id, "kind": dev.kind,
+               "district": dev.district, **body}
+        if frame_type != "reading" or dev.lat is not None:
+            doc["lat"], doc["lon"] = dev.lat, dev.lon
+        frame = Frame(self.seq, frame_type, dev.device_id, dev.kind, dev.district, dev.lat, dev.lon,
+                      encode(doc), coalescable)
+        self.ring.append(frame)
+        for client in self.clients:
+            if frame.visible_to(client.sub):
+                client.push(frame)
+                self.frames_out += 1
+        return frame
+
+    def set_health(self, device_id: str, health: dict[str, Any]) -> None:
+        """Record a camera's analysed health; a change of label is pushed as a ``finding`` frame's context."""
+        dev = self.table.devices.get(device_id)
+        if dev is not None:
+            changed = dev.health.get("label") != health.get("label")
+            dev.health = health
+            if changed:
+                self.emit("health", dev, {"ts": health.get("ts"), **{k: v for k, v in health.items() if k != "ts"}},
+                          True)
+
+    def emit_finding(self, finding: Finding) -> None:
+        """Push a detector finding (devices the hub does not know, e.g. ``group:LC``, are sent as kind "group")."""
+        dev = self.table.devices.get(finding.device_id) or DeviceState(finding.device_id, "group",
+                                                                      district=finding.device_id.partition(":")[2]
+                                                                      or None)
+        self.emit("finding", dev, {"ts": finding.ts, "series": finding.series, "finding_type": finding.type,
+                                   "score": round(float(finding.score), 3), "explanation": finding.explanation},
+                  False)
+
+    # --- clients -------------------------------------------------------------------------------------
+
+    def attach(self, sub: Subscription, resume_from: int | None = None, epoch: str | None = None) -> ClientSession:
+        """Register a client; queue its catch-up (missed frames) or a snapshot of current state."""
+        client = ClientSession(sub, self.client_capacity)
+        self._prime(client, resume_from, epoch)
+        self.clients.add(client)
+        return client
+
+    def resubscribe(self, client: ClientSession, sub: Subscription, resume_from: int | None = None,
+                    epoch: str | None = None) -> None:
+        """Change a client's filter: what it had queued is dropped and it starts again from a snapshot."""
+        client.sub = sub
+        client.queue.clear()
+        client.behind.clear()
+        client.behind_other.clear()
+        client.lagging, client.dropped = False, 0
+        self._prime(client, resume_from, epoch)
+
+    def _prime(self, client: ClientSession, resume_from: int | None, epoch: str | None) -> None:
+        if resume_from is not None and epoch == self.epoch and self._can_resume(resume_from):
+            client.push_control(encode({"type": "resumed", "seq": self.seq, "epoch": self.epoch,
+                                        "from": resume_from}))
+            for frame in self.ring:
+                if frame.seq > resume_from and frame.visible_to(client.sub):
+                    client.push(frame)
+        else:
+            client.push_control(self.snapshot_frame(client.sub))
+
+    def detach(self, client: ClientSession) -> None:
+        client.closed = True
+        self.clients.discard(client)
+
+    def _can_resume(self, seq: int) -> bool:
+        if seq > self.seq:
+            return False
+        if seq == self.seq:
+            return True
+        return bool(self.ring) and self.ring[0].seq <= seq + 1
+
+    def snapshot_frame(self, sub: Subscription) -> str:
+        devices = [d.to_dict() for d in self.table.devices.values()
+                   if sub.matches_device(d.kind, d.device_id, d.district, d.lat, d.lon)]
+        return encode({"type": "snapshot", "seq": self.seq, "epoch": self.epoch,
+                       "server_time": datetime.now(UTC), "devices": devices})
+
+    def device_frame(self, device_id: str) -> str:
+        dev = self.table.devices[device_id]
+        return encode({"type": "device", "seq": self.seq, "coalesced": True, **dev.to_dict()})
+
+    async def heartbeat_loop(self) -> None:
+        """Tell every client we are alive and where the sequence stands."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            text = encode({"type": "heartbeat", "seq": self.seq, "epoch": self.epoch,
+                           "server_time": datetime.now(UTC), "mono": time.monotonic()})
+            for client in list(self.clients):
+                client.push_control(text)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Device counts by district, kind and state."""
+        counts: dict[tuple[str | None, str], dict[str, int]] = {}
+        for dev in self.table.devices.values():
+            row = counts.setdefault((dev.district, dev.kind), {})
+            row[dev.state] = row.get(dev.state, 0) + 1
+        return [{"district": district, "kind": kind, "total": sum(c.values()), **{
+                 s: c.get(s, 0) for s in ("online", "offline", "degraded", "unknown")}}
+                for (district, kind), c in sorted(counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))]

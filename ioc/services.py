@@ -1,0 +1,59 @@
+"""Wiring: build the long-running parts of a process from :class:`~ioc.settings.Settings`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import asyncpg
+
+from ingest.contract import SUBSCRIPTION
+from ingest.mqtt_session import SessionOptions
+from ingest.worker import IngestWorker, ParsedSink
+from ioc.settings import Settings
+from storage.db import Backend
+from storage.maintenance import run_maintenance
+from storage.migrate import upgrade
+
+logger = logging.getLogger(__name__)
+
+
+def session_options(settings: Settings, client_id: str | None = None) -> SessionOptions:
+    """MQTT session options for an ingest worker."""
+    mq = settings.mqtt
+    topic = f"$share/{mq.share_group}/{SUBSCRIPTION}" if mq.share_group else SUBSCRIPTION
+    user, password = settings.mqtt_credentials
+    return SessionOptions(
+        host=settings.mqtt_host, port=settings.mqtt_port, client_id=client_id or mq.client_id,
+        subscriptions=(topic,), keepalive_s=mq.keepalive_s, session_expiry_s=mq.session_expiry_s,
+        reconnect_min_s=mq.reconnect_min_s, reconnect_max_s=mq.reconnect_max_s,
+        username=user, password=password,
+        receive_maximum=min(65535, settings.ingest.max_pending_messages))
+
+
+def build_worker(settings: Settings, sinks: tuple[ParsedSink, ...] = (),
+                 client_id: str | None = None) -> IngestWorker:
+    """An ingest worker configured from settings."""
+    return IngestWorker(settings.database_url, session_options(settings, client_id), settings.ingest,
+                        settings.storage, sinks=sinks)
+
+
+async def run_until_signal(worker: IngestWorker) -> None:
+    """Run ``worker`` until SIGINT/SIGTERM, then let it drain."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+async def db_upgrade(settings: Settings) -> tuple[Backend, list[str]]:
+    """Apply migrations and run housekeeping once (creates the first partitions on PostgreSQL)."""
+    conn = await asyncpg.connect(settings.database_url,
+                                 statement_cache_size=settings.storage.statement_cache_size)
+    try:
+        backend, applied = await upgrade(conn, settings.storage)
+        await run_maintenance(conn, backend, settings.storage)
+        return backend, applied
+    finally:
+        await conn.close()

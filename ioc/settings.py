@@ -1,0 +1,55 @@
+"""The one settings object, read from the environment (prefix ``IOC_``, nested sections with ``__``).
+
+Examples: ``IOC_DATABASE_URL``, ``IOC_MQTT_URL``, ``IOC_INGEST__BATCH_MAX_MESSAGES``,
+``IOC_STORAGE__TIMESCALEDB``. See ``docs/configuration.md`` and ``.env.example``.
+Built in entry points (CLI, app factory), never at import time.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.config import IngestConfig, MqttConfig
+from ioc.live.config import AnalyticsConfig, LiveConfig
+from storage.config import StorageConfig
+
+
+class Settings(BaseSettings):
+    """Everything a process of the IOC needs to know about its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="IOC_", env_nested_delimiter="__", extra="ignore")
+
+    database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres",
+                              description="PostgreSQL / TimescaleDB DSN.")
+    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL: mqtt://[user:pass@]host[:port].")
+    log_level: str = "INFO"
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise ValueError("IOC_MQTT_URL must look like mqtt://host:1883")
+        return value
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+
+    @property
+    def mqtt_port(self) -> int:
+        return urlsplit(self.mqtt_url).port or 1883
+
+    @property
+    def mqtt_credentials(self) -> tuple[str | None, str | None]:
+        """Username and password from the URL, else from the mqtt section."""
+        parts = urlsplit(self.mqtt_url)
+        return (parts.username or self.mqtt.username, parts.password or self.mqtt.password)
