@@ -1,0 +1,54 @@
+"""`ioc demo` from the command line: live frames within 30 s, clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.support.services import free_port
+
+pytestmark = pytest.mark.integration
+
+
+async def test_demo_serves_live_frames_within_30s_and_stops_cleanly(tmp_path: Path, artifacts: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOC_")}  # the demo finds services itself
+    log = (artifacts / "demo.log").open("wb")
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "ioc.cli", "demo", "--port", str(port), "--data-dir",
+                             str(tmp_path)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    readings: list[dict[str, object]] = []
+    try:
+        while time.monotonic() - started < 30 and not readings:
+            assert proc.poll() is None, (artifacts / "demo.log").read_text()[-3000:]
+            try:
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws/live", open_timeout=2,
+                                              max_size=None) as ws:
+                    deadline = started + 30
+                    while time.monotonic() < deadline and not readings:
+                        frames = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+                        readings += [f for f in frames if f["type"] == "reading"]
+            except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosed, TimeoutError):
+                await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - started
+        assert readings, f"no live reading within 30 s: {(artifacts / 'demo.log').read_text()[-3000:]}"
+        assert elapsed <= 30
+        assert {"device_id", "kind", "ts", "metrics"} <= set(readings[0])
+    finally:
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        try:
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    assert code == 0, (artifacts / "demo.log").read_text()[-3000:]

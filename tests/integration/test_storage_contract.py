@@ -1,0 +1,153 @@
+"""Storage contract: the same test bodies over both backends.
+
+* ``postgres``: the real PostgreSQL 15 here, with TimescaleDB switched off (native range partitions);
+* ``timescaledb``: PostgreSQL 17 + TimescaleDB 2.23 compiled to WebAssembly (PGlite), served on the wire
+  protocol by tests/support/pglite. It has no COPY and a single shared session, so writes there use
+  the ``unnest`` method; its background jobs do not run (policies are created, not exercised).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from storage import queries
+from storage.config import StorageConfig
+from storage.db import STAGING_DDL, Backend, read_backend
+from storage.maintenance import run_maintenance
+from storage.migrate import current_version, upgrade
+from storage.writes import BatchRows, write_batch
+from tests.conftest import BASE_DSN, create_database, drop_database
+from tests.support.corpus import small_jpeg
+from tests.support.mqtt import unique_id
+from tests.support.pglite_server import PgliteError, start_pglite
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", params=["postgres", "timescaledb"])
+def backend_dsn(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Backend, str, dict[str, object]]]:
+    import asyncio
+
+    if request.param == "postgres":
+        dsn = asyncio.run(create_database(BASE_DSN))
+        yield Backend.POSTGRES, dsn, {}
+        asyncio.run(drop_database(BASE_DSN, dsn))
+        return
+    try:
+        server = start_pglite()
+    except PgliteError as err:  # node/npm missing: say so loudly rather than pass quietly
+        pytest.fail(f"TimescaleDB stand-in unavailable: {err}")
+    try:
+        yield Backend.TIMESCALEDB, server.dsn, server.connect_kwargs
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def conn(backend_dsn: tuple[Backend, str, dict[str, object]]) -> AsyncIterator[asyncpg.Connection]:
+    backend, dsn, kwargs = backend_dsn
+    connection = await asyncpg.connect(dsn, **kwargs)  # type: ignore[arg-type]
+    if backend is Backend.TIMESCALEDB:
+        await upgrade(connection, StorageConfig())  # idempotent; the PostgreSQL db is migrated already
+    yield connection
+    await connection.close()
+
+
+def method_for(backend: Backend) -> str:
+    return "unnest" if backend is Backend.TIMESCALEDB else "copy"
+
+
+async def test_schema_matches_backend_and_upgrade_is_idempotent(
+        conn: asyncpg.Connection, backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    backend = backend_dsn[0]
+    assert await read_backend(conn) is backend
+    version = await current_version(conn)
+    again_backend, applied = await upgrade(conn, StorageConfig(timescaledb="auto"))
+    assert (again_backend, applied, await current_version(conn)) == (backend, [], version)
+    if backend is Backend.TIMESCALEDB:
+        tables = {r["hypertable_name"] for r in await conn.fetch(
+            "SELECT hypertable_name FROM timescaledb_information.hypertables")}
+        assert {"telemetry", "device_status", "device_events"} <= tables
+        jobs = {r["proc_name"] for r in await conn.fetch("SELECT proc_name FROM timescaledb_information.jobs")}
+        assert {"policy_retention", "policy_compression"} <= jobs
+    else:
+        parts = await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'")
+        assert parts >= 8  # default + yesterday .. a week ahead
+
+
+async def test_write_then_read_back(conn: asyncpg.Connection,
+                                   backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    backend = backend_dsn[0]
+    if method_for(backend) == "copy":
+        await conn.execute(STAGING_DDL)
+    dev, cam = unique_id("T"), unique_id("C")
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    jpeg = small_jpeg(5)
+    rows = BatchRows(
+        telemetry=[(t0 + timedelta(minutes=i), dev, m, float(i * 10 + k), i)
+                   for i in range(10) for k, m in enumerate(("speed_kmh", "flow_veh_h"))],
+        status=[(t0, dev, "online", "boot", t0)],
+        events=[(t0, dev, "loop_fault", "minor", '{"lane": 2}', t0)],
+        snapshots=[(cam, hashlib.sha256(jpeg).digest(), t0, t0, 64, 48, len(jpeg), jpeg)],
+        quarantine=[(t0, f"ioc/v1/traffic/{dev}/telemetry", "not_json", "payload is not valid JSON", -1,
+                     b"{oops", 5, hashlib.sha256(dev.encode()).digest())],
+        devices=[(cam, "camera", t0, t0, None, None, None, None, None, None),
+                 (dev, "traffic", t0, t0 + timedelta(minutes=9), 20.86, 106.68, "online", "boot", t0, 9)])
+    await write_batch(conn, rows, method_for(backend))  # type: ignore[arg-type]
+    await write_batch(conn, rows, method_for(backend))  # a redelivery adds nothing
+
+    device = await queries.get_device(conn, dev)
+    assert device is not None
+    assert (device["kind"], device["state"], device["lat"], device["last_seq"]) == ("traffic", "online", 20.86, 9)
+    assert {d["device_id"] for d in await queries.list_devices(conn, kind="camera", limit=10_000)} >= {cam}
+
+    latest = {r["metric"]: r["value"] for r in await queries.latest_values(conn, dev, t0 - timedelta(days=1))}
+    assert latest == {"speed_kmh": 90.0, "flow_veh_h": 91.0}
+
+    raw = await queries.raw_points(conn, dev, "speed_kmh", t0, t0 + timedelta(hours=1), 1000)
+    assert [r["value"] for r in raw] == [i * 10.0 for i in range(10)]
+
+    buckets = await queries.bucketed_points(conn, backend, dev, "speed_kmh", t0, t0 + timedelta(hours=1),
+                                            timedelta(minutes=5), 1000)
+    assert sum(b["count"] for b in buckets) == 10
+    assert all(b["bucket"].minute % 5 == 0 and b["bucket"].second == 0 for b in buckets)
+    assert max(b["max"] for b in buckets) == 90.0
+
+    quarantined = [q for q in await queries.quarantine(conn, 1000, "not_json") if dev in q["topic"]]
+    assert len(quarantined) == 1 and quarantined[0]["payload"] == b"{oops"
+
+    snap = await queries.latest_snapshot(conn, cam)
+    assert snap is not None and snap["jpeg"] == jpeg and (snap["width"], snap["height"]) == (64, 48)
+
+
+async def test_older_status_does_not_override_newer(conn: asyncpg.Connection,
+                                                    backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    method = method_for(backend_dsn[0])
+    dev = unique_id("B")
+    t0 = datetime.now(UTC) - timedelta(minutes=10)
+
+    def device_row(state: str | None, ts: datetime | None) -> tuple[object, ...]:
+        return (dev, "bts", t0, t0, None, None, state, None, ts, None)
+
+    await write_batch(conn, BatchRows(devices=[device_row("offline", t0 + timedelta(minutes=5))]), method)  # type: ignore[list-item, arg-type]
+    await write_batch(conn, BatchRows(devices=[device_row("online", t0)]), method)  # type: ignore[list-item, arg-type]
+    # A will without device timestamp (state_ts NULL) only fills a registry that has no state yet.
+    await write_batch(conn, BatchRows(devices=[device_row("degraded", None)]), method)  # type: ignore[list-item, arg-type]
+    device = await queries.get_device(conn, dev)
+    assert device is not None and device["state"] == "offline"
+
+
+async def test_maintenance_runs(conn: asyncpg.Connection,
+                                backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    backend = backend_dsn[0]
+    stats = await run_maintenance(conn, backend, StorageConfig(snapshot_history=1),
+                                  now=datetime.now(UTC) + timedelta(days=3))
+    if backend is Backend.POSTGRES:
+        assert stats["partitions_created"] == 3 * 3  # three days further ahead, for three tables
+    assert stats["snapshots_pruned"] >= 0

@@ -1,0 +1,201 @@
+"""Real services for integration tests: private Mosquitto and PostgreSQL instances, ingest subprocesses.
+
+Everything listens on 127.0.0.1 only; readiness is polled, never assumed after a sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("IOC_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+#: The queue limits that "nothing acknowledged is lost" depends on; deploy/mosquitto/mosquitto.conf has the same.
+BROKER_LIMITS = """\
+max_queued_messages 0
+max_queued_bytes 0
+max_inflight_messages 0
+persistent_client_expiration 14d
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "") -> None:
+    """Poll ``predicate`` until it is true or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def private_mosquitto() -> Iterator[int]:
+    """A Mosquitto broker with the project's queue limits on a free port; yields the port."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ioc-mqtt-") as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{BROKER_LIMITS}")
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: port_open(port), 10, what="mosquitto")
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+class PrivatePostgres:
+    """A throw-away PostgreSQL cluster that a test may stop and start."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *cmd: str) -> None:
+        runner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*runner, *cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                          "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l",
+                          str(self.root / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """Start a private cluster (initdb + start); stopped and deleted afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="ioc-pg-", dir="/tmp"))
+    pg = PrivatePostgres(root)
+    try:
+        pg.init()
+        pg.start()
+        yield pg
+    finally:
+        with contextlib.suppress(Exception):
+            pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class IngestProcess:
+    """``ioc ingest`` as a child process, so tests can SIGKILL it like a crash would."""
+
+    def __init__(self, env: dict[str, str], client_id: str, log: Path, python_args: tuple[str, ...] = ()) -> None:
+        self.python_args = python_args  # e.g. ("-m", "cProfile", "-o", "worker.prof") for profiling runs
+        self.env = env
+        self.client_id = client_id
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> IngestProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            cmd = [sys.executable, *self.python_args, "-m", "ioc.cli", "ingest", "--client-id", self.client_id]
+            self.proc = subprocess.Popen(cmd,
+                                         env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class ServeProcess:
+    """``ioc serve --ingest`` as a child process on a free port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServeProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            cmd = [sys.executable, "-m", "ioc.cli", "serve", "--ingest", "--port", str(self.port)]
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(self._ready, 60, 0.1, what="ioc serve ready")
+
+    def _ready(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ioc serve exited: {self.log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

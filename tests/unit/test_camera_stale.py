@@ -1,0 +1,62 @@
+"""StaleMonitor / check_stale and the batch folder checker."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from analytics.camera import StaleMonitor, check_stale
+from analytics.camera.batch import check_dir
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def test_silent_camera_is_reported_once_and_clears() -> None:
+    mon = StaleMonitor(min_gap_s=30)
+    for i in range(10):
+        mon.snapshot("cam-1", T0 + timedelta(seconds=5 * i))
+        mon.snapshot("cam-2", T0 + timedelta(seconds=5 * i))
+    mon.snapshot("cam-2", T0 + timedelta(seconds=80))
+    assert mon.check(T0 + timedelta(seconds=60)) == []
+    found = mon.check(T0 + timedelta(seconds=90))
+    assert [f.device_id for f in found] == ["cam-1"] and found[0].type == "stale"
+    assert mon.check(T0 + timedelta(seconds=95)) == []  # reported once
+    mon.snapshot("cam-1", T0 + timedelta(seconds=96))
+    assert mon.check(T0 + timedelta(seconds=97)) == []
+
+
+def test_fps_and_bitrate_collapse() -> None:
+    mon = StaleMonitor()
+    for _ in range(20):
+        mon.telemetry("cam-1", fps=25.0, kbps=2000.0)
+    mon.snapshot("cam-1", T0)
+    assert mon.check(T0) == []
+    mon.telemetry("cam-1", fps=3.0, kbps=150.0)
+    found = mon.check(T0 + timedelta(seconds=1))
+    assert sorted(f.detail["metric"] for f in found) == ["bitrate", "fps"]
+
+
+def test_check_stale_stateless() -> None:
+    found = check_stale({"a": T0, "b": T0 + timedelta(seconds=100)}, T0 + timedelta(seconds=120), 60)
+    assert [f.device_id for f in found] == ["a"]
+
+
+def test_check_dir_writes_one_row_per_snapshot_in_numeric_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (120, 160, 3), np.uint8)
+    for seq in ("camA", "camB"):
+        (tmp_path / seq).mkdir()
+        for i in (0, 1, 2, 10):  # "10" must sort after "2"
+            cv2.imwrite(str(tmp_path / seq / f"{i}.jpg"), np.roll(base, 3 * i, axis=1))
+    out = tmp_path / "det.csv"
+    assert check_dir(tmp_path, out, progress=False) == 8
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["sequence", "index", "label", "activity"]
+    assert [r[1] for r in rows[1:5]] == ["0", "1", "2", "10"]
