@@ -103,7 +103,12 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     data_dir = (args.data_dir or DEFAULT_DATA_DIR).expanduser()
     data_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_demo(settings, args.host, args.port, data_dir, args.sim_args or []))
+    try:
+        return asyncio.run(run_demo(settings, args.host, args.port, data_dir, args.sim_args or []))
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl-C it handled once everything has shut down: that is the normal way out.
+        print("ioc demo: stopped", file=sys.stderr)
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

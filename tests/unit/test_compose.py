@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 # Files the operator creates from the documented steps (deploy/mosquitto/README.md), never committed.
 OPERATOR_FILES = {"deploy/mosquitto/passwd"}
+# Variables compose itself substitutes (secrets from .env); the IOC never reads them.
+COMPOSE_SECRETS = {"IOC_DB_PASSWORD", "IOC_MQTT_INGEST_PASSWORD", "IOC_MQTT_SIMULATOR_PASSWORD", "IOC_GRAFANA_PASSWORD"}
 
 
 def setting_names(model: type[BaseModel] = Settings, prefix: str = "IOC_") -> set[str]:
@@ -81,8 +83,16 @@ def test_broker_config_keeps_the_no_loss_limits() -> None:
         assert re.search(rf"^{line}$", conf, re.M), line
 
 
+def test_compose_substitutions_are_documented() -> None:
+    used = set(re.findall(r"\$\{(IOC_[A-Z0-9_]+)", (ROOT / "compose.yaml").read_text()))
+    example = (ROOT / ".env.example").read_text()
+    for var in used:
+        assert var in setting_names() | COMPOSE_SECRETS, var
+        assert re.search(rf"^#?\s*{var}=", example, re.M), f"{var} missing from .env.example"
+
+
 def test_env_example_lists_only_real_settings() -> None:
-    known = setting_names()
+    known = setting_names() | COMPOSE_SECRETS
     for line in (ROOT / ".env.example").read_text().splitlines():
         match = re.match(r"#?\s*(IOC_[A-Z0-9_]+)=", line)
         if match:
