@@ -1,0 +1,1 @@
+"""The alert engine: rules, lifecycle, incidents, silences, escalation, notifications."""

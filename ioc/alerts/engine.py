@@ -1,0 +1,348 @@
+"""The alert engine: signals in, alert and incident lifecycle out. Pure and clock-driven.
+
+Every method takes ``now`` and returns :class:`Changes` (what to store, push and page), so the same
+engine runs live (the stage passes the wall clock) and in tests and benchmarks (a controlled clock).
+
+Lifecycle: a signal that stays active ``for_s`` fires an alert (open); officers acknowledge, assign,
+comment, resolve; a condition that stays clear ``resolve_after_s`` resolves it by itself (so a
+flapping signal is one alert whose ``flaps`` count grows); resolved alerts close after
+``close_after_s``. Alerts join incidents (see :mod:`ioc.alerts.correlate`); incidents page through
+escalation policies unless silenced or inhibited, and stop paging once acknowledged or resolved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ioc.alerts import correlate, escalation, rules
+from ioc.alerts.escalation import Policy, Shift
+from ioc.alerts.model import LIVE, Alert, AlertError, AuditEntry, Changes, Incident, Page, Severity, Signal, State, rank
+from ioc.alerts.silences import Silence, silencing
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Timers of the engine (rules carry their own hysteresis)."""
+
+    close_after_s: float = 3600.0
+    correlation: correlate.CorrelationConfig = field(default_factory=correlate.CorrelationConfig)
+    notify_resolved: bool = True  # tell machine receivers (webhook) when a paged incident resolves
+
+
+class AlertEngine:
+    """Holds live alerts and incidents in memory; the stage persists every change it returns."""
+
+    def __init__(self, config: EngineConfig | None = None,
+                 district_name: Callable[[str | None], str | None] = lambda code: code) -> None:
+        self.config = config or EngineConfig()
+        self.district_name = district_name
+        self.alerts: dict[int, Alert] = {}
+        self.by_key: dict[str, Alert] = {}  # live alerts by dedupe key
+        self.pending: dict[str, tuple[datetime, Signal]] = {}  # active, waiting for for_s
+        self.incidents: dict[int, Incident] = {}
+        self.silences: list[Silence] = []
+        self.policies: list[Policy] = []
+        self.shifts: list[Shift] = []
+        self.next_alert_id = 1
+        self.next_incident_id = 1
+
+    # --- loading -------------------------------------------------------------------------------------------
+
+    def load(self, alerts: Iterable[Alert], incidents: Iterable[Incident], next_alert_id: int,
+             next_incident_id: int) -> None:
+        """Restore live and recently resolved alerts and incidents after a restart."""
+        for inc in incidents:
+            self.incidents[inc.id] = inc
+        for a in alerts:
+            self.alerts[a.id] = a
+            if a.live:
+                self.by_key[a.key] = a
+            owner = self.incidents.get(a.incident_id or -1)
+            if owner is not None and a.id not in owner.members:
+                owner.members.append(a.id)
+        self.next_alert_id = max(self.next_alert_id, next_alert_id)
+        self.next_incident_id = max(self.next_incident_id, next_incident_id)
+
+    def live_evidence(self, key: str) -> dict[str, Any] | None:
+        """Evidence of the live alert with this key (None when there is none): lets readings clear it."""
+        a = self.by_key.get(key)
+        return a.evidence if a is not None else None
+
+    def has_live(self, device_id: str) -> bool:
+        return any(a.device_id == device_id for a in self.by_key.values())
+
+    # --- signals -------------------------------------------------------------------------------------------
+
+    def observe(self, signals: Iterable[Signal], now: datetime) -> Changes:
+        """Apply signals; fires, updates and clears alerts and pages what must be paged."""
+        ch = Changes()
+        for sig in signals:
+            alert = self.by_key.get(sig.key)
+            if not sig.active:
+                self.pending.pop(sig.key, None)
+                if alert is not None and alert.clearing_since is None:
+                    alert.clearing_since = now
+                continue
+            if alert is not None:
+                self._refresh(alert, sig, now, ch)
+            elif rules.spec(sig.rule).for_s <= 0:
+                self._fire(sig, now, ch)
+            else:
+                since, _ = self.pending.get(sig.key, (now, sig))
+                self.pending[sig.key] = (since, sig)
+        self._escalate(now, ch)
+        return ch
+
+    def _refresh(self, alert: Alert, sig: Signal, now: datetime, ch: Changes) -> None:
+        if alert.clearing_since is not None:
+            alert.clearing_since = None
+            alert.flaps += 1  # it came back before the hysteresis ran out: the same alert, not a new one
+            ch.alerts[alert.id] = alert
+        alert.last_seen_at = max(alert.last_seen_at, now)
+        if rank(sig.severity) > rank(alert.severity):
+            alert.severity = sig.severity
+            ch.alerts[alert.id] = alert
+            inc = self.incidents.get(alert.incident_id or -1)
+            if inc is not None and rank(sig.severity) > rank(inc.severity):
+                inc.severity, inc.updated_at = sig.severity, now
+                ch.incidents[inc.id] = inc
+        if sig.evidence and sig.evidence != alert.evidence:
+            alert.evidence = {**alert.evidence, **sig.evidence}
+            alert.explanation = sig.explanation or alert.explanation
+            ch.alerts[alert.id] = alert
+
+    def _fire(self, sig: Signal, now: datetime, ch: Changes) -> None:
+        spec = rules.spec(sig.rule)
+        alert = Alert(self.next_alert_id, sig.key, sig.rule, spec.category, sig.severity, State.OPEN,
+                      sig.title or sig.rule, sig.explanation, started_at=min(sig.ts, now), last_seen_at=now,
+                      device_id=sig.device_id, kind=sig.kind, district=sig.district, lat=sig.lat, lon=sig.lon,
+                      evidence=dict(sig.evidence))
+        self.next_alert_id += 1
+        self.alerts[alert.id] = self.by_key[alert.key] = alert
+        members = {a.id: a for a in self.alerts.values()}
+        live = [i for i in self.incidents.values() if i.live]
+        inc = correlate.choose_incident(alert, live, members, self.config.correlation)
+        if inc is None:
+            inc = Incident(self.next_incident_id, correlate.group_key(alert), alert.category, alert.severity,
+                           State.OPEN, alert.title, alert.started_at, now, district=alert.district)
+            self.next_incident_id += 1
+            self.incidents[inc.id] = inc
+            ch.audit.append(AuditEntry(now, "incident_opened", "system", inc.id, alert.id, inc.title))
+        elif correlate.inhibits(inc, alert):
+            alert.suppressed = f"inhibited:{inc.id}"
+        alert.incident_id = inc.id
+        inc.members.append(alert.id)
+        if rank(alert.severity) > rank(inc.severity):
+            inc.severity = alert.severity
+        inc.updated_at = now
+        sil = silencing(self.silences, alert, now)
+        if sil is not None and alert.suppressed is None:
+            alert.suppressed = f"silenced:{sil.id}"
+        self._retitle(inc)
+        self._resuppress(inc, now, ch)
+        ch.alerts[alert.id], ch.incidents[inc.id] = alert, inc
+        ch.audit.append(AuditEntry(now, "alert_opened", "system", inc.id, alert.id, alert.title,
+                                   {"rule": alert.rule, "severity": alert.severity.value,
+                                    "suppressed": alert.suppressed}))
+
+    # --- time ----------------------------------------------------------------------------------------------
+
+    def tick(self, now: datetime) -> Changes:
+        """Advance timers: pending alerts fire, cleared ones resolve, resolved ones close, pages go out."""
+        ch = Changes()
+        for key, (since, sig) in list(self.pending.items()):
+            if (now - since).total_seconds() >= rules.spec(sig.rule).for_s:
+                del self.pending[key]
+                self._fire(sig, now, ch)
+        for alert in list(self.by_key.values()):
+            spec = rules.spec(alert.rule)
+            cleared = alert.clearing_since is not None and (
+                now - alert.clearing_since).total_seconds() >= spec.resolve_after_s
+            quiet = spec.auto_clear_s is not None and (now - alert.last_seen_at).total_seconds() >= spec.auto_clear_s
+            if cleared or quiet:
+                self._resolve_alert(alert, now, "system", "condition cleared" if cleared else "no longer reported", ch)
+        close_before = now - timedelta(seconds=self.config.close_after_s)
+        for alert in list(self.alerts.values()):
+            if alert.state == State.RESOLVED and alert.resolved_at and alert.resolved_at <= close_before:
+                alert.state, alert.closed_at = State.CLOSED, now
+                ch.alerts[alert.id] = alert
+        for inc in list(self.incidents.values()):
+            if inc.live:
+                self._resuppress(inc, now, ch)
+            elif inc.state == State.RESOLVED and inc.resolved_at and inc.resolved_at <= close_before:
+                inc.state, inc.closed_at = State.CLOSED, now
+                ch.incidents[inc.id] = inc
+                ch.audit.append(AuditEntry(now, "incident_closed", "system", inc.id))
+            if inc.state == State.CLOSED:
+                self._forget(inc)
+        self._escalate(now, ch)
+        return ch
+
+    def _forget(self, inc: Incident) -> None:
+        if all(self.alerts[m].state == State.CLOSED for m in inc.members if m in self.alerts):
+            for m in inc.members:
+                self.alerts.pop(m, None)
+            del self.incidents[inc.id]
+
+    def _resolve_alert(self, alert: Alert, now: datetime, actor: str, note: str, ch: Changes) -> None:
+        alert.state, alert.resolved_at, alert.clearing_since = State.RESOLVED, now, None
+        if self.by_key.get(alert.key) is alert:
+            del self.by_key[alert.key]
+        ch.alerts[alert.id] = alert
+        ch.audit.append(AuditEntry(now, "alert_resolved", actor, alert.incident_id, alert.id, note))
+        inc = self.incidents.get(alert.incident_id or -1)
+        if inc is None or not inc.live:
+            return
+        inc.updated_at = now
+        ch.incidents[inc.id] = inc
+        if any(self.alerts[m].live for m in inc.members if m in self.alerts):
+            self._retitle(inc)
+            return
+        inc.state, inc.resolved_at = State.RESOLVED, now
+        paged = bool(inc.escalation.get("paged"))
+        escalation.stop(inc, "resolved")
+        ch.audit.append(AuditEntry(now, "incident_resolved", actor, inc.id, None, note))
+        if paged and self.config.notify_resolved:
+            ch.pages.append(Page(inc.id, "resolved", None, ("webhook",), now))
+
+    def _resuppress(self, inc: Incident, now: datetime, ch: Changes) -> None:
+        """Re-evaluate silences on live members; an incident is quiet when every live member is."""
+        live = [self.alerts[m] for m in inc.members if m in self.alerts and self.alerts[m].live]
+        for a in live:
+            if a.suppressed and a.suppressed.startswith("inhibited:"):
+                continue
+            sil = silencing(self.silences, a, now)
+            want = f"silenced:{sil.id}" if sil else None
+            if want != a.suppressed:
+                a.suppressed = want
+                ch.alerts[a.id] = a
+        quiet = [a.suppressed for a in live if a.suppressed]
+        want_inc = quiet[0] if live and len(quiet) == len(live) else None
+        if want_inc != inc.suppressed:
+            inc.suppressed = want_inc
+            ch.incidents[inc.id] = inc
+            ch.audit.append(AuditEntry(now, "suppressed" if want_inc else "unsuppressed", "system", inc.id,
+                                       None, want_inc))
+
+    def _escalate(self, now: datetime, ch: Changes) -> None:
+        for inc in self.incidents.values():
+            if inc.state != State.OPEN or inc.suppressed:
+                continue
+            policy = escalation.policy_for(self.policies, inc)
+            if policy is None:
+                continue
+            if not inc.escalation or (inc.escalation.get("policy") != policy.id and not inc.escalation.get("paged")):
+                escalation.start(inc, policy, now)
+            step = escalation.due(inc, policy, now)
+            if step is None:
+                continue
+            inc.escalation["paged"] = True
+            reason = "firing" if step["first"] else "escalation"
+            ch.pages.append(Page(inc.id, reason, int(step["level"]), tuple(policy.channels), now))
+            ch.incidents[inc.id] = inc
+            ch.audit.append(AuditEntry(now, "paged" if step["first"] else "escalated", "system", inc.id, None,
+                                       f"level {step['level']} via {', '.join(policy.channels)}",
+                                       {"policy": policy.id, "level": step["level"], "cycle": step["cycle"]}))
+
+    def _retitle(self, inc: Incident) -> None:
+        inc.title = correlate.title_of(inc, [self.alerts[m] for m in inc.members if m in self.alerts],
+                                       self.district_name(inc.district))
+
+    # --- officers' actions ---------------------------------------------------------------------------------
+
+    def incident(self, incident_id: int) -> Incident:
+        inc = self.incidents.get(incident_id)
+        if inc is None:
+            raise AlertError(f"incident {incident_id} is not live (closed or unknown)")
+        return inc
+
+    def alert(self, alert_id: int) -> Alert:
+        a = self.alerts.get(alert_id)
+        if a is None:
+            raise AlertError(f"alert {alert_id} is not live (closed or unknown)")
+        return a
+
+    def acknowledge(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
+        """Acknowledge an incident and its live alerts; escalation stops."""
+        inc, ch = self.incident(incident_id), Changes()
+        if inc.state != State.OPEN:
+            raise AlertError(f"incident {incident_id} is {inc.state.value}, not open")
+        inc.state, inc.acked_by, inc.acked_at, inc.updated_at = State.ACKNOWLEDGED, actor, now, now
+        escalation.stop(inc, f"acknowledged by {actor}")
+        for m in inc.members:
+            a = self.alerts.get(m)
+            if a is not None and a.state == State.OPEN:
+                a.state, a.acked_by, a.acked_at = State.ACKNOWLEDGED, actor, now
+                ch.alerts[a.id] = a
+        ch.incidents[inc.id] = inc
+        ch.audit.append(AuditEntry(now, "acknowledged", actor, inc.id, None, note))
+        return ch
+
+    def assign(self, incident_id: int, officer_id: str | None, actor: str, now: datetime) -> Changes:
+        inc, ch = self.incident(incident_id), Changes()
+        inc.assignee, inc.updated_at = officer_id, now
+        ch.incidents[inc.id] = inc
+        ch.audit.append(AuditEntry(now, "assigned", actor, inc.id, None, officer_id or "unassigned"))
+        return ch
+
+    def comment(self, incident_id: int, actor: str, note: str, now: datetime) -> Changes:
+        inc, ch = self.incident(incident_id), Changes()
+        inc.updated_at = now
+        ch.incidents[inc.id] = inc
+        ch.audit.append(AuditEntry(now, "commented", actor, inc.id, None, note))
+        return ch
+
+    def resolve(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
+        """Resolve by hand: every live member resolves (a condition still present will fire anew)."""
+        inc, ch = self.incident(incident_id), Changes()
+        if not inc.live:
+            raise AlertError(f"incident {incident_id} is already {inc.state.value}")
+        for m in list(inc.members):
+            a = self.alerts.get(m)
+            if a is not None and a.live:
+                self._resolve_alert(a, now, actor, note or "resolved by hand", ch)
+        return ch
+
+    def close(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
+        inc, ch = self.incident(incident_id), Changes()
+        if inc.state != State.RESOLVED:
+            raise AlertError(f"incident {incident_id} is {inc.state.value}; resolve it first")
+        inc.state, inc.closed_at, inc.updated_at = State.CLOSED, now, now
+        for m in inc.members:
+            a = self.alerts.get(m)
+            if a is not None and a.state == State.RESOLVED:
+                a.state, a.closed_at = State.CLOSED, now
+                ch.alerts[a.id] = a
+        ch.incidents[inc.id] = inc
+        ch.audit.append(AuditEntry(now, "closed", actor, inc.id, None, note))
+        self._forget(inc)
+        return ch
+
+    # --- silences, policies, roster ----------------------------------------------------------------------
+
+    def set_silences(self, silences: list[Silence], now: datetime) -> Changes:
+        """Replace the silence list and re-evaluate every live incident at once."""
+        self.silences = list(silences)
+        ch = Changes()
+        for inc in list(self.incidents.values()):
+            if inc.live:
+                self._resuppress(inc, now, ch)
+        self._escalate(now, ch)
+        return ch
+
+    def live_incidents(self) -> list[Incident]:
+        return sorted((i for i in self.incidents.values() if i.state in LIVE),
+                      key=lambda i: (-rank(i.severity), i.started_at))
+
+    def members(self, incident_id: int) -> list[Alert]:
+        inc = self.incidents.get(incident_id)
+        return [self.alerts[m] for m in inc.members if m in self.alerts] if inc else []
+
+
+__all__ = ["AlertEngine", "EngineConfig", "Severity"]

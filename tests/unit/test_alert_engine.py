@@ -1,0 +1,201 @@
+"""The alert engine on plain signals with a controlled clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from analytics.findings import Finding
+from ingest.records import DeviceEvent, Reading, StatusUpdate
+from ioc.alerts import rules
+from ioc.alerts.engine import AlertEngine
+from ioc.alerts.escalation import Policy, Shift
+from ioc.alerts.model import AlertError, Severity, State
+from ioc.alerts.silences import Silence
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+DEVICES = {f"BTS-KA-{i:02d}": ("bts", "KA", 20.80 + i * 0.001, 106.62) for i in range(40)}
+DEVICES |= {f"BTS-LC-{i:02d}": ("bts", "LC", 20.85, 106.68 + i * 0.001) for i in range(5)}
+DEVICES |= {"CAM-KA-01": ("camera", "KA", 20.8005, 106.6205), "CAM-LC-01": ("camera", "LC", 20.85, 106.70)}
+DEVICES |= {f"TRF-{i}": ("traffic", "NQ", 20.84 + i * 0.005, 106.70) for i in range(4)}
+
+
+def info(device_id: str) -> tuple[str | None, str | None, float | None, float | None]:
+    return DEVICES.get(device_id, (None, None, None, None))
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def power_lost(dev: str, t: float) -> list:
+    return rules.from_event(DeviceEvent(dev, "bts", at(t), "mains_power_lost", "major", {}), info)
+
+
+def power_back(dev: str, t: float) -> list:
+    return rules.from_event(DeviceEvent(dev, "bts", at(t), "mains_power_restored", "info", {}), info)
+
+
+def camera(dev: str, label: str, t: float) -> list:
+    return rules.from_health(dev, label, 0.9, at(t), info)
+
+
+def engine(**kw) -> AlertEngine:
+    eng = AlertEngine()
+    eng.shifts = [Shift(1, "an", 1, at(-3600), at(86400)), Shift(2, "binh", 2, at(-3600), at(86400))]
+    return eng
+
+
+def test_flapping_signal_raises_one_alert_and_counts_flaps() -> None:
+    eng = engine()
+    pages = []
+    for k in range(20):  # lost / restored every 20 s: shorter than the 120 s hysteresis
+        pages += eng.observe(power_lost("BTS-LC-00", 40 * k), at(40 * k)).pages
+        eng.observe(power_back("BTS-LC-00", 40 * k + 20), at(40 * k + 20))
+        pages += eng.tick(at(40 * k + 30)).pages
+    assert len([a for a in eng.alerts.values()]) == 1
+    alert = next(iter(eng.alerts.values()))
+    assert alert.state == State.OPEN and alert.flaps == 19
+    assert [p.reason for p in pages] == ["firing"]
+    # It stays clear: resolved once the hysteresis has run out, and machine receivers hear about it.
+    ch = eng.tick(at(40 * 19 + 20 + 121))
+    assert alert.state == State.RESOLVED
+    assert [p.reason for p in ch.pages] == ["resolved"]
+
+
+def test_district_power_outage_is_one_incident_and_explains_offline_sites() -> None:
+    eng = engine()
+    pages = []
+    for i, dev in enumerate(d for d in DEVICES if d.startswith("BTS-KA")):
+        pages += eng.observe(power_lost(dev, i), at(i)).pages
+    incidents = [i for i in eng.incidents.values()]
+    assert len(incidents) == 1
+    inc = incidents[0]
+    assert len(inc.members) == 40 and inc.group_key == "power:KA"
+    assert inc.title.startswith("Mains power lost at 40 BTS")
+    assert len(pages) == 1 and pages[0].level == 1
+    # An hour later the batteries are flat: the sites going offline join the power incident, quietly.
+    offline = [StatusUpdate(f"BTS-KA-{i:02d}", "bts", at(3600), "offline", "battery exhausted") for i in range(10)]
+    for rec in offline:
+        eng.observe(rules.from_status(rec, info), at(3600))
+    ch = eng.tick(at(3631))
+    assert len(eng.incidents) == 1 and len(inc.members) == 50
+    offline_alerts = [a for a in eng.alerts.values() if a.rule == "device_offline"]
+    assert len(offline_alerts) == 10 and all(a.suppressed == f"inhibited:{inc.id}" for a in offline_alerts)
+    assert not [p for p in ch.pages if p.reason == "firing"]
+    assert ", 10 offline" in inc.title
+
+
+def test_camera_blackout_beside_a_powerless_bts_is_linked() -> None:
+    eng = engine()
+    eng.observe(power_lost("BTS-KA-00", 0), at(0))
+    eng.observe(camera("CAM-KA-01", "black", 60), at(60))
+    eng.observe(camera("CAM-LC-01", "black", 60), at(60))  # another district: its own incident
+    assert len(eng.incidents) == 2
+    power = next(i for i in eng.incidents.values() if i.category == "power")
+    cam = next(a for a in eng.alerts.values() if a.device_id == "CAM-KA-01")
+    assert cam.incident_id == power.id and "linked" in power.title
+
+
+def test_silence_suppresses_then_expires() -> None:
+    eng = engine()
+    sil = Silence(1, {"district": "LC"}, at(0), at(600), "substation maintenance", "an")
+    eng.set_silences([sil], at(0))
+    ch = eng.observe(power_lost("BTS-LC-01", 10), at(10))
+    alert = next(iter(eng.alerts.values()))
+    inc = eng.incidents[alert.incident_id]
+    assert alert.suppressed == "silenced:1" and inc.suppressed == "silenced:1" and not ch.pages
+    assert not eng.tick(at(300)).pages
+    ch = eng.tick(at(600))  # the window ends with the power still off: now it pages
+    assert alert.suppressed is None and inc.suppressed is None
+    assert [p.reason for p in ch.pages] == ["firing"]
+
+
+def test_escalation_levels_repeat_and_stop_on_ack() -> None:
+    eng = engine()
+    eng.policies = [Policy("p", "major", Severity.MAJOR, [{"after_min": 0, "level": 1}, {"after_min": 10, "level": 2}],
+                           repeat=1)]
+    pages = list(eng.observe(power_lost("BTS-LC-02", 0), at(0)).pages)
+    for minute in range(1, 60):
+        pages += eng.tick(at(60 * minute)).pages
+        if minute == 35:
+            inc = next(iter(eng.incidents.values()))
+            eng.acknowledge(inc.id, "binh", "on my way", at(60 * minute))
+    got = [(p.reason, p.level, round((p.ts - T0).total_seconds() / 60)) for p in pages]
+    assert got == [("firing", 1, 0), ("escalation", 2, 10), ("escalation", 1, 20), ("escalation", 2, 30)]
+    inc = next(iter(eng.incidents.values()))
+    assert inc.state == State.ACKNOWLEDGED and inc.acked_by == "binh"
+    assert all(eng.alerts[m].state == State.ACKNOWLEDGED for m in inc.members)
+
+
+def test_pending_for_offline_needs_thirty_seconds() -> None:
+    eng = engine()
+    eng.observe(rules.from_status(StatusUpdate("CAM-LC-01", "camera", at(0), "offline", "lwt"), info), at(0))
+    assert not eng.alerts
+    eng.observe(rules.from_status(StatusUpdate("CAM-LC-01", "camera", at(10), "online", None), info), at(10))
+    eng.tick(at(40))
+    assert not eng.alerts  # back within 30 s: nothing to tell
+    eng.observe(rules.from_status(StatusUpdate("CAM-LC-01", "camera", at(50), "offline", "lwt"), info), at(50))
+    eng.tick(at(81))
+    assert [a.rule for a in eng.alerts.values()] == ["device_offline"]
+
+
+def test_traffic_jam_spreading_upstream_is_one_incident() -> None:
+    eng = engine()
+    for i in range(4):
+        f = Finding(f"TRF-{i}", "speed_kmh", at(120 * i), "speed_collapse", 0.9, "speed 8 km/h vs usual 45±5",
+                    {"value": 8.0, "expected": 45.0, "spread": 5.0})
+        eng.observe(rules.from_finding(f, info), at(120 * i))
+    assert len(eng.incidents) == 1
+    inc = next(iter(eng.incidents.values()))
+    assert len(inc.members) == 4 and "spreading" in inc.title
+    # speed back to normal on every sensor: the jam resolves after its hysteresis
+    for i in range(4):
+        rec = Reading(f"TRF-{i}", "traffic", at(2000), {"speed_kmh": 44.0, "occupancy_pct": 12.0})
+        eng.observe(rules.clears_from_reading(rec, eng.live_evidence, info), at(2000))
+    eng.tick(at(2301))
+    assert inc.state == State.RESOLVED
+
+
+def test_silence_finding_clears_when_data_returns() -> None:
+    eng = engine()
+    f = Finding("TRF-1", "speed_kmh", at(0), "silence", 0.8, "no speed data for 5 min", {})
+    eng.observe(rules.from_finding(f, info), at(0))
+    assert eng.live_evidence("device_silent:TRF-1") is not None
+    rec = Reading("TRF-1", "traffic", at(100), {"speed_kmh": 40.0})
+    eng.observe(rules.clears_from_reading(rec, eng.live_evidence, info), at(100))
+    eng.tick(at(131))
+    assert next(iter(eng.alerts.values())).state == State.RESOLVED
+
+
+def test_officer_actions_and_their_errors() -> None:
+    eng = engine()
+    eng.observe(camera("CAM-LC-01", "occlusion", 0), at(0))
+    inc = next(iter(eng.incidents.values()))
+    eng.assign(inc.id, "an", "binh", at(5))
+    ch = eng.comment(inc.id, "an", "team dispatched to clean the lens", at(6))
+    assert ch.audit[0].action == "commented"
+    with pytest.raises(AlertError):
+        eng.close(inc.id, "an", None, at(7))
+    eng.resolve(inc.id, "an", "lens cleaned", at(8))
+    assert inc.state == State.RESOLVED
+    eng.close(inc.id, "an", None, at(9))
+    assert inc.id not in eng.incidents  # closed incidents leave memory (history is in the database)
+    with pytest.raises(AlertError):
+        eng.acknowledge(inc.id, "an", None, at(10))
+
+
+def test_point_findings_auto_clear_after_quiet_period() -> None:
+    eng = engine()
+    f = Finding("TRF-2", "flow_veh_h", at(0), "spike", 0.7, "flow 3000 vs usual 1200±100",
+                {"value": 3000.0, "expected": 1200.0})
+    eng.observe(rules.from_finding(f, info), at(0))
+    alert = next(iter(eng.alerts.values()))
+    assert alert.rule == "anomaly" and alert.severity == Severity.WARNING
+    eng.tick(at(1799))
+    assert alert.live
+    eng.tick(at(1800))
+    assert alert.state == State.RESOLVED
