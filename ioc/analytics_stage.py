@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +73,9 @@ class AnalyticsStage:
         self._max_inflight = max_inflight_per_shard
         self._pending_rows: list[FindingRow] = []
         self.flush_s, self.silence_every_s, self.state_every_s = flush_s, silence_every_s, state_every_s
+        # Downstream consumers (the alert stage): findings, and each analysed snapshot's health label.
+        self.on_findings: Callable[[list[Finding]], None] | None = None
+        self.on_health: Callable[[str, str, float, datetime], None] | None = None
 
     async def load(self) -> None:
         """Restore the numeric monitor's learned state, if any (a restart does not relearn a week)."""
@@ -116,11 +120,16 @@ class AnalyticsStage:
         except Exception:
             logger.exception("camera analysis of %s failed", device_id)
             return
+        now = datetime.now(UTC)
         self.hub.set_health(device_id, {"label": label, "confidence": confidence, "activity": activity,
-                                        "objects": objects, "ts": datetime.now(UTC)})
+                                        "objects": objects, "ts": now})
+        if self.on_health is not None:
+            self.on_health(device_id, label, confidence, now)
         self._raise(findings)
 
     def _raise(self, findings: list[Finding]) -> None:
+        if findings and self.on_findings is not None:
+            self.on_findings(findings)
         for f in findings:
             FINDINGS.labels(f.type).inc()
             self.hub.emit_finding(f)

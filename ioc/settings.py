@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.config import IngestConfig, MqttConfig
+from ioc.alerts.config import AlertsConfig
 from ioc.live.config import AnalyticsConfig, LiveConfig
 from storage.config import StorageConfig
 
@@ -31,6 +32,7 @@ class Settings(BaseSettings):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     live: LiveConfig = Field(default_factory=LiveConfig)
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @field_validator("mqtt_url")
     @classmethod

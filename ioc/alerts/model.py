@@ -94,7 +94,9 @@ class Alert:
     def live(self) -> bool:
         return self.state in LIVE
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, raw: bool = False) -> dict[str, Any]:
+        """JSON-ready (times as RFC 3339) or, with ``raw``, datetimes kept for the database."""
+        iso = _keep if raw else _iso
         return {"id": self.id, "dedupe_key": self.key, "rule": self.rule, "category": self.category,
                 "severity": self.severity.value, "state": self.state.value, "title": self.title,
                 "explanation": self.explanation, "device_id": self.device_id, "kind": self.kind,
@@ -131,7 +133,9 @@ class Incident:
     def live(self) -> bool:
         return self.state in LIVE
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, raw: bool = False) -> dict[str, Any]:
+        """JSON-ready (times as RFC 3339) or, with ``raw``, datetimes kept for the database."""
+        iso = _keep if raw else _iso
         return {"id": self.id, "group_key": self.group_key, "category": self.category,
                 "severity": self.severity.value, "state": self.state.value, "title": self.title,
                 "district": self.district, "started_at": iso(self.started_at), "updated_at": iso(self.updated_at),
@@ -190,3 +194,10 @@ class AlertError(Exception):
 def iso(ts: datetime | None) -> str | None:
     """RFC 3339 with Z, or None."""
     return ts.isoformat().replace("+00:00", "Z") if ts else None
+
+
+_iso = iso
+
+
+def _keep(ts: datetime | None) -> datetime | None:
+    return ts

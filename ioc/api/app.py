@@ -13,8 +13,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ingest.records import ParsedMessage
+from ioc.alerts.notify.dispatcher import NotificationDispatcher
+from ioc.alerts.stage import AlertStage
 from ioc.analytics_stage import AnalyticsStage
-from ioc.api import routes_devices, routes_health, routes_live, routes_wall
+from ioc.api import routes_alerts, routes_devices, routes_health, routes_live, routes_wall
 from ioc.api.deps import require_access
 from ioc.geo import City
 from ioc.live.hub import LiveHub
@@ -48,6 +50,19 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
             await stage.load()
             sinks = (hub.on_parsed, stage.on_parsed)
             tasks.append(asyncio.create_task(stage.run(), name="analytics"))
+        alerts = app.state.alerts = None
+        if settings.alerts.enabled:
+            alerts = app.state.alerts = AlertStage(hub, app.state.pool, app.state.city, settings.alerts)
+            try:
+                await alerts.load()
+            except Exception as err:  # the database may come later: run() keeps trying before it starts
+                logger.warning("alert engine state not restored yet: %s", err)
+            sinks = (*sinks, alerts.on_parsed)
+            if stage is not None:
+                stage.on_findings, stage.on_health = alerts.on_findings, alerts.on_health
+            dispatcher = app.state.dispatcher = NotificationDispatcher(app.state.pool, settings.alerts.notify)
+            tasks += [asyncio.create_task(alerts.run(), name="alerts"),
+                      asyncio.create_task(dispatcher.run(), name="notifications")]
         listener = None
         if embed_ingest:
             from ioc.services import build_worker
@@ -67,17 +82,23 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
                 await listener.stop()
             if stage is not None:
                 await stage.save()
+            if alerts is not None:
+                await alerts.flush()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if alerts is not None:
+                await app.state.dispatcher.aclose()
             await app.state.pool.close()
 
     app = FastAPI(title="IOC realtime monitor", version="0.1.0", lifespan=lifespan,
-                  description="Smart-city Intelligent Operations Center: devices, telemetry, quarantine.",
+                  description="Smart-city Intelligent Operations Center: devices, telemetry, quarantine, live feed, "
+                              "alerts and incidents.",
                   dependencies=[Depends(require_access)])
     app.include_router(routes_health.router)
     app.include_router(routes_devices.router)
     app.include_router(routes_live.router)
+    app.include_router(routes_alerts.router)
     app.include_router(routes_wall.router)
 
     @app.exception_handler(OSError)

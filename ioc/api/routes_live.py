@@ -57,11 +57,36 @@ def _handle_client_message(hub: LiveHub, client: ClientSession, raw: str, ws: We
             hub.resubscribe(client, Subscription.parse(doc), _int_or_none(doc.get("resume_from")), doc.get("epoch"))
         elif doc.get("type") == "ping":
             client.push_control(encode({"type": "pong", "seq": hub.seq}))
+        elif doc.get("type") == "action":
+            task = asyncio.create_task(_ws_action(ws, client, doc))
+            _ACTIONS.add(task)
+            task.add_done_callback(_ACTIONS.discard)
         else:
-            raise FilterError(f"unknown message type {doc.get('type')!r}; use subscribe or ping")
+            raise FilterError(f"unknown message type {doc.get('type')!r}; use subscribe, ping or action")
     except (FilterError, ValueError, orjson.JSONDecodeError) as err:
         client.push_control(encode({"type": "error", "detail": str(err)}))
     return client
+
+
+_ACTIONS: set[asyncio.Task[None]] = set()
+
+
+async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) -> None:
+    """Officers' actions from a screen: ``{"type": "action", "action": "ack", "incident_id": 7, "actor": "an",
+    "note": "..."}``; answered with an ``action_result`` frame (the change itself arrives as an incident frame)."""
+    stage = ws.app.state.alerts
+    ref = doc.get("ref")
+    try:
+        if stage is None:
+            raise ValueError("the alert engine is not running in this process")
+        action, actor = str(doc.get("action")), str(doc.get("actor") or "")
+        if action not in ("ack", "assign", "comment", "resolve", "close") or not actor:
+            raise ValueError("an action needs action (ack, assign, comment, resolve, close) and actor")
+        inc = await stage.act(action, int(doc["incident_id"]), actor, doc.get("note"), doc.get("assignee"))
+        client.push_control(encode({"type": "action_result", "ref": ref, "ok": True, "incident_id": inc.id,
+                                    "state": inc.state.value}))
+    except Exception as err:  # every failure goes back to the screen that asked
+        client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "detail": str(err)}))
 
 
 async def _send_loop(ws: WebSocket, client: ClientSession, hub: LiveHub) -> None:

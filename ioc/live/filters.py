@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-FRAME_TYPES = frozenset({"reading", "status", "event", "image", "health", "finding", "alert"})
+FRAME_TYPES = frozenset({"reading", "status", "event", "image", "health", "finding", "alert", "incident"})
 
 
 class FilterError(ValueError):

@@ -145,6 +145,8 @@ class LiveHub:
         self.epoch = uuid.uuid4().hex[:12]
         self.seq = 0
         self.frames_out = 0
+        # Extra sections of the snapshot on connect (the alert stage adds live incidents).
+        self.snapshot_extra: Callable[[], dict[str, Any]] = dict
 
     # --- input ---------------------------------------------------------------------------------------
 
@@ -219,6 +221,13 @@ class LiveHub:
                                    "score": round(float(finding.score), 3), "explanation": finding.explanation},
                   False)
 
+    def emit_alert(self, frame_type: str, item_id: int, district: str | None, body: dict[str, Any],
+                   device_id: str | None = None) -> None:
+        """Push an ``alert`` or ``incident`` change (filters see the device's kind, or kind "incident")."""
+        dev = self.table.devices.get(device_id or "") or DeviceState(f"{frame_type}:{item_id}", "incident",
+                                                                    district=district)
+        self.emit(frame_type, dev, {frame_type: body}, False)
+
     # --- clients -------------------------------------------------------------------------------------
 
     def attach(self, sub: Subscription, resume_from: int | None = None, epoch: str | None = None) -> ClientSession:
@@ -263,7 +272,7 @@ class LiveHub:
         devices = [d.to_dict() for d in self.table.devices.values()
                    if sub.matches_device(d.kind, d.device_id, d.district, d.lat, d.lon)]
         return encode({"type": "snapshot", "seq": self.seq, "epoch": self.epoch,
-                       "server_time": datetime.now(UTC), "devices": devices})
+                       "server_time": datetime.now(UTC), "devices": devices, **self.snapshot_extra()})
 
     def device_frame(self, device_id: str) -> str:
         dev = self.table.devices[device_id]

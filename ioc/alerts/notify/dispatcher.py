@@ -1,0 +1,219 @@
+"""The outbox dispatcher: claim due notifications, pace them per target, send, record the outcome.
+
+Outcomes: sent; a transient failure is retried with exponential backoff and jitter up to
+``max_attempts``, then 'failed'; a permanent failure (4xx, SMTP 5xx) is 'failed' at once. A
+rate-limited notification is deferred, not dropped; when too many wait for one target, older ones of
+the same incident are 'dropped' as superseded. Every row keeps its attempts and last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+from prometheus_client import Counter, Gauge
+
+from ioc.alerts.notify.config import NotifyConfig
+from ioc.alerts.notify.email import build_message, send_email
+from ioc.alerts.notify.ratelimit import Key, RateLimiter, retry_delay
+from ioc.alerts.notify.render import Rendered
+from ioc.alerts.notify.webhook import DeliveryError, send_webhook
+from storage import notifications as outbox
+from storage.notifications import NotificationRow
+
+logger = logging.getLogger(__name__)
+
+SENT = Counter("ioc_notifications_sent", "Notifications delivered", ["channel"])
+FAILURES = Counter("ioc_notification_failures", "Failed delivery attempts", ["channel", "transient"])
+DEFERRED = Counter("ioc_notifications_deferred", "Notifications postponed by the per-target rate limit",
+                   ["channel"])
+SUPERSEDED = Counter("ioc_notifications_superseded", "Waiting notifications dropped for a newer one of the "
+                     "same incident", ["channel"])
+PENDING = Gauge("ioc_notifications_pending", "Notifications waiting in the outbox")
+
+CHANNELS = ("email", "webhook")
+#: Longest pause after the database failed a pass; the outbox is durable, so waiting loses nothing.
+MAX_OUTAGE_BACKOFF_S = 30.0
+_OUTAGE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def targets_for(config: NotifyConfig, officers: list[dict[str, Any]], channels: list[str]) -> list[tuple[str, str]]:
+    """(channel, target) pairs for a policy's channels and the officers to reach.
+
+    Email goes to each officer's address (officers without one, or every officer when email is
+    disabled, are skipped); each configured webhook URL gets one message, not one per officer. Other
+    channels (the WebSocket feed) are not delivered through the outbox and are ignored here.
+    """
+    pairs: list[tuple[str, str]] = []
+    for channel in channels:
+        if channel == "email" and config.smtp_host:
+            pairs += [("email", str(o["email"])) for o in officers if o.get("email")]
+        elif channel == "webhook":
+            pairs += [("webhook", url) for url in config.webhook_urls]
+    return list(dict.fromkeys(pairs))
+
+
+def notification_rows(rendered: Rendered, incident_id: int | None, reason: str,
+                      targets: list[tuple[str, str]]) -> list[NotificationRow]:
+    """Outbox rows for one rendered notification to each (channel, target)."""
+    return [NotificationRow(incident_id=incident_id, channel=channel, target=target, reason=reason,
+                            subject=rendered.subject, body=rendered.payload) for channel, target in targets]
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class NotificationDispatcher:
+    """Sends the outbox. Several processes may run one each on the same database.
+
+    Args:
+        pool: asyncpg pool.
+        config: Notification settings.
+        clock: Unix time source (tests inject one).
+        client: HTTP client for webhooks (default: one owned by the dispatcher).
+        rng: Random source for the retry jitter.
+    """
+
+    def __init__(self, pool: Any, config: NotifyConfig, clock: Callable[[], float] = time.time, *,
+                 client: httpx.AsyncClient | None = None, rng: random.Random | None = None) -> None:
+        self._pool = pool
+        self._config = config
+        self._clock = clock
+        self._client = client
+        self._own_client = client is None
+        self._rng = rng or random.Random()
+        self._secret = config.webhook_secret.get_secret_value() if config.webhook_secret else None
+        self._limiter = RateLimiter(config.rate_per_minute, config.burst)
+
+    async def run(self) -> None:
+        """Send due notifications every ``poll_s`` until cancelled; database outages only pause it."""
+        if self._config.webhook_urls and not self._secret:
+            logger.warning("webhook_secret is not set: webhooks are sent unsigned")
+        pause = self._config.poll_s
+        try:
+            while True:
+                try:
+                    processed = await self.send_once()
+                    pause = self._config.poll_s
+                except _OUTAGE_ERRORS as exc:
+                    processed = 0
+                    pause = min(MAX_OUTAGE_BACKOFF_S, max(pause * 2, self._config.poll_s))
+                    logger.warning("notification pass failed (%s: %s); next try in %.1f s",
+                                   type(exc).__name__, exc, pause)
+                except Exception:
+                    processed = 0
+                    pause = min(MAX_OUTAGE_BACKOFF_S, max(pause * 2, self._config.poll_s))
+                    logger.exception("notification pass failed; next try in %.1f s", pause)
+                # A full batch means more may be due: go again without waiting.
+                if processed < self._config.batch:
+                    await asyncio.sleep(pause)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client the dispatcher owns."""
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send_once(self) -> int:
+        """One pass: claim due notifications, send them, record outcomes. Returns how many were claimed.
+
+        Raises:
+            Exception: whatever the database raised (the notifications stay in the outbox).
+        """
+        async with self._pool.acquire() as conn:
+            rows = await outbox.claim_due(conn, _dt(self._clock()), self._config.batch, self._config.lease_s)
+        groups: dict[Key, list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault((row["channel"], row["target"]), []).append(row)
+        # Targets in parallel, each target in order: one slow receiver does not hold up the others.
+        results = await asyncio.gather(*(self._send_group(k, g) for k, g in groups.items()),
+                                       return_exceptions=True)
+        async with self._pool.acquire() as conn:
+            PENDING.set(await outbox.pending_count(conn))
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return len(rows)
+
+    async def _send_group(self, key: Key, rows: list[dict[str, Any]]) -> None:
+        for index, row in enumerate(rows):
+            now = self._clock()
+            wait = self._limiter.acquire(key, now)
+            if wait > 0:
+                await self._hold_back(key, rows[index:], now + wait)
+                return
+            await self._deliver(row)
+
+    async def _hold_back(self, key: Key, rows: list[dict[str, Any]], until: float) -> None:
+        channel, target = key
+        async with self._pool.acquire() as conn, conn.transaction():
+            dropped = await outbox.supersede(conn, channel, target, self._config.coalesce_after)
+            deferred = await outbox.defer(conn, [r["id"] for r in rows], _dt(until))
+        DEFERRED.labels(channel).inc(deferred)
+        SUPERSEDED.labels(channel).inc(dropped)
+        logger.info("rate limit for %s %s: %d deferred to %s, %d superseded", channel, target, deferred,
+                    _dt(until).isoformat(timespec="seconds"), dropped)
+
+    async def _attempt(self, row: dict[str, Any]) -> DeliveryError | None:
+        """Send one notification; return the failure instead of raising it."""
+        channel = row["channel"]
+        body = row["body"] if isinstance(row["body"], dict) else {}
+        try:
+            if channel == "webhook":
+                data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+                await send_webhook(self._http(), row["target"], data, row["id"], self._secret, now=self._clock())
+            elif channel == "email":
+                msg = build_message(subject=row["subject"], text=str(body.get("text") or row["subject"]),
+                                    sender=self._config.smtp_from, to=row["target"], notification_id=row["id"],
+                                    incident_id=row["incident_id"])
+                await send_email(msg, self._config)
+            else:
+                return DeliveryError(False, f"unknown channel {channel!r}")
+        except DeliveryError as exc:
+            return exc
+        except Exception as exc:  # a bug or an unforeseen library error: retry, and leave a trace
+            logger.exception("unexpected error sending notification %s", row["id"])
+            return DeliveryError(True, f"unexpected error: {type(exc).__name__}: {exc}")
+        return None
+
+    async def _deliver(self, row: dict[str, Any]) -> None:
+        channel, target, nid = row["channel"], row["target"], row["id"]
+        attempt = int(row["attempts"]) + 1
+        error = await self._attempt(row)
+        if error is None:
+            async with self._pool.acquire() as conn:
+                await outbox.mark_sent(conn, nid, _dt(self._clock()))
+            SENT.labels(channel).inc()
+            logger.info("notification %s (%s) sent by %s to %s, attempt %d", nid, row["reason"], channel, target,
+                        attempt)
+            return
+        FAILURES.labels(channel, "true" if error.transient else "false").inc()
+        if error.transient and attempt < self._config.max_attempts:
+            delay = retry_delay(attempt, self._config.retry_base_s, self._config.retry_max_s, self._rng)
+            if error.retry_after:
+                delay = max(delay, min(error.retry_after, self._config.retry_max_s))
+            async with self._pool.acquire() as conn:
+                await outbox.mark_retry(conn, nid, _dt(self._clock() + delay), error.message)
+            logger.warning("notification %s by %s to %s failed (attempt %d/%d, retry in %.1f s): %s", nid, channel,
+                           target, attempt, self._config.max_attempts, delay, error.message)
+            return
+        message = error.message if not error.transient else f"gave up after {attempt} attempts: {error.message}"
+        async with self._pool.acquire() as conn:
+            await outbox.mark_failed(conn, nid, message)
+        logger.error("notification %s by %s to %s failed for good: %s", nid, channel, target, message)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._config.webhook_timeout_s, follow_redirects=False)
+        return self._client

@@ -1,0 +1,258 @@
+"""The alert stage: feeds the engine from ingest and analytics, stores its changes, pushes and pages.
+
+Signals are collected from the ingest sink (statuses, device events, readings that clear alerts)
+and from the analytics stage (findings, camera health), and applied once per ``tick_s`` together
+with the engine's timers. Each batch of changes is written in one transaction together with the
+notifications it causes (an outbox the dispatcher sends from), then pushed on the live feed. If the
+database is down, changes are kept and written on the next tick: the engine's memory is the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from analytics.findings import Finding
+from ingest.records import DeviceEvent, ParsedMessage, Reading, StatusUpdate
+from ioc.alerts import rules
+from ioc.alerts.config import AlertsConfig
+from ioc.alerts.engine import AlertEngine, EngineConfig
+from ioc.alerts.escalation import Policy, Shift, on_duty
+from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal, State
+from ioc.alerts.notify.dispatcher import notification_rows, targets_for
+from ioc.alerts.notify.render import render
+from ioc.alerts.silences import Silence
+from ioc.geo import City
+from ioc.live.hub import LiveHub
+from storage import alerts as store
+from storage import notifications as outbox
+
+logger = logging.getLogger(__name__)
+
+ALERTS_FIRED = Counter("ioc_alerts_fired", "Alerts fired", ["rule", "severity"])
+PAGES = Counter("ioc_alert_pages", "Incident pages (one per firing/escalation/resolution, before fan-out)",
+                ["reason"])
+LIVE_INCIDENTS = Gauge("ioc_incidents_live", "Open or acknowledged incidents")
+_MAX_SIGNALS = 200_000  # bound on signals waiting for a tick (a storm is summarised by dedupe keys anyway)
+
+
+class AlertStage:
+    """One alert engine per deployment, beside the live hub (in the API process)."""
+
+    def __init__(self, hub: LiveHub, pool: Any, city: City, config: AlertsConfig) -> None:
+        self.hub, self.pool, self.city, self.config = hub, pool, city, config
+        self.engine = AlertEngine(EngineConfig(close_after_s=config.close_after_s), self._district_name)
+        self._signals: list[Signal] = []
+        self._unsaved = Changes()
+        self._officers: list[dict[str, Any]] = []
+        self._live_devices: set[str] = set()
+        self._lock = asyncio.Lock()  # officers' actions and the tick take turns with the engine
+        self.loaded = False  # the engine numbers rows itself: it must not run before it knows the last ids
+        hub.snapshot_extra = self.snapshot
+
+    def _district_name(self, code: str | None) -> str | None:
+        district = self.city.get(code) if code else None
+        return district.name if district else code
+
+    def _info(self, device_id: str) -> tuple[str | None, str | None, float | None, float | None]:
+        dev = self.hub.table.devices.get(device_id)
+        return (dev.kind, dev.district, dev.lat, dev.lon) if dev else (None, None, None, None)
+
+    # --- inputs (event loop, cheap) ----------------------------------------------------------------------
+
+    def on_parsed(self, parsed: ParsedMessage) -> None:
+        """Ingest sink: device states and alarms, and readings that may clear live alerts."""
+        for rec in parsed.records:
+            if isinstance(rec, Reading):
+                if rec.device_id in self._live_devices:
+                    self._add(rules.clears_from_reading(rec, self.engine.live_evidence, self._info))
+            elif isinstance(rec, StatusUpdate):
+                self._add(rules.from_status(rec, self._info))
+            elif isinstance(rec, DeviceEvent):
+                self._add(rules.from_event(rec, self._info))
+
+    def on_findings(self, findings: list[Finding]) -> None:
+        for f in findings:
+            self._add(rules.from_finding(f, self._info))
+
+    def on_health(self, device_id: str, label: str, confidence: float, ts: datetime) -> None:
+        self._add(rules.from_health(device_id, label, confidence, ts, self._info))
+
+    def _add(self, signals: list[Signal]) -> None:
+        if len(self._signals) < _MAX_SIGNALS:
+            self._signals.extend(signals)
+        else:
+            logger.error("alert signal queue full; dropping %d signals", len(signals))
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Restore live incidents and alerts, silences, roster and policies from the database."""
+        async with self.pool.acquire(timeout=10) as conn:
+            incidents, alerts = await store.load_unclosed(conn)
+            next_alert, next_incident = await store.next_ids(conn)
+        self.engine.load([_alert(a) for a in alerts], [_incident(i) for i in incidents], next_alert, next_incident)
+        await self.reload_config()
+        self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
+        self.loaded = True
+        logger.info("alert engine: %d live incidents restored", len(self.engine.live_incidents()))
+
+    async def reload_config(self) -> None:
+        """Re-read silences, roster and policies (after an API change, and periodically)."""
+        now = datetime.now(UTC)
+        async with self.pool.acquire(timeout=10) as conn:
+            silences = await store.list_silences(conn, now=now)
+            shifts = await store.list_shifts(conn, since=now)
+            policies = await store.list_policies(conn)
+            self._officers = await store.list_officers(conn)
+        self.engine.shifts = [Shift(**s) for s in shifts]
+        self.engine.policies = [Policy(p["id"], p["name"], Severity(p["min_severity"]), p["steps"], p["repeat"],
+                                       p["channels"]) for p in policies]
+        async with self._lock:
+            self._unsaved.merge(self.engine.set_silences([Silence(**s) for s in silences], now))
+
+    async def run(self) -> None:
+        """Apply signals and advance timers every tick; store, push, page."""
+        loop = asyncio.get_running_loop()
+        while not self.loaded:
+            try:
+                await self.load()
+            except Exception as err:
+                logger.warning("alert engine waiting for the database: %s", err)
+                await asyncio.sleep(5)
+        last_reload = loop.time()
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            async with self._lock:
+                signals, self._signals = self._signals, []
+                now = datetime.now(UTC)
+                ch = self.engine.observe(signals, now) if signals else Changes()
+                ch.merge(self.engine.tick(now))
+                self._unsaved.merge(ch)
+            await self.flush()
+            if loop.time() - last_reload >= self.config.reload_s:
+                last_reload = loop.time()
+                try:
+                    await self.reload_config()
+                except Exception as err:
+                    logger.warning("alert configuration not reloaded: %s", err)
+
+    async def flush(self) -> Changes | None:
+        """Store what changed (with its notifications) in one transaction, then push it on the feed."""
+        ch, self._unsaved = self._unsaved, Changes()
+        if not ch:
+            return None
+        try:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                await store.save_changes(
+                    conn, [self._incident_row(i) for i in ch.incidents.values()],
+                    [a.to_dict(raw=True) for a in ch.alerts.values()],
+                    [(e.ts, e.incident_id, e.alert_id, e.action, e.actor, e.note, e.detail) for e in ch.audit])
+                rows = [row for page in ch.pages for row in self._page_rows(page)]
+                if rows:
+                    await outbox.enqueue(conn, rows)
+        except Exception as err:
+            logger.warning("alert changes not stored yet (%s); retrying next tick", err)
+            ch.merge(self._unsaved)
+            self._unsaved = ch
+            return None
+        for entry in ch.audit:
+            if entry.action == "alert_opened":
+                ALERTS_FIRED.labels(entry.detail.get("rule", "?"), entry.detail.get("severity", "?")).inc()
+        for page in ch.pages:
+            PAGES.labels(page.reason).inc()
+        self._push(ch)
+        self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
+        LIVE_INCIDENTS.set(len(self.engine.live_incidents()))
+        return ch
+
+    async def act(self, action: str, incident_id: int, actor: str, note: str | None = None,
+                  assignee: str | None = None) -> Incident:
+        """An officer's action (acknowledge, assign, comment, resolve, close), stored before it returns."""
+        if not self.loaded:
+            raise OSError("the alert engine is still loading its state from the database")
+        async with self._lock:
+            now = datetime.now(UTC)
+            if action == "ack":
+                ch = self.engine.acknowledge(incident_id, actor, note, now)
+            elif action == "assign":
+                ch = self.engine.assign(incident_id, assignee, actor, now)
+            elif action == "comment":
+                ch = self.engine.comment(incident_id, actor, note or "", now)
+            elif action == "resolve":
+                ch = self.engine.resolve(incident_id, actor, note, now)
+            elif action == "close":
+                ch = self.engine.close(incident_id, actor, note, now)
+            else:
+                raise ValueError(f"unknown action {action!r}")
+            inc = ch.incidents[incident_id]
+            self._unsaved.merge(ch)
+        if await self.flush() is None and self._unsaved:
+            raise OSError("the action is applied but not stored yet (database unavailable); it will be retried")
+        return inc
+
+    # --- outputs -----------------------------------------------------------------------------------------
+
+    def incident_view(self, inc: Incident) -> dict[str, Any]:
+        """The incident as screens and notifications show it (members included)."""
+        members = self.engine.members(inc.id)
+        return {**inc.to_dict(), "district_name": self._district_name(inc.district),
+                "members": [_member(a) for a in members],
+                "devices": sorted({a.device_id for a in members if a.device_id})}
+
+    def _incident_row(self, inc: Incident) -> dict[str, Any]:
+        return {**inc.to_dict(raw=True), "detail": {"escalation": inc.escalation, "members": inc.members}}
+
+    def _page_rows(self, page: Page) -> list[outbox.NotificationRow]:
+        inc = self.engine.incidents.get(page.incident_id)
+        if inc is None:
+            return []
+        officer_ids = set(on_duty(self.engine.shifts, page.level or 1, page.ts))
+        officers = [o for o in self._officers if o["id"] in officer_ids and o.get("active", True)]
+        targets = targets_for(self.config.notify, officers, list(page.channels))
+        if not targets:
+            return []
+        view = {**self.incident_view(inc), "level": page.level}
+        rendered = render(view, page.reason, self.config.notify.public_url, now=page.ts,
+                          tz=self.config.notify.display_tz)
+        return notification_rows(rendered, inc.id, page.reason, targets)
+
+    def _push(self, ch: Changes) -> None:
+        for inc in ch.incidents.values():
+            self.hub.emit_alert("incident", inc.id, inc.district, self.incident_view(inc))
+        for a in ch.alerts.values():
+            self.hub.emit_alert("alert", a.id, a.district, a.to_dict(), device_id=a.device_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live incidents for the feed's snapshot on connect."""
+        return {"incidents": [self.incident_view(i) for i in self.engine.live_incidents()]}
+
+
+def _member(a: Alert) -> dict[str, Any]:
+    return {"alert_id": a.id, "device_id": a.device_id, "kind": a.kind, "title": a.title,
+            "severity": a.severity.value, "state": a.state.value, "started_at": a.to_dict()["started_at"],
+            "explanation": a.explanation, "suppressed": a.suppressed, "lat": a.lat, "lon": a.lon}
+
+
+def _alert(row: dict[str, Any]) -> Alert:
+    evidence = dict(row["evidence"] or {})
+    lat, lon = evidence.pop("_lat", None), evidence.pop("_lon", None)
+    return Alert(row["id"], row["dedupe_key"], row["rule"], row["category"], Severity(row["severity"]),
+                 State(row["state"]), row["title"], row["explanation"], row["started_at"], row["last_seen_at"],
+                 device_id=row["device_id"], kind=row["kind"], district=row["district"], lat=lat, lon=lon,
+                 incident_id=row["incident_id"], resolved_at=row["resolved_at"], closed_at=row["closed_at"],
+                 acked_by=row["acked_by"], acked_at=row["acked_at"], assignee=row["assignee"], flaps=row["flaps"],
+                 suppressed=row["suppressed"], evidence=evidence)
+
+
+def _incident(row: dict[str, Any]) -> Incident:
+    detail = row["detail"] or {}
+    return Incident(row["id"], row["group_key"], row["category"], Severity(row["severity"]), State(row["state"]),
+                    row["title"], row["started_at"], row["updated_at"], district=row["district"],
+                    resolved_at=row["resolved_at"], closed_at=row["closed_at"], acked_by=row["acked_by"],
+                    acked_at=row["acked_at"], assignee=row["assignee"], suppressed=row["suppressed"],
+                    escalation=dict(detail.get("escalation") or {}))
