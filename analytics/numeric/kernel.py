@@ -209,10 +209,19 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     raw[~warm] = 0.0
     kind[raw <= 0.0] = NONE
 
+    # --- a value beyond the whole range seen so far is news on its own (a record high or low) -----
+    span = s[:, QHI] - s[:, QLO]
+    hi_exc, lo_exc = x - s[:, QHI], s[:, QLO] - x
+    exc = np.maximum(hi_exc, lo_exc)
+    record = (warm & (span > 0) & (exc > cfg.range_tol * span) & (exc > cfg.range_sig * sigma)
+              & (np.abs(z) >= cfg.range_z))
+    kind[record] = np.where(var_before[record] >= cfg.var_relabel, VAR_UP, np.where(hi_exc[record] > 0, SPIKE, DIP))
+    raw = np.where(record, np.maximum(raw, cfg.range_score), raw)
+
     # --- one alert per episode: damp scores while a recent alert holds ---------------------------
     holding = n < s[:, HOLD]
     refire = raw > cfg.refire_ratio * s[:, ALERT]
-    fired = (raw >= cfg.fire_level) & (~holding | refire)
+    fired = (raw >= cfg.fire_level) & (~holding | refire | record)
     score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
     # context novelty raises the emitted score (not the findings): a never-seen run of levels
     s[:, QLO] = np.minimum(s[:, QLO], x)
