@@ -91,3 +91,55 @@ async def recent_findings(conn: Any, limit: int, device_id: str | None = None,
         "WHERE ($2::text IS NULL OR device_id = $2) AND ($3::timestamptz IS NULL OR ts >= $3) "
         "ORDER BY ts DESC, id DESC LIMIT $1", limit, device_id, since)
     return [dict(r) for r in rows]
+
+
+# --- screens (ioc/api/routes_ui.py) ----------------------------------------------------------------------
+
+async def status_history(conn: Any, device_id: str, start: datetime, end: datetime,
+                         limit: int) -> list[dict[str, Any]]:
+    """State changes a device reported in ``[start, end)``, oldest first, plus the one in force at ``start``."""
+    rows = await conn.fetch(
+        "(SELECT ts, state, reason FROM device_status WHERE device_id = $1 AND ts < $2 ORDER BY ts DESC LIMIT 1) "
+        "UNION ALL (SELECT ts, state, reason FROM device_status WHERE device_id = $1 AND ts >= $2 AND ts < $3 "
+        "ORDER BY ts LIMIT $4) ORDER BY ts", device_id, start, end, limit)
+    return [dict(r) for r in rows]
+
+
+async def device_events(conn: Any, device_id: str, start: datetime, end: datetime,
+                        limit: int) -> list[dict[str, Any]]:
+    """Device-side alarms in ``[start, end)``, newest first."""
+    rows = await conn.fetch(
+        "SELECT ts, type, severity, detail FROM device_events WHERE device_id = $1 AND ts >= $2 AND ts < $3 "
+        "ORDER BY ts DESC LIMIT $4", device_id, start, end, limit)
+    return [dict(r) for r in rows]
+
+
+async def kpi_history(conn: Any, backend: Backend, start: datetime, end: datetime,
+                      bucket: timedelta) -> list[dict[str, Any]]:
+    """City-wide figures per time bucket for the wall's sparklines.
+
+    ``speed``: mean ``speed_kmh`` of traffic sensors; ``bts_reporting`` / ``cam_reporting``: devices of
+    that kind that sent a reading in the bucket (``availability_pct`` / ``fps`` mark the kind, as the
+    device API defines them); ``bts_total`` / ``cam_total``: devices of that kind registered.
+    """
+    if backend is Backend.TIMESCALEDB:
+        bucket_expr = "time_bucket($1::interval, ts)"
+    else:
+        bucket_expr = "date_bin($1::interval, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00')"
+    rows = await conn.fetch(
+        f"SELECT {bucket_expr} AS bucket, avg(value) FILTER (WHERE metric = 'speed_kmh') AS speed, "
+        "count(DISTINCT device_id) FILTER (WHERE metric = 'availability_pct') AS bts_reporting, "
+        "count(DISTINCT device_id) FILTER (WHERE metric = 'fps') AS cam_reporting "
+        "FROM telemetry WHERE ts >= $2 AND ts < $3 AND metric IN ('speed_kmh', 'availability_pct', 'fps') "
+        "GROUP BY 1 ORDER BY 1", bucket, start, end)
+    totals = dict(await conn.fetch("SELECT kind, count(*) FROM devices GROUP BY kind"))
+    return [{**dict(r), "bts_total": totals.get("bts", 0), "cam_total": totals.get("camera", 0)} for r in rows]
+
+
+async def incident_spans(conn: Any, start: datetime, end: datetime, limit: int = 10_000) -> list[dict[str, Any]]:
+    """When incidents overlapping ``[start, end)`` were live (opened, resolved or closed, and severity)."""
+    rows = await conn.fetch(
+        "SELECT started_at, coalesce(resolved_at, closed_at) AS ended_at, severity FROM incidents "
+        "WHERE started_at < $2 AND coalesce(resolved_at, closed_at, 'infinity') >= $1 "
+        "ORDER BY started_at DESC LIMIT $3", start, end, limit)
+    return [dict(r) for r in rows]

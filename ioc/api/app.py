@@ -16,7 +16,7 @@ from ingest.records import ParsedMessage
 from ioc.alerts.notify.dispatcher import NotificationDispatcher
 from ioc.alerts.stage import AlertStage
 from ioc.analytics_stage import AnalyticsStage
-from ioc.api import routes_alerts, routes_devices, routes_health, routes_live, routes_wall
+from ioc.api import routes_alerts, routes_devices, routes_health, routes_live, routes_ui, routes_wall
 from ioc.api.deps import require_access
 from ioc.geo import City
 from ioc.live.hub import LiveHub
@@ -99,6 +99,7 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
     app.include_router(routes_devices.router)
     app.include_router(routes_live.router)
     app.include_router(routes_alerts.router)
+    app.include_router(routes_ui.router_for(settings))
     app.include_router(routes_wall.router)
 
     @app.exception_handler(OSError)

@@ -1,0 +1,101 @@
+"""Read endpoints the screens need beyond the core API: UI settings, a device's status timeline and
+alarms, and city KPI history for the wall's sparklines."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from ioc.api.deps import BackendDep, PoolDep
+from ioc.settings import Settings
+from storage import queries
+
+logger = logging.getLogger(__name__)
+
+Limit = Annotated[int, Query(ge=1, le=10_000)]
+_KPI_CACHE_S = 60.0  # every wall asks once at load; a room of screens reloading at once costs one query
+
+
+def router_for(settings: Settings) -> APIRouter:
+    """The router, bound to the settings the screens are configured from."""
+    router = APIRouter(tags=["screens"])
+    # The UI section is optional until it lands in ioc/settings.py (see docs/wall-display.md).
+    ui = getattr(settings, "ui", None)
+    lang = str(getattr(ui, "lang", "vi"))
+    timezone = str(getattr(ui, "timezone", None) or settings.alerts.notify.display_tz)
+    kpi_cache: dict[tuple[int, int], tuple[float, list[dict[str, Any]]]] = {}
+
+    @router.get("/api/ui/config")
+    async def ui_config(request: Request) -> dict[str, Any]:
+        """Language and time zone of the screens (a page's ``?lang=`` / ``?tz=`` override them)."""
+        return {"lang": lang, "timezone": timezone, "city": request.app.state.city.name,
+                "alerts": request.app.state.alerts is not None}
+
+    @router.get("/api/devices/{device_id}/status")
+    async def status_history(pool: PoolDep, device_id: str, start: datetime | None = None,
+                             end: datetime | None = None, limit: Limit = 2000) -> list[dict[str, Any]]:
+        """States the device reported in ``[start, end)`` (default: the last 24 h), oldest first; the first
+        row may be older than ``start``: it is the state in force when the window opens."""
+        start, end = _window(start, end, timedelta(hours=24))
+        async with pool.acquire() as conn:
+            return await queries.status_history(conn, device_id, start, end, limit)
+
+    @router.get("/api/devices/{device_id}/events")
+    async def device_events(pool: PoolDep, device_id: str, start: datetime | None = None,
+                            end: datetime | None = None, limit: Limit = 200) -> list[dict[str, Any]]:
+        """Alarms the device sent itself in ``[start, end)`` (default: the last 24 h), newest first."""
+        start, end = _window(start, end, timedelta(hours=24))
+        async with pool.acquire() as conn:
+            rows = await queries.device_events(conn, device_id, start, end, limit)
+        for row in rows:
+            if isinstance(row["detail"], str):
+                row["detail"] = orjson.loads(row["detail"])
+        return rows
+
+    @router.get("/api/ui/kpis")
+    async def kpi_history(pool: PoolDep, backend: BackendDep, hours: Annotated[int, Query(ge=1, le=12)] = 4,
+                          bucket_min: Annotated[int, Query(ge=1, le=60)] = 5) -> list[dict[str, Any]]:
+        """City KPIs per bucket over the last ``hours``: mean traffic speed, % of BTS and cameras reporting,
+        live incidents. Backfills the wall's sparklines; the wall extends them from the live feed."""
+        key = (hours, bucket_min)
+        hit = kpi_cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < _KPI_CACHE_S:
+            return hit[1]
+        end = datetime.now(UTC)
+        start, width = end - timedelta(hours=hours), timedelta(minutes=bucket_min)
+        async with pool.acquire() as conn:
+            rows = await queries.kpi_history(conn, backend, start, end, width)
+            spans = await queries.incident_spans(conn, start, end)
+        out = []
+        for row in rows:
+            at = row["bucket"] + width  # the figure as it stood at the end of the bucket
+            live = sum(1 for s in spans if s["started_at"] <= at and (s["ended_at"] is None or s["ended_at"] > at))
+            out.append({"t": row["bucket"], "speed": row["speed"], "incidents": live,
+                        "bts": _pct(row["bts_reporting"], row["bts_total"]),
+                        "cam": _pct(row["cam_reporting"], row["cam_total"])})
+        kpi_cache.clear()  # one entry is all the screens use; never let odd parameters pile up
+        kpi_cache[key] = (time.monotonic(), out)
+        return out
+
+    return router
+
+
+def _pct(part: int, total: int) -> float | None:
+    return min(100.0, 100.0 * part / total) if total else None
+
+
+def _window(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[datetime, datetime]:
+    end = _aware(end) if end else datetime.now(UTC)
+    start = _aware(start) if start else end - default
+    if start >= end:
+        raise HTTPException(422, "start must be before end")
+    return start, end
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
