@@ -1,172 +1,299 @@
-// Labels of the wall display in Vietnamese (default) and English, and locale-aware formatters.
+// Labels of the screens in Vietnamese and English (each entry: [vi, en], side by side so a translation is
+// never forgotten), and formatters that show every time in the city's time zone, not the browser's.
 
-export const TIME_ZONE = "Asia/Ho_Chi_Minh";
+export const DEFAULT_TIME_ZONE = "Asia/Ho_Chi_Minh";
+export const LANGS = ["vi", "en"];
 
-const STRINGS = {
-  vi: {
-    title: "Trung tâm Giám sát, Điều hành đô thị thông minh",
-    connecting: "Đang kết nối",
-    live: "Trực tuyến",
-    offline_conn: "Mất kết nối",
-    stale: "Dữ liệu không cập nhật",
-    banner_stale: "Dữ liệu không cập nhật từ {since} ({age}) — đang kết nối lại",
-    banner_down: "Mất kết nối máy chủ — thử lại sau {sec} giây (lần {n})",
-    banner_retrying: "Mất kết nối máy chủ — đang kết nối lại (lần {n})",
-    banner_lagged: "Màn hình xử lý chậm: đã bỏ qua {n} bản tin, trạng thái đã được cập nhật lại",
-    map: "Bản đồ thiết bị",
-    districts: "Tình trạng theo quận, huyện",
-    events: "Sự kiện, sự cố",
-    cameras: "Camera",
-    kpis: "Chỉ số chính",
-    devices: "thiết bị",
-    online: "Hoạt động",
-    degraded: "Suy giảm",
-    offline: "Mất kết nối",
-    unknown: "Chưa rõ",
-    bts: "Trạm BTS",
-    camera: "Camera",
-    traffic: "Cảm biến giao thông",
-    bts_online: "BTS hoạt động",
-    cam_healthy: "Camera tốt",
-    speed: "Tốc độ",
-    speed_index: "Chỉ số tốc độ",
-    city_speed: "Tốc độ TB toàn thành phố",
-    events_5m: "Sự kiện / 5 phút",
-    no_events: "Chưa có sự kiện",
-    no_cameras: "Chưa có camera",
-    no_image: "Chưa có ảnh",
-    no_data: "—",
-    last_hours: "{h} giờ qua",
-    updated: "Cập nhật",
-    ago_s: "{n} giây",
-    ago_m: "{n} phút",
-    ago_h: "{n} giờ",
-    ago_d: "{n} ngày",
-    sev_critical: "Khẩn cấp",
-    sev_major: "Nghiêm trọng",
-    sev_minor: "Nhẹ",
-    sev_warning: "Cảnh báo",
-    sev_info: "Thông tin",
-    kmh: "km/h",
-    short_bts: "BTS",
-    short_cam: "Cam",
-    short_speed: "Tốc độ",
-    no_position: "{n} chưa có vị trí",
-    kind_traffic: "Giao thông",
-    loading_map: "Đang tải bản đồ…",
-    urban_core: "Nội thành",
-  },
-  en: {
-    title: "Intelligent Operations Center",
-    connecting: "Connecting",
-    live: "Live",
-    offline_conn: "Disconnected",
-    stale: "Data stale",
-    banner_stale: "No data since {since} ({age}) — reconnecting",
-    banner_down: "Server unreachable — retrying in {sec} s (attempt {n})",
-    banner_retrying: "Server unreachable — reconnecting (attempt {n})",
-    banner_lagged: "Display fell behind: {n} updates skipped, state refreshed",
-    map: "Device map",
-    districts: "District health",
-    events: "Events and incidents",
-    cameras: "Cameras",
-    kpis: "Key indicators",
-    devices: "devices",
-    online: "Online",
-    degraded: "Degraded",
-    offline: "Offline",
-    unknown: "Unknown",
-    bts: "BTS",
-    camera: "Camera",
-    traffic: "Traffic sensor",
-    bts_online: "BTS online",
-    cam_healthy: "Cameras OK",
-    speed: "Speed",
-    speed_index: "Speed index",
-    city_speed: "City mean speed",
-    events_5m: "Events / 5 min",
-    no_events: "No events yet",
-    no_cameras: "No cameras yet",
-    no_image: "No image yet",
-    no_data: "—",
-    last_hours: "last {h} h",
-    updated: "Updated",
-    ago_s: "{n} s",
-    ago_m: "{n} min",
-    ago_h: "{n} h",
-    ago_d: "{n} d",
-    sev_critical: "Critical",
-    sev_major: "Major",
-    sev_minor: "Minor",
-    sev_warning: "Warning",
-    sev_info: "Info",
-    kmh: "km/h",
-    short_bts: "BTS",
-    short_cam: "Cam",
-    short_speed: "Speed",
-    no_position: "{n} without position",
-    kind_traffic: "Traffic",
-    loading_map: "Loading map…",
-    urban_core: "City centre",
-  },
+const T = {
+  title: ["Trung tâm Giám sát, Điều hành đô thị thông minh", "Intelligent Operations Center"],
+  ops_title: ["Trực ban — Sự cố và cảnh báo", "Duty officer — incidents and alerts"],
+  connecting: ["Đang kết nối", "Connecting"],
+  live: ["Trực tuyến", "Live"],
+  offline_conn: ["Mất kết nối", "Disconnected"],
+  stale: ["Dữ liệu không cập nhật", "Data stale"],
+  banner_stale: ["Dữ liệu không cập nhật từ {since} ({age}) — đang kết nối lại", "No data since {since} ({age}) — reconnecting"],
+  banner_down: ["Mất kết nối máy chủ — thử lại sau {sec} giây (lần {n})", "Server unreachable — retrying in {sec} s (attempt {n})"],
+  banner_retrying: ["Mất kết nối máy chủ — đang kết nối lại (lần {n})", "Server unreachable — reconnecting (attempt {n})"],
+  banner_lagged: ["Màn hình xử lý chậm: đã bỏ qua {n} bản tin, trạng thái đã được cập nhật lại",
+    "Display fell behind: {n} updates skipped, state refreshed"],
+  banner_since: ["Số liệu hiển thị là của lúc {since}", "Figures shown are as of {since}"],
+  map: ["Bản đồ thiết bị", "Device map"],
+  districts: ["Tình trạng theo quận, huyện", "District health"],
+  incidents: ["Sự cố đang mở", "Open incidents"],
+  events: ["Sự kiện gần đây", "Recent events"],
+  cameras: ["Camera", "Cameras"],
+  kpis: ["Chỉ số chính", "Key indicators"],
+  devices: ["thiết bị", "devices"],
+  online: ["Hoạt động", "Online"],
+  degraded: ["Suy giảm", "Degraded"],
+  offline: ["Mất kết nối", "Offline"],
+  unknown: ["Chưa rõ", "Unknown"],
+  bts: ["Trạm BTS", "BTS"],
+  camera: ["Camera", "Camera"],
+  traffic: ["Cảm biến giao thông", "Traffic sensor"],
+  kind_traffic: ["Giao thông", "Traffic"],
+  bts_online: ["BTS hoạt động", "BTS online"],
+  cam_healthy: ["Camera tốt", "Cameras OK"],
+  speed_index: ["Chỉ số tốc độ", "Speed index"],
+  city_speed: ["Tốc độ TB toàn thành phố", "City mean speed"],
+  open_incidents: ["Sự cố đang mở", "Open incidents"],
+  no_incidents: ["Không có sự cố đang mở", "No open incidents"],
+  no_events: ["Chưa có sự kiện", "No events yet"],
+  no_cameras: ["Chưa có camera", "No cameras yet"],
+  no_image: ["Chưa có ảnh", "No image yet"],
+  no_data: ["—", "—"],
+  last_hours: ["{h} giờ qua", "last {h} h"],
+  ago_s: ["{n} giây", "{n} s"],
+  ago_m: ["{n} phút", "{n} min"],
+  ago_h: ["{n} giờ", "{n} h"],
+  ago_d: ["{n} ngày", "{n} d"],
+  ago_hm: ["{h} giờ {m} phút", "{h} h {m} min"],
+  sev_critical: ["Khẩn cấp", "Critical"],
+  sev_major: ["Nghiêm trọng", "Major"],
+  sev_minor: ["Nhẹ", "Minor"],
+  sev_warning: ["Cảnh báo", "Warning"],
+  sev_info: ["Thông tin", "Info"],
+  st_open: ["Mới", "Open"],
+  st_acknowledged: ["Đã tiếp nhận", "Acknowledged"],
+  st_resolved: ["Đã xử lý", "Resolved"],
+  st_closed: ["Đã đóng", "Closed"],
+  acked_by: ["{who} đã tiếp nhận", "acked by {who}"],
+  assigned_to: ["giao cho {who}", "assigned to {who}"],
+  members_n: ["{n} cảnh báo", "{n} alerts"],
+  quiet: ["Tạm tắt báo", "Silenced"],
+  kmh: ["km/h", "km/h"],
+  short_bts: ["BTS", "BTS"],
+  short_cam: ["Cam", "Cam"],
+  no_position: ["{n} chưa có vị trí", "{n} without position"],
+  loading_map: ["Đang tải bản đồ…", "Loading map…"],
+  urban_core: ["Nội thành", "City centre"],
+  // operator view
+  nav_incidents: ["Sự cố", "Incidents"],
+  nav_alerts: ["Cảnh báo", "Alerts"],
+  nav_silences: ["Tạm tắt báo", "Silences"],
+  nav_wall: ["Màn hình tường", "Wall display"],
+  officer: ["Cán bộ trực", "Officer"],
+  officer_prompt: ["Nhập mã cán bộ trực của bạn", "Enter your officer id"],
+  filter_state: ["Trạng thái", "State"],
+  filter_severity: ["Mức độ", "Severity"],
+  filter_district: ["Quận, huyện", "District"],
+  filter_category: ["Loại", "Category"],
+  filter_search: ["Tìm kiếm…", "Search…"],
+  filter_device: ["Thiết bị", "Device"],
+  all: ["Tất cả", "All"],
+  live_only: ["Đang mở", "Live"],
+  col_severity: ["Mức độ", "Severity"],
+  col_title: ["Nội dung", "What"],
+  col_district: ["Khu vực", "Where"],
+  col_state: ["Trạng thái", "State"],
+  col_started: ["Bắt đầu", "Started"],
+  col_age: ["Thời gian", "Age"],
+  col_assignee: ["Phụ trách", "Assignee"],
+  col_members: ["Cảnh báo", "Alerts"],
+  col_device: ["Thiết bị", "Device"],
+  col_rule: ["Quy tắc", "Rule"],
+  none_found: ["Không có mục nào", "Nothing matches"],
+  loading: ["Đang tải…", "Loading…"],
+  load_failed: ["Không tải được: {e}", "Could not load: {e}"],
+  incident_n: ["Sự cố #{id}", "Incident #{id}"],
+  back: ["← Danh sách", "← List"],
+  members: ["Cảnh báo thành phần", "Member alerts"],
+  evidence: ["Bằng chứng", "Evidence"],
+  timeline: ["Diễn biến", "Timeline"],
+  act_ack: ["Tiếp nhận", "Acknowledge"],
+  act_assign: ["Giao việc", "Assign"],
+  act_comment: ["Ghi chú", "Comment"],
+  act_resolve: ["Đã xử lý xong", "Resolve"],
+  act_close: ["Đóng", "Close"],
+  act_silence: ["Tạm tắt báo…", "Silence…"],
+  note_ph: ["Ghi chú (không bắt buộc)", "Note (optional)"],
+  comment_ph: ["Nội dung ghi chú", "Comment"],
+  unassigned: ["(chưa giao)", "(unassigned)"],
+  action_ok: ["Đã ghi nhận", "Done"],
+  action_failed: ["Không thực hiện được: {e}", "Failed: {e}"],
+  started: ["Bắt đầu", "Started"],
+  updated: ["Cập nhật", "Updated"],
+  resolved_at: ["Xử lý xong", "Resolved"],
+  values: ["Giá trị", "Values"],
+  chart_of: ["{metric} quanh thời điểm xảy ra", "{metric} around the start"],
+  snapshot: ["Ảnh mới nhất", "Latest snapshot"],
+  device_n: ["Thiết bị {id}", "Device {id}"],
+  latest_values: ["Giá trị mới nhất", "Latest values"],
+  history: ["Lịch sử", "History"],
+  status_timeline: ["Trạng thái theo thời gian", "Status timeline"],
+  recent_findings: ["Phát hiện bất thường gần đây", "Recent findings"],
+  recent_alerts: ["Cảnh báo gần đây", "Recent alerts"],
+  device_events: ["Sự kiện từ thiết bị", "Device alarms"],
+  range_1h: ["1 giờ", "1 h"],
+  range_6h: ["6 giờ", "6 h"],
+  range_24h: ["24 giờ", "24 h"],
+  kind: ["Loại", "Kind"],
+  position: ["Vị trí", "Position"],
+  last_seen: ["Lần cuối", "Last seen"],
+  state: ["Trạng thái", "State"],
+  reason: ["Lý do", "Reason"],
+  silences: ["Tạm tắt báo đang hiệu lực", "Active silences"],
+  silence_new: ["Tạo tạm tắt báo", "New silence"],
+  silence_matchers: ["Áp dụng cho", "Applies to"],
+  silence_until: ["Đến", "Until"],
+  silence_for: ["Trong", "For"],
+  silence_reason: ["Lý do", "Reason"],
+  silence_author: ["Người tạo", "Author"],
+  silence_create: ["Tạo", "Create"],
+  silence_delete: ["Xoá", "Delete"],
+  silence_extend: ["+1 giờ", "+1 h"],
+  silence_none: ["Không có tạm tắt báo nào", "No active silences"],
+  minutes_n: ["{n} phút", "{n} min"],
+  hours_n: ["{n} giờ", "{n} h"],
+  rule: ["Quy tắc", "Rule"],
+  device_id: ["Mã thiết bị", "Device id"],
+  category: ["Loại sự cố", "Category"],
+  district: ["Quận, huyện", "District"],
+  need_matcher: ["Cần ít nhất một điều kiện", "At least one condition is needed"],
+  system: ["hệ thống", "system"],
+  open_device: ["Mở trang thiết bị", "Open device page"],
+  confidence: ["độ tin cậy", "confidence"],
+  not_found: ["Không tìm thấy", "Not found"],
 };
 
-// Device event types of docs/device-api.md and the camera analyser's fault names; others are shown as sent.
-const EVENT_TYPES = {
-  vi: {
-    mains_power_lost: "Mất điện lưới", mains_power_restored: "Có điện lưới trở lại",
-    battery_low: "Pin yếu", high_temperature: "Nhiệt độ cao", link_down: "Mất đường truyền",
-    link_up: "Có đường truyền", door_open: "Mở cửa tủ", tamper: "Camera bị can thiệp",
-    video_loss: "Mất tín hiệu hình", black: "Hình đen", freeze: "Hình đứng", blur: "Hình mờ",
-    occlusion: "Bị che khuất", shift: "Lệch góc quay", brightness: "Độ sáng bất thường", noise: "Nhiễu hình",
-    accident: "Tai nạn", congestion: "Ùn tắc", incident: "Sự cố", spike: "Đột biến",
-    level_shift: "Thay đổi mức", stuck: "Giá trị đứng yên", silence: "Không gửi dữ liệu",
-  },
-  en: {
-    mains_power_lost: "Mains power lost", mains_power_restored: "Mains power restored", battery_low: "Battery low",
-    high_temperature: "High temperature", link_down: "Link down", link_up: "Link up", door_open: "Cabinet door open",
-    tamper: "Camera tampering", video_loss: "Video loss", black: "Black picture", freeze: "Frozen picture",
-    blur: "Blurred picture", occlusion: "View blocked", shift: "View shifted", brightness: "Abnormal brightness",
-    noise: "Picture noise", accident: "Accident", congestion: "Congestion", incident: "Incident", spike: "Spike",
-    level_shift: "Level shift", stuck: "Stuck value", silence: "No data",
-  },
+// Alert rules, incident categories, audit actions, device alarms and camera/detector labels.
+const TERMS = {
+  cat_power: ["Mất điện lưới", "Power"], cat_offline: ["Mất kết nối", "Offline"], cat_camera: ["Lỗi camera", "Camera"],
+  cat_traffic: ["Ùn tắc giao thông", "Traffic"], cat_bts_quality: ["Chất lượng BTS", "BTS quality"],
+  cat_sensor: ["Cảm biến lỗi", "Sensor"], cat_anomaly: ["Bất thường", "Anomaly"], cat_device: ["Sự kiện thiết bị", "Device"],
+  rule_mains_power_lost: ["Mất điện lưới", "Mains power lost"], rule_battery_low: ["Pin yếu", "Battery low"],
+  rule_device_offline: ["Mất kết nối", "Offline"], rule_device_degraded: ["Suy giảm", "Degraded"],
+  rule_device_silent: ["Không gửi dữ liệu", "Silent"], rule_camera_fault: ["Lỗi hình ảnh", "Picture fault"],
+  rule_camera_stream: ["Luồng hình kém", "Stream degraded"], rule_speed_collapse: ["Ùn tắc", "Traffic jam"],
+  rule_availability_drop: ["Giảm khả dụng", "Availability drop"], rule_kpi_degraded: ["KPI suy giảm", "KPI degraded"],
+  rule_sensor_stuck: ["Giá trị đứng yên", "Stuck value"], rule_anomaly: ["Bất thường", "Anomaly"],
+  rule_device_event: ["Sự kiện thiết bị", "Device alarm"],
+  act_incident_opened: ["Mở sự cố", "Incident opened"], act_alert_opened: ["Cảnh báo mới", "Alert opened"],
+  act_alert_resolved: ["Cảnh báo hết", "Alert resolved"], act_incident_resolved: ["Sự cố đã xử lý", "Incident resolved"],
+  act_incident_closed: ["Đóng sự cố", "Incident closed"], act_acknowledged: ["Tiếp nhận", "Acknowledged"],
+  act_assigned: ["Giao việc", "Assigned"], act_commented: ["Ghi chú", "Comment"], act_closed: ["Đóng", "Closed"],
+  act_paged: ["Đã báo tin", "Paged"], act_escalated: ["Báo tin cấp trên", "Escalated"],
+  act_suppressed: ["Tạm tắt báo", "Silenced"], act_unsuppressed: ["Bỏ tạm tắt báo", "Unsilenced"],
+  ev_mains_power_lost: ["Mất điện lưới", "Mains power lost"], ev_mains_power_restored: ["Có điện lưới trở lại", "Mains power restored"],
+  ev_battery_low: ["Pin yếu", "Battery low"], ev_high_temperature: ["Nhiệt độ cao", "High temperature"],
+  ev_link_down: ["Mất đường truyền", "Link down"], ev_link_up: ["Có đường truyền", "Link up"],
+  ev_door_open: ["Mở cửa tủ", "Cabinet door open"], ev_tamper: ["Camera bị can thiệp", "Camera tampering"],
+  ev_video_loss: ["Mất tín hiệu hình", "Video loss"], ev_black: ["Hình đen", "Black picture"],
+  ev_freeze: ["Hình đứng", "Frozen picture"], ev_blur: ["Hình mờ", "Blurred picture"],
+  ev_occlusion: ["Bị che khuất", "View blocked"], ev_shift: ["Lệch góc quay", "View shifted"],
+  ev_brightness: ["Độ sáng bất thường", "Abnormal brightness"], ev_noise: ["Nhiễu hình", "Picture noise"],
+  ev_accident: ["Tai nạn", "Accident"], ev_congestion: ["Ùn tắc", "Congestion"], ev_spike: ["Đột biến", "Spike"],
+  ev_dip: ["Sụt giảm", "Dip"], ev_level_shift: ["Thay đổi mức", "Level shift"], ev_stuck: ["Giá trị đứng yên", "Stuck value"],
+  ev_flatline: ["Giá trị đứng yên", "Flat line"], ev_silence: ["Không gửi dữ liệu", "No data"],
+  ev_stale: ["Dữ liệu cũ", "Stale data"], ev_drift: ["Trôi dần", "Drift"],
+  ev_speed_collapse: ["Tốc độ giảm mạnh", "Speed collapse"], ev_availability_drop: ["Giảm khả dụng", "Availability drop"],
 };
 
-export function pickLang(search) {
+// Metric names of docs/device-api.md with their units.
+const METRICS = {
+  speed_kmh: ["Tốc độ", "Speed", "km/h"], flow_veh_h: ["Lưu lượng", "Flow", "xe/h|veh/h"],
+  occupancy_pct: ["Chiếm dụng", "Occupancy", "%"], queue_len_m: ["Hàng chờ", "Queue", "m"],
+  heavy_vehicle_pct: ["Xe tải", "Heavy vehicles", "%"], availability_pct: ["Khả dụng", "Availability", "%"],
+  prb_util_pct: ["Tải PRB", "PRB load", "%"], active_users: ["Thuê bao", "Active users", ""],
+  throughput_mbps: ["Thông lượng", "Throughput", "Mbps"], drop_call_rate_pct: ["Rớt cuộc gọi", "Dropped calls", "%"],
+  mains_power: ["Điện lưới", "Mains power", ""], battery_pct: ["Pin", "Battery", "%"],
+  temperature_c: ["Nhiệt độ", "Temperature", "°C"], rssi_dbm: ["RSSI", "RSSI", "dBm"], fps: ["Khung hình/s", "Frames/s", "fps"],
+  bitrate_kbps: ["Bitrate", "Bitrate", "kbps"], storage_free_pct: ["Bộ nhớ trống", "Storage free", "%"],
+};
+
+/** The language asked for in the URL (`?lang=en`), else the server's setting, else Vietnamese. */
+export function pickLang(search, fallback = "vi") {
   const lang = new URLSearchParams(search).get("lang");
-  return lang === "en" ? "en" : "vi";
+  if (LANGS.includes(lang)) return lang;
+  return LANGS.includes(fallback) ? fallback : "vi";
 }
 
-export function makeI18n(lang) {
-  const table = STRINGS[lang] || STRINGS.vi;
-  const types = EVENT_TYPES[lang] || {};
-  const locale = lang === "en" ? "en-GB" : "vi-VN";
+/** A valid IANA zone name, else the default (a bad `?tz=` must not break every formatter). */
+export function pickTimeZone(...candidates) {
+  for (const tz of candidates) {
+    if (!tz) continue;
+    try {
+      new Intl.DateTimeFormat("en", { timeZone: tz });
+      return tz;
+    } catch { /* try the next one */ }
+  }
+  return DEFAULT_TIME_ZONE;
+}
+
+export function makeI18n(lang, timeZone = DEFAULT_TIME_ZONE) {
+  const li = lang === "en" ? 1 : 0;
+  const locale = li ? "en-GB" : "vi-VN";
   const fmt = (pattern, vars) => pattern.replace(/\{(\w+)\}/g, (_, k) => (vars && k in vars ? vars[k] : ""));
-  const clock = new Intl.DateTimeFormat(locale, {
-    timeZone: TIME_ZONE, hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
-  });
-  const date = new Intl.DateTimeFormat(locale, {
-    timeZone: TIME_ZONE, weekday: "long", day: "2-digit", month: "2-digit", year: "numeric",
-  });
-  const hhmm = new Intl.DateTimeFormat(locale, { timeZone: TIME_ZONE, hour: "2-digit", minute: "2-digit", hour12: false });
-  const numbers = [0, 1].map((d) => new Intl.NumberFormat(locale, { maximumFractionDigits: d, minimumFractionDigits: d }));
+  const df = (opts) => new Intl.DateTimeFormat(locale, { timeZone, hour12: false, ...opts });
+  const clock = df({ hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const date = df({ weekday: "long", day: "2-digit", month: "2-digit", year: "numeric" });
+  const hhmm = df({ hour: "2-digit", minute: "2-digit" });
+  // "dd/mm hh:mm:ss" in both languages: Intl's vi-VN order ("00:13:14 02-12") reads oddly in a table.
+  const stampParts = df({ day: "2-digit", month: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const stamp = { format: (ms) => {
+    const p = Object.fromEntries(stampParts.formatToParts(ms).map((x) => [x.type, x.value]));
+    return `${p.day}/${p.month} ${p.hour}:${p.minute}:${p.second}`;
+  } };
+  const numbers = [0, 1, 2].map((d) => new Intl.NumberFormat(locale, { maximumFractionDigits: d, minimumFractionDigits: 0 }));
+  const fixed1 = new Intl.NumberFormat(locale, { maximumFractionDigits: 1, minimumFractionDigits: 1 });
+  const t = (key, vars) => fmt(key in T ? T[key][li] : key, vars);
+  const term = (prefix, key) => {
+    const entry = TERMS[`${prefix}_${key}`];
+    return entry ? entry[li] : String(key ?? "").replace(/[_.]+/g, " ");
+  };
+  const age = (seconds) => {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return t("ago_s", { n: s });
+    if (s < 3600) return t("ago_m", { n: Math.floor(s / 60) });
+    if (s < 6 * 3600) return t("ago_hm", { h: Math.floor(s / 3600), m: Math.floor((s % 3600) / 60) });
+    if (s < 86400) return t("ago_h", { n: Math.floor(s / 3600) });
+    return t("ago_d", { n: Math.floor(s / 86400) });
+  };
   return {
     lang,
     locale,
-    t: (key, vars) => fmt(key in table ? table[key] : key, vars),
-    eventType: (type) => types[type] || String(type || "").replace(/[_.]+/g, " "),
+    timeZone,
+    t,
+    term,
+    eventType: (type) => term("ev", type),
+    rule: (rule) => term("rule", rule),
+    category: (cat) => term("cat", cat),
+    action: (action) => term("act", action),
+    metric: (name) => (METRICS[name] ? METRICS[name][li] : String(name ?? "")),
+    unit: (name) => {
+      const parts = (METRICS[name]?.[2] ?? "").split("|"); // "vi|en" where the unit is a word
+      return parts[Math.min(li, parts.length - 1)];
+    },
     time: (ms) => clock.format(ms),
     hhmm: (ms) => hhmm.format(ms),
     date: (ms) => date.format(ms),
-    num: (v, digits = 0) => (Number.isFinite(v) ? numbers[digits].format(v) : table.no_data),
-    pct: (v) => (Number.isFinite(v) ? `${numbers[0].format(v)}%` : table.no_data),
-    // Ages as a duty officer says them: "45 giây", "5 phút", "2 giờ".
-    age: (seconds) => {
-      const s = Math.max(0, Math.round(seconds));
-      if (s < 60) return fmt(table.ago_s, { n: s });
-      if (s < 3600) return fmt(table.ago_m, { n: Math.floor(s / 60) });
-      if (s < 86400) return fmt(table.ago_h, { n: Math.floor(s / 3600) });
-      return fmt(table.ago_d, { n: Math.floor(s / 86400) });
-    },
+    stamp: (ms) => (Number.isFinite(ms) ? stamp.format(ms) : T.no_data[li]),
+    num: (v, digits = 0) => (Number.isFinite(v) ? (digits === 1 ? fixed1 : numbers[Math.min(2, digits)]).format(v) : T.no_data[li]),
+    pct: (v) => (Number.isFinite(v) ? `${numbers[0].format(v)}%` : T.no_data[li]),
+    age,
+    incidentTitle: (inc) => incidentTitle(inc, li, term),
   };
+}
+
+// The engine writes titles in English; in Vietnamese the headline is rebuilt from the incident's fields
+// (category, members, district) so a duty officer never reads a mixed-language line.
+function incidentTitle(inc, li, term) {
+  if (li === 1 || !inc) return inc?.title ?? "";
+  const members = (inc.members || []).filter((m) => m.state === "open" || m.state === "acknowledged");
+  const live = members.length ? members : inc.members || [];
+  const where = inc.district_name || inc.district;
+  const at = where ? ` tại ${where}` : "";
+  const kinds = { bts: "trạm BTS", camera: "camera", traffic: "cảm biến giao thông" };
+  if (inc.category === "power") {
+    const n = new Set(live.filter((m) => m.kind === "bts").map((m) => m.device_id)).size || inc.member_count || 0;
+    return `Mất điện lưới ${n} trạm BTS${at}`;
+  }
+  if (live.length > 1) {
+    const kind = kinds[live[0].kind] || "thiết bị";
+    if (inc.category === "offline") return `${live.length} ${kind} mất kết nối${at}`;
+    if (inc.category === "traffic") return `Ùn tắc lan rộng ${live.length} cảm biến${at}`;
+    return `${term("cat", inc.category)}: ${live.length} ${kind}${at}`;
+  }
+  const dev = live[0]?.device_id;
+  return `${term("cat", inc.category)}${dev ? ` — ${dev}` : ""}${at}`;
 }

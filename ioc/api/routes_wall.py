@@ -1,4 +1,5 @@
-"""The control-room wall display: ``/`` and its static assets under ``/wall/`` (no build step)."""
+"""The control-room screens: the wall display at ``/``, the operator view at ``/ops`` (incident list,
+incident and device pages, silences) and their static assets under ``/wall/`` (no build step)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 async def wall_index(request: Request) -> Response:
     """The wall display page."""
     return _serve("index.html", request)
+
+
+@router.get("/ops", include_in_schema=False)
+async def ops_index(request: Request) -> Response:
+    """The operator view (its pages are addressed by the URL fragment: ``#/incidents/7``, ``#/devices/X``)."""
+    return _serve("ops.html", request)
 
 
 @router.get("/wall/{name}", include_in_schema=False)
