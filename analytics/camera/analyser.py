@@ -6,29 +6,31 @@ Usage::
     res = an.analyse(jpeg_bytes, ts)      # -> SnapshotResult(label, confidence, activity, findings)
 
 The analyser holds only small arrays (a 96x72 reference thumbnail, per-cell statistics, the
-previous thumbnail and a sparse noise probe), about 50 KB; ``state_dict()`` / ``from_state()``
-move it between processes.
+previous snapshot's measures), under 100 KB; ``state_dict()`` / ``from_state()`` move it between
+processes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import cv2
 import numpy as np
 
 from analytics.camera import evidence as ev
 from analytics.camera.config import CameraConfig
-from analytics.camera.features import Measures, decode_work, measure
+from analytics.camera.features import FINE_X, FINE_Y, Measures, decode_work, measure
+from analytics.camera.freeze import FreezeTracker, changed_blocks
+from analytics.camera.reference import Ref, Spread
+from analytics.camera.shift import Alignment, align
 from analytics.findings import Finding
 
 LABELS = ("ok", "black", "freeze", "blur", "occlusion", "shift", "brightness", "noise")
-# When several faults are seen at once, report the one that explains the others.
-PRIORITY = ("black", "freeze", "brightness", "noise", "occlusion", "shift", "blur")
+# When several faults are seen at once, report the one that explains the others: a dark picture
+# hides motion (so it looks still), a cover removes detail (so it looks blurred), and so on.
+PRIORITY = ("black", "brightness", "freeze", "noise", "occlusion", "shift", "blur")
 _EXPLAIN = {
     "black": "Video loss: the picture is uniform (black, blue or grey screen).",
     "freeze": "Frozen stream: the picture has stopped changing.",
@@ -65,6 +67,11 @@ class SnapshotResult:
     scores: dict[str, float] = field(default_factory=dict)
 
 
+def _spreads() -> dict[str, Spread]:
+    """Priors of the per-camera score statistics."""
+    return {"blur": Spread(0.0, 0.06), "noise": Spread(0.0, 0.06), "ncc": Spread(0.7, 0.1)}
+
+
 class CameraAnalyser:
     """Stateful per-camera fault and activity analyser (pure: bytes in, result out)."""
 
@@ -73,60 +80,76 @@ class CameraAnalyser:
         self.cfg = config or CameraConfig()
         self.n_seen = 0  # snapshots analysed
         self.n_learned = 0  # snapshots learned into the reference
-        self.ref: ev.Ref | None = None
+        self.ref: Ref | None = None
         self.prev: Measures | None = None
         self.prev_hash = b""
-        self.anchor: np.ndarray | None = None  # thumbnail at the start of the current still spell
-        self.spell = 0  # snapshots in the current still spell
-        self.spell_alarm = False  # the current still spell was reported as a freeze
-        self.max_spell = 0  # longest still spell that ended healthily
-        self.n_spells = 0  # healthy still spells seen
-        self.acts = np.full(32, np.nan, np.float32)  # recent healthy activity levels (ring)
-        self.last_act = 0.0  # activity of the last moving snapshot
-        self.floors = np.full(9, np.nan, np.float32)  # temporal noise of recent still healthy snapshots
+        self.freeze = FreezeTracker()
+        self.spreads = _spreads()
+        self.align: Alignment | None = None  # last candidate re-pointing
+        self.cover_rate = np.full((FINE_Y, FINE_X), 0.5, np.float32)  # how often each cell looked covered
+        self.occ_mask: np.ndarray | None = None  # cells of the cover being tracked
+        self.prev_covered: np.ndarray | None = None
         self.streak: dict[str, int] = {}
         self.last_label = "ok"
+        self._changed = -1
 
     # ------------------------------------------------------------------ public API
     def analyse(self, jpeg: bytes, ts: datetime) -> SnapshotResult:
         """Analyse one JPEG snapshot; snapshots must come in time order."""
         index = self.n_seen
         self.n_seen += 1
-        work = decode_work(jpeg)
-        if work is None:
+        dec = decode_work(jpeg)
+        if dec is None:
             f = self._finding("black", 1.0, ts, index, "Snapshot does not decode as a JPEG.", {})
             return SnapshotResult(index, ts, "black", 1.0, 0.0, 0, [f])
         digest = hashlib.blake2b(jpeg, digest_size=8).digest()
         same_bytes = digest == self.prev_hash
         self.prev_hash = digest
-        return self.analyse_measures(measure(work), ts, index, same_bytes)
+        return self.analyse_measures(measure(*dec), ts, index, same_bytes)
 
     def analyse_measures(self, m: Measures, ts: datetime, index: int, same_bytes: bool = False) -> SnapshotResult:
-        """Analyse already-measured snapshot (used by :meth:`analyse`)."""
+        """Analyse an already-measured snapshot (used by :meth:`analyse`)."""
         cfg = self.cfg
         cand: dict[str, float] = {}  # fault -> confidence, before confirmation
+        strong: set[str] = set()  # candidates sure enough to need no confirmation
         scores: dict[str, float] = {"mean": m.mean, "contrast": m.contrast}
-        black = ev.black(m, self.ref, cfg)
-        if black > 0:
-            cand["black"] = black
+        blk = ev.black(m, self.ref, cfg)
+        if blk > 0:
+            cand["black"] = blk
+            strong.add("black")
         activity, objects = ev.activity(m, self.prev, self.ref, cfg)
-        still, noise_level = self._still(m)
-        scores.update(activity=activity, still=float(still), spell=float(self.spell), tnoise=noise_level)
-        warm = self.ref is not None and self.n_learned >= cfg.warmup and self.ref.coverage() >= 0.6
-        if warm and self.ref is not None:
-            fz = self._freeze(still, same_bytes, noise_level)
+        still = self._still(m)
+        scores.update(activity=activity, still=float(still), spell=float(self.freeze.spell),
+                      changed=float(self._changed))
+        cmp: ev.Comparison | None = None
+        al: Alignment | None = None
+        covered = None
+        if self.ref is not None:
+            covered, occ_scores = ev.cover_map(m, self.ref, cfg)
+            scores.update(occ_scores)
+        if self._warm() and self.ref is not None and covered is not None:
+            self._occlusion(m, covered, scores, cand, strong)
+            fz = self.freeze.verdict(still, same_bytes, cfg)
             if fz > 0:
                 cand["freeze"] = fz
-            cmp = ev.compare(m, self.ref, cfg)
+                strong.add("freeze")
+            cmp = ev.compare(m, self.ref, cfg, self.spreads)
             scores.update(cmp.scores)
             for name, conf in cmp.candidates.items():
                 cand.setdefault(name, conf)
-        label, conf = self._confirm(cand, scores)
+            strong |= cmp.strong
+            if "black" not in cand and "occlusion" not in strong:
+                al = align(m, self.ref, self.spreads["ncc"], cfg)
+                self._shift(m, al, cand, strong, scores)
+        label, conf = self._confirm(cand, strong)
+        if covered is not None:
+            self.cover_rate += cfg.cover_rate_alpha * (covered - self.cover_rate)
+        self.prev_covered = covered
         findings: list[Finding] = []
         if label != "ok" and (label != self.last_label or label == "shift"):
             detail = {"index": index, **{k: round(v, 4) for k, v in scores.items()}}
             findings.append(self._finding(label, conf, ts, index, _EXPLAIN[label], detail))
-        self._learn(m, label, cand, still, activity)
+        self._learn(m, label, cand, still, scores, al)
         self.last_label = label
         self.prev = m
         return SnapshotResult(index, ts, label, conf, activity, objects, findings, scores)
@@ -150,104 +173,123 @@ class CameraAnalyser:
         for v in self.state_dict().values():
             if isinstance(v, np.ndarray):
                 total += v.nbytes
-            elif isinstance(v, ev.Ref):
+            elif isinstance(v, (Ref, Measures)):
                 total += v.nbytes()
-            elif isinstance(v, Measures):
-                total += sum(getattr(v, a).nbytes for a in ("thumb", "probe", "cell_mean", "cell_coarse",
-                                                             "cell_fine", "cell_noise"))
             else:
-                total += 16
+                total += 64
         return total
 
     # ------------------------------------------------------------------ internals
-    def _still(self, m: Measures) -> tuple[bool, float]:
-        """Whether nothing moved since the still-spell anchor, and the temporal noise level."""
+    def _warm(self) -> bool:
+        ref = self.ref
+        return ref is not None and self.n_learned >= self.cfg.warmup and ref.coverage() >= 0.6
+
+    def _still(self, m: Measures) -> bool:
+        """Whether nothing changed since the previous snapshot beyond JPEG re-encoding."""
         if self.prev is None:
-            return False, 0.0
-        d = np.abs(m.probe.astype(np.int16) - self.prev.probe.astype(np.int16))
-        # clipped mean: sensor noise counts, edges of moving objects do not dominate
-        noise_level = float(np.minimum(d, 8).mean())
-        if self.anchor is None:
-            self.anchor = _u8(self.prev.thumb)
-        changed = int(np.count_nonzero(cv2.absdiff(_u8(m.thumb), self.anchor) > self.cfg.still_level))
-        return changed <= self.cfg.still_pixels, noise_level
+            return False
+        n = changed_blocks(m, self.prev, self.cfg)
+        self._changed = n
+        if n >= 0:
+            return n == 0
+        # no JPEG block grid (the picture was resized after decoding): thumbnail pixels instead
+        d = np.abs(m.thumb - self.prev.thumb)
+        return int(np.count_nonzero(d > self.cfg.still_level)) <= self.cfg.still_pixels
 
-    def _freeze(self, still: bool, same_bytes: bool, noise_level: float) -> float:
-        """Confidence that the stream is frozen (0 if not)."""
+    def _shift(self, m: Measures, al: Alignment, cand: dict[str, float], strong: set[str],
+               scores: dict[str, float]) -> None:
+        """Turn an alignment into a shift candidate."""
         cfg = self.cfg
-        if same_bytes:
-            return 1.0
-        if not still:
-            return 0.0
-        if self.spell_alarm:
-            return 0.9  # the spell already counted as frozen: keep reporting until motion returns
-        # A camera that shows sensor noise while still: the noise vanishing means a stalled stream.
-        floors = self.floors[~np.isnan(self.floors)]
-        if len(floors) >= 5 and float(np.median(floors)) >= 1.2 and noise_level < 0.4 * float(floors.min()):
-            return 0.9
-        spell = self.spell + 1
-        acts = self.acts[~np.isnan(self.acts)]
-        if len(acts) < cfg.freeze_history:
-            return 0.0  # hardly ever seen moving: a still scene is not a frozen one
-        if spell == 1:
-            # A busy scene (never still, activity well above zero) that stops dead at once, right
-            # after a normally busy snapshot, has stalled; quiet scenes calm down gradually.
-            la = np.log(acts + 1e-3)
-            z = (float(la.mean()) - math.log(1e-3)) / (float(la.std()) + 0.3)
-            if z > cfg.freeze_busy_z and self.last_act >= float(np.quantile(acts, 0.25)):
-                return float(min(1.0, 0.5 + 0.1 * z))
-        # Otherwise only a still spell much longer than this camera's healthy ones.
-        need = max(cfg.freeze_long, 2 * self.max_spell + 1)
-        if self.n_spells >= 2:
-            need = min(need, max(cfg.freeze_short, int(cfg.freeze_spell_factor * self.max_spell) + 1))
-        if spell >= need:
-            return float(min(1.0, 0.6 + 0.05 * (spell - need)))
-        return 0.0
+        lift = al.c - al.c0
+        scores.update(ncc0=al.c0, ncc=al.c, lift=lift, dx=al.dx, dy=al.dy, angle=al.angle, disp=al.disp)
+        if not (al.moved(cfg) and lift >= cfg.shift_gain and al.c >= cfg.shift_match):
+            self.align = None
+            return
+        cand["shift"] = ev.sig(3.0 * (lift - cfg.shift_gain) + al.disp)
+        typical = self.spreads["ncc"].level
+        if lift >= cfg.shift_sure and al.c >= min(typical, 0.9) - 0.2:
+            strong.add("shift")
+        elif not al.agrees(self.align):
+            self.streak["shift"] = 0  # a different displacement than last time: start again
+        self.align = al
 
-    def _confirm(self, cand: dict[str, float], scores: dict[str, float]) -> tuple[str, float]:
+    def _occlusion(self, m: Measures, covered: np.ndarray, scores: dict[str, float], cand: dict[str, float],
+                   strong: set[str]) -> None:
+        """A cover appears at once over cells that were not covered before, then stays put.
+
+        Cells that have looked covered for a while are the reference's fault (a parked car that
+        left, say), not the lens's; a cover being tracked must keep most of its cells, and their
+        grey levels (a car moves on, a cover does not).
+        """
+        cfg = self.cfg
+        if self.occ_mask is not None and self.prev is not None:
+            mask = self.occ_mask
+            n_mask = int(np.count_nonzero(mask))
+            level = np.abs(m.fine_mean - self.prev.fine_mean)[mask]
+            steady = float(np.median(level)) if n_mask else 99.0
+            if (np.count_nonzero(covered & mask) >= cfg.occlusion_overlap * n_mask
+                    and steady <= 3.0 + 0.1 * float(np.median(m.fine_mean[mask]))):
+                share = n_mask / covered.size
+                cand["occlusion"] = ev.sig(4.0 * (share - cfg.occlusion_share))
+                return
+            self.occ_mask = None
+        before = self.prev_covered if self.prev_covered is not None else covered
+        new = covered & ~before & (self.cover_rate < 0.5)
+        share = float(new.mean())
+        scores["covered_new"] = share
+        if share >= cfg.occlusion_share and (scores["untouched"] >= 0.05 or share >= 0.85):
+            cand["occlusion"] = ev.sig(4.0 * (share - cfg.occlusion_share))
+            self.occ_mask = new
+            if share >= cfg.occlusion_sure:
+                strong.add("occlusion")
+
+    def _confirm(self, cand: dict[str, float], strong: set[str]) -> tuple[str, float]:
         """Apply per-fault confirmation counts and the priority order."""
+        cfg = self.cfg
         for name in PRIORITY:
             self.streak[name] = self.streak.get(name, 0) + 1 if name in cand else 0
-        need = {"occlusion": self.cfg.occlusion_confirm, "blur": self.cfg.blur_confirm,
-                "shift": 1 if scores.get("shift_strong") else self.cfg.shift_confirm,
-                "brightness": 1 if scores.get("brightness_sure") else self.cfg.brightness_confirm}
+        need = {"occlusion": cfg.occlusion_confirm, "blur": cfg.blur_confirm, "shift": cfg.shift_confirm,
+                "brightness": cfg.brightness_confirm}
         for name in PRIORITY:
-            if name in cand and self.streak[name] >= need.get(name, 1):
+            if name in cand and (name in strong or self.streak[name] >= need.get(name, 1)):
                 return name, round(float(cand[name]), 3)
         return "ok", round(1.0 - max(cand.values(), default=0.0) * 0.5, 3)
 
-    def _learn(self, m: Measures, label: str, cand: dict[str, float], still: bool, activity: float) -> None:
+    def _suspect(self, scores: dict[str, float]) -> bool:
+        """Scores halfway to a fault: do not learn this snapshot into the reference."""
+        if scores.get("blur", 0.0) < 0.5 * scores.get("blur_thr", -1.0):
+            return True
+        if scores.get("noise", 0.0) > 0.5 * scores.get("noise_thr", 1.0):
+            return True
+        return scores.get("lift", 0.0) >= 0.5 * self.cfg.shift_gain and scores.get("disp", 0.0) >= self.cfg.shift_px
+
+    def _learn(self, m: Measures, label: str, cand: dict[str, float], still: bool, scores: dict[str, float],
+               al: Alignment | None) -> None:
         """Update the learned state after a snapshot."""
-        # still-spell bookkeeping (needed whatever the label)
-        if label == "freeze" and still:
-            self.spell_alarm = True
-        if still:
-            self.spell += 1
-        else:
-            if label == "ok" and self.prev is not None:
-                if self.spell and not self.spell_alarm:
-                    self.max_spell = max(self.max_spell, self.spell)
-                    self.n_spells += 1
-                if not cand:
-                    self.acts[self.n_seen % len(self.acts)] = activity
-            self.spell = 0
-            self.spell_alarm = False
-            # a suspect snapshot's motion says nothing about the scene's normal pace
-            self.last_act = activity if label == "ok" and not cand else 0.0
-            self.anchor = _u8(m.thumb)
+        healthy = label == "ok" and not cand
+        self.freeze.update(still, healthy, label == "freeze", self._changed)
         if label == "shift":
             # A re-pointing is reported once, then the new view becomes the reference.
-            self.ref = ev.Ref(m)
+            self.ref = Ref(m)
             self.n_learned = 1
             self.streak.clear()
+            self.align = None
+            self.spreads["ncc"] = _spreads()["ncc"]
             return
-        if label != "ok" or cand:
+        if "occlusion" not in cand:
+            self.occ_mask = None
+        if not healthy:
             return  # never learn a suspect snapshot
-        if still and self.prev is not None and self.n_learned > 0:
-            nl = float(np.minimum(np.abs(m.probe.astype(np.int16) - self.prev.probe.astype(np.int16)), 8).mean())
-            self.floors[self.n_learned % len(self.floors)] = nl
+        if "blur" in scores:
+            self.spreads["blur"].update(scores["blur"])
+        if "noise" in scores:
+            self.spreads["noise"].update(scores["noise"])
+        if al is not None:
+            self.spreads["ncc"].update(al.c0)
+        if self._suspect(scores):
+            return
         if self.ref is None:
-            self.ref = ev.Ref(m)
+            self.ref = Ref(m)
         elif self.prev is not None:
             self.ref.update(m, self.prev, self.cfg)
         self.n_learned += 1
@@ -257,10 +299,5 @@ class CameraAnalyser:
         return Finding(self.device_id, "snapshot", ts, kind, float(conf), text, {"index": index, **detail})
 
 
-def _u8(a: np.ndarray) -> np.ndarray:
-    return np.clip(a + 0.5, 0, 255).astype(np.uint8)
-
-
-_STATE_KEYS = ("n_seen", "n_learned", "ref", "prev", "prev_hash", "anchor", "spell", "spell_alarm", "max_spell",
-               "n_spells", "acts", "last_act",
-               "floors", "streak", "last_label")
+_STATE_KEYS = ("n_seen", "n_learned", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
+               "occ_mask", "prev_covered", "streak", "last_label")

@@ -1,7 +1,8 @@
 """Thresholds of the camera analyser, in one place.
 
-The defaults are what the live pipeline and the batch checker use; they were tuned on generated
-sequences from several seeds and checked on seeds not used for tuning.
+The defaults are what the live pipeline and the batch checker use. Most are relative (to the
+learned reference, to the JPEG quantiser, to the camera's own score spread), which is what lets one
+set of values serve very different scenes.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 class CameraConfig:
     """Tunable thresholds of :class:`~analytics.camera.analyser.CameraAnalyser`.
 
-    Ratios are against what the analyser has learned for the camera; log thresholds are natural
-    logarithms of such ratios.
+    Log thresholds are natural logarithms of ratios against the learned reference; texture is in
+    grey levels per thumbnail pixel.
     """
 
     # learning
@@ -22,37 +23,46 @@ class CameraConfig:
     steady_level: float = 8.0  # a pixel changing less than this since the last snapshot is background
     alpha_pixel: float = 0.05  # settled learning rate of the background thumbnail
     alpha_cell: float = 0.1  # settled learning rate of per-cell detail statistics
+    spread_k: float = 4.0  # a relative score alarms beyond this many of the camera's mean deviations
+    min_cells: int = 6  # cells a per-cell median needs
     # black / video loss: near-uniform frame
     black_contrast: float = 3.0  # thumbnail grey-level std
-        # freeze
-    still_level: float = 8.0  # grey levels a thumbnail pixel must move to count as change
-    still_pixels: int = 2  # changed pixels tolerated in a "still" snapshot (JPEG re-encoding noise)
-    freeze_history: int = 8  # moving snapshots needed before a single still one can be a freeze
-    freeze_busy_z: float = 2.5  # how far above zero (in log-activity spreads) a busy scene sits
-    freeze_long: int = 12  # still snapshots that are a freeze on a camera with no still history
-    freeze_short: int = 4  # ... the floor once it has shown a few healthy still spells
-    freeze_spell_factor: float = 3.0  # ... times the longest healthy still spell
+    # freeze
+    still_margin: float = 1.0  # grey levels a block mean may move beyond the JPEG quantiser's rounding
+    still_level: float = 8.0  # (no block grid) grey levels a thumbnail pixel must move to count as change
+    still_pixels: int = 2  # (no block grid) changed thumbnail pixels tolerated in a still snapshot
+    freeze_history: int = 6  # moving snapshots seen before a single still one can be a freeze
+    freeze_busy: int = 8  # a camera whose quietest snapshots change this many blocks is frozen when still
+    freeze_short: int = 2  # otherwise a still spell of at least this many snapshots ...
+    freeze_spell_factor: float = 2.0  # ... and this many times its longest healthy still spell
     # brightness
     dark_ratio: float = 0.55
-    dark_sure: float = 0.3  # darker than this is reported at once; milder drops need confirming
+    dark_sure: float = 0.5  # darker than this, alike everywhere, is reported at once
     brightness_confirm: int = 2  # auto-exposure swings (a white lorry) last one snapshot
     bright_ratio: float = 1.9
     # noise
-    noise_log: float = 0.8  # log ratio of the low-quantile cell noise to its reference
+    noise_log: float = 0.5  # median log ratio of the cell noise residual to its reference
     impulse_share: float = 0.004  # share of salt-and-pepper pixels
     # occlusion
-    occlusion_flat: float = 3.0  # thumbnail gradient below which a cell shows no structure
-    occlusion_share: float = 0.18  # share of cells covered (flat and changed)
-    occlusion_confirm: int = 2  # consecutive snapshots
+    occlusion_flat: float = 0.4  # texture below which a cell shows no structure
+    occlusion_lost: float = 0.35  # ... or below this share of its reference texture
+    occlusion_level: float = 15.0  # grey levels a flat cell must change by
+    occlusion_share: float = 0.12  # share of fine cells covered
+    occlusion_sure: float = 0.45  # ... reported at once (the same cells flat two snapshots running otherwise)
+    occlusion_confirm: int = 2
+    occlusion_overlap: float = 0.5  # share of a tracked cover's cells that must stay covered (a car moves on)
+    cover_rate_alpha: float = 0.25  # learning rate of how often each cell looks covered
     # shift (re-pointing)
-    shift_px: float = 0.018  # phase-correlation displacement, share of the thumbnail size
-    shift_response: float = 0.08  # minimum phase-correlation peak
-    shift_realign: float = 0.6  # displaced reference must cut the mismatch to this share
-    shift_static_share: float = 0.25  # below this share of textured cells matching: re-pointed
+    shift_px: float = 0.015  # displacement, share of the picture size
+    shift_gain: float = 0.25  # the moved reference must raise the median cell correlation this much
+    shift_sure: float = 0.4  # ... this much: reported at once
+    shift_match: float = 0.35  # and reach at least this correlation
+    shift_rotate_drop: float = 0.3  # try rotations when the match is this far below the usual
     shift_confirm: int = 2
     # blur
-    blur_log: float = -0.6  # median log ratio of fine detail over unchanged textured cells
-    blur_min_cells: int = 6
+    blur_log: float = 0.35  # drop in the median log sharpness ratio (at least)
+    blur_edge: float = 0.3  # coarse gradient energy a cell needs to take part
+    blur_sure: float = 1.6  # beyond this many times the threshold: reported at once
     blur_confirm: int = 2
     # activity
     motion_level: float = 12.0  # grey levels between consecutive thumbnails

@@ -16,9 +16,13 @@ F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
 THUMB_W, THUMB_H = 96, 72
-GRID_X, GRID_Y = 12, 9  # 8x8-pixel cells on the thumbnail
-WORK_MAX_W = 352
-PROBE_STEP = 4  # sparse full-detail pixels kept to see temporal sensor noise
+GRID_X, GRID_Y = 12, 9  # 8x8-pixel cells on the thumbnail (detail statistics)
+FINE_X, FINE_Y = 24, 18  # 4x4-pixel cells on the thumbnail (where a cover is)
+# Decode with the largest DCT reduction that keeps the picture at least this wide: 640x360 snapshots
+# decode at half size (320x180); smaller ones in full, so defocus stays measurable.
+WORK_MIN_W = 300
+COARSE_SIGMA = 2.0  # working pixels: the "coarse" scale of the sharpness ratio
+DEFAULT_DC_Q = 8  # luminance DC quantiser step assumed when the header has none (quality ~75)
 _REDUCED = {
     1: cv2.IMREAD_GRAYSCALE,
     2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
@@ -30,50 +34,86 @@ _NOISE_K = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
-def jpeg_size(buf: bytes) -> tuple[int, int] | None:
-    """Return (width, height) from a JPEG's SOF header without decoding, or None."""
+@dataclass(frozen=True, slots=True)
+class JpegHeader:
+    """What the JPEG header says: picture size and the luminance DC quantiser step."""
+
+    width: int
+    height: int
+    dc_q: int
+
+
+def jpeg_header(buf: bytes) -> JpegHeader | None:
+    """Parse size (SOF) and luminance DC quantiser (DQT table 0) without decoding, or None."""
     i, n = 2, len(buf)
     if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
         return None
+    dc_q = DEFAULT_DC_Q
     while i + 9 < n:
         if buf[i] != 0xFF:
             i += 1
             continue
         m = buf[i + 1]
-        if m in _SOF:
-            return (buf[i + 7] << 8) | buf[i + 8], (buf[i + 5] << 8) | buf[i + 6]
         if m == 0xFF:
             i += 1
             continue
         if m == 0x01 or 0xD0 <= m <= 0xD8:
             i += 2
             continue
-        i += 2 + ((buf[i + 2] << 8) | buf[i + 3])
+        length = (buf[i + 2] << 8) | buf[i + 3]
+        if m == 0xDB:  # one or more quantisation tables: precision/id byte, then 64 entries
+            j, end = i + 4, min(n, i + 2 + length)
+            while j + 1 < end:
+                precision, table = buf[j] >> 4, buf[j] & 0x0F
+                if table == 0:
+                    dc_q = (buf[j + 1] << 8 | buf[j + 2]) if precision and j + 2 < n else buf[j + 1]
+                j += 1 + 64 * (2 if precision else 1)
+        elif m in _SOF:
+            return JpegHeader((buf[i + 7] << 8) | buf[i + 8], (buf[i + 5] << 8) | buf[i + 6], max(1, dc_q))
+        i += 2 + length
     return None
 
 
-def decode_work(buf: bytes) -> U8 | None:
-    """Decode a JPEG to grayscale, reduced by 1/2/4/8 in the DCT so the width is at most ~352 px.
+def decode_work(buf: bytes) -> tuple[U8, int, int] | None:
+    """Decode a JPEG to grayscale, reduced by 1/2/4/8 in the DCT (see ``WORK_MIN_W``).
 
-    Returns None if the bytes do not decode.
+    Returns:
+        ``(image, reduction, dc_q)``, or None if the bytes do not decode.
     """
-    size = jpeg_size(buf)
+    head = jpeg_header(buf)
     f = 1
-    if size is not None:
-        while size[0] / f > WORK_MAX_W and f < 8:
+    if head is not None:
+        while head.width / (2 * f) >= WORK_MIN_W and f < 8:
             f *= 2
     img = cv2.imdecode(np.frombuffer(buf, np.uint8), _REDUCED[f])
-    if img is None or img.size == 0 or img.shape[0] < GRID_Y * 2 or img.shape[1] < GRID_X * 2:
+    if img is None or img.size == 0 or img.shape[0] < FINE_Y * 2 or img.shape[1] < FINE_X * 2:
         return None
-    if img.shape[1] > 2 * WORK_MAX_W:  # header not parsed: shrink after the fact
-        h = max(GRID_Y * 2, img.shape[0] * WORK_MAX_W // img.shape[1])
-        img = cv2.resize(img, (WORK_MAX_W, h), interpolation=cv2.INTER_AREA)
-    return np.asarray(img, dtype=np.uint8)
+    if head is None and img.shape[1] >= 4 * WORK_MIN_W:  # header not parsed: shrink after the fact
+        h = max(FINE_Y * 2, img.shape[0] * 2 * WORK_MIN_W // img.shape[1])
+        img = cv2.resize(img, (2 * WORK_MIN_W, h), interpolation=cv2.INTER_AREA)
+        f = 0  # block grid lost
+    return np.asarray(img, dtype=np.uint8), f, head.dc_q if head else DEFAULT_DC_Q
 
 
 def cells(a: F32) -> F32:
     """Mean of a thumbnail-sized array over the cell grid (GRID_Y x GRID_X)."""
     return a.reshape(GRID_Y, THUMB_H // GRID_Y, GRID_X, THUMB_W // GRID_X).mean(axis=(1, 3), dtype=np.float32)
+
+
+def fine_cells(a: F32) -> F32:
+    """Mean of a thumbnail-sized array over the fine cell grid (FINE_Y x FINE_X)."""
+    return a.reshape(FINE_Y, THUMB_H // FINE_Y, FINE_X, THUMB_W // FINE_X).mean(axis=(1, 3), dtype=np.float32)
+
+
+def texture(thumb: F32) -> F32:
+    """Gradient magnitude of a thumbnail (Sobel, grey levels per pixel)."""
+    gx = cv2.Sobel(thumb, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(thumb, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    return np.asarray(cv2.magnitude(gx, gy), dtype=np.float32)
+
+
+def _grid(a: npt.NDArray[np.floating], size: tuple[int, int]) -> F32:
+    return np.asarray(cv2.resize(a, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
 
 
 @dataclass(slots=True)
@@ -82,48 +122,82 @@ class Measures:
 
     Attributes:
         thumb: 96x72 float32 grayscale thumbnail.
-        probe: sparse pixels of the working image (every 4th row/column), uint8.
+        blocks: mean of every 8x8 JPEG block (the DC terms), float16 (ample for a tolerance of a grey
+            level); empty if the grid is unknown.
+        dc_q: luminance DC quantiser step: a block mean is exact to within ``dc_q / 16`` grey levels.
         mean: mean grey level.
         contrast: standard deviation of the thumbnail.
-        cell_mean: per-cell mean grey level.
-        cell_coarse: per-cell mean gradient magnitude on the thumbnail (coarse structure).
-        cell_fine: per-cell mean |Laplacian| at working resolution (fine detail, focus).
-        cell_noise: per-cell mean |Immerkaer residual| at working resolution.
+        cell_mean: per-cell mean grey level (12x9).
+        cell_tex: per-cell mean gradient magnitude of the thumbnail (12x9, coarse structure).
+        fine_mean: per-fine-cell mean grey level (24x18).
+        fine_tex: per-fine-cell mean gradient magnitude of the thumbnail (24x18).
+        sharp: per-cell log ratio of fine to coarse gradient energy at working resolution (12x9):
+            falls when the optics blur, whatever the content.
+        edge: per-cell coarse gradient energy at working resolution (12x9): how much structure
+            the sharpness ratio rests on.
+        cell_noise: per-cell mean |Immerkaer residual| at working resolution (12x9).
         impulse: share of isolated extreme pixels (salt and pepper).
     """
 
     thumb: F32
-    probe: U8
+    blocks: npt.NDArray[np.float16]
+    dc_q: int
     mean: float
     contrast: float
     cell_mean: F32
-    cell_coarse: F32
-    cell_fine: F32
+    cell_tex: F32
+    fine_mean: F32
+    fine_tex: F32
+    sharp: F32
+    edge: F32
     cell_noise: F32
     impulse: float
 
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return sum(getattr(self, a).nbytes for a in ("thumb", "blocks", "cell_mean", "cell_tex", "fine_mean",
+                                                     "fine_tex", "sharp", "edge", "cell_noise"))
 
-def measure(work: U8) -> Measures:
+
+def block_means(work: U8, reduction: int) -> npt.NDArray[np.float16]:
+    """Mean of each 8x8 JPEG block, from an image decoded at 1/``reduction`` (exact DCT DC terms)."""
+    if reduction <= 0:
+        return np.zeros((0, 0), np.float16)
+    b = 8 // reduction
+    h, w = work.shape[0] // b * b, work.shape[1] // b * b
+    if b == 1:
+        return work[:h, :w].astype(np.float16)
+    return _grid(work[:h, :w].astype(np.float32), (w // b, h // b)).astype(np.float16)
+
+
+def measure(work: U8, reduction: int = 0, dc_q: int = DEFAULT_DC_Q) -> Measures:
     """Compute all per-snapshot measurements from the working-size grayscale image."""
-    thumb = cv2.resize(work, (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA).astype(np.float32)
-    gx = cv2.Sobel(thumb, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(thumb, cv2.CV_32F, 0, 1, ksize=3)
-    coarse = np.asarray(cv2.magnitude(gx, gy), dtype=np.float32)
-    lap = cv2.convertScaleAbs(cv2.Laplacian(work, cv2.CV_16S, ksize=1))
-    res = cv2.convertScaleAbs(cv2.filter2D(work, cv2.CV_16S, _NOISE_K))
+    thumb = np.asarray(cv2.resize(work, (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA), dtype=np.float32)
+    tex = texture(thumb)
+    wf = work.astype(np.float32)
+    gx = cv2.Sobel(wf, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(wf, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    soft = cv2.GaussianBlur(wf, (0, 0), COARSE_SIGMA)
+    sx = cv2.Sobel(soft, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    sy = cv2.Sobel(soft, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     grid = (GRID_X, GRID_Y)
-    fine = np.asarray(cv2.resize(lap.astype(np.float32), grid, interpolation=cv2.INTER_AREA), dtype=np.float32)
-    noise = np.asarray(cv2.resize(res.astype(np.float32), grid, interpolation=cv2.INTER_AREA), dtype=np.float32)
+    e_fine = _grid(cv2.multiply(gx, gx) + cv2.multiply(gy, gy), grid)
+    e_coarse = _grid(cv2.multiply(sx, sx) + cv2.multiply(sy, sy), grid)
+    res = cv2.convertScaleAbs(cv2.filter2D(work, cv2.CV_16S, _NOISE_K))
     med = cv2.medianBlur(work, 3)
     impulse = float(np.count_nonzero(cv2.absdiff(work, med) > 70)) / work.size
     return Measures(
         thumb=thumb,
-        probe=np.ascontiguousarray(work[2::PROBE_STEP, 2::PROBE_STEP]),
+        blocks=block_means(work, reduction),
+        dc_q=dc_q,
         mean=float(thumb.mean()),
         contrast=float(thumb.std()),
         cell_mean=cells(thumb),
-        cell_coarse=cells(coarse),
-        cell_fine=fine,
-        cell_noise=noise,
+        cell_tex=cells(tex),
+        fine_mean=fine_cells(thumb),
+        fine_tex=fine_cells(tex),
+        sharp=np.log((e_fine + 0.05) / (e_coarse + 0.05)).astype(np.float32),
+        edge=e_coarse,
+        cell_noise=_grid(res.astype(np.float32), grid),
         impulse=impulse,
     )

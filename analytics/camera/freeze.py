@@ -1,0 +1,84 @@
+"""Frozen-stream evidence: has anything changed since the last snapshot beyond JPEG re-encoding?
+
+A stalled encoder or a relay that keeps re-sending its last picture re-compresses the same image, so
+the bytes differ but the mean of every 8x8 JPEG block (its DC term) can only move by the DC
+quantiser's rounding, ``dc_q / 16`` grey levels per snapshot. Any real scene change, sensor noise or
+video-codec flicker moves some blocks further. Such a "still" snapshot is a freeze at once on a camera
+that is hardly ever still; on a camera with naturally still spells (an empty road at night) only a
+spell well beyond the longest healthy one is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from analytics.camera.config import CameraConfig
+from analytics.camera.features import Measures
+
+
+def changed_blocks(cur: Measures, prev: Measures, cfg: CameraConfig) -> int:
+    """Number of JPEG blocks whose mean moved more than re-encoding can move it (-1: not comparable)."""
+    a, b = cur.blocks, prev.blocks
+    if a.size == 0 or a.shape != b.shape:
+        return -1
+    tol = (cur.dc_q + prev.dc_q) / 16.0 + cfg.still_margin
+    return int(np.count_nonzero(np.abs(a.astype(np.float32) - b) > tol))
+
+
+class FreezeTracker:
+    """Still-spell bookkeeping and the freeze verdict of one camera."""
+
+    __slots__ = ("alarm", "changes", "max_spell", "n_healthy", "n_move", "n_still", "spell")
+
+    def __init__(self) -> None:
+        self.changes = np.full(32, -1, np.int32)  # changed-block counts of recent healthy snapshots (ring)
+        self.n_healthy = 0  # healthy snapshots recorded in the ring
+        self.n_move = 0  # healthy snapshots that changed
+        self.n_still = 0  # still snapshots in spells that ended healthily
+        self.max_spell = 0  # longest such spell
+        self.spell = 0  # still snapshots in the current spell
+        self.alarm = False  # the current spell was reported as a freeze
+
+    def quietest(self) -> int:
+        """Second fewest changed blocks among recent healthy snapshots (one odd snapshot aside)."""
+        seen = np.sort(self.changes[self.changes >= 0])
+        return int(seen[1]) if len(seen) >= 2 else 0
+
+    def verdict(self, still: bool, same_bytes: bool, cfg: CameraConfig) -> float:
+        """Confidence that this snapshot is frozen (0 if not)."""
+        if same_bytes:
+            return 1.0
+        if not still:
+            return 0.0
+        if self.alarm:
+            return 0.95  # already reported: keep saying so until the picture changes
+        spell = self.spell + 1
+        if self.n_move < cfg.freeze_history:
+            return 0.0  # hardly seen moving: a still scene (an empty road at night) is not a frozen one
+        quiet = self.quietest()
+        if self.n_still == 0 and quiet >= cfg.freeze_busy:
+            # even this camera's quietest snapshots changed many blocks: stillness is unheard of
+            return float(min(1.0, 0.8 + 0.02 * quiet))
+        need = max(cfg.freeze_short, int(cfg.freeze_spell_factor * self.max_spell) + 1)
+        if spell >= need:
+            return float(min(1.0, 0.6 + 0.05 * (spell - need)))
+        return 0.0
+
+    def update(self, still: bool, healthy: bool, frozen: bool, changed: int) -> None:
+        """Record the outcome of a snapshot (``frozen``: it was labelled a freeze; ``changed``: blocks)."""
+        if healthy and changed >= 0:
+            self.changes[self.n_healthy % len(self.changes)] = changed
+            self.n_healthy += 1
+        if still:
+            self.spell += 1
+            self.alarm = self.alarm or frozen
+            return
+        if healthy:
+            if self.spell and (not self.alarm or self.spell <= 2):
+                # a spell that ends in motion was healthy; one reported within a snapshot or two
+                # of its start most likely was too, so the camera's still rate learns from it
+                self.n_still += self.spell
+                self.max_spell = max(self.max_spell, self.spell)
+            self.n_move += 1
+        self.spell = 0
+        self.alarm = False
