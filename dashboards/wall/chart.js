@@ -1,6 +1,6 @@
 // Small canvas charts: KPI sparklines, time-series charts with a min/max band, and a status strip.
 // Time ticks are labelled by the page's formatter, so they read in the city's time zone.
-import { COLORS } from "./citymap.js";
+import { COLORS } from "./palette.js";
 
 const LINE_COLORS = ["#4da3ff", "#f5a623", "#2ecc71", "#c77dff", "#ff6b81"];
 

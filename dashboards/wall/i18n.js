@@ -61,6 +61,7 @@ const T = {
   assigned_to: ["giao cho {who}", "assigned to {who}"],
   members_n: ["{n} cảnh báo", "{n} alerts"],
   quiet: ["Tạm tắt báo", "Silenced"],
+  inhibited: ["Do sự cố #{id}", "Explained by #{id}"],
   kmh: ["km/h", "km/h"],
   short_bts: ["BTS", "BTS"],
   short_cam: ["Cam", "Cam"],
@@ -272,6 +273,9 @@ export function makeI18n(lang, timeZone = DEFAULT_TIME_ZONE) {
     pct: (v) => (Number.isFinite(v) ? `${numbers[0].format(v)}%` : T.no_data[li]),
     age,
     incidentTitle: (inc) => incidentTitle(inc, li, term),
+    /** Why an alert or incident pages nobody: a silence, or a bigger incident that explains it. */
+    quiet: (suppressed) => (String(suppressed).startsWith("inhibited:")
+      ? t("inhibited", { id: String(suppressed).split(":")[1] }) : t("quiet")),
   };
 }
 

@@ -17,7 +17,9 @@ export class KpiPanel {
     this.spanMs = spanMs;
     this.maxPoints = maxPoints;
     this.history = []; // [{t, speed, bts, cam, inc}], oldest first
-    this.u = 1;
+    this.drawnAt = 0;
+    this.drawnSize = "";
+    this.redrawMs = 5000; // sparklines move slowly: redrawing their canvases twice a second buys nothing
     const box = $("kpis");
     box.replaceChildren(...KPIS.map((k) => el("div", { class: "kpi", dataset: { key: k.key } },
       el("div", null, el("div", { class: "label", text: i18n.t(k.label) }), el("div", { class: "value" })),
@@ -56,11 +58,16 @@ export class KpiPanel {
   render(at, u) {
     const cur = this.current(at);
     const { t, num, pct } = this.i18n;
-    for (const node of $("kpis").children) {
+    const box = $("kpis");
+    const size = `${box.clientWidth}x${box.clientHeight}x${u}`;
+    const redraw = size !== this.drawnSize || Date.now() - this.drawnAt >= this.redrawMs;
+    if (redraw) [this.drawnSize, this.drawnAt] = [size, Date.now()];
+    for (const node of box.children) {
       const k = KPIS.find((x) => x.key === node.dataset.key);
       const v = cur[k.key];
       const text = v == null ? t("no_data") : k.unit === "%" ? pct(v) : `${num(v, k.digits)}${k.unit ? ` ${t(k.unit)}` : ""}`;
       setText(node.querySelector(".value"), text);
+      if (!redraw) continue;
       const pts = [];
       for (const p of this.history) if (p[k.key] != null) pts.push([p.t, p[k.key]]);
       if (v != null) pts.push([at, v]);

@@ -2,7 +2,9 @@
 // its member alerts on the map, the evidence of the selected member (values, a chart of the metric around
 // the start, the camera's snapshot) and the timeline of everything that happened to it.
 import { timeChart } from "./chart.js";
-import { CityMap, SEV_COLORS } from "./citymap.js";
+import { CityMap } from "./citymap.js";
+import { SEV_COLORS } from "./palette.js";
+import { DeviceStore } from "./store.js";
 import { $, el, getJson, parseTs, qs, setText } from "./util.js";
 
 // The metric that shows a rule's condition best, per device kind, when the evidence does not name one.
@@ -114,10 +116,7 @@ export class IncidentView {
       for (const a of inc.alerts) {
         const lat = a.evidence?._lat, lon = a.evidence?._lon;
         if (a.device_id && typeof lat === "number" && !this.ctx.devices.devices.get(a.device_id)?.lat) {
-          const dev = this.ctx.devices.get(a.device_id, a.kind);
-          dev.lat = lat;
-          dev.lon = lon;
-          dev.projV = -1;
+          DeviceStore.setPos(this.ctx.devices.get(a.device_id, a.kind), lat, lon);
         }
       }
       this.inc = inc;
@@ -176,7 +175,7 @@ export class IncidentView {
         el("span", { class: "sev-badge", dataset: { sev: inc.severity }, text: t(`sev_${inc.severity}`) }),
         el("h2", { id: "inc-title", text: `#${inc.id} ${i18n.incidentTitle(inc)}` }),
         el("span", { class: "state-badge", id: "inc-state", dataset: { state: inc.state }, text: t(`st_${inc.state}`) }),
-        inc.suppressed ? el("span", { class: "tag", text: t("quiet") }) : null),
+        inc.suppressed ? el("span", { class: "tag", text: i18n.quiet(inc.suppressed) }) : null),
       el("dl", { class: "facts" }, ...facts.map(([k, v]) => el("div", null, el("dt", { text: k }), el("dd", { text: v })))));
   }
 
@@ -227,7 +226,7 @@ export class IncidentView {
       onclick: () => { this.selected = a.id; this.renderMembers(); this.renderEvidence(); },
     },
     el("td", null, el("span", { class: "sev-badge", dataset: { sev: a.severity }, text: t(`sev_${a.severity}`) })),
-    el("td", { class: "title" }, this.alertTitle(a), a.suppressed ? el("span", { class: "tag", text: t("quiet") }) : null),
+    el("td", { class: "title" }, this.alertTitle(a), a.suppressed ? el("span", { class: "tag", text: i18n.quiet(a.suppressed) }) : null),
     el("td", null, a.device_id ? el("a", { href: `#/devices/${encodeURIComponent(a.device_id)}`, text: a.device_id,
       onclick: (ev) => ev.stopPropagation() }) : "—"),
     el("td", { class: "state", dataset: { state: a.state }, text: t(`st_${a.state}`) }),

@@ -24,7 +24,6 @@ export class DeviceStore {
       dev = {
         id, kind, district: null, lat: null, lon: null, state: "unknown", reason: null, lastSeen: null,
         latest: Object.create(null), lastSnapshot: null, fault: null, health: null, speedMean: null,
-        px: 0, py: 0, projV: -1,
       };
       this.devices.set(id, dev);
     }
@@ -36,7 +35,6 @@ export class DeviceStore {
     if (typeof lat === "number" && typeof lon === "number" && (lat !== dev.lat || lon !== dev.lon)) {
       dev.lat = lat;
       dev.lon = lon;
-      dev.projV = -1;
     }
   }
 

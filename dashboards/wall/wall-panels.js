@@ -1,7 +1,7 @@
 // The wall's DOM panels: header counts, district health tiles, the open incident queue, recent events and
 // camera tiles. Each panel rebuilds its rows only when its data's version changed, and rewrites a text
 // only when it differs: a wall runs for weeks and layout churn adds up.
-import { COLORS } from "./citymap.js";
+import { COLORS } from "./palette.js";
 import { grade } from "./store.js";
 import { $, el, parseTs, setText } from "./util.js";
 
@@ -15,7 +15,8 @@ export class WallPanels {
     this.now = now;
     this.shownIncidents = shownIncidents;
     this.shownEvents = shownEvents;
-    this.rendered = { incidents: -1, events: -1 };
+    this.rendered = { incidents: -1, events: -1, eventsAt: 0 };
+    this.eventsEveryMs = 2000; // an alarm storm must not re-lay the list many times a second
     this.cams = { slots: [], lastSelect: 0, reselectMs: 2000, imgMinIntervalMs: 5000 };
     this.buildStatic(maxCams);
   }
@@ -118,15 +119,20 @@ export class WallPanels {
     el("span", { class: "age", dataset: { ts: String(started) }, text: i18n.age((this.now() - started) / 1000) }),
     el("span", { class: "where", text: `#${inc.id} · ${where.filter(Boolean).join(" · ")}` }),
     el("span", { class: "sev", text: t(`sev_${inc.severity}`) }),
-    el("span", { class: "st", text: inc.suppressed ? `${state} · ${t("quiet")}` : state }));
+    el("span", { class: "st", text: inc.suppressed ? `${state} · ${i18n.quiet(inc.suppressed)}` : state }));
     return li;
   }
 
   renderEvents(at) {
     const list = $("events");
     const { t } = this.i18n;
-    if (this.rendered.events !== this.events.version) {
+    if (this.rendered.events !== this.events.version && Date.now() - this.rendered.eventsAt >= this.eventsEveryMs) {
+      const fresh = this.events.version - Math.max(0, this.rendered.events);
       this.rendered.events = this.events.version;
+      this.rendered.eventsAt = Date.now();
+      // Flash new rows only when a few arrive: in a storm every row would animate, and repainting them all at
+      // 60 fps costs more than it tells.
+      this.flashEvents = fresh <= 3;
       const items = this.events.items;
       if (!items.length) list.replaceChildren(el("li", { class: "empty", text: t("no_events") }));
       else list.replaceChildren(...items.slice(0, this.shownEvents).map((e) => this.eventRow(e)));
@@ -137,7 +143,7 @@ export class WallPanels {
   eventRow(e) {
     const { t } = this.i18n;
     const where = [e.device, e.district ? this.city?.names.get(e.district) || e.district : null, this.i18n.time(e.ts)];
-    return el("li", { class: `ev${Date.now() - e.arrived < 3000 ? " new" : ""}`, dataset: { sev: e.sev } },
+    return el("li", { class: `ev${this.flashEvents && Date.now() - e.arrived < 3000 ? " new" : ""}`, dataset: { sev: e.sev } },
       el("span", { class: "bar" }),
       el("span", { class: "what", text: this.i18n.eventType(e.type) }),
       el("span", { class: "age", dataset: { ts: String(e.ts) }, text: this.i18n.age((this.now() - e.ts) / 1000) }),

@@ -16,7 +16,7 @@ const intParam = (name, lo, hi, dflt) => {
 
 const CFG = {
   maxCams: intParam("cams", 1, 48, 12),
-  uiIntervalMs: 500,
+  uiIntervalMs: 1000, // panels once a second: enough to read from across a room, cheap at 4K
   sampleMs: intParam("sample", 1, 600, 30) * 1000,
   mapMinIntervalMs: 200, // at most ~5 map redraws a second, however busy the feed
   dimAfterMs: 5000, // a short reconnect does not grey the wall out; a real outage does
@@ -160,6 +160,7 @@ async function main() {
     get draws() { return map.stats.draws; },
     get drawnDevices() { return map.stats.drawn; },
     get lastDrawMs() { return map.stats.lastMs; },
+    get mapIntervalMs() { return map.stats.intervalMs; },
     get lastUiMs() { return uiMs; },
     get history() { return kpis.history.length; },
     get cityLoaded() { return city != null; },
