@@ -90,6 +90,14 @@ def test_operator_lists_incident_page_silences_and_device_page(server: tuple[Ser
         power = next(i for i in incidents() if i["category"] == "power")
         camera = next(i for i in incidents() if i["category"] != "power")
 
+        # The screens' own read endpoints (routes_ui): settings, KPI history, a device's states.
+        assert api(f"{srv.url}/api/ui/config") == {"lang": "vi", "timezone": "Asia/Ho_Chi_Minh", "city": "Hải Phòng",
+                                                   "alerts": True}
+        kpis = api(f"{srv.url}/api/ui/kpis?hours=1&bucket_min=5")
+        assert kpis and kpis[-1]["bts"] == 100.0 and kpis[-1]["cam"] == 100.0 and kpis[-1]["incidents"] == 2
+        states = api(f"{srv.url}/api/devices/{bts[0]}/status")
+        assert [(s["state"], s["reason"]) for s in states] == [("online", "test")]
+
         page = pages.open("ops", 1366, 900)
         page.goto(f"{srv.url}/ops?lang=vi#/incidents")
         ops_wait(page, "window.__ops.connected && window.__ops.ready")
