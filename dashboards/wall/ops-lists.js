@@ -106,6 +106,11 @@ class ListView {
     if (item?.id == null) return false;
     if (this.matches(item)) this.rows.set(item.id, { ...this.rows.get(item.id), ...item });
     else if (!this.rows.delete(item.id)) return false;
+    // A history list left open all shift gains a row per new item: keep the newest MAX_ROWS.
+    if (this.rows.size > MAX_ROWS + 50) {
+      const newest = [...this.rows.values()].sort((a, b) => (parseTs(b.started_at) ?? 0) - (parseTs(a.started_at) ?? 0));
+      this.rows = new Map(newest.slice(0, MAX_ROWS).map((r) => [r.id, r]));
+    }
     return true;
   }
 

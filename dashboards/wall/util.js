@@ -95,25 +95,3 @@ export async function loadUiSettings() {
   const tz = pickTimeZone(params.get("tz"), server.timezone);
   return { i18n: makeI18n(lang, tz), server };
 }
-
-/** A fixed-size ring of numbers (no allocation after construction). */
-export class Ring {
-  constructor(size) {
-    this.buf = new Float64Array(size);
-    this.n = 0;
-    this.i = 0;
-  }
-
-  push(v) {
-    this.buf[this.i] = v;
-    this.i = (this.i + 1) % this.buf.length;
-    if (this.n < this.buf.length) this.n++;
-  }
-
-  values() {
-    const out = new Array(this.n);
-    const start = (this.i - this.n + this.buf.length) % this.buf.length;
-    for (let k = 0; k < this.n; k++) out[k] = this.buf[(start + k) % this.buf.length];
-    return out;
-  }
-}

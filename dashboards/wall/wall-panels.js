@@ -35,6 +35,11 @@ export class WallPanels {
     $("counts").replaceChildren(...["online", "degraded", "offline", "unknown"].map((s) => el("span",
       { class: "c", dataset: { state: s } }, el("i", { class: "swatch", style: `background:${COLORS[s]}` }), el("b"), t(s))));
     this.buildCams(maxCams);
+    // An incident on the wall opens on the operator's screen (one listener for the list, not one per row).
+    $("incidents").addEventListener("click", (ev) => {
+      const row = ev.target.closest(".inc[data-id]");
+      if (row) window.open(`/ops${location.search}#/incidents/${row.dataset.id}`, "_blank");
+    });
   }
 
   /** Everything that depends on device state (called at most twice a second). */
@@ -134,6 +139,7 @@ export class WallPanels {
       // 60 fps costs more than it tells.
       this.flashEvents = fresh <= 3;
       const items = this.events.items;
+      setText($("events-sub"), items.length ? String(items.length) : "");
       if (!items.length) list.replaceChildren(el("li", { class: "empty", text: t("no_events") }));
       else list.replaceChildren(...items.slice(0, this.shownEvents).map((e) => this.eventRow(e)));
     }
