@@ -6,7 +6,9 @@ property of the city, not of the device simulator or of device ids.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,23 +35,40 @@ class District:
         return any(_in_ring(lon, lat, ring) for ring in self.polygons)
 
 
-class City:
-    """Districts of a city with a point -> district lookup."""
+@dataclass(frozen=True)
+class Road:
+    """One road: id, name and centre line (lon, lat points)."""
 
-    def __init__(self, name: str, districts: list[District], geojson: dict[str, Any]) -> None:
+    id: str
+    name: str
+    line: tuple[tuple[float, float], ...]
+
+
+class City:
+    """Districts (and roads) of a city with point -> district and point -> road lookups."""
+
+    def __init__(self, name: str, districts: list[District], geojson: dict[str, Any],
+                 roads: list[Road] | None = None) -> None:
         self.name = name
         self.districts = districts
         self.geojson = geojson
+        self.roads = roads or []
         self._by_code = {d.code: d for d in districts}
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_CITY_FILE) -> City:
         """Read a GeoJSON FeatureCollection whose district features have ``properties.layer == "district"``."""
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        districts = []
+        districts: list[District] = []
+        roads: list[Road] = []
         for feature in doc.get("features", []):
             props = feature.get("properties", {})
             geom = feature.get("geometry") or {}
+            if props.get("layer") == "road" and geom.get("type") == "LineString":
+                rid = str(props.get("id") or feature.get("id") or len(roads))
+                roads.append(Road(rid, str(props.get("name", rid)),
+                                  tuple((float(p[0]), float(p[1])) for p in geom["coordinates"])))
+                continue
             if props.get("layer", "district") != "district" or geom.get("type") not in ("Polygon", "MultiPolygon"):
                 continue
             polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
@@ -60,7 +79,7 @@ class City:
             districts.append(District(code, str(props.get("name", code)), rings,
                                       (min(xs), min(ys), max(xs), max(ys)), props))
         name = str(doc.get("properties", {}).get("name", Path(path).stem))
-        return cls(name, districts, doc)
+        return cls(name, districts, doc, roads)
 
     def get(self, code: str) -> District | None:
         return self._by_code.get(code)
@@ -73,6 +92,31 @@ class City:
             if district.contains(lon, lat):
                 return district.code
         return None
+
+
+    def road_of(self, lat: float | None, lon: float | None, max_km: float = 0.5) -> str | None:
+        """Id of the road whose centre line passes within ``max_km`` of the point (the nearest), or None."""
+        if lat is None or lon is None:
+            return None
+        best, best_km = None, max_km
+        for road in self.roads:
+            km = _line_km(lon, lat, road.line)
+            if km <= best_km:
+                best, best_km = road.id, km
+        return best
+
+
+def _line_km(lon: float, lat: float, line: tuple[tuple[float, float], ...]) -> float:
+    """Distance from a point to a polyline, km (equirectangular: fine at city scale)."""
+    kx, ky = 111.32 * math.cos(math.radians(lat)), 110.57
+    px, py = lon * kx, lat * ky
+    best = math.inf
+    for (x0, y0), (x1, y1) in itertools.pairwise(line):
+        ax, ay, bx, by = x0 * kx, y0 * ky, x1 * kx, y1 * ky
+        dx, dy = bx - ax, by - ay
+        t = 0.0 if dx == dy == 0 else max(0.0, min(1.0, ((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy)))
+        best = min(best, math.hypot(px - ax - t * dx, py - ay - t * dy))
+    return best
 
 
 def _in_ring(x: float, y: float, ring: Ring) -> bool:

@@ -67,11 +67,16 @@ async def quarantine(conn: Any, limit: int, reason: str | None = None) -> list[d
     return [dict(r) for r in rows]
 
 
-async def latest_snapshot(conn: Any, device_id: str) -> dict[str, Any] | None:
-    """The most recently seen snapshot of a camera, with its JPEG bytes."""
-    row = await conn.fetchrow(
-        "SELECT device_id, first_seen, last_seen, width, height, size, jpeg FROM snapshots "
-        "WHERE device_id = $1 ORDER BY last_seen DESC LIMIT 1", device_id)
+async def latest_snapshot(conn: Any, device_id: str, at: datetime | None = None) -> dict[str, Any] | None:
+    """The most recently seen snapshot of a camera (or the one it showed at ``at``), with its JPEG bytes."""
+    if at is None:
+        row = await conn.fetchrow(
+            "SELECT device_id, first_seen, last_seen, width, height, size, jpeg FROM snapshots "
+            "WHERE device_id = $1 ORDER BY last_seen DESC LIMIT 1", device_id)
+    else:
+        row = await conn.fetchrow(
+            "SELECT device_id, first_seen, last_seen, width, height, size, jpeg FROM snapshots "
+            "WHERE device_id = $1 AND first_seen <= $2 ORDER BY first_seen DESC LIMIT 1", device_id, at)
     return dict(row) if row else None
 
 

@@ -1,9 +1,13 @@
 """Incident grouping: which live incident a newly firing alert belongs to, and incident titles.
 
 One incident per real-world cause:
+- an alert on a device that already has a live (or just resolved) alert in an incident joins it: one
+  device, one problem at a time (the speed collapse, the odd occupancy and the stuck queue length of one
+  jammed sensor are one incident);
 - power: every BTS of a district on battery (and the BTS that then go offline) is one incident;
 - offline: devices of one kind going offline together in one district;
-- traffic: jams on sensors near each other (within ``traffic_radius_km``) spread into one incident;
+- traffic: jams on sensors on the same road (within ``traffic_road_km`` of a live member) or near each
+  other (within ``traffic_radius_km``) spread into one incident;
 - a camera or traffic sensor fault that starts beside a live power incident (same district, within
   ``link_radius_km`` of a member, within ``link_window_s``) is linked into it;
 - anything else is its own incident.
@@ -15,7 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ioc.alerts.model import Alert, Incident
+from ioc.alerts.model import Alert, Incident, rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,36 +27,48 @@ class CorrelationConfig:
     """Distances and windows used to group alerts."""
 
     traffic_radius_km: float = 2.5
+    traffic_road_km: float = 15.0
     link_radius_km: float = 1.0
     link_window_s: float = 600.0
 
 
-def group_key(alert: Alert) -> str:
-    """The incident key an alert would open if it joins nothing."""
+def group_key(alert: Alert, road: str | None = None) -> str:
+    """The incident key an alert would open if it joins nothing (``road``: the road a traffic sensor is on)."""
     if alert.category == "power":
         return f"power:{alert.district or '-'}"
     if alert.rule == "device_offline":
         return f"offline:{alert.kind}:{alert.district or '-'}"
+    if alert.category == "traffic" and road:
+        return f"traffic:road:{road}:{alert.key}"
     return f"{alert.category}:{alert.key}"
 
 
 def choose_incident(alert: Alert, live: Iterable[Incident], members: dict[int, Alert],
-                    cfg: CorrelationConfig) -> Incident | None:
+                    cfg: CorrelationConfig, road: str | None = None) -> Incident | None:
     """The live incident ``alert`` joins, or None to open a new one (``members``: alert id -> alert)."""
     live = list(live)
-    key = group_key(alert)
+    key = group_key(alert, road)
     # A BTS going offline while its district is on battery is explained by the power incident.
     if alert.kind == "bts" and alert.category in ("offline", "power"):
         for inc in live:
             if inc.group_key == f"power:{alert.district or '-'}":
+                return inc
+    if alert.device_id:
+        for inc in live:
+            if any(_same_device_recent(alert, members[m], cfg) for m in inc.members if m in members):
                 return inc
     for inc in live:
         if inc.group_key == key:
             return inc
     if alert.category == "traffic":
         for inc in live:
-            if inc.category == "traffic" and _near(alert, (members[m] for m in inc.members if m in members),
-                                                   cfg.traffic_radius_km):
+            if inc.category != "traffic":
+                continue
+            others = [members[m] for m in inc.members if m in members]
+            if road and inc.group_key.startswith(f"traffic:road:{road}:") and _near(alert, others,
+                                                                                     cfg.traffic_road_km):
+                return inc
+            if _near(alert, others, cfg.traffic_radius_km):
                 return inc
     if alert.category in ("camera", "traffic", "offline"):
         for inc in live:
@@ -65,6 +81,13 @@ def choose_incident(alert: Alert, live: Iterable[Incident], members: dict[int, A
             if _near(alert, (members[m] for m in inc.members if m in members), cfg.link_radius_km):
                 return inc
     return None
+
+
+def _same_device_recent(alert: Alert, other: Alert, cfg: CorrelationConfig) -> bool:
+    if other.device_id != alert.device_id:
+        return False
+    return other.live or (other.resolved_at is not None
+                          and (alert.started_at - other.resolved_at).total_seconds() <= cfg.link_window_s)
 
 
 def inhibits(incident: Incident, alert: Alert) -> bool:
@@ -86,12 +109,15 @@ def title_of(incident: Incident, members: list[Alert], district_name: str | None
         if linked:
             text += f" (+{linked} linked device{'s' if linked > 1 else ''})"
         return text
-    if incident.category == "offline" and len(live) > 1:
+    own = {a.device_id for a in live if a.category == incident.category}  # context members do not count
+    if incident.category == "offline" and len(own) > 1:
         kind = live[0].kind or "device"
-        return f"{len(live)} {_plural(kind)} offline{where}"
-    if incident.category == "traffic" and len(live) > 1:
-        return f"Traffic jam spreading over {len(live)} sensors{where}"
-    return members[0].title + (where if where and where not in members[0].title else "")
+        return f"{len(own)} {_plural(kind)} offline{where}"
+    if incident.category == "traffic" and len(own) > 1:
+        return f"Traffic jam spreading over {len(own)} sensors{where}"
+    # the worst live member speaks for the incident (members of another kind may have joined it)
+    head = max(live, key=lambda a: (rank(a.severity), -a.id))
+    return head.title + (where if where and where not in head.title else "")
 
 
 def _plural(kind: str) -> str:

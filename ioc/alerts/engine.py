@@ -39,9 +39,11 @@ class AlertEngine:
     """Holds live alerts and incidents in memory; the stage persists every change it returns."""
 
     def __init__(self, config: EngineConfig | None = None,
-                 district_name: Callable[[str | None], str | None] = lambda code: code) -> None:
+                 district_name: Callable[[str | None], str | None] = lambda code: code,
+                 road_of: Callable[[float | None, float | None], str | None] = lambda lat, lon: None) -> None:
         self.config = config or EngineConfig()
         self.district_name = district_name
+        self.road_of = road_of  # the road a traffic sensor stands on (incidents follow the road)
         self.alerts: dict[int, Alert] = {}
         self.by_key: dict[str, Alert] = {}  # live alerts by dedupe key
         self.pending: dict[str, tuple[datetime, Signal]] = {}  # active, waiting for for_s
@@ -116,6 +118,13 @@ class AlertEngine:
             alert.evidence = {**alert.evidence, **sig.evidence}
             alert.explanation = sig.explanation or alert.explanation
             ch.alerts[alert.id] = alert
+        if sig.title and sig.title != alert.title:  # the condition changed its face (frozen, then black)
+            alert.title = sig.title
+            ch.alerts[alert.id] = alert
+            inc = self.incidents.get(alert.incident_id or -1)
+            if inc is not None:
+                self._retitle(inc)
+                ch.incidents[inc.id] = inc
 
     def _fire(self, sig: Signal, now: datetime, ch: Changes) -> None:
         spec = rules.spec(sig.rule)
@@ -127,13 +136,18 @@ class AlertEngine:
         self.alerts[alert.id] = self.by_key[alert.key] = alert
         members = {a.id: a for a in self.alerts.values()}
         live = [i for i in self.incidents.values() if i.live]
-        inc = correlate.choose_incident(alert, live, members, self.config.correlation)
+        road = self.road_of(alert.lat, alert.lon) if alert.category == "traffic" else None
+        inc = correlate.choose_incident(alert, live, members, self.config.correlation, road)
+        if inc is None and not spec.opens_incident:
+            self._fire_standalone(alert, now, ch)
+            return
         if inc is None:
-            inc = Incident(self.next_incident_id, correlate.group_key(alert), alert.category, alert.severity,
+            inc = Incident(self.next_incident_id, correlate.group_key(alert, road), alert.category, alert.severity,
                            State.OPEN, alert.title, alert.started_at, now, district=alert.district)
             self.next_incident_id += 1
             self.incidents[inc.id] = inc
             ch.audit.append(AuditEntry(now, "incident_opened", "system", inc.id, alert.id, inc.title))
+            self._adopt(inc, alert, ch)
         elif correlate.inhibits(inc, alert):
             alert.suppressed = f"inhibited:{inc.id}"
         alert.incident_id = inc.id
@@ -150,6 +164,23 @@ class AlertEngine:
         ch.audit.append(AuditEntry(now, "alert_opened", "system", inc.id, alert.id, alert.title,
                                    {"rule": alert.rule, "severity": alert.severity.value,
                                     "suppressed": alert.suppressed}))
+
+    def _fire_standalone(self, alert: Alert, now: datetime, ch: Changes) -> None:
+        """A context-only alert with no incident to join: listed, never paged."""
+        sil = silencing(self.silences, alert, now)
+        alert.suppressed = f"silenced:{sil.id}" if sil else None
+        ch.alerts[alert.id] = alert
+        ch.audit.append(AuditEntry(now, "alert_opened", "system", None, alert.id, alert.title,
+                                   {"rule": alert.rule, "severity": alert.severity.value,
+                                    "suppressed": alert.suppressed}))
+
+    def _adopt(self, inc: Incident, alert: Alert, ch: Changes) -> None:
+        """A new incident takes in the live stand-alone alerts of its device (the context that came first)."""
+        for other in self.by_key.values():
+            if other is not alert and other.incident_id is None and other.device_id == alert.device_id:
+                other.incident_id = inc.id
+                inc.members.append(other.id)
+                ch.alerts[other.id] = other
 
     # --- time ----------------------------------------------------------------------------------------------
 
@@ -172,6 +203,8 @@ class AlertEngine:
             if alert.state == State.RESOLVED and alert.resolved_at and alert.resolved_at <= close_before:
                 alert.state, alert.closed_at = State.CLOSED, now
                 ch.alerts[alert.id] = alert
+                if alert.incident_id is None:
+                    del self.alerts[alert.id]  # stand-alone: nothing else holds it in memory
         for inc in list(self.incidents.values()):
             if inc.live:
                 self._resuppress(inc, now, ch)

@@ -5,6 +5,9 @@ condition must hold before it fires (``for_s``), how long it must stay clear bef
 resolves (``resolve_after_s``, the hysteresis that turns a flapping signal into one alert), and for
 point-like findings that never report "over", how long without a new finding counts as clear
 (``auto_clear_s``). Readings can also clear an alert by value (speed back to normal, sensor moving).
+
+Statistical anomalies without a domain meaning (``anomaly``) are context, not incidents: they attach to
+an incident on the same device, or are listed on their own at ``info`` severity.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from analytics.findings import Finding
 from ingest.records import DeviceEvent, Reading, StatusUpdate
-from ioc.alerts.model import Severity, Signal
+from ioc.alerts.model import Severity, Signal, iso
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,9 @@ class RuleSpec:
     for_s: float = 0.0
     resolve_after_s: float = 60.0
     auto_clear_s: float | None = None
+    opens_incident: bool = True
+    """False for context-only alerts: they join an incident on their device, or stand alone (listed, never
+    paged), so a statistical oddity alone never puts an incident on the duty officer's queue."""
 
 
 RULES: dict[str, RuleSpec] = {
@@ -44,7 +52,7 @@ RULES: dict[str, RuleSpec] = {
     "availability_drop": RuleSpec("bts_quality", Severity.MAJOR, resolve_after_s=300, auto_clear_s=3600),
     "kpi_degraded": RuleSpec("bts_quality", Severity.MINOR, resolve_after_s=600, auto_clear_s=3600),
     "sensor_stuck": RuleSpec("sensor", Severity.MINOR, resolve_after_s=120, auto_clear_s=6 * 3600),
-    "anomaly": RuleSpec("anomaly", Severity.WARNING, auto_clear_s=1800),
+    "anomaly": RuleSpec("anomaly", Severity.INFO, auto_clear_s=1800, opens_incident=False),
     "device_event": RuleSpec("device", Severity.MINOR, auto_clear_s=1800),
 }
 
@@ -57,9 +65,10 @@ _CAMERA_TEXT = {"black": "video lost (black or blank picture)", "freeze": "pictu
 #: Device events and the rule they raise (severity from the device unless stated).
 _EVENT_RULES = {"mains_power_lost": "mains_power_lost", "battery_low": "battery_low"}
 _EVENT_CLEARS = {"mains_power_restored": ("mains_power_lost", "battery_low")}
-#: KPIs whose rise is a degradation, and whose fall is.
-_KPI_UP = {"drop_call_rate_pct", "temperature_c"}
-_KPI_DOWN = {"throughput_mbps"}
+#: BTS KPIs whose unusual rise is a degradation once past an operator's limit (value, severity, words):
+#: a statistically odd but harmless value (0.6 % drops at 3 a.m., a warm afternoon) is context only.
+_KPI_LIMITS = {"drop_call_rate_pct": (2.0, Severity.MINOR, "drop-call rate high"),
+               "temperature_c": (45.0, Severity.MAJOR, "shelter overheating")}
 
 DeviceInfo = Callable[[str], "tuple[str | None, str | None, float | None, float | None]"]
 """device_id -> (kind, district, lat, lon)."""
@@ -105,11 +114,13 @@ def from_finding(f: Finding, info: DeviceInfo) -> list[Signal]:
                         evidence=evidence)]
     if f.series == "snapshot" and f.type in _CAMERA_TEXT:
         return []  # camera faults come from the per-snapshot health label (see from_health), not the finding
-    up = f.type in ("spike", "level_shift", "drift") and f.detail.get("value", 0) > f.detail.get("expected", 0)
-    down = f.type in ("dip", "level_shift", "drift") and f.detail.get("value", 0) < f.detail.get("expected", 0)
-    if (f.series in _KPI_UP and up) or (f.series in _KPI_DOWN and down):
-        return [_signal("kpi_degraded", f"kpi_degraded:{dev}:{f.series}", True, dev, info, f.ts,
-                        title=f"BTS {dev}: {f.series} degraded", explanation=f.explanation, evidence=evidence)]
+    value = float(f.detail.get("value", 0.0))
+    up = f.type in ("spike", "level_shift", "drift", "variance_change") and value > f.detail.get("expected", 0)
+    limit = _KPI_LIMITS.get(f.series)
+    if kind == "bts" and up and limit is not None and value >= limit[0]:
+        return [_signal("kpi_degraded", f"kpi_degraded:{dev}:{f.series}", True, dev, info, f.ts, severity=limit[1],
+                        title=f"BTS {dev}: {limit[2]}", explanation=f"{f.explanation} (limit {limit[0]:g})",
+                        evidence=evidence)]
     return [_signal("anomaly", f"anomaly:{dev}:{f.series}", True, dev, info, f.ts,
                     title=f"Unusual {f.series} at {dev}", explanation=f.explanation, evidence=evidence)]
 
@@ -120,10 +131,12 @@ def from_health(device_id: str, label: str, confidence: float, ts: Any, info: De
     if label == "ok":
         return [_signal("camera_fault", key, False, device_id, info, ts)]
     severity = Severity.MAJOR if label in _CAMERA_MAJOR else Severity.MINOR
+    at = (iso(ts) if isinstance(ts, datetime) else None) or str(ts)
     return [_signal("camera_fault", key, True, device_id, info, ts, severity=severity,
                     title=f"Camera {device_id}: {_CAMERA_TEXT.get(label, label)}",
                     explanation=f"snapshot analysis: {label} (confidence {confidence:.2f})",
-                    evidence={"label": label, "confidence": round(confidence, 3)})]
+                    evidence={"label": label, "confidence": round(confidence, 3), "snapshot_at": at,
+                              "snapshot_url": f"/api/devices/{quote(device_id)}/snapshot?at={quote(at)}"})]
 
 
 def from_status(rec: StatusUpdate, info: DeviceInfo) -> list[Signal]:
@@ -187,7 +200,8 @@ def clears_from_reading(rec: Reading, live: Callable[[str], dict[str, Any] | Non
         evidence = live(f"kpi_degraded:{dev}:{metric}")
         if evidence is not None:
             e, sd = float(evidence.get("expected", value)), float(evidence.get("spread", 0.0))
-            if abs(value - e) <= max(2 * sd, 0.1 * abs(e)):
+            limit = _KPI_LIMITS.get(metric, (float("inf"),))[0]
+            if abs(value - e) <= max(2 * sd, 0.1 * abs(e)) or value < 0.9 * limit:
                 out.append(_signal("kpi_degraded", f"kpi_degraded:{dev}:{metric}", False, dev, info, rec.ts))
     return out
 

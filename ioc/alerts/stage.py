@@ -45,7 +45,8 @@ class AlertStage:
 
     def __init__(self, hub: LiveHub, pool: Any, city: City, config: AlertsConfig) -> None:
         self.hub, self.pool, self.city, self.config = hub, pool, city, config
-        self.engine = AlertEngine(EngineConfig(close_after_s=config.close_after_s), self._district_name)
+        self.engine = AlertEngine(EngineConfig(close_after_s=config.close_after_s), self._district_name,
+                                  city.road_of)
         self._signals: list[Signal] = []
         self._unsaved = Changes()
         self._officers: list[dict[str, Any]] = []
@@ -128,11 +129,7 @@ class AlertStage:
         while True:
             await asyncio.sleep(self.config.tick_s)
             async with self._lock:
-                signals, self._signals = self._signals, []
-                now = datetime.now(UTC)
-                ch = self.engine.observe(signals, now) if signals else Changes()
-                ch.merge(self.engine.tick(now))
-                self._unsaved.merge(ch)
+                self.step(datetime.now(UTC))
             await self.flush()
             if loop.time() - last_reload >= self.config.reload_s:
                 last_reload = loop.time()
@@ -140,6 +137,20 @@ class AlertStage:
                     await self.reload_config()
                 except Exception as err:
                     logger.warning("alert configuration not reloaded: %s", err)
+
+    def step(self, now: datetime, store: bool = True) -> Changes:
+        """Apply the signals collected so far and advance the engine's timers to ``now``.
+
+        What changed is also kept for the next :meth:`flush` (unless ``store`` is false). :meth:`run`
+        calls this once per tick with the wall clock; replays call it with simulated time.
+        """
+        signals, self._signals = self._signals, []
+        ch = self.engine.observe(signals, now) if signals else Changes()
+        ch.merge(self.engine.tick(now))
+        if store:
+            self._unsaved.merge(ch)
+        self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
+        return ch
 
     async def flush(self) -> Changes | None:
         """Store what changed (with its notifications) in one transaction, then push it on the feed."""

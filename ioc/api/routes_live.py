@@ -153,12 +153,15 @@ async def summary(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/api/devices/{device_id}/snapshot", response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no snapshot"}})
-async def latest_snapshot(pool: PoolDep, device_id: str) -> Response:
-    """The most recent snapshot of a camera as ``image/jpeg``."""
+async def latest_snapshot(pool: PoolDep, device_id: str, at: datetime | None = None) -> Response:
+    """The most recent snapshot of a camera as ``image/jpeg``; with ``at`` (RFC 3339), the picture it showed
+    then (the evidence of an alert), while it is still within the kept history."""
+    if at is not None and at.tzinfo is None:
+        raise HTTPException(422, "at needs a UTC offset (Z or +07:00)")
     async with pool.acquire() as conn:
-        snap = await queries.latest_snapshot(conn, device_id)
+        snap = await queries.latest_snapshot(conn, device_id, at)
     if snap is None:
-        raise HTTPException(404, f"no snapshot for {device_id!r}")
+        raise HTTPException(404, f"no snapshot for {device_id!r}" + (f" at {at.isoformat()}" if at else ""))
     return Response(snap["jpeg"], media_type="image/jpeg", headers={
         "Last-Modified": snap["last_seen"].strftime("%a, %d %b %Y %H:%M:%S GMT"), "Cache-Control": "no-cache",
         "X-Snapshot-First-Seen": snap["first_seen"].isoformat()})

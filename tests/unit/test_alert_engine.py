@@ -188,14 +188,62 @@ def test_officer_actions_and_their_errors() -> None:
         eng.acknowledge(inc.id, "an", None, at(10))
 
 
-def test_point_findings_auto_clear_after_quiet_period() -> None:
+def spike(dev: str, series: str, t: float, value: float = 3000.0, expected: float = 1200.0) -> list:
+    f = Finding(dev, series, at(t), "spike", 0.7, f"{series} {value} vs usual {expected}±100",
+                {"value": value, "expected": expected, "spread": 100.0})
+    return rules.from_finding(f, info)
+
+
+def test_a_statistical_anomaly_alone_is_listed_not_queued_and_auto_clears() -> None:
     eng = engine()
-    f = Finding("TRF-2", "flow_veh_h", at(0), "spike", 0.7, "flow 3000 vs usual 1200±100",
-                {"value": 3000.0, "expected": 1200.0})
-    eng.observe(rules.from_finding(f, info), at(0))
+    ch = eng.observe(spike("TRF-2", "flow_veh_h", 0), at(0))
     alert = next(iter(eng.alerts.values()))
-    assert alert.rule == "anomaly" and alert.severity == Severity.WARNING
+    assert alert.rule == "anomaly" and alert.severity == Severity.INFO
+    assert alert.incident_id is None and not eng.incidents and not ch.pages  # nothing on the officers' queue
     eng.tick(at(1799))
     assert alert.live
     eng.tick(at(1800))
     assert alert.state == State.RESOLVED
+    eng.tick(at(1800 + 3600))  # closed an hour later, and gone from memory (history is in the database)
+    assert alert.state == State.CLOSED and alert.id not in eng.alerts
+
+
+def test_one_device_one_problem_context_joins_the_incident_before_and_after() -> None:
+    eng = engine()
+    eng.observe(spike("TRF-1", "occupancy_pct", 0, 80.0, 20.0), at(0))  # the oddity comes first...
+    jam = Finding("TRF-1", "speed_kmh", at(30), "speed_collapse", 0.9, "speed 8 km/h vs usual 45±5",
+                  {"value": 8.0, "expected": 45.0, "spread": 5.0})
+    eng.observe(rules.from_finding(jam, info), at(30))  # ...the jam opens the incident and adopts it
+    eng.observe(spike("TRF-1", "queue_len_m", 60, 900.0, 50.0), at(60))  # and later context joins it
+    assert len(eng.incidents) == 1
+    inc = next(iter(eng.incidents.values()))
+    assert len(inc.members) == 3 and inc.category == "traffic"
+    assert inc.title.startswith("Traffic jam at TRF-1")
+
+
+def test_jams_on_the_same_road_are_one_incident_even_far_apart() -> None:
+    roads = {"TRF-0": "ql5", "TRF-1": "ql5", "TRF-2": "ql10"}
+    positions = {"TRF-0": (20.80, 106.60), "TRF-1": (20.80, 106.68), "TRF-2": (20.90, 106.80)}  # ~8 km apart
+
+    def where(device_id: str) -> tuple[str | None, str | None, float | None, float | None]:
+        lat, lon = positions[device_id]
+        return "traffic", "NQ", lat, lon
+
+    eng = AlertEngine(road_of=lambda lat, lon: next((roads[d] for d, p in positions.items() if p == (lat, lon)),
+                                                    None))
+    for i, dev in enumerate(positions):
+        f = Finding(dev, "speed_kmh", at(200 * i), "speed_collapse", 0.9, "speed 8 km/h", {"value": 8.0,
+                                                                                          "expected": 45.0})
+        eng.observe(rules.from_finding(f, where), at(200 * i))
+    groups = sorted(len(i.members) for i in eng.incidents.values())
+    assert groups == [1, 2]  # QL5 spreading is one incident; QL10 is another road
+
+
+def test_bts_kpi_alerts_need_the_operator_limit() -> None:
+    eng = engine()
+    eng.observe(spike("BTS-LC-01", "drop_call_rate_pct", 0, 0.9, 0.3), at(0))  # odd, but harmless
+    eng.observe(spike("BTS-LC-02", "drop_call_rate_pct", 0, 6.5, 0.4), at(0))
+    eng.observe(spike("CAM-LC-01", "temperature_c", 0, 51.0, 35.0), at(0))  # a camera: no BTS KPI rule
+    by_rule = sorted((a.rule, a.device_id) for a in eng.alerts.values())
+    assert by_rule == [("anomaly", "BTS-LC-01"), ("anomaly", "CAM-LC-01"), ("kpi_degraded", "BTS-LC-02")]
+    assert len(eng.incidents) == 1
