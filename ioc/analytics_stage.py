@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
-_STATE_NAME = "numeric_monitor"
+STATE_NAME = "numeric_monitor"
 
 # --- camera shard (child process) -------------------------------------------------------------------
 
@@ -55,7 +55,9 @@ class AnalyticsStage:
     """The analytics sink of one process (beside the live hub)."""
 
     def __init__(self, hub: LiveHub, pool: Any, camera_processes: int = 2, max_inflight_per_shard: int = 32,
-                 flush_s: float = 1.0, silence_every_s: float = 30.0, state_every_s: float = 300.0) -> None:
+                 flush_s: float = 1.0, silence_every_s: float = 10.0, state_every_s: float = 300.0) -> None:
+        """``camera_processes=0`` analyses snapshots inline, in this thread (replays and benchmarks that
+        drive the stage with :meth:`step` in simulated time; never for a live service)."""
         self.hub = hub
         self.pool = pool
         self.monitor = NumericMonitor()
@@ -69,6 +71,7 @@ class AnalyticsStage:
         # after the server stops.
         ctx = multiprocessing.get_context("spawn")
         self._shards = [ProcessPoolExecutor(max_workers=1, mp_context=ctx) for _ in range(camera_processes)]
+        self._inline: dict[str, Any] = {}  # camera analysers of the inline mode
         self._inflight = [0] * camera_processes
         self._max_inflight = max_inflight_per_shard
         self._pending_rows: list[FindingRow] = []
@@ -81,7 +84,7 @@ class AnalyticsStage:
         """Restore the numeric monitor's learned state, if any (a restart does not relearn a week)."""
         try:
             async with self.pool.acquire(timeout=5) as conn:
-                state = await load_state(conn, _STATE_NAME)
+                state = await load_state(conn, STATE_NAME)
             if state:
                 self.monitor = NumericMonitor.from_state(state)
                 logger.info("numeric detector state restored (%d bytes)", len(state))
@@ -91,7 +94,6 @@ class AnalyticsStage:
     # --- sink (event loop, must be cheap) ----------------------------------------------------------------
 
     def on_parsed(self, parsed: ParsedMessage) -> None:
-        loop = asyncio.get_running_loop()
         for rec in parsed.records:
             if isinstance(rec, Reading):
                 if rec.device_id not in self._known:
@@ -105,26 +107,50 @@ class AnalyticsStage:
                                          kbps=rec.metrics.get("bitrate_kbps"))
             elif isinstance(rec, Snapshot):
                 self.stale.snapshot(rec.device_id, rec.ts)
+                if not self._shards:
+                    self._camera_result(rec.device_id, rec.ts, self._analyse_inline(rec))
+                    continue
                 shard = zlib.crc32(rec.device_id.encode()) % len(self._shards)
                 if self._inflight[shard] >= self._max_inflight:
                     SNAPSHOTS_SKIPPED.inc()
                     continue
                 self._inflight[shard] += 1
-                fut = loop.run_in_executor(self._shards[shard], _analyse, rec.device_id, rec.jpeg, rec.ts)
-                fut.add_done_callback(functools.partial(self._camera_done, rec.device_id, shard))
+                fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], _analyse, rec.device_id,
+                                                                 rec.jpeg, rec.ts)
+                fut.add_done_callback(functools.partial(self._camera_done, rec.device_id, shard, rec.ts))
 
-    def _camera_done(self, device_id: str, shard: int, fut: asyncio.Future[Any]) -> None:
+    def _analyse_inline(self, rec: Snapshot) -> tuple[str, float, float, int, list[Finding]] | None:
+        from analytics.camera.analyser import CameraAnalyser
+
+        analyser = self._inline.get(rec.device_id)
+        if analyser is None:
+            analyser = self._inline[rec.device_id] = CameraAnalyser(rec.device_id)
+        try:
+            res = analyser.analyse(rec.jpeg, rec.ts)
+        except Exception:
+            logger.exception("camera analysis of %s failed", rec.device_id)
+            return None
+        return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)
+
+    def _camera_done(self, device_id: str, shard: int, ts: datetime, fut: asyncio.Future[Any]) -> None:
         self._inflight[shard] -= 1
         try:
-            label, confidence, activity, objects, findings = fut.result()
+            result = fut.result()
         except Exception:
             logger.exception("camera analysis of %s failed", device_id)
             return
-        now = datetime.now(UTC)
+        self._camera_result(device_id, ts, result)
+
+    def _camera_result(self, device_id: str, ts: datetime,
+                       result: tuple[str, float, float, int, list[Finding]] | None) -> None:
+        if result is None:
+            return
+        label, confidence, activity, objects, findings = result
+        # Stamped with the snapshot's own time: the health verdict is about that picture.
         self.hub.set_health(device_id, {"label": label, "confidence": confidence, "activity": activity,
-                                        "objects": objects, "ts": now})
+                                        "objects": objects, "ts": ts})
         if self.on_health is not None:
-            self.on_health(device_id, label, confidence, now)
+            self.on_health(device_id, label, confidence, ts)
         self._raise(findings)
 
     def _raise(self, findings: list[Finding]) -> None:
@@ -146,8 +172,7 @@ class AnalyticsStage:
         try:
             while True:
                 await asyncio.sleep(self.flush_s)
-                readings, self._readings = self._readings, []
-                devices, self._new_devices = self._new_devices, []
+                devices, readings = self._take()
                 if readings or devices:
                     # Off the event loop: a big flush must not hold up the live feed's senders. Only this
                     # task touches the monitor, one call at a time, so the thread needs no lock.
@@ -164,6 +189,20 @@ class AnalyticsStage:
                     await self.save()
         finally:
             await asyncio.to_thread(self.close)
+
+    def _take(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, datetime, float]]]:
+        devices, self._new_devices = self._new_devices, []
+        readings, self._readings = self._readings, []
+        return devices, readings
+
+    def step(self, now: datetime, silence: bool = False) -> None:
+        """Synchronous form of one :meth:`run` cycle at ``now`` (replays in simulated time, no storage)."""
+        devices, readings = self._take()
+        if readings or devices:
+            self._raise(self._detect(devices, readings))
+        if silence:
+            self._raise(self._silence(now) + self.stale.check(now))
+        self._pending_rows.clear()
 
     def close(self) -> None:
         """Stop the camera worker processes (waits for them to exit)."""
@@ -203,6 +242,6 @@ class AnalyticsStage:
         try:
             state = await asyncio.to_thread(self._state)
             async with self.pool.acquire(timeout=5) as conn:
-                await save_state(conn, _STATE_NAME, state)
+                await save_state(conn, STATE_NAME, state)
         except Exception as err:
             logger.warning("detector state not saved: %s", err)

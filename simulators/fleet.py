@@ -116,6 +116,13 @@ class Fleet:
             if st.dev.kind == "camera" and self.options.snapshots:
                 self._push(t0 + phase.random() * self.snapshot_s, idx, "snapshot")
             out.append(self._status(st, t0, "online", "boot"))
+            if st.dev.kind == "bts":
+                # Alarms are event-driven on a real site controller: mains loss and return are reported
+                # when they happen, not at the next telemetry report.
+                for e in st.effects:
+                    for t in (e.start, e.end):
+                        if e.kind == "power_outage" and t >= t0:
+                            self._push(t, idx, "alarm")
         return out
 
     def next_due(self) -> float:
@@ -139,6 +146,9 @@ class Fleet:
                 msg = self._snapshot(st, due)
                 if msg:
                     yield msg
+                continue
+            if channel == "alarm":
+                yield from self._alarm(st, due)
                 continue
             self._push(due + self.intervals[st.dev.kind], idx, channel)
             yield from self._tick(st, due)
@@ -220,6 +230,12 @@ class Fleet:
             doc["lat"], doc["lon"] = dev.lat, dev.lon
         out.append(Message(dev.id, "telemetry", st.topics["telemetry"], orjson.dumps(doc), values=len(metrics)))
         return out
+
+    def _alarm(self, st: _State, t: float) -> list[Message]:
+        """A power change at the moment it happens (a dead, silent or disconnected site says nothing)."""
+        if st.dead or st.silent or st.down:
+            return []
+        return self._power_events(st, t, st.model.power(t, st.effects))
 
     def _power_events(self, st: _State, t: float, power: signals.PowerState) -> list[Message]:
         events: list[Message] = []
