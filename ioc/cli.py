@@ -92,6 +92,17 @@ def _cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.history import run_history
+    from simulators.clock import parse_time
+
+    until = parse_time(args.until) if args.until else None
+    stats = run_history(settings, args.scenario, until, args.hours, progress=not args.quiet)
+    print(f"history: {stats.messages:,} messages ({stats.values:,} values) stored, {stats.series:,} series learned "
+          f"in {stats.seconds:.0f} s")
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from simulators.cli import run
 
@@ -145,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, help=f"where private services keep data (default {DEFAULT_DEMO_DIR})")
     demo.add_argument("--sim-args", nargs=argparse.REMAINDER, help="pass the rest to the simulator (see ioc simulate)")
 
+    hist = sub.add_parser("history", help="store a simulated past (no incidents) and warm the detectors up on it")
+    hist.add_argument("--scenario", type=Path, help="scenario file (default: the simulator's default city)")
+    hist.add_argument("--until", help="end of the history, RFC 3339 (default now); a live run starts there")
+    hist.add_argument("--hours", type=float, default=26.0,
+                      help="length (default 26: the detectors judge nothing before a full day)")
+    hist.add_argument("--quiet", action="store_true", help="no progress bar")
+
     from simulators.cli import add_arguments
 
     sim = sub.add_parser("simulate", help="simulated city devices publishing over MQTT (IOC_MQTT_URL), with incidents")
@@ -158,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _COMMANDS = {"db": _cmd_db, "demo": _cmd_demo, "ingest": _cmd_ingest, "serve": _cmd_serve,
-             "camera-check": _cmd_camera_check, "detect": _cmd_detect, "simulate": _cmd_simulate}
+             "camera-check": _cmd_camera_check, "detect": _cmd_detect, "simulate": _cmd_simulate,
+             "history": _cmd_history}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -16,6 +17,7 @@ from ioc.api.app import create_app
 from ioc.infra import InfraError, Services
 from ioc.services import db_upgrade
 from ioc.settings import Settings
+from simulators.clock import iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -25,22 +27,55 @@ DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" /
 LIVE_DEMO_SCENARIO = Path(simulators.__file__).resolve().parent / "data" / "live-demo.toml"
 
 
-def simulator_command(mqtt_url: str, data_dir: Path, options: list[str]) -> list[str]:
+def simulator_command(mqtt_url: str, data_dir: Path, options: list[str], start: float | None = None) -> list[str]:
     """The simulator child process (its own process: it must not compete with the API for the GIL).
 
-    Without options it runs the bundled live-demo scenario until stopped, writing its ground truth
-    next to the demo's data so a run can be scored afterwards.
+    Without options it runs the bundled live-demo scenario from ``start`` until stopped, writing its
+    ground truth next to the demo's data so a run can be scored afterwards.
     """
     if not options:
         options = ["--scenario", str(LIVE_DEMO_SCENARIO), "--duration", "0",
                    "--ground-truth", str(data_dir / "ground-truth.jsonl"), "--report-every", "60"]
+        if start is not None:
+            options += ["--start", iso_utc(start)]
     return [sys.executable, "-m", "simulators", "--mqtt-url", mqtt_url, *options]
+
+
+def history_command(until: float, hours: float = 26.0) -> list[str]:
+    """``ioc history`` for the live-demo scenario, ending where the live simulator starts."""
+    return [sys.executable, "-m", "ioc.cli", "history", "--scenario", str(LIVE_DEMO_SCENARIO), "--until",
+            iso_utc(until), "--hours", str(hours), "--quiet"]
+
+
+async def _warm_up(app: Any, database_url: str, until: float) -> None:
+    """Write the day before the live run and hand the detectors what they learned from it."""
+    env = {**os.environ, "IOC_DATABASE_URL": database_url}
+    t = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(*history_command(until), env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await proc.communicate()
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    if proc.returncode != 0:
+        print(f"ioc demo: history not written (detectors learn live instead):\n{out.decode()[-2000:]}",
+              file=sys.stderr, flush=True)
+        return
+    stage = getattr(app.state, "analytics", None)
+    if stage is not None:
+        await stage.load()
+    print(f"  detectors warmed up on a simulated day of history ({time.monotonic() - t:.0f} s): jams and KPI "
+          "degradations are now judged against what is usual for each hour", flush=True)
 
 
 async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim_options: list[str]) -> int:
     """Find or start PostgreSQL and Mosquitto, migrate, serve API + ingest, run the simulator; until Ctrl-C."""
     services = Services(data_dir)
     simulator: asyncio.subprocess.Process | None = None
+    warm_up: asyncio.Task[None] | None = None
     try:
         try:
             database_url = await services.resolve_database(os.environ.get("IOC_DATABASE_URL"))
@@ -54,8 +89,8 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
         settings.mqtt.share_group = "ioc-demo"
         settings.mqtt.session_expiry_s = 3600
         backend, _ = await db_upgrade(settings)
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, embed_ingest=True), host=host, port=port,
-                                               log_level="warning"))
+        app = create_app(settings, embed_ingest=True)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
         serving = asyncio.create_task(server.serve())
         deadline = time.monotonic() + 60
         while not server.started:
@@ -64,8 +99,12 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
                 print("ioc demo: the web server did not start", file=sys.stderr)
                 return 2
             await asyncio.sleep(0.05)
-        simulator = await asyncio.create_subprocess_exec(*simulator_command(mqtt_url, data_dir, sim_options),
+        live_from = time.time()
+        simulator = await asyncio.create_subprocess_exec(*simulator_command(mqtt_url, data_dir, sim_options,
+                                                                            live_from),
                                                          stdin=asyncio.subprocess.DEVNULL)
+        if not sim_options:
+            warm_up = asyncio.create_task(_warm_up(app, database_url, live_from), name="demo-history")
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print("\n".join([
             "", "IOC demo is running.",
@@ -74,10 +113,15 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
             f"  API docs:      http://{shown}:{port}/docs",
             f"  live feed:     ws://{shown}:{port}/ws/live",
             f"  ground truth:  {data_dir / 'ground-truth.jsonl'}" if not sim_options else "",
+            "  writing the day before and warming the detectors up on it (about a minute)..."
+            if not sim_options else "",
             "Press Ctrl-C to stop.", ""]), flush=True)
         await serving  # uvicorn owns SIGINT/SIGTERM and returns here after a graceful shutdown
         return 0
     finally:
+        if warm_up is not None and not warm_up.done():
+            warm_up.cancel()
+            await asyncio.gather(warm_up, return_exceptions=True)
         if simulator is not None and simulator.returncode is None:
             simulator.terminate()
             try:
