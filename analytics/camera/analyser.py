@@ -88,7 +88,6 @@ class CameraAnalyser:
         self.align: Alignment | None = None  # last candidate re-pointing
         self.cover_rate = np.full((FINE_Y, FINE_X), 0.5, np.float32)  # how often each cell looked covered
         self.occ_mask: np.ndarray | None = None  # cells of the cover being tracked
-        self.prev_covered: np.ndarray | None = None
         self.streak: dict[str, int] = {}
         self.last_label = "ok"
         self._changed = -1
@@ -133,7 +132,7 @@ class CameraAnalyser:
             if fz > 0:
                 cand["freeze"] = fz
                 strong.add("freeze")
-            cmp = ev.compare(m, self.ref, cfg, self.spreads)
+            cmp = ev.compare(m, self.ref, cfg, self.spreads, covered, scores.get("g_occ"))
             scores.update(cmp.scores)
             for name, conf in cmp.candidates.items():
                 cand.setdefault(name, conf)
@@ -144,7 +143,6 @@ class CameraAnalyser:
         label, conf = self._confirm(cand, strong)
         if covered is not None:
             self.cover_rate += cfg.cover_rate_alpha * (covered - self.cover_rate)
-        self.prev_covered = covered
         findings: list[Finding] = []
         if label != "ok" and (label != self.last_label or label == "shift"):
             detail = {"index": index, **{k: round(v, 4) for k, v in scores.items()}}
@@ -233,15 +231,20 @@ class CameraAnalyser:
                 cand["occlusion"] = ev.sig(4.0 * (share - cfg.occlusion_share))
                 return
             self.occ_mask = None
-        before = self.prev_covered if self.prev_covered is not None else covered
-        new = covered & ~before & (self.cover_rate < 0.5)
+        new = covered & (self.cover_rate < 0.5)
         share = float(new.mean())
         scores["covered_new"] = share
-        if share >= cfg.occlusion_share and (scores["untouched"] >= 0.05 or share >= 0.85):
-            cand["occlusion"] = ev.sig(4.0 * (share - cfg.occlusion_share))
-            self.occ_mask = new
-            if share >= cfg.occlusion_sure:
-                strong.add("occlusion")
+        if share < cfg.occlusion_share or (scores["untouched"] < 0.05 and share < 0.85) or self.ref is None:
+            return
+        if share < cfg.occlusion_rim_share:
+            # a modest new flat region must bring an outline with it (a departed car takes one away)
+            edge = scores["cover_edge"] = ev.cover_edge(m, self.ref, new)
+            if edge < cfg.occlusion_edge:
+                return
+        cand["occlusion"] = ev.sig(4.0 * (share - cfg.occlusion_share))
+        self.occ_mask = new
+        if share >= cfg.occlusion_sure:
+            strong.add("occlusion")
 
     def _confirm(self, cand: dict[str, float], strong: set[str]) -> tuple[str, float]:
         """Apply per-fault confirmation counts and the priority order."""
@@ -300,4 +303,4 @@ class CameraAnalyser:
 
 
 _STATE_KEYS = ("n_seen", "n_learned", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
-               "occ_mask", "prev_covered", "streak", "last_label")
+               "occ_mask", "streak", "last_label")

@@ -27,12 +27,13 @@ class CameraConfig:
     min_cells: int = 6  # cells a per-cell median needs
     # black / video loss: near-uniform frame
     black_contrast: float = 3.0  # thumbnail grey-level std
+    black_layout: float = 0.5  # correlation with the reference's cell layout above which it is the scene, dimmed
     # freeze
     still_margin: float = 1.0  # grey levels a block mean may move beyond the JPEG quantiser's rounding
     still_level: float = 8.0  # (no block grid) grey levels a thumbnail pixel must move to count as change
     still_pixels: int = 2  # (no block grid) changed thumbnail pixels tolerated in a still snapshot
     freeze_history: int = 6  # moving snapshots seen before a single still one can be a freeze
-    freeze_busy: int = 8  # a camera whose quietest snapshots change this many blocks is frozen when still
+    freeze_busy: float = 8.0  # a camera whose quietest snapshots change this many blocks is frozen when still
     freeze_short: int = 2  # otherwise a still spell of at least this many snapshots ...
     freeze_spell_factor: float = 2.0  # ... and this many times its longest healthy still spell
     # brightness
@@ -50,6 +51,8 @@ class CameraConfig:
     occlusion_share: float = 0.12  # share of fine cells covered
     occlusion_sure: float = 0.45  # ... reported at once (the same cells flat two snapshots running otherwise)
     occlusion_confirm: int = 2
+    occlusion_rim_share: float = 0.3  # a cover smaller than this ...
+    occlusion_edge: float = 0.5  # ... must show at least this share of the reference's contour on its rim
     occlusion_overlap: float = 0.5  # share of a tracked cover's cells that must stay covered (a car moves on)
     cover_rate_alpha: float = 0.25  # learning rate of how often each cell looks covered
     # shift (re-pointing)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from analytics.camera.config import CameraConfig
-from analytics.camera.features import F32, Measures, cells
+from analytics.camera.features import F32, GRID_X, GRID_Y, Measures, cells, texture
 from analytics.camera.reference import Ref, Spread, lowpass
 
 Mask = np.ndarray
@@ -53,9 +53,14 @@ def black(m: Measures, ref: Ref | None, cfg: CameraConfig) -> float:
     thr = cfg.black_contrast if ref is None else min(cfg.black_contrast, 0.25 * ref.contrast)
     # the gradient of residual noise on a flat screen stays small; scenes have far more structure
     tex_max = 0.5 if ref is None else max(0.5, 0.1 * float(ref.cell_tex.mean()))
-    if m.contrast < thr and float(m.cell_tex.mean()) < tex_max:
-        return sig(2.0 * (1.0 - m.contrast / thr))
-    return 0.0
+    if m.contrast >= thr or float(m.cell_tex.mean()) >= tex_max:
+        return 0.0
+    if ref is not None and float(ref.cell_mean.std()) >= 3.0:
+        # the scene's own layout, only very dim (a lighting failure), is not a lost signal
+        a, b = m.cell_mean - m.cell_mean.mean(), ref.cell_mean - ref.cell_mean.mean()
+        if float((a * b).sum()) >= cfg.black_layout * float(np.sqrt((a * a).sum() * (b * b).sum())) + 1e-6:
+            return 0.0
+    return sig(2.0 * (1.0 - m.contrast / thr))
 
 
 def activity(m: Measures, prev: Measures | None, ref: Ref | None, cfg: CameraConfig) -> tuple[float, int]:
@@ -71,18 +76,29 @@ def activity(m: Measures, prev: Measures | None, ref: Ref | None, cfg: CameraCon
     return level, int(np.count_nonzero(stats[1:n, cv2.CC_STAT_AREA] >= cfg.object_min_px))
 
 
-def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread]) -> Comparison:
-    """Evidence for brightness, noise and blur against the reference."""
+def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread], covered: Mask | None = None,
+            g_scene: float | None = None) -> Comparison:
+    """Evidence for brightness, noise and blur against the reference.
+
+    Args:
+        covered: fine cells that look covered, left out of the focus and noise checks (a cover's
+            own texture and grain say nothing about either).
+        g_scene: exposure gain of the uncovered scene (see :func:`cover_map`); the global gain
+            otherwise.
+    """
     out = Comparison()
     sc = out.scores
     g = gain(m, ref)
+    gs = g if g_scene is None else g_scene
     ratio = m.mean / max(ref.mean, 1.0)
     lp = lowpass(m.thumb)
-    static = match_cells(m, ref, g, lp) | match_cells(m, ref, 1.0, lp)
+    static = match_cells(m, ref, gs, lp) | match_cells(m, ref, 1.0, lp)
+    if covered is not None:
+        static &= ~(covered.reshape(GRID_Y, 2, GRID_X, 2).any(axis=(1, 3)))
     sc.update(gain=g, ratio=ratio, static=float(static.mean()))
     _brightness(m, ref, cfg, g, ratio, lp, out)
-    _noise(m, ref, cfg, g, static, spreads["noise"], out)
-    _blur(m, ref, cfg, g, lp, spreads["blur"], out)
+    _noise(m, ref, cfg, gs, static, spreads["noise"], out)
+    _blur(m, ref, cfg, gs, lp, static, spreads["blur"], out)
     return out
 
 
@@ -116,18 +132,17 @@ def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spr
     """Fine residual risen alike in the unchanged cells, or salt and pepper appearing."""
     sc = out.scores
     use = static & (ref.cell_count >= 2)
-    if int(use.sum()) < cfg.min_cells:
-        use = ref.cell_count >= 2
-    if not use.any():
-        return
-    lr = np.log((m.cell_noise[use] + 1.0) / (max(g, 0.3) * ref.cell_noise[use] + 1.0))
-    nz = float(np.median(lr))
-    thr = max(cfg.noise_log, spread.level + cfg.spread_k * spread.dev)
-    sc.update(noise=nz, noise_thr=thr, impulse=m.impulse)
-    if nz > thr and float(np.mean(lr > 0.5 * thr)) >= 0.7:
-        out.candidates["noise"] = sig(2.0 * (nz - thr))
-        out.strong.add("noise")
-    elif m.impulse > max(cfg.impulse_share, 5.0 * ref.impulse):
+    sc["impulse"] = m.impulse
+    if int(use.sum()) >= cfg.min_cells:
+        lr = np.log((m.cell_noise[use] + 1.0) / (max(g, 1.0) * ref.cell_noise[use] + 1.0))
+        nz = float(np.median(lr))
+        thr = max(cfg.noise_log, spread.level + cfg.spread_k * spread.dev)
+        sc.update(noise=nz, noise_thr=thr)
+        if nz > thr and float(np.mean(lr > 0.5 * thr)) >= 0.7:
+            out.candidates["noise"] = sig(2.0 * (nz - thr))
+            out.strong.add("noise")
+            return
+    if m.impulse > max(cfg.impulse_share, 5.0 * ref.impulse):
         out.candidates["noise"] = sig(m.impulse / cfg.impulse_share - 1.0)
         out.strong.add("noise")
 
@@ -152,7 +167,27 @@ def cover_map(m: Measures, ref: Ref, cfg: CameraConfig) -> tuple[Mask, dict[str,
     return covered, {"covered": float(covered.mean()), "untouched": untouched, "g_occ": g}
 
 
-def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, spread: Spread, out: Comparison) -> None:
+def cover_edge(m: Measures, ref: Ref, mask: Mask) -> float:
+    """How much more contour the rim of a covered region shows now than in the reference.
+
+    A cover brings its own outline; a reference that wrongly held a since-departed car sees the
+    outline vanish instead, and an exposure change moves no outline at all. Returns the ratio of
+    the snapshot's to the reference's mean gradient along the rim (1 = unchanged).
+    """
+    up = cv2.resize(mask.astype(np.uint8), (m.thumb.shape[1], m.thumb.shape[0]), interpolation=cv2.INTER_NEAREST)
+    rim = (cv2.dilate(up, _RIM_OUT) > 0) & (up == 0)
+    if not rim.any():
+        return 1.0
+    cur = float(texture(m.thumb)[rim].mean())
+    old = float(texture(ref.thumb)[rim].mean())
+    return (cur + 0.5) / (old + 0.5)
+
+
+_RIM_OUT = np.ones((9, 9), np.uint8)
+
+
+def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: Mask, spread: Spread,
+          out: Comparison) -> None:
     """Sharpness (fine over coarse gradient energy) dropped where the coarse content is unchanged.
 
     The ratio is a property of the optics, not of the content: a passing car changes how much
@@ -163,7 +198,7 @@ def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, spread: S
     d_soft = cells(np.abs(lp - g * cv2.GaussianBlur(ref.thumb, (0, 0), 2.8)))
     still_coarse = np.minimum(d_sharp, d_soft) < 3.0 + 0.6 * g * ref.cell_tex
     structure = ref.edge >= max(cfg.blur_edge, float(np.median(ref.edge)))
-    use = still_coarse & structure & (ref.cell_count >= 3)
+    use = still_coarse & static & structure & (ref.cell_count >= 3)
     n_use = int(use.sum())
     sc["blur_cells"] = float(n_use)
     if n_use < cfg.min_cells:
