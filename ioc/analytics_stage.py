@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import signal
 import threading
 import zlib
 from collections.abc import Callable
@@ -38,6 +39,12 @@ STATE_NAME = "numeric_monitor"
 # --- camera shard (child process) -------------------------------------------------------------------
 
 _analysers: dict[str, Any] = {}
+
+
+def _ignore_sigint() -> None:
+    """Shards stop when the service shuts them down; a Ctrl-C reaching the whole process group must not
+    kill them first (with a traceback each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, float, int, list[Finding]]:
@@ -70,7 +77,8 @@ class AnalyticsStage:
         # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
         # after the server stops.
         ctx = multiprocessing.get_context("spawn")
-        self._shards = [ProcessPoolExecutor(max_workers=1, mp_context=ctx) for _ in range(camera_processes)]
+        self._shards = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_ignore_sigint)
+                        for _ in range(camera_processes)]
         self._inline: dict[str, Any] = {}  # camera analysers of the inline mode
         self._inflight = [0] * camera_processes
         self._max_inflight = max_inflight_per_shard

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import sys
@@ -84,9 +85,11 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
             print(f"ioc demo: {err}", file=sys.stderr)
             return 2
         settings = settings.model_copy(update={"database_url": database_url, "mqtt_url": mqtt_url})
-        # A demo worker of its own: never share a subscription group with real ingest workers.
-        settings.mqtt.client_id = "ioc-demo-ingest"
-        settings.mqtt.share_group = "ioc-demo"
+        # A demo worker of its own: never share a subscription group with real ingest workers, nor a client
+        # id with another demo on the same broker (the broker would throw one of them off for the other).
+        tag = hashlib.blake2b(database_url.encode(), digest_size=3).hexdigest()
+        settings.mqtt.client_id = f"ioc-demo-ingest-{tag}"
+        settings.mqtt.share_group = f"ioc-demo-{tag}"
         settings.mqtt.session_expiry_s = 3600
         backend, _ = await db_upgrade(settings)
         app = create_app(settings, embed_ingest=True)
