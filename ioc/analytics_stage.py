@@ -17,7 +17,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -177,10 +177,13 @@ class AnalyticsStage:
         """Flush readings to the detectors every second; silence and stale checks; persist state."""
         loop = asyncio.get_running_loop()
         last_silence = last_state = loop.time()
+        fed = datetime.now(UTC)  # when readings last came in
         try:
             while True:
                 await asyncio.sleep(self.flush_s)
                 devices, readings = self._take()
+                if readings:
+                    fed = datetime.now(UTC)
                 if readings or devices:
                     # Off the event loop: a big flush must not hold up the live feed's senders. Only this
                     # task touches the monitor, one call at a time, so the thread needs no lock.
@@ -189,7 +192,9 @@ class AnalyticsStage:
                 if now - last_silence >= self.silence_every_s:
                     last_silence = now
                     wall = datetime.now(UTC)
-                    silent = await asyncio.to_thread(self._silence, wall)
+                    # Silence is judged up to the last time anything came in: when our own input stalls
+                    # (ingest backlog, broker link) every series would look silent, and none is.
+                    silent = await asyncio.to_thread(self._silence, min(wall, fed + timedelta(seconds=5)))
                     self._raise(silent + self.stale.check(wall))
                 await self._store()
                 if now - last_state >= self.state_every_s:

@@ -80,7 +80,7 @@ async def write_history(settings: Settings, scenario: Scenario, until: float, ho
             nonlocal mid
             when = datetime.fromtimestamp(at, UTC)
             parsed = parse_message(msg.topic, msg.payload, when, msg.retain)
-            replay.feed_parsed(parsed)
+            replay.feed_parsed(parsed, when)
             mid += 1
             pending.append(Pending(mid, 1, 0, msg.channel, when, parsed))
             stats.messages += 1

@@ -41,6 +41,8 @@ class Replay:
         self.alerts = AlertStage(self.hub, None, city, alerts or AlertsConfig())
         self.analytics.on_findings, self.analytics.on_health = self.alerts.on_findings, self.alerts.on_health
         self.alerts.loaded = True
+        self._arrival = datetime.fromtimestamp(0, UTC)
+        self.alerts.clock = lambda: self._arrival  # arrivals happen in simulated time too
         self.engine = self.alerts.engine
         self.flush_s, self.silence_every_s, self.tick_s = flush_s, silence_every_s, tick_s
         self.now: float | None = None
@@ -49,10 +51,12 @@ class Replay:
 
     def feed(self, topic: str, payload: bytes, at: float, retained: bool = False) -> None:
         """One message as the ingest would have received it at ``at`` (epoch seconds)."""
-        self.feed_parsed(parse_message(topic, payload, datetime.fromtimestamp(at, UTC), retained))
+        when = datetime.fromtimestamp(at, UTC)
+        self.feed_parsed(parse_message(topic, payload, when, retained), when)
 
-    def feed_parsed(self, parsed: ParsedMessage) -> None:
-        """A message already parsed (by a caller that also stores it)."""
+    def feed_parsed(self, parsed: ParsedMessage, received_at: datetime) -> None:
+        """A message already parsed (by a caller that also stores it), received at ``received_at``."""
+        self._arrival = received_at
         self.rejected += len(parsed.rejections)
         self.hub.on_parsed(parsed)
         self.analytics.on_parsed(parsed)

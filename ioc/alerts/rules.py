@@ -53,6 +53,8 @@ RULES: dict[str, RuleSpec] = {
     "kpi_degraded": RuleSpec("bts_quality", Severity.MINOR, resolve_after_s=600, auto_clear_s=3600),
     "sensor_stuck": RuleSpec("sensor", Severity.MINOR, resolve_after_s=120, auto_clear_s=6 * 3600),
     "anomaly": RuleSpec("anomaly", Severity.INFO, auto_clear_s=1800, opens_incident=False),
+    "metric_missing": RuleSpec("anomaly", Severity.INFO, resolve_after_s=30, auto_clear_s=3600,
+                               opens_incident=False),
     "device_event": RuleSpec("device", Severity.MINOR, auto_clear_s=1800),
 }
 
@@ -94,7 +96,11 @@ def from_finding(f: Finding, info: DeviceInfo) -> list[Signal]:
     dev = f.device_id
     evidence = {"finding": f.type, "series": f.series, "score": f.score, **f.detail}
     kind = info(dev)[0]
-    if f.type == "silence" or (f.type == "stale" and "gap_s" in f.detail):
+    if f.type == "silence":  # one metric overdue; the device as a whole is judged by its liveness
+        return [_signal("metric_missing", f"metric_missing:{dev}:{f.series}", True, dev, info, f.ts,
+                        title=f"{_label(kind)} {dev}: no {f.series} data", explanation=f.explanation,
+                        evidence=evidence)]
+    if f.type == "stale" and "gap_s" in f.detail:
         return [_signal("device_silent", f"device_silent:{dev}", True, dev, info, f.ts,
                         title=f"{_label(kind)} {dev} silent", explanation=f.explanation, evidence=evidence)]
     if f.type == "stale":
@@ -153,6 +159,20 @@ def from_status(rec: StatusUpdate, info: DeviceInfo) -> list[Signal]:
     return [offline, degraded]
 
 
+def silent(device_id: str, late_s: float, usual_s: float, ts: datetime, info: DeviceInfo) -> Signal:
+    """A device from which nothing has arrived for far longer than usual (see :mod:`ioc.alerts.liveness`)."""
+    kind = info(device_id)[0]
+    return _signal("device_silent", f"device_silent:{device_id}", True, device_id, info, ts,
+                   title=f"{_label(kind)} {device_id} silent",
+                   explanation=f"nothing received for {late_s:.0f} s (usually every {usual_s:.0f} s)",
+                   evidence={"silent_s": round(late_s, 1), "usual_interval_s": round(usual_s, 1)})
+
+
+def silent_over(device_id: str, ts: datetime, info: DeviceInfo) -> Signal:
+    """Something arrived from a device reported silent."""
+    return _signal("device_silent", f"device_silent:{device_id}", False, device_id, info, ts)
+
+
 def from_event(rec: DeviceEvent, info: DeviceInfo) -> list[Signal]:
     """Signals from a device-side alarm."""
     dev = rec.device_id
@@ -184,6 +204,9 @@ def clears_from_reading(rec: Reading, live: Callable[[str], dict[str, Any] | Non
     dev, out = rec.device_id, []
     if live(f"device_silent:{dev}") is not None:
         out.append(_signal("device_silent", f"device_silent:{dev}", False, dev, info, rec.ts))
+    for metric in rec.metrics:
+        if live(f"metric_missing:{dev}:{metric}") is not None:
+            out.append(_signal("metric_missing", f"metric_missing:{dev}:{metric}", False, dev, info, rec.ts))
     checks = (("speed_collapse", "speed_kmh", lambda v, e: v >= 0.75 * e.get("expected", 0.0)),
               ("availability_drop", "availability_pct",
                lambda v, e: v >= e.get("expected", 100.0) - max(2 * e.get("spread", 0.0), 2.0)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from ioc.alerts import rules
 from ioc.alerts.config import AlertsConfig
 from ioc.alerts.engine import AlertEngine, EngineConfig
 from ioc.alerts.escalation import Policy, Shift, on_duty
+from ioc.alerts.liveness import Liveness
 from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal, State
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
@@ -52,6 +54,9 @@ class AlertStage:
         self._officers: list[dict[str, Any]] = []
         self._live_devices: set[str] = set()
         self._lock = asyncio.Lock()  # officers' actions and the tick take turns with the engine
+        self.liveness = Liveness(config.silent_factor, config.silent_min_s)
+        self._stalled = False
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # replays set simulated time
         self.loaded = False  # the engine numbers rows itself: it must not run before it knows the last ids
         hub.snapshot_extra = self.snapshot
 
@@ -66,13 +71,18 @@ class AlertStage:
     # --- inputs (event loop, cheap) ----------------------------------------------------------------------
 
     def on_parsed(self, parsed: ParsedMessage) -> None:
-        """Ingest sink: device states and alarms, and readings that may clear live alerts."""
+        """Ingest sink: device states and alarms, readings that may clear live alerts, arrival times."""
+        now = self.clock()
         for rec in parsed.records:
+            if isinstance(rec, StatusUpdate):
+                self.liveness.state(rec.device_id, rec.state)
+                self._add(rules.from_status(rec, self._info))
+                continue
+            if self.liveness.arrived(rec.device_id, now):
+                self._add([rules.silent_over(rec.device_id, rec.ts, self._info)])
             if isinstance(rec, Reading):
                 if rec.device_id in self._live_devices:
                     self._add(rules.clears_from_reading(rec, self.engine.live_evidence, self._info))
-            elif isinstance(rec, StatusUpdate):
-                self._add(rules.from_status(rec, self._info))
             elif isinstance(rec, DeviceEvent):
                 self._add(rules.from_event(rec, self._info))
 
@@ -145,6 +155,18 @@ class AlertStage:
         calls this once per tick with the wall clock; replays call it with simulated time.
         """
         signals, self._signals = self._signals, []
+        overdue = self.liveness.overdue(now)
+        if len(overdue) > max(5, self.config.stalled_share * len(self.liveness.devices)):
+            # Most of the city fell quiet at once: that is our input stalling (ingest backlog, broker
+            # link), not the devices. Judge them again once messages flow.
+            self.liveness.unmark(d for d, _, _ in overdue)
+            if not self._stalled:
+                logger.warning("input stalled: %d of %d devices quiet at once; silence alerts held back",
+                               len(overdue), len(self.liveness.devices))
+            self._stalled = True
+        else:
+            self._stalled = False
+            signals += [rules.silent(d, late, usual, now, self._info) for d, late, usual in overdue]
         ch = self.engine.observe(signals, now) if signals else Changes()
         ch.merge(self.engine.tick(now))
         if store:

@@ -11,6 +11,7 @@ from ingest.records import DeviceEvent, Reading, StatusUpdate
 from ioc.alerts import rules
 from ioc.alerts.engine import AlertEngine
 from ioc.alerts.escalation import Policy, Shift
+from ioc.alerts.liveness import Liveness
 from ioc.alerts.model import AlertError, Severity, State
 from ioc.alerts.silences import Silence
 
@@ -160,15 +161,42 @@ def test_traffic_jam_spreading_upstream_is_one_incident() -> None:
     assert inc.state == State.RESOLVED
 
 
-def test_silence_finding_clears_when_data_returns() -> None:
+def test_one_missing_metric_is_context_and_clears_when_it_returns() -> None:
     eng = engine()
     f = Finding("TRF-1", "speed_kmh", at(0), "silence", 0.8, "no speed data for 5 min", {})
     eng.observe(rules.from_finding(f, info), at(0))
-    assert eng.live_evidence("device_silent:TRF-1") is not None
+    alert = next(iter(eng.alerts.values()))
+    assert alert.rule == "metric_missing" and alert.incident_id is None
     rec = Reading("TRF-1", "traffic", at(100), {"speed_kmh": 40.0})
     eng.observe(rules.clears_from_reading(rec, eng.live_evidence, info), at(100))
     eng.tick(at(131))
-    assert next(iter(eng.alerts.values())).state == State.RESOLVED
+    assert alert.state == State.RESOLVED
+
+
+def test_a_device_that_stops_talking_is_silent_after_a_few_of_its_usual_gaps() -> None:
+    live = Liveness(factor=3.5, min_s=90.0)
+    for k in range(10):  # a BTS reporting every minute...
+        assert not live.arrived("BTS-LC-00", at(60 * k))
+    for k in range(40):  # ...and a camera sending a snapshot every 10 s
+        live.arrived("CAM-LC-01", at(10 * k))
+    assert live.overdue(at(540 + 200)) == [("CAM-LC-01", 350.0, 10.0)]  # BTS: 200 s < 3.5 x 60 s
+    assert [d for d, _, _ in live.overdue(at(540 + 211))] == ["BTS-LC-00"]
+    assert live.overdue(at(2000)) == []  # reported once per silence
+    assert live.arrived("BTS-LC-00", at(2001))  # back: the silence is over
+    live.state("CAM-LC-01", "offline")
+    live.arrived("CAM-LC-01", at(2002))
+    live.state("CAM-LC-01", "offline")
+    assert live.overdue(at(9000)) == [("BTS-LC-00", 6999.0, 60.0)]  # an offline device is not also silent
+
+
+def test_silent_device_alert_fires_and_clears_in_the_engine() -> None:
+    eng = engine()
+    eng.observe([rules.silent("BTS-LC-03", 240.0, 60.0, at(0), info)], at(0))
+    alert = next(iter(eng.alerts.values()))
+    assert alert.rule == "device_silent" and alert.category == "offline" and "240 s" in alert.explanation
+    eng.observe([rules.silent_over("BTS-LC-03", at(30), info)], at(30))
+    eng.tick(at(61))
+    assert alert.state == State.RESOLVED
 
 
 def test_officer_actions_and_their_errors() -> None:

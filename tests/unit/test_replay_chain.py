@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from ioc.geo import City as GeoCity
@@ -53,3 +54,28 @@ def test_a_district_power_outage_and_a_black_camera_are_two_incidents_paged_once
     assert camera.title.startswith("Camera ")  # the label may change as the analyser confirms (title follows)
     firing = [p for p in pages if p.reason == "firing"]
     assert sorted(p.incident_id for p in firing) == [power.id, camera.id]
+
+
+def _telemetry(device: str, t: float) -> tuple[str, bytes]:
+    return f"ioc/v1/traffic/{device}/telemetry", orjson.dumps({"ts": int(t * 1000), "metrics": {"speed_kmh": 40.0}})
+
+
+def test_one_device_falling_quiet_is_silent_but_the_whole_city_at_once_is_our_input_stalling() -> None:
+    replay = Replay(GeoCity.load())
+    t0 = parse_time("2026-11-24T09:00:00+07:00")
+    devices = [f"TRF-{i:02d}" for i in range(12)]
+    t = t0
+    for _ in range(10):  # everyone reports every 30 s...
+        t += 30
+        for d in devices:
+            replay.feed(*_telemetry(d, t), at=t)
+        replay.advance(t)
+    for _ in range(10):  # ...then TRF-00 stops
+        t += 30
+        for d in devices[1:]:
+            replay.feed(*_telemetry(d, t), at=t)
+        replay.advance(t)
+    silent = [a for a in replay.engine.alerts.values() if a.rule == "device_silent"]
+    assert [a.device_id for a in silent] == ["TRF-00"]
+    replay.advance(t + 600)  # nothing from anyone for 10 minutes: the input stalled, not 11 sensors
+    assert [a.device_id for a in replay.engine.alerts.values() if a.rule == "device_silent"] == ["TRF-00"]
