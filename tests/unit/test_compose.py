@@ -97,3 +97,9 @@ def test_env_example_lists_only_real_settings() -> None:
         match = re.match(r"#?\s*(IOC_[A-Z0-9_]+)=", line)
         if match:
             assert match[1] in known, match[1]
+
+
+def test_env_example_lists_every_setting() -> None:
+    example = (ROOT / ".env.example").read_text()
+    missing = sorted(n for n in setting_names() if not re.search(rf"^#?\s*{n}=", example, re.M))
+    assert not missing, f"settings missing from .env.example: {missing}"
