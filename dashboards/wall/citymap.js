@@ -87,6 +87,7 @@ export class CityMap {
     this.scheduled = false; this.busy = false; this.pending = false; this.lastDraw = 0;
     this.stats = { draws: 0, lastMs: 0, drawn: 0, intervalMs: minIntervalMs };
     this.costMs = 0; // running mean of a draw's cost (in the worker)
+    this.maxFaultRings = 300;
     this.worker = new Worker(new URL("./citymap-worker.js", import.meta.url), { type: "module" });
     this.worker.onmessage = (ev) => this.onWorker(ev.data);
     this.worker.onerror = (ev) => console.error("map worker failed:", ev.message);
@@ -169,6 +170,11 @@ export class CityMap {
     const n = this.devices.devices.size;
     const pos = new Float32Array(2 * n), code = new Uint8Array(n), mark = new Uint8Array(n);
     const order = new Array(n);
+    // Amber fault rings help while faults are few; in a storm they would bury the map (the district tints and
+    // the state colours still tell), so past a few hundred only incident members keep their rings.
+    let faults = 0;
+    for (const dev of this.devices.devices.values()) if (dev.fault || dev.health) faults++;
+    const ringFaults = faults <= this.maxFaultRings || this.countFaults(at) <= this.maxFaultRings;
     let k = 0;
     for (const dev of this.devices.devices.values()) {
       if (dev.lat == null) continue;
@@ -176,7 +182,8 @@ export class CityMap {
       pos[2 * k + 1] = dev.lat;
       code[k] = (STATE_INDEX[dev.state] ?? 0) | ((KIND_INDEX[dev.kind] ?? 0) << 2) | (this.highlight?.has(dev.id) ? 16 : 0);
       const m = marks.get(dev.id);
-      mark[k] = m ? MARK_INDEX[m.sev] ?? MARK_INDEX.warning : this.devices.faultOf(dev, at) != null ? MARK_INDEX.fault : 0;
+      mark[k] = m ? MARK_INDEX[m.sev] ?? MARK_INDEX.warning
+        : ringFaults && this.devices.faultOf(dev, at) != null ? MARK_INDEX.fault : 0;
       order[k++] = dev;
     }
     order.length = k;
@@ -186,6 +193,12 @@ export class CityMap {
     this.busy = true;
     this.lastDraw = performance.now();
     this.worker.postMessage({ type: "draw", n: k, pos, code, mark, levels }, [pos.buffer, code.buffer, mark.buffer]);
+  }
+
+  countFaults(at) {
+    let n = 0;
+    for (const dev of this.devices.devices.values()) if (this.devices.faultOf(dev, at) != null) n++;
+    return n;
   }
 
   onWorker(m) {

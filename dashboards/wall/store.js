@@ -60,6 +60,26 @@ export class DeviceStore {
     return dev;
   }
 
+  /** Positions from the registry (`GET /api/devices`) for devices the feed has not placed yet: a position
+   * rides only on some readings, so a device first heard of mid-run may be unplaced for a while. */
+  fillPositions(rows) {
+    let n = 0;
+    for (const r of rows) {
+      const dev = this.devices.get(r.device_id);
+      if (dev && dev.lat == null && typeof r.lat === "number" && typeof r.lon === "number") {
+        DeviceStore.setPos(dev, r.lat, r.lon);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  unplaced() {
+    let n = 0;
+    for (const dev of this.devices.values()) if (dev.lat == null) n++;
+    return n;
+  }
+
   /** Apply one frame; returns true when it concerned devices. */
   apply(f, now) {
     switch (f.type) {

@@ -5,7 +5,7 @@ import { CityMap, loadCity } from "./citymap.js";
 import { KpiPanel } from "./kpi.js";
 import { LiveConnection } from "./live.js";
 import { DeviceStore, EventLog, IncidentStore } from "./store.js";
-import { $, loadUiSettings, setText } from "./util.js";
+import { $, getJson, loadUiSettings, setText } from "./util.js";
 import { WallPanels } from "./wall-panels.js";
 
 const params = new URLSearchParams(location.search);
@@ -30,15 +30,17 @@ async function main() {
   const events = new EventLog(200);
   let uiDirty = true;
   let bannerNote = null; // {text, until}
+  let incidentFrame = 0;
   let city = null;
 
   const live = new LiveConnection({
     onFrames: (frames) => {
       const at = live.now();
+      let incidentNews = false;
       for (const f of frames) {
         try {
           devices.apply(f, at);
-          incidents.apply(f, at);
+          incidentNews = incidents.apply(f, at) || incidentNews;
           events.apply(f, at);
           if (f.type === "lagged") {
             bannerNote = { text: t("banner_lagged", { n: f.dropped_frames || 0 }), until: Date.now() + 15_000 };
@@ -50,6 +52,10 @@ async function main() {
       devices.version++;
       uiDirty = true;
       map.markDirty();
+      // A new or changed incident is drawn at the next frame, not at the next once-a-second pass.
+      if (incidentNews && !incidentFrame) {
+        incidentFrame = requestAnimationFrame(() => { incidentFrame = 0; panels.renderIncidents(live.now()); });
+      }
     },
     onState: (state) => {
       const node = $("conn");
@@ -101,6 +107,33 @@ async function main() {
     document.body.classList.toggle("stale", live.state !== "live" && live.stats.snapshots > 0 && outageMs > CFG.dimAfterMs);
   }
 
+  // Devices the feed has not placed yet get their registry position, asked only while some are unplaced:
+  // again 15 s later while that helps, backing off to 10 min while it does not (a device without a position
+  // anywhere must not cost a registry download every few seconds).
+  let placing = false;
+  let placeAt = 0;
+  let placeGap = 15_000;
+  async function placeDevices() {
+    if (placing || Date.now() < placeAt || !devices.unplaced()) return;
+    placing = true;
+    try {
+      let placed = 0;
+      for (let offset = 0; offset < 100_000; offset += 10_000) {
+        const rows = await getJson(`/api/devices?limit=10000&offset=${offset}`);
+        placed += devices.fillPositions(rows || []);
+        if (!rows || rows.length < 10_000) break;
+      }
+      if (placed) map.markDirty();
+      placeGap = placed ? 15_000 : Math.min(600_000, 2 * placeGap);
+      placeAt = Date.now() + placeGap;
+    } catch (err) {
+      console.warn("registry positions not loaded:", err.message);
+      placeAt = Date.now() + placeGap;
+    } finally {
+      placing = false;
+    }
+  }
+
   let uiMs = 0;
   function renderUi() {
     const t0 = performance.now();
@@ -122,6 +155,7 @@ async function main() {
     setText($("clock-time"), i18n.time(at));
     setText($("clock-date"), i18n.date(at));
     if (Math.floor(at / 1000) % 5 === 0) map.markDirty(); // faults age out even when the feed is quiet
+    if (live.live) placeDevices();
     updateBanner();
   }
 

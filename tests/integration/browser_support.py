@@ -57,9 +57,13 @@ class Pages:
 
 
 def wait_js(page: Any, expr: str, timeout_s: float = 10.0, hook: str = "__ioc") -> None:
-    """Poll a JS predicate; on timeout, fail with the page's own view of its state."""
+    """Poll a JS predicate; on timeout, fail with the page's own view of its state.
+
+    A predicate that throws (the page's debug hook is not defined yet while it loads) means "not yet".
+    """
+    guarded = f"(() => {{ try {{ return ({expr}); }} catch (e) {{ return false; }} }})()"
     try:
-        page.wait_for_function(expr, timeout=timeout_s * 1000, polling=100)
+        page.wait_for_function(guarded, timeout=timeout_s * 1000, polling=100)
     except sync_api.TimeoutError:
         state = page.evaluate(f"window.{hook} && Object.fromEntries(Object.keys(window.{hook})"
                               f".filter(k => typeof window.{hook}[k] !== 'function').map(k => [k, window.{hook}[k]]))")
