@@ -90,6 +90,7 @@ class CameraAnalyser:
         self.occ_mask: np.ndarray | None = None  # cells of the cover being tracked
         self.streak: dict[str, int] = {}
         self.last_label = "ok"
+        self.last_gain = 1.0  # exposure gain of the previous snapshot against the reference
         self._changed = -1
 
     # ------------------------------------------------------------------ public API
@@ -137,6 +138,9 @@ class CameraAnalyser:
             for name, conf in cmp.candidates.items():
                 cand.setdefault(name, conf)
             strong |= cmp.strong
+            if self.last_gain < cfg.dark_step:
+                # already dimming before: an exposure swing settling, not a lamp failing at once
+                strong.discard("brightness")
             if "black" not in cand and "occlusion" not in strong:
                 al = align(m, self.ref, self.spreads["ncc"], cfg)
                 self._shift(m, al, cand, strong, scores)
@@ -148,6 +152,7 @@ class CameraAnalyser:
             detail = {"index": index, **{k: round(v, 4) for k, v in scores.items()}}
             findings.append(self._finding(label, conf, ts, index, _EXPLAIN[label], detail))
         self._learn(m, label, cand, still, scores, al)
+        self.last_gain = scores.get("gain", 1.0)
         self.last_label = label
         self.prev = m
         return SnapshotResult(index, ts, label, conf, activity, objects, findings, scores)
@@ -303,4 +308,4 @@ class CameraAnalyser:
 
 
 _STATE_KEYS = ("n_seen", "n_learned", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
-               "occ_mask", "streak", "last_label")
+               "occ_mask", "streak", "last_label", "last_gain")

@@ -24,6 +24,7 @@ class CameraConfig:
     alpha_pixel: float = 0.05  # settled learning rate of the background thumbnail
     alpha_cell: float = 0.1  # settled learning rate of per-cell detail statistics
     spread_k: float = 4.0  # a relative score alarms beyond this many of the camera's mean deviations
+    spread_warmup: int = 6  # healthy snapshots seen before a spread-relative check may alarm
     min_cells: int = 6  # cells a per-cell median needs
     # black / video loss: near-uniform frame
     black_contrast: float = 3.0  # thumbnail grey-level std
@@ -38,7 +39,8 @@ class CameraConfig:
     freeze_spell_factor: float = 2.0  # ... and this many times its longest healthy still spell
     # brightness
     dark_ratio: float = 0.55
-    dark_sure: float = 0.5  # darker than this, alike everywhere, is reported at once
+    dark_sure: float = 0.5  # darker than this, alike everywhere, in one step, is reported at once
+    dark_step: float = 0.8  # ... "in one step": the snapshot before was at least this bright
     brightness_confirm: int = 2  # auto-exposure swings (a white lorry) last one snapshot
     bright_ratio: float = 1.9
     # noise

@@ -138,7 +138,7 @@ def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spr
         nz = float(np.median(lr))
         thr = max(cfg.noise_log, spread.level + cfg.spread_k * spread.dev)
         sc.update(noise=nz, noise_thr=thr)
-        if nz > thr and float(np.mean(lr > 0.5 * thr)) >= 0.7:
+        if spread.n >= cfg.spread_warmup and nz > thr and float(np.mean(lr > 0.5 * thr)) >= 0.7:
             out.candidates["noise"] = sig(2.0 * (nz - thr))
             out.strong.add("noise")
             return
@@ -207,6 +207,8 @@ def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: M
     b = float(np.median(lr))
     thr = min(-cfg.blur_log, spread.level - cfg.spread_k * spread.dev)
     sc.update(blur=b, blur_thr=thr)
+    if spread.n < cfg.spread_warmup:
+        return  # first learn how much this camera's sharpness wanders (codecs, exposure swings)
     if b < thr and float(np.mean(lr < 0.5 * thr)) >= 0.7:
         out.candidates["blur"] = sig(2.0 * (thr - b) / max(-thr, 0.1))
         if b < cfg.blur_sure * thr:
