@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import paho.mqtt.client as mqtt
@@ -28,8 +28,9 @@ from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.parse import parse_message
 from ingest.records import ParsedMessage, Reading, Reason, Rejection
 from storage.config import StorageConfig
-from storage.db import SchemaNotReady, create_pool, read_backend
+from storage.db import Backend, SchemaNotReady, create_pool, read_backend
 from storage.maintenance import run_maintenance
+from storage.rollups import refresh_recent
 from storage.writes import BatchRows, write_batch
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class IngestWorker:
                  for i in range(self.config.writers)]
         if self.maintenance_interval_s:
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="ingest-maintenance"))
+            tasks.append(asyncio.create_task(self._rollup_loop(), name="ingest-rollups"))
         session_task = asyncio.create_task(self.session.run(), name="mqtt-session")
         self.ready.set()
         try:
@@ -278,6 +280,21 @@ class IngestWorker:
             except Exception as err:
                 logger.warning("maintenance failed: %s", err)
             await asyncio.sleep(self.maintenance_interval_s)
+
+
+    async def _rollup_loop(self) -> None:
+        """Fallback backend: keep the rollups current (one worker at a time; TimescaleDB has jobs for it)."""
+        assert self._pool is not None
+        lookback = timedelta(minutes=self.storage.rollup_lookback_min)
+        while True:
+            await asyncio.sleep(self.storage.rollup_every_s)
+            try:
+                async with self._pool.acquire() as conn:
+                    if await read_backend(conn) is Backend.TIMESCALEDB:
+                        return
+                    await refresh_recent(conn, Backend.POSTGRES, datetime.now(UTC), lookback)
+            except Exception as err:
+                logger.warning("rollup refresh failed: %s", err)
 
 
 def _record_bytes(parsed: ParsedMessage) -> list[bytes]:

@@ -29,7 +29,8 @@ from ioc.settings import Settings
 from simulators.city import build_city
 from simulators.fleet import Fleet, FleetOptions, Message
 from simulators.scenario import RandomIncidents, Scenario, load_scenario
-from storage.db import STAGING_DDL
+from storage.db import STAGING_DDL, read_backend
+from storage.rollups import refresh_rollups
 from storage.writes import save_state, write_batch
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ async def write_history(settings: Settings, scenario: Scenario, until: float, ho
             if len(pending) >= _BATCH:
                 await commit()
         await commit()
+        await refresh_rollups(conn, await read_backend(conn), datetime.fromtimestamp(t0, UTC),
+                              datetime.fromtimestamp(until, UTC))
         state = replay.analytics.monitor.to_state()
         await save_state(conn, STATE_NAME, state)
     finally:

@@ -1,7 +1,8 @@
 """Housekeeping run by ``ioc db upgrade`` and periodically by ingest workers (never on the insert path).
 
 Fallback backend: create daily partitions ahead, move strays out of DEFAULT partitions, drop partitions
-past retention. Both backends: keep a bounded snapshot history per camera and prune old quarantine.
+and rollup rows past retention. Both backends: keep a bounded snapshot history per camera and prune old
+quarantine and findings.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from storage.config import StorageConfig
 from storage.db import Backend
+from storage.rollups import prune_rollups
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ async def run_maintenance(conn: Any, backend: Backend, config: StorageConfig,
     """Do all housekeeping once; safe to call concurrently from several workers (advisory lock)."""
     now = now or datetime.now(UTC)
     stats = {"partitions_created": 0, "partitions_dropped": 0, "snapshots_pruned": 0, "quarantine_pruned": 0,
-             "findings_pruned": 0}
+             "findings_pruned": 0, "rollups_pruned": 0}
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
         return stats  # another worker is at it
     try:
@@ -42,6 +44,8 @@ async def run_maintenance(conn: Any, backend: Backend, config: StorageConfig,
             now - timedelta(days=config.quarantine_retention_days)))
         stats["findings_pruned"] = _count(await conn.execute(
             "DELETE FROM findings WHERE ts < $1", now - timedelta(days=config.retention_days)))
+        stats["rollups_pruned"] = await prune_rollups(conn, backend, now, config.rollup_5m_retention_days,
+                                                      config.rollup_1h_retention_days)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     if any(stats.values()):

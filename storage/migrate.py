@@ -101,6 +101,20 @@ async def apply_timescaledb_policies(conn: Any, config: StorageConfig) -> None:
     await conn.execute("SELECT remove_compression_policy('telemetry', if_exists => true)")
     await conn.execute("SELECT add_compression_policy('telemetry', $1::interval)",
                        timedelta(days=config.compress_after_days))
+    if not await _has_table(conn, "telemetry_5m"):
+        return  # before migration 0005
+    # Rollups: refreshed by background jobs (late data within the start offset is folded in), kept longer
+    # than the raw rows they summarise.
+    for view, start, end, every, keep in (
+            ("telemetry_5m", timedelta(hours=6), timedelta(minutes=5), timedelta(minutes=5),
+             config.rollup_5m_retention_days),
+            ("telemetry_1h", timedelta(days=2), timedelta(hours=1), timedelta(minutes=30),
+             config.rollup_1h_retention_days)):
+        await conn.execute("SELECT remove_continuous_aggregate_policy($1, if_exists => true)", view)
+        await conn.execute("SELECT add_continuous_aggregate_policy($1, start_offset => $2::interval, "
+                           "end_offset => $3::interval, schedule_interval => $4::interval)", view, start, end, every)
+        await conn.execute("SELECT remove_retention_policy($1, if_exists => true)", view)
+        await conn.execute("SELECT add_retention_policy($1, $2::interval)", view, timedelta(days=keep))
 
 
 async def current_version(conn: Any) -> int | None:

@@ -7,6 +7,7 @@ and columns, and nothing of MQTT.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -101,7 +102,7 @@ async def write_batch(conn: Any, rows: BatchRows, method: WriteMethod = "copy") 
             await conn.execute(_DEVICES, *_columns(rows.devices, 10))
 
 
-def _columns(rows: list[Any], width: int) -> list[list[Any]]:
+def _columns(rows: Sequence[Any], width: int) -> list[list[Any]]:
     """Transpose rows into the column arrays ``unnest`` takes."""
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
@@ -130,3 +131,11 @@ async def load_state(conn: Any, name: str) -> bytes | None:
     """The saved state of a detector, or None."""
     value = await conn.fetchval("SELECT state FROM analytics_state WHERE name = $1", name)
     return bytes(value) if value is not None else None
+
+
+async def write_districts(conn: Any, rows: Sequence[tuple[str, str | None]]) -> None:
+    """Record the district the service placed each device in (``(device_id, district)``)."""
+    if rows:
+        await conn.execute(
+            "UPDATE devices d SET district = u.district FROM unnest($1::text[], $2::text[]) AS u(device_id, district) "
+            "WHERE d.device_id = u.device_id AND d.district IS DISTINCT FROM u.district", *_columns(rows, 2))

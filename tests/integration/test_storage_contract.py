@@ -20,6 +20,7 @@ from storage.config import StorageConfig
 from storage.db import STAGING_DDL, Backend, read_backend
 from storage.maintenance import run_maintenance
 from storage.migrate import current_version, upgrade
+from storage.rollups import refresh_rollups
 from storage.writes import BatchRows, write_batch
 from tests.conftest import BASE_DSN, create_database, drop_database
 from tests.support.corpus import small_jpeg
@@ -74,7 +75,7 @@ async def test_schema_matches_backend_and_upgrade_is_idempotent(
             "SELECT hypertable_name FROM timescaledb_information.hypertables")}
         assert {"telemetry", "device_status", "device_events"} <= tables
         jobs = {r["proc_name"] for r in await conn.fetch("SELECT proc_name FROM timescaledb_information.jobs")}
-        assert {"policy_retention", "policy_compression"} <= jobs
+        assert {"policy_retention", "policy_compression", "policy_refresh_continuous_aggregate"} <= jobs
     else:
         parts = await conn.fetchval(
             "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'telemetry'")
@@ -151,3 +152,29 @@ async def test_maintenance_runs(conn: asyncpg.Connection,
     if backend is Backend.POSTGRES:
         assert stats["partitions_created"] == 3 * 3  # three days further ahead, for three tables
     assert stats["snapshots_pruned"] >= 0
+
+
+async def test_rollups_agree_with_the_raw_rows_and_fold_in_late_data(
+        conn: asyncpg.Connection, backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    backend = backend_dsn[0]
+    method = method_for(backend)
+    if method == "copy":
+        await conn.execute(STAGING_DDL)
+    dev = unique_id("R")
+    t0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a whole hour: 5-minute buckets 08:00 .. 08:55
+    rows = [(t0 + timedelta(minutes=i), dev, "speed_kmh", float(i), i) for i in range(60)]
+    await write_batch(conn, BatchRows(telemetry=rows), method)  # type: ignore[arg-type]
+    await refresh_rollups(conn, backend, t0, t0 + timedelta(hours=1))
+    five = await conn.fetch("SELECT bucket, avg, min, max, n FROM telemetry_5m WHERE device_id = $1 "
+                            "ORDER BY bucket", dev)
+    assert [r["n"] for r in five] == [5] * 12
+    assert [(r["min"], r["max"], r["avg"]) for r in five][:2] == [(0.0, 4.0, 2.0), (5.0, 9.0, 7.0)]
+    hour = await conn.fetchrow("SELECT bucket, avg, min, max, n FROM telemetry_1h WHERE device_id = $1", dev)
+    assert (hour["bucket"], hour["n"], hour["min"], hour["max"], hour["avg"]) == (t0, 60, 0.0, 59.0, 29.5)
+    # A late reading inside an already rolled-up bucket, then a refresh of that window: folded in.
+    late = [(t0 + timedelta(minutes=2, seconds=30), dev, "speed_kmh", 100.0, None)]
+    await write_batch(conn, BatchRows(telemetry=late), method)  # type: ignore[arg-type]
+    await refresh_rollups(conn, backend, t0, t0 + timedelta(minutes=5))
+    first = await conn.fetchrow("SELECT avg, max, n FROM telemetry_5m WHERE device_id = $1 AND bucket = $2", dev, t0)
+    assert (first["n"], first["max"], first["avg"]) == (6, 100.0, 110.0 / 6)
+    assert await conn.fetchval("SELECT n FROM telemetry_1h WHERE device_id = $1", dev) == 61
