@@ -7,7 +7,7 @@ from typing import Any
 
 from storage.db import Backend
 
-_DEVICE_COLS = "device_id, kind, first_seen, last_seen, lat, lon, state, state_reason, state_ts, last_seq"
+_DEVICE_COLS = "device_id, kind, first_seen, last_seen, lat, lon, district, state, state_reason, state_ts, last_seq"
 
 
 async def list_devices(conn: Any, kind: str | None = None, state: str | None = None,

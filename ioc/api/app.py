@@ -43,7 +43,8 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
                                       settings.live.client_queue, settings.live.heartbeat_s)
         await _seed_hub(app, settings)
         tasks = [asyncio.create_task(hub.heartbeat_loop(), name="live-heartbeat"),
-                 asyncio.create_task(sync_districts(hub, app.state.pool), name="district-sync")]
+                 asyncio.create_task(sync_districts(hub, app.state.pool, settings.live.district_sync_s),
+                                     name="district-sync")]
         sinks: tuple[Callable[[ParsedMessage], None], ...] = (hub.on_parsed,)
         stage = app.state.analytics = None
         if settings.analytics.enabled:

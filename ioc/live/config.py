@@ -21,6 +21,7 @@ class LiveConfig(BaseModel):
     client_queue: int = Field(2000, ge=10, description="Frames queued per client before it is marked behind.")
     heartbeat_s: float = Field(10.0, gt=0)
     initial_window_min: int = Field(15, ge=1, description="Latest values loaded from the database at start.")
+    district_sync_s: float = Field(30.0, gt=0, description="How often device districts are written to the registry.")
 
 
 class AnalyticsConfig(BaseModel):

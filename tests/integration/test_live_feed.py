@@ -30,7 +30,7 @@ LC = (20.845, 106.69)
 @pytest.fixture
 def server(database_url: str, mqtt_port: int, artifacts: Path) -> Iterator[ServeProcess]:
     env = ingest_env(database_url, mqtt_port, IOC_MQTT__CLIENT_ID=f"live-{uuid.uuid4().hex[:6]}",
-                     IOC_LIVE__CLIENT_QUEUE="500")
+                     IOC_LIVE__CLIENT_QUEUE="500", IOC_LIVE__DISTRICT_SYNC_S="0.5")
     with ServeProcess(env, artifacts / "serve.log") as srv:
         yield srv
 
@@ -102,6 +102,12 @@ async def test_district_subscription_and_snapshot_matches_database(server: Serve
                                                                           api["lon"])
         assert {m: v["value"] for m, v in live["latest"].items()} == {v["metric"]: v["value"] for v in api["latest"]}
     assert by_id[hb_dev]["district"] == "HB" and by_id[lc_dev]["district"] == "LC"
+    # The registry learns the districts too (SQL consumers such as the dashboards group by them).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and [get_json(f"{server.url}/api/devices/{d}")["district"]
+                                           for d in (hb_dev, lc_dev)] != ["HB", "LC"]:
+        await asyncio.sleep(0.2)
+    assert [get_json(f"{server.url}/api/devices/{d}")["district"] for d in (hb_dev, lc_dev)] == ["HB", "LC"]
     pub.close()
 
 
