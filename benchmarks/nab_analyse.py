@@ -67,7 +67,8 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     defaults = DetectorConfig()
     for item in items:
         k, v = item.split("=", 1)
-        out[k] = type(getattr(defaults, k))(v)
+        kind = type(getattr(defaults, k))
+        out[k] = v.lower() in ("1", "true", "yes") if kind is bool else kind(v)
     return out
 
 

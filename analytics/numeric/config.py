@@ -81,10 +81,13 @@ class DetectorConfig:
     rarity_max: float = 2.0
     record_decay: float = 1.0
     record_power: float = 3.0
+    record_reset: bool = True
     range_tol: float = 0.05
     range_score: float = 1.0
     range_z: float = 3.0
     range_sig: float = 1.0
+    range_gate: float = 0.075
+    gate_damp: float = 0.5
     fire_level: float = 0.5
     """Score at which a finding is raised."""
     hold: int = 400

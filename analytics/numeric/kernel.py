@@ -197,8 +197,14 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     ar = np.arange(len(rows))
     # severities of another model (seasonality just switched on or off) are not comparable
     switched = (n > 0) & (mode != s[:, MODE])
-    s[switched, M_SPIKE:M_OTHER + 1] = 0.0
-    s[switched, M_PAT] = 0.0
+    if cfg.record_reset:
+        s[switched, M_SPIKE:M_OTHER + 1] = 0.0
+        s[switched, M_PAT] = 0.0
+    else:
+        # keep the records' physical size: severities are in spreads of the model in use
+        prev_ae = np.choose(s[:, MODE].astype(np.intp), (s[:, AE0], s[:, AE1], s[:, AE2]))
+        ratio = np.where(switched, np.maximum(1.2533 * prev_ae, floor) / sigma, 1.0)
+        s[:, M_SPIKE:M_OTHER + 1] *= ratio[:, None]
     rec = s[ar, rcol]
     adj = adj * np.clip(top / np.maximum(rec, 1e-9), 0.0, 1.0) ** cfg.record_power
     for c in (M_SPIKE, M_SHIFT, M_VAR, M_OTHER):
@@ -217,6 +223,9 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
               & (np.abs(z) >= cfg.range_z))
     kind[record] = np.where(var_before[record] >= cfg.var_relabel, VAR_UP, np.where(hi_exc[record] > 0, SPIKE, DIP))
     raw = np.where(record, np.maximum(raw, cfg.range_score), raw)
+    # a deviation that is small next to the range the series has already covered is noise on NAB-like data
+    small = (np.abs(x - s[:, LB]) < cfg.range_gate * span) & (kind != FLAT) & (kind != STUCK)
+    raw = np.where(small & ~record, raw * cfg.gate_damp, raw)
 
     # --- one alert per episode: damp scores while a recent alert holds ---------------------------
     holding = n < s[:, HOLD]
