@@ -103,6 +103,37 @@ def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_dashboards(args: argparse.Namespace, settings: Settings) -> int:
+    from dashboards.grafana import provision
+
+    if args.dash_command == "export":
+        for path in provision.export(args.out):
+            print(path)
+        return 0
+    from grafana_client import GrafanaApi
+
+    timescaledb = {"yes": True, "no": False}.get(args.timescaledb)
+    if timescaledb is None:
+        timescaledb = asyncio.run(_uses_timescaledb(settings))
+    api = GrafanaApi.from_url(args.grafana_url, credential=args.token) if args.token else \
+        GrafanaApi.from_url(args.grafana_url)
+    for uid, what in provision.provision(api, args.database_url or settings.database_url, timescaledb).items():
+        print(f"{uid}: {what}")
+    return 0
+
+
+async def _uses_timescaledb(settings: Settings) -> bool:
+    import asyncpg
+
+    from storage.db import Backend, read_backend
+
+    conn = await asyncpg.connect(settings.database_url, statement_cache_size=settings.storage.statement_cache_size)
+    try:
+        return await read_backend(conn) is Backend.TIMESCALEDB
+    finally:
+        await conn.close()
+
+
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from simulators.cli import run
 
@@ -163,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="length (default 26: the detectors judge nothing before a full day)")
     hist.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    dash = sub.add_parser("dashboards", help="Grafana dashboards as code: export files or provision a Grafana")
+    dash_sub = dash.add_subparsers(dest="dash_command", required=True)
+    exp = dash_sub.add_parser("export", help="write the dashboards as JSON (for Grafana file provisioning)")
+    exp.add_argument("out", type=Path, help="folder to write <uid>.json into")
+    prov = dash_sub.add_parser("provision", help="create or update data source, folder and dashboards over the API")
+    prov.add_argument("--grafana-url", required=True, help="e.g. http://admin:PASSWORD@127.0.0.1:3000")
+    prov.add_argument("--token", help="service-account token (instead of credentials in the URL)")
+    prov.add_argument("--database-url", help="the database as Grafana reaches it (default IOC_DATABASE_URL)")
+    prov.add_argument("--timescaledb", choices=["auto", "yes", "no"], default="auto",
+                      help="tell Grafana the database is TimescaleDB (auto: ask the database)")
+
     from simulators.cli import add_arguments
 
     sim = sub.add_parser("simulate", help="simulated city devices publishing over MQTT (IOC_MQTT_URL), with incidents")
@@ -177,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {"db": _cmd_db, "demo": _cmd_demo, "ingest": _cmd_ingest, "serve": _cmd_serve,
              "camera-check": _cmd_camera_check, "detect": _cmd_detect, "simulate": _cmd_simulate,
-             "history": _cmd_history}
+             "history": _cmd_history, "dashboards": _cmd_dashboards}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from dashboards.grafana.boards import all_dashboards
 from storage import queries
 from storage.config import StorageConfig
 from storage.db import STAGING_DDL, Backend, read_backend
@@ -24,6 +25,7 @@ from storage.rollups import refresh_rollups
 from storage.writes import BatchRows, write_batch
 from tests.conftest import BASE_DSN, create_database, drop_database
 from tests.support.corpus import small_jpeg
+from tests.support.grafana import expand
 from tests.support.mqtt import unique_id
 from tests.support.pglite_server import PgliteError, start_pglite
 
@@ -178,3 +180,31 @@ async def test_rollups_agree_with_the_raw_rows_and_fold_in_late_data(
     first = await conn.fetchrow("SELECT avg, max, n FROM telemetry_5m WHERE device_id = $1 AND bucket = $2", dev, t0)
     assert (first["n"], first["max"], first["avg"]) == (6, 100.0, 110.0 / 6)
     assert await conn.fetchval("SELECT n FROM telemetry_1h WHERE device_id = $1", dev) == 61
+
+
+async def test_every_grafana_panel_query_runs(conn: asyncpg.Connection,
+                                              backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    """Each dashboard query, expanded as Grafana's PostgreSQL data source expands it, runs on this backend
+    and returns the columns its panel format needs."""
+    backend = backend_dsn[0]
+    method = method_for(backend)
+    if method == "copy":
+        await conn.execute(STAGING_DDL)
+    dev = unique_id("G")
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = [(now - timedelta(minutes=i), dev, m, float(i), None) for i in range(30)
+            for m in ("speed_kmh", "availability_pct", "mains_power")]
+    await write_batch(conn, BatchRows(telemetry=rows, devices=[(dev, "traffic", now, now, 20.86, 106.68, "online",
+                                                                None, now, None)]), method)  # type: ignore[arg-type]
+    await conn.execute("UPDATE devices SET district = 'HB' WHERE device_id = $1", dev)
+    await refresh_rollups(conn, backend, now - timedelta(hours=1), now)
+    for board in all_dashboards():
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                sql = expand(target["rawSql"], backend is Backend.TIMESCALEDB, now - timedelta(hours=6), now,
+                             districts=["HB"])
+                result = await conn.fetch(sql)
+                if target["format"] == "time_series" and result:
+                    assert "time" in dict(result[0]), (board["uid"], panel["title"])
+                if panel["title"] == "Speed by district":
+                    assert result and {r["metric"] for r in result} == {"HB"}

@@ -1,0 +1,1 @@
+"""Grafana dashboards as code: builders (``model``), the dashboards (``boards``), provisioning (``provision``)."""
