@@ -79,7 +79,6 @@ class DetectorConfig:
     rarity_ref: float = 3.0
     rarity_min: float = 0.2
     rarity_max: float = 2.0
-    record_decay: float = 1.0
     record_power: float = 3.0
     record_reset: bool = True
     range_tol: float = 0.05
@@ -87,6 +86,7 @@ class DetectorConfig:
     range_z: float = 3.0
     range_sig: float = 1.0
     range_gate: float = 0.075
+    range_tau_s: float = 180 * 86400.0
     gate_damp: float = 0.5
     fire_level: float = 0.5
     """Score at which a finding is raised."""

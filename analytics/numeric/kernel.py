@@ -207,8 +207,8 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
         s[:, M_SPIKE:M_OTHER + 1] *= ratio[:, None]
     rec = s[ar, rcol]
     adj = adj * np.clip(top / np.maximum(rec, 1e-9), 0.0, 1.0) ** cfg.record_power
-    for c in (M_SPIKE, M_SHIFT, M_VAR, M_OTHER):
-        s[:, c] *= cfg.record_decay
+    if cfg.range_tau_s > 0:  # records fade like the range, on the same clock
+        s[:, M_SPIKE:M_OTHER + 1] *= np.exp(-np.maximum(dt, 0.0) / cfg.range_tau_s)[:, None]
     # early severities reflect an unconverged model, not the series
     s[ar, rcol] = np.where(warm, np.maximum(s[ar, rcol], top), s[ar, rcol])
     raw = adj / (1.0 + adj)
@@ -235,6 +235,11 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     # context novelty raises the emitted score (not the findings): a never-seen run of levels
     s[:, QLO] = np.minimum(s[:, QLO], x)
     s[:, QHI] = np.maximum(s[:, QHI], x)
+    if cfg.range_tau_s > 0:
+        # the range forgets slowly, so a series that settled down can raise records again
+        shrink = np.exp(-np.maximum(dt, 0.0) / cfg.range_tau_s)
+        s[:, QLO] = s[:, LB] + (s[:, QLO] - s[:, LB]) * shrink
+        s[:, QHI] = s[:, LB] + (s[:, QHI] - s[:, LB]) * shrink
     if cfg.novelty_w > 0:
         nov = novelty(Q, S, s[:, QLO], s[:, QHI], n, x, rows, cfg.novelty_levels)
         score = np.minimum(score + cfg.novelty_w * nov * warm, 1.0)
