@@ -5,7 +5,7 @@ import { timeChart } from "./chart.js";
 import { CityMap } from "./citymap.js";
 import { SEV_COLORS } from "./palette.js";
 import { DeviceStore } from "./store.js";
-import { $, el, getJson, parseTs, qs, setText } from "./util.js";
+import { $, el, getJson, parseTs, qs } from "./util.js";
 
 // The metric that shows a rule's condition best, per device kind, when the evidence does not name one.
 const RULE_METRIC = {
