@@ -113,6 +113,7 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
             "", "IOC demo is running.",
             *[f"  {note}" for note in services.notes], f"  storage backend: {backend.value}",
             f"  wall display:  http://{shown}:{port}/",
+            f"  operator view: http://{shown}:{port}/ops",
             f"  API docs:      http://{shown}:{port}/docs",
             f"  live feed:     ws://{shown}:{port}/ws/live",
             f"  ground truth:  {data_dir / 'ground-truth.jsonl'}" if not sim_options else "",

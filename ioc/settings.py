@@ -1,7 +1,7 @@
 """The one settings object, read from the environment (prefix ``IOC_``, nested sections with ``__``).
 
 Examples: ``IOC_DATABASE_URL``, ``IOC_MQTT_URL``, ``IOC_INGEST__BATCH_MAX_MESSAGES``,
-``IOC_STORAGE__TIMESCALEDB``. See ``docs/configuration.md`` and ``.env.example``.
+``IOC_STORAGE__TIMESCALEDB``. Every setting, with its default, is in ``.env.example``.
 Built in entry points (CLI, app factory), never at import time.
 """
 
@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.config import IngestConfig, MqttConfig
 from ioc.alerts.config import AlertsConfig
-from ioc.live.config import AnalyticsConfig, LiveConfig
+from ioc.live.config import AnalyticsConfig, LiveConfig, UiConfig
 from storage.config import StorageConfig
 
 
@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     live: LiveConfig = Field(default_factory=LiveConfig)
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
 
     @field_validator("mqtt_url")
     @classmethod

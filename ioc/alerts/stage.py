@@ -266,7 +266,7 @@ class AlertStage:
 
 
 def _member(a: Alert) -> dict[str, Any]:
-    return {"alert_id": a.id, "device_id": a.device_id, "kind": a.kind, "title": a.title,
+    return {"alert_id": a.id, "device_id": a.device_id, "kind": a.kind, "rule": a.rule, "title": a.title,
             "severity": a.severity.value, "state": a.state.value, "started_at": a.to_dict()["started_at"],
             "explanation": a.explanation, "suppressed": a.suppressed, "lat": a.lat, "lon": a.lon}
 

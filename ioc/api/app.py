@@ -19,8 +19,8 @@ from ioc.analytics_stage import AnalyticsStage
 from ioc.api import routes_alerts, routes_devices, routes_health, routes_live, routes_ui, routes_wall
 from ioc.api.deps import require_access
 from ioc.geo import City
-from ioc.live.district_sync import sync_districts
 from ioc.live.hub import LiveHub
+from ioc.live.registry_sync import sync_registry
 from ioc.live.source import LiveListener
 from ioc.settings import Settings
 from storage import queries
@@ -43,8 +43,8 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
                                       settings.live.client_queue, settings.live.heartbeat_s)
         await _seed_hub(app, settings)
         tasks = [asyncio.create_task(hub.heartbeat_loop(), name="live-heartbeat"),
-                 asyncio.create_task(sync_districts(hub, app.state.pool, settings.live.district_sync_s),
-                                     name="district-sync")]
+                 asyncio.create_task(sync_registry(hub, app.state.pool, settings.live.registry_sync_s),
+                                     name="registry-sync")]
         sinks: tuple[Callable[[ParsedMessage], None], ...] = (hub.on_parsed,)
         stage = app.state.analytics = None
         if settings.analytics.enabled:

@@ -17,7 +17,7 @@ class DevicePublic(BaseModel):
     lat: float | None = None
     lon: float | None = None
     district: str | None = Field(None, description="district code the service placed the device in (from its "
-                                 "position; written to the registry within IOC_LIVE__DISTRICT_SYNC_S)")
+                                 "position; written to the registry within IOC_LIVE__REGISTRY_SYNC_S)")
     state: str = Field(description="online, offline, degraded, or unknown (no status received yet)")
     state_reason: str | None = None
     state_ts: datetime | None = None

@@ -24,10 +24,7 @@ _KPI_CACHE_S = 60.0  # every wall asks once at load; a room of screens reloading
 def router_for(settings: Settings) -> APIRouter:
     """The router, bound to the settings the screens are configured from."""
     router = APIRouter(tags=["screens"])
-    # The UI section is optional until it lands in ioc/settings.py (see docs/wall-display.md).
-    ui = getattr(settings, "ui", None)
-    lang = str(getattr(ui, "lang", "vi"))
-    timezone = str(getattr(ui, "timezone", None) or settings.alerts.notify.display_tz)
+    lang, timezone = settings.ui.lang, settings.ui.timezone
     kpi_cache: dict[tuple[int, int], tuple[float, list[dict[str, Any]]]] = {}
 
     @router.get("/api/ui/config")

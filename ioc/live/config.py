@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ioc.geo import DEFAULT_CITY_FILE
 
@@ -21,7 +23,8 @@ class LiveConfig(BaseModel):
     client_queue: int = Field(2000, ge=10, description="Frames queued per client before it is marked behind.")
     heartbeat_s: float = Field(10.0, gt=0)
     initial_window_min: int = Field(15, ge=1, description="Latest values loaded from the database at start.")
-    district_sync_s: float = Field(30.0, gt=0, description="How often device districts are written to the registry.")
+    registry_sync_s: float = Field(30.0, gt=0, description="How often device positions and districts are synced "
+                                   "between the live state and the registry.")
 
 
 class AnalyticsConfig(BaseModel):
@@ -32,3 +35,22 @@ class AnalyticsConfig(BaseModel):
     enabled: bool = Field(True, description="Run the numeric and camera detectors on ingested data.")
     camera_processes: int = Field(2, ge=1, le=32, description="Processes analysing camera snapshots.")
     state_every_s: float = Field(300.0, gt=0, description="How often the learned detector state is saved.")
+
+
+class UiConfig(BaseModel):
+    """The screens (wall display, operator view): language and time zone; a page's ``?lang=`` / ``?tz=``
+    override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lang: Literal["vi", "en"] = Field("vi", description="Language of the screens.")
+    timezone: str = Field("Asia/Ho_Chi_Minh", description="IANA time zone the screens show times in.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Ho_Chi_Minh)") from None
+        return value

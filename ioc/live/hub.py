@@ -163,6 +163,13 @@ class LiveHub:
             if known is not None:
                 known.latest[row["metric"]] = (row["ts"], row["value"])
 
+    def place(self, device_id: str, lat: float, lon: float) -> None:
+        """Position a known device that has not reported one yet (from the registry)."""
+        dev = self.table.devices.get(device_id)
+        if dev is not None and dev.lat is None:
+            dev.lat, dev.lon = lat, lon
+            dev.district = self.district_of(lat, lon)
+
     def on_parsed(self, parsed: ParsedMessage) -> None:
         """Ingest sink: one parsed MQTT message (called before it is committed)."""
         received_at = datetime.now(UTC)

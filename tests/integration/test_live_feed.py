@@ -30,7 +30,7 @@ LC = (20.845, 106.69)
 @pytest.fixture
 def server(database_url: str, mqtt_port: int, artifacts: Path) -> Iterator[ServeProcess]:
     env = ingest_env(database_url, mqtt_port, IOC_MQTT__CLIENT_ID=f"live-{uuid.uuid4().hex[:6]}",
-                     IOC_LIVE__CLIENT_QUEUE="500", IOC_LIVE__DISTRICT_SYNC_S="0.5")
+                     IOC_LIVE__CLIENT_QUEUE="500", IOC_LIVE__REGISTRY_SYNC_S="0.5")
     with ServeProcess(env, artifacts / "serve.log") as srv:
         yield srv
 
