@@ -34,7 +34,8 @@ class CameraConfig:
     still_level: float = 8.0  # (no block grid) grey levels a thumbnail pixel must move to count as change
     still_pixels: int = 2  # (no block grid) changed thumbnail pixels tolerated in a still snapshot
     freeze_history: int = 6  # moving snapshots seen before a single still one can be a freeze
-    freeze_busy: float = 8.0  # a camera whose quietest snapshots change this many blocks is frozen when still
+    freeze_busy: int = 12  # a camera whose quietest snapshots change this many blocks is frozen when still
+    freeze_quiet: int = 3  # a camera whose quietest snapshots change fewer blocks needs one more still snapshot
     freeze_short: int = 2  # otherwise a still spell of at least this many snapshots ...
     freeze_spell_factor: float = 2.0  # ... and this many times its longest healthy still spell
     # brightness

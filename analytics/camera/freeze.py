@@ -39,16 +39,20 @@ class FreezeTracker:
         self.spell = 0  # still snapshots in the current spell
         self.alarm = False  # the current spell was reported as a freeze
 
-    def quietest(self) -> float:
-        """How few blocks this camera's quietest healthy snapshots change (its 1st percentile).
+    def quietest(self) -> int:
+        """Fewest changed blocks among recent healthy snapshots."""
+        seen = self.changes[self.changes >= 0]
+        return int(seen.min()) if len(seen) else 0
 
-        Extrapolated from the log-normal spread of recent changed-block counts, so that a few
-        dozen snapshots already tell a busy street from a quiet room.
+    def typical(self, z: float) -> float:
+        """Changed blocks ``z`` spreads below this camera's typical healthy snapshot (log-normal fit).
+
+        z=1.28 is a rather quiet snapshot (10th percentile), z=2.33 about its quietest (1st).
         """
         seen = np.log1p(self.changes[self.changes >= 0].astype(np.float32))
         if len(seen) < 2:
             return 0.0
-        return float(np.expm1(seen.mean() - 2.33 * (seen.std() + 0.2)))
+        return float(np.expm1(seen.mean() - z * (seen.std() + 0.2)))
 
     def verdict(self, still: bool, same_bytes: bool, cfg: CameraConfig) -> float:
         """Confidence that this snapshot is frozen (0 if not)."""
@@ -62,29 +66,39 @@ class FreezeTracker:
         if self.n_move < cfg.freeze_history:
             return 0.0  # hardly seen moving: a still scene (an empty road at night) is not a frozen one
         quiet = self.quietest()
-        if self.n_still == 0 and quiet >= cfg.freeze_busy:
-            # even this camera's quietest snapshots changed many blocks: stillness is unheard of
+        last = int(self.changes[(self.n_healthy - 1) % len(self.changes)])
+        if (spell == 1 and self.n_still == 0 and self.n_healthy >= cfg.freeze_history + 2
+                and quiet >= cfg.freeze_busy and last >= self.typical(1.28)):
+            # even this camera's quietest snapshots change many blocks, and the scene was not
+            # calming down just before: stillness out of the blue is a stalled stream
             return float(min(1.0, 0.8 + 0.02 * quiet))
-        need = max(cfg.freeze_short, int(cfg.freeze_spell_factor * self.max_spell) + 1)
+        # a camera whose quietest snapshots change almost nothing is still for a while naturally
+        short = cfg.freeze_short if quiet >= cfg.freeze_quiet else cfg.freeze_short + 1
+        need = max(short, int(cfg.freeze_spell_factor * self.max_spell) + 1)
         if spell >= need:
             return float(min(1.0, 0.6 + 0.05 * (spell - need)))
         return 0.0
 
     def update(self, still: bool, healthy: bool, frozen: bool, changed: int) -> None:
         """Record the outcome of a snapshot (``frozen``: it was labelled a freeze; ``changed``: blocks)."""
-        if healthy and changed >= 0:
-            self.changes[self.n_healthy % len(self.changes)] = changed
-            self.n_healthy += 1
         if still:
             self.spell += 1
             self.alarm = self.alarm or frozen
             return
         if healthy:
             if self.spell and (not self.alarm or self.spell <= 2):
-                # a spell that ends in motion was healthy; one reported within a snapshot or two
-                # of its start most likely was too, so the camera's still rate learns from it
+                # a spell that ends in motion was healthy (one reported within a snapshot or two of
+                # its start most likely was too): only now do its still snapshots count as normal
                 self.n_still += self.spell
                 self.max_spell = max(self.max_spell, self.spell)
+                for _ in range(min(self.spell, len(self.changes))):
+                    self._record(0)
             self.n_move += 1
+            if changed >= 0:
+                self._record(changed)
         self.spell = 0
         self.alarm = False
+
+    def _record(self, changed: int) -> None:
+        self.changes[self.n_healthy % len(self.changes)] = changed
+        self.n_healthy += 1
