@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2
 ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S")
-RESULT_FIELDS = ("score", "raw", "kind", "expected", "spread", "fired", "baseline", "baseline_spread")
+RESULT_FIELDS = ("score", "raw", "kind", "expected", "spread", "fired", "baseline", "baseline_spread", "record")
 
 
 class SeriesBank:
@@ -77,7 +77,7 @@ class SeriesBank:
         out = StepResult(score=np.zeros(m), raw=np.zeros(m), kind=np.zeros(m, dtype=np.intp),
                          expected=np.full(m, np.nan), spread=np.full(m, np.nan),
                          fired=np.zeros(m, dtype=bool), baseline=np.full(m, np.nan),
-                         baseline_spread=np.full(m, np.nan))
+                         baseline_spread=np.full(m, np.nan), record=np.zeros(m, dtype=bool))
         ok = np.isfinite(values) & np.isfinite(ts)
         if m == 0 or not ok.any():
             return out

@@ -79,15 +79,23 @@ class DetectorConfig:
     rarity_ref: float = 3.0
     rarity_min: float = 0.2
     rarity_max: float = 2.0
+    """Rarity: -log10 of how often the series' past severities (decayed per sample) reached this one;
+    the severity is scaled by rarity/rarity_ref, clipped to rarity_min..rarity_max."""
     record_power: float = 3.0
-    record_reset: bool = True
+    """Records: a severity below the largest one of its kind so far is scaled by (ratio)^this."""
     range_tol: float = 0.05
-    range_score: float = 1.0
-    range_z: float = 3.0
     range_sig: float = 1.0
+    range_z: float = 3.0
+    """Range record: a reading beyond the range covered so far by range_tol of that range, by
+    range_sig spreads and with |z| >= range_z raises a finding even during a hold (record high/low)."""
+    range_score: float = 1.0
+    """Score of a range record."""
     range_gate: float = 0.075
-    range_tau_s: float = 180 * 86400.0
     gate_damp: float = 0.5
+    """Deviations within range_gate of the covered range from the baseline are damped by gate_damp
+    and raise nothing (stuck and flatline exempt): on bursty series they are routine."""
+    range_tau_s: float = 180 * 86400.0
+    """Time constant with which the covered range and the severity records forget (0: never)."""
     fire_level: float = 0.5
     """Score at which a finding is raised."""
     hold: int = 400

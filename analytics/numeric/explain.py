@@ -53,8 +53,14 @@ _VERBS = {
 
 
 def explain(kind: str, metric: str, ts: datetime, v: float, expected: float, spread: float,
-            seasonal: bool) -> str:
-    """E.g. 'speed 12 km/h vs usual 48±6 for Tuesday 08:00 (unusually low)'."""
+            seasonal: bool, record: str = "", history_s: float = 0.0) -> str:
+    """E.g. 'speed 12 km/h vs usual 48±6 for Tuesday 08:00 (unusually low)'.
+
+    ``record`` ("high"/"low") says the value lies beyond everything seen over ``history_s`` seconds.
+    """
     when = f" for {slot(ts)}" if seasonal else ""
     what = _VERBS.get(kind, kind.replace("_", " "))
+    if record:
+        span = f"{num(history_s / 86400.0)} days" if history_s >= 2 * 86400.0 else f"{num(history_s / 3600.0)} h"
+        what = f"{'higher' if record == 'high' else 'lower'} than anything in {span}; {what}"
     return f"{label(metric)} {value(metric, v)} vs usual {num(expected)}±{num(spread)}{when} ({what})"

@@ -3,6 +3,12 @@
 Every function here takes the bank arrays and a set of *distinct* series rows with one reading
 each, updates the state in place and returns per-reading results. Strictly causal: the score of
 a reading is computed from the state before it, then the state learns from it.
+
+One step: predict the reading with three models (no season, daily, weekly profile) and keep the
+one that explains the series; turn the residual into component severities (1.0 = "detect");
+calibrate the strongest against this series' own history (how rare, how it compares with the
+largest one of its kind); let a reading beyond the whole range seen so far stand on its own;
+raise at most one finding per episode; learn.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ NONE, SPIKE, DIP, SHIFT, VAR_UP, FLAT, STUCK, DRIFT, PATTERN = range(9)
 
 DAY = 86400.0
 WEEK_OFFSET_DAYS = 3.0  # 1970-01-01 was a Thursday; shifting by 3 days makes bin 0 Monday 00:00
+RARITY_BINS = 16
+MAD_TO_SIGMA = 1.2533  # mean absolute deviation -> standard deviation for a normal distribution
 
 
 @dataclass(slots=True)
@@ -52,6 +60,27 @@ class StepResult:
     """Slow baseline (plus season) the shift and drift detectors compare with."""
     baseline_spread: np.ndarray
     """Usual deviation around ``baseline``."""
+    record: np.ndarray
+    """True where the reading lies beyond the range the series has covered so far."""
+
+
+@dataclass(slots=True)
+class _Model:
+    """The prediction of one step: residuals of the three models and the one in use."""
+
+    mode: np.ndarray
+    e0: np.ndarray
+    e1: np.ndarray
+    e2: np.ndarray
+    err: np.ndarray
+    season: np.ndarray
+    level: np.ndarray
+    floor: np.ndarray
+    sigma: np.ndarray
+    z: np.ndarray
+    sd: np.ndarray
+    sw: np.ndarray
+    bins: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _interp(prof: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,9 +100,6 @@ def _learn_profile(prof: np.ndarray, rows: np.ndarray, b0: np.ndarray, w: np.nda
     b1 = (b0 + 1) % nb
     prof[rows, b0] += (rate * (1.0 - w) * (target - prof[rows, b0])).astype(prof.dtype)
     prof[rows, b1] += (rate * w * (target - prof[rows, b1])).astype(prof.dtype)
-
-
-RARITY_BINS = 16
 
 
 def _rarity(R: np.ndarray, rows: np.ndarray, sev: np.ndarray, decay: float) -> np.ndarray:
@@ -104,23 +130,9 @@ def _context(Hb: np.ndarray, rows: np.ndarray, v: np.ndarray, dim: int) -> np.nd
     return np.sqrt(d2.min(axis=1) / dim)
 
 
-def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np.ndarray, Hb: np.ndarray,
-         Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray) -> StepResult:
-    """Score and learn one reading for each of ``rows`` (distinct) in place."""
-    s = F[rows]
-    n = s[:, N]
-    new = n == 0
-    if new.any():
-        for c in (L0, L1, L2, LB, LS, ANCHOR, X_LAST, QLO, QHI):
-            s[new, c] = x[new]
-        s[new, T_FIRST] = t[new]
-        s[new, T_LAST] = t[new]
-    dt = t - s[:, T_LAST]
-    dt_ew = np.where(s[:, DT_EW] > 0, s[:, DT_EW], np.maximum(dt, 1e-9))
-    gap = (~new) & (dt > cfg.gap_factor * dt_ew)
-    days = (t - s[:, T_FIRST]) / DAY
-
-    # --- predictions of three models: no season, daily, weekly --------------------------------
+def _predict(cfg: DetectorConfig, s: np.ndarray, D: np.ndarray, W: np.ndarray, rows: np.ndarray,
+             t: np.ndarray, x: np.ndarray, days: np.ndarray) -> _Model:
+    """Residuals of the no-season, daily and weekly models, and the model in use."""
     sd, d0, dw = _interp(D, rows, (t % DAY) / DAY * D.shape[1])
     sw, w0, ww = _interp(W, rows, ((t / DAY + WEEK_OFFSET_DAYS) % 7.0) / 7.0 * W.shape[1])
     e0 = x - s[:, L0]
@@ -128,41 +140,38 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     e2 = x - (s[:, L2] + sw)
     mode = np.zeros(len(rows), dtype=np.intp)
     # a profile is used when it explains the deviations from the slow level (not judged on 1-step
-    # errors, which a fast level keeps small even for a strong but smooth daily pattern)
-    # (with hysteresis: a model in use keeps a margin, so records are not reset by flapping)
+    # errors alone, which a fast level keeps small even for a strong but smooth daily pattern);
+    # with hysteresis a model in use keeps a margin
     keep = cfg.mode_hysteresis
-    g_d = cfg.season_gain + keep * (s[:, MODE] >= 1)
-    use_d = ((days >= cfg.min_days_daily) & (s[:, AESD] < g_d * s[:, AER])
-             & (s[:, AE1] < (cfg.season_step_gain + keep * (s[:, MODE] >= 1)) * s[:, AE0]))
+    in_d = keep * (s[:, MODE] >= 1)
+    use_d = ((days >= cfg.min_days_daily) & (s[:, AESD] < (cfg.season_gain + in_d) * s[:, AER])
+             & (s[:, AE1] < (cfg.season_step_gain + in_d) * s[:, AE0]))
     mode[use_d] = 1
     g_w = cfg.season_gain + keep * (s[:, MODE] == 2)
     use_w = (days >= cfg.min_days_weekly) & (s[:, AESW] < g_w * np.where(use_d, s[:, AESD], s[:, AER]))
     mode[use_w] = 2
     err = np.choose(mode, (e0, e1, e2))
-    season = np.choose(mode, (np.zeros_like(sd), sd, sw))
     level = np.choose(mode, (s[:, L0], s[:, L1], s[:, L2]))
     ae = np.choose(mode, (s[:, AE0], s[:, AE1], s[:, AE2]))
     floor = np.maximum(0.5 * s[:, RES], 1e-9 + 1e-6 * np.abs(level))
-    sigma = np.maximum(1.2533 * ae, floor)
-    expected = level + season
-    z = err / sigma
+    sigma = np.maximum(MAD_TO_SIGMA * ae, floor)
+    return _Model(mode=mode, e0=e0, e1=e1, e2=e2, err=err, season=np.choose(mode, (np.zeros_like(sd), sd, sw)),
+                  level=level, floor=floor, sigma=sigma, z=err / sigma, sd=sd, sw=sw, bins=(d0, dw, w0, ww))
 
-    # --- components, each as a severity where 1.0 means "detect" --------------------------------
+
+def _severities(cfg: DetectorConfig, s: np.ndarray, Hb: np.ndarray, rows: np.ndarray, x: np.ndarray, m: _Model,
+                gap: np.ndarray, new: np.ndarray, warm: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Severity per component (1.0 means "detect") and the short-term state they carry forward."""
+    n, z = s[:, N], m.z
     sev = np.zeros((len(rows), len(TYPES)))
-    sev[:, SPIKE] = np.maximum(z, 0.0) / cfg.spike_z
-    sev[:, DIP] = np.maximum(-z, 0.0) / cfg.spike_z
     # a burst: several large residuals in a row, rarer in heavy-tailed data than one big one
     sm = np.where(gap, 0.0, s[:, SM] + cfg.burst_alpha * (np.clip(z, -20, 20) - s[:, SM]))
     bz = sm / (cfg.spike_z * np.sqrt(cfg.burst_alpha / (2.0 - cfg.burst_alpha)) * cfg.burst_k)
-    sev[:, SPIKE] = np.maximum(sev[:, SPIKE] * cfg.point_w, np.maximum(bz, 0.0))
-    sev[:, DIP] = np.maximum(sev[:, DIP] * cfg.point_w, np.maximum(-bz, 0.0))
-    sigma_b = np.maximum(1.2533 * s[:, AEB], floor)
-    baseline = s[:, LB] + season
-    # a day of data before judging anything: until then the daily pattern itself looks anomalous
-    warm = (n >= cfg.warmup) & (days >= cfg.warmup_days)
+    sev[:, SPIKE] = np.maximum(np.maximum(z, 0.0) / cfg.spike_z * cfg.point_w, np.maximum(bz, 0.0))
+    sev[:, DIP] = np.maximum(np.maximum(-z, 0.0) / cfg.spike_z * cfg.point_w, np.maximum(-bz, 0.0))
+    sigma_b = np.maximum(MAD_TO_SIGMA * s[:, AEB], m.floor)
+    baseline = s[:, LB] + m.season
     # level shift: two-sided CUSUM of the residuals around the slow baseline
-    lim_f = cfg.huber_k * sigma
-    level_now = level + cfg.level_alpha * np.clip(err, -lim_f, lim_f)
     zb = np.clip((x - baseline) / sigma_b, -cfg.huber_k, cfg.huber_k)
     restart = gap | ~warm  # nothing to compare with yet: a fresh CUSUM
     cp = np.where(restart, 0.0, np.maximum(0.0, s[:, CP] + zb - cfg.cusum_k))
@@ -175,74 +184,111 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     same = x == s[:, X_LAST]
     run = np.where(same & ~gap & ~new, s[:, RUN] + 1.0, 0.0)
     rep = np.clip(s[:, REP], 1e-3, 0.999)
-    need = np.maximum(cfg.stuck_min_run, np.log(cfg.stuck_p) / np.log(rep))
-    sev[:, STUCK] = run / need
+    sev[:, STUCK] = run / np.maximum(cfg.stuck_min_run, np.log(cfg.stuck_p) / np.log(rep))
     # drift: the baseline wandered far from where it sat a long while ago, too slowly for the CUSUM
     sev[:, DRIFT] = np.where(n > 3 * cfg.warmup, np.abs(s[:, LB] - s[:, ANCHOR]) / sigma_b / cfg.drift_z, 0.0)
-
-    sigma_c = np.maximum(1.2533 * s[:, AE0], floor)
+    sigma_c = np.maximum(MAD_TO_SIGMA * s[:, AE0], m.floor)
     nn = _context(Hb, rows, (x - s[:, LB]).astype(np.float32), cfg.context_dim)
     sev[:, PATTERN] = np.where(n > Hb.shape[1], nn / sigma_c / cfg.context_z, 0.0)
+    carry = {"sm": sm, "cp": cp, "cn": cn, "vs": vs, "run": run, "same": same, "sigma_b": sigma_b,
+             "baseline": baseline}
+    return sev, carry
+
+
+def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarray, sev: np.ndarray,
+               m: _Model, level_now: np.ndarray, dt: np.ndarray, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Type and raw score 0..1 of the strongest component, judged against this series' history."""
+    ar = np.arange(len(rows))
     kind = np.argmax(sev, axis=1)
-    top = sev[np.arange(len(rows)), kind]
+    top = sev[ar, kind]
     # name the episode, not the point: a big residual amid many is a variance change, and a shift
     # alarm whose baseline had already wandered far from its long-term anchor is a drift
     point = (kind == SPIKE) | (kind == DIP)
-    var_before = np.log(np.maximum(s[:, VS], 1e-12)) / np.log(cfg.var_ratio)  # without this reading
-    kind[point & (var_before >= cfg.var_relabel)] = VAR_UP
+    kind[point & (_var_before(cfg, s) >= cfg.var_relabel)] = VAR_UP
     wander = np.abs(s[:, LB] - s[:, ANCHOR]) > np.abs(level_now - s[:, LB])
     kind[(kind == SHIFT) & wander & (sev[:, DRIFT] >= 0.25)] = DRIFT
+    # rarity: a severity this series reaches often is worth less
     rare = _rarity(R, rows, top, cfg.rarity_decay)
     adj = top * np.clip(rare / cfg.rarity_ref, cfg.rarity_min, cfg.rarity_max)
-    # records: a severity well below the largest recent one of its kind is old news
+    # records: a severity well below the largest recent one of its kind is old news; severities of
+    # another model (seasonality just switched on or off) are not comparable, so records restart
+    switched = (s[:, N] > 0) & (m.mode != s[:, MODE])
+    s[switched, M_SPIKE:M_OTHER + 1] = 0.0
+    s[switched, M_PAT] = 0.0
     rcol = _RECORD_COL[kind]
-    ar = np.arange(len(rows))
-    # severities of another model (seasonality just switched on or off) are not comparable
-    switched = (n > 0) & (mode != s[:, MODE])
-    if cfg.record_reset:
-        s[switched, M_SPIKE:M_OTHER + 1] = 0.0
-        s[switched, M_PAT] = 0.0
-    else:
-        # keep the records' physical size: severities are in spreads of the model in use
-        prev_ae = np.choose(s[:, MODE].astype(np.intp), (s[:, AE0], s[:, AE1], s[:, AE2]))
-        ratio = np.where(switched, np.maximum(1.2533 * prev_ae, floor) / sigma, 1.0)
-        s[:, M_SPIKE:M_OTHER + 1] *= ratio[:, None]
-    rec = s[ar, rcol]
-    adj = adj * np.clip(top / np.maximum(rec, 1e-9), 0.0, 1.0) ** cfg.record_power
-    if cfg.range_tau_s > 0:  # records fade like the range, on the same clock
-        s[:, M_SPIKE:M_OTHER + 1] *= np.exp(-np.maximum(dt, 0.0) / cfg.range_tau_s)[:, None]
+    adj = adj * np.clip(top / np.maximum(s[ar, rcol], 1e-9), 0.0, 1.0) ** cfg.record_power
+    s[:, M_SPIKE:M_OTHER + 1] *= _fade(cfg, dt)[:, None]
     # early severities reflect an unconverged model, not the series
     s[ar, rcol] = np.where(warm, np.maximum(s[ar, rcol], top), s[ar, rcol])
     raw = adj / (1.0 + adj)
     raw[~warm] = 0.0
     kind[raw <= 0.0] = NONE
+    return kind, raw
 
-    # --- a value beyond the whole range seen so far is news on its own (a record high or low) -----
+
+def _var_before(cfg: DetectorConfig, s: np.ndarray) -> np.ndarray:
+    """Variance severity before this reading (log of short-term variance ratio)."""
+    return np.log(np.maximum(s[:, VS], 1e-12)) / np.log(cfg.var_ratio)
+
+
+def _fade(cfg: DetectorConfig, dt: np.ndarray) -> np.ndarray:
+    """Factor by which the range and the records forget over ``dt`` seconds."""
+    return np.exp(-np.maximum(dt, 0.0) / cfg.range_tau_s) if cfg.range_tau_s > 0 else np.ones_like(dt)
+
+
+def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, kind: np.ndarray,
+                  raw: np.ndarray, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Records beyond the range covered so far raise on their own; small deviations do not raise."""
     span = s[:, QHI] - s[:, QLO]
     hi_exc, lo_exc = x - s[:, QHI], s[:, QLO] - x
     exc = np.maximum(hi_exc, lo_exc)
-    record = (warm & (span > 0) & (exc > cfg.range_tol * span) & (exc > cfg.range_sig * sigma)
-              & (np.abs(z) >= cfg.range_z))
-    kind[record] = np.where(var_before[record] >= cfg.var_relabel, VAR_UP, np.where(hi_exc[record] > 0, SPIKE, DIP))
+    # beyond the range by a share of it, and by a spread, and unexpected now (not a daily peak)
+    record = (warm & (span > 0) & (exc > cfg.range_tol * span) & (exc > cfg.range_sig * m.sigma)
+              & (np.abs(m.z) >= cfg.range_z))
+    named = np.where(_var_before(cfg, s)[record] >= cfg.var_relabel, VAR_UP, np.where(hi_exc[record] > 0, SPIKE, DIP))
+    kind[record] = named
     raw = np.where(record, np.maximum(raw, cfg.range_score), raw)
-    # a deviation that is small next to the range the series has already covered is noise on NAB-like data
+    # a deviation small next to the range the series has already covered is not news on its own
+    # (bursty series); a sensor that stops moving is, however close to its usual level it stops
     small = (np.abs(x - s[:, LB]) < cfg.range_gate * span) & (kind != FLAT) & (kind != STUCK)
-    raw = np.where(small & ~record, raw * cfg.gate_damp, raw)
+    return record, np.where(small & ~record, raw * cfg.gate_damp, raw)
 
-    # --- one alert per episode: damp scores while a recent alert holds ---------------------------
+
+def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np.ndarray, Hb: np.ndarray,
+         Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray) -> StepResult:
+    """Score and learn one reading for each of ``rows`` (distinct) in place."""
+    s = F[rows]
+    n = s[:, N]
+    new = n == 0
+    if new.any():
+        for col in (L0, L1, L2, LB, LS, ANCHOR, X_LAST, QLO, QHI):
+            s[new, col] = x[new]
+        s[new, T_FIRST] = t[new]
+        s[new, T_LAST] = t[new]
+    dt = t - s[:, T_LAST]
+    dt_ew = np.where(s[:, DT_EW] > 0, s[:, DT_EW], np.maximum(dt, 1e-9))
+    gap = (~new) & (dt > cfg.gap_factor * dt_ew)
+    days = (t - s[:, T_FIRST]) / DAY
+    # a day of data before judging anything: until then the daily pattern itself looks anomalous
+    warm = (n >= cfg.warmup) & (days >= cfg.warmup_days)
+
+    m = _predict(cfg, s, D, W, rows, t, x, days)
+    sev, carry = _severities(cfg, s, Hb, rows, x, m, gap, new, warm)
+    lim_f = cfg.huber_k * m.sigma
+    level_now = m.level + cfg.level_alpha * np.clip(m.err, -lim_f, lim_f)
+    kind, raw = _calibrate(cfg, s, R, rows, sev, m, level_now, dt, warm)
+    record, raw = _range_record(cfg, s, x, m, kind, raw, warm)
+
+    # --- one alert per episode: damp scores while a recent alert holds (a record always raises) ---
     holding = n < s[:, HOLD]
     refire = raw > cfg.refire_ratio * s[:, ALERT]
     fired = (raw >= cfg.fire_level) & (~holding | refire | record)
     score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
-    # context novelty raises the emitted score (not the findings): a never-seen run of levels
-    s[:, QLO] = np.minimum(s[:, QLO], x)
-    s[:, QHI] = np.maximum(s[:, QHI], x)
-    if cfg.range_tau_s > 0:
-        # the range forgets slowly, so a series that settled down can raise records again
-        shrink = np.exp(-np.maximum(dt, 0.0) / cfg.range_tau_s)
-        s[:, QLO] = s[:, LB] + (s[:, QLO] - s[:, LB]) * shrink
-        s[:, QHI] = s[:, LB] + (s[:, QHI] - s[:, LB]) * shrink
-    if cfg.novelty_w > 0:
+    # the range forgets slowly, so a series that settled down can raise records again
+    fade = _fade(cfg, dt)
+    s[:, QLO] = s[:, LB] + (np.minimum(s[:, QLO], x) - s[:, LB]) * fade
+    s[:, QHI] = s[:, LB] + (np.maximum(s[:, QHI], x) - s[:, LB]) * fade
+    if cfg.novelty_w > 0:  # context novelty raises the emitted score (not the findings)
         nov = novelty(Q, S, s[:, QLO], s[:, QHI], n, x, rows, cfg.novelty_levels)
         score = np.minimum(score + cfg.novelty_w * nov * warm, 1.0)
     # the hold lasts while the episode does: still-elevated scores extend it
@@ -251,26 +297,30 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     s[:, ALERT] = np.where(fired, raw, s[:, ALERT])
     # after an alarm the CUSUM restarts and the baseline jumps to the current level
     reset = fired & ((kind == SHIFT) | (kind == DRIFT))
-    cp[reset] = 0.0
-    cn[reset] = 0.0
+    carry["cp"][reset] = 0.0
+    carry["cn"][reset] = 0.0
     s[reset, LB] = level_now[reset]
     s[reset, ANCHOR] = level_now[reset]
 
-    # --- learn ------------------------------------------------------------------------------------
-    lim0 = cfg.huber_k * np.maximum(1.2533 * s[:, AE0], floor)
-    lim1 = cfg.huber_k * np.maximum(1.2533 * s[:, AE1], floor)
-    lim2 = cfg.huber_k * np.maximum(1.2533 * s[:, AE2], floor)
-    c0, c1, c2 = np.clip(e0, -lim0, lim0), np.clip(e1, -lim1, lim1), np.clip(e2, -lim2, lim2)
-    a = cfg.level_alpha
-    s[:, L0] += a * c0
-    s[:, L1] += a * c1
-    s[:, L2] += a * c2
+    _learn(cfg, s, D, W, rows, t, x, m, carry, dt, dt_ew, gap, new, days)
+    F[rows] = s
+    return StepResult(score=score, raw=raw, kind=kind, expected=m.level + m.season, spread=m.sigma, fired=fired,
+                      baseline=carry["baseline"], baseline_spread=carry["sigma_b"], record=record)
+
+
+def _learn(cfg: DetectorConfig, s: np.ndarray, D: np.ndarray, W: np.ndarray, rows: np.ndarray, t: np.ndarray,
+           x: np.ndarray, m: _Model, c: dict[str, np.ndarray], dt: np.ndarray, dt_ew: np.ndarray, gap: np.ndarray,
+           new: np.ndarray, days: np.ndarray) -> None:
+    """Learn the reading into levels, spreads, profiles and short-term state (robust: clipped)."""
+    n = s[:, N]
+    lims = [cfg.huber_k * np.maximum(MAD_TO_SIGMA * s[:, col], m.floor) for col in (AE0, AE1, AE2)]
+    clipped = [np.clip(e, -lim, lim) for e, lim in zip((m.e0, m.e1, m.e2), lims, strict=True)]
     ea = np.maximum(cfg.err_alpha, 1.0 / (n + 2.0))
-    s[:, AE0] += ea * (np.abs(c0) - s[:, AE0])
-    s[:, AE1] += ea * (np.abs(c1) - s[:, AE1])
-    s[:, AE2] += ea * (np.abs(c2) - s[:, AE2])
-    lim = cfg.huber_k * sigma_b
-    cb = np.clip(x - season - s[:, LB], -lim, lim)
+    for lcol, acol, ce in zip((L0, L1, L2), (AE0, AE1, AE2), clipped, strict=True):
+        s[:, lcol] += cfg.level_alpha * ce
+        s[:, acol] += ea * (np.abs(ce) - s[:, acol])
+    lim = cfg.huber_k * c["sigma_b"]
+    cb = np.clip(x - m.season - s[:, LB], -lim, lim)
     s[:, LB] += cfg.base_alpha * cb
     s[:, AEB] += ea * (np.abs(cb) - s[:, AEB])
     s[:, ANCHOR] += cfg.anchor_alpha * (s[:, LB] - s[:, ANCHOR])
@@ -278,29 +328,27 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     k = np.where(new, 0.0, np.maximum(k, 1.0 / (n + 1.0)))
     # the slow level the profiles learn against must itself be free of the daily cycle, else its
     # own (attenuated, lagged) daily wobble is learned into the profile
-    s[:, LS] += k * np.clip(x - sd - s[:, LS], -lim * 3, lim * 3)
+    s[:, LS] += k * np.clip(x - m.sd - s[:, LS], -lim * 3, lim * 3)
     target = x - s[:, LS]
     sa = np.maximum(cfg.err_alpha, 1.0 / (n + 2.0)) * (days >= 0.5)  # profiles need half a day first
     s[:, AER] += sa * (np.minimum(np.abs(target), lim * 3) - s[:, AER])
-    s[:, AESD] += sa * (np.minimum(np.abs(target - sd), lim * 3) - s[:, AESD])
-    s[:, AESW] += sa * (np.minimum(np.abs(target - sw), lim * 3) - s[:, AESW])
+    s[:, AESD] += sa * (np.minimum(np.abs(target - m.sd), lim * 3) - s[:, AESD])
+    s[:, AESW] += sa * (np.minimum(np.abs(target - m.sw), lim * 3) - s[:, AESW])
     # a bin is the plain mean of its visits at first, then an EW mean (fast, unbiased start)
     per_day = DAY / np.maximum(dt_ew, 1.0)
     rate_d = np.maximum(cfg.season_alpha, 1.0 / (1.0 + per_day / D.shape[1] * days))
     rate_w = np.maximum(cfg.season_alpha, 1.0 / (1.0 + per_day * 7.0 / W.shape[1] * days / 7.0))
+    d0, dw, w0, ww = m.bins
     _learn_profile(D, rows, d0, dw, target, rate_d)
     _learn_profile(W, rows, w0, ww, target, rate_w)
     diff = np.abs(x - s[:, X_LAST])
     nz = (diff > 0) & ~new
     s[:, RES] = np.where(nz, np.where(s[:, RES] > 0, s[:, RES] + 0.02 * (diff - s[:, RES]), diff), s[:, RES])
-    s[:, REP] = np.where(new, 0.0, s[:, REP] + 0.01 * (same - s[:, REP]))
-    s[:, RUN] = run
-    s[:, CP], s[:, CN], s[:, VS], s[:, SM] = cp, cn, vs, sm
+    s[:, REP] = np.where(new, 0.0, s[:, REP] + 0.01 * (c["same"] - s[:, REP]))
+    s[:, RUN] = c["run"]
+    s[:, CP], s[:, CN], s[:, VS], s[:, SM] = c["cp"], c["cn"], c["vs"], c["sm"]
     s[:, DT_EW] = np.where(new | gap, s[:, DT_EW], dt_ew + 0.05 * (dt - dt_ew))
     s[:, X_LAST] = x
     s[:, T_LAST] = t
-    s[:, MODE] = mode
+    s[:, MODE] = m.mode
     s[:, N] = n + 1.0
-    F[rows] = s
-    return StepResult(score=score, raw=raw, kind=kind, expected=expected, spread=sigma, fired=fired,
-                      baseline=baseline, baseline_spread=sigma_b)

@@ -121,7 +121,11 @@ class NumericMonitor:
             slow = kind in ("level_shift", "drift", "variance_change")
             exp = float(res.baseline[i] if slow else res.expected[i])
             sd = float(res.baseline_spread[i] if slow else res.spread[i])
-            text = explain(kind, metric, when, float(values[i]), exp, sd, seasonal)
+            rec = ("high" if values[i] > res.expected[i] else "low") if res.record[i] else ""
+            history = float(ts[i] - self.bank.F[r, kernel.T_FIRST])
+            if self.config.range_tau_s > 0:  # the range fades: do not claim more than it remembers
+                history = min(history, self.config.range_tau_s)
+            text = explain(kind, metric, when, float(values[i]), exp, sd, seasonal, rec, history)
             out.append(Finding(self.table.devices[r], metric, when, kind, round(float(res.raw[i]), 3), text,
                                {"value": float(values[i]), "expected": exp, "spread": sd}))
         return out
