@@ -80,6 +80,7 @@ class CameraAnalyser:
         self.cfg = config or CameraConfig()
         self.n_seen = 0  # snapshots analysed
         self.n_learned = 0  # snapshots learned into the reference
+        self.ready = False  # the reference has fitted the view once (see _warm)
         self.ref: Ref | None = None
         self.prev: Measures | None = None
         self.prev_hash = b""
@@ -127,7 +128,7 @@ class CameraAnalyser:
         if self.ref is not None:
             covered, occ_scores = ev.cover_map(m, self.ref, cfg)
             scores.update(occ_scores)
-        if self._warm() and self.ref is not None and covered is not None:
+        if self._warm(m) and self.ref is not None and covered is not None:
             self._occlusion(m, covered, scores, cand, strong)
             fz = self.freeze.verdict(still, same_bytes, cfg)
             if fz > 0:
@@ -151,8 +152,9 @@ class CameraAnalyser:
         if label != "ok" and (label != self.last_label or label == "shift"):
             detail = {"index": index, **{k: round(v, 4) for k, v in scores.items()}}
             findings.append(self._finding(label, conf, ts, index, _EXPLAIN[label], detail))
-        self._learn(m, label, cand, still, scores, al)
-        self.last_gain = scores.get("gain", 1.0)
+        g_now = scores.get("g_occ", 1.0)
+        self._learn(m, label, cand, still, scores, al, g_now)
+        self.last_gain = 1.0 if label == "shift" else g_now
         self.last_label = label
         self.prev = m
         return SnapshotResult(index, ts, label, conf, activity, objects, findings, scores)
@@ -183,9 +185,21 @@ class CameraAnalyser:
         return total
 
     # ------------------------------------------------------------------ internals
-    def _warm(self) -> bool:
+    def _warm(self, m: Measures) -> bool:
+        """Whether the reference is ready: learned long enough, and it explains the current view.
+
+        A reference learned while the camera's exposure was still settling, or with a car that has
+        since left, predicts the scene badly; it keeps learning until it fits once. From then on
+        a poor fit is evidence of a fault, not immaturity.
+        """
         ref = self.ref
-        return ref is not None and self.n_learned >= self.cfg.warmup and ref.coverage() >= 0.6
+        if self.ready:
+            return True
+        if ref is None or self.n_learned < self.cfg.warmup or ref.coverage() < 0.6:
+            return False
+        fit = float(ev.match_cells(m, ref, ev.gain(m, ref)).mean())
+        self.ready = fit >= self.cfg.warm_fit
+        return self.ready
 
     def _still(self, m: Measures) -> bool:
         """Whether nothing changed since the previous snapshot beyond JPEG re-encoding."""
@@ -272,7 +286,7 @@ class CameraAnalyser:
         return scores.get("lift", 0.0) >= 0.5 * self.cfg.shift_gain and scores.get("disp", 0.0) >= self.cfg.shift_px
 
     def _learn(self, m: Measures, label: str, cand: dict[str, float], still: bool, scores: dict[str, float],
-               al: Alignment | None) -> None:
+               al: Alignment | None, g_now: float) -> None:
         """Update the learned state after a snapshot."""
         healthy = label == "ok" and not cand
         self.freeze.update(still, healthy, label == "freeze", self._changed)
@@ -280,6 +294,7 @@ class CameraAnalyser:
             # A re-pointing is reported once, then the new view becomes the reference.
             self.ref = Ref(m)
             self.n_learned = 1
+            self.ready = False
             self.streak.clear()
             self.align = None
             self.spreads["ncc"] = _spreads()["ncc"]
@@ -299,7 +314,7 @@ class CameraAnalyser:
         if self.ref is None:
             self.ref = Ref(m)
         elif self.prev is not None:
-            self.ref.update(m, self.prev, self.cfg)
+            self.ref.update(m, self.prev, self.cfg, g_now, self.last_gain)
         self.n_learned += 1
 
     def _finding(self, kind: str, conf: float, ts: datetime, index: int, text: str,
@@ -307,5 +322,5 @@ class CameraAnalyser:
         return Finding(self.device_id, "snapshot", ts, kind, float(conf), text, {"index": index, **detail})
 
 
-_STATE_KEYS = ("n_seen", "n_learned", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
+_STATE_KEYS = ("n_seen", "n_learned", "ready", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
                "occ_mask", "streak", "last_label", "last_gain")

@@ -67,18 +67,26 @@ class Ref:
         """Share of the background seen steady at least twice."""
         return float(np.count_nonzero(self.count >= 2)) / self.count.size
 
-    def update(self, m: Measures, prev: Measures, cfg: CameraConfig) -> None:
-        """Blend a healthy snapshot in where it is steady against the previous one."""
-        diff = np.abs(m.thumb - prev.thumb)
+    def update(self, m: Measures, prev: Measures, cfg: CameraConfig, g: float = 1.0, g_prev: float = 1.0) -> None:
+        """Blend a healthy snapshot in where it is steady against the previous one.
+
+        Both snapshots are first brought to the reference's exposure (``g``, ``g_prev``: their gains
+        against it), so an auto-exposure swing neither stops learning nor leaves patches learned
+        at different exposures; the reference then follows the exposure itself only slowly
+        (``exposure_follow``), as dusk does, not as a passing white lorry does.
+        """
+        g, g_prev = max(g, 0.05), max(g_prev, 0.05)
+        cur = m.thumb / g
+        diff = np.abs(cur - prev.thumb / g_prev)
         steady = diff < cfg.steady_level
         a = np.where(steady, np.maximum(cfg.alpha_pixel, 1.0 / (self.count + 1.0)), 0.0).astype(np.float32)
-        self.thumb += a * (m.thumb - self.thumb)
+        self.thumb += a * (cur * g ** cfg.exposure_follow - self.thumb)
         self.count += steady & (self.count < 255)
         cs = cells(diff) < 0.5 * cfg.steady_level
         ac = np.where(cs, np.maximum(cfg.alpha_cell, 1.0 / (self.cell_count + 1.0)), 0.0).astype(np.float32)
         for name in ("sharp", "edge", "cell_noise"):
-            cur = getattr(self, name)
-            cur += ac * (getattr(m, name) - cur)
+            val = getattr(self, name)
+            val += ac * (getattr(m, name) - val)
         self.cell_count += cs
         self.impulse += cfg.alpha_cell * (m.impulse - self.impulse)
         self._derive()
