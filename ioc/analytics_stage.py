@@ -194,8 +194,9 @@ class AnalyticsStage:
                     wall = datetime.now(UTC)
                     # Silence is judged up to the last time anything came in: when our own input stalls
                     # (ingest backlog, broker link) every series would look silent, and none is.
-                    silent = await asyncio.to_thread(self._silence, min(wall, fed + timedelta(seconds=5)))
-                    self._raise(silent + self.stale.check(wall))
+                    judged = min(wall, fed + timedelta(seconds=5))
+                    silent = await asyncio.to_thread(self._silence, judged)
+                    self._raise(silent + self.stale.check(judged))
                 await self._store()
                 if now - last_state >= self.state_every_s:
                     last_state = now

@@ -70,7 +70,7 @@ class StaleMonitor:
         """Findings for cameras that went silent or whose telemetry collapsed (each reported once)."""
         out: list[Finding] = []
         for dev, c in self._cams.items():
-            if c.last is not None:
+            if c.last is not None and c.n >= 2:  # the usual period is known only after a couple of gaps
                 gap = (now - c.last).total_seconds()
                 limit = max(self.min_gap_s, self.gap_factor * c.interval)
                 if gap > limit and "stale" not in c.reported:

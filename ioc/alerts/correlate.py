@@ -36,7 +36,7 @@ def group_key(alert: Alert, road: str | None = None) -> str:
     """The incident key an alert would open if it joins nothing (``road``: the road a traffic sensor is on)."""
     if alert.category == "power":
         return f"power:{alert.district or '-'}"
-    if alert.rule == "device_offline":
+    if alert.category == "offline":  # offline or silent: devices of one kind in one district together
         return f"offline:{alert.kind}:{alert.district or '-'}"
     if alert.category == "traffic" and road:
         return f"traffic:road:{road}:{alert.key}"

@@ -100,9 +100,10 @@ def from_finding(f: Finding, info: DeviceInfo) -> list[Signal]:
         return [_signal("metric_missing", f"metric_missing:{dev}:{f.series}", True, dev, info, f.ts,
                         title=f"{_label(kind)} {dev}: no {f.series} data", explanation=f.explanation,
                         evidence=evidence)]
-    if f.type == "stale" and "gap_s" in f.detail:
-        return [_signal("device_silent", f"device_silent:{dev}", True, dev, info, f.ts,
-                        title=f"{_label(kind)} {dev} silent", explanation=f.explanation, evidence=evidence)]
+    if f.type == "stale" and "gap_s" in f.detail:  # the pictures stopped (a camera that stops altogether is
+        # silent by its liveness)
+        return [_signal("camera_stream", f"camera_stream:{dev}:snapshots", True, dev, info, f.ts,
+                        title=f"Camera {dev}: no snapshots", explanation=f.explanation, evidence=evidence)]
     if f.type == "stale":
         return [_signal("camera_stream", f"camera_stream:{dev}", True, dev, info, f.ts,
                         title=f"Camera {dev} stream degraded", explanation=f.explanation, evidence=evidence)]
@@ -166,6 +167,13 @@ def silent(device_id: str, late_s: float, usual_s: float, ts: datetime, info: De
                    title=f"{_label(kind)} {device_id} silent",
                    explanation=f"nothing received for {late_s:.0f} s (usually every {usual_s:.0f} s)",
                    evidence={"silent_s": round(late_s, 1), "usual_interval_s": round(usual_s, 1)})
+
+
+def snapshots_back(device_id: str, ts: datetime, live: Callable[[str], dict[str, Any] | None],
+                   info: DeviceInfo) -> list[Signal]:
+    """A snapshot arrived: the "no snapshots" alert of that camera, if live, clears."""
+    key = f"camera_stream:{device_id}:snapshots"
+    return [_signal("camera_stream", key, False, device_id, info, ts)] if live(key) is not None else []
 
 
 def silent_over(device_id: str, ts: datetime, info: DeviceInfo) -> Signal:

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from analytics.findings import Finding
-from ingest.records import DeviceEvent, ParsedMessage, Reading, StatusUpdate
+from ingest.records import DeviceEvent, ParsedMessage, Reading, Snapshot, StatusUpdate
 from ioc.alerts import rules
 from ioc.alerts.config import AlertsConfig
 from ioc.alerts.engine import AlertEngine, EngineConfig
@@ -83,6 +83,9 @@ class AlertStage:
             if isinstance(rec, Reading):
                 if rec.device_id in self._live_devices:
                     self._add(rules.clears_from_reading(rec, self.engine.live_evidence, self._info))
+            elif isinstance(rec, Snapshot):
+                if rec.device_id in self._live_devices:
+                    self._add(rules.snapshots_back(rec.device_id, rec.ts, self.engine.live_evidence, self._info))
             elif isinstance(rec, DeviceEvent):
                 self._add(rules.from_event(rec, self._info))
 
