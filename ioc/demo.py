@@ -28,17 +28,15 @@ DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" /
 LIVE_DEMO_SCENARIO = Path(simulators.__file__).resolve().parent / "data" / "live-demo.toml"
 
 
-def simulator_command(mqtt_url: str, data_dir: Path, options: list[str], start: float | None = None) -> list[str]:
+def simulator_command(mqtt_url: str, data_dir: Path, options: list[str]) -> list[str]:
     """The simulator child process (its own process: it must not compete with the API for the GIL).
 
-    Without options it runs the bundled live-demo scenario from ``start`` until stopped, writing its
+    Without options it runs the bundled live-demo scenario in real time until stopped, writing its
     ground truth next to the demo's data so a run can be scored afterwards.
     """
     if not options:
         options = ["--scenario", str(LIVE_DEMO_SCENARIO), "--duration", "0",
                    "--ground-truth", str(data_dir / "ground-truth.jsonl"), "--report-every", "60"]
-        if start is not None:
-            options += ["--start", iso_utc(start)]
     return [sys.executable, "-m", "simulators", "--mqtt-url", mqtt_url, *options]
 
 
@@ -103,8 +101,8 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
                 return 2
             await asyncio.sleep(0.05)
         live_from = time.time()
-        simulator = await asyncio.create_subprocess_exec(*simulator_command(mqtt_url, data_dir, sim_options,
-                                                                            live_from),
+        # The live run starts at its own "now" (a second or two after live_from); the history ends at live_from.
+        simulator = await asyncio.create_subprocess_exec(*simulator_command(mqtt_url, data_dir, sim_options),
                                                          stdin=asyncio.subprocess.DEVNULL)
         if not sim_options:
             warm_up = asyncio.create_task(_warm_up(app, database_url, live_from), name="demo-history")

@@ -281,6 +281,10 @@ def _run_shard(city: City, options: SimOptions, incidents: list[Incident], shard
                                                          snapshots=options.snapshots))
     transport.connect([d.id for d in devices], {d.id: d.kind for d in devices})
     wall_start = ready_cb()
+    if options.speed == 1.0 and options.start is None:
+        # Real time: the devices' clocks are the wall clock. (Anchoring at the go instant instead would put
+        # every timestamp behind by the time processes took to start and connect.)
+        wall_start = t0
     clock = SimClock(t0, options.speed, wall_start)  # all shards share the parent's start instant
     c = transport.counters
 
