@@ -1,6 +1,6 @@
 """Throughput and memory of the numeric detector bank (default configuration).
 
-    python benchmarks/numeric_speed.py [--series 10000] [--batch 2000] [--seconds 10]
+    python benchmarks/numeric_speed.py [--series 10000] [--batch 2000] [--seconds 10] [--repeat 3]
 
 Feeds batches of readings (each series a few times per batch at most, as the live ingest
 does) and prints series-updates per second on one core and state bytes per series.
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--series", type=int, default=10_000)
     ap.add_argument("--batch", type=int, default=2_000, help="readings per update call")
     ap.add_argument("--seconds", type=float, default=10.0, help="measure for about this long")
+    ap.add_argument("--repeat", type=int, default=1, help="measure this many times, print the best")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     bank = SeriesBank(capacity=1)
@@ -46,16 +47,19 @@ def main(argv: list[str] | None = None) -> None:
     for b in warm:
         bank.update(*b)
     batches = [batch() for _ in range(200)]
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < args.seconds:
-        for b in batches:
-            bank.update(*b)
-            done += len(b[0])
-        if time.perf_counter() - t0 >= args.seconds:
-            break
-    dt = time.perf_counter() - t0
+    rates = []
+    for _ in range(args.repeat):  # on a shared machine the best run is the fairest figure
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            for b in batches:
+                bank.update(*b)
+                done += len(b[0])
+            if time.perf_counter() - t0 >= args.seconds:
+                break
+        rates.append(done / (time.perf_counter() - t0))
     print(f"series: {args.series}  batch: {args.batch} readings")
-    print(f"bank updates/s: {done / dt:,.0f}")
+    print(f"bank updates/s: {max(rates):,.0f}" + (f" (best of {', '.join(f'{r:,.0f}' for r in rates)})"
+                                                  if len(rates) > 1 else ""))
     print(f"bank state bytes/series: {bank.nbytes_per_series():,.0f} (allocated {bank.capacity} rows)")
     mon = NumericMonitor()
     rows = np.array([mon.register(f"dev-{i // 4}", f"m{i % 4}") for i in range(args.series)])
