@@ -142,9 +142,15 @@ class CameraAnalyser:
             if self.last_gain < cfg.dark_step:
                 # already dimming before: an exposure swing settling, not a lamp failing at once
                 strong.discard("brightness")
-            if "black" not in cand and "occlusion" not in strong:
+            if "black" not in cand:
                 al = align(m, self.ref, self.spreads["ncc"], cfg)
                 self._shift(m, al, cand, strong, scores)
+                if "shift" in cand and scores["lift"] >= cfg.shift_sure:
+                    # a moved view uncovers flat areas where structure was: a moved copy of the
+                    # reference explaining the picture says re-pointed, not covered
+                    cand.pop("occlusion", None)
+                    strong.discard("occlusion")
+                    self.occ_mask = None
         label, conf = self._confirm(cand, strong)
         if covered is not None:
             self.cover_rate += cfg.cover_rate_alpha * (covered - self.cover_rate)

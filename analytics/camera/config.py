@@ -46,6 +46,7 @@ class CameraConfig:
     dark_step: float = 0.8  # ... "in one step": the snapshot before was at least this bright
     brightness_confirm: int = 2  # auto-exposure swings (a white lorry) last one snapshot
     bright_ratio: float = 1.9
+    brightness_structure: float = 0.5  # share of its structure (beyond the gain) a dimmed scene keeps
     # noise
     noise_log: float = 0.5  # median log ratio of the cell noise residual to its reference
     impulse_share: float = 0.004  # share of salt-and-pepper pixels
@@ -65,7 +66,7 @@ class CameraConfig:
     shift_gain: float = 0.25  # the moved reference must raise the median cell correlation this much
     shift_sure: float = 0.4  # ... this much: reported at once
     shift_match: float = 0.35  # and reach at least this correlation
-    shift_rotate_drop: float = 0.3  # try rotations when the match is this far below the usual
+    shift_rotate_drop: float = 0.15  # try rotations when the match is this far below the usual (twice, in place)
     shift_confirm: int = 2
     # blur
     blur_log: float = 0.35  # drop in the median log sharpness ratio (at least)

@@ -116,8 +116,11 @@ def _brightness(m: Measures, ref: Ref, cfg: CameraConfig, g: float, ratio: float
     strict = cells(np.abs(lp - ref.lp)) < 6.0
     visible = np.abs((g - 1.0) * ref.cell_mean) > 15.0
     intact = float((strict & visible).mean())
-    sc.update(consistent=consistent, intact=intact)
-    if consistent < 0.7 or intact >= 0.1:
+    # a dimmed scene keeps its structure, scaled like its grey levels; a cover wipes it out
+    strong_tex = ref.cell_tex >= max(0.5, float(np.percentile(ref.cell_tex, 75)))
+    kept = float(np.median(m.cell_tex[strong_tex] / ref.cell_tex[strong_tex])) / max(g, 0.05) if strong_tex.any() else 1.0
+    sc.update(consistent=consistent, intact=intact, tex_kept=kept)
+    if consistent < 0.7 or intact >= 0.1 or kept < cfg.brightness_structure:
         return
     if ratio < cfg.dark_ratio and g < cfg.dark_ratio:
         out.candidates["brightness"] = sig(4.0 * (cfg.dark_ratio - ratio))

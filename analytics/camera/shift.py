@@ -89,19 +89,23 @@ def align(m: Measures, ref: Ref, typical: Spread, cfg: CameraConfig) -> Alignmen
     use0 = _structure(rb)
     c0 = _ncc(cur, rb, use0)
     best = Alignment(c0, c0)
-    (dx, dy), _ = cv2.phaseCorrelate(rb, cur, _WINDOW)
-    if math.hypot(dx / THUMB_W, dy / THUMB_H) < 0.5 * cfg.shift_px:
-        return best  # the best displacement is (practically) none
-    warped, inside = _warp(rb, dx, dy, 0.0)
-    c = _ncc(cur, warped, _structure(warped, inside))
-    if c > best.c:
-        best = Alignment(c0, c, dx, dy, 0.0)
+    # Two proposals: the band-passed pictures, and the plain ones (a flat scene such as a car park's
+    # asphalt keeps its recognisable pattern in the broad shading a band-pass drops).
+    for a, b in ((rb, cur), (ref.thumb, m.thumb)):
+        # copies: OpenCV windows phaseCorrelate's inputs in place
+        (dx, dy), _ = cv2.phaseCorrelate(a.copy(), b.copy(), _WINDOW)
+        if math.hypot(dx / THUMB_W, dy / THUMB_H) < 0.5 * cfg.shift_px:
+            continue  # (practically) no displacement
+        warped, inside = _warp(rb, dx, dy, 0.0)
+        c = _ncc(cur, warped, _structure(warped, inside))
+        if c > best.c:
+            best = Alignment(c0, c, dx, dy, 0.0)
     # A rotation defeats a translation search; try a few only when the view matches badly both in
     # place and moved, which a healthy snapshot (seen through its own motion) seldom does.
-    if best.c < typical.level - cfg.shift_rotate_drop and c0 < typical.level - cfg.shift_rotate_drop:
+    if best.c < typical.level - cfg.shift_rotate_drop and c0 < typical.level - 2 * cfg.shift_rotate_drop:
         for angle in _ANGLES:
             rot, _ = _warp(rb, 0.0, 0.0, angle)
-            (dx, dy), _ = cv2.phaseCorrelate(rot, cur, _WINDOW)
+            (dx, dy), _ = cv2.phaseCorrelate(rot, cur.copy(), _WINDOW)
             warped, inside = _warp(rb, dx, dy, angle)
             c = _ncc(cur, warped, _structure(warped, inside))
             if c > best.c:
