@@ -201,6 +201,7 @@ def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarr
     ar = np.arange(len(rows))
     kind = np.argmax(sev, axis=1)
     top = sev[ar, kind]
+    measured = kind.copy()  # records compare like with like, whatever the episode is named below
     # name the episode, not the point: a big residual amid many is a variance change, and a shift
     # alarm whose baseline had already wandered far from its long-term anchor is a drift
     point = (kind == SPIKE) | (kind == DIP)
@@ -215,7 +216,7 @@ def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarr
     switched = (s[:, N] > 0) & (m.mode != s[:, MODE])
     s[switched, M_SPIKE:M_OTHER + 1] = 0.0
     s[switched, M_PAT] = 0.0
-    rcol = _RECORD_COL[kind]
+    rcol = _RECORD_COL[measured]
     adj = adj * np.clip(top / np.maximum(s[ar, rcol], 1e-9), 0.0, 1.0) ** cfg.record_power
     s[:, M_SPIKE:M_OTHER + 1] *= _fade(cfg, dt)[:, None]
     # early severities reflect an unconverged model, not the series
