@@ -259,7 +259,10 @@ class CameraAnalyser:
         new = covered & (self.cover_rate < 0.5)
         share = float(new.mean())
         scores["covered_new"] = share
-        if share < cfg.occlusion_share or (scores["untouched"] < 0.05 and share < 0.85) or self.ref is None:
+        if share < cfg.occlusion_share or self.ref is None:
+            return
+        if scores["untouched"] < 0.05 and share < cfg.occlusion_alone:
+            # nothing of the view left as it was: a global change, unless the cover is most of it
             return
         if share < cfg.occlusion_rim_share:
             # a modest new flat region must bring an outline with it (a departed car takes one away)

@@ -55,6 +55,7 @@ class CameraConfig:
     occlusion_lost: float = 0.35  # ... or below this share of its reference texture
     occlusion_level: float = 15.0  # grey levels a flat cell must change by
     occlusion_share: float = 0.12  # share of fine cells covered
+    occlusion_alone: float = 0.4  # ... needs no untouched part of the view left beside it
     occlusion_sure: float = 0.45  # ... reported at once (the same cells flat two snapshots running otherwise)
     occlusion_confirm: int = 2
     occlusion_rim_share: float = 0.3  # a cover smaller than this ...

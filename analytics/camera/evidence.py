@@ -118,7 +118,9 @@ def _brightness(m: Measures, ref: Ref, cfg: CameraConfig, g: float, ratio: float
     intact = float((strict & visible).mean())
     # a dimmed scene keeps its structure, scaled like its grey levels; a cover wipes it out
     strong_tex = ref.cell_tex >= max(0.5, float(np.percentile(ref.cell_tex, 75)))
-    kept = float(np.median(m.cell_tex[strong_tex] / ref.cell_tex[strong_tex])) / max(g, 0.05) if strong_tex.any() else 1.0
+    kept = 1.0
+    if strong_tex.any():
+        kept = float(np.median(m.cell_tex[strong_tex] / ref.cell_tex[strong_tex])) / max(g, 0.05)
     sc.update(consistent=consistent, intact=intact, tex_kept=kept)
     if consistent < 0.7 or intact >= 0.1 or kept < cfg.brightness_structure:
         return
