@@ -211,11 +211,14 @@ def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarr
     # rarity: a severity this series reaches often is worth less
     rare = _rarity(R, rows, top, cfg.rarity_decay)
     adj = top * np.clip(rare / cfg.rarity_ref, cfg.rarity_min, cfg.rarity_max)
-    # records: a severity well below the largest recent one of its kind is old news; severities of
-    # another model (seasonality just switched on or off) are not comparable, so records restart
+    # records: a severity well below the largest recent one of its kind is old news. Severities are
+    # in spreads of the model in use: when seasonality switches on or off the records are rescaled
+    # to the new model's spread (keeping their size in the series' units); restarting them instead
+    # let every flap of a borderline series re-raise routine bursts
     switched = (s[:, N] > 0) & (m.mode != s[:, MODE])
-    s[switched, M_SPIKE:M_OTHER + 1] = 0.0
-    s[switched, M_PAT] = 0.0
+    prev_ae = np.choose(s[:, MODE].astype(np.intp), (s[:, AE0], s[:, AE1], s[:, AE2]))
+    ratio = np.where(switched, np.maximum(MAD_TO_SIGMA * prev_ae, m.floor) / m.sigma, 1.0)
+    s[:, M_SPIKE:M_OTHER + 1] *= ratio[:, None]
     rcol = _RECORD_COL[measured]
     adj = adj * np.clip(top / np.maximum(s[ar, rcol], 1e-9), 0.0, 1.0) ** cfg.record_power
     s[:, M_SPIKE:M_OTHER + 1] *= _fade(cfg, dt)[:, None]
