@@ -95,14 +95,17 @@ def decode_work(buf: bytes) -> tuple[U8, int, int] | None:
     return np.asarray(img, dtype=np.uint8), f, head.dc_q if head else DEFAULT_DC_Q
 
 
-def cells(a: F32) -> F32:
+def cells(a: npt.NDArray[np.floating]) -> F32:
     """Mean of a thumbnail-sized array over the cell grid (GRID_Y x GRID_X)."""
-    return a.reshape(GRID_Y, THUMB_H // GRID_Y, GRID_X, THUMB_W // GRID_X).mean(axis=(1, 3), dtype=np.float32)
+    # an integer-factor area resize is exactly the block mean, and several times faster than numpy's
+    return np.asarray(cv2.resize(a.astype(np.float32, copy=False), (GRID_X, GRID_Y),
+                                 interpolation=cv2.INTER_AREA), dtype=np.float32)
 
 
-def fine_cells(a: F32) -> F32:
+def fine_cells(a: npt.NDArray[np.floating]) -> F32:
     """Mean of a thumbnail-sized array over the fine cell grid (FINE_Y x FINE_X)."""
-    return a.reshape(FINE_Y, THUMB_H // FINE_Y, FINE_X, THUMB_W // FINE_X).mean(axis=(1, 3), dtype=np.float32)
+    return np.asarray(cv2.resize(a.astype(np.float32, copy=False), (FINE_X, FINE_Y),
+                                 interpolation=cv2.INTER_AREA), dtype=np.float32)
 
 
 def texture(thumb: F32) -> F32:
