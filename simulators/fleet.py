@@ -116,12 +116,12 @@ class Fleet:
             if st.dev.kind == "camera" and self.options.snapshots:
                 self._push(t0 + phase.random() * self.snapshot_s, idx, "snapshot")
             out.append(self._status(st, t0, "online", "boot"))
-            if st.dev.kind == "bts":
-                # Alarms are event-driven on a real site controller: mains loss and return are reported
-                # when they happen, not at the next telemetry report.
-                for e in st.effects:
+            # Alarms are event-driven on a real site controller (mains loss and return are reported when they
+            # happen, not at the next telemetry report), and a connection drops when it drops.
+            for e in st.effects:
+                if e.kind in ("power_outage", "device_silent"):
                     for t in (e.start, e.end):
-                        if e.kind == "power_outage" and t >= t0:
+                        if t >= t0:
                             self._push(t, idx, "alarm")
         return out
 
@@ -203,15 +203,7 @@ class Fleet:
             st.dead = False
             if not st.silent:
                 out += self._up(st, t, "power restored")
-        silent = next((e for e in active if e.kind == "device_silent"), None)
-        if silent and not st.silent:
-            st.silent = True
-            if silent.params.get("disconnect") and not st.down:
-                out += self._down(st, t, "connection lost")
-        elif not silent and st.silent:
-            st.silent = False
-            if st.down and not st.dead:
-                out += self._up(st, t, "reconnected")
+        out += self._silence(st, t, active)
         if st.dead:
             return out
         if power is not None:
@@ -231,11 +223,26 @@ class Fleet:
         out.append(Message(dev.id, "telemetry", st.topics["telemetry"], orjson.dumps(doc), values=len(metrics)))
         return out
 
-    def _alarm(self, st: _State, t: float) -> list[Message]:
-        """A power change at the moment it happens (a dead, silent or disconnected site says nothing)."""
-        if st.dead or st.silent or st.down:
-            return []
-        return self._power_events(st, t, st.model.power(t, st.effects))
+    def _silence(self, st: _State, t: float, active: list[Effect]) -> list[Output]:
+        """A device going quiet (and maybe dropping its connection) or coming back."""
+        silent = next((e for e in active if e.kind == "device_silent"), None)
+        if silent and not st.silent:
+            st.silent = True
+            if silent.params.get("disconnect") and not st.down:
+                return self._down(st, t, "connection lost")
+        elif not silent and st.silent:
+            st.silent = False
+            if st.down and not st.dead:
+                return self._up(st, t, "reconnected")
+        return []
+
+    def _alarm(self, st: _State, t: float) -> list[Output]:
+        """What happens at an incident's own instant, not at the next report: a site's power changing (a dead,
+        silent or disconnected site says nothing), a device dropping its connection or coming back."""
+        out = self._silence(st, t, [e for e in st.effects if e.start <= t < e.end])
+        if st.dev.kind == "bts" and not (st.dead or st.silent or st.down):
+            out += self._power_events(st, t, st.model.power(t, st.effects))
+        return out
 
     def _power_events(self, st: _State, t: float, power: signals.PowerState) -> list[Message]:
         events: list[Message] = []
