@@ -24,7 +24,7 @@ class CameraConfig:
     steady_level: float = 8.0  # a pixel changing less than this since the last snapshot is background
     alpha_pixel: float = 0.05  # settled learning rate of the background thumbnail
     alpha_cell: float = 0.1  # settled learning rate of per-cell detail statistics
-    exposure_follow: float = 0.2  # share of an exposure change the background takes on per update
+    exposure_follow: float = 0.5  # share of an exposure change the background takes on per update
     spread_k: float = 4.0  # a relative score alarms beyond this many of the camera's mean deviations
     spread_warmup: int = 6  # healthy snapshots seen before a spread-relative check may alarm
     min_cells: int = 6  # cells a per-cell median needs
