@@ -90,10 +90,6 @@ class DetectorConfig:
     range_sig spreads and with |z| >= range_z raises a finding even during a hold (record high/low)."""
     range_score: float = 1.0
     """Score of a range record."""
-    range_gate: float = 0.075
-    gate_damp: float = 0.5
-    """Deviations within range_gate of the covered range from the baseline are damped by gate_damp
-    and raise nothing (stuck and flatline exempt): on bursty series they are routine."""
     range_tau_s: float = 180 * 86400.0
     """Time constant with which the covered range and the severity records forget (0: never)."""
     fire_level: float = 0.5

@@ -242,7 +242,7 @@ def _fade(cfg: DetectorConfig, dt: np.ndarray) -> np.ndarray:
 
 def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, kind: np.ndarray,
                   raw: np.ndarray, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Records beyond the range covered so far raise on their own; small deviations do not raise."""
+    """Readings beyond the range covered so far: a finding of their own (named in ``kind``)."""
     span = s[:, QHI] - s[:, QLO]
     hi_exc, lo_exc = x - s[:, QHI], s[:, QLO] - x
     exc = np.maximum(hi_exc, lo_exc)
@@ -251,11 +251,7 @@ def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, 
               & (np.abs(m.z) >= cfg.range_z))
     named = np.where(_var_before(cfg, s)[record] >= cfg.var_relabel, VAR_UP, np.where(hi_exc[record] > 0, SPIKE, DIP))
     kind[record] = named
-    raw = np.where(record, np.maximum(raw, cfg.range_score), raw)
-    # a deviation small next to the range the series has already covered is not news on its own
-    # (bursty series); a sensor that stops moving is, however close to its usual level it stops
-    small = (np.abs(x - s[:, LB]) < cfg.range_gate * span) & (kind != FLAT) & (kind != STUCK)
-    return record, np.where(small & ~record, raw * cfg.gate_damp, raw)
+    return record, np.where(record, np.maximum(raw, cfg.range_score), raw)
 
 
 def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np.ndarray, Hb: np.ndarray,
