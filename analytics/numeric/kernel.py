@@ -221,7 +221,9 @@ def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarr
     s[:, M_SPIKE:M_OTHER + 1] *= ratio[:, None]
     rcol = _RECORD_COL[measured]
     adj = adj * np.clip(top / np.maximum(s[ar, rcol], 1e-9), 0.0, 1.0) ** cfg.record_power
-    s[:, M_SPIKE:M_OTHER + 1] *= _fade(cfg, dt)[:, None]
+    fade = _fade(cfg, dt)
+    s[:, M_SPIKE:M_OTHER + 1] *= fade[:, None]
+    s[:, M_PAT] *= fade
     # early severities reflect an unconverged model, not the series
     s[ar, rcol] = np.where(warm, np.maximum(s[ar, rcol], top), s[ar, rcol])
     raw = adj / (1.0 + adj)
