@@ -92,6 +92,7 @@ class CameraAnalyser:
         self.streak: dict[str, int] = {}
         self.last_label = "ok"
         self.last_gain = 1.0  # exposure gain of the previous snapshot against the reference
+        self.exposure = 1.0  # ... and of healthy snapshots lately (an EMA)
         self._changed = -1
 
     # ------------------------------------------------------------------ public API
@@ -134,7 +135,7 @@ class CameraAnalyser:
             if fz > 0:
                 cand["freeze"] = fz
                 strong.add("freeze")
-            cmp = ev.compare(m, self.ref, cfg, self.spreads, covered, scores.get("g_occ"))
+            cmp = ev.compare(m, self.ref, cfg, self.spreads, covered, scores.get("g_occ"), self.exposure)
             scores.update(cmp.scores)
             for name, conf in cmp.candidates.items():
                 cand.setdefault(name, conf)
@@ -280,7 +281,7 @@ class CameraAnalyser:
         for name in PRIORITY:
             self.streak[name] = self.streak.get(name, 0) + 1 if name in cand else 0
         need = {"occlusion": cfg.occlusion_confirm, "blur": cfg.blur_confirm, "shift": cfg.shift_confirm,
-                "brightness": cfg.brightness_confirm}
+                "brightness": cfg.brightness_confirm, "noise": 2}
         for name in PRIORITY:
             if name in cand and (name in strong or self.streak[name] >= need.get(name, 1)):
                 return name, round(float(cand[name]), 3)
@@ -304,6 +305,7 @@ class CameraAnalyser:
             self.ref = Ref(m)
             self.n_learned = 1
             self.ready = False
+            self.exposure = 1.0
             self.streak.clear()
             self.align = None
             self.spreads["ncc"] = _spreads()["ncc"]
@@ -312,6 +314,8 @@ class CameraAnalyser:
             self.occ_mask = None
         if not healthy:
             return  # never learn a suspect snapshot
+        if "g_occ" in scores:
+            self.exposure += self.cfg.exposure_alpha * (scores["g_occ"] - self.exposure)
         if "blur" in scores:
             self.spreads["blur"].update(scores["blur"])
         if "noise" in scores:
@@ -332,4 +336,4 @@ class CameraAnalyser:
 
 
 _STATE_KEYS = ("n_seen", "n_learned", "ready", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
-               "occ_mask", "streak", "last_label", "last_gain")
+               "occ_mask", "streak", "last_label", "last_gain", "exposure")

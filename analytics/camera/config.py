@@ -41,6 +41,7 @@ class CameraConfig:
     freeze_short: int = 2  # otherwise a still spell of at least this many snapshots ...
     freeze_spell_factor: float = 2.0  # ... and this many times its longest healthy still spell
     # brightness
+    exposure_alpha: float = 0.2  # learning rate of the recent exposure a brightness step is measured from
     dark_ratio: float = 0.55
     dark_sure: float = 0.5  # darker than this, alike everywhere, in one step, is reported at once
     dark_step: float = 0.8  # ... "in one step": the snapshot before was at least this bright
@@ -49,6 +50,7 @@ class CameraConfig:
     brightness_structure: float = 0.5  # share of its structure (beyond the gain) a dimmed scene keeps
     # noise
     noise_log: float = 0.5  # median log ratio of the cell noise residual to its reference
+    noise_sure: float = 1.5  # beyond this many times the threshold: reported at once
     impulse_share: float = 0.004  # share of salt-and-pepper pixels
     # occlusion
     occlusion_flat: float = 0.4  # texture below which a cell shows no structure

@@ -77,7 +77,7 @@ def activity(m: Measures, prev: Measures | None, ref: Ref | None, cfg: CameraCon
 
 
 def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread], covered: Mask | None = None,
-            g_scene: float | None = None) -> Comparison:
+            g_scene: float | None = None, exposure: float = 1.0) -> Comparison:
     """Evidence for brightness, noise and blur against the reference.
 
     Args:
@@ -85,6 +85,8 @@ def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread]
             own texture and grain say nothing about either).
         g_scene: exposure gain of the uncovered scene (see :func:`cover_map`); the global gain
             otherwise.
+        exposure: the gain healthy snapshots have shown lately; a brightness failure is a step
+            away from it (dusk is a drift, which the reference and this level follow).
     """
     out = Comparison()
     sc = out.scores
@@ -96,14 +98,14 @@ def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread]
     if covered is not None:
         static &= ~(covered.reshape(GRID_Y, 2, GRID_X, 2).any(axis=(1, 3)))
     sc.update(gain=g, ratio=ratio, static=float(static.mean()))
-    _brightness(m, ref, cfg, g, ratio, lp, out)
+    _brightness(m, ref, cfg, g, ratio, lp, out, max(exposure, 0.05))
     _noise(m, ref, cfg, gs, static, spreads["noise"], out)
     _blur(m, ref, cfg, gs, lp, static, spreads["blur"], out)
     return out
 
 
 def _brightness(m: Measures, ref: Ref, cfg: CameraConfig, g: float, ratio: float, lp: F32,
-                out: Comparison) -> None:
+                out: Comparison, exposure: float) -> None:
     """The whole picture darker or brighter alike (a cover or a passing lorry changes only part)."""
     sc = out.scores
     ok = ref.cell_mean > 12.0
@@ -124,12 +126,14 @@ def _brightness(m: Measures, ref: Ref, cfg: CameraConfig, g: float, ratio: float
     sc.update(consistent=consistent, intact=intact, tex_kept=kept)
     if consistent < 0.7 or intact >= 0.1 or kept < cfg.brightness_structure:
         return
-    if ratio < cfg.dark_ratio and g < cfg.dark_ratio:
-        out.candidates["brightness"] = sig(4.0 * (cfg.dark_ratio - ratio))
-        if ratio < cfg.dark_sure and consistent >= 0.85:
+    step, g_step = ratio / exposure, g / exposure
+    sc["step"] = step
+    if step < cfg.dark_ratio and g_step < cfg.dark_ratio:
+        out.candidates["brightness"] = sig(4.0 * (cfg.dark_ratio - step))
+        if step < cfg.dark_sure and consistent >= 0.85:
             out.strong.add("brightness")
-    elif ratio > cfg.bright_ratio and m.mean > 150:
-        out.candidates["brightness"] = sig(ratio - cfg.bright_ratio)
+    elif step > cfg.bright_ratio and m.mean > 150:
+        out.candidates["brightness"] = sig(step - cfg.bright_ratio)
 
 
 def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spread: Spread,
@@ -145,7 +149,8 @@ def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spr
         sc.update(noise=nz, noise_thr=thr)
         if spread.n >= cfg.spread_warmup and nz > thr and float(np.mean(lr > 0.5 * thr)) >= 0.7:
             out.candidates["noise"] = sig(2.0 * (nz - thr))
-            out.strong.add("noise")
+            if nz > cfg.noise_sure * thr:
+                out.strong.add("noise")
             return
     if m.impulse > max(cfg.impulse_share, 5.0 * ref.impulse):
         out.candidates["noise"] = sig(m.impulse / cfg.impulse_share - 1.0)

@@ -22,6 +22,8 @@ FINE_X, FINE_Y = 24, 18  # 4x4-pixel cells on the thumbnail (where a cover is)
 # decode at half size (320x180); smaller ones in full, so defocus stays measurable.
 WORK_MIN_W = 300
 COARSE_SIGMA = 2.0  # working pixels: the "coarse" scale of the sharpness ratio
+NOISE_CLIP = 40  # grey levels: cap of the per-pixel noise residual
+NOISE_SMOOTHEST = 0.8  # share of pixels, the smoothest, the noise residual is measured on
 DEFAULT_DC_Q = 8  # luminance DC quantiser step assumed when the header has none (quality ~75)
 _REDUCED = {
     1: cv2.IMREAD_GRAYSCALE,
@@ -138,7 +140,8 @@ class Measures:
             falls when the optics blur, whatever the content.
         edge: per-cell coarse gradient energy at working resolution (12x9): how much structure
             the sharpness ratio rests on.
-        cell_noise: per-cell mean |Immerkaer residual| at working resolution (12x9).
+        cell_noise: per-cell mean |Immerkaer residual| of the smoothest pixels at working
+            resolution, clipped (12x9).
         impulse: share of isolated extreme pixels (salt and pepper).
     """
 
@@ -184,9 +187,17 @@ def measure(work: U8, reduction: int = 0, dc_q: int = DEFAULT_DC_Q) -> Measures:
     sx = cv2.Sobel(soft, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     sy = cv2.Sobel(soft, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     grid = (GRID_X, GRID_Y)
-    e_fine = _grid(cv2.multiply(gx, gx) + cv2.multiply(gy, gy), grid)
+    e_px = cv2.multiply(gx, gx) + cv2.multiply(gy, gy)
+    e_fine = _grid(e_px, grid)
     e_coarse = _grid(cv2.multiply(sx, sx) + cv2.multiply(sy, sy), grid)
-    res = cv2.convertScaleAbs(cv2.filter2D(work, cv2.CV_16S, _NOISE_K))
+    # Noise raises the residual of every pixel; edges, texture and sparse bright streaks (rain,
+    # snowflakes, glints) raise it on a few. So it is measured on the smoothest pixels only (by
+    # gradient, a share that noise cannot empty), and clipped.
+    res = cv2.min(cv2.convertScaleAbs(cv2.filter2D(work, cv2.CV_16S, _NOISE_K)), NOISE_CLIP)
+    sample = e_px[::4, ::4].ravel()
+    k = int(NOISE_SMOOTHEST * (sample.size - 1))
+    smooth = (e_px <= float(np.partition(sample, k)[k])).astype(np.float32)
+    cell_noise = _grid(res.astype(np.float32) * smooth, grid) / np.maximum(_grid(smooth, grid), 0.05)
     med = cv2.medianBlur(work, 3)
     impulse = float(np.count_nonzero(cv2.absdiff(work, med) > 70)) / work.size
     return Measures(
@@ -201,6 +212,6 @@ def measure(work: U8, reduction: int = 0, dc_q: int = DEFAULT_DC_Q) -> Measures:
         fine_tex=fine_cells(tex),
         sharp=np.log((e_fine + 0.05) / (e_coarse + 0.05)).astype(np.float32),
         edge=e_coarse,
-        cell_noise=_grid(res.astype(np.float32), grid),
+        cell_noise=cell_noise.astype(np.float32),
         impulse=impulse,
     )
