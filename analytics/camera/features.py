@@ -193,7 +193,7 @@ def measure(work: U8, reduction: int = 0, dc_q: int = DEFAULT_DC_Q) -> Measures:
     # Noise raises the residual of every pixel; edges, texture and sparse bright streaks (rain,
     # snowflakes, glints) raise it on a few. So it is measured on the smoothest pixels only (by
     # gradient, a share that noise cannot empty), and clipped.
-    res = cv2.min(cv2.convertScaleAbs(cv2.filter2D(work, cv2.CV_16S, _NOISE_K)), NOISE_CLIP)
+    res = np.minimum(cv2.convertScaleAbs(cv2.filter2D(work, cv2.CV_16S, _NOISE_K)), NOISE_CLIP)
     sample = e_px[::4, ::4].ravel()
     k = int(NOISE_SMOOTHEST * (sample.size - 1))
     smooth = (e_px <= float(np.partition(sample, k)[k])).astype(np.float32)

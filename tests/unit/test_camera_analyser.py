@@ -58,8 +58,7 @@ class Road:
                 cv2.rectangle(img, (x + 45, y + 5), (x + 62, y + 27), (40, 40, 50), -1)
         if draw is not None:
             draw(img, t)  # scene content that the lighting also scales (parked cars, headlights)
-        n = np.empty(img.shape, np.float32)
-        cv2.randn(n, 0.0, noise)  # sensor noise, fresh every snapshot
+        n = self.rng.normal(0.0, noise, img.shape).astype(np.float32)  # sensor noise, fresh every snapshot
         return np.clip(img * gain + n, 0, 255).astype(np.uint8)
 
 
@@ -91,7 +90,7 @@ def first_label(labels: list[str], want: str, within: int = 2) -> None:
 
 def warp(img: Img, dx: float, dy: float, angle: float = 0.0) -> Img:
     m = cv2.getRotationMatrix2D((W / 2, H / 2), angle, 1.0)
-    m[:, 2] += (dx, dy)
+    m[:, 2] += np.array([dx, dy])
     return cv2.warpAffine(img, m, (W, H), borderMode=cv2.BORDER_REFLECT_101)
 
 
