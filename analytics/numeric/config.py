@@ -85,7 +85,7 @@ class DetectorConfig:
     """Records: a severity below the largest one of its kind so far is scaled by (ratio)^this."""
     range_tol: float = 0.05
     range_sig: float = 1.0
-    range_z: float = 3.0
+    range_z: float = 2.0
     """Range record: a reading beyond the range covered so far by range_tol of that range, by
     range_sig spreads and with |z| >= range_z raises a finding even during a hold (record high/low)."""
     range_score: float = 1.0
