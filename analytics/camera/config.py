@@ -73,7 +73,7 @@ class CameraConfig:
     shift_confirm: int = 2
     # blur
     blur_log: float = 0.35  # drop in the median log sharpness ratio (at least)
-    blur_edge: float = 0.3  # coarse gradient energy a cell needs to take part
+    blur_edge: float = 0.6  # coarse gradient energy a cell needs to take part
     blur_sure: float = 1.6  # beyond this many times the threshold: reported at once
     blur_confirm: int = 2
     # activity

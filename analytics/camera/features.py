@@ -21,7 +21,6 @@ FINE_X, FINE_Y = 24, 18  # 4x4-pixel cells on the thumbnail (where a cover is)
 # Decode with the largest DCT reduction that keeps the picture at least this wide: 640x360 snapshots
 # decode at half size (320x180); smaller ones in full, so defocus stays measurable.
 WORK_MIN_W = 300
-COARSE_SIGMA = 2.0  # working pixels: the "coarse" scale of the sharpness ratio
 NOISE_CLIP = 40  # grey levels: cap of the per-pixel noise residual
 NOISE_SMOOTHEST = 0.8  # share of pixels, the smoothest, the noise residual is measured on
 DEFAULT_DC_Q = 8  # luminance DC quantiser step assumed when the header has none (quality ~75)
@@ -118,7 +117,10 @@ def texture(thumb: F32) -> F32:
 
 
 def _grid(a: npt.NDArray[np.floating], size: tuple[int, int]) -> F32:
-    return np.asarray(cv2.resize(a, size, interpolation=cv2.INTER_AREA), dtype=np.float32)
+    """Cell means of a map, dropping the few right/bottom pixels that do not fill a whole cell."""
+    # a whole number of pixels per cell keeps OpenCV on its fast integer-factor path (~5x faster)
+    h, w = a.shape[0] - a.shape[0] % size[1], a.shape[1] - a.shape[1] % size[0]
+    return np.asarray(cv2.resize(a[:h, :w], size, interpolation=cv2.INTER_AREA), dtype=np.float32)
 
 
 @dataclass(slots=True)
@@ -183,9 +185,11 @@ def measure(work: U8, reduction: int = 0, dc_q: int = DEFAULT_DC_Q) -> Measures:
     wf = work.astype(np.float32)
     gx = cv2.Sobel(wf, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     gy = cv2.Sobel(wf, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
-    soft = cv2.GaussianBlur(wf, (0, 0), COARSE_SIGMA)
-    sx = cv2.Sobel(soft, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
-    sy = cv2.Sobel(soft, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    # coarse scale: one Gaussian pyramid level (a 5-tap blur, then every other pixel), gradients
+    # per working pixel, hence the halved scale
+    soft = cv2.pyrDown(wf)
+    sx = cv2.Sobel(soft, cv2.CV_32F, 1, 0, ksize=3, scale=0.0625)
+    sy = cv2.Sobel(soft, cv2.CV_32F, 0, 1, ksize=3, scale=0.0625)
     grid = (GRID_X, GRID_Y)
     e_px = cv2.multiply(gx, gx) + cv2.multiply(gy, gy)
     e_fine = _grid(e_px, grid)
