@@ -21,10 +21,10 @@ import numpy as np
 
 from analytics.camera import evidence as ev
 from analytics.camera.config import CameraConfig
-from analytics.camera.features import FINE_X, FINE_Y, Measures, decode_work, measure
+from analytics.camera.features import FINE_X, FINE_Y, Measures, decode_work, measure, median
 from analytics.camera.freeze import FreezeTracker, changed_blocks
 from analytics.camera.reference import Ref, Spread
-from analytics.camera.shift import Alignment, align
+from analytics.camera.shift import Alignment, align, self_match
 from analytics.findings import Finding
 
 LABELS = ("ok", "black", "freeze", "blur", "occlusion", "shift", "brightness", "noise")
@@ -222,12 +222,26 @@ class CameraAnalyser:
 
     def _shift(self, m: Measures, al: Alignment, cand: dict[str, float], strong: set[str],
                scores: dict[str, float]) -> None:
-        """Turn an alignment into a shift candidate."""
+        """Turn an alignment into a shift candidate.
+
+        Either a moved copy of the reference explains the view, or, when no transform is found
+        (a flat scene, a turn the search does not try), the scene stopped matching the reference
+        and the new view is steady from one snapshot to the next: it changed and stayed changed.
+        """
         cfg = self.cfg
         lift = al.c - al.c0
-        scores.update(ncc0=al.c0, ncc=al.c, lift=lift, dx=al.dx, dy=al.dy, angle=al.angle, disp=al.disp)
+        typ = self.spreads["ncc"]
+        mismatch = typ.n >= cfg.spread_warmup and al.c0 < typ.level - max(cfg.shift_mismatch, 3.0 * typ.dev)
+        scores.update(ncc0=al.c0, ncc=al.c, lift=lift, dx=al.dx, dy=al.dy, angle=al.angle, disp=al.disp,
+                      mismatch=float(mismatch))
         if not (al.moved(cfg) and lift >= cfg.shift_gain and al.c >= cfg.shift_match):
             self.align = None
+            if mismatch and not cand:  # nothing else explains it (a cover, blur, a dark picture)
+                # steady: the new view matches itself as well as the old one matched the reference
+                steady = (self.prev is not None
+                          and self_match(m, self.prev) >= max(cfg.shift_steady, typ.level - cfg.shift_mismatch / 2))
+                if steady or not self.streak.get("shift"):
+                    cand["shift"] = 0.6  # needs confirming: the first snapshot, then a steady second
             return
         cand["shift"] = ev.sig(3.0 * (lift - cfg.shift_gain) + al.disp)
         typical = self.spreads["ncc"].level
@@ -250,9 +264,9 @@ class CameraAnalyser:
             mask = self.occ_mask
             n_mask = int(np.count_nonzero(mask))
             level = np.abs(m.fine_mean - self.prev.fine_mean)[mask]
-            steady = float(np.median(level)) if n_mask else 99.0
+            steady = median(level) if n_mask else 99.0
             if (np.count_nonzero(covered & mask) >= cfg.occlusion_overlap * n_mask
-                    and steady <= 3.0 + 0.1 * float(np.median(m.fine_mean[mask]))):
+                    and steady <= 3.0 + 0.1 * median(m.fine_mean[mask])):
                 share = n_mask / covered.size
                 cand["occlusion"] = ev.sig(4.0 * (share - cfg.occlusion_share))
                 return
@@ -293,6 +307,8 @@ class CameraAnalyser:
             return True
         if scores.get("noise", 0.0) > 0.5 * scores.get("noise_thr", 1.0):
             return True
+        if scores.get("mismatch"):
+            return True  # the view no longer matches the reference: do not learn it before it is judged
         return scores.get("lift", 0.0) >= 0.5 * self.cfg.shift_gain and scores.get("disp", 0.0) >= self.cfg.shift_px
 
     def _learn(self, m: Measures, label: str, cand: dict[str, float], still: bool, scores: dict[str, float],
@@ -320,10 +336,10 @@ class CameraAnalyser:
             self.spreads["blur"].update(scores["blur"])
         if "noise" in scores:
             self.spreads["noise"].update(scores["noise"])
+        if self._suspect(scores):
+            return  # a view that may be moved neither teaches the usual match nor the background
         if al is not None:
             self.spreads["ncc"].update(al.c0)
-        if self._suspect(scores):
-            return
         if self.ref is None:
             self.ref = Ref(m)
         elif self.prev is not None:

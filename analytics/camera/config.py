@@ -66,11 +66,14 @@ class CameraConfig:
     cover_rate_alpha: float = 0.25  # learning rate of how often each cell looks covered
     # shift (re-pointing)
     shift_px: float = 0.015  # displacement, share of the picture size
+    shift_search_drop: float = 0.08  # search for a displacement once the in-place match drops this much
     shift_gain: float = 0.25  # the moved reference must raise the median cell correlation this much
     shift_sure: float = 0.4  # ... this much: reported at once
     shift_match: float = 0.35  # and reach at least this correlation
     shift_rotate_drop: float = 0.15  # try rotations when the match is this far below the usual (twice, in place)
     shift_confirm: int = 2
+    shift_mismatch: float = 0.35  # in-place match this far below the usual: the scene changed ...
+    shift_steady: float = 0.5  # ... and stayed changed if consecutive snapshots match this well
     # blur
     blur_log: float = 0.35  # drop in the median log sharpness ratio (at least)
     blur_edge: float = 0.6  # coarse gradient energy a cell needs to take part

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from analytics.camera.config import CameraConfig
-from analytics.camera.features import F32, GRID_X, GRID_Y, Measures, cells, texture
+from analytics.camera.features import F32, GRID_X, GRID_Y, Measures, cells, median, quantile, texture
 from analytics.camera.reference import Ref, Spread, lowpass
 
 Mask = np.ndarray
@@ -37,7 +37,7 @@ def gain(m: Measures, ref: Ref) -> float:
     """Global exposure gain of the snapshot against the reference (median of cell ratios)."""
     ok = ref.cell_mean > 12.0
     if int(ok.sum()) >= 10:
-        return float(np.median(m.cell_mean[ok] / ref.cell_mean[ok]))
+        return median(m.cell_mean[ok] / ref.cell_mean[ok])
     return m.mean / max(ref.mean, 1.0)
 
 
@@ -119,10 +119,10 @@ def _brightness(m: Measures, ref: Ref, cfg: CameraConfig, g: float, ratio: float
     visible = np.abs((g - 1.0) * ref.cell_mean) > 15.0
     intact = float((strict & visible).mean())
     # a dimmed scene keeps its structure, scaled like its grey levels; a cover wipes it out
-    strong_tex = ref.cell_tex >= max(0.5, float(np.percentile(ref.cell_tex, 75)))
+    strong_tex = ref.cell_tex >= max(0.5, quantile(ref.cell_tex, 0.75))
     kept = 1.0
     if strong_tex.any():
-        kept = float(np.median(m.cell_tex[strong_tex] / ref.cell_tex[strong_tex])) / max(g, 0.05)
+        kept = median(m.cell_tex[strong_tex] / ref.cell_tex[strong_tex]) / max(g, 0.05)
     sc.update(consistent=consistent, intact=intact, tex_kept=kept)
     if consistent < 0.7 or intact >= 0.1 or kept < cfg.brightness_structure:
         return
@@ -144,7 +144,7 @@ def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spr
     sc["impulse"] = m.impulse
     if int(use.sum()) >= cfg.min_cells:
         lr = np.log((m.cell_noise[use] + 1.0) / (max(g, 1.0) * ref.cell_noise[use] + 1.0))
-        nz = float(np.median(lr))
+        nz = median(lr)
         thr = max(cfg.noise_log, spread.level + cfg.spread_k * spread.dev)
         sc.update(noise=nz, noise_thr=thr)
         if spread.n >= cfg.spread_warmup and nz > thr and float(np.mean(lr > 0.5 * thr)) >= 0.7:
@@ -164,11 +164,11 @@ def cover_map(m: Measures, ref: Ref, cfg: CameraConfig) -> tuple[Mask, dict[str,
     itself off as a darker exposure. Returns the map and its scores (covered share, untouched share).
     """
     kept = (m.fine_tex >= 0.5 * ref.fine_tex) & (ref.fine_tex >= 2.0 * cfg.occlusion_flat) & (ref.fine_mean > 12.0)
-    g = float(np.median(m.fine_mean[kept] / ref.fine_mean[kept])) if kept.sum() >= 8 else gain(m, ref)
+    g = median(m.fine_mean[kept] / ref.fine_mean[kept]) if kept.sum() >= 8 else gain(m, ref)
     flat = m.fine_tex < np.maximum(cfg.occlusion_flat, cfg.occlusion_lost * ref.fine_tex)
     # lost structure counts only if flatter than the scene's usual flat parts: a car leaving the
     # reference's view uncovers road as textured as the rest of the road, a cover is smoother
-    floor = max(cfg.occlusion_flat, float(np.percentile(ref.fine_tex, 25)))
+    floor = max(cfg.occlusion_flat, quantile(ref.fine_tex, 0.25))
     lost = flat & (m.fine_tex < floor) & (ref.fine_tex >= 2.0 * cfg.occlusion_flat)
     dm = np.abs(m.fine_mean - g * ref.fine_mean)
     shifted = (m.fine_tex < 1.5 * cfg.occlusion_flat) & (dm > np.maximum(cfg.occlusion_level, 0.25 * g * ref.fine_mean))
@@ -207,14 +207,14 @@ def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: M
     d_sharp = cells(np.abs(lp - g * ref.lp))
     d_soft = cells(np.abs(lp - g * cv2.GaussianBlur(ref.thumb, (0, 0), 2.8)))
     still_coarse = np.minimum(d_sharp, d_soft) < 3.0 + 0.6 * g * ref.cell_tex
-    structure = ref.edge >= max(cfg.blur_edge, float(np.median(ref.edge)))
+    structure = ref.edge >= max(cfg.blur_edge, median(ref.edge))
     use = still_coarse & static & structure & (ref.cell_count >= 3)
     n_use = int(use.sum())
     sc["blur_cells"] = float(n_use)
     if n_use < cfg.min_cells:
         return
     lr = m.sharp[use] - ref.sharp[use]
-    b = float(np.median(lr))
+    b = median(lr)
     thr = min(-cfg.blur_log, spread.level - cfg.spread_k * spread.dev)
     sc.update(blur=b, blur_thr=thr)
     if spread.n < cfg.spread_warmup:

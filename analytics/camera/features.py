@@ -44,6 +44,23 @@ class JpegHeader:
     dc_q: int
 
 
+def quantile(a: npt.ArrayLike, q: float) -> float:
+    """``np.quantile(a, q)`` (linear interpolation), without its overhead on the small arrays used here."""
+    v = np.asarray(a, dtype=np.float32).ravel()
+    if v.size == 0:
+        return 0.0
+    pos = q * (v.size - 1)
+    lo = int(pos)
+    hi = min(lo + 1, v.size - 1)
+    part = np.partition(v, (lo, hi))
+    return float(part[lo] + (pos - lo) * (part[hi] - part[lo]))
+
+
+def median(a: npt.ArrayLike) -> float:
+    """Median (see :func:`quantile`)."""
+    return quantile(a, 0.5)
+
+
 def jpeg_header(buf: bytes) -> JpegHeader | None:
     """Parse size (SOF) and luminance DC quantiser (DQT table 0) without decoding, or None."""
     i, n = 2, len(buf)

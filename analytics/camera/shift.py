@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from analytics.camera.config import CameraConfig
-from analytics.camera.features import F32, THUMB_H, THUMB_W, Measures, cells
+from analytics.camera.features import F32, THUMB_H, THUMB_W, Measures, cells, median
 from analytics.camera.reference import Ref, Spread
 
 _WINDOW = cv2.createHanningWindow((THUMB_W, THUMB_H), cv2.CV_32F)
@@ -61,13 +61,13 @@ def _ncc(cur: F32, ref: F32, use: np.ndarray) -> float:
     """Median over the ``use`` cells of the normalised correlation of two band-passed pictures."""
     ab, aa, bb = cells(cur * ref), cells(cur * cur), cells(ref * ref)
     r = ab / np.sqrt(aa * bb + 1e-6)
-    return float(np.median(r[use])) if use.any() else 0.0
+    return median(r[use]) if use.any() else 0.0
 
 
 def _structure(bb: F32, valid: np.ndarray | None = None) -> np.ndarray:
     """Cells whose band-passed reference holds structure worth correlating."""
     e = cells(bb * bb)
-    ok = e > max(0.02, 0.25 * float(np.median(e)))
+    ok = e > max(0.02, 0.25 * median(e))
     return ok if valid is None else ok & valid
 
 
@@ -89,6 +89,8 @@ def align(m: Measures, ref: Ref, typical: Spread, cfg: CameraConfig) -> Alignmen
     use0 = _structure(rb)
     c0 = _ncc(cur, rb, use0)
     best = Alignment(c0, c0)
+    if typical.n >= cfg.spread_warmup and c0 >= typical.level - max(cfg.shift_search_drop, 2.0 * typical.dev):
+        return best  # the view matches in place as well as it usually does: nothing moved
     # Two proposals: the band-passed pictures, and the plain ones (a flat scene such as a car park's
     # asphalt keeps its recognisable pattern in the broad shading a band-pass drops).
     for a, b in ((rb, cur), (ref.thumb, m.thumb)):
