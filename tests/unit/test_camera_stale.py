@@ -60,3 +60,40 @@ def test_check_dir_writes_one_row_per_snapshot_in_numeric_order(tmp_path: Path) 
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["sequence", "index", "label", "activity"]
     assert [r[1] for r in rows[1:5]] == ["0", "1", "2", "10"]
+
+
+def test_an_outage_does_not_stretch_the_usual_period() -> None:
+    mon = StaleMonitor(min_gap_s=10, gap_factor=4)
+    t = T0
+    for _ in range(10):
+        t += timedelta(seconds=5)
+        mon.snapshot("cam-1", t)
+    t += timedelta(seconds=300)  # an outage, then back to every 5 s
+    mon.snapshot("cam-1", t)
+    for _ in range(3):
+        t += timedelta(seconds=5)
+        mon.snapshot("cam-1", t)
+    assert mon.check(t + timedelta(seconds=15)) == []
+    assert [f.type for f in mon.check(t + timedelta(seconds=25))] == ["stale"]  # 4 x 5 s, not 4 x 300 s
+
+
+def test_slow_camera_is_judged_by_its_own_period() -> None:
+    mon = StaleMonitor(min_gap_s=30, gap_factor=6)
+    for i in range(6):
+        mon.snapshot("cam-slow", T0 + timedelta(seconds=60 * i))
+    last = T0 + timedelta(seconds=300)
+    assert mon.check(last + timedelta(seconds=200)) == []  # within 6 periods of a minute
+    assert len(mon.check(last + timedelta(seconds=400))) == 1
+
+
+def test_telemetry_collapse_clears_when_it_recovers() -> None:
+    mon = StaleMonitor()
+    for _ in range(10):
+        mon.telemetry("cam-1", fps=25.0)
+    mon.telemetry("cam-1", fps=2.0)
+    assert len(mon.check(T0)) == 1
+    assert mon.check(T0) == []  # once
+    mon.telemetry("cam-1", fps=25.0)
+    assert mon.check(T0) == []
+    mon.telemetry("cam-1", fps=2.0)
+    assert len(mon.check(T0)) == 1  # a new collapse is a new finding
