@@ -34,10 +34,13 @@ class CorrelationConfig:
 
 def group_key(alert: Alert, road: str | None = None) -> str:
     """The incident key an alert would open if it joins nothing (``road``: the road a traffic sensor is on)."""
+    # Without a known district there is nothing to group by: such a device stands alone, so that devices
+    # whose positions are not known yet (a province's first minutes) do not merge into one city-wide incident.
     if alert.category == "power":
-        return f"power:{alert.district or '-'}"
+        return f"power:{alert.district}" if alert.district else f"power:device:{alert.device_id}"
     if alert.category == "offline":  # offline or silent: devices of one kind in one district together
-        return f"offline:{alert.kind}:{alert.district or '-'}"
+        return (f"offline:{alert.kind}:{alert.district}" if alert.district
+                else f"offline:{alert.kind}:device:{alert.device_id}")
     if alert.category == "traffic" and road:
         return f"traffic:road:{road}:{alert.key}"
     return f"{alert.category}:{alert.key}"
@@ -49,9 +52,9 @@ def choose_incident(alert: Alert, live: Iterable[Incident], members: dict[int, A
     live = list(live)
     key = group_key(alert, road)
     # A BTS going offline while its district is on battery is explained by the power incident.
-    if alert.kind == "bts" and alert.category in ("offline", "power"):
+    if alert.kind == "bts" and alert.category in ("offline", "power") and alert.district:
         for inc in live:
-            if inc.group_key == f"power:{alert.district or '-'}":
+            if inc.group_key == f"power:{alert.district}":
                 return inc
     if alert.device_id:
         for inc in live:

@@ -83,8 +83,10 @@ def spec(rule: str) -> RuleSpec:
 
 def _signal(rule: str, key: str, active: bool, device_id: str, info: DeviceInfo, ts: Any, *,
             severity: Severity | None = None, title: str = "", explanation: str = "",
-            evidence: dict[str, Any] | None = None) -> Signal:
-    kind, district, lat, lon = info(device_id)
+            evidence: dict[str, Any] | None = None, kind: str | None = None) -> Signal:
+    """``kind``: what the message itself says (the registry may not know a brand-new device yet)."""
+    known, district, lat, lon = info(device_id)
+    kind = known or kind
     return Signal(rule, key, active, ts, device_id, kind, district, severity or spec(rule).severity, title,
                   explanation, evidence or {}, lat, lon)
 
@@ -153,10 +155,10 @@ def from_status(rec: StatusUpdate, info: DeviceInfo) -> list[Signal]:
     offline = _signal("device_offline", f"device_offline:{dev}", rec.state == "offline", dev, info, rec.ts,
                       severity=severity, title=f"{_label(kind)} {dev} offline",
                       explanation=f"device reports offline: {rec.reason or 'no reason given'}",
-                      evidence={"state": rec.state, "reason": rec.reason})
+                      evidence={"state": rec.state, "reason": rec.reason}, kind=kind)
     degraded = _signal("device_degraded", f"device_degraded:{dev}", rec.state == "degraded", dev, info, rec.ts,
                        title=f"{_label(kind)} {dev} degraded", explanation=f"device reports: {rec.reason or '-'}",
-                       evidence={"state": rec.state, "reason": rec.reason})
+                       evidence={"state": rec.state, "reason": rec.reason}, kind=kind)
     return [offline, degraded]
 
 
@@ -199,8 +201,8 @@ def from_event(rec: DeviceEvent, info: DeviceInfo) -> list[Signal]:
     else:
         title = f"{_label(rec.kind)} {dev}: {rec.type.replace('_', ' ')}"
     return [_signal(rule, key, True, dev, info, rec.ts, severity=severity, title=title,
-                    explanation=f"device alarm {rec.type} ({rec.severity})", evidence={"event": rec.type,
-                                                                                       **rec.detail})]
+                    explanation=f"device alarm {rec.type} ({rec.severity})",
+                    evidence={"event": rec.type, **rec.detail}, kind=rec.kind)]
 
 
 def clears_from_reading(rec: Reading, live: Callable[[str], dict[str, Any] | None],

@@ -90,6 +90,17 @@ def test_district_power_outage_is_one_incident_and_explains_offline_sites() -> N
     assert ", 10 offline" in inc.title
 
 
+def test_devices_without_a_known_district_are_not_merged_into_one_incident() -> None:
+    eng = engine()
+    for i in range(5):  # not in DEVICES: no district, no position yet
+        eng.observe(power_lost(f"BTS-NEW-{i}", i), at(i))
+        eng.observe(rules.from_status(StatusUpdate(f"CAM-NEW-{i}", "camera", at(i), "offline", "lwt"), info), at(i))
+    eng.tick(at(200))
+    keys = sorted(inc.group_key for inc in eng.incidents.values())
+    assert len(keys) == 10 and "power:-" not in keys
+    assert "power:device:BTS-NEW-0" in keys and "offline:camera:device:CAM-NEW-0" in keys
+
+
 def test_camera_blackout_beside_a_powerless_bts_is_linked() -> None:
     eng = engine()
     eng.observe(power_lost("BTS-KA-00", 0), at(0))
