@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,7 +46,8 @@ class AlertEngine:
         self.road_of = road_of  # the road a traffic sensor stands on (incidents follow the road)
         self.alerts: dict[int, Alert] = {}
         self.by_key: dict[str, Alert] = {}  # live alerts by dedupe key
-        self.pending: dict[str, tuple[datetime, Signal]] = {}  # active, waiting for for_s
+        # active, waiting for for_s: key -> (first seen, first signal time, latest signal)
+        self.pending: dict[str, tuple[datetime, datetime, Signal]] = {}
         self.incidents: dict[int, Incident] = {}
         self.silences: list[Silence] = []
         self.policies: list[Policy] = []
@@ -93,11 +94,11 @@ class AlertEngine:
                 continue
             if alert is not None:
                 self._refresh(alert, sig, now, ch)
-            elif rules.spec(sig.rule).for_s <= 0:
+            elif _hold_s(sig) <= 0:
                 self._fire(sig, now, ch)
             else:
-                since, _ = self.pending.get(sig.key, (now, sig))
-                self.pending[sig.key] = (since, sig)
+                since, first_ts, _ = self.pending.get(sig.key, (now, sig.ts, sig))
+                self.pending[sig.key] = (since, first_ts, sig)
         self._escalate(now, ch)
         return ch
 
@@ -187,10 +188,10 @@ class AlertEngine:
     def tick(self, now: datetime) -> Changes:
         """Advance timers: pending alerts fire, cleared ones resolve, resolved ones close, pages go out."""
         ch = Changes()
-        for key, (since, sig) in list(self.pending.items()):
-            if (now - since).total_seconds() >= rules.spec(sig.rule).for_s:
+        for key, (since, first_ts, sig) in list(self.pending.items()):
+            if (now - since).total_seconds() >= _hold_s(sig):
                 del self.pending[key]
-                self._fire(sig, now, ch)
+                self._fire(replace(sig, ts=min(first_ts, sig.ts)), now, ch)  # it started when first seen
         for alert in list(self.by_key.values()):
             spec = rules.spec(alert.rule)
             cleared = alert.clearing_since is not None and (
@@ -379,3 +380,8 @@ class AlertEngine:
 
 
 __all__ = ["AlertEngine", "EngineConfig", "Severity"]
+
+
+def _hold_s(sig: Signal) -> float:
+    """How long ``sig`` must hold before it fires."""
+    return sig.for_s if sig.for_s is not None else rules.spec(sig.rule).for_s

@@ -58,6 +58,7 @@ class Signal:
     evidence: dict[str, Any] = field(default_factory=dict)
     lat: float | None = None
     lon: float | None = None
+    for_s: float | None = None  # how long it must hold before it fires, when not the rule's ``for_s``
 
 
 @dataclass(slots=True)

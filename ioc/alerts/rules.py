@@ -64,6 +64,9 @@ _CAMERA_TEXT = {"black": "video lost (black or blank picture)", "freeze": "pictu
                 "blur": "picture blurred / out of focus", "occlusion": "lens covered or obstructed",
                 "shift": "camera re-pointed (scene changed)", "brightness": "brightness failure",
                 "noise": "heavy picture noise"}
+#: An obstruction must hold this long before it fires: a lorry or bus standing in front of the lens for a
+#: few snapshots (a queue at the lights) is what a covered lens looks like, but a cover stays.
+OCCLUSION_HOLD_S = 25.0
 #: Device events and the rule they raise (severity from the device unless stated).
 _EVENT_RULES = {"mains_power_lost": "mains_power_lost", "battery_low": "battery_low"}
 _EVENT_CLEARS = {"mains_power_restored": ("mains_power_lost", "battery_low")}
@@ -83,12 +86,13 @@ def spec(rule: str) -> RuleSpec:
 
 def _signal(rule: str, key: str, active: bool, device_id: str, info: DeviceInfo, ts: Any, *,
             severity: Severity | None = None, title: str = "", explanation: str = "",
-            evidence: dict[str, Any] | None = None, kind: str | None = None) -> Signal:
+            evidence: dict[str, Any] | None = None, kind: str | None = None,
+            for_s: float | None = None) -> Signal:
     """``kind``: what the message itself says (the registry may not know a brand-new device yet)."""
     known, district, lat, lon = info(device_id)
     kind = known or kind
     return Signal(rule, key, active, ts, device_id, kind, district, severity or spec(rule).severity, title,
-                  explanation, evidence or {}, lat, lon)
+                  explanation, evidence or {}, lat, lon, for_s)
 
 
 def from_finding(f: Finding, info: DeviceInfo) -> list[Signal]:
@@ -145,7 +149,8 @@ def from_health(device_id: str, label: str, confidence: float, ts: Any, info: De
                     title=f"Camera {device_id}: {_CAMERA_TEXT.get(label, label)}",
                     explanation=f"snapshot analysis: {label} (confidence {confidence:.2f})",
                     evidence={"label": label, "confidence": round(confidence, 3), "snapshot_at": at,
-                              "snapshot_url": f"/api/devices/{quote(device_id)}/snapshot?at={quote(at)}"})]
+                              "snapshot_url": f"/api/devices/{quote(device_id)}/snapshot?at={quote(at)}"},
+                    for_s=OCCLUSION_HOLD_S if label == "occlusion" else None)]
 
 
 def from_status(rec: StatusUpdate, info: DeviceInfo) -> list[Signal]:

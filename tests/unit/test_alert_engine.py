@@ -210,9 +210,23 @@ def test_silent_device_alert_fires_and_clears_in_the_engine() -> None:
     assert alert.state == State.RESOLVED
 
 
+def test_an_obstruction_fires_only_when_it_stays() -> None:
+    eng = engine()
+    for t, label in ((0, "occlusion"), (10, "occlusion"), (20, "ok"), (30, "occlusion"), (40, "ok")):
+        eng.observe(camera("CAM-LC-01", label, t), at(t))  # a bus standing at the lights, twice
+        eng.tick(at(t + 5))
+    assert not eng.alerts
+    for t in range(100, 140, 10):  # a covered lens stays covered
+        eng.observe(camera("CAM-LC-01", "occlusion", t), at(t))
+        eng.tick(at(t + 5))
+    alert = next(iter(eng.alerts.values()))
+    assert alert.started_at == at(100) and "covered" in alert.title  # it started when first seen
+    assert alert.incident_id in eng.incidents
+
+
 def test_officer_actions_and_their_errors() -> None:
     eng = engine()
-    eng.observe(camera("CAM-LC-01", "occlusion", 0), at(0))
+    eng.observe(camera("CAM-LC-01", "black", 0), at(0))
     inc = next(iter(eng.incidents.values()))
     eng.assign(inc.id, "an", "binh", at(5))
     ch = eng.comment(inc.id, "an", "team dispatched to clean the lens", at(6))
