@@ -31,6 +31,7 @@ import numpy as np
 
 from analytics.camera import CameraAnalyser
 from analytics.findings import Finding
+from ioc.analytics_stage import _analyse, _shard_init  # the shards' own set-up and work
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 W, H = 640, 360
@@ -50,19 +51,6 @@ def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
         _, buf = cv2.imencode(".jpg", noisy.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, int(80 + t % 16)])
         out.append(buf.tobytes())
     return out
-
-
-# --- shard process (the same work as ioc.analytics_stage._analyse) ----------------------------------
-
-_analysers: dict[str, CameraAnalyser] = {}
-
-
-def _analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, float, int, list[Finding]]:
-    analyser = _analysers.get(device_id)
-    if analyser is None:
-        analyser = _analysers[device_id] = CameraAnalyser(device_id)
-    res = analyser.analyse(jpeg, ts)
-    return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)
 
 
 def _cpu() -> float:
@@ -137,7 +125,8 @@ def main() -> None:
           f"  ({best[1]:.2f} ms CPU per snapshot)")
 
     ctx = get_context("spawn")  # as the live pipeline: no state inherited from the parent
-    pools = [ProcessPoolExecutor(max_workers=1, mp_context=ctx) for _ in range(args.shards)]
+    pools = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_shard_init)
+             for _ in range(args.shards)]
     try:
         sharded(frames[:20], args.shards * 2, pools)  # start the workers, import OpenCV there
         rates = [sharded(frames, args.cameras, pools) for _ in range(args.repeat)]

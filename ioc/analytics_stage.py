@@ -41,10 +41,17 @@ STATE_NAME = "numeric_monitor"
 _analysers: dict[str, Any] = {}
 
 
-def _ignore_sigint() -> None:
-    """Shards stop when the service shuts them down; a Ctrl-C reaching the whole process group must not
-    kill them first (with a traceback each)."""
+def _shard_init() -> None:
+    """Set up a shard process.
+
+    Shards stop when the service shuts them down; a Ctrl-C reaching the whole process group must not
+    kill them first (with a traceback each). OpenCV runs single-threaded: there is one shard per core
+    already, and its own thread pool in every shard would only contend for the same cores.
+    """
+    import cv2
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
 
 
 def _analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, float, int, list[Finding]]:
@@ -77,7 +84,7 @@ class AnalyticsStage:
         # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
         # after the server stops.
         ctx = multiprocessing.get_context("spawn")
-        self._shards = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_ignore_sigint)
+        self._shards = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_shard_init)
                         for _ in range(camera_processes)]
         self._inline: dict[str, Any] = {}  # camera analysers of the inline mode
         self._inflight = [0] * camera_processes
