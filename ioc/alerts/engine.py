@@ -379,9 +379,9 @@ class AlertEngine:
         return [self.alerts[m] for m in inc.members if m in self.alerts] if inc else []
 
 
-__all__ = ["AlertEngine", "EngineConfig", "Severity"]
-
-
 def _hold_s(sig: Signal) -> float:
     """How long ``sig`` must hold before it fires."""
     return sig.for_s if sig.for_s is not None else rules.spec(sig.rule).for_s
+
+
+__all__ = ["AlertEngine", "EngineConfig", "Severity"]
