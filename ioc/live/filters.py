@@ -24,7 +24,8 @@ class Subscription:
 
     def matches(self, kind: str, device_id: str, district: str | None, lat: float | None, lon: float | None,
                 frame_type: str) -> bool:
-        if self.types and frame_type not in self.types:
+        # a ``device`` frame is a piece of the snapshot (a device's whole state), which no type filter hides
+        if self.types and frame_type not in self.types and frame_type != "device":
             return False
         return self.matches_device(kind, device_id, district, lat, lon)
 

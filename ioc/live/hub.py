@@ -169,6 +169,9 @@ class LiveHub:
         if dev is not None and dev.lat is None:
             dev.lat, dev.lon = lat, lon
             dev.district = self.district_of(lat, lon)
+            # screens knew the device without a place: tell them now, not at its next report (a BTS may
+            # report once a minute, and until then a district tile would miss it)
+            self.emit("device", dev, {"coalesced": True, **dev.to_dict()}, True)
 
     def on_parsed(self, parsed: ParsedMessage) -> None:
         """Ingest sink: one parsed MQTT message (called before it is committed)."""

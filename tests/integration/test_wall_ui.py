@@ -211,8 +211,13 @@ def test_wall_on_the_running_demo(own_database: str, broker: int, pages: Pages, 
         def tiles_match() -> bool:
             want = summary_bts(demo.url)
             shown = {code: wall.inner_text(f".district[data-code={code}] .v.b b") for code in want}
+            last["want"], last["shown"] = want, shown
             return bool(want) and shown == want
-        wait_until(tiles_match, 10, 0.3, what="BTS tiles equal /api/summary")
+        last: dict[str, dict[str, str]] = {}
+        try:
+            wait_until(tiles_match, 10, 0.3, what="BTS tiles equal /api/summary")
+        except TimeoutError:
+            raise AssertionError(f"BTS tiles {last}") from None
         assert wall.locator(".kpi .value").first.inner_text().endswith("km/h")
 
         # An incident raised in the backend (mains power lost at two of our BTS) is on the wall within 2 s.

@@ -104,3 +104,19 @@ def test_redelivered_reading_and_stale_status_make_no_frame() -> None:
     assert hub.table.devices["D1"].state == "offline"
     assert hub.summary() == [{"district": None, "kind": "traffic", "total": 1, "online": 0, "offline": 1,
                               "degraded": 0, "unknown": 0}]
+
+
+def test_device_placed_from_the_registry_is_pushed_with_its_district() -> None:
+    # A device that reported before the hub knew its position is placed by the registry sync: screens must
+    # learn its district then (a district tile counts it), not at its next report, which may be a minute away.
+    hub = LiveHub(district_of)
+    hub.on_record(reading("B1", 0), T0)
+    client = hub.attach(Subscription.parse({"districts": "NORTH", "types": ["status"]}))
+    (snap,) = frames(hub, client)
+    assert snap["devices"] == []
+    hub.place("B1", 20.95, 106.7)
+    (got,) = frames(hub, client)
+    assert (got["type"], got["device_id"], got["district"], got["lat"]) == ("device", "B1", "NORTH", 20.95)
+    assert got["latest"]["speed_kmh"]["value"] == 0.0
+    hub.place("B1", 20.80, 106.7)  # a device with a position is not moved by the registry
+    assert frames(hub, client) == []
