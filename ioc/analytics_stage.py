@@ -28,17 +28,19 @@ from analytics.findings import Finding
 from analytics.numeric.monitor import NumericMonitor
 from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc.live.hub import LiveHub
-from storage.writes import FindingRow, load_state, save_state, write_findings
+from storage.writes import FindingRow, load_state, load_states, save_state, save_states, write_findings
 
 logger = logging.getLogger(__name__)
 
 FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
 STATE_NAME = "numeric_monitor"
+CAMERA_STATE_PREFIX = "camera:"  # one saved state per camera: shard counts may differ between runs
 
 # --- camera shard (child process) -------------------------------------------------------------------
 
 _analysers: dict[str, Any] = {}
+_unsaved: set[str] = set()  # cameras analysed since their state was last exported
 
 
 def _shard_init() -> None:
@@ -62,14 +64,42 @@ def _analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, flo
     if analyser is None:
         analyser = _analysers[device_id] = CameraAnalyser(device_id)
     res = analyser.analyse(jpeg, ts)
+    _unsaved.add(device_id)
     return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)
+
+
+def _export_states() -> list[tuple[str, bytes]]:
+    """In a shard process: the learned state of every camera analysed since the last export."""
+    from analytics.camera.state import dumps
+
+    out = [(device_id, dumps(_analysers[device_id])) for device_id in sorted(_unsaved)]
+    _unsaved.clear()
+    return out
+
+
+def _import_states(items: list[tuple[str, bytes]]) -> int:
+    """In a shard process: restore saved analysers of cameras this shard has not started on; returns how many."""
+    from analytics.camera.state import loads
+
+    restored = 0
+    for device_id, data in items:
+        if device_id in _analysers:
+            continue  # already learning live: newer than anything saved
+        try:
+            _analysers[device_id] = loads(data)
+        except ValueError as err:
+            logging.getLogger(__name__).warning("camera %s: saved state not restored (%s)", device_id, err)
+            continue
+        restored += 1
+    return restored
 
 
 class AnalyticsStage:
     """The analytics sink of one process (beside the live hub)."""
 
     def __init__(self, hub: LiveHub, pool: Any, camera_processes: int = 2, max_inflight_per_shard: int = 32,
-                 flush_s: float = 1.0, silence_every_s: float = 10.0, state_every_s: float = 300.0) -> None:
+                 flush_s: float = 1.0, silence_every_s: float = 10.0, state_every_s: float = 300.0,
+                 camera_state_every_s: float = 1800.0, camera_state_max_age_s: float = 7 * 86400.0) -> None:
         """``camera_processes=0`` analyses snapshots inline, in this thread (replays and benchmarks that
         drive the stage with :meth:`step` in simulated time; never for a live service)."""
         self.hub = hub
@@ -91,20 +121,40 @@ class AnalyticsStage:
         self._max_inflight = max_inflight_per_shard
         self._pending_rows: list[FindingRow] = []
         self.flush_s, self.silence_every_s, self.state_every_s = flush_s, silence_every_s, state_every_s
+        self.camera_state_every_s, self.camera_state_max_age_s = camera_state_every_s, camera_state_max_age_s
         # Downstream consumers (the alert stage): findings, and each analysed snapshot's health label.
         self.on_findings: Callable[[list[Finding]], None] | None = None
         self.on_health: Callable[[str, str, float, datetime], None] | None = None
 
     async def load(self) -> None:
-        """Restore the numeric monitor's learned state, if any (a restart does not relearn a week)."""
+        """Restore the learned state, if any: the numeric monitor's (a restart does not relearn a week) and
+        each camera's reference scene (a camera re-pointed while the service was down is still reported)."""
         try:
             async with self.pool.acquire(timeout=5) as conn:
                 state = await load_state(conn, STATE_NAME)
+                cameras = await load_states(conn, CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
             if state:
                 self.monitor = NumericMonitor.from_state(state)
                 logger.info("numeric detector state restored (%d bytes)", len(state))
         except Exception as err:
             logger.warning("detector state not restored (%s); learning from scratch", err)
+            return
+        if not cameras or not self._shards:
+            return
+        per_shard: list[list[tuple[str, bytes]]] = [[] for _ in self._shards]
+        for name, data in cameras:
+            device_id = name.removeprefix(CAMERA_STATE_PREFIX)
+            per_shard[self._shard_of(device_id)].append((device_id, data))
+        loop = asyncio.get_running_loop()
+        try:
+            restored = sum(await asyncio.gather(*(loop.run_in_executor(shard, _import_states, items)
+                                                  for shard, items in zip(self._shards, per_shard, strict=True))))
+            logger.info("camera analysers restored: %d of %d saved", restored, len(cameras))
+        except Exception as err:
+            logger.warning("camera analysers not restored (%s); cameras learn their scenes afresh", err)
+
+    def _shard_of(self, device_id: str) -> int:
+        return zlib.crc32(device_id.encode()) % len(self._shards)
 
     # --- sink (event loop, must be cheap) ----------------------------------------------------------------
 
@@ -125,7 +175,7 @@ class AnalyticsStage:
                 if not self._shards:
                     self._camera_result(rec.device_id, rec.ts, self._analyse_inline(rec))
                     continue
-                shard = zlib.crc32(rec.device_id.encode()) % len(self._shards)
+                shard = self._shard_of(rec.device_id)
                 if self._inflight[shard] >= self._max_inflight:
                     SNAPSHOTS_SKIPPED.inc()
                     continue
@@ -183,7 +233,7 @@ class AnalyticsStage:
     async def run(self) -> None:
         """Flush readings to the detectors every second; silence and stale checks; persist state."""
         loop = asyncio.get_running_loop()
-        last_silence = last_state = loop.time()
+        last_silence = last_state = last_cameras = loop.time()
         fed = datetime.now(UTC)  # when readings last came in
         try:
             while True:
@@ -207,7 +257,9 @@ class AnalyticsStage:
                 await self._store()
                 if now - last_state >= self.state_every_s:
                     last_state = now
-                    await self.save()
+                    cameras = now - last_cameras >= self.camera_state_every_s
+                    last_cameras = now if cameras else last_cameras
+                    await self.save(cameras=cameras)
         finally:
             await asyncio.to_thread(self.close)
 
@@ -256,13 +308,25 @@ class AnalyticsStage:
             logger.warning("findings not stored yet (%s)", err)
             self._pending_rows = (rows + self._pending_rows)[-10_000:]
 
-    async def save(self) -> None:
-        """Persist the numeric monitor's state."""
-        if not self._known:
-            return  # nothing learned yet (and an empty monitor's state does not restore)
+    async def save(self, cameras: bool = True) -> None:
+        """Persist the numeric monitor's state and (with ``cameras``) the scenes the camera analysers learned."""
+        if self._known:  # else nothing learned yet (and an empty monitor's state does not restore)
+            try:
+                state = await asyncio.to_thread(self._state)
+                async with self.pool.acquire(timeout=5) as conn:
+                    await save_state(conn, STATE_NAME, state)
+            except Exception as err:
+                logger.warning("detector state not saved: %s", err)
+        if cameras and self._shards:
+            await self._save_cameras()
+
+    async def _save_cameras(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            state = await asyncio.to_thread(self._state)
-            async with self.pool.acquire(timeout=5) as conn:
-                await save_state(conn, STATE_NAME, state)
-        except Exception as err:
-            logger.warning("detector state not saved: %s", err)
+            parts = await asyncio.gather(*(loop.run_in_executor(shard, _export_states) for shard in self._shards))
+            rows = [(CAMERA_STATE_PREFIX + device_id, data) for part in parts for device_id, data in part]
+            if rows:
+                async with self.pool.acquire(timeout=5) as conn:
+                    await save_states(conn, rows)
+        except Exception as err:  # the exported cameras are saved again on the next pass only if analysed again
+            logger.warning("camera analysers not saved: %s", err)

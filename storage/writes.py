@@ -133,6 +133,22 @@ async def load_state(conn: Any, name: str) -> bytes | None:
     return bytes(value) if value is not None else None
 
 
+async def save_states(conn: Any, states: Sequence[tuple[str, bytes]]) -> None:
+    """Keep the latest serialised state of many detectors at once (``(name, state)``)."""
+    if states:
+        await conn.executemany(
+            "INSERT INTO analytics_state (name, updated_at, state) VALUES ($1, now(), $2) "
+            "ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at, state = excluded.state", states)
+
+
+async def load_states(conn: Any, prefix: str, max_age_s: float) -> list[tuple[str, bytes]]:
+    """Saved states whose name starts with ``prefix`` and that were saved within ``max_age_s`` seconds."""
+    rows = await conn.fetch(
+        "SELECT name, state FROM analytics_state WHERE left(name, length($1)) = $1 "
+        "AND updated_at > now() - make_interval(secs => $2)", prefix, max_age_s)
+    return [(r["name"], bytes(r["state"])) for r in rows]
+
+
 async def write_districts(conn: Any, rows: Sequence[tuple[str, str | None]]) -> None:
     """Record the district the service placed each device in (``(device_id, district)``)."""
     if rows:

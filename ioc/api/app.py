@@ -48,8 +48,11 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
         sinks: tuple[Callable[[ParsedMessage], None], ...] = (hub.on_parsed,)
         stage = app.state.analytics = None
         if settings.analytics.enabled:
-            stage = app.state.analytics = AnalyticsStage(hub, app.state.pool, settings.analytics.camera_processes,
-                                                         state_every_s=settings.analytics.state_every_s)
+            cfg = settings.analytics
+            stage = app.state.analytics = AnalyticsStage(hub, app.state.pool, cfg.camera_processes,
+                                                         state_every_s=cfg.state_every_s,
+                                                         camera_state_every_s=cfg.camera_state_every_s,
+                                                         camera_state_max_age_s=cfg.camera_state_max_age_s)
             await stage.load()
             sinks = (hub.on_parsed, stage.on_parsed)
             tasks.append(asyncio.create_task(stage.run(), name="analytics"))

@@ -22,7 +22,7 @@ from storage.db import STAGING_DDL, Backend, read_backend
 from storage.maintenance import run_maintenance
 from storage.migrate import current_version, upgrade
 from storage.rollups import refresh_rollups
-from storage.writes import BatchRows, write_batch
+from storage.writes import BatchRows, load_state, load_states, save_state, save_states, write_batch
 from tests.conftest import BASE_DSN, create_database, drop_database
 from tests.support.corpus import small_jpeg
 from tests.support.grafana import expand
@@ -144,6 +144,18 @@ async def test_older_status_does_not_override_newer(conn: asyncpg.Connection,
     await write_batch(conn, BatchRows(devices=[device_row("degraded", None)]), method)  # type: ignore[list-item, arg-type]
     device = await queries.get_device(conn, dev)
     assert device is not None and device["state"] == "offline"
+
+
+async def test_detector_states_are_kept_by_name_and_age(conn: asyncpg.Connection) -> None:
+    prefix = unique_id("cam") + ":"
+    await save_state(conn, prefix.rstrip(":"), b"numeric")
+    await save_states(conn, [(prefix + "a", b"\x00one"), (prefix + "b", b"two")])
+    await save_states(conn, [(prefix + "a", b"\x00one, later")])  # the latest state wins
+    assert sorted(await load_states(conn, prefix, 3600)) == [(prefix + "a", b"\x00one, later"), (prefix + "b", b"two")]
+    assert await load_state(conn, prefix.rstrip(":")) == b"numeric"  # a name that merely starts alike is not listed
+    await conn.execute("UPDATE analytics_state SET updated_at = now() - interval '2 hours' WHERE name = $1",
+                       prefix + "b")
+    assert await load_states(conn, prefix, 3600) == [(prefix + "a", b"\x00one, later")]
 
 
 async def test_maintenance_runs(conn: asyncpg.Connection,
