@@ -1,8 +1,11 @@
 """Camera analyser speed, end to end (JPEG bytes -> findings), and memory per camera.
 
     nice -n 10 python benchmarks/camera_speed.py [--snapshots 400] [--cameras 8] [--shards 2] [--repeat 3]
+                                                 [--clips DIR]
 
-Synthetic 640x360 street snapshots (JPEG quality 80-95, moving vehicles, sensor noise). Two runs:
+Synthetic 640x360 street snapshots (JPEG quality 80-95, moving vehicles, sensor noise), or with
+``--clips`` real footage: the frames of each video in DIR (e.g. the camera eval kit's ``videos/``)
+scaled to 640x360 and JPEG-encoded, one clip per camera in turn. Two runs:
 
 * one process: a loop over the cameras' snapshots (the floor of what a core does);
 * sharded, as ``ioc/analytics_stage.py`` runs it: one single-worker process per shard, each camera
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import statistics
 import time
 import zlib
@@ -25,11 +27,13 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from analytics.camera import CameraAnalyser
+from analytics.camera.state import dumps
 from analytics.findings import Finding
 from ioc.analytics_stage import _analyse, _shard_init  # the shards' own set-up and work
 
@@ -53,43 +57,59 @@ def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
+def clip_jpegs(path: str, n: int) -> list[bytes]:
+    """Up to n frames of a video file, scaled to 640x360, as JPEG (quality 80-95); the clip loops if short."""
+    cap = cv2.VideoCapture(path)
+    frames: list[bytes] = []
+    while len(frames) < n:
+        ok, img = cap.read()
+        if not ok:
+            break
+        img = cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
+        frames.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(80 + len(frames) % 16)])[1].tobytes())
+    cap.release()
+    if not frames:
+        raise SystemExit(f"no frames read from {path}")
+    return [frames[i % len(frames)] for i in range(n)]
+
+
 def _cpu() -> float:
     return time.process_time()
 
 
-def single(frames: list[bytes], cameras: int) -> tuple[float, float]:
-    """Snapshots/s and CPU ms per snapshot of one process analysing every camera."""
-    ans = [CameraAnalyser(f"cam-{k}") for k in range(cameras)]
+def single(streams: list[list[bytes]]) -> tuple[float, float]:
+    """Snapshots/s and CPU ms per snapshot of one process analysing every camera (one stream each)."""
+    ans = [CameraAnalyser(f"cam-{k}") for k in range(len(streams))]
     t, c = time.perf_counter(), time.process_time()
-    for i, b in enumerate(frames):
+    for i in range(len(streams[0])):
         ts = T0 + timedelta(seconds=5 * i)
-        for an in ans:
-            an.analyse(b, ts)
-    n = len(frames) * cameras
+        for an, frames in zip(ans, streams, strict=True):
+            an.analyse(frames[i], ts)
+    n = len(streams[0]) * len(streams)
     return n / (time.perf_counter() - t), 1e3 * (time.process_time() - c) / n
 
 
-def sharded(frames: list[bytes], cameras: int, pools: list[ProcessPoolExecutor], max_inflight: int = 32,
+def sharded(streams: list[list[bytes]], pools: list[ProcessPoolExecutor], max_inflight: int = 32,
             ) -> tuple[float, float]:
     """Snapshots/s and worker CPU ms per snapshot through the shard processes."""
-    ids = [f"cam-{k}-{time.perf_counter_ns()}" for k in range(cameras)]  # fresh analysers every run
+    ids = [f"cam-{k}-{time.perf_counter_ns()}" for k in range(len(streams))]  # fresh analysers every run
     shard_of = [zlib.crc32(c.encode()) % len(pools) for c in ids]
     inflight: list[deque[Future[tuple[str, float, float, int, list[Finding]]]]] = [deque() for _ in pools]
     cpu0 = sum(p.submit(_cpu).result() for p in pools)
     t = time.perf_counter()
-    for i, b in enumerate(frames):
+    for i in range(len(streams[0])):
         ts = T0 + timedelta(seconds=5 * i)
-        for cam, s in zip(ids, shard_of, strict=True):
+        for cam, s, frames in zip(ids, shard_of, streams, strict=True):
             q = inflight[s]
             if len(q) >= max_inflight:
                 q.popleft().result()
-            q.append(pools[s].submit(_analyse, cam, b, ts))
+            q.append(pools[s].submit(_analyse, cam, frames[i], ts))
     for q in inflight:
         for f in q:
             f.result()
     wall = time.perf_counter() - t
     cpu = sum(p.submit(_cpu).result() for p in pools) - cpu0
-    n = len(frames) * cameras
+    n = len(streams[0]) * len(streams)
     return n / wall, 1e3 * cpu / n
 
 
@@ -99,14 +119,14 @@ def _rss() -> int:
 
 
 def memory(frames: list[bytes], cameras: int = 200) -> tuple[float, float, float]:
-    """KiB per camera: learned arrays, pickled state, and resident memory growth per analyser."""
+    """KiB per camera: learned arrays, saved state (as the stage stores it), resident growth per analyser."""
     base = _rss()
     ans = [CameraAnalyser(f"mem-{k}") for k in range(cameras)]
     for an in ans:
         for i, b in enumerate(frames[:12]):
             an.analyse(b, T0 + timedelta(seconds=5 * i))
     rss = (_rss() - base) / cameras
-    return ans[0].memory_bytes() / 1024, len(pickle.dumps(ans[0].state_dict())) / 1024, rss / 1024
+    return ans[0].memory_bytes() / 1024, len(dumps(ans[0])) / 1024, rss / 1024
 
 
 def main() -> None:
@@ -115,11 +135,20 @@ def main() -> None:
     ap.add_argument("--cameras", type=int, default=8)
     ap.add_argument("--shards", type=int, default=2, help="shard processes (the machine's cores)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--clips", default=None, help="folder of videos: real footage instead of synthetic streets")
     args = ap.parse_args()
-    frames = make_jpegs(args.snapshots)
-    single(frames[:20], 1)  # warm up imports and caches
+    if args.clips:
+        paths = sorted(str(p) for p in Path(args.clips).iterdir() if p.suffix.lower() in (".avi", ".mp4", ".gif"))
+        clips = [clip_jpegs(p, args.snapshots) for p in paths]
+        streams = [clips[k % len(clips)] for k in range(args.cameras)]
+        print(f"real footage: {len(paths)} clips ({', '.join(Path(p).name for p in paths)}), "
+              f"{args.snapshots} snapshots per camera")
+    else:
+        streams = [make_jpegs(args.snapshots)] * args.cameras
+    frames = streams[0]
+    single([frames[:20]])  # warm up imports and caches
 
-    rates = [single(frames, args.cameras) for _ in range(args.repeat)]
+    rates = [single(streams) for _ in range(args.repeat)]
     best = max(rates)
     print(f"one process    : best {best[0]:6.0f} snapshots/s, median {statistics.median(r[0] for r in rates):6.0f}"
           f"  ({best[1]:.2f} ms CPU per snapshot)")
@@ -128,8 +157,8 @@ def main() -> None:
     pools = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_shard_init)
              for _ in range(args.shards)]
     try:
-        sharded(frames[:20], args.shards * 2, pools)  # start the workers, import OpenCV there
-        rates = [sharded(frames, args.cameras, pools) for _ in range(args.repeat)]
+        sharded([frames[:20]] * (args.shards * 2), pools)  # start the workers, import OpenCV there
+        rates = [sharded(streams, pools) for _ in range(args.repeat)]
     finally:
         for p in pools:
             p.shutdown()
@@ -139,7 +168,7 @@ def main() -> None:
           f"bytes in, findings out)")
 
     arrays, pickled, rss = memory(frames)
-    print(f"memory/camera  : {arrays:.1f} KiB learned arrays, {pickled:.1f} KiB pickled state, "
+    print(f"memory/camera  : {arrays:.1f} KiB learned arrays, {pickled:.1f} KiB saved state, "
           f"{rss:.1f} KiB resident growth per analyser")
 
 
