@@ -88,7 +88,7 @@ def _import_states(items: list[tuple[str, bytes]]) -> int:
         try:
             _analysers[device_id] = loads(data)
         except ValueError as err:
-            logging.getLogger(__name__).warning("camera %s: saved state not restored (%s)", device_id, err)
+            logger.warning("camera %s: saved state not restored (%s)", device_id, err)
             continue
         restored += 1
     return restored
