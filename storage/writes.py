@@ -120,11 +120,13 @@ async def write_findings(conn: Any, rows: list[FindingRow]) -> None:
         await conn.execute(_FINDINGS, *_columns(rows, 7))
 
 
+_SAVE_STATE = ("INSERT INTO analytics_state (name, updated_at, state) VALUES ($1, now(), $2) "
+               "ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at, state = excluded.state")
+
+
 async def save_state(conn: Any, name: str, state: bytes) -> None:
     """Keep the latest serialised state of a detector under ``name``."""
-    await conn.execute(
-        "INSERT INTO analytics_state (name, updated_at, state) VALUES ($1, now(), $2) "
-        "ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at, state = excluded.state", name, state)
+    await conn.execute(_SAVE_STATE, name, state)
 
 
 async def load_state(conn: Any, name: str) -> bytes | None:
@@ -136,9 +138,7 @@ async def load_state(conn: Any, name: str) -> bytes | None:
 async def save_states(conn: Any, states: Sequence[tuple[str, bytes]]) -> None:
     """Keep the latest serialised state of many detectors at once (``(name, state)``)."""
     if states:
-        await conn.executemany(
-            "INSERT INTO analytics_state (name, updated_at, state) VALUES ($1, now(), $2) "
-            "ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at, state = excluded.state", states)
+        await conn.executemany(_SAVE_STATE, states)
 
 
 async def load_states(conn: Any, prefix: str, max_age_s: float) -> list[tuple[str, bytes]]:

@@ -46,20 +46,17 @@ def loads(data: bytes, config: CameraConfig | None = None) -> CameraAnalyser:
     """
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            version = meta.get("version")
-            state = _decode(meta["state"], z) if version == STATE_VERSION else None
-    except _Unknown:
-        raise
-    except Exception as err:  # not a zip, a truncated one, a missing key or array: all mean "not a state"
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as err:  # not a zip, a truncated one, no meta: all mean "not a state"
         raise ValueError(f"not a camera analyser state: {err!r}") from err
-    if state is None:
-        raise ValueError(f"unsupported camera state version {version}")
-    return CameraAnalyser.from_state(str(meta["device_id"]), state, config)
-
-
-class _Unknown(ValueError):
-    """A state naming a class this module does not restore."""
+    if meta.get("version") != STATE_VERSION:
+        raise ValueError(f"unsupported camera state version {meta.get('version')}")
+    try:
+        state, device_id = _decode(meta["state"], arrays), str(meta["device_id"])
+    except (KeyError, TypeError, AttributeError) as err:  # a tree that does not fit its arrays
+        raise ValueError(f"not a camera analyser state: {err!r}") from err
+    return CameraAnalyser.from_state(device_id, state, config)
 
 
 def _fields(obj: Any) -> list[str]:
@@ -87,7 +84,7 @@ def _encode(value: Any, arrays: dict[str, Any]) -> Any:
     raise TypeError(f"cannot serialise {name} in a camera state")
 
 
-def _decode(node: Any, arrays: Any) -> Any:
+def _decode(node: Any, arrays: dict[str, Any]) -> Any:
     if not isinstance(node, dict):
         return node
     if "$a" in node:
@@ -98,7 +95,7 @@ def _decode(node: Any, arrays: Any) -> Any:
         return {k: _decode(v, arrays) for k, v in node["$d"].items()}
     cls = _CLASSES.get(node.get("$o", ""))
     if cls is None:
-        raise _Unknown(f"unknown object {node.get('$o')!r} in a camera state")
+        raise ValueError(f"unknown object {node.get('$o')!r} in a camera state")
     obj: Any = object.__new__(cls)
     for name, value in node["f"].items():
         object.__setattr__(obj, name, _decode(value, arrays))  # also sets frozen dataclasses' fields
