@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
 STATE_NAME = "numeric_monitor"
+STALE_STATE_NAME = "camera_stale"  # snapshot arrivals per camera (StaleMonitor)
 CAMERA_STATE_PREFIX = "camera:"  # one saved state per camera: shard counts may differ between runs
 
 # --- camera shard (child process) -------------------------------------------------------------------
@@ -111,6 +112,8 @@ class AnalyticsStage:
         # A cancelled to_thread() keeps running: the lock stops a shutdown save() from overlapping it.
         self._lock = threading.Lock()
         self._known: set[str] = set()
+        # Silence is counted from no earlier than this: after a restart the downtime is ours, not the devices'.
+        self.started = datetime.now(UTC)
         # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
         # after the server stops.
         ctx = multiprocessing.get_context("spawn")
@@ -132,10 +135,13 @@ class AnalyticsStage:
         try:
             async with self.pool.acquire(timeout=5) as conn:
                 state = await load_state(conn, STATE_NAME)
+                stale = await load_state(conn, STALE_STATE_NAME)
                 cameras = await load_states(conn, CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
             if state:
                 self.monitor = NumericMonitor.from_state(state)
                 logger.info("numeric detector state restored (%d bytes)", len(state))
+            if stale:
+                logger.info("snapshot arrivals restored for %d cameras", self.stale.restore(stale))
         except Exception as err:
             logger.warning("detector state not restored (%s); learning from scratch", err)
             return
@@ -252,8 +258,8 @@ class AnalyticsStage:
                     # Silence is judged up to the last time anything came in: when our own input stalls
                     # (ingest backlog, broker link) every series would look silent, and none is.
                     judged = min(wall, fed + timedelta(seconds=5))
-                    silent = await asyncio.to_thread(self._silence, judged)
-                    self._raise(silent + self.stale.check(judged))
+                    silent = await asyncio.to_thread(self._silence, judged, self.started)
+                    self._raise(silent + self.stale.check(judged, self.started))
                 await self._store()
                 if now - last_state >= self.state_every_s:
                     last_state = now
@@ -289,9 +295,9 @@ class AnalyticsStage:
                 self.monitor.set_device(device_id, kind, district)
             return self.monitor.ingest(readings) if readings else []
 
-    def _silence(self, now: datetime) -> list[Finding]:
+    def _silence(self, now: datetime, since: datetime | None = None) -> list[Finding]:
         with self._lock:
-            return self.monitor.check_silence(now)
+            return self.monitor.check_silence(now, since)
 
     def _state(self) -> bytes:
         with self._lock:
@@ -313,8 +319,10 @@ class AnalyticsStage:
         if self._known:  # else nothing learned yet (and an empty monitor's state does not restore)
             try:
                 state = await asyncio.to_thread(self._state)
+                stale = self.stale.to_state()
                 async with self.pool.acquire(timeout=5) as conn:
                     await save_state(conn, STATE_NAME, state)
+                    await save_state(conn, STALE_STATE_NAME, stale)
             except Exception as err:
                 logger.warning("detector state not saved: %s", err)
         if cameras and self._shards:

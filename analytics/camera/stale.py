@@ -6,6 +6,7 @@ periodically with the current time; findings come back, nothing is sent anywhere
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,14 +67,19 @@ class StaleMonitor:
             if c.kbps_ref is None or kbps >= self.collapse_ratio * c.kbps_ref:
                 c.kbps_ref = kbps if c.kbps_ref is None else 0.95 * c.kbps_ref + 0.05 * kbps
 
-    def check(self, now: datetime) -> list[Finding]:
-        """Findings for cameras that went silent or whose telemetry collapsed (each reported once)."""
+    def check(self, now: datetime, since: datetime | None = None) -> list[Finding]:
+        """Findings for cameras that went silent or whose telemetry collapsed (each reported once).
+
+        ``since`` (the service's start after a restart): a gap counts from no earlier than this, so
+        the service's own downtime does not make every restored camera stale at once.
+        """
         out: list[Finding] = []
         for dev, c in self._cams.items():
             if c.last is not None and c.n >= 2:  # the usual period is known only after a couple of gaps
                 gap = (now - c.last).total_seconds()
+                judged = gap if since is None else min(gap, (now - since).total_seconds())
                 limit = max(self.min_gap_s, self.gap_factor * c.interval)
-                if gap > limit and "stale" not in c.reported:
+                if judged > limit and "stale" not in c.reported:
                     c.reported.add("stale")
                     out.append(Finding(dev, "snapshot", now, "stale", min(1.0, 0.5 + gap / (4 * limit)),
                                        f"No snapshot for {gap:.0f} s (usually every {c.interval:.1f} s).",
@@ -91,6 +97,39 @@ class StaleMonitor:
                 else:
                     c.reported.discard(key)
         return out
+
+
+    def to_state(self) -> bytes:
+        """What was learned per camera (last snapshot, usual period, telemetry levels) as JSON bytes.
+
+        Saved with the numeric state, so after a restart a camera that stays dark is still reported.
+        """
+        cams = {dev: {"last": c.last.isoformat() if c.last else None, "interval": c.interval, "n": c.n,
+                      "fps_ref": c.fps_ref, "kbps_ref": c.kbps_ref, "reported": sorted(c.reported)}
+                for dev, c in self._cams.items()}
+        return json.dumps({"version": 1, "cameras": cams}).encode()
+
+    def restore(self, data: bytes) -> int:
+        """Take over cameras from :meth:`to_state` output that this monitor has not heard from yet.
+
+        Returns how many; raises ``ValueError`` for bytes that are not such a state.
+        """
+        try:
+            doc = json.loads(data)
+            if doc.get("version") != 1:
+                raise ValueError(f"unknown stale-monitor state version {doc.get('version')!r}")
+            restored = {
+                dev: _Cam(last=datetime.fromisoformat(v["last"]) if v["last"] else None,
+                          interval=float(v["interval"]), n=int(v["n"]),
+                          fps_ref=None if v["fps_ref"] is None else float(v["fps_ref"]),
+                          kbps_ref=None if v["kbps_ref"] is None else float(v["kbps_ref"]),
+                          reported=set(v["reported"]) & {"stale"})
+                for dev, v in doc["cameras"].items()}
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
+            raise ValueError(f"not a stale-monitor state: {err}") from err
+        fresh = {dev: c for dev, c in restored.items() if dev not in self._cams}
+        self._cams.update(fresh)
+        return len(fresh)
 
 
 def check_stale(last_seen: dict[str, datetime], now: datetime, max_gap_s: float = 60.0) -> list[Finding]:

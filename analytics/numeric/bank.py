@@ -98,12 +98,17 @@ class SeriesBank:
                 getattr(out, name)[sel] = getattr(res, name)
         return out
 
-    def silent(self, now: float) -> np.ndarray:
-        """Rows whose next reading is overdue at ``now`` (seconds since the epoch)."""
+    def silent(self, now: float, since: float | None = None) -> np.ndarray:
+        """Rows whose next reading is overdue at ``now`` (seconds since the epoch).
+
+        ``since``: lateness counts from no earlier than this (the service's own start): while the
+        service was down nobody could hear the series, so its downtime is not the series' silence.
+        """
         F = self.F[: self.size]
         cfg = self.config
         dt = F[:, kernel.DT_EW]
-        late = now - F[:, kernel.T_LAST]
+        last = F[:, kernel.T_LAST] if since is None else np.maximum(F[:, kernel.T_LAST], since)
+        late = now - last
         due = (F[:, kernel.N] >= 3) & (dt > 0) & (late > np.maximum(cfg.silence_factor * dt, cfg.silence_min_s))
         return np.flatnonzero(due)
 

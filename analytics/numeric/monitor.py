@@ -130,10 +130,14 @@ class NumericMonitor:
                                {"value": float(values[i]), "expected": exp, "spread": sd}))
         return out
 
-    def check_silence(self, now: datetime | float) -> list[Finding]:
-        """Findings for series whose data is overdue; once per silence, cleared by the next reading."""
+    def check_silence(self, now: datetime | float, since: datetime | float | None = None) -> list[Finding]:
+        """Findings for series whose data is overdue; once per silence, cleared by the next reading.
+
+        ``since`` (the service's start after a restart): a series is judged overdue only counting from
+        then, so restoring state after downtime does not call every series silent at once.
+        """
         now_s = epoch(now)
-        rows = self.bank.silent(now_s)
+        rows = self.bank.silent(now_s, None if since is None else epoch(since))
         rows = rows[~self.table.silent[rows]]
         if len(rows) == 0:
             return []

@@ -1,14 +1,21 @@
-"""The analytics stage keeps each camera's learned scene across a restart, in the real database."""
+"""The analytics stage keeps what it learned across a restart, in the real database.
+
+Each camera's scene, snapshot arrivals and the numeric series survive; the restart's own downtime is not
+taken for devices falling silent.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingest.records import ParsedMessage, Snapshot
+from analytics.camera.stale import StaleMonitor
+from analytics.findings import Finding
+from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc.analytics_stage import CAMERA_STATE_PREFIX, AnalyticsStage
 from ioc.live.hub import LiveHub
 from storage.config import StorageConfig
@@ -67,5 +74,53 @@ async def test_camera_re_pointed_while_the_service_was_down_is_reported_after_re
             assert await analyse(third, cam, moved, start=200) == ["ok"] * 4
         finally:
             third.close()
+    finally:
+        await pool.close()
+
+
+async def test_restart_after_downtime_reports_only_the_camera_that_stays_dark(database_url: str) -> None:
+    pool = await create_pool(database_url, StorageConfig(), max_size=2)
+    tag = uuid.uuid4().hex[:8]
+    dark, back, sensor = f"cam-{tag}-dark", f"cam-{tag}-back", f"tr-{tag}"
+    frame = jpeg(Road(6).frame(0))
+    past = datetime.now(UTC) - timedelta(hours=3)  # the service has been down for three hours
+    try:
+        first = AnalyticsStage(LiveHub(), pool, camera_processes=0)
+        first.stale = StaleMonitor(min_gap_s=1.0)
+        for i in range(12):
+            ts = past - timedelta(minutes=5 * (12 - i))
+            first.on_parsed(ParsedMessage([Reading(sensor, "traffic", ts, {"speed_kmh": 48.0 + i % 3})], []))
+            for cam in (dark, back):
+                first.on_parsed(ParsedMessage([Snapshot(cam, "camera", past + timedelta(seconds=0.2 * i), frame,
+                                                        640, 360)], []))
+        first.step(past)
+        await first.save()
+        first.close()
+
+        second = AnalyticsStage(LiveHub(), pool, camera_processes=0, flush_s=0.1, silence_every_s=0.2,
+                                state_every_s=3600.0)
+        second.stale = StaleMonitor(min_gap_s=1.0)
+        await second.load()
+        now = datetime.now(UTC)
+        # restored, and counted from the restart: silent only once its usual silence has passed since then
+        assert second.monitor.check_silence(now, since=second.started) == []
+        later = second.monitor.check_silence(now + timedelta(hours=1), since=second.started)
+        assert [f.device_id for f in later] == [sensor]
+
+        found: list[Finding] = []
+        second.on_findings = found.extend
+        task = asyncio.create_task(second.run())
+        await asyncio.sleep(0.6)  # silence checks run meanwhile: no camera has reported since the restart yet
+        for _ in range(10):  # then one camera is back, the other stays dark
+            second.on_parsed(ParsedMessage([Snapshot(back, "camera", datetime.now(UTC), frame, 640, 360)], []))
+            await asyncio.sleep(0.25)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        stale = [f for f in found if f.type == "stale"]
+        assert [f.device_id for f in stale] == [dark]
+        assert stale[0].ts >= second.started + timedelta(seconds=1.2)  # its usual limit, counted from the restart
+        assert stale[0].detail["gap_s"] > 3 * 3600 - 60
+        assert not [f for f in found if f.type == "silence"]
     finally:
         await pool.close()

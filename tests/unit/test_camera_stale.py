@@ -97,3 +97,33 @@ def test_telemetry_collapse_clears_when_it_recovers() -> None:
     assert mon.check(T0) == []
     mon.telemetry("cam-1", fps=2.0)
     assert len(mon.check(T0)) == 1  # a new collapse is a new finding
+
+
+def test_arrivals_survive_a_restart_and_downtime_is_not_silence() -> None:
+    before = StaleMonitor(min_gap_s=30)
+    for i in range(10):
+        before.snapshot("cam-1", T0 + timedelta(seconds=5 * i))
+        before.snapshot("cam-2", T0 + timedelta(seconds=5 * i))
+    saved = before.to_state()
+
+    after = StaleMonitor(min_gap_s=30)
+    assert after.restore(saved) == 2
+    restart = T0 + timedelta(hours=2)  # the service was down for two hours
+    assert after.check(restart + timedelta(seconds=10), since=restart) == []  # its own downtime: no alarm
+    after.snapshot("cam-2", restart + timedelta(seconds=12))  # cam-2 is back, cam-1 stays dark
+    found = after.check(restart + timedelta(seconds=40), since=restart)
+    assert [f.device_id for f in found] == ["cam-1"]
+    assert found[0].detail["gap_s"] > 7000  # the whole gap is reported, not just the part since the restart
+
+
+def test_a_camera_heard_since_the_restart_keeps_what_it_learned_live() -> None:
+    before = StaleMonitor()
+    for i in range(5):
+        before.snapshot("cam-1", T0 + timedelta(seconds=5 * i))
+    live = StaleMonitor()
+    live.snapshot("cam-1", T0 + timedelta(hours=1))
+    assert live.restore(before.to_state()) == 0
+    with pytest.raises(ValueError):
+        live.restore(b"not a state")
+    with pytest.raises(ValueError):
+        live.restore(b'{"version": 1, "cameras": {"cam-9": {"last": 5}}}')

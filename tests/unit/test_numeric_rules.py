@@ -122,11 +122,23 @@ def test_silence_once_then_cleared(bts: tuple[NumericMonitor, list[Finding]]) ->
     silent = [f for f in quiet if f.type == "silence"]
     assert len(silent) == 12
     assert "no mains power data for 60 min" in next(f.explanation for f in silent if f.series == "mains_power")
-    assert any(f.type == "group_outage" for f in quiet) or True  # may already be in hold
     assert m.check_silence(last + 7200) == []
     m.ingest([("bts-0", "battery_pct", last + 7300, 50.0)])
     again = m.check_silence(last + 7300 + 3600)
     assert ("bts-0", "battery_pct") in {(f.device_id, f.series) for f in again}
+
+
+def test_downtime_of_the_service_is_not_silence_of_the_devices(bts: tuple[NumericMonitor, list[Finding]]) -> None:
+    m = NumericMonitor.from_state(bts[0].to_state())
+    last = T0 + STEP * (STEPS - 1)
+    restart = last + 4 * 3600  # state restored after four hours down
+    assert m.check_silence(restart + 10, since=restart) == []
+    for dev in ("bts-0", "bts-1"):  # two report again; the rest stay quiet
+        m.ingest([(dev, metric, restart + 300, 50.0) for metric in ("battery_pct", "mains_power", "availability_pct")])
+    quiet = m.check_silence(restart + 1850, since=restart)  # the rest: overdue 30 min after the restart
+    silent = {f.device_id for f in quiet if f.type == "silence"}
+    assert silent and not silent & {"bts-0", "bts-1"}
+    assert min(f.detail["silent_s"] for f in quiet if f.type == "silence") > 4 * 3600
 
 
 def _write(path: Path, n: int, seed: int) -> None:
