@@ -169,7 +169,7 @@ const TERMS = {
   rule_availability_drop: ["Giảm khả dụng", "Availability drop"], rule_kpi_degraded: ["KPI suy giảm", "KPI degraded"],
   rule_sensor_stuck: ["Giá trị đứng yên", "Stuck value"], rule_anomaly: ["Bất thường", "Anomaly"],
   rule_device_event: ["Sự kiện thiết bị", "Device alarm"],
-  act_incident_opened: ["Mở sự cố", "Incident opened"], act_alert_opened: ["Cảnh báo mới", "Alert opened"],
+  act_incident_opened: ["Mở sự cố", "Incident opened"], act_incident_reopened: ["Mở lại sự cố", "Incident reopened"], act_alert_opened: ["Cảnh báo mới", "Alert opened"],
   act_alert_resolved: ["Cảnh báo hết", "Alert resolved"], act_incident_resolved: ["Sự cố đã xử lý", "Incident resolved"],
   act_incident_closed: ["Đóng sự cố", "Incident closed"], act_acknowledged: ["Tiếp nhận", "Acknowledged"],
   act_assigned: ["Giao việc", "Assigned"], act_commented: ["Ghi chú", "Comment"], act_closed: ["Đóng", "Closed"],

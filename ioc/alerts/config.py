@@ -15,6 +15,8 @@ class AlertsConfig(BaseModel):
     enabled: bool = Field(True, description="Run the alert engine in this process (one engine per database).")
     tick_s: float = Field(1.0, gt=0, description="How often signals are applied and timers advanced.")
     close_after_s: float = Field(3600.0, ge=0, description="Resolved alerts and incidents close after this.")
+    reopen_within_s: float = Field(1800.0, ge=0, description="A problem back this soon after its incident "
+                                   "resolved reopens that incident instead of opening a new one.")
     reload_s: float = Field(30.0, gt=0, description="How often silences, roster and policies are re-read.")
     silent_factor: float = Field(3.5, gt=1, description="A device is silent after this many of its usual gaps "
                                  "between messages without any...")

@@ -31,6 +31,8 @@ class EngineConfig:
     """Timers of the engine (rules carry their own hysteresis)."""
 
     close_after_s: float = 3600.0
+    reopen_within_s: float = 1800.0
+    """A problem back this soon after its incident resolved reopens that incident (not a new one)."""
     correlation: correlate.CorrelationConfig = field(default_factory=correlate.CorrelationConfig)
     notify_resolved: bool = True  # tell machine receivers (webhook) when a paged incident resolves
 
@@ -139,6 +141,8 @@ class AlertEngine:
         live = [i for i in self.incidents.values() if i.live]
         road = self.road_of(alert.lat, alert.lon) if alert.category == "traffic" else None
         inc = correlate.choose_incident(alert, live, members, self.config.correlation, road)
+        if inc is None and spec.opens_incident:
+            inc = self._reopen(alert, road, now, ch)
         if inc is None and not spec.opens_incident:
             self._fire_standalone(alert, now, ch)
             return
@@ -165,6 +169,38 @@ class AlertEngine:
         ch.audit.append(AuditEntry(now, "alert_opened", "system", inc.id, alert.id, alert.title,
                                    {"rule": alert.rule, "severity": alert.severity.value,
                                     "suppressed": alert.suppressed}))
+
+    def _reopen(self, alert: Alert, road: str | None, now: datetime, ch: Changes) -> Incident | None:
+        """The recently resolved incident of the same problem, reopened for ``alert``; None if there is none.
+
+        A device that flaps slower than its rule's hysteresis is one incident with its history, not a new one
+        each time. The incident goes back to the state it resolved from: if an officer had acknowledged it, it
+        stays theirs and pages no one; otherwise escalation starts again (nobody has taken it).
+        """
+        within = min(self.config.reopen_within_s, self.config.close_after_s)
+        key = correlate.group_key(alert, road)
+        best: Incident | None = None
+        for inc in self.incidents.values():
+            if inc.state != State.RESOLVED or inc.resolved_at is None:
+                continue
+            if (now - inc.resolved_at).total_seconds() > within:
+                continue
+            same = inc.group_key == key or (alert.device_id is not None and any(
+                self.alerts[m].device_id == alert.device_id for m in inc.members if m in self.alerts))
+            if same and (best is None or inc.resolved_at > (best.resolved_at or inc.resolved_at)):
+                best = inc
+        if best is None:
+            return None
+        away = (now - (best.resolved_at or now)).total_seconds()
+        best.state = State.ACKNOWLEDGED if best.acked_by else State.OPEN
+        best.resolved_at = None
+        if best.state == State.OPEN:
+            best.escalation = {}  # escalation starts over: the first page goes out again
+        else:
+            alert.state, alert.acked_by, alert.acked_at = State.ACKNOWLEDGED, best.acked_by, now
+        ch.audit.append(AuditEntry(now, "incident_reopened", "system", best.id, alert.id,
+                                   f"{alert.title}: back {away / 60:.0f} min after it resolved"))
+        return best
 
     def _fire_standalone(self, alert: Alert, now: datetime, ch: Changes) -> None:
         """A context-only alert with no incident to join: listed, never paged."""

@@ -47,7 +47,8 @@ class AlertStage:
 
     def __init__(self, hub: LiveHub, pool: Any, city: City, config: AlertsConfig) -> None:
         self.hub, self.pool, self.city, self.config = hub, pool, city, config
-        self.engine = AlertEngine(EngineConfig(close_after_s=config.close_after_s), self._district_name,
+        self.engine = AlertEngine(EngineConfig(close_after_s=config.close_after_s,
+                                               reopen_within_s=config.reopen_within_s), self._district_name,
                                   city.road_of)
         self._signals: list[Signal] = []
         self._unsaved = Changes()

@@ -300,3 +300,50 @@ def test_bts_kpi_alerts_need_the_operator_limit() -> None:
     by_rule = sorted((a.rule, a.device_id) for a in eng.alerts.values())
     assert by_rule == [("anomaly", "BTS-LC-01"), ("anomaly", "CAM-LC-01"), ("kpi_degraded", "BTS-LC-02")]
     assert len(eng.incidents) == 1
+
+
+def test_a_problem_back_soon_after_it_resolved_reopens_its_incident() -> None:
+    eng = engine()
+    pages, audit = [], []
+
+    def run(ch) -> None:
+        pages.extend(p.reason for p in ch.pages)
+        audit.extend(e.action for e in ch.audit)
+
+    # mains lost, back a minute later, resolved after the 120 s hysteresis; lost again ten minutes on
+    run(eng.observe(power_lost("BTS-LC-03", 0), at(0)))
+    run(eng.observe(power_back("BTS-LC-03", 60), at(60)))
+    run(eng.tick(at(200)))
+    inc = next(iter(eng.incidents.values()))
+    assert inc.state == State.RESOLVED
+    run(eng.observe(power_lost("BTS-LC-03", 600), at(600)))
+    assert list(eng.incidents) == [inc.id] and inc.state == State.OPEN and inc.resolved_at is None
+    assert len(inc.members) == 2  # both episodes, in one incident's history
+    assert audit.count("incident_opened") == 1 and audit.count("incident_reopened") == 1
+    assert pages == ["firing", "resolved", "firing"]  # nobody had taken it: it pages again
+
+
+def test_a_reopened_incident_stays_with_the_officer_who_took_it() -> None:
+    eng = engine()
+    ch = eng.observe(camera("CAM-LC-01", "black", 0), at(0))
+    ch.merge(eng.tick(at(120)))
+    inc = next(iter(eng.incidents.values()))
+    eng.acknowledge(inc.id, "an", None, at(150))
+    eng.observe(camera("CAM-LC-01", "ok", 200), at(200))
+    eng.tick(at(2000))
+    assert inc.state == State.RESOLVED
+    again = eng.observe(camera("CAM-LC-01", "black", 2100), at(2100))
+    again.merge(eng.tick(at(2300)))
+    assert inc.state == State.ACKNOWLEDGED and inc.acked_by == "an"
+    assert again.pages == []
+    assert all(eng.alerts[m].state == State.ACKNOWLEDGED for m in inc.members if eng.alerts[m].live)
+
+
+def test_a_problem_back_long_after_is_a_new_incident() -> None:
+    eng = engine()
+    eng.observe(power_lost("BTS-LC-04", 0), at(0))
+    eng.observe(power_back("BTS-LC-04", 60), at(60))
+    eng.tick(at(200))
+    first = next(iter(eng.incidents.values()))
+    eng.observe(power_lost("BTS-LC-04", 200 + 1801), at(200 + 1801))
+    assert first.state == State.RESOLVED and len(eng.incidents) == 2
