@@ -24,6 +24,15 @@ def num(v: float) -> str:
     return f"{v:.3g}"
 
 
+def duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.5 h': a duration as a duty officer reads it."""
+    if seconds < 120:
+        return f"{num(seconds)} s"
+    if seconds < 7200:
+        return f"{num(seconds / 60)} min"
+    return f"{num(seconds / 3600)} h"
+
+
 def slot(ts: datetime) -> str:
     """'Tuesday 08:00': the half-hour slot of the week the expectation was learned for."""
     t = ts.astimezone(UTC) if ts.tzinfo else ts

@@ -14,7 +14,7 @@ from analytics.findings import Finding
 from analytics.numeric import kernel
 from analytics.numeric.bank import SeriesBank
 from analytics.numeric.config import DetectorConfig
-from analytics.numeric.explain import explain, label, num
+from analytics.numeric.explain import duration, explain, label
 from analytics.numeric.rules import MAINS, DomainRules, infer_kind, utc
 from analytics.numeric.table import SeriesTable
 
@@ -151,7 +151,7 @@ class NumericMonitor:
             out.append(Finding(
                 self.table.devices[int(r)], metric, utc(now_s), "silence",
                 round(float(np.clip(0.5 + 0.05 * late / max(usual, 1e-9), 0.5, 1.0)), 3),
-                f"no {label(metric)} data for {_duration(late)} (usually every {_duration(usual)})",
+                f"no {label(metric)} data for {duration(late)} (usually every {duration(usual)})",
                 {"silent_s": float(late), "usual_interval_s": float(usual)}))
         groups = {int(self.table.grp[r]) for r in rows if self.table.grp[r] >= 0}
         return out + self.rules.groups(self.table, groups, now_s)
@@ -176,11 +176,3 @@ class NumericMonitor:
             raise ValueError("numeric state is inconsistent: registry and bank sizes differ")
         logger.info("restored numeric state: %d series", mon.bank.size)
         return mon
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{num(seconds)} s"
-    if seconds < 7200:
-        return f"{num(seconds / 60)} min"
-    return f"{num(seconds / 3600)} h"

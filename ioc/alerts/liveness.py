@@ -10,6 +10,7 @@ this one's. Arrival times, not device timestamps: a device with a wrong clock is
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,14 +60,42 @@ class Liveness:
         for device_id in device_ids:
             self.devices[device_id].silent = False
 
-    def overdue(self, now: datetime) -> list[tuple[str, float, float]]:
-        """Devices newly silent at ``now``: (device id, seconds since the last message, usual gap)."""
+    def overdue(self, now: datetime, since: datetime | None = None) -> list[tuple[str, float, float]]:
+        """Devices newly silent at ``now``: (device id, seconds since the last message, usual gap).
+
+        ``since`` (the service's start after a restart): lateness counts from no earlier than this, as
+        nothing could be heard while the service was down.
+        """
         out = []
         for device_id, d in self.devices.items():
             if d.silent or d.offline or d.n < self.min_gaps:
                 continue
             late = (now - d.last).total_seconds()
-            if late > max(self.factor * d.gap, self.min_s):
+            judged = late if since is None else min(late, (now - since).total_seconds())
+            if judged > max(self.factor * d.gap, self.min_s):
                 d.silent = True
                 out.append((device_id, late, d.gap))
         return out
+
+    def to_state(self) -> bytes:
+        """What was learned per device (last arrival, usual gap, reported states) as JSON bytes."""
+        devices = {k: [d.last.isoformat(), d.gap, d.n, d.offline, d.silent] for k, d in self.devices.items()}
+        return json.dumps({"version": 1, "devices": devices}).encode()
+
+    def restore(self, data: bytes) -> int:
+        """Take over devices from :meth:`to_state` output not heard from yet; returns how many.
+
+        So a device that died while the service was down is still called silent after a restart (once its
+        usual gap has passed since then). Raises ``ValueError`` for bytes that are not such a state.
+        """
+        try:
+            doc = json.loads(data)
+            if doc.get("version") != 1:
+                raise ValueError(f"unknown liveness state version {doc.get('version')!r}")
+            restored = {k: _Device(datetime.fromisoformat(v[0]), float(v[1]), int(v[2]), bool(v[3]), bool(v[4]))
+                        for k, v in doc["devices"].items()}
+        except (KeyError, TypeError, IndexError, AttributeError, json.JSONDecodeError) as err:
+            raise ValueError(f"not a liveness state: {err}") from err
+        fresh = {k: d for k, d in restored.items() if k not in self.devices}
+        self.devices.update(fresh)
+        return len(fresh)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from analytics.findings import Finding
+from analytics.numeric.explain import duration
 from ingest.records import DeviceEvent, Reading, StatusUpdate
 from ioc.alerts.model import Severity, Signal, iso
 
@@ -172,7 +173,7 @@ def silent(device_id: str, late_s: float, usual_s: float, ts: datetime, info: De
     kind = info(device_id)[0]
     return _signal("device_silent", f"device_silent:{device_id}", True, device_id, info, ts,
                    title=f"{_label(kind)} {device_id} silent",
-                   explanation=f"nothing received for {late_s:.0f} s (usually every {usual_s:.0f} s)",
+                   explanation=f"nothing received for {duration(late_s)} (usually every {duration(usual_s)})",
                    evidence={"silent_s": round(late_s, 1), "usual_interval_s": round(usual_s, 1)})
 
 

@@ -32,6 +32,7 @@ from ioc.geo import City
 from ioc.live.hub import LiveHub
 from storage import alerts as store
 from storage import notifications as outbox
+from storage.writes import load_state, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ ALERTS_FIRED = Counter("ioc_alerts_fired", "Alerts fired", ["rule", "severity"])
 PAGES = Counter("ioc_alert_pages", "Incident pages (one per firing/escalation/resolution, before fan-out)",
                 ["reason"])
 LIVE_INCIDENTS = Gauge("ioc_incidents_live", "Open or acknowledged incidents")
+LIVENESS_STATE = "alerts_liveness"  # analytics_state row: device arrivals, so a restart still sees silence
+LIVENESS_EVERY_S = 300.0
 _MAX_SIGNALS = 200_000  # bound on signals waiting for a tick (a storm is summarised by dedupe keys anyway)
 
 
@@ -59,6 +62,9 @@ class AlertStage:
         self._stalled = False
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # replays set simulated time
         self.loaded = False  # the engine numbers rows itself: it must not run before it knows the last ids
+        # Set when started against the database: silence is counted from then (the downtime was ours).
+        # None in replays, which drive the stage in simulated time.
+        self.since: datetime | None = None
         hub.snapshot_extra = self.snapshot
 
     def _district_name(self, code: str | None) -> str | None:
@@ -110,6 +116,14 @@ class AlertStage:
         async with self.pool.acquire(timeout=10) as conn:
             incidents, alerts = await store.load_unclosed(conn)
             next_alert, next_incident = await store.next_ids(conn)
+            arrivals = await load_state(conn, LIVENESS_STATE)
+        if self.since is None:
+            self.since = self.clock()
+        if arrivals:
+            try:
+                logger.info("device arrivals restored for %d devices", self.liveness.restore(arrivals))
+            except ValueError as err:
+                logger.warning("device arrivals not restored (%s)", err)
         self.engine.load([_alert(a) for a in alerts], [_incident(i) for i in incidents], next_alert, next_incident)
         await self.reload_config()
         self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
@@ -139,7 +153,7 @@ class AlertStage:
             except Exception as err:
                 logger.warning("alert engine waiting for the database: %s", err)
                 await asyncio.sleep(5)
-        last_reload = loop.time()
+        last_reload = last_saved = loop.time()
         while True:
             await asyncio.sleep(self.config.tick_s)
             async with self._lock:
@@ -151,6 +165,17 @@ class AlertStage:
                     await self.reload_config()
                 except Exception as err:
                     logger.warning("alert configuration not reloaded: %s", err)
+            if loop.time() - last_saved >= LIVENESS_EVERY_S:
+                last_saved = loop.time()
+                await self.save()
+
+    async def save(self) -> None:
+        """Keep the device arrivals (periodically and at shutdown), so a restart can still tell silence."""
+        try:
+            async with self.pool.acquire(timeout=5) as conn:
+                await save_state(conn, LIVENESS_STATE, self.liveness.to_state())
+        except Exception as err:
+            logger.warning("device arrivals not saved: %s", err)
 
     def step(self, now: datetime, store: bool = True) -> Changes:
         """Apply the signals collected so far and advance the engine's timers to ``now``.
@@ -159,7 +184,7 @@ class AlertStage:
         calls this once per tick with the wall clock; replays call it with simulated time.
         """
         signals, self._signals = self._signals, []
-        overdue = self.liveness.overdue(now)
+        overdue = self.liveness.overdue(now, self.since)
         if len(overdue) > max(5, self.config.stalled_share * len(self.liveness.devices)):
             # Most of the city fell quiet at once: that is our input stalling (ingest backlog, broker
             # link), not the devices. Judge them again once messages flow.

@@ -90,6 +90,7 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
                 await stage.save()
             if alerts is not None:
                 await alerts.flush()
+                await alerts.save()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

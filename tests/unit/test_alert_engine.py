@@ -200,11 +200,27 @@ def test_a_device_that_stops_talking_is_silent_after_a_few_of_its_usual_gaps() -
     assert live.overdue(at(9000)) == [("BTS-LC-00", 6999.0, 60.0)]  # an offline device is not also silent
 
 
+def test_arrivals_survive_a_restart_and_the_downtime_is_not_silence() -> None:
+    before = Liveness(factor=3.5, min_s=90.0)
+    for k in range(10):
+        before.arrived("BTS-LC-00", at(60 * k))
+        before.arrived("BTS-LC-01", at(60 * k))
+    after = Liveness(factor=3.5, min_s=90.0)
+    after.arrived("BTS-LC-01", at(7200))  # heard since the restart: what it learned live is kept
+    assert after.restore(before.to_state()) == 1
+    restart = at(7200)  # two hours down
+    assert after.overdue(at(7200 + 100), since=restart) == []
+    late = after.overdue(at(7200 + 211), since=restart)  # 3.5 usual gaps after the restart
+    assert [(d, round(s)) for d, s, _ in late] == [("BTS-LC-00", 7200 + 211 - 540)]
+    with pytest.raises(ValueError):
+        after.restore(b'{"version": 1, "devices": {"x": [1]}}')
+
+
 def test_silent_device_alert_fires_and_clears_in_the_engine() -> None:
     eng = engine()
     eng.observe([rules.silent("BTS-LC-03", 240.0, 60.0, at(0), info)], at(0))
     alert = next(iter(eng.alerts.values()))
-    assert alert.rule == "device_silent" and alert.category == "offline" and "240 s" in alert.explanation
+    assert alert.rule == "device_silent" and alert.category == "offline" and "4 min" in alert.explanation
     eng.observe([rules.silent_over("BTS-LC-03", at(30), info)], at(30))
     eng.tick(at(61))
     assert alert.state == State.RESOLVED
