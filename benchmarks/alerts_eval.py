@@ -24,7 +24,7 @@ Scoring, per real (ground-truth) incident G and per IOC incident I opened in the
   * precision: share of I with at least one matching alert (every incident on the queue counts, the
     paged ones are also reported apart);
   * IOC incidents and alerts per detected G, and notifications (pages to people: firing and
-    escalation, not the machine-only "resolved" webhook) per detected G.
+    escalation, reopened; not the machine-only "resolved" webhook) per detected G.
 Targets (issue 6): precision and recall >= 0.95; p95 onset->alert <= 60 s for power, offline and camera
 faults, <= 5 min for traffic; <= 1.2 notifications per real incident.
 """
@@ -124,6 +124,9 @@ def run_seed(seed: int, warm_h: float, eval_h: float, n_incidents: int, snapshot
     return res
 
 
+PEOPLE = ("firing", "reopened", "escalation")  # pages to people (not the machine-only "resolved" webhook)
+
+
 def _collect(res: RunResult, ch: Any, now: float, acks: list[tuple[float, int]], ack_after_s: float) -> None:
     for a in ch.alerts.values():
         doc = _alert_doc(a)
@@ -135,7 +138,7 @@ def _collect(res: RunResult, ch: Any, now: float, acks: list[tuple[float, int]],
         res.incidents[inc.id] = doc
     for p in ch.pages:
         res.pages.append((p.incident_id, p.reason, now))
-        if p.reason == "firing":
+        if p.reason in ("firing", "reopened"):
             acks.append((now + ack_after_s, p.incident_id))
 
 
@@ -191,10 +194,10 @@ def score(res: RunResult) -> dict[str, Any]:
                           "alerts": len(hits), "incidents": incs})
     matched = {i for t in per_truth for i in t["incidents"]}
     false_incidents = [incidents[i] for i in incidents if i not in matched]
-    paged = {i for i, reason, _ in res.pages if reason in ("firing", "escalation") and i in incidents}
+    paged = {i for i, reason, _ in res.pages if reason in PEOPLE and i in incidents}
     pages_by_inc: dict[int, int] = defaultdict(int)
     for i, reason, _ in res.pages:
-        if reason in ("firing", "escalation") and i in incidents:
+        if reason in PEOPLE and i in incidents:
             pages_by_inc[i] += 1
     detected = [t for t in per_truth if t["detected"]]
     return {"truth": per_truth, "incidents": incidents, "false_incidents": false_incidents,

@@ -194,8 +194,8 @@ class AlertEngine:
         away = (now - (best.resolved_at or now)).total_seconds()
         best.state = State.ACKNOWLEDGED if best.acked_by else State.OPEN
         best.resolved_at = None
-        if best.state == State.OPEN:
-            best.escalation = {}  # escalation starts over: the first page goes out again
+        if best.state == State.OPEN:  # escalation starts over: the first page goes out again, saying so
+            best.escalation = {"reopened": int(best.escalation.get("reopened", 0)) + 1}
         else:
             alert.state, alert.acked_by, alert.acked_at = State.ACKNOWLEDGED, best.acked_by, now
         ch.audit.append(AuditEntry(now, "incident_reopened", "system", best.id, alert.id,
@@ -313,7 +313,8 @@ class AlertEngine:
             if step is None:
                 continue
             inc.escalation["paged"] = True
-            reason = "firing" if step["first"] else "escalation"
+            first = "reopened" if inc.escalation.get("reopened") else "firing"
+            reason = first if step["first"] else "escalation"
             ch.pages.append(Page(inc.id, reason, int(step["level"]), tuple(policy.channels), now))
             ch.incidents[inc.id] = inc
             ch.audit.append(AuditEntry(now, "paged" if step["first"] else "escalated", "system", inc.id, None,

@@ -62,9 +62,12 @@ def on_duty(shifts: list[Shift], level: int, now: datetime) -> list[str]:
 
 
 def start(incident: Incident, policy: Policy, now: datetime) -> None:
-    """Arm escalation for a newly paging incident: the first step is due now."""
+    """Arm escalation for a newly paging incident: the first step is due now (a reopening stays noted)."""
+    reopened = incident.escalation.get("reopened")
     incident.escalation = {"policy": policy.id, "step": 0, "cycle": 0, "base": now.isoformat(),
                            "next_due": (now + timedelta(minutes=float(policy.steps[0]["after_min"]))).isoformat()}
+    if reopened:
+        incident.escalation["reopened"] = reopened
 
 
 def due(incident: Incident, policy: Policy, now: datetime) -> dict[str, Any] | None:

@@ -336,7 +336,8 @@ def test_a_problem_back_soon_after_it_resolved_reopens_its_incident() -> None:
     assert list(eng.incidents) == [inc.id] and inc.state == State.OPEN and inc.resolved_at is None
     assert len(inc.members) == 2  # both episodes, in one incident's history
     assert audit.count("incident_opened") == 1 and audit.count("incident_reopened") == 1
-    assert pages == ["firing", "resolved", "firing"]  # nobody had taken it: it pages again
+    assert pages == ["firing", "resolved", "reopened"]  # nobody had taken it: it pages again, saying so
+    assert inc.escalation["reopened"] == 1
 
 
 def test_a_reopened_incident_stays_with_the_officer_who_took_it() -> None:

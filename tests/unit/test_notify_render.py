@@ -63,6 +63,8 @@ def test_reason_tags_and_state() -> None:
                    now=NOW)
     assert "State: acknowledged, acknowledged by officer-1, assigned to officer-2" in acked.text
     assert render(incident(), "test", "http://x", now=NOW).subject.startswith("[TEST][MAJOR] ")
+    back = render(incident(), "reopened", "http://x", now=NOW)
+    assert back.subject.startswith("[MAJOR][REOPENED] ") and back.text.startswith("Back again")
     with pytest.raises(ValueError):
         render(incident(), "because", "http://x")
 

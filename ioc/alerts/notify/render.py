@@ -19,7 +19,7 @@ PAYLOAD_VERSION = 1
 #: Member alerts listed in the text body; the payload carries up to ``MAX_PAYLOAD_MEMBERS``.
 MAX_TEXT_MEMBERS = 10
 MAX_PAYLOAD_MEMBERS = 50
-REASONS = ("firing", "escalation", "resolved", "test")
+REASONS = ("firing", "reopened", "escalation", "resolved", "test")
 
 _INCIDENT_KEYS = ("id", "title", "severity", "state", "category", "district", "district_name", "started_at",
                   "updated_at", "acked_by", "assignee", "member_count", "level")
@@ -47,7 +47,7 @@ def render(incident: dict[str, Any], reason: str, public_url: str, *, now: datet
 
     Args:
         incident: The incident dict (times as ISO strings), see the module of the alert engine.
-        reason: Why we notify: ``firing``, ``escalation``, ``resolved`` or ``test``.
+        reason: Why we notify: ``firing``, ``reopened``, ``escalation``, ``resolved`` or ``test``.
         public_url: Base URL of the operator UI, for the acknowledge links.
         now: Current time, for the age of the incident (default: the wall clock).
         tz: Zone the times are shown in (default: the offset the ISO strings carry).
@@ -126,6 +126,8 @@ def _tag(incident: dict[str, Any], reason: str) -> str:
         return f"[{severity}][ESCALATED{f' L{level}' if level else ''}]"
     if reason == "test":
         return f"[TEST][{severity}]"
+    if reason == "reopened":
+        return f"[{severity}][REOPENED]"
     return f"[{severity}]"
 
 
@@ -157,6 +159,7 @@ def _text(incident: dict[str, Any], reason: str, started: datetime | None, now: 
     severity = str(incident.get("severity") or "info").upper()
     headline = {
         "firing": "New incident",
+        "reopened": "Back again: this incident had resolved and the problem has returned",
         "escalation": f"Escalated to level {incident.get('level') or '?'}: nobody has acknowledged yet",
         "resolved": "Resolved",
         "test": "Test notification (no action needed)",
