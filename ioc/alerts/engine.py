@@ -143,6 +143,8 @@ class AlertEngine:
         inc = correlate.choose_incident(alert, live, members, self.config.correlation, road)
         if inc is None and spec.opens_incident:
             inc = self._reopen(alert, road, now, ch)
+            if inc is not None:
+                self._adopt(inc, alert, ch)
         if inc is None and not spec.opens_incident:
             self._fire_standalone(alert, now, ch)
             return
