@@ -111,6 +111,12 @@ class DetectorConfig:
     group_min_devices: int = 3
     group_min_frac: float = 0.3
     """A group event needs this many devices, and this share of the group's devices of that kind."""
+    frozen_run: int = 5
+    frozen_rep: float = 0.2
+    frozen_min_series: int = 2
+    """A device is frozen when every one of its metrics that usually changes from one reading to the next
+    (repeat rate below ``frozen_rep``), and at least ``frozen_min_series`` of them, repeated its last value
+    ``frozen_run`` readings in a row: a sensor resending its last packet, whatever the time of day."""
     slow_z: float = 3.0
     slow_frac: float = 0.85
     """Traffic: speed this many spreads, and this fraction, below usual is slowing (group rule)."""

@@ -87,7 +87,7 @@ class NumericMonitor:
         res = self.bank.update(rows, ts, values)
         self._remember(rows, ts, values, res)
         out = self._bank_findings(rows, ts, values, res)
-        ruled = self.rules.apply(self.table, rows, ts)
+        ruled = self.rules.apply(self.table, rows, ts) + self.rules.frozen(self.table, self.bank.F, rows)
         hit = {(f.device_id, f.series) for f in ruled}
         return [f for f in out if (f.device_id, f.series) not in hit] + ruled
 

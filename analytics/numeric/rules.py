@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from analytics.findings import Finding
+from analytics.numeric import kernel
 from analytics.numeric.config import DetectorConfig
-from analytics.numeric.explain import num, slot, value
+from analytics.numeric.explain import label, num, slot, value
 from analytics.numeric.table import KIND_CODES, SeriesTable
 
 SPEED, OCCUPANCY, MAINS, BATTERY, AVAILABILITY = "speed_kmh", "occupancy_pct", "mains_power", "battery_pct", \
@@ -42,6 +43,7 @@ class DomainRules:
     def __init__(self, config: DetectorConfig) -> None:
         self.cfg = config
         self.group_active: set[tuple[int, str]] = set()
+        self.frozen_active: set[int] = set()  # devices whose freeze was reported (until one metric moves)
 
     def apply(self, table: SeriesTable, rows: np.ndarray, ts: np.ndarray) -> list[Finding]:
         """Findings of the rules for the series rows just updated (table facts already current)."""
@@ -131,6 +133,44 @@ class DomainRules:
                 {"value": float(v), "expected": float(e), "spread": float(sd)}))
         return out
 
+    def frozen(self, table: SeriesTable, F: np.ndarray, rows: np.ndarray) -> list[Finding]:
+        """Devices (of those just updated) whose usually-changing metrics all stopped changing at once.
+
+        One frozen metric among moving ones is the bank's ``stuck`` business, judged by how rare such a run
+        is for that series. All of a device's lively metrics repeating together is a different fault, a
+        sensor resending its last packet, and is called after a few readings even where one series alone
+        would not be (a morning's speed can stand still; speed, occupancy and flow together cannot).
+        """
+        cfg, n = self.cfg, len(table)
+        if n == 0 or len(rows) == 0:
+            return []
+        F = F[:n]
+        lively = (F[:, kernel.REP] < cfg.frozen_rep) & (F[:, kernel.N] >= cfg.warmup)
+        still = lively & (F[:, kernel.RUN] >= cfg.frozen_run)
+        ndev = len(table.device_kind)
+        dev = table.dev[:n]
+        n_lively = np.bincount(dev[lively], minlength=ndev)
+        n_still = np.bincount(dev[still], minlength=ndev)
+        out: list[Finding] = []
+        for d in np.unique(dev[rows]).tolist():
+            if n_still[d] < max(cfg.frozen_min_series, n_lively[d]):
+                self.frozen_active.discard(d)  # a metric moves again: the next freeze is a new episode
+                continue
+            if d in self.frozen_active:
+                continue
+            self.frozen_active.add(d)
+            mine = np.flatnonzero(still & (dev == d))
+            r = int(mine[np.argmin(F[mine, kernel.REP])])  # the one that changes most often speaks for all
+            names = ", ".join(label(table.metrics[int(i)]) for i in mine)
+            run = int(F[mine, kernel.RUN].min()) + 1
+            t, v = table.f["last_ts"][r], table.f["last_v"][r]
+            out.append(Finding(
+                table.devices[r], table.metrics[r], utc(t), "stuck", 0.8,
+                f"{names}: the same values {run} readings in a row (they usually change every reading); "
+                "the sensor looks frozen",
+                {"value": float(v), "metrics": [table.metrics[int(i)] for i in mine], "run": run}))
+        return out
+
     def groups(self, table: SeriesTable, groups: Iterable[int], now: float) -> list[Finding]:
         """Group events: BTS of one district failing together, traffic sensors slowing together."""
         cfg, out = self.cfg, []
@@ -139,7 +179,7 @@ class DomainRules:
         calm_before = table.f["flag_ts"][:n] >= now - 4 * cfg.rule_window_s
         for g in groups:
             members = table.grp[:n] == g
-            for kind, label, what in (("bts", "group_outage", "BTS failing"),
+            for kind, ftype, what in (("bts", "group_outage", "BTS failing"),
                                       ("traffic", "group_slowdown", "traffic sensors slowing")):
                 is_kind = members & (table.kcode[:n] == KIND_CODES[kind])
                 total = len(np.unique(table.dev[:n][is_kind]))
@@ -155,6 +195,6 @@ class DomainRules:
                 name = table.group_name(g)
                 devs = sorted(table.devices[int(np.flatnonzero(table.dev[:n] == d)[0])] for d in hit_devs)
                 out.append(Finding(
-                    f"group:{name}", "*", utc(now), label, round(min(1.0, 0.5 + 0.5 * hit / max(total, 1)), 3),
+                    f"group:{name}", "*", utc(now), ftype, round(min(1.0, 0.5 + 0.5 * hit / max(total, 1)), 3),
                     f"{hit} of {total} {what} together in {name}", {"devices": devs, "group": name}))
         return out

@@ -171,3 +171,28 @@ def test_detect_path_directory_and_single_file(tmp_path: Path) -> None:
 
 def test_default_config_is_shared() -> None:
     assert NumericMonitor().config == DetectorConfig()
+
+
+def test_a_frozen_sensor_is_called_whatever_the_hour() -> None:
+    """All of a sensor's lively metrics repeating their last values at once: called in a few readings."""
+    rng = np.random.default_rng(7)
+    m = NumericMonitor()
+    m.set_device("tr-f", kind="traffic", group="north")
+    step, t0 = 30.0, 19675 * 86400.0  # readings every 30 s from a midnight (UTC)
+    frozen_at = int((2 * 86400 + 7 * 3600 + 1200) / step)  # the third morning, 07:20
+    found, held = [], {}
+    for i in range(frozen_at + 40):
+        t = t0 + step * i
+        busy = 6 <= (t % 86400) / 3600 < 22
+        flow = float(120 * rng.poisson(20 if busy else 0.2))
+        vals = {"flow_veh_h": flow, "speed_kmh": round(48 + rng.normal(0, 2), 1) if flow else 50.0,
+                "occupancy_pct": round(max(0.0, (12 if busy else 0.2) + rng.normal(0, 0.8)), 1),
+                "queue_len_m": 0.0, "heavy_vehicle_pct": round(rng.uniform(5, 15), 1)}
+        if i < frozen_at:
+            held = vals
+        found += [(i, f) for f in m.ingest([("tr-f", k, t, v) for k, v in (held if i >= frozen_at else vals).items()])]
+    frozen = [(i, f) for i, f in found if f.type == "stuck" and "looks frozen" in f.explanation]
+    assert len(frozen) == 1, [(i, f.explanation) for i, f in found if f.type == "stuck"]
+    i, f = frozen[0]
+    assert frozen_at <= i <= frozen_at + 6  # nights of repeated zeros and free-flow speeds raised nothing
+    assert "heavy_vehicle_pct" in f.detail["metrics"], f.explanation
