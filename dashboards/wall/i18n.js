@@ -114,7 +114,7 @@ const T = {
   action_failed: ["Không thực hiện được: {e}", "Failed: {e}"],
   started: ["Bắt đầu", "Started"],
   updated: ["Cập nhật", "Updated"],
-  resolved_at: ["Xử lý xong", "Resolved"],
+  resolved_at: ["Xử lý xong", "Resolved"], reopened: ["Mở lại", "Reopened"],
   values: ["Giá trị", "Values"],
   chart_of: ["{metric} quanh thời điểm xảy ra", "{metric} around the start"],
   snapshot: ["Ảnh mới nhất", "Latest snapshot"],

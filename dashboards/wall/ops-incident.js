@@ -166,6 +166,9 @@ export class IncidentView {
     ];
     if (inc.acked_by) facts.push([t("st_acknowledged"), `${inc.acked_by} · ${i18n.stamp(parseTs(inc.acked_at))}`]);
     if (inc.resolved_at) facts.push([t("resolved_at"), i18n.stamp(parseTs(inc.resolved_at))]);
+    // how often the problem came back after it had resolved (REST keeps the engine's state under detail)
+    const reopened = Number((inc.escalation || inc.detail?.escalation)?.reopened || 0);
+    if (reopened) facts.push([t("reopened"), `${reopened}×`]);
     const key = JSON.stringify([inc.state, inc.severity, inc.title, facts]);
     if (key === this.headKey) return;
     this.headKey = key;

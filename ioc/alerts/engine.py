@@ -196,9 +196,11 @@ class AlertEngine:
         away = (now - (best.resolved_at or now)).total_seconds()
         best.state = State.ACKNOWLEDGED if best.acked_by else State.OPEN
         best.resolved_at = None
+        times = int(best.escalation.get("reopened", 0)) + 1
         if best.state == State.OPEN:  # escalation starts over: the first page goes out again, saying so
-            best.escalation = {"reopened": int(best.escalation.get("reopened", 0)) + 1}
-        else:
+            best.escalation = {"reopened": times}
+        else:  # still theirs: escalation stays stopped
+            best.escalation["reopened"] = times
             alert.state, alert.acked_by, alert.acked_at = State.ACKNOWLEDGED, best.acked_by, now
         ch.audit.append(AuditEntry(now, "incident_reopened", "system", best.id, alert.id,
                                    f"{alert.title}: back {away / 60:.0f} min after it resolved"))

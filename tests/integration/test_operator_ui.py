@@ -143,6 +143,14 @@ def test_operator_lists_incident_page_silences_and_device_page(server: tuple[Ser
         page.screenshot(path=str(artifacts / "ops-incident-1366x900.png"))
         page.click(".act-resolve")
         ops_wait(page, "document.querySelector('#inc-state').dataset.state === 'resolved'")
+        # The mains fail again soon after: the same incident reopens, still with the officer who took it.
+        publish_event(pub, "bts", bts[0], "mains_power_lost", "major", battery_pct=88)
+        ops_wait(page, "document.querySelector('#inc-state').dataset.state === 'acknowledged'")
+        ops_wait(page, "[...document.querySelectorAll('.facts div')].some(d => d.textContent === 'Mở lại1×')")
+        ops_wait(page, "[...document.querySelectorAll('.timeline li')]"
+                       ".some(l => l.textContent.includes('Mở lại sự cố'))")
+        page.click(".act-resolve")
+        ops_wait(page, "document.querySelector('#inc-state').dataset.state === 'resolved'")
         page.click(".act-close")
         ops_wait(page, "document.querySelector('#inc-state').dataset.state === 'closed'")
         detail = api(f"{srv.url}/api/incidents/{power['id']}")
@@ -151,6 +159,7 @@ def test_operator_lists_incident_page_silences_and_device_page(server: tuple[Ser
         assert done[:3] == [("acknowledged", "an", "điện lực đã nhận tin"), ("assigned", "an", "binh"),
                             ("commented", "an", "đội kỹ thuật đang tới")]
         assert {a for a, _, _ in done} >= {"incident_resolved", "closed"}
+        assert [h["action"] for h in detail["history"]].count("incident_reopened") == 1
 
         # The camera incident: its snapshot is part of the evidence; "Silence…" opens a prefilled form.
         page.goto(f"{srv.url}/ops?lang=vi#/incidents/{camera['id']}")

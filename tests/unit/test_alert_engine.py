@@ -351,7 +351,7 @@ def test_a_reopened_incident_stays_with_the_officer_who_took_it() -> None:
     assert inc.state == State.RESOLVED
     again = eng.observe(camera("CAM-LC-01", "black", 2100), at(2100))
     again.merge(eng.tick(at(2300)))
-    assert inc.state == State.ACKNOWLEDGED and inc.acked_by == "an"
+    assert inc.state == State.ACKNOWLEDGED and inc.acked_by == "an" and inc.escalation["reopened"] == 1
     assert again.pages == []
     assert all(eng.alerts[m].state == State.ACKNOWLEDGED for m in inc.members if eng.alerts[m].live)
 
