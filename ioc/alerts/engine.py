@@ -176,8 +176,9 @@ class AlertEngine:
         """The recently resolved incident of the same problem, reopened for ``alert``; None if there is none.
 
         A device that flaps slower than its rule's hysteresis is one incident with its history, not a new one
-        each time. The incident goes back to the state it resolved from: if an officer had acknowledged it, it
-        stays theirs and pages no one; otherwise escalation starts again (nobody has taken it).
+        each time. If an officer had acknowledged it and the problem is back on a device they had taken, it
+        stays theirs and pages no one; a problem on another device of the group, or one nobody had taken,
+        starts escalation again.
         """
         within = min(self.config.reopen_within_s, self.config.close_after_s)
         key = correlate.group_key(alert, road)
@@ -187,24 +188,28 @@ class AlertEngine:
                 continue
             if (now - inc.resolved_at).total_seconds() > within:
                 continue
-            same = inc.group_key == key or (alert.device_id is not None and any(
-                self.alerts[m].device_id == alert.device_id for m in inc.members if m in self.alerts))
-            if same and (best is None or inc.resolved_at > (best.resolved_at or inc.resolved_at)):
+            if (inc.group_key == key or self._had_device(inc, alert.device_id)) and (
+                    best is None or inc.resolved_at > (best.resolved_at or inc.resolved_at)):
                 best = inc
         if best is None:
             return None
         away = (now - (best.resolved_at or now)).total_seconds()
-        best.state = State.ACKNOWLEDGED if best.acked_by else State.OPEN
-        best.resolved_at = None
         times = int(best.escalation.get("reopened", 0)) + 1
-        if best.state == State.OPEN:  # escalation starts over: the first page goes out again, saying so
-            best.escalation = {"reopened": times}
-        else:  # still theirs: escalation stays stopped
+        best.resolved_at = None
+        if best.acked_by and self._had_device(best, alert.device_id):  # still theirs: escalation stays stopped
+            best.state = State.ACKNOWLEDGED
             best.escalation["reopened"] = times
             alert.state, alert.acked_by, alert.acked_at = State.ACKNOWLEDGED, best.acked_by, now
+        else:  # escalation starts over: the first page goes out again, saying so
+            best.state, best.acked_by, best.acked_at = State.OPEN, None, None
+            best.escalation = {"reopened": times}
         ch.audit.append(AuditEntry(now, "incident_reopened", "system", best.id, alert.id,
                                    f"{alert.title}: back {away / 60:.0f} min after it resolved"))
         return best
+
+    def _had_device(self, inc: Incident, device_id: str | None) -> bool:
+        return device_id is not None and any(
+            self.alerts[m].device_id == device_id for m in inc.members if m in self.alerts)
 
     def _fire_standalone(self, alert: Alert, now: datetime, ch: Changes) -> None:
         """A context-only alert with no incident to join: listed, never paged."""

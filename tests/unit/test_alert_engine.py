@@ -356,6 +356,19 @@ def test_a_reopened_incident_stays_with_the_officer_who_took_it() -> None:
     assert all(eng.alerts[m].state == State.ACKNOWLEDGED for m in inc.members if eng.alerts[m].live)
 
 
+def test_an_acknowledged_district_incident_reopened_by_another_device_pages_again() -> None:
+    eng = engine()
+    eng.observe(power_lost("BTS-LC-00", 0), at(0))
+    inc = next(iter(eng.incidents.values()))
+    eng.acknowledge(inc.id, "an", None, at(30))
+    eng.observe(power_back("BTS-LC-00", 60), at(60))
+    eng.tick(at(200))
+    assert inc.state == State.RESOLVED
+    ch = eng.observe(power_lost("BTS-LC-01", 600), at(600))  # another site of the district: nobody took it
+    assert list(eng.incidents) == [inc.id] and inc.state == State.OPEN and inc.acked_by is None
+    assert [p.reason for p in ch.pages] == ["reopened"]
+
+
 def test_a_problem_back_long_after_is_a_new_incident() -> None:
     eng = engine()
     eng.observe(power_lost("BTS-LC-04", 0), at(0))
