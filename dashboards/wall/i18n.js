@@ -59,7 +59,7 @@ const T = {
   st_closed: ["Đã đóng", "Closed"],
   acked_by: ["{who} đã tiếp nhận", "acked by {who}"],
   assigned_to: ["giao cho {who}", "assigned to {who}"],
-  members_n: ["{n} cảnh báo", "{n} alerts"],
+  members_n: ["{n} cảnh báo", "{n} alerts"], reopened_n: ["mở lại {n} lần", "reopened {n}×"],
   quiet: ["Tạm tắt báo", "Silenced"],
   inhibited: ["Do sự cố #{id}", "Explained by #{id}"],
   kmh: ["km/h", "km/h"],

@@ -115,6 +115,7 @@ export class WallPanels {
     let state = t(`st_${inc.state}`);
     if (inc.state === "acknowledged" && inc.acked_by) state = t("acked_by", { who: inc.acked_by });
     if (inc.assignee) where.push(t("assigned_to", { who: inc.assignee }));
+    if (inc.escalation?.reopened) where.push(t("reopened_n", { n: inc.escalation.reopened }));  // it keeps coming back
     const li = el("li", {
       class: `inc${Date.now() - inc.changed < 3000 ? " new" : ""}${inc.endedAt != null ? " ended" : ""}`,
       dataset: { sev: inc.severity, state: inc.state, id: String(inc.id) },

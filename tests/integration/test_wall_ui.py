@@ -113,6 +113,17 @@ def test_wall_figures_from_a_controlled_fleet(own_database: str, broker: int, pa
             # The device is ringed on the map in the incident's colour (drawn from the incident's members).
             wait_js(page, "window.__ioc.draws > 0 && window.__ioc.incidents >= 1")
 
+            # Resolved by hand, then the mains fail again: the same incident comes back, marked as reopened.
+            req = urllib.request.Request(f"{server.url}/api/incidents/{shown['id']}/resolve", method="POST",
+                                         data=json.dumps({"actor": "an"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=5).close()
+            wait_js(page, f"window.__ioc.incident({shown['id']})?.state === 'resolved'", 5)
+            publish_event(pub, "bts", f"WB-HB-{tag}", "mains_power_lost", "major", battery_pct=95)
+            wait_js(page, f"document.querySelector(\"#incidents .inc[data-id='{shown['id']}']\")"
+                          "?.innerText.includes('mở lại 1 lần')", 5)
+            assert page.get_attribute(f"#incidents .inc[data-id='{shown['id']}']", "data-state") == "open"
+
             # A network drop (same server): the page resumes from its last sequence instead of a new snapshot.
             page.evaluate("window.__ioc.drop()")
             wait_js(page, "window.__ioc.connected && window.__ioc.resumes === 1")
