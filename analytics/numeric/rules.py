@@ -152,10 +152,10 @@ class DomainRules:
         n_lively = np.bincount(dev[lively], minlength=ndev)
         n_still = np.bincount(dev[still], minlength=ndev)
         out: list[Finding] = []
-        for d in np.unique(dev[rows]).tolist():
-            if n_still[d] < max(cfg.frozen_min_series, n_lively[d]):
-                self.frozen_active.discard(d)  # a metric moves again: the next freeze is a new episode
-                continue
+        touched = np.unique(dev[rows])
+        hit = n_still[touched] >= np.maximum(cfg.frozen_min_series, n_lively[touched])
+        self.frozen_active.difference_update(touched[~hit].tolist())  # moving again: the next freeze is new
+        for d in touched[hit].tolist():
             if d in self.frozen_active:
                 continue
             self.frozen_active.add(d)
