@@ -98,7 +98,6 @@ class StaleMonitor:
                     c.reported.discard(key)
         return out
 
-
     def to_state(self) -> bytes:
         """What was learned per camera (last snapshot, usual period, telemetry levels) as JSON bytes.
 

@@ -182,17 +182,13 @@ class AlertEngine:
         """
         within = min(self.config.reopen_within_s, self.config.close_after_s)
         key = correlate.group_key(alert, road)
-        best: Incident | None = None
-        for inc in self.incidents.values():
-            if inc.state != State.RESOLVED or inc.resolved_at is None:
-                continue
-            if (now - inc.resolved_at).total_seconds() > within:
-                continue
-            if (inc.group_key == key or self._had_device(inc, alert.device_id)) and (
-                    best is None or inc.resolved_at > (best.resolved_at or inc.resolved_at)):
-                best = inc
-        if best is None:
+        recent = [inc for inc in self.incidents.values()
+                  if inc.state == State.RESOLVED and inc.resolved_at is not None
+                  and (now - inc.resolved_at).total_seconds() <= within
+                  and (inc.group_key == key or self._had_device(inc, alert.device_id))]
+        if not recent:
             return None
+        best = max(recent, key=lambda inc: inc.resolved_at or now)  # the latest to resolve
         away = (now - (best.resolved_at or now)).total_seconds()
         times = int(best.escalation.get("reopened", 0)) + 1
         best.resolved_at = None
