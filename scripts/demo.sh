@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
-exec ioc demo "$@"
+exec .venv/bin/ioc demo "$@"

@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 scripts/services.sh
-ioc db upgrade
-exec ioc serve --ingest --host "${IOC_HOST:-127.0.0.1}" --port "${IOC_PORT:-8000}"
+.venv/bin/ioc db upgrade
+exec .venv/bin/ioc serve --ingest --host "${IOC_HOST:-127.0.0.1}" --port "${IOC_PORT:-8000}"
