@@ -4,15 +4,23 @@ paho builds a ``Properties`` object for every PUBLISH it decodes, and its constr
 lookup tables each time while ``clear()`` scans them with ``hasattr``: about a fifth of the ingest
 worker's CPU at 10k msg/s. :class:`LeanProperties` keeps the tables on the class (they are never
 mutated) and clears only the attributes actually set; behaviour is otherwise paho's own.
+
+The decoder it patches lives in ``paho.mqtt._packet``, which paho 2.1 does not have (2.2 does): there
+:func:`install` does nothing and paho runs as shipped. ``tests/unit/test_paho_internals.py`` checks the
+private names this module and :mod:`ingest.mqtt_session` rely on, so an upgrade that moves them fails a test.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from paho.mqtt import _packet
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+try:  # paho >= 2.2; absent from 2.1
+    from paho.mqtt import _packet
+except ImportError:  # pragma: no cover - depends on the installed paho
+    _packet = None  # type: ignore[assignment]
 
 _PRIVATE = frozenset({"packetType", "types", "names", "properties"})
 _TEMPLATE = Properties(PacketTypes.PUBLISH)
@@ -39,6 +47,13 @@ class LeanProperties(Properties):
         raise AttributeError(name)
 
 
-def install() -> None:
-    """Make paho's packet decoder use :class:`LeanProperties` (idempotent, process-wide)."""
+def install() -> bool:
+    """Make paho's packet decoder use :class:`LeanProperties` (idempotent, process-wide).
+
+    Returns:
+        False when this paho has no ``_packet`` decoder to patch (paho 2.1): plain paho is used.
+    """
+    if _packet is None or not hasattr(_packet, "Properties"):
+        return False
     _packet.Properties = LeanProperties  # type: ignore[misc]
+    return True
