@@ -17,6 +17,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
+SHARD_REBUILDS = Counter("ioc_analytics_shard_rebuilds", "Camera shard processes found dead and rebuilt")
 STATE_NAME = "numeric_monitor"
 STALE_STATE_NAME = "camera_stale"  # snapshot arrivals per camera (StaleMonitor)
 CAMERA_STATE_PREFIX = "camera:"  # one saved state per camera: shard counts may differ between runs
@@ -114,11 +116,13 @@ class AnalyticsStage:
         self._known: set[str] = set()
         # Silence is counted from no earlier than this: after a restart the downtime is ours, not the devices'.
         self.started = datetime.now(UTC)
-        # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
-        # after the server stops.
-        ctx = multiprocessing.get_context("spawn")
-        self._shards = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_shard_init)
-                        for _ in range(camera_processes)]
+        self._shards = [self._new_shard() for _ in range(camera_processes)]
+        # A shard whose process died (OOM killer, a crash in native code) is replaced: the executor of a dead
+        # process refuses every later submit. Generations tell a dead executor's late callbacks from the new one's.
+        self._generation = [0] * camera_processes
+        self._rebuilding: dict[int, asyncio.Task[None]] = {}
+        self._last_rebuild = [float("-inf")] * camera_processes
+        self._rebuild_delay = [0.0] * camera_processes
         self._inline: dict[str, Any] = {}  # camera analysers of the inline mode
         self._inflight = [0] * camera_processes
         self._max_inflight = max_inflight_per_shard
@@ -162,6 +166,58 @@ class AnalyticsStage:
     def _shard_of(self, device_id: str) -> int:
         return zlib.crc32(device_id.encode()) % len(self._shards)
 
+    @staticmethod
+    def _new_shard() -> ProcessPoolExecutor:
+        # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
+        # after the server stops.
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_shard_init)
+
+    def _shard_dead(self, shard: int) -> bool:
+        return shard in self._rebuilding or bool(getattr(self._shards[shard], "_broken", False))
+
+    def health_problems(self) -> list[str]:
+        """What keeps this stage from doing its work, for readiness (empty: healthy)."""
+        return [f"camera shard {i} dead, rebuilding" if i in self._rebuilding else f"camera shard {i} dead"
+                for i in range(len(self._shards)) if self._shard_dead(i)]
+
+    def _start_rebuild(self, shard: int) -> None:
+        """Replace a dead shard's executor (in a task on the running loop), once."""
+        if shard not in self._rebuilding:
+            logger.error("camera shard %d: its process died; rebuilding it", shard)
+            self._rebuilding[shard] = asyncio.get_running_loop().create_task(self._rebuild(shard))
+
+    async def _rebuild(self, shard: int) -> None:
+        """New process for the shard, its cameras' saved scenes restored, then it takes snapshots again."""
+        loop = asyncio.get_running_loop()
+        try:
+            # A shard that dies again and again (a picture that crashes the decoder) is rebuilt ever more slowly.
+            recent = loop.time() - self._last_rebuild[shard] < 120.0
+            self._rebuild_delay[shard] = min(60.0, max(1.0, 2 * self._rebuild_delay[shard])) if recent else 0.0
+            await asyncio.sleep(self._rebuild_delay[shard])
+            await asyncio.to_thread(self._shards[shard].shutdown, wait=True, cancel_futures=True)
+            new = self._shards[shard] = self._new_shard()
+            self._generation[shard] += 1
+            self._inflight[shard] = 0
+            items: list[tuple[str, bytes]] = []
+            try:  # snapshots wait (skipped) until the saved scenes are back, so none is judged against nothing
+                if self.pool is not None:
+                    async with self.pool.acquire(timeout=5) as conn:
+                        saved = await load_states(conn, CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
+                    items = [(device_id, data) for device_id, data in
+                             ((name.removeprefix(CAMERA_STATE_PREFIX), data) for name, data in saved)
+                             if self._shard_of(device_id) == shard]
+                restored = await loop.run_in_executor(new, _import_states, items)
+                logger.info("camera shard %d rebuilt: %d of %d saved cameras restored", shard, restored, len(items))
+            except Exception as err:  # a new process that dies at once is found dead and rebuilt again
+                logger.warning("camera shard %d rebuilt; saved cameras not restored (%s)", shard, err)
+            SHARD_REBUILDS.inc()
+        except Exception:
+            logger.exception("camera shard %d: rebuild failed; tried again on the next snapshot", shard)
+        finally:
+            self._last_rebuild[shard] = loop.time()
+            self._rebuilding.pop(shard, None)
+
     # --- sink (event loop, must be cheap) ----------------------------------------------------------------
 
     def on_parsed(self, parsed: ParsedMessage) -> None:
@@ -182,13 +238,23 @@ class AnalyticsStage:
                     self._camera_result(rec.device_id, rec.ts, self._analyse_inline(rec))
                     continue
                 shard = self._shard_of(rec.device_id)
+                if self._shard_dead(shard):  # skipped (counted) until its process is back
+                    SNAPSHOTS_SKIPPED.inc()
+                    self._start_rebuild(shard)
+                    continue
                 if self._inflight[shard] >= self._max_inflight:
                     SNAPSHOTS_SKIPPED.inc()
                     continue
+                try:
+                    fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], _analyse, rec.device_id,
+                                                                     rec.jpeg, rec.ts)
+                except BrokenProcessPool:
+                    SNAPSHOTS_SKIPPED.inc()
+                    self._start_rebuild(shard)
+                    continue
                 self._inflight[shard] += 1
-                fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], _analyse, rec.device_id,
-                                                                 rec.jpeg, rec.ts)
-                fut.add_done_callback(functools.partial(self._camera_done, rec.device_id, shard, rec.ts))
+                fut.add_done_callback(functools.partial(self._camera_done, rec.device_id, shard,
+                                                        self._generation[shard], rec.ts))
 
     def _analyse_inline(self, rec: Snapshot) -> tuple[str, float, float, int, list[Finding]] | None:
         from analytics.camera.analyser import CameraAnalyser
@@ -203,10 +269,16 @@ class AnalyticsStage:
             return None
         return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)
 
-    def _camera_done(self, device_id: str, shard: int, ts: datetime, fut: asyncio.Future[Any]) -> None:
-        self._inflight[shard] -= 1
+    def _camera_done(self, device_id: str, shard: int, generation: int, ts: datetime,
+                     fut: asyncio.Future[Any]) -> None:
+        if generation == self._generation[shard]:  # else counted by a dead executor: reset at the rebuild
+            self._inflight[shard] -= 1
         try:
             result = fut.result()
+        except BrokenProcessPool:
+            if generation == self._generation[shard]:
+                self._start_rebuild(shard)
+            return
         except Exception:
             logger.exception("camera analysis of %s failed", device_id)
             return
@@ -251,6 +323,9 @@ class AnalyticsStage:
                     # Off the event loop: a big flush must not hold up the live feed's senders. Only this
                     # task touches the monitor, one call at a time, so the thread needs no lock.
                     self._raise(await asyncio.to_thread(self._detect, devices, readings))
+                for shard in range(len(self._shards)):  # a shard that died idle is rebuilt too
+                    if self._shard_dead(shard):
+                        self._start_rebuild(shard)
                 now = loop.time()
                 if now - last_silence >= self.silence_every_s:
                     last_silence = now
@@ -267,6 +342,8 @@ class AnalyticsStage:
                     last_cameras = now if cameras else last_cameras
                     await self.save(cameras=cameras)
         finally:
+            for task in list(self._rebuilding.values()):
+                task.cancel()
             await asyncio.to_thread(self.close)
 
     def _take(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, datetime, float]]]:
@@ -331,7 +408,8 @@ class AnalyticsStage:
     async def _save_cameras(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            parts = await asyncio.gather(*(loop.run_in_executor(shard, _export_states) for shard in self._shards))
+            parts = await asyncio.gather(*(loop.run_in_executor(shard, _export_states)
+                                           for i, shard in enumerate(self._shards) if not self._shard_dead(i)))
             rows = [(CAMERA_STATE_PREFIX + device_id, data) for part in parts for device_id, data in part]
             if rows:
                 async with self.pool.acquire(timeout=5) as conn:
