@@ -23,7 +23,13 @@ def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     from ioc.services import db_upgrade
 
     if args.db_command == "upgrade":
-        backend, applied = asyncio.run(db_upgrade(settings))
+        from storage.db import StorageError
+
+        try:
+            backend, applied = asyncio.run(db_upgrade(settings))
+        except StorageError as err:  # e.g. TimescaleDB installed but not preloaded: say what to do
+            print(f"ioc db upgrade: {err}", file=sys.stderr)
+            return 1
         print(f"database up to date ({backend.value} backend); applied: {', '.join(applied) or 'nothing'}")
         return 0
     if args.db_command == "status":
@@ -137,7 +143,7 @@ async def _uses_timescaledb(settings: Settings) -> bool:
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from simulators.cli import run
 
-    return run(args, settings.mqtt_url)
+    return run(args, settings.mqtt_url, settings.mqtt_tls)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

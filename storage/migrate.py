@@ -14,6 +14,8 @@ from datetime import timedelta
 from importlib import resources
 from typing import Any
 
+import asyncpg
+
 from storage.config import StorageConfig
 from storage.db import Backend, StorageError, timescaledb_available
 
@@ -46,17 +48,92 @@ def migrations_for(backend: Backend) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+class TimescaleNotPreloaded(StorageError):
+    """The timescaledb package is installed but the server was not started with it preloaded."""
+
+
+#: What to do about it, in words an operator can act on.
+NOT_PRELOADED_HELP = (
+    "the timescaledb extension is installed on the server but not loaded: it must be listed in "
+    "shared_preload_libraries. Fix: add it in postgresql.conf (shared_preload_libraries = 'timescaledb', "
+    "keeping any libraries already listed) or run ALTER SYSTEM SET shared_preload_libraries = 'timescaledb' "
+    "as a superuser, then restart PostgreSQL and run `ioc db upgrade` again. To use plain PostgreSQL "
+    "(daily range partitions) on purpose instead, set IOC_STORAGE__TIMESCALEDB=off; that choice is recorded "
+    "in the database and kept.")
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the server says about TimescaleDB, read before anything is changed."""
+
+    available: bool  #: the package is installed (pg_available_extensions)
+    installed: bool  #: CREATE EXTENSION was already done in this database
+    preload: str | None  #: shared_preload_libraries, or None when this role may not read it
+
+
+def preloaded(preload: str) -> bool:
+    """True when ``timescaledb`` is one of the libraries in a shared_preload_libraries value."""
+    names = (part.strip().strip('"').strip() for part in preload.split(","))
+    return any(name.rsplit("/", 1)[-1].removesuffix(".so") == "timescaledb" for name in names)
+
+
+async def server_facts(conn: Any) -> ServerFacts:
+    """Read what :func:`decide_backend` needs; changes nothing."""
+    available = await timescaledb_available(conn)
+    installed = bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"))
+    try:  # readable by superusers and members of pg_read_all_settings only
+        preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+    except asyncpg.InsufficientPrivilegeError:
+        preload = None
+    return ServerFacts(available, installed, preload)
+
+
+def decide_backend(config: StorageConfig, facts: ServerFacts) -> Backend:
+    """Choose the backend of a fresh database.
+
+    ``off`` -> PostgreSQL. Otherwise TimescaleDB when installed in the database, or available and
+    preloaded (or the preload list is unreadable: then CREATE EXTENSION tells). Available but not
+    preloaded is refused under ``auto`` too (:class:`TimescaleNotPreloaded`): someone installed the
+    package to use it, and a database that started on PostgreSQL stays on PostgreSQL, so falling back
+    quietly would make a half-done install permanent.
+    """
+    if config.timescaledb == "off":
+        return Backend.POSTGRES
+    if facts.installed:
+        return Backend.TIMESCALEDB
+    if facts.available:
+        if facts.preload is not None and not preloaded(facts.preload):
+            raise TimescaleNotPreloaded(NOT_PRELOADED_HELP)
+        return Backend.TIMESCALEDB
+    if config.timescaledb == "require":
+        raise StorageError("IOC_STORAGE__TIMESCALEDB=require but the timescaledb extension is not installed on "
+                           "the server (pg_available_extensions has no timescaledb)")
+    return Backend.POSTGRES
+
+
 async def choose_backend(conn: Any, config: StorageConfig) -> Backend:
     """Decide the backend for a fresh database (or return the one it already uses)."""
     recorded = await conn.fetchval(
         "SELECT value FROM ioc_meta WHERE key = 'backend'") if await _has_table(conn, "ioc_meta") else None
     if recorded:
         return Backend(recorded)
-    if config.timescaledb != "off" and await timescaledb_available(conn):
-        return Backend.TIMESCALEDB
-    if config.timescaledb == "require":
-        raise StorageError("IOC_STORAGE__TIMESCALEDB=require but the timescaledb extension is not available")
-    return Backend.POSTGRES
+    return decide_backend(config, await server_facts(conn))
+
+
+async def create_timescaledb(conn: Any) -> None:
+    """CREATE EXTENSION timescaledb, turning the server's refusal into :class:`TimescaleNotPreloaded`.
+
+    Without the preload, TimescaleDB's loader refuses with a FATAL error ("extension timescaledb must be
+    preloaded"), which ends the session: asyncpg raises ConnectionDoesNotExistError (or the error itself)
+    and the connection is gone.
+    """
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        if "preload" in str(err).lower() or conn.is_closed():
+            raise TimescaleNotPreloaded(f"{NOT_PRELOADED_HELP} (server said: {err})") from err
+        raise
 
 
 async def upgrade(conn: Any, config: StorageConfig) -> tuple[Backend, list[str]]:
@@ -65,7 +142,7 @@ async def upgrade(conn: Any, config: StorageConfig) -> tuple[Backend, list[str]]
     try:
         backend = await choose_backend(conn, config)
         if backend is Backend.TIMESCALEDB:
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            await create_timescaledb(conn)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, backend text NOT NULL,"
@@ -89,7 +166,8 @@ async def upgrade(conn: Any, config: StorageConfig) -> tuple[Backend, list[str]]
             await apply_timescaledb_policies(conn, config)
         return backend, applied
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        if not conn.is_closed():  # a FATAL error ended the session (and its lock): keep that error, not ours
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
 async def apply_timescaledb_policies(conn: Any, config: StorageConfig) -> None:
