@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import threading
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest import paho_speedups
+from ingest.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class MqttSession:
         """Connect, and reconnect with exponential backoff and jitter, until :meth:`stop`."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        delay = self.options.reconnect_min_s
+        backoff = Backoff(self.options.reconnect_min_s, self.options.reconnect_max_s)
         misc = asyncio.create_task(self._misc_loop())
         try:
             while not self._stopping:
@@ -170,11 +170,11 @@ class MqttSession:
                 if self._stopping:
                     break
                 # A connection that stayed up resets the backoff; a flapping one keeps growing it.
-                delay = self.options.reconnect_min_s if self._was_stable else min(
-                    delay * 2, self.options.reconnect_max_s)
+                if self._was_stable:
+                    backoff.reset()
                 self._was_stable = False
                 self.reconnects += 1
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await backoff.sleep()
         finally:
             misc.cancel()
 

@@ -21,6 +21,7 @@ import asyncpg
 import paho.mqtt.client as mqtt
 
 from ingest import metrics as m
+from ingest.backoff import Backoff
 from ingest.batch import Batch, Pending, RegistryCache, build_rows, quarantine_row
 from ingest.config import IngestConfig
 from ingest.errors import Failure, classify
@@ -98,7 +99,7 @@ class IngestWorker:
         self._stopped.set()
 
     async def _open_pool(self) -> asyncpg.Pool:
-        delay = self.config.retry_min_s
+        backoff = Backoff(self.config.retry_min_s, self.config.retry_max_s)
         while True:
             try:
                 pool = await create_pool(self.database_url, self.storage,
@@ -111,9 +112,11 @@ class IngestWorker:
             except SchemaNotReady:
                 logger.error("database has no IOC schema yet; run `ioc db upgrade` (retrying)")
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                delay = backoff.next_delay()
                 logger.warning("database not reachable (%s); retrying in %.1fs", err, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.retry_max_s)
+                await asyncio.sleep(delay)
+                continue
+            await backoff.sleep()
 
     async def _drain(self, timeout: float) -> None:
         """On shutdown: stop reading, seal the open batch, wait for commits and acks."""
@@ -186,7 +189,7 @@ class IngestWorker:
     async def _commit(self, messages: list[Pending]) -> None:
         """Commit ``messages`` (retrying transient failures); bisect on refused data."""
         assert self._pool is not None
-        delay = self.config.retry_min_s
+        backoff = Backoff(self.config.retry_min_s, self.config.retry_max_s)
         attempts = 0
         while True:
             rows = build_rows(messages, self.registry, self.config.quarantine_payload_bytes)
@@ -200,10 +203,10 @@ class IngestWorker:
                     await self._bisect(messages, err)
                     return
                 m.DB_ERRORS.labels("transient").inc()
+                delay = backoff.next_delay()
                 logger.warning("batch of %d messages not committed (%s: %s); retry in %.1fs",
                                len(messages), type(err).__name__, err, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max_s)
                 continue
             self._committed(messages, rows)
             return
@@ -228,16 +231,16 @@ class IngestWorker:
 
     async def _commit_rows_forever(self, rows: BatchRows) -> None:
         assert self._pool is not None
-        delay = self.config.retry_min_s
+        backoff = Backoff(self.config.retry_min_s, self.config.retry_max_s)
         while True:
             try:
                 async with self._pool.acquire() as conn:
                     await write_batch(conn, rows, "unnest")
                 return
             except Exception as err:
+                delay = backoff.next_delay()
                 logger.warning("quarantine write failed (%s); retry in %.1fs", err, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max_s)
 
     def _committed(self, messages: list[Pending], rows: BatchRows) -> None:
         self.registry.committed(rows.devices)

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from analytics.findings import Finding
+from ingest.backoff import Backoff
 from ingest.records import DeviceEvent, ParsedMessage, Reading, Snapshot, StatusUpdate
 from ioc.alerts import rules
 from ioc.alerts.config import AlertsConfig
@@ -147,12 +148,13 @@ class AlertStage:
     async def run(self) -> None:
         """Apply signals and advance timers every tick; store, push, page."""
         loop = asyncio.get_running_loop()
+        waiting = Backoff(1.0, 30.0)
         while not self.loaded:
             try:
                 await self.load()
             except Exception as err:
                 logger.warning("alert engine waiting for the database: %s", err)
-                await asyncio.sleep(5)
+                await waiting.sleep()
         last_reload = last_saved = loop.time()
         while True:
             await asyncio.sleep(self.config.tick_s)

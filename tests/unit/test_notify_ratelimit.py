@@ -1,12 +1,10 @@
-"""Token buckets per (channel, target) and the retry backoff, on an injected clock."""
+"""Token buckets per (channel, target), on an injected clock (retry delays: test_backoff.py)."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from ioc.alerts.notify.ratelimit import RateLimiter, retry_delay
+from ioc.alerts.notify.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.unit
 
@@ -52,15 +50,3 @@ def test_invalid_limits() -> None:
     with pytest.raises(ValueError):
         RateLimiter(1, 0)
 
-
-def test_retry_delay_doubles_with_jitter_and_caps() -> None:
-    rng = random.Random(1)
-    delays = [retry_delay(n, 2.0, 300.0, rng) for n in range(1, 12)]
-    for n, delay in enumerate(delays, start=1):
-        nominal = min(300.0, 2.0 * 2 ** (n - 1))
-        assert delay <= 300.0
-        if nominal < 300.0 / 1.2:
-            assert 0.8 * nominal <= delay <= 1.2 * nominal
-    assert delays[-1] == 300.0 or delays[-1] >= 0.8 * 300.0
-    assert retry_delay(10_000, 1.0, 5.0) <= 5.0  # no overflow
-    assert len({retry_delay(3, 2.0, 300.0) for _ in range(20)}) > 1  # jittered

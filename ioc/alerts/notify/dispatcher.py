@@ -21,9 +21,10 @@ import asyncpg
 import httpx
 from prometheus_client import Counter, Gauge
 
+from ingest.backoff import Backoff, backoff_delay
 from ioc.alerts.notify.config import NotifyConfig
 from ioc.alerts.notify.email import build_message, send_email
-from ioc.alerts.notify.ratelimit import Key, RateLimiter, retry_delay
+from ioc.alerts.notify.ratelimit import Key, RateLimiter
 from ioc.alerts.notify.render import Rendered
 from ioc.alerts.notify.webhook import DeliveryError, send_webhook
 from storage import notifications as outbox
@@ -98,20 +99,21 @@ class NotificationDispatcher:
         """Send due notifications every ``poll_s`` until cancelled; database outages only pause it."""
         if self._config.webhook_urls and not self._secret:
             logger.warning("webhook_secret is not set: webhooks are sent unsigned")
-        pause = self._config.poll_s
+        outage = Backoff(self._config.poll_s, MAX_OUTAGE_BACKOFF_S, self._rng)
         try:
             while True:
                 try:
                     processed = await self.send_once()
                     pause = self._config.poll_s
+                    outage.reset()
                 except _OUTAGE_ERRORS as exc:
                     processed = 0
-                    pause = min(MAX_OUTAGE_BACKOFF_S, max(pause * 2, self._config.poll_s))
+                    pause = outage.next_delay()
                     logger.warning("notification pass failed (%s: %s); next try in %.1f s",
                                    type(exc).__name__, exc, pause)
                 except Exception:
                     processed = 0
-                    pause = min(MAX_OUTAGE_BACKOFF_S, max(pause * 2, self._config.poll_s))
+                    pause = outage.next_delay()
                     logger.exception("notification pass failed; next try in %.1f s", pause)
                 # A full batch means more may be due: go again without waiting.
                 if processed < self._config.batch:
@@ -200,7 +202,7 @@ class NotificationDispatcher:
             return
         FAILURES.labels(channel, "true" if error.transient else "false").inc()
         if error.transient and attempt < self._config.max_attempts:
-            delay = retry_delay(attempt, self._config.retry_base_s, self._config.retry_max_s, self._rng)
+            delay = backoff_delay(attempt, self._config.retry_base_s, self._config.retry_max_s, self._rng)
             if error.retry_after:
                 delay = max(delay, min(error.retry_after, self._config.retry_max_s))
             async with self._pool.acquire() as conn:

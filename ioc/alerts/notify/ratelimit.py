@@ -1,4 +1,4 @@
-"""Pacing: a token bucket per (channel, target) and the retry backoff. Pure; time is passed in.
+"""Pacing: a token bucket per (channel, target). Pure; time is passed in. (Retry delays: ingest/backoff.py.)
 
 A limited notification is deferred until a token is available, never dropped; the dispatcher collapses
 a storm separately (older waiting messages of the same incident are superseded by the newest).
@@ -7,7 +7,6 @@ a storm separately (older waiting messages of the same incident are superseded b
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -77,13 +76,3 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-
-def retry_delay(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Delay before the next try after ``attempt`` failed attempts (1 = the first failed).
-
-    Exponential (``base_s * 2**(attempt-1)``), capped at ``max_s``, with ±20 % jitter so the
-    notifications that failed together against one receiver do not all come back in the same second.
-    """
-    exp = base_s * (2.0 ** min(max(attempt - 1, 0), 60))
-    jitter = (rng or random).uniform(0.8, 1.2)
-    return min(max_s, exp * jitter)
