@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES_RECEIVED = Counter("ioc_ingest_messages_received", "MQTT messages received", ["channel"])
@@ -20,6 +23,9 @@ LAG_SECONDS = Histogram("ioc_ingest_lag_seconds", "Device timestamp to commit, p
 PENDING = Gauge("ioc_ingest_pending_messages", "Messages received and not yet committed")
 PAUSED = Gauge("ioc_ingest_paused", "1 while reading is paused by back-pressure")
 DB_ERRORS = Counter("ioc_ingest_db_errors", "Failed batch writes", ["kind"])
+HANDLER_ERRORS = Counter("ioc_handler_errors", "Exceptions caught while handling one message, request or "
+                         "change set (each is quarantined or set aside; the stage goes on)", ["where"])
+STALLED = Gauge("ioc_stalled", "1 while a part of the pipeline has work waiting and makes no progress", ["part"])
 MQTT_CONNECTED = Gauge("ioc_ingest_mqtt_connected", "1 while the MQTT session is connected")
 
 
@@ -51,3 +57,22 @@ def quarantined(reason: str) -> Counter:
     if child is None:
         child = _quarantined[reason] = QUARANTINED.labels(reason)
     return child
+
+
+class RateLimitedLog:
+    """``logger.exception`` at most once per ``every_s`` per message template: a poison stream must not fill
+    the logs with a traceback per message; the suppressed count is reported with the next line."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger, self.every_s = logger, every_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def log(self, template: str, *args: object) -> None:
+        now = time.monotonic()
+        last, suppressed = self._last.get(template, (-1e9, 0))
+        if now - last < self.every_s:
+            self._last[template] = (last, suppressed + 1)
+            return
+        self._last[template] = (now, 0)
+        extra = f" ({suppressed} more like this suppressed)" if suppressed else ""
+        self.logger.exception(template + extra, *args)

@@ -24,6 +24,7 @@ from ingest.records import (
     Snapshot,
     StatusUpdate,
 )
+from ingest.text import clean_json, clean_text
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -38,7 +39,10 @@ class ItemError(ValueError):
 
 
 def parse_message(topic: str, payload: bytes, received_at: datetime, retained: bool = False) -> ParsedMessage:
-    """Validate and parse one message.
+    """Validate and parse one message; never raises.
+
+    Every input ends as records, rejections, or both. A bug or an input class nobody foresaw ends as an
+    ``internal_error`` rejection carrying the exception, so one message can never stop the session.
 
     Args:
         topic: the MQTT topic it arrived on.
@@ -50,6 +54,20 @@ def parse_message(topic: str, payload: bytes, received_at: datetime, retained: b
     Returns:
         The records to store and the rejections to quarantine.
     """
+    try:
+        return _parse_message(topic, payload, received_at, retained)
+    except Exception as err:  # the structural catch-all: quarantine, never escape
+        return internal_error(topic, payload, received_at, "parsing", err)
+
+
+def internal_error(topic: str, payload: bytes, received_at: datetime, where: str, err: BaseException) -> ParsedMessage:
+    """A message whose handling raised: quarantined with reason ``internal_error`` and the exception text."""
+    detail = clean_text(f"{where} raised {type(err).__name__}: {err}", limit=2000)
+    return ParsedMessage([], [Rejection(clean_text(topic, limit=1024), received_at, Reason.INTERNAL_ERROR, detail,
+                                        bytes(payload))])
+
+
+def _parse_message(topic: str, payload: bytes, received_at: datetime, retained: bool) -> ParsedMessage:
     parts = topic.split("/")
     if len(parts) != 5 or parts[0] != "ioc" or parts[1] != "v1":
         return _reject(topic, received_at, payload, Reason.BAD_TOPIC,
@@ -182,13 +200,17 @@ def _timestamp(raw: Any, received_at: datetime, required: bool) -> datetime:
             raise ItemError(Reason.BAD_TS, "missing 'ts' (RFC 3339 string or epoch milliseconds)")
         return received_at
     if type(raw) is str:
+        shown = clean_text(raw[:60])
         try:
             ts = datetime.fromisoformat(raw)
         except ValueError:
-            raise ItemError(Reason.BAD_TS, f"'ts' {raw[:60]!r} is not an RFC 3339 timestamp") from None
+            raise ItemError(Reason.BAD_TS, f"'ts' {shown!r} is not an RFC 3339 timestamp") from None
         if ts.tzinfo is None:
-            raise ItemError(Reason.BAD_TS, f"'ts' {raw[:60]!r} has no UTC offset (add 'Z' or +07:00)")
-        ts = ts.astimezone(UTC)
+            raise ItemError(Reason.BAD_TS, f"'ts' {shown!r} has no UTC offset (add 'Z' or +07:00)")
+        try:  # 9999-12-31T23:59:59-01:00 is valid RFC 3339 but past what a datetime holds in UTC
+            ts = ts.astimezone(UTC)
+        except OverflowError:
+            raise ItemError(Reason.BAD_TS, f"'ts' {shown!r} is out of range") from None
     elif type(raw) in (int, float):
         if not math.isfinite(raw) or not c.MIN_TS_EPOCH_MS <= raw < 253_402_300_800_000:
             hint = " (epoch seconds? ts must be in milliseconds)" if 946_684_800 <= raw < 4e10 else ""
@@ -230,7 +252,7 @@ def _status(device_id: str, kind: str, doc: Any, received_at: datetime, retained
     has_ts = doc.get("ts") is not None
     ts = _timestamp(doc.get("ts"), received_at, required=False)
     # A retained status without ts replayed on subscribe is old news: it must not look newer than it is.
-    return StatusUpdate(device_id, kind, ts, state, _clean_text(reason, 500),
+    return StatusUpdate(device_id, kind, ts, state, None if reason is None else clean_text(reason, limit=500),
                         ts_from_device=has_ts or not retained)
 
 
@@ -246,8 +268,7 @@ def _event(device_id: str, kind: str, doc: Any, received_at: datetime) -> Device
     detail = doc.get("detail", {})
     if not isinstance(detail, dict):
         raise ItemError(Reason.BAD_SHAPE, "'detail' must be an object")
-    if "\\u0000" in orjson.dumps(detail).decode():
-        raise ItemError(Reason.BAD_SHAPE, "'detail' contains a NUL character")
+    detail = clean_json(detail)
     ts = _timestamp(doc.get("ts"), received_at, required=True)
     return DeviceEvent(device_id, kind, ts, etype, severity, detail)
 
@@ -261,7 +282,12 @@ def _parse_snapshot(topic: str, device_id: str, kind: str, payload: bytes,
     if size is None:
         return _reject(topic, received_at, payload, Reason.NOT_JPEG,
                        "snapshot is not a complete JPEG (needs SOI, a frame header and EOI)")
-    return ParsedMessage([Snapshot(device_id, kind, received_at, payload, size[0], size[1])], [])
+    width, height = size
+    if width > c.MAX_IMAGE_WIDTH or height > c.MAX_IMAGE_HEIGHT or width * height > c.MAX_IMAGE_PIXELS:
+        return _reject(topic, received_at, payload, Reason.IMAGE_TOO_LARGE,
+                       f"snapshot header says {width}x{height} pixels; the limits are {c.MAX_IMAGE_WIDTH}x"
+                       f"{c.MAX_IMAGE_HEIGHT} and {c.MAX_IMAGE_PIXELS:,} pixels (checked before any decode)")
+    return ParsedMessage([Snapshot(device_id, kind, received_at, payload, width, height)], [])
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -289,14 +315,10 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _clean_text(value: str | None, limit: int) -> str | None:
-    return None if value is None else value.replace("\x00", "")[:limit]
-
-
 def _item_bytes(item: Any) -> bytes:
     try:
         return orjson.dumps(item)
-    except TypeError:
+    except (TypeError, orjson.JSONEncodeError):  # lone surrogates, ints past 64 bits: the stdlib escapes them
         return json.dumps(item, default=str, allow_nan=True).encode()
 
 

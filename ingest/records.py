@@ -24,7 +24,11 @@ class Reason(StrEnum):
     BAD_TS = "bad_ts"
     FUTURE_TS = "future_ts"
     NOT_JPEG = "not_jpeg"
+    IMAGE_TOO_LARGE = "image_too_large"
+    TOO_MANY_METRICS = "too_many_metrics"
     DB_REJECTED = "db_rejected"
+    INTERNAL_ERROR = "internal_error"
+    """Handling the message raised where nothing should: kept here with the exception, the session goes on."""
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ The same functions back the pydantic types of the API (:mod:`ioc.api.models`) an
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -73,3 +74,23 @@ def find_bad_text(doc: Any, *, depth: int = 0) -> str | None:
             if found:
                 return found
     return None
+
+
+def clean_json(doc: Any, *, depth: int = 0) -> Any:
+    """A JSON-like document with the rule applied to every key and string, and values every JSON encoder and
+    PostgreSQL's jsonb accept: integers past 64 bits become strings, NaN/Infinity null, other types ``str()``."""
+    if isinstance(doc, str):
+        return clean_text(doc, multiline=True)
+    if depth > 64:
+        return "(nested too deep)"
+    if isinstance(doc, dict):
+        return {clean_text(str(k), multiline=True): clean_json(v, depth=depth + 1) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [clean_json(v, depth=depth + 1) for v in doc]
+    if doc is None or isinstance(doc, bool):
+        return doc
+    if isinstance(doc, int):
+        return doc if -(2**63) <= doc < 2**64 else str(doc)
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    return clean_text(str(doc))

@@ -24,10 +24,13 @@ from ingest import metrics as m
 from ingest.backoff import Backoff
 from ingest.batch import Batch, Pending, RegistryCache, build_rows, quarantine_row
 from ingest.config import IngestConfig
+from ingest.contract import CHANNELS
 from ingest.errors import Failure, classify
+from ingest.guard import MetricNameGuard
 from ingest.mqtt_session import MqttSession, SessionOptions
-from ingest.parse import parse_message
+from ingest.parse import internal_error, parse_message
 from ingest.records import ParsedMessage, Reading, Reason, Rejection
+from ingest.text import clean_text
 from storage.config import StorageConfig
 from storage.db import Backend, SchemaNotReady, create_pool, read_backend
 from storage.maintenance import run_maintenance
@@ -35,6 +38,7 @@ from storage.rollups import refresh_recent
 from storage.writes import BatchRows, write_batch
 
 logger = logging.getLogger(__name__)
+errors = m.RateLimitedLog(logger)
 
 ParsedSink = Callable[[ParsedMessage], None]
 
@@ -61,6 +65,7 @@ class IngestWorker:
         self.maintenance_interval_s = maintenance_interval_s
         self.session = MqttSession(session, self._on_message, self._on_connection_change)
         self.registry = RegistryCache(config.registry_touch_s)
+        self.guard = MetricNameGuard()
         self._pool: asyncpg.Pool | None = None
         self._open = Batch()
         self._open_since = 0.0
@@ -132,17 +137,8 @@ class IngestWorker:
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         received_at = datetime.now(UTC)
-        topic = message._topic.decode("utf-8", "replace")
-        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
-        parsed = parse_message(topic, payload, received_at, retained=bool(message.retain))
-        channel = topic.rsplit("/", 1)[-1] if topic.count("/") == 4 else "invalid"
-        for rej in parsed.rejections:
-            m.quarantined(rej.reason.value).inc()
-        for sink in self.sinks:
-            try:
-                sink(parsed)
-            except Exception:  # a consumer's bug must never stop ingest
-                logger.exception("ingest sink %r failed", sink)
+        parsed = handle_message(message, received_at, self.guard, self.sinks)
+        channel = _channel_label(message._topic)
         if not self._open.messages:
             self._open_since = time.monotonic()
             self._flush_handle = asyncio.get_running_loop().call_later(
@@ -180,7 +176,12 @@ class IngestWorker:
         while True:
             batch = await self._sealed.get()
             started = time.monotonic()
-            await self._commit(batch.messages)
+            try:
+                await self._commit(batch.messages)
+            except Exception:  # never lose the writer task: the batch is bisected and quarantined inside
+                m.HANDLER_ERRORS.labels("writer").inc()
+                logger.exception("batch commit failed unexpectedly")
+                await self._quarantine_each(batch.messages)
             m.COMMIT_SECONDS.observe(time.monotonic() - started)
             m.BATCH_MESSAGES.observe(len(batch.messages))
             batch.done = True
@@ -192,8 +193,8 @@ class IngestWorker:
         backoff = Backoff(self.config.retry_min_s, self.config.retry_max_s)
         attempts = 0
         while True:
-            rows = build_rows(messages, self.registry, self.config.quarantine_payload_bytes)
             try:
+                rows = build_rows(messages, self.registry, self.config.quarantine_payload_bytes)
                 async with self._pool.acquire() as conn:
                     await write_batch(conn, rows, self.config.write_method)
             except Exception as err:
@@ -218,16 +219,26 @@ class IngestWorker:
             await self._commit(messages[half:])
             return
         msg = messages[0]
-        logger.error("database refused message %d: %s; quarantined", msg.mid, err)
+        logger.error("rows of message %d not stored: %s; quarantined", msg.mid, err)
         payload = b"".join(_record_bytes(msg.parsed))
-        rejection = Rejection(f"(message on {msg.channel})", msg.received_at, Reason.DB_REJECTED,
-                              f"database refused the rows: {type(err).__name__}: {err}"[:2000], payload)
-        m.quarantined(Reason.DB_REJECTED.value).inc()
-        msg.parsed = ParsedMessage([], [rejection])
+        refused = isinstance(err, asyncpg.PostgresError)
+        reason = Reason.DB_REJECTED if refused else Reason.INTERNAL_ERROR
+        what = "database refused the rows" if refused else "building the rows raised"
+        rejection = Rejection(f"(message on {msg.channel})", msg.received_at, reason,
+                              clean_text(f"{what}: {type(err).__name__}: {err}", limit=2000), payload)
+        m.quarantined(reason.value).inc()
+        # the message's own rejections (bad batch items) stay with it
+        msg.parsed = ParsedMessage([], [*msg.parsed.rejections, rejection])
         assert self._pool is not None
-        rows = BatchRows(quarantine=[quarantine_row(rejection, self.config.quarantine_payload_bytes)])
+        rows = BatchRows(quarantine=[quarantine_row(r, self.config.quarantine_payload_bytes)
+                                     for r in msg.parsed.rejections])
         await self._commit_rows_forever(rows)
         self._committed(messages, rows)
+
+    async def _quarantine_each(self, messages: list[Pending]) -> None:
+        """Last resort when a batch's commit raised outside the retry logic: each message alone."""
+        for msg in messages:
+            await self._bisect([msg], RuntimeError("batch commit failed unexpectedly"))
 
     async def _commit_rows_forever(self, rows: BatchRows) -> None:
         assert self._pool is not None
@@ -298,6 +309,45 @@ class IngestWorker:
                     await refresh_recent(conn, Backend.POSTGRES, datetime.now(UTC), lookback)
             except Exception as err:
                 logger.warning("rollup refresh failed: %s", err)
+
+
+def handle_message(message: mqtt.MQTTMessage, received_at: datetime, guard: MetricNameGuard,
+                   sinks: tuple[ParsedSink, ...]) -> ParsedMessage:
+    """Parse one MQTT message and hand it to the sinks; never raises.
+
+    The structural rule of ingest: whatever raises while handling one message (parsing, the caps, any
+    sink: live hub, analytics, alerts) adds an ``internal_error`` rejection with the exception text to
+    that message, so it lands in the quarantine, and the session goes on. Records that parsed are still
+    stored: a sink's failure does not cost the data.
+    """
+    topic, payload = "(topic not decoded)", b""
+    try:
+        topic = message._topic.decode("utf-8", "replace")
+        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
+        parsed = guard.apply(parse_message(topic, payload, received_at, retained=bool(message.retain)), topic)
+    except Exception as err:
+        m.HANDLER_ERRORS.labels("parse").inc()
+        errors.log("handling a message on %r raised; quarantined as internal_error", topic[:200])
+        parsed = internal_error(topic, payload, received_at, "parsing", err)
+    for rej in parsed.rejections:
+        m.quarantined(rej.reason.value).inc()
+    for sink in sinks:
+        try:
+            sink(parsed)
+        except Exception as err:  # a consumer's bug must never stop ingest, and the message says so
+            m.HANDLER_ERRORS.labels("sink").inc()
+            m.quarantined("internal_error").inc()
+            errors.log("ingest sink %r raised on a message on %r; quarantined as internal_error",
+                       getattr(sink, "__qualname__", sink), topic[:200])
+            where = f"sink {getattr(sink, '__qualname__', type(sink).__name__)}"
+            parsed.rejections.extend(internal_error(topic, payload, received_at, where, err).rejections)
+    return parsed
+
+
+def _channel_label(topic: bytes) -> str:
+    """The metric label for a topic's channel: one of the known channels or "invalid" (bounded cardinality)."""
+    channel = topic.rsplit(b"/", 1)[-1].decode("ascii", "replace") if topic.count(b"/") == 4 else ""
+    return channel if channel in CHANNELS else "invalid"
 
 
 def _record_bytes(parsed: ParsedMessage) -> list[bytes]:

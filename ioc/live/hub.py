@@ -24,7 +24,9 @@ from typing import Any
 import orjson
 
 from analytics.findings import Finding
+from ingest.metrics import HANDLER_ERRORS
 from ingest.records import DeviceEvent, ParsedMessage, Reading, Record, Snapshot, StatusUpdate
+from ingest.text import clean_json
 from ioc.live.filters import Subscription
 from ioc.live.state import DeviceState, DeviceTable
 
@@ -35,7 +37,24 @@ _OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
 def encode(doc: dict[str, Any]) -> str:
-    return orjson.dumps(doc, option=_OPTS).decode()
+    """One frame as JSON text; never raises. A document orjson refuses (a lone surrogate or a 65-bit integer
+    that got this far, an odd type) is encoded again with the text rule applied to every string and key."""
+    try:
+        return orjson.dumps(doc, option=_OPTS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        HANDLER_ERRORS.labels("frame_encode").inc()
+        return orjson.dumps(clean_json(_plain(doc)), option=_OPTS).decode()
+
+
+def _plain(doc: Any) -> Any:
+    """Datetimes as ISO text (what orjson would have written), so :func:`clean_json` keeps them."""
+    if isinstance(doc, datetime):
+        return orjson.dumps(doc, option=_OPTS).decode().strip('"')
+    if isinstance(doc, dict):
+        return {k: _plain(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_plain(v) for v in doc]
+    return doc
 
 
 @dataclass(slots=True)
@@ -281,8 +300,14 @@ class LiveHub:
     def snapshot_frame(self, sub: Subscription) -> str:
         devices = [d.to_dict() for d in self.table.devices.values()
                    if sub.matches_device(d.kind, d.device_id, d.district, d.lat, d.lon)]
+        try:
+            extra = self.snapshot_extra()
+        except Exception as err:  # a new screen still gets the devices when a section cannot be built
+            HANDLER_ERRORS.labels("snapshot").inc()
+            logger.exception("snapshot section failed; sent without it")
+            extra = {"snapshot_errors": [f"{type(err).__name__}: {err}"[:300]]}
         return encode({"type": "snapshot", "seq": self.seq, "epoch": self.epoch,
-                       "server_time": datetime.now(UTC), "devices": devices, **self.snapshot_extra()})
+                       "server_time": datetime.now(UTC), "devices": devices, **extra})
 
     def device_frame(self, device_id: str) -> str:
         dev = self.table.devices[device_id]

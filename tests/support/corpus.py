@@ -27,6 +27,32 @@ def small_jpeg(seed: int = 0, width: int = 64, height: int = 48) -> bytes:
     return buf.tobytes()
 
 
+def huge_header_jpeg(width: int = 30000, height: int = 30000) -> bytes:
+    """A small real JPEG whose frame header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+    data = bytearray(small_jpeg(2))
+    pos = 2
+    while pos + 4 <= len(data):
+        marker, seg_len = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            data[pos + 5:pos + 7] = height.to_bytes(2, "big")
+            data[pos + 7:pos + 9] = width.to_bytes(2, "big")
+            return bytes(data)
+        pos += 2 + seg_len
+    raise AssertionError("no frame header")
+
+
+def hostile_accepted_cases() -> list[tuple[str, str, bytes]]:
+    """(name, topic template, payload): hostile but valid messages, stored with their text made safe."""
+    ts = now_ms()
+    return [
+        ("event_nul", "ioc/v1/bts/{dev}/event", b'{"ts": %d, "type": "door_open", "detail": {"x": "a\\u0000b"}}' % ts),
+        ("event_surrogate_key", "ioc/v1/bts/{dev}/event",
+         b'{"ts": %d, "type": "door_open", "detail": {"\\ud800": ["\\udfff", {"\\u001b[2J": 1}]}}' % ts),
+        ("status_surrogate", "ioc/v1/bts/{dev}/status", b'{"state": "degraded", "reason": "fan \\ud83d broken"}'),
+        ("status_controls", "ioc/v1/bts/{dev}/status", b'{"state": "online", "reason": "\\u0000\\u0007\\u202e ok"}'),
+    ]
+
+
 def malformed_cases() -> list[tuple[str, str, str, bytes, str]]:
     """(name, topic template with {dev}, payload, reason) for every refusal class."""
     ts = now_ms()
@@ -72,6 +98,10 @@ def malformed_cases() -> list[tuple[str, str, str, bytes, str]]:
         ("event_no_type", "ioc/v1/bts/{dev}/event", b'{"ts": %d, "severity": "major"}' % ts, "bad_shape"),
         ("event_bad_severity", "ioc/v1/bts/{dev}/event",
          b'{"ts": %d, "type": "door_open", "severity": "apocalyptic"}' % ts, "bad_shape"),
-        ("event_nul", "ioc/v1/bts/{dev}/event",
-         b'{"ts": %d, "type": "door_open", "detail": {"x": "a\\u0000b"}}' % ts, "bad_shape"),
+        ("ts_past_datetime", "ioc/v1/traffic/{dev}/telemetry",
+         b'{"ts": "9999-12-31T23:59:59-01:00", %s}' % good_metrics, "bad_ts"),
+        ("ts_before_datetime", "ioc/v1/traffic/{dev}/telemetry",
+         b'{"ts": "0001-01-01T00:00:00+01:00", %s}' % good_metrics, "bad_ts"),
+        ("snapshot_bomb", "ioc/v1/camera/{dev}/snapshot", huge_header_jpeg(), "image_too_large"),
+        ("snapshot_wide", "ioc/v1/camera/{dev}/snapshot", huge_header_jpeg(60000, 16), "image_too_large"),
     ]

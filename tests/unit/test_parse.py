@@ -8,7 +8,7 @@ import pytest
 
 from ingest.parse import jpeg_size, parse_message
 from ingest.records import DeviceEvent, Reading, Reason, Snapshot, StatusUpdate
-from tests.support.corpus import malformed_cases, now_ms, small_jpeg
+from tests.support.corpus import hostile_accepted_cases, malformed_cases, now_ms, small_jpeg
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +84,37 @@ def test_snapshot_is_validated_and_sized() -> None:
     parsed = parse_message("ioc/v1/camera/C1/snapshot", jpeg, NOW)
     (snap,) = parsed.records
     assert isinstance(snap, Snapshot) and (snap.width, snap.height, snap.ts) == (80, 60, NOW)
+
+
+@pytest.mark.parametrize(("name", "topic", "payload"), hostile_accepted_cases(), ids=lambda v: str(v)[:30])
+def test_hostile_text_is_kept_made_safe(name: str, topic: str, payload: bytes) -> None:
+    """NUL, controls, lone surrogates and bidi overrides in device text are replaced, the record kept."""
+    from ingest.records import DeviceEvent, StatusUpdate
+    from ingest.text import check_text
+    from ioc.live.hub import encode
+
+    parsed = parse_message(topic.format(dev="dev-1"), payload, datetime.now(UTC))
+    assert not parsed.rejections and len(parsed.records) == 1
+    rec = parsed.records[0]
+    if isinstance(rec, StatusUpdate):
+        assert rec.reason is not None
+        check_text(rec.reason)
+    else:
+        assert isinstance(rec, DeviceEvent)
+        encoded = encode({"detail": rec.detail})  # orjson refuses lone surrogates: this would raise
+        assert "\\u0000" not in encoded
+
+
+def test_an_exception_inside_the_parser_is_quarantined_as_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catch-all: whatever raises while parsing becomes a quarantined ``internal_error``, never an exception."""
+    import ingest.parse as parse_mod
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug nobody foresaw")
+
+    monkeypatch.setattr(parse_mod, "_parse_telemetry", broken)
+    parsed = parse_message("ioc/v1/traffic/dev-1/telemetry", b'{"ts": 1, "metrics": {"a": 1}}', datetime.now(UTC))
+    assert not parsed.records
+    (rej,) = parsed.rejections
+    assert rej.reason.value == "internal_error"
+    assert "RuntimeError: a bug nobody foresaw" in rej.detail

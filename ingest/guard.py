@@ -1,0 +1,56 @@
+"""Caps on what one device can make a process hold, applied right after parsing (before any sink).
+
+A message on its own may be valid and still hostile in sum: a device that invents a new metric name with
+every reading grows the live state, the detectors' series and the telemetry index without bound. The
+guard remembers the metric names each device has used and quarantines readings that would take a device
+past :data:`ingest.contract.MAX_METRICS_PER_DEVICE` distinct names.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ingest import contract as c
+from ingest.records import ParsedMessage, Reading, Reason, Rejection
+
+#: Devices remembered before the memory is reset (a province has thousands; millions would be an attack).
+_MAX_DEVICES = 200_000
+
+
+class MetricNameGuard:
+    """Per-process memory of each device's metric names (bounded)."""
+
+    def __init__(self, max_per_device: int = c.MAX_METRICS_PER_DEVICE) -> None:
+        self.max_per_device = max_per_device
+        self._names: dict[str, set[str]] = {}
+
+    def apply(self, parsed: ParsedMessage, topic: str) -> ParsedMessage:
+        """Move readings that would exceed a device's cap from records to rejections (in place)."""
+        if not any(isinstance(rec, Reading) for rec in parsed.records):
+            return parsed
+        kept = []
+        for rec in parsed.records:
+            if isinstance(rec, Reading) and not self._admit(rec):
+                known = len(self._names.get(rec.device_id, ()))
+                parsed.rejections.append(Rejection(
+                    topic, rec.ts, Reason.TOO_MANY_METRICS,
+                    f"device {rec.device_id!r} already uses {known} metric names; the limit is "
+                    f"{self.max_per_device} (new: {sorted(set(rec.metrics) - self._names[rec.device_id])[:5]})",
+                    orjson.dumps({"ts": rec.ts, "metrics": rec.metrics})))
+            else:
+                kept.append(rec)
+        parsed.records = kept
+        return parsed
+
+    def _admit(self, rec: Reading) -> bool:
+        names = self._names.get(rec.device_id)
+        if names is None:
+            if len(self._names) >= _MAX_DEVICES:
+                self._names.clear()
+            names = self._names[rec.device_id] = set()
+        if names.issuperset(rec.metrics):
+            return True
+        if len(names | rec.metrics.keys()) > self.max_per_device:
+            return False
+        names.update(rec.metrics)
+        return True
