@@ -31,8 +31,16 @@ MAX_JSON_BYTES: Final = 256 * 1024
 MAX_SNAPSHOT_BYTES: Final = 4 * 1024 * 1024
 #: A gateway batch may carry at most this many readings.
 MAX_BATCH_ITEMS: Final = 1000
-MAX_METRICS_PER_READING: Final = 256
+MAX_METRICS_PER_READING: Final = 128
 MAX_FUTURE_SECONDS: Final = 300.0
+#: Snapshot pictures: caps read from the JPEG frame header before anything decodes it (a 4 KB file may claim
+#: 30000x30000 pixels: 2.7 GB to decode). 4096x4096 covers every 4K/8 MP camera.
+MAX_IMAGE_WIDTH: Final = 8192
+MAX_IMAGE_HEIGHT: Final = 8192
+MAX_IMAGE_PIXELS: Final = 4096 * 4096
+#: Distinct metric names one device may use (per ingest process): beyond it readings are quarantined, so a device
+#: cannot grow the live state, the detectors and the series count without bound.
+MAX_METRICS_PER_DEVICE: Final = 128
 #: Timestamps before this are refused: usually epoch seconds sent where milliseconds are expected.
 MIN_TS_EPOCH_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 
