@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from prometheus_client import Counter
 
+from analytics.camera.features import ImageTooLarge
 from analytics.camera.stale import StaleMonitor
 from analytics.findings import Finding
 from analytics.numeric.monitor import NumericMonitor
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
+SNAPSHOTS_REFUSED = Counter("ioc_analytics_snapshots_refused", "Snapshots not decoded: picture beyond the size caps")
 SHARD_REBUILDS = Counter("ioc_analytics_shard_rebuilds", "Camera shard processes found dead and rebuilt")
 STATE_NAME = "numeric_monitor"
 STALE_STATE_NAME = "camera_stale"  # snapshot arrivals per camera (StaleMonitor)
@@ -264,6 +266,9 @@ class AnalyticsStage:
             analyser = self._inline[rec.device_id] = CameraAnalyser(rec.device_id)
         try:
             res = analyser.analyse(rec.jpeg, rec.ts)
+        except ImageTooLarge as err:
+            self._refused(rec.device_id, err)
+            return None
         except Exception:
             logger.exception("camera analysis of %s failed", rec.device_id)
             return None
@@ -279,10 +284,18 @@ class AnalyticsStage:
             if generation == self._generation[shard]:
                 self._start_rebuild(shard)
             return
+        except ImageTooLarge as err:
+            self._refused(device_id, err)
+            return
         except Exception:
             logger.exception("camera analysis of %s failed", device_id)
             return
         self._camera_result(device_id, ts, result)
+
+    @staticmethod
+    def _refused(device_id: str, err: ImageTooLarge) -> None:
+        SNAPSHOTS_REFUSED.inc()
+        logger.warning("camera %s: snapshot not analysed: %s", device_id, err)
 
     def _camera_result(self, device_id: str, ts: datetime,
                        result: tuple[str, float, float, int, list[Finding]] | None) -> None:

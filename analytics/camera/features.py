@@ -12,6 +12,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from ingest import contract
+from ingest.parse import jpeg_size
+
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
@@ -33,6 +36,10 @@ _REDUCED = {
 # Immerkaer's noise kernel: cancels locally planar image structure, keeps noise.
 _NOISE_K = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+class ImageTooLarge(ValueError):
+    """The JPEG header claims more pixels than the device contract allows: refused before any decode."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +104,20 @@ def decode_work(buf: bytes) -> tuple[U8, int, int] | None:
 
     Returns:
         ``(image, reduction, dc_q)``, or None if the bytes do not decode.
+
+    Raises:
+        ImageTooLarge: the header claims a picture beyond the contract's caps (a few KB can claim
+            30000x30000 pixels: gigabytes and seconds to decode).
     """
     head = jpeg_header(buf)
+    # Both header readers (the ingest's strict one, this lenient one) must agree it is small enough.
+    sizes = [s for s in (jpeg_size(buf), (head.width, head.height) if head else None) if s is not None]
+    if not sizes:  # no frame header: nothing to bound the decode by, and nothing a JPEG decoder could read
+        return None
+    for w, h in sizes:
+        if w > contract.MAX_IMAGE_WIDTH or h > contract.MAX_IMAGE_HEIGHT or w * h > contract.MAX_IMAGE_PIXELS:
+            raise ImageTooLarge(f"picture claims {w}x{h} pixels; the limit is {contract.MAX_IMAGE_WIDTH}x"
+                                f"{contract.MAX_IMAGE_HEIGHT} and {contract.MAX_IMAGE_PIXELS} pixels")
     f = 1
     if head is not None:
         while head.width / (2 * f) >= WORK_MIN_W and f < 8:
