@@ -9,20 +9,24 @@ import email
 import email.policy
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import asyncpg
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
+from standardwebhooks import Webhook
 
 from ioc.alerts.notify import NotificationDispatcher, NotifyConfig, notification_rows, render, targets_for
-from ioc.alerts.notify.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, verify
+from ioc.alerts.notify.webhook import ID_HEADER, verify
 from storage import notifications as outbox
 from storage.config import StorageConfig
 from storage.db import create_pool
@@ -53,6 +57,7 @@ class Receiver:
 
     def __init__(self, port: int = 0, status: int = 200) -> None:
         self.status = status
+        self.reply_headers: dict[str, str] = {}
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         receiver = self
 
@@ -61,6 +66,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests.append((self.path, dict(self.headers.items()), body))
                 self.send_response(receiver.status)
+                for name, value in receiver.reply_headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"{}")
@@ -195,6 +202,72 @@ async def test_email_over_real_smtp_says_what_where_since_and_how_to_ack(
         assert sent["status"] == "sent" and sent["attempts"] == 1 and sent["sent_at"] is not None
 
 
+@pytest.fixture(scope="module")
+def smtp_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, str]:
+    """A throwaway CA (trustme) and its PEM file, which the client trusts through smtp_ca_file."""
+    ca = trustme.CA()
+    path = tmp_path_factory.mktemp("smtp-ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, str(path)
+
+
+def _server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    return ctx
+
+
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+async def test_email_over_implicit_tls_and_starttls(pool: asyncpg.Pool, smtp_ca: tuple[trustme.CA, str],
+                                                    security: str) -> None:
+    ca, ca_file = smtp_ca
+    box = Mailbox()
+    if security == "tls":  # SMTPS: TLS from the first byte, as on port 465
+        controller = Controller(box, hostname="127.0.0.1", port=free_port(), ssl_context=_server_tls(ca))
+    else:  # a plain connection the server insists be upgraded before mail is accepted
+        controller = Controller(box, hostname="127.0.0.1", port=free_port(),
+                                tls_context=_server_tls(ca), require_starttls=True)
+    controller.start()
+    try:
+        config = NotifyConfig(smtp_host="127.0.0.1", smtp_port=controller.port, smtp_security=security,
+                              smtp_ca_file=ca_file, retry_base_s=30)
+        incident = await make_incident(pool)
+        [nid] = await enqueue(pool, incident, [("email", "duty@haiphong.gov.vn")])
+        dispatcher = NotificationDispatcher(pool, config)
+        assert await dispatcher.send_once() == 1
+        assert (await row(pool, nid))["status"] == "sent"
+        assert box.rcpts == [["duty@haiphong.gov.vn"]]
+
+        # The certificate is checked: without the private CA the server is not trusted, nothing is sent.
+        untrusted = NotifyConfig(smtp_host="127.0.0.1", smtp_port=controller.port, smtp_security=security,
+                                 retry_base_s=30)
+        [refused] = await enqueue(pool, incident, [("email", "duty@haiphong.gov.vn")])
+        assert await NotificationDispatcher(pool, untrusted).send_once() == 1
+        r = await row(pool, refused)
+        assert r["status"] == "pending" and "CERTIFICATE_VERIFY_FAILED" in r["last_error"]
+        assert len(box.messages) == 1
+        await dispatcher.aclose()
+    finally:
+        controller.stop()
+
+
+async def test_plain_smtp_to_an_implicit_tls_port_fails_without_sending(
+        pool: asyncpg.Pool, smtp_ca: tuple[trustme.CA, str]) -> None:
+    ca, _ = smtp_ca
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port(), ssl_context=_server_tls(ca))
+    controller.start()
+    try:
+        config = NotifyConfig(smtp_host="127.0.0.1", smtp_port=controller.port, smtp_timeout_s=2, retry_base_s=30)
+        [nid] = await enqueue(pool, await make_incident(pool), [("email", "duty@haiphong.gov.vn")])
+        assert await NotificationDispatcher(pool, config).send_once() == 1
+        r = await row(pool, nid)
+        assert r["status"] == "pending" and r["last_error"]
+        assert box.messages == []
+    finally:
+        controller.stop()
+
+
 async def test_smtp_replies_and_outages_are_classified(pool: asyncpg.Pool, smtp: tuple[Mailbox, int]) -> None:
     box, port = smtp
     config = NotifyConfig(smtp_host="127.0.0.1", smtp_port=port, retry_base_s=30)
@@ -225,9 +298,12 @@ async def test_webhook_is_signed_and_carries_the_payload(pool: asyncpg.Pool, rec
 
     [(path, headers, body)] = receiver.requests
     assert path == "/hook" and headers["Content-Type"] == "application/json"
-    assert headers[DELIVERY_HEADER] == str(nid)
-    assert verify(body, headers[SIGNATURE_HEADER], SECRET, tolerance_s=60)
-    assert not verify(body, headers[SIGNATURE_HEADER], "wrong-secret")
+    assert headers[ID_HEADER] == str(nid)
+    assert verify(body, headers, SECRET, tolerance_s=60)
+    assert not verify(body, headers, "wrong-secret")
+    assert not verify(body, {**headers, ID_HEADER: str(nid + 1)}, SECRET)  # the id is signed
+    # A receiver using the Standard Webhooks reference library accepts it as is.
+    assert Webhook(SECRET.encode()).verify(body, headers)["version"] == 1
     doc = json.loads(body)
     assert doc["version"] == 1 and doc["reason"] == "firing"
     assert doc["incident"]["id"] == incident["id"] and doc["incident"]["district_name"] == "Kiến An"
@@ -263,7 +339,7 @@ async def test_receiver_down_gets_retries_then_exactly_one_delivery(pool: asyncp
         await asyncio.sleep(0.3)  # several more passes: nothing is sent again
         delivered = await row(pool, nid)
         assert delivered["attempts"] > 1 and delivered["last_error"] is None
-        assert [h[DELIVERY_HEADER] for _, h, _ in receiver.requests] == [str(nid)]
+        assert [h[ID_HEADER] for _, h, _ in receiver.requests] == [str(nid)]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -286,6 +362,25 @@ async def test_permanent_4xx_fails_at_once(pool: asyncpg.Pool, receiver: Receive
     assert len(receiver.requests) == 1
     async with pool.acquire() as conn:
         assert [r["id"] for r in await outbox.list_notifications(conn, status="failed")] == [nid]
+
+
+@pytest.mark.parametrize("given_as", ["seconds", "http-date"])
+async def test_retry_after_is_honoured_in_seconds_and_as_an_http_date(pool: asyncpg.Pool, receiver: Receiver,
+                                                                     given_as: str) -> None:
+    config = NotifyConfig(webhook_urls=[receiver.url], retry_base_s=0.01, retry_max_s=600)
+    [nid] = await enqueue(pool, await make_incident(pool), [("webhook", receiver.url)])
+    now = float(int(time.time()) + 1)  # after the row became due; whole seconds, like an HTTP date
+    receiver.status = 503
+    receiver.reply_headers["Retry-After"] = "240" if given_as == "seconds" else format_datetime(
+        datetime.fromtimestamp(now + 240, UTC), usegmt=True)
+    dispatcher = NotificationDispatcher(pool, config, clock=lambda: now)
+    assert await dispatcher.send_once() == 1
+    await dispatcher.aclose()
+    r = await row(pool, nid)
+    assert r["status"] == "pending" and r["attempts"] == 1
+    # Our own backoff alone would be ~0.01 s; the receiver asked for 4 minutes.
+    wait = (r["next_attempt"] - datetime.fromtimestamp(now, UTC)).total_seconds()
+    assert wait == pytest.approx(240, abs=0.01)
 
 
 async def test_transient_failures_give_up_after_max_attempts(pool: asyncpg.Pool, receiver: Receiver) -> None:
@@ -326,7 +421,7 @@ async def test_rate_limit_defers_and_does_not_drop(pool: asyncpg.Pool, receiver:
     assert await dispatcher.send_once() == 3
     assert [(await row(pool, nid))["status"] for nid in ids] == ["sent", "sent", "sent", "pending", "pending"]
     await dispatcher.aclose()
-    assert [h[DELIVERY_HEADER] for _, h, _ in receiver.requests] == [str(n) for n in ids[:3]]
+    assert [h[ID_HEADER] for _, h, _ in receiver.requests] == [str(n) for n in ids[:3]]
 
 
 async def test_storm_collapses_to_one_waiting_message_per_incident(pool: asyncpg.Pool, receiver: Receiver) -> None:

@@ -1,5 +1,9 @@
 """Email delivery over SMTP (the standard library's client, run in a worker thread).
 
+The connection is plain, upgraded with STARTTLS, or TLS from the first byte (implicit TLS, port 465):
+``NotifyConfig.smtp_security``. The server's certificate is always verified (system CAs or
+``smtp_ca_file``).
+
 Messages of one incident share a ``References`` / ``In-Reply-To`` root, so they thread in the officer's
 mail client. SMTP 4xx replies and connection problems are transient, 5xx replies permanent.
 """
@@ -75,11 +79,28 @@ def _classify(exc: Exception) -> DeliveryError:
     return DeliveryError(True, f"SMTP error: {type(exc).__name__}: {exc}")
 
 
-def _send_blocking(msg: EmailMessage, config: NotifyConfig) -> None:
+def tls_context(config: NotifyConfig) -> ssl.SSLContext:
+    """The client TLS context for the SMTP server: verifies its certificate and host name."""
+    return ssl.create_default_context(cafile=config.smtp_ca_file)
+
+
+def _connect(config: NotifyConfig) -> smtplib.SMTP:
     assert config.smtp_host is not None
-    with smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=config.smtp_timeout_s) as smtp:
-        if config.smtp_starttls:
-            smtp.starttls(context=ssl.create_default_context())
+    if config.smtp_security == "tls":
+        return smtplib.SMTP_SSL(config.smtp_host, config.smtp_port, timeout=config.smtp_timeout_s,
+                                context=tls_context(config))
+    smtp = smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=config.smtp_timeout_s)
+    if config.smtp_security == "starttls":
+        try:
+            smtp.starttls(context=tls_context(config))
+        except BaseException:
+            smtp.close()
+            raise
+    return smtp
+
+
+def _send_blocking(msg: EmailMessage, config: NotifyConfig) -> None:
+    with _connect(config) as smtp:
         if config.smtp_username:
             password = config.smtp_password.get_secret_value() if config.smtp_password else ""
             smtp.login(config.smtp_username, password)

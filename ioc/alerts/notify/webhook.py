@@ -1,27 +1,41 @@
 """Webhook delivery: a signed JSON POST, with failures classified as transient (retry) or permanent.
 
-Signature header (Stripe style, so a receiver can reject replays and forgeries)::
+Signed with the Standard Webhooks scheme (https://www.standardwebhooks.com, verifiers in many languages,
+``standardwebhooks`` on PyPI), so the delivery id is covered by the signature and a replay within the
+time window cannot change the id receivers deduplicate on::
 
-    X-IOC-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of b"<t>." + body, keyed with the shared secret>
-    X-IOC-Delivery:  <notification id>   (the same on every redelivery: receivers dedupe with it)
+    webhook-id:        <notification id>    (the same on every redelivery: receivers dedupe with it)
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256 of b"<id>.<timestamp>." + body>
+
+The HMAC key is the secret's bytes; a secret written ``whsec_<base64>`` (the form Standard Webhooks
+tools generate) is base64-decoded first, as the reference libraries do. A receiver with a plain secret
+verifies with ``standardwebhooks.Webhook(secret.encode()).verify(body, headers)``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import binascii
 import hmac
 import logging
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
+from standardwebhooks import Webhook
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-IOC-Signature"
-DELIVERY_HEADER = "X-IOC-Delivery"
-USER_AGENT = "ioc-monitor-notify/1"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+USER_AGENT = "ioc-monitor-notify/2"
 #: Statuses worth retrying besides 5xx: the receiver asks us to come back later.
 _TRANSIENT_4XX = frozenset({408, 425, 429})
+_SECRET_PREFIX = "whsec_"
 
 
 class DeliveryError(Exception):
@@ -40,56 +54,74 @@ class DeliveryError(Exception):
         self.retry_after = retry_after
 
 
-def _digest(body: bytes, secret: str, ts: int) -> str:
-    return hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of ``secret``: base64-decoded after a ``whsec_`` prefix, else its UTF-8 bytes."""
+    if secret.startswith(_SECRET_PREFIX):
+        try:
+            return base64.b64decode(secret[len(_SECRET_PREFIX):] + "==", validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("a whsec_ webhook secret must be base64 after the prefix") from exc
+    return secret.encode()
 
 
-def sign(body: bytes, secret: str, ts: int) -> str:
-    """The ``X-IOC-Signature`` header value for ``body`` sent at unix time ``ts``."""
-    return f"t={ts},v1={_digest(body, secret, ts)}"
+def sign(body: bytes, secret: str, ts: int, msg_id: str) -> str:
+    """The ``webhook-signature`` value for ``body`` with id ``msg_id`` sent at unix time ``ts``."""
+    return str(Webhook(signing_key(secret)).sign(msg_id, datetime.fromtimestamp(ts, UTC), body))
 
 
-def verify(body: bytes, header: str | None, secret: str, tolerance_s: float = 300.0,
+def signature_headers(body: bytes, secret: str | None, ts: int, msg_id: str) -> dict[str, str]:
+    """The three Standard Webhooks headers (only ``webhook-id`` and the timestamp when unsigned)."""
+    headers = {ID_HEADER: msg_id, TIMESTAMP_HEADER: str(ts)}
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(body, secret, ts, msg_id)
+    return headers
+
+
+def verify(body: bytes, headers: Mapping[str, str], secret: str, tolerance_s: float = 300.0,
            now: float | None = None) -> bool:
-    """Check an ``X-IOC-Signature`` header, as a receiver should.
+    """Check a delivery's Standard Webhooks headers, as a receiver should.
 
     Args:
         body: The raw request body, byte for byte.
-        header: The header value (None when missing).
+        headers: The request headers (names in any case).
         secret: The shared secret.
         tolerance_s: Largest accepted difference between the signed time and ``now`` (replay window).
         now: Current unix time (default: the wall clock).
 
     Returns:
-        True when one ``v1`` signature matches and the timestamp is within the tolerance.
+        True when one ``v1`` signature over id, timestamp and body matches and the timestamp is within
+        the tolerance.
     """
-    if not header:
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id, stamp, signatures = (lower.get(ID_HEADER), lower.get(TIMESTAMP_HEADER), lower.get(SIGNATURE_HEADER))
+    if not (msg_id and stamp and signatures):
         return False
-    ts: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
-            try:
-                ts = int(value)
-            except ValueError:
-                return False
-        elif key == "v1":
-            candidates.append(value)
-    if ts is None or not candidates:
+    try:
+        ts = int(stamp)
+    except ValueError:
         return False
     if abs((time.time() if now is None else now) - ts) > tolerance_s:
         return False
-    expected = _digest(body, secret, ts)
-    return any(hmac.compare_digest(expected, c) for c in candidates)
+    expected = sign(body, secret, ts, msg_id).encode()
+    return any(hmac.compare_digest(expected, c.encode()) for c in signatures.split(" ") if c)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:  # an HTTP date: rare from webhook receivers, our backoff is fine then
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` value asks for: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
         return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None  # unreadable: our own backoff applies
+    if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 async def send_webhook(client: httpx.AsyncClient, url: str, body: bytes, delivery_id: int | str,
@@ -100,17 +132,17 @@ async def send_webhook(client: httpx.AsyncClient, url: str, body: bytes, deliver
         client: The HTTP client (its timeout applies).
         url: The receiver.
         body: The JSON document, already serialised; signed byte for byte.
-        delivery_id: The notification id, sent as ``X-IOC-Delivery``.
-        secret: Shared secret for ``X-IOC-Signature``; None sends unsigned.
-        now: Unix time for the signature (default: the wall clock).
+        delivery_id: The notification id, sent (and signed) as ``webhook-id``.
+        secret: Shared secret for ``webhook-signature``; None sends unsigned.
+        now: Unix time for the signature and for a ``Retry-After`` date (default: the wall clock).
 
     Raises:
         DeliveryError: transient for connection errors, timeouts, 5xx, 408/425/429; permanent for other
             statuses outside 2xx (redirects included: a moved receiver is a configuration matter).
     """
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, DELIVERY_HEADER: str(delivery_id)}
-    if secret:
-        headers[SIGNATURE_HEADER] = sign(body, secret, int(time.time() if now is None else now))
+    now = time.time() if now is None else now
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               **signature_headers(body, secret, int(now), str(delivery_id))}
     try:
         response = await client.post(url, content=body, headers=headers)
     except httpx.TimeoutException as exc:
@@ -122,5 +154,5 @@ async def send_webhook(client: httpx.AsyncClient, url: str, body: bytes, deliver
         return
     detail = f"HTTP {status}: {response.text[:200]}".strip()
     if status >= 500 or status in _TRANSIENT_4XX:
-        raise DeliveryError(True, detail, _retry_after(response))
+        raise DeliveryError(True, detail, retry_after_s(response.headers.get("retry-after"), now))
     raise DeliveryError(False, detail)
