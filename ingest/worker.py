@@ -75,6 +75,10 @@ class IngestWorker:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self.ready = asyncio.Event()
+        self._progress_at = time.monotonic()  # last time the queue was empty or a batch was acknowledged
+        self._paused_at: float | None = None
+        self._disconnected_at: float | None = time.monotonic()
+        self.last_db_error: str | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -149,6 +153,7 @@ class IngestWorker:
             self._seal()
         if self._pending >= self.config.max_pending_messages:
             self.session.pause_reading()
+            self._paused_at = self._paused_at or time.monotonic()
             m.PAUSED.set(1)
 
     def _seal(self) -> None:
@@ -169,6 +174,23 @@ class IngestWorker:
 
     def _on_connection_change(self, connected: bool) -> None:
         m.MQTT_CONNECTED.set(1 if connected else 0)
+        self._disconnected_at = None if connected else (self._disconnected_at or time.monotonic())
+
+    def health_problems(self) -> list[str]:
+        """What stops this worker from making progress (empty: healthy). Feeds /readyz and the wall."""
+        now, stall = time.monotonic(), self.config.stall_s
+        problems = []
+        if self._pending == 0:
+            self._progress_at = now  # nothing waiting is not a stall
+        elif now - self._progress_at > stall:
+            why = f"; last database error: {self.last_db_error}" if self.last_db_error else ""
+            problems.append(f"ingest: {self._pending} messages received, none committed for "
+                            f"{now - self._progress_at:.0f} s{why}")
+        if self._disconnected_at is not None and now - self._disconnected_at > stall:
+            problems.append(f"ingest: MQTT broker link down for {now - self._disconnected_at:.0f} s")
+        if self._paused_at is not None and now - self._paused_at > stall:
+            problems.append(f"ingest: reading paused by back-pressure for {now - self._paused_at:.0f} s")
+        return problems
 
     # --- commit --------------------------------------------------------------------------------------
 
@@ -199,6 +221,7 @@ class IngestWorker:
                     await write_batch(conn, rows, self.config.write_method)
             except Exception as err:
                 attempts += 1
+                self.last_db_error = clean_text(f"{type(err).__name__}: {err}", limit=200)
                 if classify(err, attempts) is Failure.PERMANENT:
                     m.DB_ERRORS.labels("permanent").inc()
                     await self._bisect(messages, err)
@@ -254,6 +277,7 @@ class IngestWorker:
                 await asyncio.sleep(delay)
 
     def _committed(self, messages: list[Pending], rows: BatchRows) -> None:
+        self.last_db_error = None
         self.registry.committed(rows.devices)
         now = datetime.now(UTC)
         per_channel: dict[str, int] = {}
@@ -277,9 +301,11 @@ class IngestWorker:
             released += len(batch.messages)
         if released:
             self._pending -= released
+            self._progress_at = time.monotonic()
             m.PENDING.set(self._pending)
             if self._pending <= self.config.max_pending_messages // 2:
                 self.session.resume_reading()
+                self._paused_at = None
                 m.PAUSED.set(0)
 
     # --- housekeeping --------------------------------------------------------------------------------
