@@ -90,21 +90,18 @@ async def server_facts(conn: Any) -> ServerFacts:
 
 
 def decide_backend(config: StorageConfig, facts: ServerFacts) -> Backend:
-    """Choose the backend of a fresh database.
+    """Choose the backend of a fresh database: ``off`` -> PostgreSQL; else TimescaleDB when the package is
+    installed on the server; ``require`` without it is an error.
 
-    ``off`` -> PostgreSQL. Otherwise TimescaleDB when installed in the database, or available and
-    preloaded (or the preload list is unreadable: then CREATE EXTENSION tells). Available but not
-    preloaded is refused under ``auto`` too (:class:`TimescaleNotPreloaded`): someone installed the
-    package to use it, and a database that started on PostgreSQL stays on PostgreSQL, so falling back
-    quietly would make a half-done install permanent.
+    The preload is not judged here: some servers load TimescaleDB without listing it in
+    shared_preload_libraries (the WebAssembly build used in tests). The server's own refusal of CREATE
+    EXTENSION is the test (:func:`create_timescaledb`), and under ``auto`` it is not turned into a quiet
+    fallback: someone installed the package to use it, and a database that starts on PostgreSQL stays on
+    PostgreSQL, so falling back would make a half-done install permanent.
     """
     if config.timescaledb == "off":
         return Backend.POSTGRES
-    if facts.installed:
-        return Backend.TIMESCALEDB
-    if facts.available:
-        if facts.preload is not None and not preloaded(facts.preload):
-            raise TimescaleNotPreloaded(NOT_PRELOADED_HELP)
+    if facts.installed or facts.available:
         return Backend.TIMESCALEDB
     if config.timescaledb == "require":
         raise StorageError("IOC_STORAGE__TIMESCALEDB=require but the timescaledb extension is not installed on "
@@ -126,13 +123,16 @@ async def create_timescaledb(conn: Any) -> None:
 
     Without the preload, TimescaleDB's loader refuses with a FATAL error ("extension timescaledb must be
     preloaded"), which ends the session: asyncpg raises ConnectionDoesNotExistError (or the error itself)
-    and the connection is gone.
+    and the connection is gone. Nothing has been changed by then (the upgrade lock is the session's).
     """
+    preload = (await server_facts(conn)).preload
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as err:
         if "preload" in str(err).lower() or conn.is_closed():
-            raise TimescaleNotPreloaded(f"{NOT_PRELOADED_HELP} (server said: {err})") from err
+            listed = "unreadable by this role" if preload is None else repr(preload)
+            raise TimescaleNotPreloaded(f"{NOT_PRELOADED_HELP} (shared_preload_libraries is {listed}; "
+                                        f"the server said: {err})") from err
         raise
 
 
@@ -193,6 +193,11 @@ async def apply_timescaledb_policies(conn: Any, config: StorageConfig) -> None:
                            "end_offset => $3::interval, schedule_interval => $4::interval)", view, start, end, every)
         await conn.execute("SELECT remove_retention_policy($1, if_exists => true)", view)
         await conn.execute("SELECT add_retention_policy($1, $2::interval)", view, timedelta(days=keep))
+        if await conn.fetchval("SELECT compression_enabled FROM timescaledb_information.continuous_aggregates "
+                               "WHERE view_name = $1", view):  # from migration 0009
+            await conn.execute("SELECT remove_compression_policy($1, if_exists => true)", view)
+            await conn.execute("SELECT add_compression_policy($1, compress_after => $2::interval)", view,
+                               max(timedelta(days=config.compress_after_days), start + timedelta(days=1)))
 
 
 async def current_version(conn: Any) -> int | None:

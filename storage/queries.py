@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
+from storage.config import StorageConfig
 from storage.db import Backend
+from storage.rollups import complete_before, floor_to
 
 _DEVICE_COLS = "device_id, kind, first_seen, last_seen, lat, lon, district, state, state_reason, state_ts, last_seq"
 
@@ -35,26 +38,88 @@ async def latest_values(conn: Any, device_id: str, since: datetime) -> list[dict
 
 
 async def raw_points(conn: Any, device_id: str, metric: str | None, start: datetime, end: datetime,
-                     limit: int) -> list[dict[str, Any]]:
-    """Raw telemetry points in ``[start, end)``, oldest first."""
+                     limit: int, after: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+    """Raw telemetry points in ``[start, end)``, oldest first (by time, then metric); with ``after``, only
+    the points past that (ts, metric): keyset paging, since (device, metric, ts) is unique."""
+    after_ts, after_metric = after if after else (None, None)
     rows = await conn.fetch(
         "SELECT ts, metric, value, seq FROM telemetry WHERE device_id = $1 AND ($2::text IS NULL OR metric = $2) "
-        "AND ts >= $3 AND ts < $4 ORDER BY ts, metric LIMIT $5", device_id, metric, start, end, limit)
+        "AND ts >= $3 AND ts < $4 AND ($6::timestamptz IS NULL OR (ts, metric) > ($6, $7::text)) "
+        "ORDER BY ts, metric LIMIT $5", device_id, metric, start, end, limit, after_ts, after_metric)
     return [dict(r) for r in rows]
 
 
-async def bucketed_points(conn: Any, backend: Backend, device_id: str, metric: str | None, start: datetime,
-                          end: datetime, bucket: timedelta, limit: int) -> list[dict[str, Any]]:
-    """Aggregates per time bucket (avg, min, max, count) in ``[start, end)``."""
+class Source(StrEnum):
+    """Where bucketed telemetry is read from."""
+
+    RAW = "raw"
+    ROLLUP_5M = "5m"
+    ROLLUP_1H = "1h"
+
+
+_STEP = {Source.ROLLUP_5M: timedelta(minutes=5), Source.ROLLUP_1H: timedelta(hours=1)}
+_FIVE_MIN = "'5 minutes'"
+_TABLE = {Source.ROLLUP_5M: "telemetry_5m", Source.ROLLUP_1H: "telemetry_1h"}
+
+
+def source_for(bucket: timedelta) -> Source:
+    """The coarsest store a bucket can be built from: the hourly rollup when it is whole hours, the
+    5-minute one when whole 5 minutes, else the raw rows. (Rollup buckets are aligned as bucket widths
+    are, so a wider bucket is always a union of whole rollup buckets.)"""
+    for source in (Source.ROLLUP_1H, Source.ROLLUP_5M):
+        if bucket % _STEP[source] == timedelta(0):
+            return source
+    return Source.RAW
+
+
+def kept_days(source: Source, config: StorageConfig) -> int:
+    """How many days back ``source`` holds data (retention settings)."""
+    return {Source.RAW: config.retention_days, Source.ROLLUP_5M: config.rollup_5m_retention_days,
+            Source.ROLLUP_1H: config.rollup_1h_retention_days}[source]
+
+
+def _bucket_expr(backend: Backend, column: str, param: str) -> str:
     if backend is Backend.TIMESCALEDB:
-        bucket_expr = "time_bucket($1::interval, ts)"
-    else:  # native PostgreSQL (14+): same alignment as time_bucket's default origin for sub-day buckets
-        bucket_expr = "date_bin($1::interval, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00')"
+        return f"time_bucket({param}::interval, {column})"
+    # native PostgreSQL (14+): same alignment as time_bucket's default origin for sub-day buckets
+    return f"date_bin({param}::interval, {column}, TIMESTAMPTZ '2000-01-03 00:00:00+00')"
+
+
+async def bucketed_points(conn: Any, backend: Backend, device_id: str, metric: str | None, start: datetime,
+                          end: datetime, bucket: timedelta, limit: int, source: Source | None = None,
+                          after: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+    """Aggregates per time bucket (avg, min, max, count) in ``[start, end)``, oldest first (by bucket, then
+    metric); with ``after``, only those past that (bucket, metric): keyset paging.
+
+    Read from the coarsest store the bucket allows (:func:`source_for`) unless ``source`` says which. From
+    a rollup, ``start`` and ``end`` are taken to whole rollup buckets (5 min or 1 h). On the PostgreSQL
+    fallback the rollup tables are used up to where they are complete and the raw rows after it.
+    """
+    source = source or source_for(bucket)
+    after_ts, after_metric = after if after else (None, None)
+    if after_ts is not None:
+        start = max(start, after_ts)  # buckets start there: whole ones
+    args: list[Any] = [bucket, device_id, metric, start, end, limit, after_ts, after_metric]
+    if source is Source.RAW:
+        inner = (f"SELECT {_bucket_expr(backend, 'ts', '$1')} AS bucket, metric, avg(value) AS avg, "
+                 "min(value) AS min, max(value) AS max, count(*) AS count FROM telemetry WHERE device_id = $2 "
+                 "AND ($3::text IS NULL OR metric = $3) AND ts >= $4 AND ts < $5 GROUP BY 1, 2")
+    else:
+        args[3] = floor_to(start, _STEP[source])
+        rollup = (f"SELECT bucket, metric, avg, min, max, n FROM {_TABLE[source]} WHERE device_id = $2 "
+                  "AND ($3::text IS NULL OR metric = $3) AND bucket >= $4 AND bucket < $5")
+        if backend is Backend.POSTGRES:  # complete rollups, then the raw rows past them
+            rollup = (f"{rollup} AND bucket < $9 UNION ALL "
+                      f"SELECT {_bucket_expr(backend, 'ts', _FIVE_MIN)}, metric, avg(value), "
+                      "min(value), max(value), count(*) FROM telemetry WHERE device_id = $2 "
+                      "AND ($3::text IS NULL OR metric = $3) AND ts >= greatest($4, $9) AND ts < $5 GROUP BY 1, 2")
+            done = await complete_before(conn)
+            args.append(floor_to(done, _STEP[source]) if done else datetime(1970, 1, 1, tzinfo=UTC))
+        inner = (f"SELECT {_bucket_expr(backend, 'bucket', '$1')} AS bucket, metric, sum(avg * n) / sum(n) AS avg, "
+                 f"min(min) AS min, max(max) AS max, sum(n)::bigint AS count FROM ({rollup}) src GROUP BY 1, 2")
     rows = await conn.fetch(
-        f"SELECT {bucket_expr} AS bucket, metric, avg(value) AS avg, min(value) AS min, max(value) AS max, "
-        "count(*) AS count FROM telemetry WHERE device_id = $2 AND ($3::text IS NULL OR metric = $3) "
-        "AND ts >= $4 AND ts < $5 GROUP BY 1, 2 ORDER BY 1, 2 LIMIT $6",
-        bucket, device_id, metric, start, end, limit)
+        f"SELECT * FROM ({inner}) q WHERE ($7::timestamptz IS NULL OR (bucket, metric) > ($7, $8::text)) "
+        "ORDER BY bucket, metric LIMIT $6", *args)
     return [dict(r) for r in rows]
 
 
@@ -125,18 +190,31 @@ async def kpi_history(conn: Any, backend: Backend, start: datetime, end: datetim
 
     ``speed``: mean ``speed_kmh`` of traffic sensors; ``bts_reporting`` / ``cam_reporting``: devices of
     that kind that sent a reading in the bucket (``availability_pct`` / ``fps`` mark the kind, as the
-    device API defines them); ``bts_total`` / ``cam_total``: devices of that kind registered.
+    device API defines them); ``bts_total`` / ``cam_total``: devices of that kind registered. Buckets of
+    whole 5 minutes are read from the 5-minute rollup (the province's raw rows are 50 times more).
     """
-    if backend is Backend.TIMESCALEDB:
-        bucket_expr = "time_bucket($1::interval, ts)"
+    kpis = ("SELECT {b} AS bucket, sum(s) FILTER (WHERE metric = 'speed_kmh') / "
+            "sum(n) FILTER (WHERE metric = 'speed_kmh') AS speed, "
+            "count(DISTINCT device_id) FILTER (WHERE metric = 'availability_pct') AS bts_reporting, "
+            "count(DISTINCT device_id) FILTER (WHERE metric = 'fps') AS cam_reporting "
+            "FROM ({src}) src GROUP BY 1 ORDER BY 1")
+    metrics = "metric IN ('speed_kmh', 'availability_pct', 'fps')"
+    raw = (f"SELECT ts AS t, device_id, metric, value AS s, 1 AS n FROM telemetry "
+           f"WHERE ts >= $2 AND ts < $3 AND {metrics}")
+    if source_for(bucket) is Source.RAW:
+        sql = kpis.format(b=_bucket_expr(backend, "t", "$1"), src=raw)
+        rows = await conn.fetch(sql, bucket, start, end)
     else:
-        bucket_expr = "date_bin($1::interval, ts, TIMESTAMPTZ '2000-01-03 00:00:00+00')"
-    rows = await conn.fetch(
-        f"SELECT {bucket_expr} AS bucket, avg(value) FILTER (WHERE metric = 'speed_kmh') AS speed, "
-        "count(DISTINCT device_id) FILTER (WHERE metric = 'availability_pct') AS bts_reporting, "
-        "count(DISTINCT device_id) FILTER (WHERE metric = 'fps') AS cam_reporting "
-        "FROM telemetry WHERE ts >= $2 AND ts < $3 AND metric IN ('speed_kmh', 'availability_pct', 'fps') "
-        "GROUP BY 1 ORDER BY 1", bucket, start, end)
+        lo = floor_to(start, _STEP[Source.ROLLUP_5M])
+        src = (f"SELECT bucket AS t, device_id, metric, avg * n AS s, n FROM telemetry_5m "
+               f"WHERE bucket >= $2 AND bucket < $3 AND {metrics}")
+        args: list[Any] = [bucket, lo, end]
+        if backend is Backend.POSTGRES:
+            done = await complete_before(conn)
+            args.append(done or datetime(1970, 1, 1, tzinfo=UTC))
+            src = (f"{src} AND bucket < $4 UNION ALL SELECT ts, device_id, metric, value, 1 FROM telemetry "
+                   f"WHERE ts >= greatest($2, $4) AND ts < $3 AND {metrics}")
+        rows = await conn.fetch(kpis.format(b=_bucket_expr(backend, "t", "$1"), src=src), *args)
     totals = dict(await conn.fetch("SELECT kind, count(*) FROM devices GROUP BY kind"))
     return [{**dict(r), "bts_total": totals.get("bts", 0), "cam_total": totals.get("camera", 0)} for r in rows]
 

@@ -3,8 +3,11 @@
 TimescaleDB keeps them as continuous aggregates refreshed by its own background jobs (policies from
 settings, see :mod:`storage.migrate`); :func:`refresh_rollups` there only forces a refresh (used after
 a bulk backfill and where no job scheduler runs). The native PostgreSQL backend keeps plain tables
-that :func:`refresh_rollups` recomputes over a window: the ingest workers' maintenance does so every
-few minutes over a look-back (late data within it is folded in), ``ioc history`` over what it wrote.
+that :func:`refresh_rollups` recomputes over a window (``ioc history`` over what it wrote) and
+:func:`refresh_recent` incrementally: a statement trigger on telemetry notes the 5-minute buckets each
+insert touched (late data included) and the ingest workers' maintenance recomputes only those every few
+minutes, then records up to where the rollups are complete (``rollup_state``), after which readers use
+the raw rows (:mod:`storage.queries`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from storage.db import Backend
 
 logger = logging.getLogger(__name__)
 
-ROLLUPS = (("telemetry_5m", timedelta(minutes=5)), ("telemetry_1h", timedelta(hours=1)))
+FIVE_MIN, ONE_HOUR = timedelta(minutes=5), timedelta(hours=1)
+ROLLUPS = (("telemetry_5m", FIVE_MIN), ("telemetry_1h", ONE_HOUR))
 # date_bin's origin: buckets start where TimescaleDB's time_bucket starts them (a Monday, midnight UTC).
 _ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
@@ -35,6 +39,11 @@ _REFRESH_1H = (
     "max = excluded.max, n = excluded.n")
 
 
+def floor_to(ts: datetime, step: timedelta) -> datetime:
+    """Start of the bucket of width ``step`` holding ``ts`` (buckets aligned as TimescaleDB aligns them)."""
+    return _ORIGIN + ((ts - _ORIGIN) // step) * step
+
+
 def _floor(ts: datetime, step: timedelta) -> datetime:
     return _ORIGIN + ((ts - _ORIGIN) // step) * step
 
@@ -47,29 +56,90 @@ async def refresh_rollups(conn: Any, backend: Backend, start: datetime, end: dat
             await conn.execute(f"CALL refresh_continuous_aggregate('{view}', $1::timestamptz, $2::timestamptz)",
                                _floor(start, step), _floor(end, step) + step)
         return
-    lo5, hi5 = _floor(start, timedelta(minutes=5)), _floor(end, timedelta(minutes=5)) + timedelta(minutes=5)
-    lo1, hi1 = _floor(start, timedelta(hours=1)), _floor(end, timedelta(hours=1)) + timedelta(hours=1)
+    lo5, hi5 = _floor(start, FIVE_MIN), _floor(end, FIVE_MIN) + FIVE_MIN
     async with conn.transaction():
-        await conn.execute(_REFRESH_5M, lo5, hi5, _ORIGIN)
-        # the hours around the refreshed 5-minute buckets, whole
-        await conn.execute(_REFRESH_1H, lo1, hi1, _ORIGIN)
+        if await _has_dirty_marks(conn):  # the marks of what this folds in are done with
+            await conn.execute("DELETE FROM telemetry_dirty WHERE bucket >= $1 AND bucket < $2", lo5, hi5)
+        await _recompute(conn, [(lo5, hi5)])
 
 
+#: Readings whose time is this close to the refresh may still be in flight: not counted as complete yet.
+IN_FLIGHT = timedelta(minutes=1)
 _LOCK_KEY = 0x10C_0003
 
 
 async def refresh_recent(conn: Any, backend: Backend, now: datetime, lookback: timedelta) -> bool:
-    """Fallback backend: refresh the last ``lookback`` once across all workers (an advisory lock); True
-    when this call did it. TimescaleDB refreshes by its own policies, so nothing is done there."""
+    """Fallback backend, incremental: recompute only the 5-minute buckets that got rows since the last run
+    (marked by a trigger on telemetry, late data included) and the hours around them, then record up to
+    where the rollups are complete. Once across all workers (an advisory lock); True when this call did it.
+    The first run after the upgrade also recomputes ``lookback`` (rows written before the marks existed).
+    TimescaleDB refreshes by its own policies, so nothing is done there."""
     if backend is Backend.TIMESCALEDB:
         return False
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
         return False
     try:
-        await refresh_rollups(conn, backend, now - lookback, now)
+        async with conn.transaction():
+            claimed_at: datetime = await conn.fetchval("SELECT now()")
+            first_run = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM rollup_state)")
+            # Only marks committed by now are taken (and their rows are visible to the recompute below);
+            # marks committed meanwhile stay for the next run.
+            buckets = [r[0] for r in await conn.fetch(
+                "WITH gone AS (DELETE FROM telemetry_dirty RETURNING bucket) "
+                "SELECT DISTINCT bucket FROM gone ORDER BY 1")]
+            spans = _runs(buckets, FIVE_MIN)
+            if first_run:
+                spans = _merge([*spans, (_floor(now - lookback, FIVE_MIN), _floor(now, FIVE_MIN) + FIVE_MIN)])
+            await _recompute(conn, spans)
+            await conn.execute(
+                "INSERT INTO rollup_state (name, complete_before, refreshed_at) VALUES ('telemetry', $1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET complete_before = excluded.complete_before, "
+                "refreshed_at = excluded.refreshed_at", _floor(claimed_at - IN_FLIGHT, FIVE_MIN), claimed_at)
+        logger.debug("rollups: %d five-minute buckets recomputed in %d spans", len(buckets), len(spans))
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return True
+
+
+async def complete_before(conn: Any) -> datetime | None:
+    """Fallback backend: 5-minute rollups before this are complete (the rest is read from raw rows)."""
+    value: datetime | None = await conn.fetchval(
+        "SELECT complete_before FROM rollup_state WHERE name = 'telemetry'")
+    return value
+
+
+async def _recompute(conn: Any, spans: list[tuple[datetime, datetime]]) -> None:
+    """Recompute 5-minute buckets over ``spans`` (aligned), then the whole hours around them."""
+    for lo, hi in spans:
+        await conn.execute(_REFRESH_5M, lo, hi, _ORIGIN)
+    hours = _merge([(_floor(lo, ONE_HOUR), _floor(hi - FIVE_MIN, ONE_HOUR) + ONE_HOUR) for lo, hi in spans])
+    for lo, hi in hours:
+        await conn.execute(_REFRESH_1H, lo, hi, _ORIGIN)
+
+
+def _runs(buckets: list[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
+    """Sorted bucket starts -> contiguous ``[lo, hi)`` spans."""
+    spans: list[tuple[datetime, datetime]] = []
+    for b in buckets:
+        if spans and spans[-1][1] == b:
+            spans[-1] = (spans[-1][0], b + step)
+        else:
+            spans.append((b, b + step))
+    return spans
+
+
+def _merge(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    out: list[tuple[datetime, datetime]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+async def _has_dirty_marks(conn: Any) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass('telemetry_dirty') IS NOT NULL"))
 
 
 async def prune_rollups(conn: Any, backend: Backend, now: datetime, keep_5m_days: int, keep_1h_days: int) -> int:

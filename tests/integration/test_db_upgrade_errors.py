@@ -8,6 +8,7 @@ session, which a real PostgreSQL does for ``pg_terminate_backend(pg_backend_pid(
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -87,22 +88,25 @@ async def test_not_preloaded_says_what_to_do_and_changes_nothing(
         await fresh.close()
 
 
-async def test_readable_preload_without_timescaledb_is_refused_before_any_change(
-        empty_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cli_prints_the_fix_and_exits_1(empty_dsn: str, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     real = migrate.server_facts
 
     async def facts(conn: Any) -> ServerFacts:  # the real preload list (no timescaledb), the package "installed"
         seen = await real(conn)
-        return ServerFacts(available=True, installed=False, preload=seen.preload or "")
+        return ServerFacts(available=True, installed=False, preload=seen.preload)
+
+    real_connect = asyncpg.connect
+
+    async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        return await real_connect(*args, connection_class=RefusingServer, **kwargs)
 
     monkeypatch.setattr(migrate, "server_facts", facts)
-    conn = await asyncpg.connect(empty_dsn)
-    try:
-        with pytest.raises(TimescaleNotPreloaded):
-            await upgrade(conn, StorageConfig(timescaledb="auto"))
-        assert not conn.is_closed()
-        assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
-        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                   "AND pid = pg_backend_pid()") == 0
-    finally:
-        await conn.close()
+    monkeypatch.setattr(asyncpg, "connect", connect)
+    monkeypatch.setenv("IOC_DATABASE_URL", empty_dsn)
+    from ioc.cli import main
+
+    assert await asyncio.to_thread(main, ["db", "upgrade"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ioc db upgrade: the timescaledb extension is installed on the server but not loaded")
+    assert "shared_preload_libraries is ''" in err and "Traceback" not in err
