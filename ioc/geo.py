@@ -20,19 +20,30 @@ Ring = list[tuple[float, float]]
 
 @dataclass(frozen=True)
 class District:
-    """One district: code, name and outline (lon, lat rings; holes ignored)."""
+    """One district: code, name and outline.
+
+    ``polygons`` holds the exterior ring (lon, lat) of each part of a (Multi)Polygon and ``holes`` the
+    interior rings of the same part, index for index: a point in a hole (an enclave of another district,
+    a lake) is not in the district.
+    """
 
     code: str
     name: str
     polygons: tuple[Ring, ...]
     bbox: tuple[float, float, float, float]  # min lon, min lat, max lon, max lat
     properties: dict[str, Any] = field(default_factory=dict)
+    holes: tuple[tuple[Ring, ...], ...] = ()
 
     def contains(self, lon: float, lat: float) -> bool:
         x0, y0, x1, y1 = self.bbox
         if not (x0 <= lon <= x1 and y0 <= lat <= y1):
             return False
-        return any(_in_ring(lon, lat, ring) for ring in self.polygons)
+        for index, ring in enumerate(self.polygons):
+            if _in_ring(lon, lat, ring):
+                holes = self.holes[index] if index < len(self.holes) else ()
+                if not any(_in_ring(lon, lat, hole) for hole in holes):
+                    return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,11 @@ class City:
     @classmethod
     def load(cls, path: Path | str = DEFAULT_CITY_FILE) -> City:
         """Read a GeoJSON FeatureCollection whose district features have ``properties.layer == "district"``."""
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_geojson(json.loads(Path(path).read_text(encoding="utf-8")), Path(path).stem)
+
+    @classmethod
+    def from_geojson(cls, doc: dict[str, Any], default_name: str = "city") -> City:
+        """Build from a parsed GeoJSON FeatureCollection (see :meth:`load`)."""
         districts: list[District] = []
         roads: list[Road] = []
         for feature in doc.get("features", []):
@@ -72,13 +87,15 @@ class City:
             if props.get("layer", "district") != "district" or geom.get("type") not in ("Polygon", "MultiPolygon"):
                 continue
             polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
-            rings = tuple([(float(p[0]), float(p[1])) for p in poly[0]] for poly in polys)
+            polys = [poly for poly in polys if poly]  # a part needs its exterior ring
+            rings = tuple(_ring(poly[0]) for poly in polys)
+            holes = tuple(tuple(_ring(hole) for hole in poly[1:]) for poly in polys)
             xs = [p[0] for r in rings for p in r]
             ys = [p[1] for r in rings for p in r]
             code = str(props.get("code") or feature.get("id"))
             districts.append(District(code, str(props.get("name", code)), rings,
-                                      (min(xs), min(ys), max(xs), max(ys)), props))
-        name = str(doc.get("properties", {}).get("name", Path(path).stem))
+                                      (min(xs), min(ys), max(xs), max(ys)), props, holes))
+        name = str(doc.get("properties", {}).get("name", default_name))
         return cls(name, districts, doc, roads)
 
     def get(self, code: str) -> District | None:
@@ -117,6 +134,10 @@ def _line_km(lon: float, lat: float, line: tuple[tuple[float, float], ...]) -> f
         t = 0.0 if dx == dy == 0 else max(0.0, min(1.0, ((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy)))
         best = min(best, math.hypot(px - ax - t * dx, py - ay - t * dy))
     return best
+
+
+def _ring(points: list[list[float]]) -> Ring:
+    return [(float(p[0]), float(p[1])) for p in points]
 
 
 def _in_ring(x: float, y: float, ring: Ring) -> bool:
