@@ -31,6 +31,7 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import create_database, drop_database, ingest_env
 from tests.support.services import IngestProcess, free_port, private_mosquitto, wait_until
@@ -99,27 +100,29 @@ def _bare_subscriber(port: int, expected: int, out: mp.Queue, ready: mp.Event) -
 # --- measurement helpers -------------------------------------------------------------------------------
 
 def scrape(port: int) -> dict[str, float]:
-    """Prometheus text from the worker, as {sample name with labels: value}."""
+    """The worker's /metrics, parsed by prometheus_client, as {sample name with sorted labels: value}."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+    return {_key(s.name, s.labels): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _key(name: str, labels: dict[str, str]) -> str:
+    return name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
 
 
 def committed(samples: dict[str, float]) -> float:
-    return sum(v for k, v in samples.items() if k.startswith("ioc_ingest_messages_committed_total"))
+    return sum(v for k, v in samples.items()
+               if k == "ioc_ingest_messages_committed_total" or k.startswith("ioc_ingest_messages_committed_total{"))
 
 
 def quantile(q: float, before: dict[str, float], after: dict[str, float], name: str) -> float:
     """histogram_quantile over the increase of ``name`` between two scrapes."""
     buckets = []
+    prefix = f'{name}_bucket{{le="'
     for key, value in after.items():
-        if key.startswith(f"{name}_bucket{{le="):
-            le = key.split('le="')[1].rstrip('"}')
-            buckets.append((float("inf") if le == "+Inf" else float(le), value - before.get(key, 0.0)))
+        if key.startswith(prefix):
+            le = key[len(prefix):].split('"', 1)[0]
+            buckets.append((float(le), value - before.get(key, 0.0)))  # float("+Inf") is inf
     buckets.sort()
     total = buckets[-1][1]
     if total <= 0:
