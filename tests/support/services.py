@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 PG_BIN = Path(os.environ.get("IOC_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -164,6 +165,27 @@ class ServeProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authenticate a test client (an admin token when the process was given one)."""
+        token = self.env.get("IOC_TEST_ADMIN_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def get(self, path: str) -> Any:
+        """GET a JSON document (any status: error bodies are JSON too)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, headers=self.auth_headers())
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as err:
+            return json.load(err)
 
     def __enter__(self) -> ServeProcess:
         self.start()
