@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.config import IngestConfig, MqttConfig
 from ioc.alerts.config import AlertsConfig
+from ioc.auth.config import AuthConfig
 from ioc.live.config import AnalyticsConfig, LiveConfig, UiConfig
 from storage.config import StorageConfig
 
@@ -34,6 +35,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @field_validator("mqtt_url")
     @classmethod

@@ -1,0 +1,52 @@
+"""Authentication and HTTP hardening settings (a section of :class:`ioc.settings.Settings`: ``IOC_AUTH__...``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+               "connect-src 'self'; worker-src 'self' blob:; font-src 'self'; object-src 'none'; "
+               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+class AuthConfig(BaseModel):
+    """Who may call the API and the pages, and how the HTTP edge is hardened (see docs/security.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_hours: float = Field(12.0, gt=0, description="A browser session expires this long after login.")
+    cookie_secure: Literal["auto", "always", "never"] = Field(
+        "auto", description="Secure flag on the session cookie: auto = when the request came over HTTPS.")
+    cookie_samesite: Literal["lax", "strict"] = "lax"
+    token_days: float = Field(365.0, gt=0, description="Default lifetime of a new API token.")
+    officer_silence_max_h: float = Field(4.0, gt=0, description="Officers may silence alerts for at most this "
+                                         "long; supervisors and admins without limit.")
+    allowed_hosts: list[str] = Field(["*"], description="Host headers accepted (TrustedHost), e.g. "
+                                     '["ioc.example.gov.vn", "127.0.0.1"]; "*" = any.')
+    cors_origins: list[str] = Field([], description="Other origins whose pages may call the API (CORS).")
+    ws_origins: list[str] = Field([], description="Origins allowed to open /ws/live besides the page's own "
+                                  "origin (clients without an Origin header, i.e. not browsers, are allowed).")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Requests with a larger body are refused (413).")
+    login_rate: str = Field("10/minute", description="Login attempts per client address and user name.")
+    action_rate: str = Field("120/minute", description="State-changing requests and WebSocket actions per caller.")
+    ws_per_client: int = Field(32, gt=0, description="Open /ws/live connections per client address.")
+    metrics: bool = Field(True, description="Serve /metrics (to any authenticated caller, e.g. a viewer "
+                          "token for Prometheus); false = 404.")
+    docs: Literal["off", "viewer", "public"] = Field("viewer", description="/docs and /openapi.json: off, "
+                                                     "for authenticated callers, or for anyone.")
+    csp: str = Field(DEFAULT_CSP, description="Content-Security-Policy of the pages.")
+    oidc_issuer: str | None = Field(None, description="OpenID Connect issuer URL; set it to accept the "
+                                    "provider's bearer JWTs (Keycloak: https://host/realms/NAME).")
+    oidc_audience: str | None = Field(None, description="Expected aud claim (the client id at the provider).")
+    oidc_jwks_url: str | None = Field(None, description="JWKS URL; default: from the issuer's discovery document.")
+    oidc_role_claim: str = Field("roles", description="Claim holding the caller's roles; dotted for nested "
+                                 "(Keycloak: realm_access.roles).")
+    oidc_role_map: dict[str, str] = Field({}, description='Claim value -> role, e.g. {"ioc-duty": "officer"}; '
+                                          "values named viewer/officer/supervisor/admin map to themselves.")
+    oidc_name_claim: str = Field("preferred_username", description="Claim used as the name in the audit trail "
+                                 "(falls back to email, then sub).")
+    oidc_algorithms: list[str] = ["RS256", "ES256", "PS256", "EdDSA"]
+    oidc_jwks_refresh_s: float = Field(30.0, ge=0, description="An unknown key id refetches the JWKS at most "
+                                       "this often.")

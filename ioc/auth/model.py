@@ -1,0 +1,51 @@
+"""Roles and the authenticated caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Role(IntEnum):
+    """Roles, each including the ones below it. ``PUBLIC`` marks routes anyone may call (health, login)."""
+
+    PUBLIC = 0
+    VIEWER = 1
+    OFFICER = 2
+    SUPERVISOR = 3
+    ADMIN = 4
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        """``"officer"`` -> ``Role.OFFICER``; only the four roles a credential can hold."""
+        try:
+            role = cls[name.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown role {name!r}; use viewer, officer, supervisor or admin") from None
+        if role is Role.PUBLIC:
+            raise ValueError("public is not a role a credential can hold")
+        return role
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the name recorded in the audit trail, the role, and the credential used."""
+
+    name: str
+    role: Role
+    via: str  # "session", "token" or "oidc"
+    user_id: int | None = None
+    token_id: int | None = None
+    session_id: int | None = None
+    csrf: str | None = None  # the session's CSRF token (cookie sessions only)
+
+    def public(self) -> dict[str, object]:
+        return {"name": self.name, "role": self.role.label, "via": self.via}
+
+
+class AuthError(Exception):
+    """A credential was presented and is not valid (expired, revoked, unknown, bad signature)."""

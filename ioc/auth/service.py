@@ -1,0 +1,105 @@
+"""Who is calling: one :class:`Authenticator` per app turns a request's credential into a Principal.
+
+Credentials, in order: ``Authorization: Bearer <token>`` (an ``ioct_`` API token, else an OIDC JWT when
+OIDC is configured), then the ``ioc_session`` cookie. A ``?token=`` query parameter is accepted only on the
+WebSocket handshake and on the page routes (a wall display's link, exchanged at once for a session cookie).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from starlette.requests import HTTPConnection
+
+from ioc.auth import store
+from ioc.auth.config import AuthConfig
+from ioc.auth.model import AuthError, Principal
+from ioc.auth.oidc import OidcVerifier
+from ioc.auth.secrets import TOKEN_PREFIX
+
+logger = logging.getLogger(__name__)
+
+SESSION_COOKIE = "ioc_session"
+CSRF_COOKIE = "ioc_csrf"
+CSRF_HEADER = "x-csrf-token"
+PAGE_PATHS = frozenset({"/", "/ops"})
+PRINCIPAL_SCOPE_KEY = "ioc.principal"
+
+
+class Authenticator:
+    """Resolves credentials (cached on the request scope) and holds the rate limiters."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self.config = config
+        self.oidc = OidcVerifier(config) if config.oidc_issuer else None
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._login_rate: RateLimitItem = parse(config.login_rate)
+        self._action_rate: RateLimitItem = parse(config.action_rate)
+        self.ws_open: dict[str, int] = {}
+
+    async def identify(self, conn: HTTPConnection) -> Principal | None:
+        """The caller, ``None`` when anonymous; :class:`AuthError` for a presented credential that is bad."""
+        if PRINCIPAL_SCOPE_KEY in conn.scope:
+            cached: Principal | None = conn.scope[PRINCIPAL_SCOPE_KEY]
+            return cached
+        principal = await self._identify(conn)
+        conn.scope[PRINCIPAL_SCOPE_KEY] = principal
+        return principal
+
+    async def _identify(self, conn: HTTPConnection) -> Principal | None:
+        bearer = _bearer(conn)
+        if bearer is None and (conn.scope["type"] == "websocket" or conn.url.path in PAGE_PATHS):
+            bearer = conn.query_params.get("token") or None
+        if bearer is not None:
+            return await self._from_bearer(conn, bearer)
+        sid = conn.cookies.get(SESSION_COOKIE)
+        if sid:
+            async with _pool(conn).acquire() as db:
+                return await store.session_principal(db, sid)  # an ended session is simply anonymous
+        return None
+
+    async def _from_bearer(self, conn: HTTPConnection, bearer: str) -> Principal:
+        if bearer.startswith(TOKEN_PREFIX):
+            async with _pool(conn).acquire() as db:
+                principal = await store.token_principal(db, bearer)
+            if principal is None:
+                raise AuthError("unknown, expired or revoked API token")
+            return principal
+        if self.oidc is not None and bearer.count(".") == 2:
+            return await self.oidc.verify(bearer)
+        raise AuthError("unrecognised bearer token")
+
+    def allow_login(self, client: str, username: str) -> bool:
+        return self._limiter.hit(self._login_rate, "login", client, username.lower()[:64])
+
+    def allow_action(self, principal: Principal) -> bool:
+        return self._limiter.hit(self._action_rate, "action", principal.via, principal.name)
+
+    def cookie_secure(self, conn: HTTPConnection) -> bool:
+        mode = self.config.cookie_secure
+        return mode == "always" or (mode == "auto" and conn.url.scheme in ("https", "wss"))
+
+
+def _bearer(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _pool(conn: HTTPConnection) -> Any:
+    from fastapi import HTTPException
+
+    pool = conn.app.state.pool
+    if pool is None:
+        raise HTTPException(503, "database not available yet")
+    return pool
+
+
+def client_address(conn: HTTPConnection) -> str:
+    return conn.client.host if conn.client else "unknown"

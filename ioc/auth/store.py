@@ -1,0 +1,185 @@
+"""SQL for users, API tokens and browser sessions (tables of migration 0007)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ingest.text import check_text
+from ioc.auth import secrets as sec
+from ioc.auth.model import Principal, Role
+
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
+_TOUCH_EVERY = timedelta(minutes=1)  # last_used / last_seen are written at most this often per credential
+
+
+class AuthStoreError(ValueError):
+    """A user or token operation refused (unknown name, duplicate, bad value)."""
+
+
+def check_username(username: str) -> str:
+    name = username.strip().lower()
+    if not USERNAME_RE.fullmatch(name):
+        raise AuthStoreError("a user name is 1-64 of a-z 0-9 . _ @ - (starting with a letter or digit)")
+    return name
+
+
+# --- users ------------------------------------------------------------------------------------------------
+
+async def create_user(conn: Any, username: str, role: Role, password: str,
+                      display_name: str | None = None) -> dict[str, Any]:
+    name = check_username(username)
+    shown = check_text(display_name or name, field="display name")[:200]
+    password_hash = sec.hash_password(password)
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO auth_users (username, display_name, role, password_hash) VALUES ($1, $2, $3, $4) "
+            "RETURNING id, username, display_name, role, disabled, created_at",
+            name, shown, Role.parse(role.label).label, password_hash)
+    except Exception as err:
+        if type(err).__name__ == "UniqueViolationError":
+            raise AuthStoreError(f"user {name!r} exists") from None
+        raise
+    return dict(row)
+
+
+async def list_users(conn: Any) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT id, username, display_name, role, disabled, created_at, last_login_at "
+                            "FROM auth_users ORDER BY username")
+    return [dict(r) for r in rows]
+
+
+async def user_for_login(conn: Any, username: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow("SELECT id, username, display_name, role, password_hash, disabled "
+                              "FROM auth_users WHERE username = $1", username.strip().lower())
+    return dict(row) if row else None
+
+
+async def set_password(conn: Any, username: str, password: str) -> None:
+    """New password; the user's open sessions end."""
+    password_hash = sec.hash_password(password)
+    async with conn.transaction():
+        uid = await conn.fetchval("UPDATE auth_users SET password_hash = $2, password_changed_at = now() "
+                                  "WHERE username = $1 RETURNING id", check_username(username), password_hash)
+        if uid is None:
+            raise AuthStoreError(f"no user {username!r}")
+        await _end_sessions(conn, uid)
+
+
+async def rehash_password(conn: Any, user_id: int, password: str) -> None:
+    await conn.execute("UPDATE auth_users SET password_hash = $2 WHERE id = $1", user_id, sec.hash_password(password))
+
+
+async def set_disabled(conn: Any, username: str, disabled: bool) -> None:
+    """Disable (sessions end at once) or enable a user."""
+    async with conn.transaction():
+        uid = await conn.fetchval("UPDATE auth_users SET disabled = $2 WHERE username = $1 RETURNING id",
+                                  check_username(username), disabled)
+        if uid is None:
+            raise AuthStoreError(f"no user {username!r}")
+        if disabled:
+            await _end_sessions(conn, uid)
+
+
+async def set_role(conn: Any, username: str, role: Role) -> None:
+    uid = await conn.fetchval("UPDATE auth_users SET role = $2 WHERE username = $1 RETURNING id",
+                              check_username(username), Role.parse(role.label).label)
+    if uid is None:
+        raise AuthStoreError(f"no user {username!r}")
+
+
+async def note_login(conn: Any, user_id: int) -> None:
+    await conn.execute("UPDATE auth_users SET last_login_at = now() WHERE id = $1", user_id)
+
+
+async def _end_sessions(conn: Any, user_id: int) -> None:
+    await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+                       user_id)
+
+
+# --- API tokens -------------------------------------------------------------------------------------------
+
+async def create_token(conn: Any, name: str, role: Role, days: float | None,
+                       created_by: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A new token: returns the secret (shown once, never stored) and its row."""
+    label = check_text(name.strip(), field="token name")[:100]
+    if not label:
+        raise AuthStoreError("a token needs a name")
+    secret = sec.new_api_token()
+    expires = datetime.now(UTC) + timedelta(days=days) if days else None
+    row = await conn.fetchrow(
+        "INSERT INTO auth_tokens (name, role, token_hash, prefix, created_by, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, name, role, prefix, created_by, created_at, expires_at",
+        label, Role.parse(role.label).label, sec.digest(secret), secret[:12], created_by, expires)
+    return secret, dict(row)
+
+
+async def list_tokens(conn: Any, include_revoked: bool = False) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT id, name, role, prefix, created_by, created_at, expires_at, revoked_at, last_used_at "
+        "FROM auth_tokens WHERE $1 OR revoked_at IS NULL ORDER BY id", include_revoked)
+    return [dict(r) for r in rows]
+
+
+async def revoke_token(conn: Any, token_id: int) -> bool:
+    """Revoke a token (and the wall sessions opened with it)."""
+    async with conn.transaction():
+        done = await conn.fetchval("UPDATE auth_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL "
+                                   "RETURNING id", token_id)
+        await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE api_token_id = $1 "
+                           "AND revoked_at IS NULL", token_id)
+    return done is not None
+
+
+async def token_principal(conn: Any, secret: str) -> Principal | None:
+    row = await conn.fetchrow("SELECT id, name, role, last_used_at FROM auth_tokens WHERE token_hash = $1 "
+                              "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+                              sec.digest(secret))
+    if row is None:
+        return None
+    now = datetime.now(UTC)
+    if row["last_used_at"] is None or now - row["last_used_at"] > _TOUCH_EVERY:
+        await conn.execute("UPDATE auth_tokens SET last_used_at = $2 WHERE id = $1", row["id"], now)
+    return Principal(name=f"token:{row['name']}", role=Role.parse(row["role"]), via="token", token_id=row["id"])
+
+
+# --- browser sessions -------------------------------------------------------------------------------------
+
+async def create_session(conn: Any, hours: float, *, user_id: int | None = None,
+                         token_id: int | None = None) -> tuple[str, str]:
+    """A new session for a user (or for an API token exchanged by a wall): returns (cookie value, CSRF token)."""
+    sid, csrf = sec.new_session_id(), sec.new_csrf()
+    await conn.execute("INSERT INTO auth_sessions (token_hash, csrf_token, user_id, api_token_id, expires_at) "
+                       "VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+                       sec.digest(sid), csrf, user_id, token_id, hours * 3600.0)
+    return sid, csrf
+
+
+async def session_principal(conn: Any, sid: str) -> Principal | None:
+    row = await conn.fetchrow(
+        "SELECT s.id, s.csrf_token, s.last_seen_at, s.user_id, s.api_token_id, "
+        "       u.username, u.role AS user_role, u.disabled, t.name AS token_name, t.role AS token_role, "
+        "       t.revoked_at AS token_revoked, t.expires_at AS token_expires "
+        "FROM auth_sessions s LEFT JOIN auth_users u ON u.id = s.user_id "
+        "LEFT JOIN auth_tokens t ON t.id = s.api_token_id "
+        "WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()", sec.digest(sid))
+    if row is None:
+        return None
+    now = datetime.now(UTC)
+    if row["user_id"] is not None:
+        if row["disabled"]:
+            return None
+        name, role, uid, tid = row["username"], row["user_role"], row["user_id"], None
+    else:
+        if row["token_revoked"] is not None or (row["token_expires"] and row["token_expires"] <= now):
+            return None
+        name, role, uid, tid = f"token:{row['token_name']}", row["token_role"], None, row["api_token_id"]
+    if now - row["last_seen_at"] > _TOUCH_EVERY:
+        await conn.execute("UPDATE auth_sessions SET last_seen_at = $2 WHERE id = $1", row["id"], now)
+    return Principal(name=name, role=Role.parse(role), via="session", user_id=uid, token_id=tid,
+                     session_id=row["id"], csrf=row["csrf_token"])
+
+
+async def end_session(conn: Any, session_id: int) -> None:
+    await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = $1", session_id)

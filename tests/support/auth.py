@@ -1,0 +1,81 @@
+"""Credentials for tests: users and API tokens made straight in a test database, and clients that use them.
+
+    token = await make_token(database_url, "officer")          # an API token (bearer) with that role
+    user, password = await make_user(database_url, "viewer")   # a local user for the login page
+    headers = bearer(token)                                    # for httpx / websockets
+    token = make_token_sync(database_url)                      # same, from sync code (ServeProcess tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+
+from ioc.auth import secrets as sec
+from ioc.auth import store
+from ioc.auth.model import Role
+from ioc.auth.service import CSRF_COOKIE
+
+ROLES = ("viewer", "officer", "supervisor", "admin")
+
+
+async def make_token(database_url: str, role: str = "admin", name: str | None = None, days: float = 1.0) -> str:
+    """A new API token with ``role`` (valid ``days``); returns its secret."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        secret, _ = await store.create_token(conn, name or f"test-{role}-{uuid.uuid4().hex[:6]}", Role.parse(role),
+                                             days, "tests")
+    finally:
+        await conn.close()
+    return secret
+
+
+async def make_user(database_url: str, role: str = "officer", username: str | None = None,
+                    password: str | None = None) -> tuple[str, str]:
+    """A new local user with ``role``; returns (user name, password)."""
+    username = username or f"{role}-{uuid.uuid4().hex[:6]}"
+    password = password or sec.new_password()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await store.create_user(conn, username, Role.parse(role), password)
+    finally:
+        await conn.close()
+    return username, password
+
+
+def make_token_sync(database_url: str, role: str = "admin", name: str | None = None) -> str:
+    """:func:`make_token` from synchronous code (no event loop running in this thread)."""
+    return asyncio.run(make_token(database_url, role, name))
+
+
+def make_user_sync(database_url: str, role: str = "officer", username: str | None = None) -> tuple[str, str]:
+    return asyncio.run(make_user(database_url, role, username))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def login(client: httpx.AsyncClient, username: str, password: str) -> str:
+    """Log ``client`` in through the login route (cookie session); it then sends the CSRF header too."""
+    resp = await client.post("/api/auth/login", json={"username": username, "password": password})
+    resp.raise_for_status()
+    csrf = resp.json()["csrf"]
+    assert client.cookies.get(CSRF_COOKIE) == csrf
+    client.headers["X-CSRF-Token"] = csrf
+    return str(csrf)
+
+
+@asynccontextmanager
+async def client_for(app: Any, token: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """Another in-process client of an app whose lifespan already runs (``None``: anonymous)."""
+    headers = bearer(token) if token else {}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ioc",
+                                 headers=headers) as client:
+        yield client
