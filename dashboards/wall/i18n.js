@@ -11,6 +11,7 @@ const T = {
   live: ["Trực tuyến", "Live"],
   offline_conn: ["Mất kết nối", "Disconnected"],
   stale: ["Dữ liệu không cập nhật", "Data stale"],
+  banner_pipeline: ["Hệ thống xử lý đang ngừng: {what}", "The server's pipeline has stopped: {what}"],
   banner_stale: ["Dữ liệu không cập nhật từ {since} ({age}) — đang kết nối lại", "No data since {since} ({age}) — reconnecting"],
   banner_down: ["Mất kết nối máy chủ — thử lại sau {sec} giây (lần {n})", "Server unreachable — retrying in {sec} s (attempt {n})"],
   banner_retrying: ["Mất kết nối máy chủ — đang kết nối lại (lần {n})", "Server unreachable — reconnecting (attempt {n})"],

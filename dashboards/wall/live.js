@@ -32,6 +32,7 @@ export class LiveConnection {
     this.retryAt = 0;
     this.timer = 0;
     this.clockSkew = 0; // server clock minus ours, from snapshot and heartbeat frames
+    this.serverProblems = []; // what stops the server's pipeline (ingest, alerts, analysis), from heartbeats
     this.stats = { connects: 0, snapshots: 0, resumes: 0, lagged: 0, droppedFrames: 0, frames: 0, messages: 0, bytes: 0 };
     this.watchdog = 0;
   }
@@ -138,6 +139,7 @@ export class LiveConnection {
           break;
         case "heartbeat":
           this.syncClock(f.server_time);
+          this.serverProblems = Array.isArray(f.problems) ? f.problems : []; // the pipeline behind the feed
           if (this.state === "stale") this.setState("live");
           break;
         case "lagged":

@@ -93,6 +93,9 @@ async function main() {
       text = t("banner_down", { sec: Math.max(0, Math.ceil((live.retryAt - Date.now()) / 1000)), n: live.attempt });
     } else if (live.state === "connecting" && live.attempt > 0) {
       text = t("banner_retrying", { n: live.attempt });
+    } else if (live.serverProblems.length) {
+      // The link is up but the server's pipeline is not moving: what the wall shows may be old.
+      text = t("banner_pipeline", { what: live.serverProblems.join(" · ") });
     } else if (bannerNote && Date.now() < bannerNote.until) {
       text = bannerNote.text;
       kind = "info";

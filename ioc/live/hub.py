@@ -166,6 +166,8 @@ class LiveHub:
         self.frames_out = 0
         # Extra sections of the snapshot on connect (the alert stage adds live incidents).
         self.snapshot_extra: Callable[[], dict[str, Any]] = dict
+        # What keeps the pipeline from making progress (ioc/health.py): rides on heartbeats to the screens.
+        self.problems: list[str] = []
 
     # --- input ---------------------------------------------------------------------------------------
 
@@ -318,7 +320,7 @@ class LiveHub:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             text = encode({"type": "heartbeat", "seq": self.seq, "epoch": self.epoch,
-                           "server_time": datetime.now(UTC), "mono": time.monotonic()})
+                           "server_time": datetime.now(UTC), "mono": time.monotonic(), "problems": self.problems})
             for client in list(self.clients):
                 client.push_control(text)
 
