@@ -15,7 +15,7 @@ import multiprocessing
 import signal
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
@@ -28,11 +28,13 @@ from analytics.camera.features import ImageTooLarge
 from analytics.camera.stale import StaleMonitor
 from analytics.findings import Finding
 from analytics.numeric.monitor import NumericMonitor
+from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc.live.hub import LiveHub
 from storage.writes import FindingRow, load_state, load_states, save_state, save_states, write_findings
 
 logger = logging.getLogger(__name__)
+errors = RateLimitedLog(logger)
 
 FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
@@ -126,6 +128,7 @@ class AnalyticsStage:
         self._last_rebuild = [float("-inf")] * camera_processes
         self._rebuild_delay = [0.0] * camera_processes
         self._inline: dict[str, Any] = {}  # camera analysers of the inline mode
+        self.dropped_readings = 0  # readings a detector raised on (per device), not analysed
         self._inflight = [0] * camera_processes
         self._max_inflight = max_inflight_per_shard
         self._pending_rows: list[FindingRow] = []
@@ -134,6 +137,9 @@ class AnalyticsStage:
         # Downstream consumers (the alert stage): findings, and each analysed snapshot's health label.
         self.on_findings: Callable[[list[Finding]], None] | None = None
         self.on_health: Callable[[str, str, float, datetime], None] | None = None
+        # High availability (ioc/cluster): awaited first inside every write transaction with the rows being
+        # written (None for state saves): the lease's fence, and a NOTIFY of new findings to other replicas.
+        self.guard: Callable[[Any, list[FindingRow] | None], Awaitable[None]] | None = None
 
     async def load(self) -> None:
         """Restore the learned state, if any: the numeric monitor's (a restart does not relearn a week) and
@@ -177,6 +183,27 @@ class AnalyticsStage:
 
     def _shard_dead(self, shard: int) -> bool:
         return shard in self._rebuilding or bool(getattr(self._shards[shard], "_broken", False))
+
+    async def _detect_safely(self, devices: list[tuple[str, str, str]],
+                             readings: list[tuple[str, str, datetime, float]]) -> list[Finding]:
+        """The detectors over one flush; never raises. When the flush raises, each device's readings are run
+        on their own, so one device whose data trips a detector costs only its own readings (counted, logged)."""
+        try:
+            return await asyncio.to_thread(self._detect, devices, readings)
+        except Exception:
+            HANDLER_ERRORS.labels("analytics").inc()
+            errors.log("numeric detectors raised on a flush of %d readings; retrying device by device", len(readings))
+        by_device: dict[str, list[tuple[str, str, datetime, float]]] = {}
+        for r in readings:
+            by_device.setdefault(r[0], []).append(r)
+        found: list[Finding] = []
+        for device_id, rows in by_device.items():
+            try:
+                found += await asyncio.to_thread(self._detect, [d for d in devices if d[0] == device_id], rows)
+            except Exception:
+                self.dropped_readings += len(rows)
+                errors.log("numeric detectors raised on %s: its %d readings were not analysed", device_id, len(rows))
+        return found
 
     def health_problems(self) -> list[str]:
         """What keeps this stage from doing its work, for readiness (empty: healthy)."""
@@ -335,7 +362,7 @@ class AnalyticsStage:
                 if readings or devices:
                     # Off the event loop: a big flush must not hold up the live feed's senders. Only this
                     # task touches the monitor, one call at a time, so the thread needs no lock.
-                    self._raise(await asyncio.to_thread(self._detect, devices, readings))
+                    self._raise(await self._detect_safely(devices, readings))
                 for shard in range(len(self._shards)):  # a shard that died idle is rebuilt too
                     if self._shard_dead(shard):
                         self._start_rebuild(shard)
@@ -346,8 +373,12 @@ class AnalyticsStage:
                     # Silence is judged up to the last time anything came in: when our own input stalls
                     # (ingest backlog, broker link) every series would look silent, and none is.
                     judged = min(wall, fed + timedelta(seconds=5))
-                    silent = await asyncio.to_thread(self._silence, judged, self.started)
-                    self._raise(silent + self.stale.check(judged, self.started))
+                    try:
+                        silent = await asyncio.to_thread(self._silence, judged, self.started)
+                        self._raise(silent + self.stale.check(judged, self.started))
+                    except Exception:  # a silence check that raises is skipped, never the stage's end
+                        HANDLER_ERRORS.labels("analytics").inc()
+                        errors.log("silence check raised")
                 await self._store()
                 if now - last_state >= self.state_every_s:
                     last_state = now
@@ -398,7 +429,9 @@ class AnalyticsStage:
         if not rows:
             return
         try:
-            async with self.pool.acquire(timeout=5) as conn:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                if self.guard is not None:
+                    await self.guard(conn, rows)
                 await write_findings(conn, rows)
         except Exception as err:  # findings are also on the feed; keep them for the next try, bounded
             logger.warning("findings not stored yet (%s)", err)
@@ -410,7 +443,9 @@ class AnalyticsStage:
             try:
                 state = await asyncio.to_thread(self._state)
                 stale = self.stale.to_state()
-                async with self.pool.acquire(timeout=5) as conn:
+                async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                    if self.guard is not None:
+                        await self.guard(conn, None)
                     await save_state(conn, STATE_NAME, state)
                     await save_state(conn, STALE_STATE_NAME, stale)
             except Exception as err:
@@ -425,7 +460,9 @@ class AnalyticsStage:
                                            for i, shard in enumerate(self._shards) if not self._shard_dead(i)))
             rows = [(CAMERA_STATE_PREFIX + device_id, data) for part in parts for device_id, data in part]
             if rows:
-                async with self.pool.acquire(timeout=5) as conn:
+                async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                    if self.guard is not None:
+                        await self.guard(conn, None)
                     await save_states(conn, rows)
         except Exception as err:  # the exported cameras are saved again on the next pass only if analysed again
             logger.warning("camera analysers not saved: %s", err)
