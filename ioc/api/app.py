@@ -37,6 +37,7 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
         # min_size=0: the API starts (and /healthz answers) even while the database is down.
         app.state.pool = await create_pool(settings.database_url, settings.storage, min_size=0)
         app.state.backend = None
+        app.state.storage = settings.storage  # retention windows: /api/telemetry says when a range is past them
         app.state.worker = None
         app.state.city = City.load(settings.live.city_file)
         hub = app.state.hub = LiveHub(app.state.city.district_of, settings.live.ring_size,
