@@ -1,0 +1,195 @@
+"""The brain: analytics, alerts, escalation and notifications, running only while this process holds the lease.
+
+On takeover it loads everything from the database (engine state, learned detector state, device
+arrivals), reconnects the brain's persistent QoS 1 broker session (same client id for every
+candidate, so readings queued during the failover are delivered now), and starts the stages. On loss
+it stops them at once and writes nothing more (every write is fenced by the lease's epoch). At a clean
+shutdown it flushes and saves first, then releases the lease so a standby takes over immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+from ingest.contract import SUBSCRIPTION
+from ingest.mqtt_session import MqttSession
+from ingest.parse import parse_message
+from ingest.records import ParsedMessage
+from ioc.alerts.model import Changes
+from ioc.alerts.notify.dispatcher import NotificationDispatcher
+from ioc.alerts.stage import AlertStage
+from ioc.analytics_stage import AnalyticsStage
+from ioc.cluster.actions import ActionWorker
+from ioc.cluster.ids import IdReserve
+from ioc.cluster.lease import Lease
+from ioc.cluster.sync import findings_payloads
+from ioc.settings import Settings
+from storage import cluster as sql
+from storage.writes import FindingRow
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[ParsedMessage], None]
+#: NOTIFY documents of findings per write at most (a storm of findings reaches other replicas' screens
+#: partly; all of them are stored and reach the alert engine).
+MAX_FINDING_NOTIFIES = 20
+
+
+class BrainInput:
+    """The brain's persistent QoS 1 session: messages are acked once handed to the stages (in memory)."""
+
+    def __init__(self, settings: Settings, sinks: tuple[Sink, ...]) -> None:
+        from ioc.services import session_options
+
+        cfg = settings.cluster
+        database = urlsplit(settings.database_url).path.strip("/") or "postgres"
+        client_id = cfg.brain_client_id or f"ioc-brain-{database}-{cfg.lease_name}"[:64]
+        options = dataclasses.replace(
+            session_options(settings, client_id), subscriptions=(SUBSCRIPTION,), qos=1, clean_start=False,
+            session_expiry_s=cfg.brain_session_expiry_s)
+        self.sinks = sinks
+        self.session = MqttSession(options, self._on_message)
+        self.lag_s: float | None = None
+
+    def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
+        now = datetime.now(UTC)
+        try:
+            parsed = parse_message(message._topic.decode("utf-8", "replace"), payload, now,
+                                   retained=bool(message.retain))
+            stamps = [r.ts for r in parsed.records if getattr(r, "ts", None) is not None]
+            if stamps:
+                self.lag_s = max(0.0, (now - max(stamps)).total_seconds())
+            for sink in self.sinks:
+                sink(parsed)
+        except Exception:
+            logger.exception("brain input: message on %s not handled", message.topic)
+        self.session.ack(message.mid, generation, message.qos)
+
+    async def run(self) -> None:
+        await self.session.run()
+
+    async def stop(self) -> None:
+        await self.session.stop()
+
+
+class Brain:
+    """Starts and stops the stateful stages with the lease. ``state`` is the app's state (hub, pool, city)."""
+
+    def __init__(self, state: Any, settings: Settings, process_id: str, own_input: bool,
+                 feed_hub: bool) -> None:
+        self.state, self.settings, self.process_id = state, settings, process_id
+        self.own_input, self.feed_hub = own_input, feed_hub
+        self.lease = Lease(settings.database_url, settings.cluster, process_id, self._start, self._stop)
+        self.analytics: AnalyticsStage | None = None
+        self.alerts: AlertStage | None = None
+        self.dispatcher: NotificationDispatcher | None = None
+        self.actions: ActionWorker | None = None
+        self.input: BrainInput | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.epoch: int | None = None
+        self.started_at: datetime | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self.epoch is not None and self.lease.holding
+
+    @property
+    def lag_s(self) -> float | None:
+        return self.input.lag_s if self.input is not None else None
+
+    def on_parsed(self, parsed: ParsedMessage) -> None:
+        """Sink for an embedded ingest worker: forwards to the stages while they run."""
+        if self.analytics is not None:
+            self.analytics.on_parsed(parsed)
+        if self.alerts is not None:
+            self.alerts.on_parsed(parsed)
+
+    # --- guards: the fence, then tell the other replicas ----------------------------------------------
+
+    async def _alerts_guard(self, conn: Any, ch: Changes) -> None:
+        await self.lease.fence(conn)
+        if ch.incidents or ch.alerts:
+            await sql.notify_changes(conn, self.process_id, list(ch.incidents), list(ch.alerts))
+
+    async def _analytics_guard(self, conn: Any, rows: list[FindingRow] | None) -> None:
+        await self.lease.fence(conn)
+        for doc in findings_payloads(self.process_id, rows or [])[:MAX_FINDING_NOTIFIES]:
+            await sql.notify(conn, sql.CHANNEL_FINDINGS, doc)
+
+    # --- lease callbacks -------------------------------------------------------------------------------
+
+    async def _start(self, epoch: int) -> None:
+        settings, state = self.settings, self.state
+        hub, pool = state.hub, state.pool
+        snapshot = hub.snapshot_extra  # the replica's (database) snapshot: the stage must not replace it
+        self.epoch, self.started_at = epoch, datetime.now(UTC)
+        sinks: list[Sink] = [hub.on_parsed] if self.feed_hub else []
+        if settings.analytics.enabled:
+            cfg = settings.analytics
+            self.analytics = AnalyticsStage(hub, pool, cfg.camera_processes, state_every_s=cfg.state_every_s,
+                                            camera_state_every_s=cfg.camera_state_every_s,
+                                            camera_state_max_age_s=cfg.camera_state_max_age_s)
+            self.analytics.guard = self._analytics_guard
+            await self.analytics.load()
+            sinks.append(self.analytics.on_parsed)
+            self._tasks.append(asyncio.create_task(self.analytics.run(), name="analytics"))
+        if settings.alerts.enabled:
+            alerts = self.alerts = AlertStage(hub, pool, state.city, settings.alerts)
+            hub.snapshot_extra = snapshot
+            alerts.ids = IdReserve()
+            alerts.engine.id_source = alerts.ids
+            alerts.guard = self._alerts_guard
+            try:
+                await alerts.load()
+            except Exception as err:  # run() keeps trying before it starts
+                logger.warning("alert engine state not restored yet: %s", err)
+            sinks.append(alerts.on_parsed)
+            if self.analytics is not None:
+                self.analytics.on_findings, self.analytics.on_health = alerts.on_findings, alerts.on_health
+            dispatcher = self.dispatcher = NotificationDispatcher(pool, settings.alerts.notify)
+            dispatcher.guard = self.lease.fence
+            dispatcher.shared_limits = True
+            self.actions = ActionWorker(settings.database_url, pool, alerts, epoch)
+            self._tasks += [asyncio.create_task(alerts.run(), name="alerts"),
+                            asyncio.create_task(dispatcher.run(), name="notifications"),
+                            asyncio.create_task(self.actions.run(), name="cluster-actions")]
+        if self.own_input:
+            self.input = BrainInput(settings, tuple(sinks))
+            self._tasks.append(asyncio.create_task(self.input.run(), name="brain-input"))
+        state.analytics, state.alerts = self.analytics, self.alerts
+        logger.warning("brain started (epoch %d): %s", epoch, ", ".join(t.get_name() for t in self._tasks))
+
+    async def _stop(self, epoch: int) -> None:
+        clean = self.lease.stopping  # a clean shutdown still holds the lease: save before releasing it
+        state = self.state
+        state.analytics = state.alerts = None
+        if self.input is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.input.stop(), 2)
+        if clean:
+            if self.alerts is not None:
+                await self.alerts.flush()
+                await self.alerts.save()
+            if self.analytics is not None:
+                await self.analytics.save()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()
+        self._tasks.clear()
+        self.analytics = self.alerts = None
+        self.dispatcher = self.actions = None
+        self.input = None
+        self.epoch = None
+        logger.warning("brain stopped (epoch %d, %s)", epoch, "clean shutdown" if clean else "lease lost")

@@ -1,0 +1,113 @@
+"""One process of the cluster: its role, its brain (if it may lead), its replica sync and its heartbeat.
+
+Roles: ``api`` serves REST, WebSocket and pages only; ``brain`` competes for the lease and runs the
+stateful stages while it holds it; ``all`` does both (the demo, small sites, tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ioc.cluster.brain import Brain
+from ioc.cluster.sync import ReplicaSync
+from ioc.settings import Settings
+from storage import cluster as sql
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["api", "brain", "all"]
+ROLES: tuple[Role, ...] = ("api", "brain", "all")
+
+
+def new_process_id(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Node:
+    """Wires a process's cluster parts into the app's state and runs them.
+
+    Args:
+        state: the app's state (``hub``, ``pool``, ``city``; ``alerts``/``analytics`` are set while leading).
+        settings: settings.
+        role: api, brain or all.
+        embedded_ingest: an ingest worker in this process feeds the hub and the brain (no brain session).
+    """
+
+    def __init__(self, state: Any, settings: Settings, role: Role, embedded_ingest: bool = False) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; use api, brain or all")
+        self.state, self.settings, self.role = state, settings, role
+        self.process_id = state.process_id = new_process_id(role)
+        state.cluster = settings.cluster
+        state.node = self
+        self.started_at = datetime.now(UTC)
+        city = state.city
+
+        def district_name(code: str | None) -> str | None:
+            district = city.get(code) if code else None
+            return district.name if district else code
+
+        self.sync = ReplicaSync(settings.database_url, state.pool, state.hub, district_name, self.process_id,
+                                settings.cluster.resync_s)
+        state.hub.snapshot_extra = self.sync.snapshot
+        self.brain: Brain | None = None
+        if role in ("brain", "all") and (settings.alerts.enabled or settings.analytics.enabled):
+            # In "all" the hub has its own feed (the plain live subscription or the embedded worker).
+            self.brain = Brain(state, settings, self.process_id, own_input=not embedded_ingest,
+                               feed_hub=role == "brain" and not embedded_ingest)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def doing(self) -> str:
+        if self.brain is None:
+            return "serving"
+        if self.brain.leading:
+            return f"leading (epoch {self.brain.epoch})"
+        return "standby"
+
+    async def start(self) -> None:
+        """Start syncing, and (brain roles) try the lease once before serving, then keep competing."""
+        self._tasks.append(asyncio.create_task(self.sync.run(), name="replica-sync"))
+        if self.brain is not None:
+            await self.brain.lease.acquire_once()
+            self._tasks.append(asyncio.create_task(self.brain.lease.run(), name="lease"))
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="cluster-heartbeat"))
+
+    async def stop(self) -> None:
+        """Stop competing; a leader flushes, saves and releases the lease (a standby takes over at once)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.brain is not None:
+            await self.brain.lease.stop()
+        try:
+            async with self.state.pool.acquire(timeout=2) as conn:
+                await sql.leave(conn, self.process_id)
+        except Exception as err:
+            logger.debug("cluster membership not removed (%s)", err)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+            except Exception as err:
+                logger.debug("cluster heartbeat not written (%s)", err)
+            await asyncio.sleep(self.settings.cluster.heartbeat_s)
+
+    async def heartbeat(self) -> None:
+        brain = self.brain
+        lag = brain.lag_s if brain is not None else None
+        detail: dict[str, Any] = {"clients": len(self.state.hub.clients), "live_incidents": len(self.sync.live),
+                                  "notifications_seen": self.sync.notifications}
+        if brain is not None:
+            detail["takeovers"] = brain.lease.takeovers
+            if brain.actions is not None:
+                detail["actions_applied"] = brain.actions.applied
+        async with self.state.pool.acquire(timeout=5) as conn:
+            await sql.heartbeat(conn, self.process_id, self.role, socket.gethostname(), os.getpid(), self.started_at,
+                                self.doing(), lag, detail)
