@@ -56,6 +56,9 @@ class AlertEngine:
         self.shifts: list[Shift] = []
         self.next_alert_id = 1
         self.next_incident_id = 1
+        # Ids from elsewhere (the stage reserves them from the database's sequences): kind -> id. None:
+        # number from the counters above (replays, tests, benchmarks without a database).
+        self.id_source: Callable[[str], int] | None = None
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -73,6 +76,15 @@ class AlertEngine:
                 owner.members.append(a.id)
         self.next_alert_id = max(self.next_alert_id, next_alert_id)
         self.next_incident_id = max(self.next_incident_id, next_incident_id)
+
+    def _new_id(self, kind: str) -> int:
+        if self.id_source is not None:
+            return self.id_source(kind)
+        if kind == "alert":
+            self.next_alert_id += 1
+            return self.next_alert_id - 1
+        self.next_incident_id += 1
+        return self.next_incident_id - 1
 
     def live_evidence(self, key: str) -> dict[str, Any] | None:
         """Evidence of the live alert with this key (None when there is none): lets readings clear it."""
@@ -131,11 +143,10 @@ class AlertEngine:
 
     def _fire(self, sig: Signal, now: datetime, ch: Changes) -> None:
         spec = rules.spec(sig.rule)
-        alert = Alert(self.next_alert_id, sig.key, sig.rule, spec.category, sig.severity, State.OPEN,
+        alert = Alert(self._new_id("alert"), sig.key, sig.rule, spec.category, sig.severity, State.OPEN,
                       sig.title or sig.rule, sig.explanation, started_at=min(sig.ts, now), last_seen_at=now,
                       device_id=sig.device_id, kind=sig.kind, district=sig.district, lat=sig.lat, lon=sig.lon,
                       evidence=dict(sig.evidence))
-        self.next_alert_id += 1
         self.alerts[alert.id] = self.by_key[alert.key] = alert
         members = {a.id: a for a in self.alerts.values()}
         live = [i for i in self.incidents.values() if i.live]
@@ -149,9 +160,8 @@ class AlertEngine:
             self._fire_standalone(alert, now, ch)
             return
         if inc is None:
-            inc = Incident(self.next_incident_id, correlate.group_key(alert, road), alert.category, alert.severity,
+            inc = Incident(self._new_id("incident"), correlate.group_key(alert, road), alert.category, alert.severity,
                            State.OPEN, alert.title, alert.started_at, now, district=alert.district)
-            self.next_incident_id += 1
             self.incidents[inc.id] = inc
             ch.audit.append(AuditEntry(now, "incident_opened", "system", inc.id, alert.id, inc.title))
             self._adopt(inc, alert, ch)
