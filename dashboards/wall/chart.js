@@ -1,6 +1,8 @@
 // Small canvas charts: KPI sparklines, time-series charts with a min/max band, and a status strip.
-// Time ticks are labelled by the page's formatter, so they read in the city's time zone.
+// Time ticks fall on whole hours/days of the city's wall clock (timeaxis.js) and are labelled by the page's
+// formatter, so they read in the city's time zone (i18n.timeZone, from /api/ui/config).
 import { COLORS } from "./palette.js";
+import { timeStep, timeTicks } from "./timeaxis.js";
 
 const LINE_COLORS = ["#4da3ff", "#f5a623", "#2ecc71", "#c77dff", "#ff6b81"];
 
@@ -55,7 +57,12 @@ function niceStep(span, target) {
   return 10 * mag;
 }
 
-const TIME_STEPS = [60e3, 120e3, 300e3, 600e3, 900e3, 1800e3, 3600e3, 7200e3, 10800e3, 21600e3, 43200e3, 86400e3];
+/** Tick instants over [start, end] in the city's zone, and their label ("dd/mm" for whole days). */
+function ticksOf(start, end, i18n) {
+  const step = timeStep(end - start);
+  const label = step >= 86400e3 ? (t) => i18n.stamp(t).slice(0, 5) : (t) => i18n.hhmm(t);
+  return timeTicks(start, end, step, i18n.timeZone || "UTC").map((t) => [t, label(t)]);
+}
 
 /**
  * A time-series chart. `series`: [{label, points: [[t, avg, min, max]] or [[t, v]]}] drawn as lines (with a
@@ -101,13 +108,11 @@ export function timeChart(canvas, series, { start, end, i18n, unit = "", marks =
     ctx.stroke();
     ctx.fillText(tick(v), left - 4 * px, y(v));
   }
-  const tstep = TIME_STEPS.find((s) => (end - start) / s <= 6) || TIME_STEPS[TIME_STEPS.length - 1];
   ctx.textBaseline = "top";
-  // Ticks on whole minutes/hours of UTC; with a whole-hour zone offset (Asia/Ho_Chi_Minh) they are whole locally too.
-  for (let t = Math.ceil(start / tstep) * tstep; t <= end; t += tstep) {
-    const half = ctx.measureText(i18n.hhmm(t)).width / 2;
+  for (const [t, text] of ticksOf(start, end, i18n)) {
+    const half = ctx.measureText(text).width / 2;
     ctx.textAlign = x(t) + half > w ? "right" : "center"; // the last label stays inside the canvas
-    ctx.fillText(i18n.hhmm(t), ctx.textAlign === "right" ? w : x(t), h - bottom + 4 * px);
+    ctx.fillText(text, ctx.textAlign === "right" ? w : x(t), h - bottom + 4 * px);
   }
   for (const m of marks) {
     ctx.strokeStyle = m.color || "#ff4d4f";
@@ -164,9 +169,8 @@ export function statusStrip(canvas, changes, { start, end, i18n }) {
   ctx.font = `${font}px sans-serif`;
   ctx.fillStyle = "#8fa3c0";
   ctx.textBaseline = "top";
-  const tstep = TIME_STEPS.find((s) => (end - start) / s <= 6) || TIME_STEPS[TIME_STEPS.length - 1];
-  for (let t = Math.ceil(start / tstep) * tstep; t <= end; t += tstep) {
+  for (const [t, text] of ticksOf(start, end, i18n)) {
     ctx.textAlign = x(t) < 20 * px ? "left" : x(t) > w - 20 * px ? "right" : "center";
-    ctx.fillText(i18n.hhmm(t), x(t), barH + 4 * px);
+    ctx.fillText(text, x(t), barH + 4 * px);
   }
 }
