@@ -22,7 +22,7 @@ import numpy as np
 from analytics.camera import evidence as ev
 from analytics.camera.config import CameraConfig
 from analytics.camera.features import FINE_X, FINE_Y, Measures, decode_work, measure, median
-from analytics.camera.freeze import FreezeTracker, changed_blocks
+from analytics.camera.freeze import FreezeTracker, changed_map
 from analytics.camera.reference import Ref, Spread
 from analytics.camera.shift import Alignment, align, self_match
 from analytics.findings import Finding
@@ -94,6 +94,7 @@ class CameraAnalyser:
         self.last_gain = 1.0  # exposure gain of the previous snapshot against the reference
         self.exposure = 1.0  # ... and of healthy snapshots lately (an EMA)
         self._changed = -1
+        self._zone: np.ndarray | None = None  # blocks of the burnt-in clock (this snapshot's view of it)
 
     # ------------------------------------------------------------------ public API
     def analyse(self, jpeg: bytes, ts: datetime) -> SnapshotResult:
@@ -115,12 +116,12 @@ class CameraAnalyser:
         cand: dict[str, float] = {}  # fault -> confidence, before confirmation
         strong: set[str] = set()  # candidates sure enough to need no confirmation
         scores: dict[str, float] = {"mean": m.mean, "contrast": m.contrast}
-        blk = ev.black(m, self.ref, cfg)
+        activity, objects = ev.activity(m, self.prev, self.ref, cfg)
+        still = self._still(m)
+        blk = ev.black(m, self.ref, cfg, self._zone)
         if blk > 0:
             cand["black"] = blk
             strong.add("black")
-        activity, objects = ev.activity(m, self.prev, self.ref, cfg)
-        still = self._still(m)
         scores.update(activity=activity, still=float(still), spell=float(self.freeze.spell),
                       changed=float(self._changed))
         cmp: ev.Comparison | None = None
@@ -212,10 +213,14 @@ class CameraAnalyser:
         """Whether nothing changed since the previous snapshot beyond JPEG re-encoding."""
         if self.prev is None:
             return False
-        n = changed_blocks(m, self.prev, self.cfg)
-        self._changed = n
-        if n >= 0:
+        changed = changed_map(m, self.prev, self.cfg)
+        if changed is not None:
+            # a burnt-in clock keeps ticking on a stalled picture: its blocks do not count
+            self._zone = self.freeze.overlay(self.cfg)
+            n = self._changed = self.freeze.outside(changed, self.cfg, self._zone)
             return n == 0
+        self._changed = -1
+        self._zone = None
         # no JPEG block grid (the picture was resized after decoding): thumbnail pixels instead
         d = np.abs(m.thumb - self.prev.thumb)
         return int(np.count_nonzero(d > self.cfg.still_level)) <= self.cfg.still_pixels

@@ -31,6 +31,7 @@ class CameraConfig:
     # black / video loss: near-uniform frame
     black_contrast: float = 3.0  # thumbnail grey-level std
     black_layout: float = 0.5  # correlation with the reference's cell layout above which it is the scene, dimmed
+    overlay_cells: float = 0.15  # burnt-in text left out of the uniform-screen test covers at most this share
     # freeze
     still_margin: float = 1.0  # grey levels a block mean may move beyond the JPEG quantiser's rounding
     still_level: float = 8.0  # (no block grid) grey levels a thumbnail pixel must move to count as change
@@ -40,6 +41,13 @@ class CameraConfig:
     freeze_quiet: int = 3  # a camera whose quietest snapshots change fewer blocks needs one more still snapshot
     freeze_short: int = 2  # otherwise a still spell of at least this many snapshots ...
     freeze_spell_factor: float = 2.0  # ... and this many times its longest healthy still spell
+    # burnt-in overlay (a ticking clock): blocks left out of the stillness test
+    overlay_learn: int = 3  # snapshots compared before an overlay is looked for
+    overlay_memory: int = 16  # the block change rate is a running mean, then an EMA over about this many
+    overlay_rate: float = 0.4  # a block changing at least this often may be a clock digit ...
+    overlay_box: float = 0.03  # ... in a box of at most this share of the blocks ...
+    overlay_ring: float = 0.3  # ... whose surrounding blocks change at most this often on average
+    overlay_global: float = 0.25  # snapshots changing more than this share of blocks are not learned from
     # brightness
     exposure_alpha: float = 0.2  # learning rate of the recent exposure a brightness step is measured from
     dark_ratio: float = 0.55

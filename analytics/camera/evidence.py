@@ -13,7 +13,18 @@ import cv2
 import numpy as np
 
 from analytics.camera.config import CameraConfig
-from analytics.camera.features import F32, GRID_X, GRID_Y, Measures, cells, median, quantile, texture
+from analytics.camera.features import (
+    F32,
+    FINE_X,
+    FINE_Y,
+    GRID_X,
+    GRID_Y,
+    Measures,
+    cells,
+    median,
+    quantile,
+    texture,
+)
 from analytics.camera.reference import Ref, Spread, lowpass
 
 Mask = np.ndarray
@@ -48,19 +59,56 @@ def match_cells(m: Measures, ref: Ref, g: float, lp: F32 | None = None) -> Mask:
     return d < 5.0 + 2.0 * g * ref.cell_tex
 
 
-def black(m: Measures, ref: Ref | None, cfg: CameraConfig) -> float:
-    """Confidence that the snapshot is a uniform video-loss screen (0 if not)."""
+def overlay_cells(m: Measures, zone: Mask | None, cfg: CameraConfig) -> Mask | None:
+    """Fine cells holding burnt-in text: the learned clock, and textured cells on a few lines.
+
+    A recorder keeps stamping its clock and the camera's name on a lost picture, so a blue or black
+    screen is not uniform there. Text sits on one or two lines (captions); a scene's structure, or
+    lamps at night, spreads over many. None when there is no such text.
+    """
+    out = m.fine_tex >= 1.0
+    if zone is not None:
+        out |= cv2.resize(zone.astype(np.float32), (FINE_X, FINE_Y), interpolation=cv2.INTER_AREA) > 0
+    n = int(np.count_nonzero(out))
+    if n == 0 or n > cfg.overlay_cells * out.size or int(np.count_nonzero(out.any(axis=1))) > 4:
+        return None
+    return out
+
+
+def black(m: Measures, ref: Ref | None, cfg: CameraConfig, zone: Mask | None = None) -> float:
+    """Confidence that the snapshot is a uniform video-loss screen (0 if not).
+
+    ``zone``: JPEG blocks of a learned burnt-in clock (see :meth:`FreezeTracker.overlay`); with
+    them (or a caption that stayed exactly as in the reference) the screen is judged without those cells.
+    """
     thr = cfg.black_contrast if ref is None else min(cfg.black_contrast, 0.25 * ref.contrast)
     # the gradient of residual noise on a flat screen stays small; scenes have far more structure
     tex_max = 0.5 if ref is None else max(0.5, 0.1 * float(ref.cell_tex.mean()))
-    if m.contrast >= thr or float(m.cell_tex.mean()) >= tex_max:
-        return 0.0
+    contrast, tex = m.contrast, float(m.cell_tex.mean())
+    text = None
+    if contrast >= thr or tex >= tex_max:
+        text = overlay_cells(m, zone, cfg)
+        if text is None:
+            return 0.0
+        rest = ~cv2.dilate(text.astype(np.uint8), _TEXT_RIM).astype(bool)
+        if int(np.count_nonzero(rest)) < 0.5 * rest.size:
+            return 0.0
+        contrast, tex = float(m.fine_mean[rest].std()), float(m.fine_tex[rest].mean())
+        if contrast >= thr or tex >= tex_max:
+            return 0.0
     if ref is not None and float(ref.cell_mean.std()) >= 3.0:
         # the scene's own layout, only very dim (a lighting failure), is not a lost signal
-        a, b = m.cell_mean - m.cell_mean.mean(), ref.cell_mean - ref.cell_mean.mean()
+        if text is None:
+            a, b = m.cell_mean - m.cell_mean.mean(), ref.cell_mean - ref.cell_mean.mean()
+        else:
+            a, b = m.fine_mean[rest], ref.fine_mean[rest]
+            a, b = a - a.mean(), b - b.mean()
         if float((a * b).sum()) >= cfg.black_layout * float(np.sqrt((a * a).sum() * (b * b).sum())) + 1e-6:
             return 0.0
-    return sig(2.0 * (1.0 - m.contrast / thr))
+    return sig(2.0 * (1.0 - contrast / thr))
+
+
+_TEXT_RIM = np.ones((3, 3), np.uint8)  # text glyphs spill a little into the neighbouring cells
 
 
 def activity(m: Measures, prev: Measures | None, ref: Ref | None, cfg: CameraConfig) -> tuple[float, int]:

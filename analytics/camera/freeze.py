@@ -10,25 +10,35 @@ spell well beyond the longest healthy one is.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from analytics.camera.config import CameraConfig
 from analytics.camera.features import Measures
 
 
-def changed_blocks(cur: Measures, prev: Measures, cfg: CameraConfig) -> int:
-    """Number of JPEG blocks whose mean moved more than re-encoding can move it (-1: not comparable)."""
+def changed_map(cur: Measures, prev: Measures, cfg: CameraConfig) -> np.ndarray | None:
+    """JPEG blocks whose mean moved more than re-encoding can move it (None: not comparable)."""
     a, b = cur.blocks, prev.blocks
     if a.size == 0 or a.shape != b.shape:
-        return -1
+        return None
     tol = (cur.dc_q + prev.dc_q) / 16.0 + cfg.still_margin
-    return int(np.count_nonzero(np.abs(a.astype(np.float32) - b) > tol))
+    return np.asarray(np.abs(a.astype(np.float32) - b) > tol)
+
+
+def changed_blocks(cur: Measures, prev: Measures, cfg: CameraConfig) -> int:
+    """Number of JPEG blocks whose mean moved more than re-encoding can move it (-1: not comparable)."""
+    changed = changed_map(cur, prev, cfg)
+    return -1 if changed is None else int(np.count_nonzero(changed))
+
+
+_TEXT_JOIN = np.ones((1, 3), np.uint8)  # characters of one line of text join into one box
 
 
 class FreezeTracker:
-    """Still-spell bookkeeping and the freeze verdict of one camera."""
+    """Still-spell bookkeeping, the burnt-in overlay's blocks, and the freeze verdict of one camera."""
 
-    __slots__ = ("alarm", "changes", "max_spell", "n_healthy", "n_move", "n_still", "spell")
+    __slots__ = ("alarm", "changes", "max_spell", "n_healthy", "n_move", "n_rate", "n_still", "rate", "spell")
 
     def __init__(self) -> None:
         self.changes = np.full(32, -1, np.int32)  # changed-block counts of recent healthy snapshots (ring)
@@ -38,6 +48,60 @@ class FreezeTracker:
         self.max_spell = 0  # longest such spell
         self.spell = 0  # still snapshots in the current spell
         self.alarm = False  # the current spell was reported as a freeze
+        self.rate = np.zeros((0, 0), np.uint8)  # how often each JPEG block changed lately (0..255)
+        self.n_rate = 0  # snapshots behind ``rate``
+
+    def overlay(self, cfg: CameraConfig) -> np.ndarray | None:
+        """Blocks of a burnt-in clock: small boxes that change nearly every snapshot, amid blocks that do not.
+
+        A recorder's date and time tick with every snapshot, also on a stalled picture. Its digits
+        make small, compact boxes of blocks that change almost always, while the blocks around them
+        seldom do; busy parts of a scene (a lane of traffic) are large or have busy surroundings.
+        Each box is widened along its line, where the slower digits (minutes, hours) tick now and then.
+        """
+        if self.n_rate < cfg.overlay_learn:
+            return None
+        r = self.rate
+        hot = (r >= int(255 * cfg.overlay_rate)).astype(np.uint8)
+        if not hot.any():
+            return None
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(hot, _TEXT_JOIN), connectivity=8)
+        h_all, w_all = r.shape
+        out = np.zeros(r.shape, bool)
+        for i, (x, y, w, h, _area) in enumerate(stats[1:n], start=1):
+            if w * h > cfg.overlay_box * r.size or h > max(4, 0.15 * h_all):
+                continue  # not a line of text
+            if int(np.count_nonzero(hot[y:y + h, x:x + w] & (labels[y:y + h, x:x + w] == i))) < 2:
+                continue  # one lone block: flicker (leaves, a lamp), not digits
+            x0, y0, x1, y1 = max(0, x - 2), max(0, y - 2), min(w_all, x + w + 2), min(h_all, y + h + 2)
+            box = r[y:y + h, x:x + w]
+            ring = (float(r[y0:y1, x0:x1].sum(dtype=np.int64)) - float(box.sum(dtype=np.int64))) / max(
+                1, (y1 - y0) * (x1 - x0) - w * h)
+            if ring > 255 * cfg.overlay_ring or ring > 0.4 * float(box.mean()):
+                continue  # its surroundings change too: the scene moving, not a clock
+            grow = max(2, w)
+            out[y:y + h, max(0, x - grow):x + w + grow] = True
+        n_out = int(np.count_nonzero(out))
+        if n_out == 0 or n_out > 2 * cfg.overlay_box * r.size:
+            return None  # none, or too many to be one caption: no clear overlay
+        return out
+
+    def outside(self, changed: np.ndarray, cfg: CameraConfig, zone: np.ndarray | None) -> int:
+        """Changed blocks outside ``zone`` (:meth:`overlay`); then learn this snapshot's changes."""
+        if zone is not None and zone.shape != changed.shape:
+            zone = None
+        n = int(np.count_nonzero(changed & ~zone)) if zone is not None else int(np.count_nonzero(changed))
+        if self.rate.shape != changed.shape:
+            self.rate = np.zeros(changed.shape, np.uint8)
+            self.n_rate = 0
+        if n > cfg.overlay_global * changed.size:
+            return n  # the whole picture changed (exposure, noise): says nothing about where a clock is
+        self.n_rate += 1
+        k = min(self.n_rate, cfg.overlay_memory)  # a running mean at first, then an EMA
+        r = self.rate.astype(np.int16)
+        r += (changed.astype(np.int16) * 255 - r) // k
+        self.rate = r.astype(np.uint8)
+        return n
 
     def quietest(self) -> int:
         """Fewest changed blocks among recent healthy snapshots."""

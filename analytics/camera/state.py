@@ -96,7 +96,8 @@ def _decode(node: Any, arrays: dict[str, Any]) -> Any:
     cls = _CLASSES.get(node.get("$o", ""))
     if cls is None:
         raise ValueError(f"unknown object {node.get('$o')!r} in a camera state")
-    obj: Any = object.__new__(cls)
+    # a tracker saved before a field was added keeps that field's initial value
+    obj: Any = FreezeTracker() if cls is FreezeTracker else object.__new__(cls)
     for name, value in node["f"].items():
         object.__setattr__(obj, name, _decode(value, arrays))  # also sets frozen dataclasses' fields
     return obj
