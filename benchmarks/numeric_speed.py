@@ -1,77 +1,124 @@
-"""Throughput and memory of the numeric detector bank (default configuration).
+"""Speed and memory of the numeric detectors on a province's own telemetry.
 
-    python benchmarks/numeric_speed.py [--series 10000] [--batch 2000] [--seconds 10] [--repeat 3]
+    python benchmarks/numeric_speed.py [--scale province] [--warm-hours 3] [--minutes 10] [--repeat 3]
 
-Feeds batches of readings (each series a few times per batch at most, as the live ingest
-does) and prints series-updates per second on one core and state bytes per series.
+The city simulator's province (3,240 BTS cells x 9 metrics every 60 s, 500 traffic sensors x 5 every
+30 s, 1,000 cameras x 4 every 60 s; its metric names, device kinds and districts) is parsed by the
+ingest parser and fed to the monitor exactly as the analytics stage does: devices declared with their
+kind and district (so the traffic, BTS and district-group rules run), then one ``NumericMonitor.ingest``
+per second of readings. ``--warm-hours`` of normal life are fed first, untimed, so that every series is
+past its learning period; then ``--minutes`` are timed. Prints readings/s through the whole monitor
+(detector bank + domain and group rules + findings) and through the detector bank alone, and bytes of
+state per series. Run it under ``nice`` on a shared machine and read the figures as "under load".
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
+from datetime import UTC, datetime
 
 import numpy as np
 
-from analytics.numeric.bank import SeriesBank
 from analytics.numeric.monitor import NumericMonitor
+from ingest.parse import parse_message
+from ingest.records import Reading
+from simulators.city import build_city
+from simulators.fleet import Fleet, FleetOptions, Message
+from simulators.scenario import Scenario
+
+Flush = list[tuple[str, str, datetime, float]]
+T0 = 1_764_900_000.0  # 2025-12-05 02:00 UTC: a morning in Hai Phong
+
+
+def minutes_of_readings(fleet: Fleet, start: float, minutes: int) -> list[list[Flush]]:
+    """Per simulated minute, the readings the ingest parser makes of the fleet's messages, cut into
+    one flush per second of device time (the analytics stage flushes every second)."""
+    out: list[list[Flush]] = []
+    for k in range(1, minutes + 1):
+        now = start + 60.0 * k
+        by_second: dict[int, Flush] = {}
+        for msg in fleet.advance(now - 1e-6):
+            if not isinstance(msg, Message):
+                continue
+            parsed = parse_message(msg.topic, msg.payload, datetime.fromtimestamp(now, UTC), msg.retain)
+            for rec in parsed.records:
+                if isinstance(rec, Reading):
+                    flush = by_second.setdefault(int(rec.ts.timestamp()), [])
+                    flush.extend((rec.device_id, metric, rec.ts, value) for metric, value in rec.metrics.items())
+        out.append([by_second[s] for s in sorted(by_second)])
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the figures."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--series", type=int, default=10_000)
-    ap.add_argument("--batch", type=int, default=2_000, help="readings per update call")
-    ap.add_argument("--seconds", type=float, default=10.0, help="measure for about this long")
-    ap.add_argument("--repeat", type=int, default=1, help="measure this many times, print the best")
+    ap.add_argument("--scale", default="province", choices=["small", "district", "province"])
+    ap.add_argument("--warm-hours", type=float, default=3.0, help="normal life fed before timing (untimed)")
+    ap.add_argument("--minutes", type=int, default=10, help="simulated minutes timed")
+    ap.add_argument("--repeat", type=int, default=1, help="time this many copies of the monitor, print the best")
     args = ap.parse_args(argv)
-    rng = np.random.default_rng(0)
-    bank = SeriesBank(capacity=1)
-    rows_all = np.concatenate([bank.add(1) for _ in range(args.series)])  # one by one, as registration
-    interval = 300.0 + rng.uniform(-30, 30, args.series)  # irregular 5-minute reporting
-    next_t = 1_700_000_000.0 + rng.uniform(0, 300, args.series)
-    level = rng.uniform(1, 100, args.series)
 
-    def batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows = rng.choice(rows_all, size=args.batch, replace=True)  # a series may repeat
-        order = np.argsort(next_t[rows], kind="stable")
-        rows = rows[order]
-        ts = next_t[rows] + np.arange(len(rows)) * 1e-3
-        np.add.at(next_t, rows, interval[rows])
-        hour = (ts % 86400) / 3600
-        vals = level[rows] * (1 + 0.3 * np.sin(hour / 24 * 2 * np.pi)) + rng.normal(0, 1, len(rows))
-        return rows, ts, vals
+    city = build_city(Scenario(scale=args.scale))
+    kinds = Counter(d.kind for d in city.devices)
+    fleet = Fleet(city, city.devices, [], FleetOptions(offline_on_exit=False, snapshots=False))
+    fleet.start(T0)
+    monitor = NumericMonitor()
+    for dev in city.devices:  # what the analytics stage declares from the registry: kind and district
+        monitor.set_device(dev.id, dev.kind, dev.district)
 
-    # warm up past the learning period so every detector path is exercised
-    warm = [batch() for _ in range(max(1, args.series * 300 // args.batch))]
-    for b in warm:
-        bank.update(*b)
-    batches = [batch() for _ in range(200)]
-    rates = []
-    for _ in range(args.repeat):  # on a shared machine the best run is the fairest figure
-        done, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < args.seconds:
-            for b in batches:
-                bank.update(*b)
-                done += len(b[0])
-            if time.perf_counter() - t0 >= args.seconds:
-                break
-        rates.append(done / (time.perf_counter() - t0))
-    print(f"series: {args.series}  batch: {args.batch} readings")
-    print(f"bank updates/s: {max(rates):,.0f}" + (f" (best of {', '.join(f'{r:,.0f}' for r in rates)})"
-                                                  if len(rates) > 1 else ""))
-    print(f"bank state bytes/series: {bank.nbytes_per_series():,.0f} (allocated {bank.capacity} rows)")
-    mon = NumericMonitor()
-    rows = np.array([mon.register(f"dev-{i // 4}", f"m{i % 4}") for i in range(args.series)])
-    mon.bank = bank
-    n_mon, t0 = 0, time.perf_counter()
-    for r, ts, v in batches[:50]:
-        mon.ingest_arrays(rows[r], ts, v)
-        n_mon += len(r)
-    dt = time.perf_counter() - t0
-    print(f"monitor (bank + rules + findings) updates/s: {n_mon / dt:,.0f}")
-    table_bytes = sum(a.nbytes for a in mon.table.f.values()) / max(len(mon.table), 1)
-    print(f"monitor extra bytes/series (numeric facts, excl. Python name strings): {table_bytes:,.0f}")
+    t_gen = time.perf_counter()
+    warm_minutes = int(args.warm_hours * 60)
+    fed = 0
+    for k in range(0, warm_minutes, 30):  # generate and feed in half hours: bounded memory
+        for minute in minutes_of_readings(fleet, T0 + 60.0 * k, min(30, warm_minutes - k)):
+            for flush in minute:
+                monitor.ingest(flush)
+                fed += len(flush)
+    warm_s = time.perf_counter() - t_gen
+    timed = minutes_of_readings(fleet, T0 + 60.0 * warm_minutes, args.minutes)
+    flushes = [f for minute in timed for f in minute]
+    n = sum(len(f) for f in flushes)
+    state = monitor.to_state()
+
+    rates, findings = [], Counter[str]()
+    for i in range(args.repeat):  # each repeat on a fresh copy of the warmed monitor: same work each time
+        mon = NumericMonitor.from_state(state) if i else monitor
+        t0 = time.perf_counter()
+        for flush in flushes:
+            for f in mon.ingest(flush):
+                findings[f.type] += 1 if i == 0 else 0
+        rates.append(n / (time.perf_counter() - t0))
+
+    # The detector bank alone over the same readings (rows resolved beforehand, as arrays).
+    mon = NumericMonitor.from_state(state)
+    arrays = []
+    for flush in flushes:
+        rows = np.array([mon.register(d, m) for d, m, _, _ in flush], dtype=np.int64)
+        ts = np.array([t.timestamp() for _, _, t, _ in flush])
+        vals = np.array([v for _, _, _, v in flush])
+        arrays.append((rows, ts, vals))
+    t0 = time.perf_counter()
+    for rows, ts, vals in arrays:
+        mon.bank.update(rows, ts, vals)
+    bank_rate = n / (time.perf_counter() - t0)
+
+    series = mon.bank.size
+    print(f"fleet: {args.scale}: {', '.join(f'{kinds[k]:,} {k}' for k in sorted(kinds))}; {series:,} series "
+          f"(simulator metric names, kinds and districts)")
+    print(f"warm-up: {args.warm_hours:g} h of normal life, {fed:,} readings fed untimed ({warm_s:.0f} s)")
+    print(f"timed: {args.minutes} simulated minutes, {n:,} readings in {len(flushes):,} one-second flushes "
+          f"(~{n / max(len(flushes), 1):,.0f} readings per flush)")
+    best = max(rates)
+    print(f"monitor (bank + traffic/BTS/group rules + findings) readings/s: {best:,.0f}"
+          + (f" (best of {', '.join(f'{r:,.0f}' for r in rates)})" if len(rates) > 1 else "")
+          + f"  = {best / (n / (args.minutes * 60)):,.1f}x the province's real-time rate")
+    print(f"detector bank alone readings/s: {bank_rate:,.0f}")
+    print(f"findings during the timed minutes: {sum(findings.values())} "
+          f"({', '.join(f'{k} {v}' for k, v in findings.most_common()) or 'none: normal life'})")
+    print(f"state: {mon.bank.nbytes_per_series():,.0f} bytes/series in the bank, {len(state) / max(series, 1):,.0f} "
+          f"bytes/series serialised")
 
 
 if __name__ == "__main__":
