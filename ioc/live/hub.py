@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +26,7 @@ from analytics.findings import Finding
 from ingest.metrics import HANDLER_ERRORS
 from ingest.records import DeviceEvent, ParsedMessage, Reading, Record, Snapshot, StatusUpdate
 from ingest.text import clean_json
+from ioc.live.client import Audience, ClientSession, Frame
 from ioc.live.filters import Subscription
 from ioc.live.state import DeviceState, DeviceTable
 
@@ -57,99 +57,6 @@ def _plain(doc: Any) -> Any:
     return doc
 
 
-@dataclass(slots=True)
-class Frame:
-    """One encoded update plus what filters need to know about it."""
-
-    seq: int
-    type: str
-    device_id: str
-    kind: str
-    district: str | None
-    lat: float | None
-    lon: float | None
-    text: str
-    coalescable: bool  # may be replaced by the device's latest state when a client lags
-
-    def visible_to(self, sub: Subscription) -> bool:
-        return sub.matches(self.kind, self.device_id, self.district, self.lat, self.lon, self.type)
-
-
-@dataclass(eq=False)
-class ClientSession:
-    """One connected client: its filter and its bounded outbox."""
-
-    sub: Subscription
-    capacity: int
-    queue: deque[Frame | str] = field(default_factory=deque)  # str: control frames (heartbeat, notices)
-    behind: dict[str, None] = field(default_factory=dict)  # devices to resend as latest state
-    behind_other: deque[str] = field(default_factory=deque)  # events etc. kept while lagging (bounded)
-    dropped: int = 0
-    lagging: bool = False
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    closed: bool = False
-
-    def push(self, frame: Frame) -> None:
-        if self.lagging:
-            self._remember(frame)
-        elif len(self.queue) >= self.capacity:
-            # Fell behind: from now on keep only "which devices changed" until the client catches up.
-            self.lagging = True
-            queued, controls = list(self.queue), [q for q in self.queue if isinstance(q, str)]
-            self.queue = deque(controls)
-            for item in queued:
-                if isinstance(item, Frame):
-                    self._remember(item)
-            self._remember(frame)
-        else:
-            self.queue.append(frame)
-        self.wake.set()
-
-    def push_control(self, text: str) -> None:
-        """Heartbeats and notices: always delivered, never counted against the bound."""
-        self.queue.append(text)
-        self.wake.set()
-
-    def _remember(self, frame: Frame) -> None:
-        self.dropped += 1
-        if frame.coalescable:
-            self.behind.pop(frame.device_id, None)
-            self.behind[frame.device_id] = None
-        else:
-            if len(self.behind_other) >= self.capacity:
-                self.behind_other.popleft()
-            self.behind_other.append(frame.text)
-
-    def take(self, hub: LiveHub, max_bytes: int = 256 * 1024) -> list[str]:
-        """Frames to send now (oldest first), about ``max_bytes`` at most; empty when there is nothing.
-
-        The cap keeps each WebSocket message well under clients' message-size limits (1 MiB by default
-        in common libraries) however far behind the sender is.
-        """
-        self.wake.clear()
-        if self.lagging:
-            caught_up = [encode({"type": "lagged", "seq": hub.seq, "dropped_frames": self.dropped,
-                                 "devices_resent": len(self.behind)})]
-            caught_up.extend(q for q in self.queue if isinstance(q, str))  # control frames queued meanwhile
-            caught_up.extend(hub.device_frame(d) for d in self.behind if d in hub.table.devices)
-            caught_up.extend(self.behind_other)
-            self.queue.clear()
-            self.behind.clear()
-            self.behind_other.clear()
-            self.lagging, self.dropped = False, 0
-            return caught_up
-        out: list[str] = []
-        size = 0
-        while self.queue and (not out or size < max_bytes):
-            item = self.queue.popleft()
-            text = item if isinstance(item, str) else item.text
-            out.append(text)
-            size += len(text)
-        if self.queue:
-            self.wake.set()
-        return out
-
-
 class LiveHub:
     """State + fan-out. All methods run on the event loop thread."""
 
@@ -159,6 +66,9 @@ class LiveHub:
         self.table = DeviceTable()
         self.ring: deque[Frame] = deque(maxlen=ring_size)
         self.clients: set[ClientSession] = set()
+        # Screens grouped by subscription: frames are filtered and batched once per group (ioc/live/client.py).
+        self.audiences: dict[Subscription, Audience] = {}
+        self._flush_scheduled = False
         self.client_capacity = client_capacity
         self.heartbeat_s = heartbeat_s
         self.epoch = uuid.uuid4().hex[:12]
@@ -227,11 +137,50 @@ class LiveHub:
         frame = Frame(self.seq, frame_type, dev.device_id, dev.kind, dev.district, dev.lat, dev.lon,
                       encode(doc), coalescable)
         self.ring.append(frame)
-        for client in self.clients:
-            if frame.visible_to(client.sub):
-                client.push(frame)
-                self.frames_out += 1
+        waiting = False
+        for audience in self.audiences.values():
+            if frame.visible_to(audience.sub):
+                audience.pending.append(frame)
+                waiting = True
+        if waiting and not self._flush_scheduled:
+            # Everything emitted in this turn of the event loop goes out as one batch per audience.
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+                self._flush_scheduled = True
+            except RuntimeError:  # no loop (replays, tests): flushed when a client takes its frames
+                pass
         return frame
+
+    def flush(self) -> None:
+        """Batch the frames waiting for each audience and hand them to its screens."""
+        self._flush_scheduled = False
+        for audience in self.audiences.values():
+            self.frames_out += audience.flush()
+
+    def take(self, client: ClientSession) -> list[str]:
+        """A client's frames one by one (tests, tools); screens use :meth:`take_messages`."""
+        self.flush()
+        return client.take_frames(self.catch_up)
+
+    def take_messages(self, client: ClientSession) -> list[str]:
+        """WebSocket messages for a screen, each a JSON array of frames."""
+        self.flush()
+        return client.take_messages(self.catch_up)
+
+    def catch_up(self, client: ClientSession) -> list[str]:
+        """A lagging client's way back: a ``lagged`` notice, the control frames queued meanwhile, the latest
+        state of each device that changed, and the events kept while it lagged."""
+        out = [encode({"type": "lagged", "seq": self.seq, "dropped_frames": client.dropped,
+                       "devices_resent": len(client.behind)})]
+        out.extend(q for q in client.queue if isinstance(q, str))
+        out.extend(self.device_frame(d) for d in client.behind if d in self.table.devices)
+        out.extend(client.behind_other)
+        client.queue.clear()
+        client.queued = 0
+        client.behind.clear()
+        client.behind_other.clear()
+        client.lagging, client.dropped = False, 0
+        return out
 
     def set_health(self, device_id: str, health: dict[str, Any]) -> None:
         """Record a camera's analysed health; a change of label is pushed as a ``finding`` frame's context."""
@@ -263,16 +212,35 @@ class LiveHub:
 
     def attach(self, sub: Subscription, resume_from: int | None = None, epoch: str | None = None) -> ClientSession:
         """Register a client; queue its catch-up (missed frames) or a snapshot of current state."""
+        self.flush()  # frames emitted before the snapshot belong to it, not after it
         client = ClientSession(sub, self.client_capacity)
         self._prime(client, resume_from, epoch)
         self.clients.add(client)
+        self._join(client)
         return client
+
+    def _join(self, client: ClientSession) -> None:
+        audience = self.audiences.get(client.sub)
+        if audience is None:
+            audience = self.audiences[client.sub] = Audience(client.sub)
+        audience.clients.add(client)
+
+    def _leave(self, client: ClientSession) -> None:
+        audience = self.audiences.get(client.sub)
+        if audience is not None:
+            audience.clients.discard(client)
+            if not audience.clients:
+                del self.audiences[client.sub]
 
     def resubscribe(self, client: ClientSession, sub: Subscription, resume_from: int | None = None,
                     epoch: str | None = None) -> None:
         """Change a client's filter: what it had queued is dropped and it starts again from a snapshot."""
+        self.flush()
+        self._leave(client)
         client.sub = sub
+        self._join(client)
         client.queue.clear()
+        client.queued = 0
         client.behind.clear()
         client.behind_other.clear()
         client.lagging, client.dropped = False, 0
@@ -291,6 +259,7 @@ class LiveHub:
     def detach(self, client: ClientSession) -> None:
         client.closed = True
         self.clients.discard(client)
+        self._leave(client)
 
     def _can_resume(self, seq: int) -> bool:
         if seq > self.seq:

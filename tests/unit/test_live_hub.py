@@ -25,7 +25,7 @@ def reading(dev: str, i: int, kind: str = "traffic", lat: float | None = None) -
 
 
 def frames(hub: LiveHub, client) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [orjson.loads(t) for t in client.take(hub)]
+    return [orjson.loads(t) for t in hub.take(client)]
 
 
 def test_snapshot_then_filtered_deltas() -> None:
@@ -120,3 +120,49 @@ def test_device_placed_from_the_registry_is_pushed_with_its_district() -> None:
     assert got["latest"]["speed_kmh"]["value"] == 0.0
     hub.place("B1", 20.80, 106.7)  # a device with a position is not moved by the registry
     assert frames(hub, client) == []
+
+
+async def test_screens_with_one_subscription_share_each_batch() -> None:
+    """Frames are filtered and joined once per audience; every screen of it gets the same batch object."""
+    hub = LiveHub(district_of, client_capacity=1000)
+    screens = [hub.attach(Subscription.parse({"districts": "NORTH"})) for _ in range(50)]
+    other = hub.attach(Subscription.parse({"districts": "SOUTH"}))
+    assert len(hub.audiences) == 2
+    for s in (*screens, other):
+        hub.take_messages(s)  # the snapshots
+    for i in range(20):
+        hub.on_record(reading("N1", i, lat=20.95), T0)
+    hub.on_record(reading("S1", 0, lat=20.80), T0)
+    hub.flush()
+    batches = {id(s.queue[0]) for s in screens}
+    assert len(batches) == 1 and all(len(s.queue) == 1 for s in screens)  # one shared item, not 20 each
+    (message,) = hub.take_messages(screens[0])
+    assert [f["device_id"] for f in orjson.loads(message)] == ["N1"] * 20
+    assert [f["device_id"] for f in orjson.loads(hub.take_messages(other)[0])] == ["S1"]
+
+
+async def test_a_lagging_screen_does_not_hold_back_its_audience() -> None:
+    hub = LiveHub(district_of, client_capacity=30)
+    slow, fast = hub.attach(Subscription()), hub.attach(Subscription())
+    hub.take(slow), hub.take(fast)
+    for i in range(100):
+        hub.on_record(reading(f"D{i % 5}", i), T0)
+        hub.flush()
+        hub.take_messages(fast)  # the fast screen keeps up
+    assert slow.lagging and not fast.lagging
+    got = frames(hub, slow)
+    assert got[0]["type"] == "lagged" and sorted(f["device_id"] for f in got[1:]) == [f"D{i}" for i in range(5)]
+    hub.on_record(reading("D0", 101), T0)
+    assert [f["type"] for f in frames(hub, slow)] == ["reading"]  # back to live frames
+
+
+def test_resubscribe_and_detach_keep_audiences_exact() -> None:
+    hub = LiveHub(district_of)
+    a = hub.attach(Subscription())
+    b = hub.attach(Subscription())
+    assert len(hub.audiences) == 1
+    hub.resubscribe(b, Subscription.parse({"kinds": "bts"}))
+    assert len(hub.audiences) == 2
+    hub.detach(a)
+    hub.detach(b)
+    assert hub.audiences == {}
