@@ -28,8 +28,8 @@ listener {port} 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location {data}/
-max_queued_messages 0
-max_queued_bytes 0
+max_queued_messages 10000000
+max_queued_bytes 4294967296
 max_inflight_messages 0
 persistent_client_expiration 14d
 """

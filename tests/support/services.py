@@ -23,8 +23,8 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 #: The queue limits that "nothing acknowledged is lost" depends on; deploy/mosquitto/mosquitto.conf has the same.
 BROKER_LIMITS = """\
-max_queued_messages 0
-max_queued_bytes 0
+max_queued_messages 10000000
+max_queued_bytes 4294967296
 max_inflight_messages 0
 persistent_client_expiration 14d
 """
@@ -172,6 +172,10 @@ class ServeProcess:
     def auth_headers(self) -> dict[str, str]:
         """Headers that authenticate a test client (an admin token when the process was given one)."""
         token = self.env.get("IOC_TEST_ADMIN_TOKEN")
+        if token is None and "IOC_DATABASE_URL" in self.env:
+            from tests.support.auth import make_token_sync
+
+            token = self.env["IOC_TEST_ADMIN_TOKEN"] = make_token_sync(self.env["IOC_DATABASE_URL"], "admin", "tests")
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def get(self, path: str) -> Any:
