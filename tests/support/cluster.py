@@ -1,0 +1,147 @@
+"""Cluster tests' helpers: ``ioc serve --role ...`` children, the lease as the database sees it, notifications."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.support.services import free_port, wait_until
+
+
+def cluster_env(database_url: str, mqtt_port: int, lease: str, **extra: str) -> dict[str, str]:
+    """Environment for one cluster process: its own lease name and brain session, fast lease timing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOC_")}
+    env.update({
+        "IOC_DATABASE_URL": database_url,
+        "IOC_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",
+        "IOC_CLUSTER__LEASE_NAME": lease,
+        "IOC_CLUSTER__BRAIN_CLIENT_ID": f"ioc-brain-{lease}",
+        "IOC_CLUSTER__BRAIN_SESSION_EXPIRY_S": "300",
+        "IOC_CLUSTER__HEARTBEAT_S": "1",
+        "IOC_ANALYTICS__CAMERA_PROCESSES": "1",
+        "IOC_ALERTS__TICK_S": "0.5",
+        "IOC_LOG_LEVEL": "INFO",
+    })
+    env.update(extra)
+    return env
+
+
+class RoleProcess:
+    """``ioc serve --role ROLE`` as a child process on a free port."""
+
+    def __init__(self, env: dict[str, str], role: str, log: Path, token: str) -> None:
+        self.env, self.role, self.log, self.token = env, role, log, token
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, wait: bool = True) -> RoleProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ioc.cli", "serve", "--role", self.role, "--port", str(self.port)],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        if wait:
+            wait_until(self._up, 60, 0.1, what=f"ioc serve --role {self.role} up")
+        return self
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ioc serve exited: {self.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=15) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
+    def get(self, path: str) -> Any:
+        status, doc = self.request("GET", path)
+        assert status == 200, (status, doc)
+        return doc
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def unique_lease() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; return that (TimeoutError otherwise)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def db_fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    """Run one query on a fresh connection (from synchronous test code)."""
+    import asyncio
+
+    async def go() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(query, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def lease(dsn: str, name: str) -> dict[str, Any]:
+    rows = db_fetch(dsn, "SELECT holder, epoch, expires_at > now() AS valid FROM cluster_lease WHERE name = $1", name)
+    return rows[0] if rows else {"holder": None, "epoch": 0, "valid": False}
