@@ -25,6 +25,10 @@ class MqttConfig(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0)
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = Field(
+        None, description="mqtts:// only: PEM CA bundle that signed the broker's certificate (default: system store).")
+    cert_file: str | None = Field(None, description="mqtts:// only: client certificate (PEM), if the broker wants one.")
+    key_file: str | None = Field(None, description="mqtts:// only: the client certificate's private key (PEM).")
 
 
 class IngestConfig(BaseModel):

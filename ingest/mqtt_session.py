@@ -26,6 +26,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest import paho_speedups
 from ingest.backoff import Backoff
+from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
+from ingest.tls import TlsOptions
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class SessionOptions:
     password: str | None = None
     receive_maximum: int = 1000
 
+    tls: TlsOptions | None = None  # set: MQTT over TLS (mqtts://)
 
 MessageHandler = Callable[[mqtt.MQTTMessage, int], None]
 
@@ -201,6 +204,10 @@ class MqttSession:
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
+        if opts.tls is not None:
+            # The handshake runs inside connect() (executor thread) before on_socket_open; the reader below
+            # drains until the TLS layer says "want read", so no decrypted bytes are left waiting unseen.
+            client.tls_set_context(opts.tls.context())
         client.on_socket_unregister_write = self._on_unregister_write
         return client
 

@@ -146,6 +146,30 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings.mqtt_url, settings.mqtt_tls)
 
 
+def _cmd_pki(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.provision.commands import run_pki
+
+    return run_pki(args)
+
+
+def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.provision.commands import run_devices
+
+    return run_devices(args)
+
+
+def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.auth.cli import run_users
+
+    return run_users(args, settings)
+
+
+def _cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.auth.cli import run_tokens
+
+    return run_tokens(args, settings)
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ioc.demo import DEFAULT_DATA_DIR, run_demo
 
@@ -211,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--timescaledb", choices=["auto", "yes", "no"], default="auto",
                       help="tell Grafana the database is TimescaleDB (auto: ask the database)")
 
+    from ioc.provision.commands import add_devices_arguments, add_pki_arguments
+
+    add_pki_arguments(sub.add_parser("pki", help="the broker's small CA: CA, server and client certificates"))
+    add_devices_arguments(sub.add_parser("devices", help="broker accounts and ACLs for devices and services"))
+
     from simulators.cli import add_arguments
 
     sim = sub.add_parser("simulate", help="simulated city devices publishing over MQTT (IOC_MQTT_URL), with incidents")
@@ -225,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {"db": _cmd_db, "demo": _cmd_demo, "ingest": _cmd_ingest, "serve": _cmd_serve,
              "camera-check": _cmd_camera_check, "detect": _cmd_detect, "simulate": _cmd_simulate,
-             "history": _cmd_history, "dashboards": _cmd_dashboards}
+             "history": _cmd_history, "dashboards": _cmd_dashboards, "pki": _cmd_pki, "devices": _cmd_devices}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def session_options(settings: Settings, client_id: str | None = None) -> Session
         host=settings.mqtt_host, port=settings.mqtt_port, client_id=client_id or mq.client_id,
         subscriptions=(topic,), keepalive_s=mq.keepalive_s, session_expiry_s=mq.session_expiry_s,
         reconnect_min_s=mq.reconnect_min_s, reconnect_max_s=mq.reconnect_max_s,
-        username=user, password=password,
+        username=user, password=password, tls=settings.mqtt_tls,
         receive_maximum=min(65535, settings.ingest.max_pending_messages))
 
 

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.config import IngestConfig, MqttConfig
+from ingest.tls import TlsOptions, check_url, default_port, url_uses_tls
 from ioc.alerts.config import AlertsConfig
 from ioc.auth.config import AuthConfig
 from ioc.live.config import AnalyticsConfig, LiveConfig, UiConfig
@@ -26,7 +27,8 @@ class Settings(BaseSettings):
 
     database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres",
                               description="PostgreSQL / TimescaleDB DSN.")
-    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="Broker URL: mqtt://[user:pass@]host[:port].")
+    mqtt_url: str = Field("mqtt://127.0.0.1:1883",
+                          description="Broker URL: mqtt://[user:pass@]host[:port], or mqtts:// for TLS (port 8883).")
     log_level: str = "INFO"
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
@@ -40,10 +42,10 @@ class Settings(BaseSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError("IOC_MQTT_URL must look like mqtt://host:1883")
-        return value
+        try:
+            return check_url(value)
+        except ValueError:
+            raise ValueError("IOC_MQTT_URL must look like mqtt://host:1883 or mqtts://host:8883") from None
 
     @property
     def mqtt_host(self) -> str:
@@ -51,7 +53,14 @@ class Settings(BaseSettings):
 
     @property
     def mqtt_port(self) -> int:
-        return urlsplit(self.mqtt_url).port or 1883
+        return default_port(self.mqtt_url)
+
+    @property
+    def mqtt_tls(self) -> TlsOptions | None:
+        """TLS files for an ``mqtts://`` URL (from the mqtt section); None for plain ``mqtt://``."""
+        if not url_uses_tls(self.mqtt_url):
+            return None
+        return TlsOptions(self.mqtt.ca_file, self.mqtt.cert_file, self.mqtt.key_file)
 
     @property
     def mqtt_credentials(self) -> tuple[str | None, str | None]:

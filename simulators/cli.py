@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from ingest.tls import TlsOptions
 from simulators.city import build_city
 from simulators.clock import parse_time
 from simulators.engine import SimOptions, Simulator
@@ -96,9 +97,9 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     return Scenario.model_validate(merged)
 
 
-def options_from_args(args: argparse.Namespace, mqtt_url: str) -> SimOptions:
-    """Run options from the flags."""
-    return SimOptions(mqtt_url=mqtt_url, connections=args.connections, pool_size=args.pool_size,
+def options_from_args(args: argparse.Namespace, mqtt_url: str, tls: TlsOptions | None = None) -> SimOptions:
+    """Run options from the flags (``tls``: CA / client certificate files for an mqtts:// URL)."""
+    return SimOptions(mqtt_url=mqtt_url, tls=tls, connections=args.connections, pool_size=args.pool_size,
                       processes=args.processes, speed=args.speed,
                       start=parse_time(args.start) if args.start else None,
                       duration_s=args.duration or None, ts_format=args.ts_format,
@@ -107,7 +108,7 @@ def options_from_args(args: argparse.Namespace, mqtt_url: str) -> SimOptions:
                       snapshots=not args.no_snapshots)
 
 
-def run(args: argparse.Namespace, mqtt_url: str) -> int:
+def run(args: argparse.Namespace, mqtt_url: str, tls: TlsOptions | None = None) -> int:
     """Run the simulator as the flags say; 0 on success, 1 on a broker problem, 2 on bad options."""
     try:
         scenario = scenario_from_args(args)
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace, mqtt_url: str) -> int:
             args.export_city.write_bytes(orjson.dumps(city.to_geojson(), option=orjson.OPT_INDENT_2))
             print(f"city written to {args.export_city} ({len(city.devices)} devices)")
             return 0
-        sim = Simulator(city, options_from_args(args, mqtt_url))
+        sim = Simulator(city, options_from_args(args, mqtt_url, tls))
     except (ValueError, OSError, KeyError) as err:
         logger.error("%s", err)
         return 2

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from ingest.tls import TlsOptions
 from simulators.city import City
 from simulators.clock import SimClock, iso_utc
 from simulators.fleet import Fleet, FleetOptions
@@ -48,6 +49,7 @@ class SimOptions:
     report_every_s: float = 5.0
     snapshots: bool = True
     max_outstanding: int = 2000
+    tls: TlsOptions | None = None  # CA / client certificate files for an mqtts:// URL
 
 
 @dataclass(slots=True)
@@ -240,7 +242,7 @@ def _kinds(city: City) -> str:
 
 def make_transport(options: SimOptions, shard: int = 0) -> Transport:
     """The transport the options ask for."""
-    broker = Broker.from_url(options.mqtt_url)
+    broker = Broker.from_url(options.mqtt_url, options.tls)
     if options.connections == "per-device":
         return PerDeviceMqtt(broker, retain_expiry_s=options.retain_expiry_s)
     return PooledMqtt(broker, options.pool_size, options.max_outstanding, options.retain_expiry_s,

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest import contract
+from ingest.tls import TlsOptions, check_url, default_port, url_uses_tls
 from simulators.fleet import WILL_PAYLOAD, Control, Message
 
 logger = logging.getLogger(__name__)
@@ -32,20 +33,20 @@ class TransportError(RuntimeError):
 
 @dataclass(slots=True)
 class Broker:
-    """Where to connect, parsed from ``mqtt://[user:pass@]host[:port]``."""
+    """Where to connect, parsed from ``mqtt://[user:pass@]host[:port]`` (or ``mqtts://`` for TLS)."""
 
     host: str
     port: int
     username: str | None = None
     password: str | None = None
+    tls: TlsOptions | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> Broker:
-        """Parse a broker URL (schemes mqtt:// and tcp://)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"broker URL must look like mqtt://host:1883, got {url!r}")
-        return cls(parts.hostname, parts.port or 1883, parts.username, parts.password)
+    def from_url(cls, url: str, tls: TlsOptions | None = None) -> Broker:
+        """Parse a broker URL (schemes mqtt://, tcp://, mqtts://); ``tls`` holds the files for mqtts://."""
+        parts = urlsplit(check_url(url))
+        use_tls = (tls or TlsOptions()) if url_uses_tls(url) else None
+        return cls(parts.hostname or "", default_port(url), parts.username, parts.password, use_tls)
 
 
 @dataclass(slots=True)
@@ -144,6 +145,8 @@ class _Conn:
         c.reconnect_delay_set(1, 30)
         if broker.username:
             c.username_pw_set(broker.username, broker.password)
+        if broker.tls is not None:
+            c.tls_set_context(broker.tls.context())
         if will:
             props = None
             if retain_expiry_s:

@@ -1,0 +1,122 @@
+"""``ioc pki`` and ``ioc devices``: argument parsers and command bodies (mounted by :mod:`ioc.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ioc.provision import accounts, pki
+
+DEFAULT_BROKER_DIR = Path("deploy/mosquitto")
+
+
+def add_pki_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ioc pki init|client``."""
+    sub = parser.add_subparsers(dest="pki_command", required=True)
+    init = sub.add_parser("init", help="create the CA (kept if present) and (re)issue the broker's certificate")
+    init.add_argument("--dir", type=Path, default=DEFAULT_BROKER_DIR / "certs",
+                      help="PKI folder (default deploy/mosquitto/certs, what compose.yaml mounts)")
+    init.add_argument("--host", action="append", dest="hosts", metavar="NAME_OR_IP",
+                      help="a host name or IP clients use to reach the broker; repeat (default localhost, "
+                      "127.0.0.1). Under compose include 'mosquitto'")
+    init.add_argument("--days", type=int, default=pki.CERT_DAYS, help="server certificate validity (default 825)")
+    init.add_argument("--client", action="append", default=[], metavar="NAME",
+                      help="also issue a client certificate with this CN; repeat")
+    client = sub.add_parser("client", help="issue a client certificate (CN = NAME) from the CA")
+    client.add_argument("name", help="device id or service account name")
+    client.add_argument("--dir", type=Path, default=DEFAULT_BROKER_DIR / "certs", help="PKI folder")
+    client.add_argument("--days", type=int, default=pki.CERT_DAYS)
+
+
+def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ioc devices provision|services``."""
+    sub = parser.add_subparsers(dest="devices_command", required=True)
+    prov = sub.add_parser("provision", help="broker accounts + ACLs for one device (KIND ID) or a CSV of them",
+                          description="Each device gets its own account (username = device id, random password) "
+                          "and may publish only under ioc/v1/<kind>/<id>/. New credentials are written once to "
+                          "--out (mode 0600). Reload the broker afterwards (SIGHUP).")
+    prov.add_argument("kind", nargs="?", help="camera, bts or traffic")
+    prov.add_argument("device_id", nargs="?", help="the device id (its MQTT username)")
+    prov.add_argument("--csv", type=Path, help="bulk: CSV with a header row and columns kind,device_id[,...]")
+    _file_args(prov)
+    prov.add_argument("--out", type=Path, required=True, help="CSV to write the new credentials to (must not exist)")
+    prov.add_argument("--rotate", action="store_true", help="new passwords for devices that already have an account")
+    prov.add_argument("--broker-url", help="written next to each credential, e.g. mqtts://broker.example.vn:8883")
+    svc = sub.add_parser("services", help="new passwords for the IOC's service accounts, as .env lines")
+    svc.add_argument("--out", type=Path, required=True, help="file for the .env lines (must not exist; 0600)")
+    svc.add_argument("--simulator", action="store_true", help="also the simulator account (test/demo brokers only)")
+    svc.add_argument("--only", action="append", choices=sorted(accounts.SERVICE_ACCOUNTS), help="just these")
+    _file_args(svc)
+
+
+def _file_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--passwd", type=Path, default=DEFAULT_BROKER_DIR / "passwd",
+                        help="Mosquitto password file (default deploy/mosquitto/passwd)")
+    parser.add_argument("--acl", type=Path, default=DEFAULT_BROKER_DIR / "acl",
+                        help="Mosquitto ACL file (default deploy/mosquitto/acl)")
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_pki(args: argparse.Namespace) -> int:
+    """Run ``ioc pki ...``."""
+    try:
+        if args.pki_command == "init":
+            store, new_ca = pki.init_pki(args.dir, args.hosts, args.days)
+            print(f"{'created' if new_ca else 'kept existing'} CA: {pki.describe(store.ca_cert)}")
+            print(f"broker certificate: {pki.describe(store.server_cert)}")
+            print(f"  key: {store.server_key} (0600; the broker must be able to read it)")
+            for name in args.client:
+                cert, key = pki.issue_client(store, name)
+                print(f"client: {pki.describe(cert)}; key {key}")
+            return 0
+        if args.pki_command == "client":
+            cert, key = pki.issue_client(pki.Pki(args.dir), args.name, args.days)
+            print(f"client: {pki.describe(cert)}; key {key}")
+            return 0
+    except pki.PkiError as err:
+        return _fail(str(err))
+    return 2
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    """Run ``ioc devices ...``."""
+    if args.out.exists():
+        return _fail(f"{args.out} exists: credentials are written once, choose a new file")
+    try:
+        if args.devices_command == "provision":
+            return _provision(args)
+        if args.devices_command == "services":
+            names = args.only or [*accounts.PRODUCTION_SERVICES, *(["ioc-simulator"] if args.simulator else [])]
+            passwords = accounts.provision_services(names, args.passwd, args.acl)
+            accounts.write_service_env(args.out, passwords)
+            print(f"{len(passwords)} service account(s) ({', '.join(passwords)}) -> {args.passwd}; "
+                  f"passwords as .env lines in {args.out}. Reload the broker (SIGHUP).")
+            return 0
+    except (accounts.ProvisionError, OSError) as err:
+        return _fail(str(err))
+    return 2
+
+
+def _provision(args: argparse.Namespace) -> int:
+    if args.csv and (args.kind or args.device_id):
+        return _fail("give either KIND ID or --csv, not both")
+    if args.csv:
+        devices = accounts.read_device_csv(args.csv.read_text(encoding="utf-8-sig"))
+    elif args.kind and args.device_id:
+        devices = [accounts.check_device(args.kind, args.device_id)]
+    else:
+        return _fail("give KIND ID (e.g. camera HP-CAM-0001) or --csv FILE")
+    result = accounts.provision(devices, args.passwd, args.acl, rotate=args.rotate)
+    if result.created:
+        accounts.write_credentials_csv(args.out, result.created, args.broker_url)
+    print(f"{len(result.created)} account(s) {'given new passwords' if args.rotate else 'created'}, "
+          f"{len(result.kept)} already provisioned and kept (--rotate replaces their passwords)")
+    if result.created:
+        print(f"credentials: {args.out} (0600, shown nowhere else); password file {args.passwd}, ACL {args.acl}")
+        print("reload the broker to apply: docker compose kill -s HUP mosquitto (or kill -HUP <pid>)")
+    return 0

@@ -1,0 +1,237 @@
+"""The broker as docs/broker-security.md sets it up: TLS, one account per device, ACLs, service accounts.
+
+A real Mosquitto on free ports with certificates from ``ioc pki`` and accounts from ``ioc devices``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+
+from ingest.records import ParsedMessage
+from ingest.tls import TlsOptions
+from ioc.live.source import LiveListener
+from ioc.provision import accounts, pki
+from ioc.settings import Settings
+from simulators.city import build_city
+from simulators.engine import SimOptions, Simulator
+from simulators.scenario import Intervals, Scenario
+from tests.conftest import ingest_env
+from tests.support.mqtt import iso
+from tests.support.secure_broker import Client, SecureBroker, secure_mosquitto
+from tests.support.services import IngestProcess, wait_until
+
+pytestmark = pytest.mark.integration
+
+TAG = uuid.uuid4().hex[:6]
+CAM_A = accounts.Device("camera", f"SEC-CAM-A-{TAG}")
+CAM_B = accounts.Device("camera", f"SEC-CAM-B-{TAG}")
+BTS_C = accounts.Device("bts", f"SEC-BTS-C-{TAG}")
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[SecureBroker]:
+    log = Path(__file__).resolve().parents[2] / "artifacts" / "broker_security" / "mosquitto.log"
+    with secure_mosquitto([CAM_A, CAM_B, BTS_C], plaintext=False, keep_log=log) as b:
+        yield b
+
+
+@contextlib.contextmanager
+def client(broker: SecureBroker, user: str | None, tls: TlsOptions | None = None, plain: bool = False,
+           **kw: str) -> Iterator[Client]:
+    """A client of ``user`` (None: anonymous) over TLS with the broker's CA, or ``tls``; ``plain``: no TLS."""
+    c = Client(broker.tls_port, user, broker.passwords.get(user or ""), None if plain else (tls or broker.tls), **kw)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def telemetry(seq: int) -> bytes:
+    return orjson.dumps({"ts": iso(time.time() - 100 + seq), "seq": seq, "metrics": {"temp_c": 30.0 + seq}})
+
+
+def test_anonymous_is_refused(broker: SecureBroker) -> None:
+    with client(broker, None) as anon:
+        rc = anon.connect()
+    assert rc is not None and rc.is_failure and "authori" in str(rc).lower(), rc
+
+
+def test_wrong_password_is_refused(broker: SecureBroker) -> None:
+    c = Client(broker.tls_port, CAM_A.device_id, "not-the-password", broker.tls)
+    try:
+        rc = c.connect()
+    finally:
+        c.close()
+    assert rc is not None and rc.is_failure
+
+
+def test_plaintext_is_refused_on_the_tls_listener(broker: SecureBroker) -> None:
+    """Speaking plain MQTT to a TLS-only broker gets no CONNACK at all (the handshake fails)."""
+    with client(broker, CAM_A.device_id, plain=True) as plain:
+        assert plain.connect(timeout=3) is None
+
+
+def test_client_refuses_a_broker_it_does_not_trust(broker: SecureBroker, tmp_path: Path) -> None:
+    """The client checks the server's certificate: another CA's bundle means no connection."""
+    other, _ = pki.init_pki(tmp_path / "other-ca")
+    with client(broker, CAM_A.device_id, tls=TlsOptions(str(other.ca_cert))) as c:
+        assert c.connect(timeout=3) is None
+
+
+def test_device_publishes_only_as_itself(broker: SecureBroker) -> None:
+    """Device A's own topics arrive; A's publishes as device B and as another kind never reach the ingest.
+
+    Mosquitto 2.0.11 answers a refused QoS 1 publish of an MQTT 5 client with PUBACK "not authorised" and then
+    drops the connection, so each forgery gets a connection of its own.
+    """
+    a, b, c = CAM_A, CAM_B, BTS_C
+    forged = [f"{b.topic_prefix}/telemetry",  # another device of the same kind
+              f"ioc/v1/bts/{a.device_id}/telemetry",  # itself, as another kind
+              f"{c.topic_prefix}/telemetry",  # another device of another kind
+              f"{b.topic_prefix}/status",  # another device's status (its last will topic)
+              "ioc/v2/anything"]
+    with client(broker, "ioc-ingest") as ingest:
+        rc = ingest.connect()
+        assert rc is not None and not rc.is_failure, rc
+        assert not ingest.subscribe("ioc/v1/#")[0].is_failure
+        for i, topic in enumerate(forged):
+            with client(broker, a.device_id) as dev:
+                rc = dev.connect()
+                assert rc is not None and not rc.is_failure, rc
+                dev.publish(topic, telemetry(i))
+        with client(broker, a.device_id, will_topic=f"{a.topic_prefix}/status") as dev:
+            rc = dev.connect()
+            assert rc is not None and not rc.is_failure, rc  # its will (its own status topic) is allowed
+            own = f"{a.topic_prefix}/telemetry"
+            dev.publish(own, telemetry(99))
+            # Delivery is in order per subscriber: once A's own message is in, nothing forged is still coming.
+            assert ingest.wait_for(own), ingest.topics()
+            assert ingest.topics() == [own]
+            # A device reads nothing: Mosquitto grants the subscription but delivers nothing to it.
+            dev.subscribe("ioc/v1/#")
+            with client(broker, b.device_id) as other:
+                other.connect()
+                other.publish(f"{b.topic_prefix}/telemetry", telemetry(5))
+            assert ingest.wait_for(f"{b.topic_prefix}/telemetry")
+            assert dev.topics() == []
+
+
+def test_service_accounts_are_least_privilege(broker: SecureBroker) -> None:
+    """Readers cannot publish; the simulator account can publish as any device but read nothing."""
+    own = f"{CAM_A.topic_prefix}/telemetry"
+    with client(broker, "ioc-ingest") as watcher, client(broker, "ioc-live") as live, \
+            client(broker, "ioc-simulator") as sim:
+        for c in (watcher, live, sim):
+            assert c.connect() is not None and not c.connack.is_failure  # type: ignore[union-attr]
+        watcher.subscribe("ioc/v1/#")
+        live.publish(own, telemetry(1))  # a reader forging a device: refused (and disconnected)
+        sim.subscribe("ioc/v1/#")
+        marker = f"{CAM_B.topic_prefix}/status"
+        sim.publish(marker, b'{"state":"online"}')
+        assert watcher.wait_for(marker)
+        assert own not in watcher.topics()
+        assert sim.topics() == []  # the simulator account writes, never reads
+
+
+def test_newly_provisioned_device_works_after_reload(broker: SecureBroker) -> None:
+    """`ioc devices provision` + SIGHUP: the new account connects without restarting the broker."""
+    dev = accounts.Device("traffic", f"SEC-TR-{uuid.uuid4().hex[:6]}")
+    broker.add_devices([dev])
+    deadline = time.monotonic() + 10
+    while True:
+        with client(broker, dev.device_id) as c:
+            rc = c.connect()
+        if rc is not None and not rc.is_failure:
+            break
+        assert time.monotonic() < deadline, f"new device still refused: {rc}"
+        time.sleep(0.1)
+
+
+def test_ingest_worker_stores_messages_over_mqtts(broker: SecureBroker, database_url: str, artifacts: Path) -> None:
+    """``ioc ingest`` with IOC_MQTT_URL=mqtts://… and the CA file: a device's readings end in the database."""
+    dev = accounts.Device("traffic", f"SEC-ING-{uuid.uuid4().hex[:6]}")
+    broker.add_devices([dev])
+    env = ingest_env(database_url, 0, IOC_MQTT_URL=f"mqtts://localhost:{broker.tls_port}",
+                     IOC_MQTT__USERNAME="ioc-ingest", IOC_MQTT__PASSWORD=broker.passwords["ioc-ingest"],
+                     IOC_MQTT__CA_FILE=str(broker.pki.ca_cert),
+                     IOC_MQTT__SHARE_GROUP="ioc-ingest")  # the one group the ACL lets ioc-ingest join
+    log = artifacts / "ingest-tls.log"
+    log.unlink(missing_ok=True)
+    with IngestProcess(env, f"sec-{uuid.uuid4().hex[:6]}", log):
+        wait_until(lambda: "MQTT connected" in _log(log), 30, 0.1, what="ingest connected over TLS")
+        wait_until(lambda: _connects(broker, dev), 10, 0.1, what="the new device's account (after SIGHUP)")
+        with client(broker, dev.device_id) as d:
+            d.connect()
+            for seq in range(5):
+                d.publish(f"{dev.topic_prefix}/telemetry", telemetry(seq))
+        deadline = time.monotonic() + 30
+        while (stored := asyncio.run(_rows(database_url, dev.device_id)))[0] < 5:
+            assert time.monotonic() < deadline, f"stored {stored}; ingest log: {_log(log)[-1500:]}"
+            time.sleep(0.2)
+
+
+def _connects(broker: SecureBroker, dev: accounts.Device) -> bool:
+    with client(broker, dev.device_id) as c:
+        rc = c.connect()
+    return rc is not None and not rc.is_failure
+
+
+def _log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+async def _rows(dsn: str, device_id: str) -> tuple[int, list[str]]:
+    """(telemetry rows, quarantine reasons) of a device."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = int(await conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", device_id))
+        bad = await conn.fetch("SELECT reason || ': ' || detail AS r FROM quarantine WHERE topic LIKE $1",
+                               f"%/{device_id}/%")
+        return rows, [r["r"] for r in bad]
+    finally:
+        await conn.close()
+
+
+async def test_live_listener_over_mqtts(broker: SecureBroker) -> None:
+    """The API's live listener (account ioc-live) receives devices' messages over TLS."""
+    settings = Settings(mqtt_url=f"mqtts://ioc-live:{broker.passwords['ioc-live']}@localhost:{broker.tls_port}")
+    settings.mqtt.ca_file = str(broker.pki.ca_cert)
+    got: list[ParsedMessage] = []
+    listener = LiveListener(settings, (got.append,))
+    task = asyncio.create_task(listener.run())
+    try:
+        await listener.session.wait_connected(15)
+        with client(broker, CAM_B.device_id) as d:
+            await asyncio.to_thread(d.connect)
+            await asyncio.to_thread(d.publish, f"{CAM_B.topic_prefix}/telemetry", telemetry(7))
+        deadline = time.monotonic() + 10
+        while not any(r.device_id == CAM_B.device_id for p in got for r in p.records):
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.05)
+    finally:
+        await listener.stop()
+        await asyncio.wait_for(task, 10)
+
+
+def test_simulator_publishes_over_mqtts(broker: SecureBroker) -> None:
+    """The simulator (account ioc-simulator) connects with mqtts:// and the CA file, and its messages arrive."""
+    prefix = f"SECSIM{uuid.uuid4().hex[:4]}"
+    city = build_city(Scenario(bts=2, bts_sites=1, cameras=1, traffic=2, seed=3, id_prefix=prefix,
+                               intervals=Intervals(traffic_s=1, bts_s=1, camera_s=1, snapshot_s=600)))
+    with client(broker, "ioc-ingest") as watcher:
+        watcher.connect()
+        watcher.subscribe("ioc/v1/#")
+        opts = SimOptions(mqtt_url=broker.url("ioc-simulator"), tls=broker.tls, duration_s=2.0,
+                          ground_truth=None, report_every_s=60, snapshots=False, retain_expiry_s=60)
+        stats = Simulator(city, opts).run(None)
+        assert stats.sent > 0 and stats.acked == stats.sent, stats
+        wait_until(lambda: sum(prefix in t for t in watcher.topics()) >= stats.sent, 10, what="all messages")
