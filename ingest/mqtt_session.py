@@ -26,7 +26,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest import paho_speedups
 from ingest.backoff import Backoff
-from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.tls import TlsOptions
 
 logger = logging.getLogger(__name__)
@@ -49,8 +48,8 @@ class SessionOptions:
     username: str | None = None
     password: str | None = None
     receive_maximum: int = 1000
-
     tls: TlsOptions | None = None  # set: MQTT over TLS (mqtts://)
+
 
 MessageHandler = Callable[[mqtt.MQTTMessage, int], None]
 
@@ -198,16 +197,16 @@ class MqttSession:
         client.manual_ack_set(True)
         if opts.username:
             client.username_pw_set(opts.username, opts.password)
+        if opts.tls is not None:
+            # The handshake runs inside connect() (executor thread) before on_socket_open; the reader below
+            # drains until the TLS layer says "want read", so no decrypted bytes are left waiting unseen.
+            client.tls_set_context(opts.tls.context())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
-        if opts.tls is not None:
-            # The handshake runs inside connect() (executor thread) before on_socket_open; the reader below
-            # drains until the TLS layer says "want read", so no decrypted bytes are left waiting unseen.
-            client.tls_set_context(opts.tls.context())
         client.on_socket_unregister_write = self._on_unregister_write
         return client
 

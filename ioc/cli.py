@@ -158,18 +158,6 @@ def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     return run_devices(args)
 
 
-def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
-    from ioc.auth.cli import run_users
-
-    return run_users(args, settings)
-
-
-def _cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
-    from ioc.auth.cli import run_tokens
-
-    return run_tokens(args, settings)
-
-
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ioc.demo import DEFAULT_DATA_DIR, run_demo
 

@@ -29,20 +29,7 @@ class LiveListener:
             host=settings.mqtt_host, port=settings.mqtt_port, client_id=f"ioc-live-{uuid.uuid4().hex[:8]}",
             subscriptions=(SUBSCRIPTION,), qos=0, clean_start=True, session_expiry_s=0,
             keepalive_s=settings.mqtt.keepalive_s, username=user, password=password,
-            tls=settings.mqtt_tls), self._on_message, self._on_connection_change)
-        self.stall_s = settings.ingest.stall_s
-        self._disconnected_at: float | None = time.monotonic()
-
-    def _on_connection_change(self, connected: bool) -> None:
-        self._disconnected_at = None if connected else (self._disconnected_at or time.monotonic())
-
-    def health_problems(self) -> list[str]:
-        """The live listener is healthy while its broker link is up (it holds no queue of its own)."""
-        down = self._disconnected_at
-        if down is not None and time.monotonic() - down > self.stall_s:
-            return [f"live listener: MQTT broker link down for {time.monotonic() - down:.0f} s (screens, "
-                    "detectors and alerts get nothing)"]
-        return []
+            tls=settings.mqtt_tls), self._on_message)
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
