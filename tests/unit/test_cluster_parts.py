@@ -1,0 +1,61 @@
+"""Pure parts of the cluster: settings checks, the id reserve, NOTIFY payload sizing, the engine's id source."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from ioc.alerts.engine import AlertEngine
+from ioc.alerts.model import Severity, Signal
+from ioc.cluster.config import ClusterConfig
+from ioc.cluster.ids import IdReserve, IdsExhausted
+from ioc.cluster.sync import _finding, findings_payloads
+from storage.cluster import MAX_PAYLOAD
+
+pytestmark = pytest.mark.unit
+
+
+def test_renewal_must_fit_twice_in_the_lease() -> None:
+    assert ClusterConfig(lease_ttl_s=8, renew_every_s=2).lease_ttl_s == 8
+    with pytest.raises(ValidationError):
+        ClusterConfig(lease_ttl_s=3, renew_every_s=2)
+
+
+def test_id_reserve_hands_out_in_order_and_refuses_when_empty() -> None:
+    ids = IdReserve()
+    ids._ids["alert"].extend([7, 9])
+    assert (ids("alert"), ids("alert")) == (7, 9)
+    with pytest.raises(IdsExhausted):
+        ids("alert")
+    with pytest.raises(IdsExhausted):
+        ids("incident")
+
+
+def test_engine_numbers_from_its_id_source() -> None:
+    engine = AlertEngine()
+    ids = IdReserve()
+    ids._ids["alert"].extend([101])
+    ids._ids["incident"].extend([55])
+    engine.id_source = ids
+    now = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+    sig = Signal("mains_power_lost", "mains_power_lost:b1", True, now, device_id="b1", kind="bts", district="HB",
+                 severity=Severity.MAJOR, title="BTS b1 on battery", explanation="alarm")
+    ch = engine.observe([sig], now)
+    assert list(ch.alerts) == [101] and list(ch.incidents) == [55]
+
+
+def test_findings_payloads_stay_under_the_notify_limit() -> None:
+    ts = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+    rows = [(ts, f"dev-{i}", "speed_kmh", "spike", 0.9, "x" * 300, orjson.dumps({"k": "v" * 50}).decode())
+            for i in range(200)]
+    rows.append((ts, "big", "speed_kmh", "spike", 0.9, "huge", orjson.dumps({"k": "v" * 20_000}).decode()))
+    docs = findings_payloads("me", rows)
+    assert len(docs) > 1
+    assert all(len(orjson.dumps(d)) < MAX_PAYLOAD for d in docs)
+    back = [_finding(f) for d in docs for f in d["findings"]]
+    assert [f.device_id for f in back] == [r[1] for r in rows]
+    assert back[0].ts == ts and back[0].detail == {"k": "v" * 50}
+    assert back[-1].detail == {}  # too big to travel: the screens get the finding without its detail
