@@ -56,8 +56,10 @@ class ServiceAccount:
 #: Least privilege: readers read, the test simulator writes, nobody else does either.
 SERVICE_ACCOUNTS: dict[str, ServiceAccount] = {a.username: a for a in (
     ServiceAccount("ioc-ingest", "IOC_MQTT_INGEST_PASSWORD",
-                   (f"topic read {SUBSCRIPTION}", f"topic read $share/ioc-ingest/{SUBSCRIPTION}"),
-                   "ingest workers: read every device topic (shared subscription, persistent session)"),
+                   (f"topic read {SUBSCRIPTION}", f"topic read $share/ioc-ingest/{SUBSCRIPTION}",
+                    "topic read $SYS/broker/uptime"),
+                   "ingest workers: read every device topic (shared subscription, persistent session); "
+                   "the broker's uptime is the compose health check"),
     ServiceAccount("ioc-live", "IOC_MQTT_LIVE_PASSWORD", (f"topic read {SUBSCRIPTION}",),
                    "API live listener (wall, detectors, alerts): read all, clean session, QoS 0"),
     ServiceAccount("ioc-brain", "IOC_MQTT_BRAIN_PASSWORD", (f"topic read {SUBSCRIPTION}",),

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from pydantic import BaseModel
 
 from ioc.cli import build_parser
+from ioc.provision.accounts import SERVICE_ACCOUNTS, service_acl
 from ioc.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -18,9 +21,9 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 # Files the operator creates from the documented steps (deploy/mosquitto/README.md), never committed.
-OPERATOR_FILES = {"deploy/mosquitto/passwd"}
+OPERATOR_FILES = {"deploy/mosquitto/passwd", "deploy/mosquitto/certs", "deploy/mosquitto/certs/ca.crt"}
 # Variables compose itself substitutes (secrets from .env); the IOC never reads them.
-COMPOSE_SECRETS = {"IOC_DB_PASSWORD", "IOC_MQTT_INGEST_PASSWORD", "IOC_MQTT_SIMULATOR_PASSWORD", "IOC_GRAFANA_PASSWORD"}
+COMPOSE_SECRETS = {"IOC_DB_PASSWORD", "IOC_GRAFANA_PASSWORD", *(a.env for a in SERVICE_ACCOUNTS.values())}
 
 
 def setting_names(model: type[BaseModel] = Settings, prefix: str = "IOC_") -> set[str]:
@@ -107,3 +110,122 @@ def test_env_example_lists_every_setting() -> None:
     example = (ROOT / ".env.example").read_text()
     missing = sorted(n for n in setting_names() if not re.search(rf"^#?\s*{n}=", example, re.M))
     assert not missing, f"settings missing from .env.example: {missing}"
+
+
+# --- Credentials: every service that talks to the database or the broker can actually log in ----------------
+
+#: What each ``ioc`` command talks to. Every command of the CLI must be listed (a test checks), so a new
+#: command run by a compose service cannot be forgotten: "db", "broker-read" or "broker-write".
+COMMAND_NEEDS: dict[str, set[str]] = {
+    "db": {"db"}, "ingest": {"db", "broker-read"}, "serve": {"db"}, "simulate": {"broker-write"},
+    "history": {"db"}, "dashboards": {"db"}, "users": {"db"}, "tokens": {"db"},
+    "demo": set(),  # starts or finds its own services
+    "camera-check": set(), "detect": set(), "pki": set(), "devices": set(),
+}
+
+
+def command_needs(args: argparse.Namespace, settings: Settings) -> set[str]:
+    """What a parsed command needs, given the settings it will run with."""
+    needs = set(COMMAND_NEEDS[args.command])
+    if args.command == "serve" and (settings.live.listen_mqtt or getattr(args, "ingest", False)):
+        needs.add("broker-read")  # the live listener (wall, detectors, alerts) or an embedded ingest worker
+    return needs
+
+
+def substituted(value: str) -> str:
+    """Compose's ${VAR:?err} -> a marker naming VAR; ${VAR:-default} -> default."""
+    value = re.sub(r"\$\{([A-Z0-9_]+):-([^}]*)\}", lambda m: m[2], value)
+    return re.sub(r"\$\{([A-Z0-9_]+)(:?\?[^}]*)?\}", lambda m: f"FROM-{m[1]}", value)
+
+
+def broker_listeners() -> dict[int, tuple[str | None, bool]]:
+    """port -> (bind address, TLS?) of the shipped mosquitto.conf."""
+    listeners: dict[int, tuple[str | None, bool]] = {}
+    port = None
+    for line in (ROOT / "deploy/mosquitto/mosquitto.conf").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["listener"]:
+            port = int(words[1])
+            listeners[port] = (words[2] if len(words) > 2 else None, False)
+        elif words[:1] == ["certfile"] and port is not None:
+            listeners[port] = (listeners[port][0], True)
+    return listeners
+
+
+def acl_lines(user: str) -> set[str]:
+    acl = (ROOT / "deploy/mosquitto/acl").read_text()
+    block = re.search(rf"^user {re.escape(user)}\n((?:topic .*\n)+)", acl, re.M)
+    return set(block[1].splitlines()) if block else set()
+
+
+def mounted(service: dict[str, Any], container_path: str) -> bool:
+    return any(m.split(":")[1] == container_path or container_path.startswith(m.split(":")[1].rstrip("/") + "/")
+               for m in service.get("volumes", []) if m.split(":")[0].startswith("./"))
+
+
+def test_every_command_declares_what_it_talks_to() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) <= set(COMMAND_NEEDS), f"add to COMMAND_NEEDS: {sorted(set(commands) - set(COMMAND_NEEDS))}"
+
+
+def test_services_have_the_credentials_their_commands_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Derived from each service's command: a DB user with a password, a broker account allowed to do what the
+    command does (its password from that account's own .env variable), TLS to a TLS listener with the CA
+    mounted. Catches e.g. an API without broker credentials: a wall, detectors and alerts that get nothing."""
+    parser = build_parser()
+    listeners = broker_listeners()
+    services = COMPOSE["services"]
+    checked = 0
+    for name, service in services.items():
+        if not service.get("build"):
+            continue
+        env = {k: substituted(str(v)) for k, v in service_env(service).items()}
+        for var in [v for v in list(__import__("os").environ) if v.startswith("IOC_")]:
+            monkeypatch.delenv(var)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        settings = Settings()
+        args = parser.parse_args(service["command"])
+        needs = command_needs(args, settings)
+        if "db" in needs:
+            db = urlsplit(settings.database_url)
+            assert db.hostname in services, f"{name}: database host {db.hostname} is not a compose service"
+            assert db.username and (db.password or "").startswith("FROM-"), \
+                f"{name}: {args.command} needs the database but IOC_DATABASE_URL has no user/password from .env"
+        broker = {n for n in needs if n.startswith("broker")}
+        if broker:
+            user, password = settings.mqtt_credentials
+            where = f"{name} ({args.command})"
+            assert user and password, f"{where} talks to the broker but has no MQTT account"
+            assert user in SERVICE_ACCOUNTS, f"{where}: {user} is not a service account"
+            assert password == f"FROM-{SERVICE_ACCOUNTS[user].env}", \
+                f"{where}: the password of {user} must come from {SERVICE_ACCOUNTS[user].env}"
+            for need in broker:
+                right = "read" if need == "broker-read" else "write"
+                assert f"topic {right} ioc/v1/#" in acl_lines(user), f"{where}: the ACL lets {user} not {right}"
+            assert settings.mqtt_host in services, f"{where}: broker host {settings.mqtt_host} is not a service"
+            bind, tls = listeners.get(settings.mqtt_port, (None, False))
+            assert settings.mqtt_port in listeners and bind not in ("127.0.0.1", "localhost"), \
+                f"{where}: the broker does not listen on {settings.mqtt_port} for other containers"
+            assert (settings.mqtt_tls is not None) == tls, f"{where}: TLS must match the broker's listener"
+            if settings.mqtt_tls is not None:
+                assert settings.mqtt_tls.ca_file and mounted(service, settings.mqtt_tls.ca_file), \
+                    f"{where}: CA file {settings.mqtt_tls.ca_file} is not mounted"
+        checked += bool(needs)
+    assert checked >= 4
+
+
+def test_shipped_broker_is_tls_only_for_the_network() -> None:
+    listeners = broker_listeners()
+    assert listeners.get(8883, (None, False))[1], "no TLS listener on 8883"
+    for port, (bind, tls) in listeners.items():
+        assert tls or bind == "127.0.0.1", f"plaintext listener {port} open beyond the container's loopback"
+    published = [p for p in COMPOSE["services"]["mosquitto"].get("ports", [])]
+    assert all(str(p).split(":")[-1] in {str(port) for port, (_, tls) in listeners.items() if tls}
+               for p in published), published
+
+
+def test_shipped_acl_is_what_provisioning_writes() -> None:
+    """deploy/mosquitto/acl is the service block `ioc devices provision` appends devices to."""
+    assert (ROOT / "deploy/mosquitto/acl").read_text() == service_acl()
