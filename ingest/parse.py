@@ -185,10 +185,10 @@ def _metric_value(name: str, raw: Any) -> float:
             raise ItemError(Reason.NON_FINITE, f"metric {name!r} is {raw} (NaN and Infinity are refused)")
         return float(raw)
     if kind is int:
-        value = float(raw)
-        if not math.isfinite(value):
-            raise ItemError(Reason.NON_FINITE, f"metric {name!r} is out of range")
-        return value
+        try:  # the lenient slow path keeps integers of any length: float() of 10**400 overflows
+            return float(raw)
+        except OverflowError:
+            raise ItemError(Reason.NON_FINITE, f"metric {name!r} is out of range") from None
     if kind is bool:  # documented: booleans are stored as 1/0 (e.g. mains_power)
         return 1.0 if raw else 0.0
     raise ItemError(Reason.BAD_METRIC, f"metric {name!r} is not a number (got {_type_name(raw)} {raw!r:.40})")
@@ -212,9 +212,9 @@ def _timestamp(raw: Any, received_at: datetime, required: bool) -> datetime:
         except OverflowError:
             raise ItemError(Reason.BAD_TS, f"'ts' {shown!r} is out of range") from None
     elif type(raw) in (int, float):
-        if not math.isfinite(raw) or not c.MIN_TS_EPOCH_MS <= raw < 253_402_300_800_000:
+        if (type(raw) is float and not math.isfinite(raw)) or not c.MIN_TS_EPOCH_MS <= raw < 253_402_300_800_000:
             hint = " (epoch seconds? ts must be in milliseconds)" if 946_684_800 <= raw < 4e10 else ""
-            raise ItemError(Reason.BAD_TS, f"'ts' {raw!r} is out of range{hint}")
+            raise ItemError(Reason.BAD_TS, f"'ts' {raw!r:.40} is out of range{hint}")
         ts = _EPOCH + timedelta(milliseconds=raw)
     else:
         raise ItemError(Reason.BAD_TS, f"'ts' must be an RFC 3339 string or epoch ms, got {_type_name(raw)}")
@@ -234,8 +234,10 @@ def _position(doc: dict[str, Any]) -> tuple[float | None, float | None]:
         return None, None
     if not (type(raw_lat) in (int, float) and type(raw_lon) in (int, float)):
         raise ItemError(Reason.BAD_SHAPE, "'lat' and 'lon' must both be numbers when either is sent")
-    lat, lon = float(raw_lat), float(raw_lon)  # type: ignore[arg-type]  # types checked just above
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+    if not (-90 <= raw_lat <= 90 and -180 <= raw_lon <= 180):  # type: ignore[operator]  # numbers, checked above
+        raise ItemError(Reason.BAD_SHAPE, f"position ({raw_lat!r:.20}, {raw_lon!r:.20}) is outside the globe")
+    lat, lon = float(raw_lat), float(raw_lon)  # type: ignore[arg-type]  # in range: no overflow
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # NaN
         raise ItemError(Reason.BAD_SHAPE, f"position ({lat}, {lon}) is outside the globe")
     return lat, lon
 
