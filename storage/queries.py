@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -117,10 +119,21 @@ async def bucketed_points(conn: Any, backend: Backend, device_id: str, metric: s
             args.append(floor_to(done, _STEP[source]) if done else datetime(1970, 1, 1, tzinfo=UTC))
         inner = (f"SELECT {_bucket_expr(backend, 'bucket', '$1')} AS bucket, metric, sum(avg * n) / sum(n) AS avg, "
                  f"min(min) AS min, max(max) AS max, sum(n)::bigint AS count FROM ({rollup}) src GROUP BY 1, 2")
-    rows = await conn.fetch(
-        f"SELECT * FROM ({inner}) q WHERE ($7::timestamptz IS NULL OR (bucket, metric) > ($7, $8::text)) "
-        "ORDER BY bucket, metric LIMIT $6", *args)
+    async with _custom_plan(conn):
+        rows = await conn.fetch(
+            f"SELECT * FROM ({inner}) q WHERE ($7::timestamptz IS NULL OR (bucket, metric) > ($7, $8::text)) "
+            "ORDER BY bucket, metric LIMIT $6", *args)
     return [dict(r) for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def _custom_plan(conn: Any) -> AsyncIterator[None]:
+    """Plan this statement for its parameters. After five runs PostgreSQL may switch a prepared statement
+    to a generic plan, which cannot see that one device over a year is a few thousand rows and scans the
+    time index of the whole rollup table instead (measured: 200 ms instead of 3 ms)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield
 
 
 async def quarantine(conn: Any, limit: int, reason: str | None = None) -> list[dict[str, Any]]:
@@ -214,7 +227,8 @@ async def kpi_history(conn: Any, backend: Backend, start: datetime, end: datetim
             args.append(done or datetime(1970, 1, 1, tzinfo=UTC))
             src = (f"{src} AND bucket < $4 UNION ALL SELECT ts, device_id, metric, value, 1 FROM telemetry "
                    f"WHERE ts >= greatest($2, $4) AND ts < $3 AND {metrics}")
-        rows = await conn.fetch(kpis.format(b=_bucket_expr(backend, "t", "$1"), src=src), *args)
+        async with _custom_plan(conn):
+            rows = await conn.fetch(kpis.format(b=_bucket_expr(backend, "t", "$1"), src=src), *args)
     totals = dict(await conn.fetch("SELECT kind, count(*) FROM devices GROUP BY kind"))
     return [{**dict(r), "bts_total": totals.get("bts", 0), "cam_total": totals.get("camera", 0)} for r in rows]
 

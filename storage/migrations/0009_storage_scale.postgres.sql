@@ -29,3 +29,11 @@ CREATE TABLE rollup_state (
     complete_before timestamptz NOT NULL,
     refreshed_at    timestamptz NOT NULL
 );
+
+-- 4. A device's chart reads its rollup rows by (device, metric, time), but they are written time-major, one
+--    row per heap page for a chart's range. Carrying the values in the key index lets the chart be an
+--    index-only scan over adjacent leaf pages (a 7-day chart of a BTS: ~200 pages instead of ~3,500).
+ALTER TABLE telemetry_5m DROP CONSTRAINT telemetry_5m_pkey,
+    ADD CONSTRAINT telemetry_5m_pkey PRIMARY KEY (device_id, metric, bucket) INCLUDE (avg, min, max, n);
+ALTER TABLE telemetry_1h DROP CONSTRAINT telemetry_1h_pkey,
+    ADD CONSTRAINT telemetry_1h_pkey PRIMARY KEY (device_id, metric, bucket) INCLUDE (avg, min, max, n);
