@@ -123,12 +123,36 @@ class Services:
         if os.geteuid() == 0 and _has_user("mosquitto"):
             shutil.chown(root, "mosquitto", "mosquitto")  # mosquitto drops root and must write its data
         conf = root / "mosquitto.conf"
-        conf.write_text(BROKER_CONF.format(port=port, data=root))
+        tls_port, tls_conf = self._demo_tls(root, port + 1)
+        conf.write_text(BROKER_CONF.format(port=port, data=root) + tls_conf)
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(port, 10, "Mosquitto")
+        if tls_port:
+            self.notes.append(f"broker TLS: mqtts://127.0.0.1:{tls_port} (CA {root / 'pki' / 'ca.crt'}; "
+                              "set IOC_MQTT__CA_FILE to it)")
         self._stops.append(("mosquitto", proc))
         self.notes.append(f"broker: private Mosquitto on port {port} (data in {root})")
         return f"mqtt://127.0.0.1:{port}"
+
+    def _demo_tls(self, root: Path, port: int) -> tuple[int | None, str]:
+        """A TLS listener for the private broker, with certificates from ``ioc pki`` kept in ``root/pki``.
+
+        The demo itself stays on the loopback plaintext listener; this one is there to try devices and
+        services over mqtts:// (docs/broker-security.md). Anonymous like the rest of the demo broker, and
+        bound to 127.0.0.1 like it. Returns (port, config lines), or (None, "") when certificates cannot be made.
+        """
+        from ioc.provision.pki import PkiError, init_pki
+
+        try:
+            pki, _ = init_pki(root / "pki", ["localhost", "127.0.0.1"], reissue_server=False)
+        except (PkiError, OSError, ValueError) as err:
+            logger.warning("demo broker without TLS: %s", err)
+            return None, ""
+        if os.geteuid() == 0 and _has_user("mosquitto"):
+            for path in (pki.root, pki.server_cert, pki.server_key, pki.ca_cert):
+                shutil.chown(path, "mosquitto", "mosquitto")  # read after mosquitto dropped root
+        return port, (f"listener {port} 127.0.0.1\ncafile {pki.ca_cert}\ncertfile {pki.server_cert}\n"
+                      f"keyfile {pki.server_key}\ntls_version tlsv1.2\n")
 
     def stop(self) -> None:
         """Stop the private services, newest first."""

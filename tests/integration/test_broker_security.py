@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +31,7 @@ from simulators.scenario import Intervals, Scenario
 from tests.conftest import ingest_env
 from tests.support.mqtt import iso
 from tests.support.secure_broker import Client, SecureBroker, secure_mosquitto
-from tests.support.services import IngestProcess, wait_until
+from tests.support.services import MOSQUITTO, IngestProcess, free_port, port_open, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +239,88 @@ def test_simulator_publishes_over_mqtts(broker: SecureBroker) -> None:
         stats = Simulator(city, opts).run(None)
         assert stats.sent > 0 and stats.acked == stats.sent, stats
         wait_until(lambda: sum(prefix in t for t in watcher.topics()) >= stats.sent, 10, what="all messages")
+
+
+@pytest.fixture
+def broker_dir() -> Iterator[Path]:
+    """A folder the broker can reach after dropping root (pytest's tmp_path sits under a 0700 folder)."""
+    path = Path(tempfile.mkdtemp(prefix="ioc-broker-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_demo_broker_has_a_tls_listener(broker_dir: Path) -> None:
+    """`ioc demo`'s private broker: plaintext on its port and mqtts:// next to it, certificates in the data dir."""
+    from ioc.infra import Services
+
+    tmp_path = broker_dir
+    services = Services(tmp_path)
+    port = free_port()
+    try:
+        url = services._start_private_mosquitto(port)
+        assert url == f"mqtt://127.0.0.1:{port}"
+        ca = tmp_path / "mosquitto" / "pki" / "ca.crt"
+        assert ca.exists() and any(f"mqtts://127.0.0.1:{port + 1}" in n for n in services.notes), services.notes
+        wait_until(lambda: port_open(port + 1), 10, what="TLS listener")
+        c = Client(port + 1, tls=TlsOptions(str(ca)), host="127.0.0.1")
+        try:
+            rc = c.connect()
+            assert rc is not None and not rc.is_failure, rc
+        finally:
+            c.close()
+    finally:
+        services.stop()
+
+
+def test_shipped_broker_config_runs(broker_dir: Path) -> None:
+    """deploy/mosquitto/mosquitto.conf + acl, with only paths and ports changed, on a real Mosquitto: devices
+    over TLS, anonymous refused, and the compose health check command works."""
+    tmp_path = broker_dir
+    root = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
+    store, _ = pki.init_pki(tmp_path / "certs", ["localhost", "127.0.0.1"])
+    dev = accounts.Device("bts", f"SEC-SHIP-{uuid.uuid4().hex[:6]}")
+    acl = tmp_path / "acl"
+    acl.write_text((root / "acl").read_text())
+    passwords = accounts.provision_services(["ioc-ingest"], tmp_path / "passwd", acl)
+    passwords.update({d.device_id: p for d, p in accounts.provision([dev], tmp_path / "passwd", acl).created})
+    tls_port, plain_port = free_port(), free_port()
+    conf = (root / "mosquitto.conf").read_text()
+    conf = (conf.replace("/mosquitto/config/certs/", f"{tmp_path}/certs/").replace("/mosquitto/config/", f"{tmp_path}/")
+            .replace("/mosquitto/data/", f"{tmp_path}/data/").replace("listener 8883", f"listener {tls_port}")
+            .replace("listener 1883 127.0.0.1", f"listener {plain_port} 127.0.0.1")
+            .replace("log_dest stdout", f"log_dest file {tmp_path}/mosquitto.log"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    _chown_for_broker(tmp_path)
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_open(tls_port) and port_open(plain_port), 10, what="shipped broker")
+        tls = TlsOptions(str(store.ca_cert))
+        c = Client(tls_port, dev.device_id, passwords[dev.device_id], tls)
+        try:
+            rc = c.connect()
+            assert rc is not None and not rc.is_failure, rc
+        finally:
+            c.close()
+        anon = Client(tls_port, tls=tls)
+        try:
+            rc = anon.connect()
+            assert rc is not None and rc.is_failure, rc
+        finally:
+            anon.close()
+        # compose.yaml's health check, run for real (the ingest account may read the broker's uptime).
+        health = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(plain_port), "-u", "ioc-ingest",
+                                 "-P", passwords["ioc-ingest"], "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"],
+                                capture_output=True, text=True, timeout=20)
+        assert health.returncode == 0 and "seconds" in health.stdout, health
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def _chown_for_broker(root: Path) -> None:
+    if os.geteuid() == 0 and shutil.which("mosquitto"):
+        for path in [root, *root.rglob("*")]:
+            shutil.chown(path, "mosquitto")
