@@ -23,7 +23,9 @@ from storage.config import StorageConfig
 class Settings(BaseSettings):
     """Everything a process of the IOC needs to know about its environment."""
 
-    model_config = SettingsConfigDict(env_prefix="IOC_", env_nested_delimiter="__", extra="ignore")
+    # hide_input_in_errors: a refused URL may carry a password; it must not reach the logs.
+    model_config = SettingsConfigDict(env_prefix="IOC_", env_nested_delimiter="__", extra="ignore",
+                                      hide_input_in_errors=True)
 
     database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres",
                               description="PostgreSQL / TimescaleDB DSN.")
