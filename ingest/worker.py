@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -66,6 +66,8 @@ class IngestWorker:
         self.session = MqttSession(session, self._on_message, self._on_connection_change)
         self.registry = RegistryCache(config.registry_touch_s)
         self.guard = MetricNameGuard()
+        #: Awaited with each committed batch's messages before they are acked (the analytics stream).
+        self.after_commit: Callable[[list[ParsedMessage]], Awaitable[None]] | None = None
         self._pool: asyncpg.Pool | None = None
         self._open = Batch()
         self._open_since = 0.0
@@ -206,6 +208,12 @@ class IngestWorker:
                 await self._quarantine_each(batch.messages)
             m.COMMIT_SECONDS.observe(time.monotonic() - started)
             m.BATCH_MESSAGES.observe(len(batch.messages))
+            if self.after_commit is not None:  # e.g. the analytics stream; before the ack, never instead of it
+                try:
+                    await self.after_commit([msg.parsed for msg in batch.messages])
+                except Exception:
+                    m.HANDLER_ERRORS.labels("after_commit").inc()
+                    errors.log("after-commit hook raised; the batch is stored and acked all the same")
             batch.done = True
             self._ack_in_order()
 

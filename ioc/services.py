@@ -39,8 +39,42 @@ def build_worker(settings: Settings, sinks: tuple[ParsedSink, ...] = (),
                         settings.storage, sinks=sinks)
 
 
-async def run_until_signal(worker: IngestWorker) -> None:
-    """Run ``worker`` until SIGINT/SIGTERM, then let it drain."""
+async def run_until_signal(worker: IngestWorker, settings: Settings | None = None) -> None:
+    """Run ``worker`` until SIGINT/SIGTERM, then let it drain. With ``IOC_PARTITION__NATS_URL`` set, committed
+    readings also go onto the partitioned analytics stream before they are acked."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stop)
+    if settings is None or not settings.partition.nats_url:
+        await worker.run()
+        return
+    import nats
+
+    from ioc.geo import City
+    from ioc.partition.feed import StreamFeed
+    from ioc.partition.stream import Publisher, ensure_stream
+
+    nc = await nats.connect(settings.partition.nats_url, name=f"ioc-ingest-{worker.session.options.client_id}")
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, settings.partition.stream, settings.partition.max_age_s)
+        worker.after_commit = StreamFeed(Publisher(js, settings.partition.partitions, settings.partition.stream),
+                                         City.load(settings.live.city_file).district_of, pool)
+        await worker.run()
+    finally:
+        await pool.close()
+        await nc.close()
+
+
+async def run_partition_worker(settings: Settings, worker_id: str) -> None:
+    """``ioc analytics-worker``: numeric analytics for a fair share of the stream's partitions, until a signal."""
+    from ioc.partition.worker import PartitionWorker
+
+    if not settings.partition.nats_url:
+        raise SystemExit("set IOC_PARTITION__NATS_URL (e.g. nats://127.0.0.1:4222)")
+    worker = PartitionWorker(settings.database_url, settings.partition.nats_url, settings.partition.partitions,
+                             worker_id, stream=settings.partition.stream)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.stop)
