@@ -93,6 +93,7 @@ class CameraAnalyser:
         self.last_label = "ok"
         self.last_gain = 1.0  # exposure gain of the previous snapshot against the reference
         self.exposure = 1.0  # ... and of healthy snapshots lately (an EMA)
+        self.noise_recent = 0.0  # noise score of recent snapshots (an EMA over those with no noise candidate)
         self._changed = -1
         self._zone: np.ndarray | None = None  # blocks of the burnt-in clock (this snapshot's view of it)
 
@@ -136,7 +137,8 @@ class CameraAnalyser:
             if fz > 0:
                 cand["freeze"] = fz
                 strong.add("freeze")
-            cmp = ev.compare(m, self.ref, cfg, self.spreads, covered, scores.get("g_occ"), self.exposure)
+            cmp = ev.compare(m, self.ref, cfg, self.spreads, covered, scores.get("g_occ"), self.exposure,
+                             self.noise_recent)
             scores.update(cmp.scores)
             for name, conf in cmp.candidates.items():
                 cand.setdefault(name, conf)
@@ -161,6 +163,8 @@ class CameraAnalyser:
             detail = {"index": index, **{k: round(v, 4) for k, v in scores.items()}}
             findings.append(self._finding(label, conf, ts, index, _EXPLAIN[label], detail))
         g_now = scores.get("g_occ", 1.0)
+        if "noise" in scores and "noise" not in cand:
+            self.noise_recent += cfg.noise_recent_alpha * (scores["noise"] - self.noise_recent)
         self._learn(m, label, cand, still, scores, al, g_now)
         self.last_gain = 1.0 if label == "shift" else g_now
         self.last_label = label
@@ -177,7 +181,8 @@ class CameraAnalyser:
         """Rebuild an analyser from :meth:`state_dict` output."""
         an = cls(device_id, config)
         for k in _STATE_KEYS:
-            setattr(an, k, state[k])
+            if k in state:  # a state saved before a key was added keeps its initial value
+                setattr(an, k, state[k])
         return an
 
     def memory_bytes(self) -> int:
@@ -250,7 +255,7 @@ class CameraAnalyser:
             return
         cand["shift"] = ev.sig(3.0 * (lift - cfg.shift_gain) + al.disp)
         typical = self.spreads["ncc"].level
-        if lift >= cfg.shift_sure and al.c >= min(typical, 0.9) - 0.2:
+        if lift >= cfg.shift_sure and al.c >= min(typical, 0.9) - 0.2 and al.disp >= cfg.shift_sure_px:
             strong.add("shift")
         elif not al.agrees(self.align):
             self.streak["shift"] = 0  # a different displacement than last time: start again
@@ -357,4 +362,4 @@ class CameraAnalyser:
 
 
 _STATE_KEYS = ("n_seen", "n_learned", "ready", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
-               "occ_mask", "streak", "last_label", "last_gain", "exposure")
+               "occ_mask", "streak", "last_label", "last_gain", "exposure", "noise_recent")

@@ -58,7 +58,10 @@ class CameraConfig:
     brightness_structure: float = 0.5  # share of its structure (beyond the gain) a dimmed scene keeps
     # noise
     noise_log: float = 0.5  # median log ratio of the cell noise residual to its reference
-    noise_sure: float = 1.5  # beyond this many times the threshold: reported at once
+    noise_sure: float = 2.0  # beyond this many times the threshold: reported at once
+    noise_step: float = 0.8  # ... and risen by this many times the threshold above its recent level
+    noise_recent_alpha: float = 0.3  # learning rate of that recent level (snapshots with no noise candidate)
+    shift_sure_px: float = 0.04  # a shift reported at once also moved this far (wind shake moves less)
     impulse_share: float = 0.004  # share of salt-and-pepper pixels
     # occlusion
     occlusion_flat: float = 0.4  # texture below which a cell shows no structure

@@ -125,7 +125,7 @@ def activity(m: Measures, prev: Measures | None, ref: Ref | None, cfg: CameraCon
 
 
 def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread], covered: Mask | None = None,
-            g_scene: float | None = None, exposure: float = 1.0) -> Comparison:
+            g_scene: float | None = None, exposure: float = 1.0, noise_recent: float = 0.0) -> Comparison:
     """Evidence for brightness, noise and blur against the reference.
 
     Args:
@@ -135,6 +135,7 @@ def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread]
             otherwise.
         exposure: the gain healthy snapshots have shown lately; a brightness failure is a step
             away from it (dusk is a drift, which the reference and this level follow).
+        noise_recent: the noise score of recent snapshots; heavy noise is a step away from it.
     """
     out = Comparison()
     sc = out.scores
@@ -147,7 +148,7 @@ def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread]
         static &= ~(covered.reshape(GRID_Y, 2, GRID_X, 2).any(axis=(1, 3)))
     sc.update(gain=g, ratio=ratio, static=float(static.mean()))
     _brightness(m, ref, cfg, g, ratio, lp, out, max(exposure, 0.05))
-    _noise(m, ref, cfg, gs, static, spreads["noise"], out)
+    _noise(m, ref, cfg, gs, static, spreads["noise"], out, noise_recent)
     _blur(m, ref, cfg, gs, lp, static, spreads["blur"], out)
     return out
 
@@ -185,8 +186,9 @@ def _brightness(m: Measures, ref: Ref, cfg: CameraConfig, g: float, ratio: float
 
 
 def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spread: Spread,
-           out: Comparison) -> None:
-    """Fine residual risen alike in the unchanged cells, or salt and pepper appearing."""
+           out: Comparison, recent: float) -> None:
+    """Fine residual risen alike in the unchanged cells, in one step from its recent level (``recent``),
+    or salt and pepper appearing."""
     sc = out.scores
     use = static & (ref.cell_count >= 2)
     sc["impulse"] = m.impulse
@@ -195,9 +197,11 @@ def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spr
         nz = median(lr)
         thr = max(cfg.noise_log, spread.level + cfg.spread_k * spread.dev)
         sc.update(noise=nz, noise_thr=thr)
-        if spread.n >= cfg.spread_warmup and nz > thr and float(np.mean(lr > 0.5 * thr)) >= 0.7:
+        # ... in one step: dusk raises the sensor gain, and its grain, a little with every snapshot
+        step = nz - recent >= cfg.noise_step * thr
+        if spread.n >= cfg.spread_warmup and nz > thr and step and float(np.mean(lr > 0.5 * thr)) >= 0.7:
             out.candidates["noise"] = sig(2.0 * (nz - thr))
-            if nz > cfg.noise_sure * thr:
+            if nz - recent > cfg.noise_sure * thr:
                 out.strong.add("noise")
             return
     if m.impulse > max(cfg.impulse_share, 5.0 * ref.impulse):

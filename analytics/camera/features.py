@@ -24,7 +24,7 @@ FINE_X, FINE_Y = 24, 18  # 4x4-pixel cells on the thumbnail (where a cover is)
 # Decode with the largest DCT reduction that keeps the picture at least this wide: 640x360 snapshots
 # decode at half size (320x180); smaller ones in full, so defocus stays measurable.
 WORK_MIN_W = 300
-NOISE_CLIP = 40  # grey levels: cap of the per-pixel noise residual
+NOISE_CLIP = 20  # grey levels: cap of the per-pixel noise residual
 NOISE_SMOOTHEST = 0.8  # share of pixels, the smoothest, the noise residual is measured on
 DEFAULT_DC_Q = 8  # luminance DC quantiser step assumed when the header has none (quality ~75)
 _REDUCED = {
@@ -35,6 +35,7 @@ _REDUCED = {
 }
 # Immerkaer's noise kernel: cancels locally planar image structure, keeps noise.
 _NOISE_K = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+_NEIGHBOURS = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], np.float32)
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
@@ -238,8 +239,12 @@ def measure(work: U8, reduction: int = 0, dc_q: int = DEFAULT_DC_Q) -> Measures:
     k = int(NOISE_SMOOTHEST * (sample.size - 1))
     smooth = (e_px <= float(np.partition(sample, k)[k])).astype(np.float32)
     cell_noise = _grid(res.astype(np.float32) * smooth, grid) / np.maximum(_grid(smooth, grid), 0.05)
+    # salt and pepper: extreme pixels with no extreme neighbour (a rain streak or a snowflake is a
+    # run of them, so it does not count)
     med = cv2.medianBlur(work, 3)
-    impulse = float(np.count_nonzero(cv2.absdiff(work, med) > 70)) / work.size
+    extreme = (cv2.absdiff(work, med) > 70).astype(np.uint8)
+    lonely = cv2.filter2D(extreme, -1, _NEIGHBOURS, borderType=cv2.BORDER_CONSTANT) == 0
+    impulse = float(np.count_nonzero(extreme.view(bool) & lonely)) / work.size
     return Measures(
         thumb=thumb,
         blocks=block_means(work, reduction),
