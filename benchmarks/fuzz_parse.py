@@ -16,10 +16,12 @@ import argparse
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis.errors import HypothesisWarning
 
 from tests.support.parse_fuzz import all_messages, check_message
 
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--seconds", type=float, help="fuzz for about this long instead")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first round (rounds count up from it)")
     args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", category=HypothesisWarning)  # "overly large repr" of huge numbers
     examples = None if args.seconds else (args.examples or 50_000)
     started = time.monotonic()
     fuzz = run(examples, args.seconds, args.seed)
