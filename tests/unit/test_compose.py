@@ -115,9 +115,10 @@ def test_env_example_lists_every_setting() -> None:
 # --- Credentials: every service that talks to the database or the broker can actually log in ----------------
 
 #: What each ``ioc`` command talks to. Every command of the CLI must be listed (a test checks), so a new
-#: command run by a compose service cannot be forgotten: "db", "broker-read" or "broker-write".
+#: command run by a compose service cannot be forgotten: "db", "broker-read", "broker-write" or "nats".
 COMMAND_NEEDS: dict[str, set[str]] = {
     "db": {"db"}, "ingest": {"db", "broker-read"}, "serve": {"db"}, "simulate": {"broker-write"},
+    "analytics-worker": {"db", "nats"},
     "history": {"db"}, "dashboards": {"db"}, "users": {"db"}, "tokens": {"db"},
     "demo": set(),  # starts or finds its own services
     "camera-check": set(), "detect": set(), "pki": set(), "devices": set(),
@@ -193,6 +194,9 @@ def test_services_have_the_credentials_their_commands_need(monkeypatch: pytest.M
             assert db.hostname in services, f"{name}: database host {db.hostname} is not a compose service"
             assert db.username and (db.password or "").startswith("FROM-"), \
                 f"{name}: {args.command} needs the database but IOC_DATABASE_URL has no user/password from .env"
+        if "nats" in needs:
+            nats = urlsplit(getattr(getattr(settings, "partition", None), "nats_url", None) or "")
+            assert nats.hostname in services, f"{name}: {args.command} needs NATS (IOC_PARTITION__NATS_URL)"
         broker = {n for n in needs if n.startswith("broker")}
         if broker:
             user, password = settings.mqtt_credentials
