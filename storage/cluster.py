@@ -15,6 +15,7 @@ import orjson
 CHANNEL_ALERTS = "ioc_alerts"
 CHANNEL_FINDINGS = "ioc_findings"
 CHANNEL_ACTIONS = "ioc_actions"
+CHANNEL_CONFIG = "ioc_alert_config"  # silences, roster or policies changed: the leader re-reads them
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD = 7900
 
@@ -31,6 +32,7 @@ def _json(value: Any) -> str:
 
 async def try_acquire(conn: Any, name: str, holder: str, ttl_s: float) -> int | None:
     """Take the lease if it is free or expired; returns the new epoch, or None if someone else holds it."""
+    await conn.execute("INSERT INTO cluster_lease (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
     return await conn.fetchval(
         "UPDATE cluster_lease SET holder = $2, epoch = epoch + 1, acquired_at = now(), renewed_at = now(), "
         "expires_at = now() + make_interval(secs => $3) "
@@ -39,10 +41,15 @@ async def try_acquire(conn: Any, name: str, holder: str, ttl_s: float) -> int | 
 
 
 async def renew(conn: Any, name: str, holder: str, epoch: int, ttl_s: float) -> bool:
-    """Extend our lease; False if it is no longer ours (expired and taken, or released)."""
+    """Extend our lease; False if it is no longer ours (taken over: a new epoch, or released).
+
+    A lease that expired while nobody took it over is still ours to renew: no other epoch exists, so
+    nothing was written under another leader meanwhile (a leader whose event loop was starved for a
+    while keeps leading instead of throwing its unsaved changes away).
+    """
     result = await conn.execute(
         "UPDATE cluster_lease SET renewed_at = now(), expires_at = now() + make_interval(secs => $4) "
-        "WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()", name, holder, epoch, ttl_s)
+        "WHERE name = $1 AND holder = $2 AND epoch = $3", name, holder, epoch, ttl_s)
     return bool(result.endswith(" 1"))
 
 
@@ -58,16 +65,17 @@ async def check_epoch(conn: Any, name: str, holder: str, epoch: int) -> None:
     """The fence: call first inside a write transaction of a stateful stage.
 
     The row lock (FOR SHARE) makes a takeover wait until this transaction ends, so the write either
-    commits before the new epoch exists or is refused here.
+    commits before the new epoch exists or is refused here. (An expired lease nobody took over yet
+    still passes: no write under another epoch can exist.)
 
     Raises:
-        FencedError: the lease is not ours with this epoch any more, or it has expired.
+        FencedError: the lease is not ours with this epoch any more.
     """
     # A leader paused inside this transaction must not hold the row lock (and so the takeover) for long:
     # the server ends a transaction left idle this long.
     await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '5s'")
     ok = await conn.fetchval(
-        "SELECT holder = $2 AND epoch = $3 AND expires_at > now() FROM cluster_lease WHERE name = $1 FOR SHARE",
+        "SELECT holder = $2 AND epoch = $3 FROM cluster_lease WHERE name = $1 FOR SHARE",
         name, holder, epoch)
     if not ok:
         raise FencedError(f"lease {name!r} epoch {epoch} is no longer held by {holder}")

@@ -87,7 +87,12 @@ class ActionWorker:
     def __init__(self, dsn: str, pool: Any, stage: AlertStage, epoch: int, poll_s: float = 1.0) -> None:
         self.dsn, self.pool, self.stage, self.epoch, self.poll_s = dsn, pool, stage, epoch, poll_s
         self._wake = asyncio.Event()
+        self._config_changed = False
         self.applied = 0
+
+    def _on_config(self, *_: object) -> None:
+        self._config_changed = True
+        self._wake.set()
 
     async def run(self) -> None:
         conn: Any = None
@@ -97,10 +102,14 @@ class ActionWorker:
                     try:
                         conn = await asyncpg.connect(self.dsn, timeout=5)
                         await conn.add_listener(sql.CHANNEL_ACTIONS, lambda *_: self._wake.set())
+                        await conn.add_listener(sql.CHANNEL_CONFIG, self._on_config)
                     except (OSError, asyncpg.PostgresError, TimeoutError) as err:
                         logger.warning("action listener not connected (%s)", err)
                         conn = None
                 try:
+                    if self._config_changed:
+                        self._config_changed = False
+                        await self.stage.reload_config()
                     await self.run_once()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
                     logger.warning("queued actions not applied yet (%s)", err)

@@ -138,7 +138,8 @@ class Brain:
             cfg = settings.analytics
             self.analytics = AnalyticsStage(hub, pool, cfg.camera_processes, state_every_s=cfg.state_every_s,
                                             camera_state_every_s=cfg.camera_state_every_s,
-                                            camera_state_max_age_s=cfg.camera_state_max_age_s)
+                                            camera_state_max_age_s=cfg.camera_state_max_age_s,
+                                            metric_ranges=cfg.metric_ranges)
             self.analytics.guard = self._analytics_guard
             await self.analytics.load()
             sinks.append(self.analytics.on_parsed)

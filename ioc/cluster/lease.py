@@ -1,10 +1,10 @@
 """The brain's lease: a row in ``cluster_lease`` taken and renewed on a dedicated connection.
 
 Whoever holds the lease runs the stateful stages. Every takeover increments the row's epoch; every
-write of a stateful stage calls :meth:`Lease.fence` inside its transaction, which checks (row lock,
-database clock) that the lease still names this process with its epoch. A leader that cannot renew
-in time — database unreachable, process paused — steps down on its own clock before the database
-lets anybody else in, and a write it attempts after that is refused by the fence.
+write of a stateful stage calls :meth:`Lease.fence` inside its transaction, which checks (row lock) that
+the lease still names this process with its epoch. A leader that cannot reach the database to renew
+steps down on its own clock; one that was paused or starved past the lease's expiry renews it late if
+nobody took it over, else finds it lost; either way a write under an old epoch is refused by the fence.
 """
 
 from __future__ import annotations
@@ -66,8 +66,7 @@ class Lease:
             FencedError: the lease is not ours (any more); the stages are being stopped.
         """
         epoch = self.epoch
-        if epoch is None or time.monotonic() >= self._deadline:
-            self.lose("lease deadline passed before a write")
+        if epoch is None:
             raise FencedError(f"{self.holder} does not hold lease {self.name!r}")
         try:
             await sql.check_epoch(conn, self.name, self.holder, epoch)
@@ -102,8 +101,12 @@ class Lease:
                 try:
                     await asyncio.wait_for(self._lost.wait(), self._until_renew())
                 except TimeoutError:
-                    try:  # a renewal that hangs (reconnecting to a dead database) must not outlive the lease
-                        await asyncio.wait_for(self._renew(), max(0.05, self._deadline - time.monotonic()))
+                    # A renewal that hangs (reconnecting to a dead database) must not outlive the lease by
+                    # much; one that comes late (this process was starved or paused) may still find the lease
+                    # ours if nobody took it over meanwhile.
+                    try:
+                        await asyncio.wait_for(self._renew(), max(self.config.renew_every_s,
+                                                                  self._deadline - time.monotonic()))
                     except TimeoutError:
                         await self._drop_conn()
                 if self._lost.is_set() or time.monotonic() >= self._deadline:
@@ -151,6 +154,9 @@ class Lease:
             await self._drop_conn()
             return
         if ok:
+            if sent >= self._deadline:
+                logger.warning("lease %r renewed %.1f s after it expired (nobody had taken it over)", self.name,
+                               sent - self._deadline)
             self._deadline = sent + self.config.lease_ttl_s
         else:
             self.lose("renewal refused (expired or taken over)")
