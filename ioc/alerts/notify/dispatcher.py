@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from ioc.alerts.notify.email import build_message, send_email
 from ioc.alerts.notify.ratelimit import Key, RateLimiter
 from ioc.alerts.notify.render import Rendered
 from ioc.alerts.notify.webhook import DeliveryError, send_webhook
+from storage import cluster as cluster_sql
 from storage import notifications as outbox
 from storage.notifications import NotificationRow
 
@@ -94,6 +95,10 @@ class NotificationDispatcher:
         self._rng = rng or random.Random()
         self._secret = config.webhook_secret.get_secret_value() if config.webhook_secret else None
         self._limiter = RateLimiter(config.rate_per_minute, config.burst)
+        # High availability (ioc/cluster): the lease's fence, awaited inside the claim transaction, and rate
+        # limits kept in the database (notify_rate) so that every dispatcher paces one shared bucket per target.
+        self.guard: Callable[[Any], Awaitable[None]] | None = None
+        self.shared_limits = False
 
     async def run(self) -> None:
         """Send due notifications every ``poll_s`` until cancelled; database outages only pause it."""
@@ -133,7 +138,9 @@ class NotificationDispatcher:
         Raises:
             Exception: whatever the database raised (the notifications stay in the outbox).
         """
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if self.guard is not None:
+                await self.guard(conn)
             rows = await outbox.claim_due(conn, _dt(self._clock()), self._config.batch, self._config.lease_s)
         groups: dict[Key, list[dict[str, Any]]] = {}
         for row in rows:
@@ -151,11 +158,17 @@ class NotificationDispatcher:
     async def _send_group(self, key: Key, rows: list[dict[str, Any]]) -> None:
         for index, row in enumerate(rows):
             now = self._clock()
-            wait = self._limiter.acquire(key, now)
+            wait = await self._take_token(key, now)
             if wait > 0:
                 await self._hold_back(key, rows[index:], now + wait)
                 return
             await self._deliver(row)
+
+    async def _take_token(self, key: Key, now: float) -> float:
+        if not self.shared_limits:
+            return self._limiter.acquire(key, now)
+        async with self._pool.acquire() as conn:
+            return await cluster_sql.take_token(conn, key[0], key[1], self._limiter.rate_per_s, self._limiter.burst)
 
     async def _hold_back(self, key: Key, rows: list[dict[str, Any]], until: float) -> None:
         channel, target = key
