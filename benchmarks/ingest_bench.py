@@ -88,7 +88,7 @@ def _restamp(msg: Message, now_ms: int) -> bytes:
 
 
 def _publisher(port: int, shard: int, shards: int, start: float, count: int, rate: float, restamp: bool,
-               out: mp.Queue[tuple[int, float]]) -> None:
+               out: mp.Queue[tuple[int, float, int]]) -> None:
     """Publish ``count`` messages of this shard (QoS 1), at ``rate`` msg/s or flat out; wait for every PUBACK."""
     acked = [0]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{shard}-{uuid.uuid4().hex[:4]}",
@@ -99,7 +99,7 @@ def _publisher(port: int, shard: int, shards: int, start: float, count: int, rat
     client.connect("127.0.0.1", port)
     client.loop_start()
     t0 = time.monotonic()
-    sent = 0
+    sent = telemetry = 0
     for msg in province_messages(shard, shards, start):
         if sent >= count:
             break
@@ -110,6 +110,7 @@ def _publisher(port: int, shard: int, shards: int, start: float, count: int, rat
         payload = _restamp(msg, int(time.time() * 1000)) if restamp else msg.payload
         client.publish(msg.topic, payload, qos=1, retain=msg.retain)
         sent += 1
+        telemetry += msg.channel == "telemetry"
         while not rate and sent - acked[0] > 5000:  # flat out: stay a bounded distance ahead of the broker
             time.sleep(0.001)
     deadline = time.monotonic() + 600
@@ -118,12 +119,12 @@ def _publisher(port: int, shard: int, shards: int, start: float, count: int, rat
     elapsed = time.monotonic() - t0
     client.loop_stop()
     client.disconnect()
-    out.put((sent, elapsed))
+    out.put((sent, elapsed, telemetry))
 
 
 def publish(port: int, total: int, publishers: int, rate: float, restamp: bool, start: float) -> list[Any]:
     """Start the publisher processes sharing ``total`` messages (and ``rate``); returns (processes, queue)."""
-    out: mp.Queue[tuple[int, float]] = mp.Queue()
+    out: mp.Queue[tuple[int, float, int]] = mp.Queue()
     procs = [mp.Process(target=_publisher, args=(port, i, publishers, start, total // publishers,
                                                   rate / publishers, restamp, out), daemon=True)
              for i in range(publishers)]
@@ -132,13 +133,13 @@ def publish(port: int, total: int, publishers: int, rate: float, restamp: bool, 
     return [procs, out]
 
 
-def finish(run: list[Any], timeout: float = 900) -> tuple[int, float]:
-    """Wait for the publishers: (messages acked by the broker, slowest publisher's seconds)."""
+def finish(run: list[Any], timeout: float = 900) -> tuple[int, float, int]:
+    """Wait for the publishers: (messages acked by the broker, slowest publisher's seconds, telemetry messages)."""
     procs, out = run
     results = [out.get(timeout=timeout) for _ in procs]
     for p in procs:
         p.join(30)
-    return sum(r[0] for r in results), max(r[1] for r in results)
+    return sum(r[0] for r in results), max(r[1] for r in results), sum(r[2] for r in results)
 
 
 def _bare_session(port: int, client_id: str, drain: int, out: mp.Queue[tuple[int, float, float]],
@@ -327,7 +328,7 @@ class Rig:
         self._broker.__exit__(None, None, None)
 
 
-def _start_for(total: int) -> float:
+def start_for(total: int) -> float:
     """A simulated start far enough back that the whole stream has past timestamps."""
     return time.time() - (total / PER_SIM_MINUTE + 10) * 60.0
 
@@ -346,7 +347,7 @@ def phase_throughput(rig: Rig, total: int, publishers: int) -> dict[str, float]:
     rig.worker.stop()  # both sessions offline: the broker queues the stream for each
 
     t_pub = time.monotonic()
-    sent, _ = finish(publish(rig.port, total, publishers, rate=0, restamp=False, start=_start_for(total)))
+    sent, _, _ = finish(publish(rig.port, total, publishers, rate=0, restamp=False, start=start_for(total)))
     pub_s = time.monotonic() - t_pub
 
     ready = mp.Event()
@@ -420,8 +421,8 @@ def phase_latency(rig: Rig, rate: float, seconds: float, publishers: int) -> Non
     async def run() -> list[float]:
         stop = asyncio.Event()
         poller = asyncio.create_task(_poll_commits(rig.dsn, probes, since, stop, seen))
-        pub = publish(rig.port, total, publishers, rate=rate, restamp=True, start=_start_for(total))
-        sent, _ = await asyncio.to_thread(finish, pub, seconds + 600)
+        pub = publish(rig.port, total, publishers, rate=rate, restamp=True, start=start_for(total))
+        sent, _, _ = await asyncio.to_thread(finish, pub, seconds + 600)
         await asyncio.to_thread(rig.worker.wait_committed, base + sent, 300)
         await asyncio.sleep(0.5)
         stop.set()
@@ -455,7 +456,7 @@ def phase_memory(rig: Rig, total: int, publishers: int) -> None:
     base = rig.worker.committed()
     samples = [(0.0, rss_mb(pid))]
     t0 = time.monotonic()
-    run = publish(rig.port, total, publishers, rate=0, restamp=False, start=_start_for(total))
+    run = publish(rig.port, total, publishers, rate=0, restamp=False, start=start_for(total))
     while rig.worker.committed() < base + total - total % publishers:
         time.sleep(1.0)
         samples.append((time.monotonic() - t0, rss_mb(pid)))
