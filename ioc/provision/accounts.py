@@ -242,6 +242,23 @@ def provision(devices: Iterable[Device], passwd: Path, acl: Path, rotate: bool =
     return result
 
 
+def remove(device_ids: Iterable[str], passwd: Path, acl: Path) -> list[str]:
+    """Delete devices' accounts and ACL blocks (revocation of a lost or retired device); returns those found.
+
+    The broker applies it on reload (SIGHUP); a device still connected keeps its connection until then.
+    """
+    wanted = set(device_ids) - set(SERVICE_ACCOUNTS)
+    users = read_password_file(passwd)
+    acl_text = acl.read_text() if acl.exists() else ""
+    found = sorted(wanted & (set(users) | set(read_acl_devices(acl_text))))
+    if not found:
+        return []
+    block = re.compile(_DEVICE_BLOCK.pattern + r"\n?", re.M)
+    _write_private(acl, block.sub(lambda m: "" if m[1] in wanted and m[1] == m[3] else m[0], acl_text))
+    write_password_file(passwd, {u: h for u, h in users.items() if u not in wanted})
+    return found
+
+
 def provision_services(names: Iterable[str], passwd: Path, acl: Path) -> dict[str, str]:
     """Give service accounts new passwords; returns username -> password. The ACL file is created if missing."""
     users = read_password_file(passwd)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import sys
 from pathlib import Path
 
@@ -43,6 +45,10 @@ def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
     prov.add_argument("--out", type=Path, required=True, help="CSV to write the new credentials to (must not exist)")
     prov.add_argument("--rotate", action="store_true", help="new passwords for devices that already have an account")
     prov.add_argument("--broker-url", help="written next to each credential, e.g. mqtts://broker.example.vn:8883")
+    rm = sub.add_parser("remove", help="delete devices' accounts and ACL blocks (lost, stolen or retired devices)")
+    rm.add_argument("device_ids", nargs="*", metavar="ID", help="device ids")
+    rm.add_argument("--csv", type=Path, help="CSV with a header row naming device_id")
+    _file_args(rm)
     svc = sub.add_parser("services", help="new passwords for the IOC's service accounts, as .env lines")
     svc.add_argument("--out", type=Path, required=True, help="file for the .env lines (must not exist; 0600)")
     svc.add_argument("--simulator", action="store_true", help="also the simulator account (test/demo brokers only)")
@@ -85,6 +91,8 @@ def run_pki(args: argparse.Namespace) -> int:
 
 def run_devices(args: argparse.Namespace) -> int:
     """Run ``ioc devices ...``."""
+    if args.devices_command == "remove":
+        return _remove(args)
     if args.out.exists():
         return _fail(f"{args.out} exists: credentials are written once, choose a new file")
     try:
@@ -100,6 +108,23 @@ def run_devices(args: argparse.Namespace) -> int:
     except (accounts.ProvisionError, OSError) as err:
         return _fail(str(err))
     return 2
+
+
+def _remove(args: argparse.Namespace) -> int:
+    ids = list(args.device_ids)
+    if args.csv:
+        reader = csv.DictReader(io.StringIO(args.csv.read_text(encoding="utf-8-sig")))
+        if "device_id" not in (reader.fieldnames or []):
+            return _fail("the CSV needs a header row naming device_id")
+        ids += [row["device_id"].strip() for row in reader if (row.get("device_id") or "").strip()]
+    if not ids:
+        return _fail("give device ids or --csv FILE")
+    removed = accounts.remove(ids, args.passwd, args.acl)
+    missing = sorted(set(ids) - set(removed))
+    print(f"{len(removed)} device account(s) removed" + (f"; not found: {', '.join(missing[:20])}" if missing else ""))
+    if removed:
+        print("reload the broker to apply: docker compose kill -s HUP mosquitto (or kill -HUP <pid>)")
+    return 0 if not missing else 1
 
 
 def _provision(args: argparse.Namespace) -> int:

@@ -160,6 +160,20 @@ def test_newly_provisioned_device_works_after_reload(broker: SecureBroker) -> No
         time.sleep(0.1)
 
 
+def test_removed_device_is_refused_after_reload(broker: SecureBroker) -> None:
+    """`ioc devices remove` + SIGHUP: the account no longer logs in, and its open connection is dropped."""
+    dev = accounts.Device("bts", f"SEC-RM-{uuid.uuid4().hex[:6]}")
+    broker.add_devices([dev])
+    wait_until(lambda: _connects(broker, dev), 10, 0.1, what="the new device's account")
+    with client(broker, dev.device_id) as online:
+        rc = online.connect()
+        assert rc is not None and not rc.is_failure
+        assert accounts.remove([dev.device_id], broker.passwd, broker.acl) == [dev.device_id]
+        broker.add_devices([])  # rewrites nothing, fixes ownership, sends SIGHUP
+        wait_until(lambda: not _connects(broker, dev), 10, 0.1, what="the removed account refused")
+        wait_until(lambda: not online.client.is_connected(), 10, 0.1, what="its open connection dropped")
+
+
 def test_ingest_worker_stores_messages_over_mqtts(broker: SecureBroker, database_url: str, artifacts: Path) -> None:
     """``ioc ingest`` with IOC_MQTT_URL=mqtts://… and the CA file: a device's readings end in the database."""
     dev = accounts.Device("traffic", f"SEC-ING-{uuid.uuid4().hex[:6]}")
@@ -324,3 +338,47 @@ def _chown_for_broker(root: Path) -> None:
     if os.geteuid() == 0 and shutil.which("mosquitto"):
         for path in [root, *root.rglob("*")]:
             shutil.chown(path, "mosquitto")
+
+
+async def test_session_reads_everything_over_tls(broker: SecureBroker) -> None:
+    """The ingest's own socket reader (buffered, drained until the TLS layer wants more) loses nothing over TLS:
+    a burst of small messages and a 3 MiB snapshot, which spans hundreds of TLS records."""
+    from ingest.mqtt_session import MqttSession, SessionOptions
+
+    got: list[tuple[str, int]] = []
+    session: MqttSession | None = None
+
+    def on_message(message: object, generation: int) -> None:
+        assert session is not None
+        got.append((message.topic, len(message.payload)))  # type: ignore[attr-defined]
+        session.ack(message.mid, generation)  # type: ignore[attr-defined]
+
+    session = MqttSession(SessionOptions(
+        host="localhost", port=broker.tls_port, client_id=f"sec-{uuid.uuid4().hex[:8]}",
+        subscriptions=(f"{CAM_A.topic_prefix}/#",), clean_start=True, session_expiry_s=0,
+        username="ioc-ingest", password=broker.passwords["ioc-ingest"], tls=broker.tls), on_message)
+    task = asyncio.create_task(session.run())
+    big = os.urandom(3 * 1024 * 1024)
+    n = 2000
+    try:
+        await session.wait_connected(15)
+        pub = Client(broker.tls_port, CAM_A.device_id, broker.passwords[CAM_A.device_id], broker.tls)
+
+        def burst() -> None:
+            pub.connect()
+            infos = [pub.client.publish(f"{CAM_A.topic_prefix}/telemetry", telemetry(i), qos=1) for i in range(n)]
+            infos.append(pub.client.publish(f"{CAM_A.topic_prefix}/snapshot", big, qos=1))
+            for info in infos:
+                info.wait_for_publish(60)
+            pub.close()
+
+        await asyncio.to_thread(burst)
+        deadline = time.monotonic() + 30
+        while len(got) < n + 1:
+            assert time.monotonic() < deadline, len(got)
+            await asyncio.sleep(0.02)
+    finally:
+        await session.stop()
+        await asyncio.wait_for(task, 10)
+    assert got[-1] == (f"{CAM_A.topic_prefix}/snapshot", len(big))
+    assert len(got) == n + 1

@@ -96,3 +96,16 @@ def test_pki_init_and_client(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         for cert in (d / "server.crt", d / "clients" / "HP-CAM-1.crt"):
             subprocess.run([openssl, "verify", "-CAfile", str(d / "ca.crt"), str(cert)], check=True,
                            capture_output=True)
+
+
+def test_remove_devices(tmp_path: Path) -> None:
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    devs = [accounts.Device("camera", f"HP-CAM-{i}") for i in range(3)]
+    accounts.provision(devs, pw, acl)
+    accounts.provision_services(["ioc-ingest"], pw, acl)
+    files = ["--passwd", str(pw), "--acl", str(acl)]
+    assert run("devices", "remove", "HP-CAM-1", *files) == 0
+    assert run("devices", "remove", "HP-CAM-1", "ioc-ingest", *files) == 1  # gone already; services are not devices
+    assert set(accounts.read_password_file(pw)) == {"HP-CAM-0", "HP-CAM-2", "ioc-ingest"}
+    assert accounts.read_acl_devices(acl.read_text()) == {"HP-CAM-0": "camera", "HP-CAM-2": "camera"}
+    assert acl.read_text() == accounts.service_acl() + accounts.device_acl(devs[0]) + accounts.device_acl(devs[2])
