@@ -80,7 +80,12 @@ class PartitionWorker:
         last_log = time.monotonic()
         try:
             while not self._stopped.is_set():
-                await self._rebalance()
+                try:
+                    await self._rebalance()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                    # the lock connection is gone: its locks are too, so stop and let the others take over
+                    logger.error("partition locks lost (%s); stopping this worker", err)
+                    raise
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
                     logger.info("partitions %s: %d readings analysed, %d findings", sorted(self.tasks),
@@ -133,6 +138,8 @@ class PartitionWorker:
 
     async def _save(self, p: int, monitor: NumericMonitor) -> None:
         assert self._pool is not None
+        if not monitor.bank.size:
+            return  # nothing learned (a partition with no district in it): nothing to keep
         try:
             state = await asyncio.to_thread(monitor.to_state)
             async with self._pool.acquire() as conn:
@@ -144,7 +151,13 @@ class PartitionWorker:
         assert self._pool is not None
         async with self._pool.acquire() as conn:
             saved = await load_state(conn, state_name(self.stream, p))
-        monitor = NumericMonitor.from_state(saved) if saved else NumericMonitor()
+        monitor = NumericMonitor()
+        if saved:
+            try:
+                monitor = NumericMonitor.from_state(saved)
+            except Exception as err:  # a state this version cannot read: learn afresh rather than stop
+                logger.warning("partition %d: saved detector state not restored (%s)", p, err)
+                saved = None
         self.monitors[p] = monitor
         known: set[str] = set()
         sub = await self._js.pull_subscribe(subject(self.stream, p), durable=f"{self.stream}-analytics-p{p}",
