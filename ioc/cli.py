@@ -77,7 +77,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from ioc.api.app import create_app
 
-    app = create_app(settings, embed_ingest=args.ingest)
+    app = create_app(settings, embed_ingest=args.ingest, role=args.role)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
     return 0
 
@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     srv.add_argument("--ingest", action="store_true", help="also run an ingest worker in this process")
+    srv.add_argument("--role", choices=["api", "brain", "all"], default="all",
+                     help="api: REST, WebSocket, pages; brain: analytics, alerts, escalation, notifications while "
+                          "holding the lease (hot standby otherwise); all: both (default). See docs/ha.md")
     return parser
 
 

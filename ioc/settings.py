@@ -16,6 +16,7 @@ from ingest.config import IngestConfig, MqttConfig
 from ingest.tls import TlsOptions, check_url, default_port, url_uses_tls
 from ioc.alerts.config import AlertsConfig
 from ioc.auth.config import AuthConfig
+from ioc.cluster.config import ClusterConfig
 from ioc.live.config import AnalyticsConfig, LiveConfig, UiConfig
 from storage.config import StorageConfig
 
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @field_validator("mqtt_url")

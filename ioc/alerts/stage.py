@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal, S
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
 from ioc.alerts.silences import Silence
+from ioc.cluster.ids import IdReserve
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from storage import alerts as store
@@ -67,6 +68,10 @@ class AlertStage:
         # None in replays, which drive the stage in simulated time.
         self.since: datetime | None = None
         hub.snapshot_extra = self.snapshot
+        # High availability (ioc/cluster): ids reserved from the database's sequences, and a hook awaited first
+        # inside every flush transaction (the lease's fence, then a NOTIFY to the other replicas).
+        self.ids: IdReserve | None = None
+        self.guard: Callable[[Any, Changes], Awaitable[None]] | None = None
 
     def _district_name(self, code: str | None) -> str | None:
         district = self.city.get(code) if code else None
@@ -158,8 +163,9 @@ class AlertStage:
         last_reload = last_saved = loop.time()
         while True:
             await asyncio.sleep(self.config.tick_s)
-            async with self._lock:
-                self.step(datetime.now(UTC))
+            if await self._reserve_ids():
+                async with self._lock:
+                    self.step(datetime.now(UTC))
             await self.flush()
             if loop.time() - last_reload >= self.config.reload_s:
                 last_reload = loop.time()
@@ -171,10 +177,27 @@ class AlertStage:
                 last_saved = loop.time()
                 await self.save()
 
+    async def _reserve_ids(self) -> bool:
+        """Hold enough database ids for the next step (each new alert and incident takes one); False: wait."""
+        if self.ids is None:
+            return True
+        keys = {s.key for s in self._signals if s.active} - self.engine.by_key.keys()
+        need = len(keys) + len(self.engine.pending) + int(self.config.stalled_share * len(self.liveness.devices)) + 8
+        try:
+            async with self.pool.acquire(timeout=5) as conn:
+                await self.ids.top_up(conn, need)
+        except Exception as err:
+            if min(self.ids.available("alert"), self.ids.available("incident")) < need:
+                logger.warning("alert ids not reserved (%s); signals wait for the next tick", err)
+                return False
+        return True
+
     async def save(self) -> None:
         """Keep the device arrivals (periodically and at shutdown), so a restart can still tell silence."""
         try:
-            async with self.pool.acquire(timeout=5) as conn:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                if self.guard is not None:
+                    await self.guard(conn, Changes())
                 await save_state(conn, LIVENESS_STATE, self.liveness.to_state())
         except Exception as err:
             logger.warning("device arrivals not saved: %s", err)
@@ -212,6 +235,8 @@ class AlertStage:
             return None
         try:
             async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                if self.guard is not None:
+                    await self.guard(conn, ch)
                 await store.save_changes(
                     conn, [self._incident_row(i) for i in ch.incidents.values()],
                     [a.to_dict(raw=True) for a in ch.alerts.values()],

@@ -13,11 +13,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ingest.records import ParsedMessage
-from ioc.alerts.notify.dispatcher import NotificationDispatcher
-from ioc.alerts.stage import AlertStage
-from ioc.analytics_stage import AnalyticsStage
-from ioc.api import routes_alerts, routes_devices, routes_health, routes_live, routes_ui, routes_wall
+from ioc.api import routes_alerts, routes_cluster, routes_devices, routes_health, routes_live, routes_ui, routes_wall
 from ioc.api.deps import require_access
+from ioc.cluster.node import Node, Role
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from ioc.live.registry_sync import sync_registry
@@ -29,8 +27,9 @@ from storage.db import create_pool
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
-    """Build the app. With ``embed_ingest`` an ingest worker runs inside the same process."""
+def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all") -> FastAPI:
+    """Build the app. With ``embed_ingest`` an ingest worker runs inside the same process. ``role``: ``api``
+    (REST, WebSocket, pages), ``brain`` (the stateful stages while holding the lease) or ``all`` (both)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,36 +46,20 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
                  asyncio.create_task(sync_registry(hub, app.state.pool, settings.live.registry_sync_s),
                                      name="registry-sync")]
         sinks: tuple[Callable[[ParsedMessage], None], ...] = (hub.on_parsed,)
-        stage = app.state.analytics = None
-        if settings.analytics.enabled:
-            cfg = settings.analytics
-            stage = app.state.analytics = AnalyticsStage(hub, app.state.pool, cfg.camera_processes,
-                                                         state_every_s=cfg.state_every_s,
-                                                         camera_state_every_s=cfg.camera_state_every_s,
-                                                         camera_state_max_age_s=cfg.camera_state_max_age_s)
-            await stage.load()
-            sinks = (hub.on_parsed, stage.on_parsed)
-            tasks.append(asyncio.create_task(stage.run(), name="analytics"))
-        alerts = app.state.alerts = None
-        if settings.alerts.enabled:
-            alerts = app.state.alerts = AlertStage(hub, app.state.pool, app.state.city, settings.alerts)
-            try:
-                await alerts.load()
-            except Exception as err:  # the database may come later: run() keeps trying before it starts
-                logger.warning("alert engine state not restored yet: %s", err)
-            sinks = (*sinks, alerts.on_parsed)
-            if stage is not None:
-                stage.on_findings, stage.on_health = alerts.on_findings, alerts.on_health
-            dispatcher = app.state.dispatcher = NotificationDispatcher(app.state.pool, settings.alerts.notify)
-            tasks += [asyncio.create_task(alerts.run(), name="alerts"),
-                      asyncio.create_task(dispatcher.run(), name="notifications")]
+        # The stateful stages (analytics, alerts, notifications) run in the brain, only while it holds the lease
+        # (ioc/cluster, docs/ha.md); it sets app.state.analytics / app.state.alerts while it leads.
+        app.state.analytics = app.state.alerts = None
+        node = Node(app.state, settings, role, embedded_ingest=embed_ingest)
+        if embed_ingest and node.brain is not None:
+            sinks = (hub.on_parsed, node.brain.on_parsed)
+        await node.start()
         listener = None
         if embed_ingest:
             from ioc.services import build_worker
 
             app.state.worker = build_worker(settings, sinks=sinks)
             worker_task = asyncio.create_task(app.state.worker.run(), name="embedded-ingest")
-        elif settings.live.listen_mqtt:
+        elif settings.live.listen_mqtt and role != "brain":
             listener = LiveListener(settings, sinks)
             tasks.append(asyncio.create_task(listener.run(), name="live-mqtt"))
         try:
@@ -87,16 +70,10 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
                 await asyncio.wait_for(worker_task, 15)
             if listener is not None:
                 await listener.stop()
-            if stage is not None:
-                await stage.save()
-            if alerts is not None:
-                await alerts.flush()
-                await alerts.save()
+            await node.stop()  # a leader flushes, saves and releases the lease
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if alerts is not None:
-                await app.state.dispatcher.aclose()
             await app.state.pool.close()
 
     app = FastAPI(title="IOC realtime monitor", version="0.1.0", lifespan=lifespan,
@@ -107,6 +84,7 @@ def create_app(settings: Settings, embed_ingest: bool = False) -> FastAPI:
     app.include_router(routes_devices.router)
     app.include_router(routes_live.router)
     app.include_router(routes_alerts.router)
+    app.include_router(routes_cluster.router)
     app.include_router(routes_ui.router_for(settings))
     app.include_router(routes_wall.router)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -10,11 +11,14 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ioc.alerts import escalation
-from ioc.alerts.model import AlertError, Severity
+from ioc.alerts.model import Severity
 from ioc.alerts.silences import validate_matchers
 from ioc.alerts.stage import AlertStage
 from ioc.api.deps import PoolDep
+from ioc.cluster import actions
+from ioc.cluster.views import incident_views
 from storage import alerts as store
+from storage import cluster as cluster_sql
 from storage import notifications as outbox
 
 logger = logging.getLogger(__name__)
@@ -80,6 +84,16 @@ class PolicyPut(BaseModel):
     channels: list[str] = Field(default_factory=lambda: ["email", "webhook"])
 
 
+def _district_name(request: Request) -> Callable[[str | None], str | None]:
+    city = request.app.state.city
+
+    def name(code: str | None) -> str | None:
+        district = city.get(code) if code else None
+        return district.name if district else code
+
+    return name
+
+
 def _stage(request: Request) -> AlertStage:
     stage: AlertStage | None = request.app.state.alerts
     if stage is None:
@@ -90,6 +104,9 @@ def _stage(request: Request) -> AlertStage:
 async def _reload(request: Request) -> None:
     if request.app.state.alerts is not None:
         await request.app.state.alerts.reload_config()
+    else:  # the leader runs elsewhere: tell it (ioc/cluster/actions.py re-reads at once)
+        async with request.app.state.pool.acquire() as conn:
+            await cluster_sql.notify(conn, cluster_sql.CHANNEL_CONFIG, {"origin": request.app.state.process_id})
 
 
 # --- incidents and alerts ------------------------------------------------------------------------------
@@ -105,19 +122,25 @@ async def list_incidents(pool: PoolDep, state: StateFilter = None, severity: Sev
 
 
 @router.get("/api/incidents/live")
-async def live_incidents(request: Request) -> list[dict[str, Any]]:
-    """Open and acknowledged incidents with their members, most severe first (what the wall shows)."""
-    stage = _stage(request)
-    return [stage.incident_view(i) for i in stage.engine.live_incidents()]
+async def live_incidents(request: Request, pool: PoolDep) -> list[dict[str, Any]]:
+    """Open and acknowledged incidents with their members, most severe first (what the wall shows).
+
+    Read from the database like every other incident route, on any replica (one truth)."""
+    async with pool.acquire() as conn:
+        return await incident_views(conn, _district_name(request))
 
 
 @router.get("/api/incidents/{incident_id}")
-async def get_incident(pool: PoolDep, incident_id: int) -> dict[str, Any]:
-    """One incident with its alerts (evidence included) and its full history."""
+async def get_incident(request: Request, pool: PoolDep, incident_id: int) -> dict[str, Any]:
+    """One incident with its alerts (evidence included), its members and devices as the live views show them,
+    and its full history."""
     async with pool.acquire() as conn:
         inc = await store.get_incident(conn, incident_id)
+        views = await incident_views(conn, _district_name(request), [incident_id]) if inc is not None else []
     if inc is None:
         raise HTTPException(404, f"no incident {incident_id}")
+    if views:
+        inc.update({k: views[0][k] for k in ("members", "devices", "district_name", "member_count")})
     return inc
 
 
@@ -128,12 +151,11 @@ async def act_on_incident(request: Request, incident_id: int, action: str, body:
         raise HTTPException(404, f"unknown action {action!r}; use ack, assign, comment, resolve or close")
     if action == "comment" and not body.note:
         raise HTTPException(422, "a comment needs a note")
-    stage = _stage(request)
+    # Applied by the leader, wherever it runs (this process, or another through the database: ioc/cluster).
     try:
-        inc = await stage.act(action, incident_id, body.actor, body.note, body.assignee)
-    except AlertError as err:
-        raise HTTPException(409 if incident_id in stage.engine.incidents else 404, str(err)) from None
-    return stage.incident_view(inc) if inc.id in stage.engine.incidents else inc.to_dict()
+        return await actions.apply(request.app.state, action, incident_id, body.actor, body.note, body.assignee)
+    except actions.ActionFailed as err:
+        raise HTTPException(err.status, str(err)) from None
 
 
 @router.get("/api/alerts")
@@ -261,12 +283,13 @@ async def delete_shift(request: Request, pool: PoolDep, shift_id: int) -> dict[s
 
 
 @router.get("/api/oncall")
-async def on_call(request: Request, at: datetime | None = None) -> dict[str, list[str]]:
-    """Who is paged at each level right now (or at ``at``)."""
-    stage = _stage(request)
+async def on_call(pool: PoolDep, at: datetime | None = None) -> dict[str, list[str]]:
+    """Who is paged at each level right now (or at ``at``); read from the roster, on any replica."""
     when = at or datetime.now(UTC)
-    levels = sorted({s.level for s in stage.engine.shifts}) or [1]
-    return {str(level): escalation.on_duty(stage.engine.shifts, level, when) for level in levels}
+    async with pool.acquire() as conn:
+        shifts = [escalation.Shift(**s) for s in await store.list_shifts(conn, since=when)]
+    levels = sorted({s.level for s in shifts}) or [1]
+    return {str(level): escalation.on_duty(shifts, level, when) for level in levels}
 
 
 @router.get("/api/policies")

@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
 
 from ioc.api.deps import PoolDep
+from ioc.cluster import actions as cluster_actions
 from ioc.live.filters import FilterError, Subscription
 from ioc.live.hub import ClientSession, LiveHub, encode
 from storage import queries
@@ -74,17 +75,19 @@ _ACTIONS: set[asyncio.Task[None]] = set()
 async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) -> None:
     """Officers' actions from a screen: ``{"type": "action", "action": "ack", "incident_id": 7, "actor": "an",
     "note": "..."}``; answered with an ``action_result`` frame (the change itself arrives as an incident frame)."""
-    stage = ws.app.state.alerts
     ref = doc.get("ref")
     try:
-        if stage is None:
-            raise ValueError("the alert engine is not running in this process")
         action, actor = str(doc.get("action")), str(doc.get("actor") or "")
         if action not in ("ack", "assign", "comment", "resolve", "close") or not actor:
             raise ValueError("an action needs action (ack, assign, comment, resolve, close) and actor")
-        inc = await stage.act(action, int(doc["incident_id"]), actor, doc.get("note"), doc.get("assignee"))
-        client.push_control(encode({"type": "action_result", "ref": ref, "ok": True, "incident_id": inc.id,
-                                    "state": inc.state.value}))
+        # Applied by the leader, wherever it runs (ioc/cluster/actions.py).
+        inc = await cluster_actions.apply(ws.app.state, action, int(doc["incident_id"]), actor, doc.get("note"),
+                                          doc.get("assignee"))
+        client.push_control(encode({"type": "action_result", "ref": ref, "ok": True, "incident_id": inc["id"],
+                                    "state": inc["state"]}))
+    except cluster_actions.ActionFailed as err:
+        client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "status": err.status,
+                                    "detail": str(err)}))
     except Exception as err:  # every failure goes back to the screen that asked
         client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "detail": str(err)}))
 
