@@ -73,6 +73,26 @@ METRICS: Final[dict[str, dict[str, tuple[str, str]]]] = {
 }
 
 
+#: Declared physical ranges of standard metrics: name -> (low, high) in the metric's unit (H8, issue #17).
+#: The numeric detectors normalise a series with its declared range from its first reading (otherwise with
+#: the range it has covered so far). Metrics whose range depends on the site (flow, queue, users,
+#: throughput, frame rate, bitrate) are not declared here; a deployment adds or overrides ranges with
+#: ``IOC_ANALYTICS__METRIC_RANGES`` (JSON, e.g. ``{"flow_veh_h": [0, 6000]}``).
+METRIC_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "speed_kmh": (0.0, 130.0),
+    "occupancy_pct": (0.0, 100.0),
+    "heavy_vehicle_pct": (0.0, 100.0),
+    "availability_pct": (0.0, 100.0),
+    "prb_util_pct": (0.0, 100.0),
+    "drop_call_rate_pct": (0.0, 100.0),
+    "mains_power": (0.0, 1.0),
+    "battery_pct": (0.0, 100.0),
+    "temperature_c": (-20.0, 80.0),
+    "rssi_dbm": (-140.0, -40.0),
+    "storage_free_pct": (0.0, 100.0),
+}
+
+
 def topic_for(kind: str, device_id: str, channel: str) -> str:
     """Build the topic a device publishes on."""
     return f"{TOPIC_PREFIX}/{kind}/{device_id}/{channel}"

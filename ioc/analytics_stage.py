@@ -106,12 +106,14 @@ class AnalyticsStage:
 
     def __init__(self, hub: LiveHub, pool: Any, camera_processes: int = 2, max_inflight_per_shard: int = 32,
                  flush_s: float = 1.0, silence_every_s: float = 10.0, state_every_s: float = 300.0,
-                 camera_state_every_s: float = 1800.0, camera_state_max_age_s: float = 7 * 86400.0) -> None:
+                 camera_state_every_s: float = 1800.0, camera_state_max_age_s: float = 7 * 86400.0,
+                 metric_ranges: dict[str, tuple[float, float]] | None = None) -> None:
         """``camera_processes=0`` analyses snapshots inline, in this thread (replays and benchmarks that
         drive the stage with :meth:`step` in simulated time; never for a live service)."""
         self.hub = hub
         self.pool = pool
-        self.monitor = NumericMonitor()
+        self.metric_ranges = metric_ranges  # declared ranges over the contract's (IOC_ANALYTICS__METRIC_RANGES)
+        self.monitor = NumericMonitor(ranges=metric_ranges)
         self.stale = StaleMonitor()
         self._readings: list[tuple[str, str, datetime, float]] = []
         self._new_devices: list[tuple[str, str, str]] = []  # (device, kind, district) to register
@@ -150,7 +152,7 @@ class AnalyticsStage:
                 stale = await load_state(conn, STALE_STATE_NAME)
                 cameras = await load_states(conn, CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
             if state:
-                self.monitor = NumericMonitor.from_state(state)
+                self.monitor = NumericMonitor.from_state(state, ranges=self.metric_ranges)
                 logger.info("numeric detector state restored (%d bytes)", len(state))
             if stale:
                 logger.info("snapshot arrivals restored for %d cameras", self.stale.restore(stale))

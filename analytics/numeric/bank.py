@@ -14,8 +14,8 @@ from analytics.numeric.kernel import N_COLS, StepResult
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2
-ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S")
+STATE_VERSION = 3
+ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S", "Ew", "Ec", "Ep", "Ek")
 RESULT_FIELDS = ("score", "raw", "kind", "expected", "spread", "fired", "baseline", "baseline_spread", "record")
 
 
@@ -38,6 +38,11 @@ class SeriesBank:
         nov = self.config.novelty_w > 0  # the novelty tables exist only when the detector is on
         self.Q = np.zeros((cap, self.config.novelty_bytes if nov else 0), dtype=np.uint8)
         self.S = np.zeros((cap, self.config.novelty_orders + 1 if nov else 0), dtype=np.int8)
+        ent = self.config.re_w > 0  # so are the relative-entropy windows
+        self.Ew = np.zeros((cap, self.config.re_window if ent else 0), dtype=np.uint8)
+        self.Ec = np.zeros((cap, self.config.re_bins if ent else 0), dtype=np.float32)
+        self.Ep = np.zeros((cap, self.config.re_slots if ent else 0, self.config.re_bins), dtype=np.float32)
+        self.Ek = np.zeros((cap, self.config.re_slots if ent else 0), dtype=np.float32)
 
     @property
     def capacity(self) -> int:
@@ -57,6 +62,18 @@ class SeriesBank:
         rows = np.arange(self.size, need, dtype=np.intp)
         self.size = need
         return rows
+
+    def declare(self, rows: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> None:
+        """Declare the physical range of series (``lo < hi``; otherwise the declaration is removed).
+
+        The detectors normalise with it from the first reading (otherwise with the range covered so far).
+        """
+        rows = np.asarray(rows, dtype=np.intp)
+        lo_a = np.broadcast_to(np.asarray(lo, dtype=np.float64), rows.shape)
+        hi_a = np.broadcast_to(np.asarray(hi, dtype=np.float64), rows.shape)
+        ok = np.isfinite(lo_a) & np.isfinite(hi_a) & (hi_a > lo_a)
+        self.F[rows, kernel.DLO] = np.where(ok, lo_a, 0.0)
+        self.F[rows, kernel.DHI] = np.where(ok, hi_a, 0.0)
 
     def update(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray) -> StepResult:
         """Score then learn a batch of readings.
@@ -93,7 +110,7 @@ class SeriesBank:
         for k in range(int(rank.max()) + 1):
             sel = idx[rank == k]
             res = kernel.step(self.config, self.F, self.D, self.W, self.R, self.Hb, self.Q, self.S,
-                              rows[sel], ts[sel], values[sel])
+                              rows[sel], ts[sel], values[sel], (self.Ew, self.Ec, self.Ep, self.Ek))
             for name in RESULT_FIELDS:
                 getattr(out, name)[sel] = getattr(res, name)
         return out
@@ -133,12 +150,18 @@ class SeriesBank:
         """
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            if meta.get("version") != STATE_VERSION:
-                raise ValueError(f"unsupported numeric state version {meta.get('version')}")
+            version = meta.get("version")
+            if version not in (2, STATE_VERSION):
+                raise ValueError(f"unsupported numeric state version {version}")
             bank = cls(config, capacity=len(z["F"]))
             bank.add(len(z["F"]))
             for name in ARRAYS:
                 target = getattr(bank, name)
+                if version == 2 and name == "F":  # version 2 had no declared-range columns: undeclared
+                    target[:, : z[name].shape[1]] = z[name]
+                    continue
+                if version == 2 and name not in z.files:
+                    continue  # version 2 had no relative-entropy windows: they start empty
                 if target.shape != z[name].shape:
                     raise ValueError(f"state array {name} has shape {z[name].shape}, expected {target.shape}")
                 target[:] = z[name]

@@ -41,12 +41,43 @@ def _read(path: Path, rel: Path) -> _Series:
     return _Series(rel, stamps, ts.astype(np.int64) / 1000.0, np.array(vals, dtype=np.float64))
 
 
+def score_series(ts: list[np.ndarray], values: list[np.ndarray], ranges: list[tuple[float, float]] | None = None,
+                 config: DetectorConfig | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and type codes of several series run side by side in one ``SeriesBank``.
+
+    Row k of every series goes in one batch (each series once), so each score uses only that
+    series' readings up to and including its own. ``ranges``: each series' declared range (the
+    only thing known beyond its past readings). Returns (scores, kinds) as (series, longest) arrays.
+    """
+    bank = SeriesBank(config, capacity=len(ts))
+    rows = bank.add(len(ts))
+    if ranges is not None:
+        bank.declare(rows, np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges]))
+    lengths = np.array([len(v) for v in values])
+    width = int(lengths.max()) if len(lengths) else 0
+    ts_mat = np.full((len(ts), width), np.nan)
+    val_mat = np.full_like(ts_mat, np.nan)
+    scores = np.zeros_like(ts_mat)
+    kinds = np.zeros(ts_mat.shape, dtype=np.intp)
+    for j in range(len(ts)):
+        ts_mat[j, : lengths[j]] = ts[j]
+        val_mat[j, : lengths[j]] = values[j]
+    for k in tqdm(range(width), disable=not progress, desc="detect", unit="row"):
+        live = np.flatnonzero(lengths > k)
+        res = bank.update(rows[live], ts_mat[live, k], val_mat[live, k])
+        scores[live, k] = res.score
+        kinds[live, k] = res.kind
+    return scores, kinds
+
+
 def detect_path(src: Path, out: Path, progress: bool = True, config: DetectorConfig | None = None) -> int:
     """Run the default detectors over one CSV or a directory of CSVs (recursively).
 
     Each file is one series. All series share one ``SeriesBank`` and are fed row by row (row k
     of every file in one batch, each series once), so each score uses only that file's rows up
-    to and including its own: the same code and configuration as the live pipeline.
+    to and including its own: the same code and configuration as the live pipeline. A file's
+    minimum and maximum are its declared range (live: the metric's physical range), nothing else
+    is looked ahead at.
 
     Args:
         src: a ``timestamp,value`` CSV file, or a directory searched recursively for ``*.csv``.
@@ -64,21 +95,10 @@ def detect_path(src: Path, out: Path, progress: bool = True, config: DetectorCon
     if not series:
         logger.warning("no CSV files under %s", src)
         return 0
-    bank = SeriesBank(config, capacity=len(series))
-    rows = bank.add(len(series))
-    lengths = np.array([len(s.values) for s in series])
-    ts_mat = np.full((len(series), int(lengths.max())), np.nan)
-    val_mat = np.full_like(ts_mat, np.nan)
-    scores = np.zeros_like(ts_mat)
-    kinds = np.zeros(ts_mat.shape, dtype=np.intp)
-    for j, s in enumerate(series):
-        ts_mat[j, : len(s.ts)] = s.ts
-        val_mat[j, : len(s.values)] = s.values
-    for k in tqdm(range(int(lengths.max())), disable=not progress, desc="detect", unit="row"):
-        live = np.flatnonzero(lengths > k)
-        res = bank.update(rows[live], ts_mat[live, k], val_mat[live, k])
-        scores[live, k] = res.score
-        kinds[live, k] = res.kind
+    # a file's minimum and maximum are its declared range, as a metric's physical range is live
+    ranges = [(float(np.nanmin(s.values)), float(np.nanmax(s.values))) if np.isfinite(s.values).any()
+              else (0.0, 0.0) for s in series]
+    scores, kinds = score_series([s.ts for s in series], [s.values for s in series], ranges, config, progress)
     for j, s in enumerate(series):
         dest = out / s.rel
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,22 @@ class DetectorConfig:
     bit set of this size per series; the share of new continuations, times this weight, is added
     to the emitted score. Off by default (0): on NAB its gain did not survive leave-one-category-out
     checks and moved with hash collisions, so it costs speed and 4 KiB per series for no sure gain."""
+    dr_frac: float = 0.0
+    dr_score: float = 1.0
+    dr_hold: bool = True
+    """Declared-range deviation: a residual of at least this share of the declared range (else of the
+    covered range), with |z| >= range_z, scores ``dr_score`` (0: off); with ``dr_hold`` even during a hold."""
+    re_w: float = 0.0
+    """Relative-entropy windows (``entropy.py``): a reading whose window histogram no earlier window
+    explains scores this much (0: off)."""
+    re_hold: bool = False
+    """A novel window is damped by the hold like other findings (else it scores on its own)."""
+    re_window: int = 52
+    re_bins: int = 5
+    re_slots: int = 16
+    re_warmup: int = 120
+    """Window length, bins over the declared (else covered) range, hypotheses kept, readings before
+    a novelty may score."""
     level_alpha: float = 0.1
     """EW rate of the fast (prediction) level per sample."""
     base_alpha: float = 0.02
@@ -91,7 +107,9 @@ class DetectorConfig:
     range_score: float = 1.0
     """Score of a range record."""
     range_tau_s: float = 180 * 86400.0
-    """Time constant with which the covered range and the severity records forget (0: never)."""
+    """Time constant with which the covered range forgets (0: never)."""
+    record_tau_s: float = 180 * 86400.0
+    """Time constant with which the severity records forget (0: never)."""
     fire_level: float = 0.5
     """Score at which a finding is raised."""
     hold: int = 400

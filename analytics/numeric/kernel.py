@@ -18,15 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from analytics.numeric.config import DetectorConfig
+from analytics.numeric.entropy import entropy_step
 from analytics.numeric.novelty import novelty
 
 # Columns of the scalar state matrix F (float64, one row per series).
 (
     N, T_FIRST, T_LAST, DT_EW, X_LAST, L0, L1, L2, LB, LS, AE0, AE1, AE2, RES, CP, CN, VS,
     REP, RUN, ANCHOR, QLO, HOLD, ALERT, MODE, AEB, M_SPIKE, M_SHIFT, M_VAR, M_OTHER, SM, M_PAT,
-    AER, AESD, AESW, QHI,
-) = range(35)
-N_COLS = 35
+    AER, AESD, AESW, QHI, DLO, DHI,
+) = range(37)
+N_COLS = 37
 # record column per type code: a severity is judged against the largest recent one of its group
 _RECORD_COL = np.array([M_OTHER, M_SPIKE, M_SPIKE, M_SHIFT, M_VAR, M_VAR, M_OTHER, M_OTHER, M_PAT])
 
@@ -221,7 +222,7 @@ def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarr
     s[:, M_SPIKE:M_OTHER + 1] *= ratio[:, None]
     rcol = _RECORD_COL[measured]
     adj = adj * np.clip(top / np.maximum(s[ar, rcol], 1e-9), 0.0, 1.0) ** cfg.record_power
-    fade = _fade(cfg, dt)
+    fade = _fade(cfg.record_tau_s, dt)
     s[:, M_SPIKE:M_OTHER + 1] *= fade[:, None]
     s[:, M_PAT] *= fade
     # early severities reflect an unconverged model, not the series
@@ -237,9 +238,9 @@ def _var_before(cfg: DetectorConfig, s: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(s[:, VS], 1e-12)) / np.log(cfg.var_ratio)
 
 
-def _fade(cfg: DetectorConfig, dt: np.ndarray) -> np.ndarray:
-    """Factor by which the range and the records forget over ``dt`` seconds."""
-    return np.exp(-np.maximum(dt, 0.0) / cfg.range_tau_s) if cfg.range_tau_s > 0 else np.ones_like(dt)
+def _fade(tau_s: float, dt: np.ndarray) -> np.ndarray:
+    """Factor by which the range or the records forget over ``dt`` seconds (time constant ``tau_s``)."""
+    return np.exp(-np.maximum(dt, 0.0) / tau_s) if tau_s > 0 else np.ones_like(dt)
 
 
 def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, kind: np.ndarray,
@@ -257,7 +258,8 @@ def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, 
 
 
 def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np.ndarray, Hb: np.ndarray,
-         Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray) -> StepResult:
+         Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray,
+         ent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> StepResult:
     """Score and learn one reading for each of ``rows`` (distinct) in place."""
     s = F[rows]
     n = s[:, N]
@@ -281,18 +283,38 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     kind, raw = _calibrate(cfg, s, R, rows, sev, m, level_now, dt, warm)
     record, raw = _range_record(cfg, s, x, m, kind, raw, warm)
 
+    bypass = record.copy()  # raises even while an earlier finding holds
+    if cfg.dr_frac > 0:  # a deviation that is a large share of the declared range: a finding on its own
+        declared = s[:, DHI] > s[:, DLO]
+        dspan = np.where(declared, s[:, DHI] - s[:, DLO], s[:, QHI] - s[:, QLO])
+        big = warm & (dspan > 0) & (np.abs(m.err) >= cfg.dr_frac * dspan) & (np.abs(m.z) >= cfg.range_z)
+        kind = np.where(big & (raw < cfg.dr_score), np.where(m.err > 0, SPIKE, DIP), kind)
+        raw = np.where(big, np.maximum(raw, cfg.dr_score), raw)
+        if cfg.dr_hold:
+            bypass = bypass | big
+    re_nov = np.zeros(len(rows))
+    if cfg.re_w > 0 and ent is not None:  # relative-entropy windows over the declared range
+        declared = s[:, DHI] > s[:, DLO]
+        lo = np.where(declared, s[:, DLO], np.minimum(s[:, QLO], x))
+        hi = np.where(declared, s[:, DHI], np.maximum(s[:, QHI], x))
+        re_nov = entropy_step(*ent, rows, n, x, lo, hi) * (n >= cfg.re_warmup)
+        if cfg.re_hold:  # a novel window is a candidate finding like any other (one per episode)
+            kind = np.where((re_nov > 0) & (cfg.re_w * re_nov > raw), PATTERN, kind)
+            raw = np.maximum(raw, cfg.re_w * re_nov)
     # --- one alert per episode: damp scores while a recent alert holds (a record always raises) ---
     holding = n < s[:, HOLD]
     refire = raw > cfg.refire_ratio * s[:, ALERT]
-    fired = (raw >= cfg.fire_level) & (~holding | refire | record)
+    fired = (raw >= cfg.fire_level) & (~holding | refire | bypass)
     score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
     # the range forgets slowly, so a series that settled down can raise records again
-    fade = _fade(cfg, dt)
+    fade = _fade(cfg.range_tau_s, dt)
     s[:, QLO] = s[:, LB] + (np.minimum(s[:, QLO], x) - s[:, LB]) * fade
     s[:, QHI] = s[:, LB] + (np.maximum(s[:, QHI], x) - s[:, LB]) * fade
     if cfg.novelty_w > 0:  # context novelty raises the emitted score (not the findings)
         nov = novelty(Q, S, s[:, QLO], s[:, QHI], n, x, rows, cfg.novelty_levels)
         score = np.minimum(score + cfg.novelty_w * nov * warm, 1.0)
+    if cfg.re_w > 0 and ent is not None and not cfg.re_hold:
+        score = np.maximum(score, cfg.re_w * re_nov)
     # the hold lasts while the episode does: still-elevated scores extend it
     extend = holding & (raw >= cfg.hold_extend_level)
     s[:, HOLD] = np.where(fired | extend, n + cfg.hold, s[:, HOLD])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -17,6 +17,7 @@ from analytics.numeric.config import DetectorConfig
 from analytics.numeric.explain import duration, explain, label
 from analytics.numeric.rules import MAINS, DomainRules, infer_kind, utc
 from analytics.numeric.table import SeriesTable
+from ingest.contract import METRIC_RANGES
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,28 @@ class NumericMonitor:
     group (district, corridor) for the group rules.
     """
 
-    def __init__(self, config: DetectorConfig | None = None) -> None:
+    def __init__(self, config: DetectorConfig | None = None,
+                 ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
+        """``ranges``: declared range per metric name, over the contract's ``METRIC_RANGES`` (a deployment's own)."""
         self.config = config or DetectorConfig()
         self.bank = SeriesBank(self.config)
         self.table = SeriesTable()
         self.rules = DomainRules(self.config)
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.declare_ranges(ranges)
+
+    def declare_ranges(self, ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
+        """Declared range per metric: the contract's ``METRIC_RANGES`` updated with ``ranges``.
+
+        Applied to the series already known (e.g. restored from a state saved under other settings)
+        and to every series created later; a metric without a declared range is normalised with the
+        range its series has covered so far.
+        """
+        self.ranges = {**METRIC_RANGES, **{k: (float(v[0]), float(v[1])) for k, v in (ranges or {}).items()}}
+        if len(self.table):
+            rows = np.arange(len(self.table), dtype=np.intp)
+            lo, hi = zip(*(self.ranges.get(m, (0.0, 0.0)) for m in self.table.metrics), strict=True)
+            self.bank.declare(rows, np.array(lo), np.array(hi))
 
     def set_device(self, device_id: str, kind: str = "", group: str = "") -> None:
         """Declare or update a device's kind and group label."""
@@ -65,6 +83,9 @@ class NumericMonitor:
         row = self.table.add(device_id, metric)
         if row >= self.bank.size:
             self.bank.add(row + 1 - self.bank.size)
+            if metric in self.ranges:
+                lo, hi = self.ranges[metric]
+                self.bank.declare(np.array([row]), lo, hi)
         return row
 
     def ingest(self, readings: Iterable[Reading | tuple[str, str, datetime | float, float]]) -> list[Finding]:
@@ -165,8 +186,9 @@ class NumericMonitor:
         return buf.getvalue()
 
     @classmethod
-    def from_state(cls, data: bytes, config: DetectorConfig | None = None) -> NumericMonitor:
-        """Monitor restored from ``to_state`` output."""
+    def from_state(cls, data: bytes, config: DetectorConfig | None = None,
+                   ranges: Mapping[str, tuple[float, float]] | None = None) -> NumericMonitor:
+        """Monitor restored from ``to_state`` output; declared ranges as in the constructor (today's settings)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         mon = cls(config)
@@ -174,5 +196,6 @@ class NumericMonitor:
         mon.table = SeriesTable.from_arrays(arrays)
         if len(mon.table) != mon.bank.size:
             raise ValueError("numeric state is inconsistent: registry and bank sizes differ")
+        mon.declare_ranges(ranges)
         logger.info("restored numeric state: %d series", mon.bank.size)
         return mon

@@ -39,6 +39,17 @@ class AnalyticsConfig(BaseModel):
                                         "scenes are saved (about 60 KB per camera; also saved at shutdown).")
     camera_state_max_age_s: float = Field(7 * 86400.0, gt=0, description="A camera's saved scene older than "
                                           "this is not restored at start (the camera learns afresh).")
+    metric_ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Declared physical range per metric name, JSON {\"name\": [low, high]}, "
+        "over the device contract's own (ingest/contract.py METRIC_RANGES): the numeric detectors normalise with it.")
+
+    @field_validator("metric_ranges")
+    @classmethod
+    def _ranges_ordered(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        bad = [k for k, (lo, hi) in value.items() if not lo < hi]
+        if bad:
+            raise ValueError(f"metric_ranges: low must be below high for {', '.join(sorted(bad))}")
+        return value
 
 
 class UiConfig(BaseModel):
