@@ -9,6 +9,13 @@ records (readings ~94 %, status changes, device alarms, camera snapshots, incide
 are about the page, not the ingest or the database. No database is needed: the routes that would read one
 answer 503 (the wall does without them) and camera snapshots come from one fixed JPEG.
 
+The 5,000-device map is drawn in a worker, at most every 200 ms and up to every 2 s when a draw is costly,
+so the frame time alone does not say how fresh the map is: the map's redraw rate over the run is reported,
+and, with the load still running, ``--probes`` status changes are published over MQTT (a private Mosquitto;
+the app follows it as it does without an embedded ingest) on devices of their own, each timed from the
+publish to the page holding it and to the end of the first map draw that contains it (polled every
+animation frame, so within about one frame).
+
 Figures: frame time = the interval between consecutive requestAnimationFrame callbacks in the page (p50,
 p95, p99, max; target p95 <= 33 ms), long tasks (> 50 ms), and the JS heap (page plus the map's worker)
 after a forced GC once a minute (target: flat, i.e. the slope over the run is about zero) with DOM node
@@ -44,6 +51,7 @@ from ioc.api.app import create_app
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from ioc.settings import Settings
+from tests.support.services import private_mosquitto
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -71,6 +79,25 @@ PAGE_PROBE = """
     },
     get longTasks() { return longTasks; },
     get longMs() { return longMs; },
+    // When device `id` reaches `state` in the page's store, and when the first map draw sent after that
+    // has come back from the worker (epoch ms). A draw already in flight at receipt predates the change.
+    watch(id, state, timeoutMs) {
+      return new Promise((resolve) => {
+        const t0 = Date.now();
+        let recv = 0, need = 0;
+        const check = () => {
+          const ioc = window.__ioc, now = Date.now();
+          if (!recv) {
+            const d = ioc.device(id);
+            if (d && d.state === state) { recv = now; need = ioc.draws + (ioc.mapBusy ? 2 : 1); }
+          }
+          if (recv && ioc.draws >= need) return resolve({ recv, drawn: now });
+          if (now - t0 > timeoutMs) return resolve({ recv, drawn: 0 });
+          requestAnimationFrame(check);
+        };
+        check();
+      });
+    },
   };
 })();
 """
@@ -100,6 +127,9 @@ class Load:
         for i, (lat, lon) in enumerate(city_points(city, devices, self.rng)):
             kind = self.rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
             self.devices.append((f"B-{kind[:3].upper()}-{i:05d}", kind, lat, lon))
+        # Devices of the publish -> screen probes: on the map, never touched by the load.
+        self.probes = [(f"B-PRB-{i:03d}", "bts", lat, lon)
+                       for i, (lat, lon) in enumerate(city_points(city, 20, self.rng))]
         self.sent = 0
         self.stop = False
         self.incidents: dict[int, dict[str, Any]] = {}
@@ -108,7 +138,7 @@ class Load:
     def seed(self) -> None:
         """Every device once (position, state, a reading), as the registry would have them at start."""
         now = datetime.now(UTC)
-        for dev, kind, lat, lon in self.devices:
+        for dev, kind, lat, lon in self.devices + self.probes:
             self.hub.on_record(StatusUpdate(dev, kind, now, "online", "boot"), now)
             self.hub.on_record(Reading(dev, kind, now, self.metrics(kind), 1, lat, lon), now)
 
@@ -178,11 +208,13 @@ def jpeg() -> bytes:
 class Server:
     """The app under uvicorn in a thread of its own, with the load feeding its hub."""
 
-    def __init__(self, port: int, devices: int, rate: float) -> None:
+    def __init__(self, port: int, devices: int, rate: float, mqtt_port: int | None = None) -> None:
         settings = Settings(database_url="postgresql://bench@127.0.0.1:9/none")  # nothing listens on port 9
         settings.alerts.enabled = False
         settings.analytics.enabled = False
-        settings.live.listen_mqtt = False
+        settings.live.listen_mqtt = mqtt_port is not None  # follow the broker (the publish -> screen probes)
+        if mqtt_port is not None:
+            settings.mqtt_url = f"mqtt://127.0.0.1:{mqtt_port}"
         settings.live.client_queue = 20_000  # 10 s of this load before the page is marked behind
         self.app = create_app(settings)
         image = jpeg()
@@ -275,6 +307,48 @@ class WorkerHeaps:
         return total
 
 
+def publish_to_screen(page: Any, mqtt_port: int | None, probes: list[tuple[str, str, float, float]],
+                      count: int) -> list[dict[str, Any]]:
+    """Publish ``count`` status changes over MQTT, one at a time, each on a probe device, alternating
+    offline/online; time each to the page holding it and to the map draw that shows it."""
+    import paho.mqtt.client as mqtt
+
+    if not mqtt_port or not probes or not count:
+        return []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"wall-probe-{port_suffix()}",
+                         protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", mqtt_port)
+    client.loop_start()
+    out = []
+    try:
+        for i in range(count):
+            dev, kind, _, _ = probes[i % len(probes)]
+            state = "offline" if (i // len(probes)) % 2 == 0 else "online"
+            page.evaluate(f"() => {{ window.__probe = window.__bench.watch({json.dumps(dev)}, {json.dumps(state)}, "
+                          "10000); }")  # started, not awaited
+            sent = time.time()
+            body = json.dumps({"ts": datetime.now(UTC).isoformat().replace("+00:00", "Z"), "state": state,
+                               "reason": "wall bench probe"})
+            client.publish(f"ioc/v1/{kind}/{dev}/status", body, qos=1, retain=True).wait_for_publish(5)
+            got = page.evaluate("window.__probe")
+            out.append({"device": dev, "state": state,
+                        "recv_ms": round(got["recv"] - sent * 1000, 1) if got["recv"] else None,
+                        "drawn_ms": round(got["drawn"] - sent * 1000, 1) if got["drawn"] else None})
+            page.wait_for_timeout(300)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return out
+
+
+def port_suffix() -> str:
+    return f"{random.getrandbits(24):06x}"
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50": round(pct(values, 0.5), 1), "max": round(max(values, default=math.nan), 1)}
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return math.nan
@@ -299,12 +373,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     width, height = (int(v) for v in args.size.lower().split("x"))
-    server = Server(port, args.devices, args.rate)
+    broker = private_mosquitto() if args.probes else None
+    mqtt_port = broker.__enter__() if broker else None
+    server = Server(port, args.devices, args.rate, mqtt_port)
     server.start()
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": width, "height": height})
+            # bypass_csp: the page's CSP (no eval) would refuse Playwright's string predicates, not the app's code
+            page = browser.new_page(viewport={"width": width, "height": height}, bypass_csp=True)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.add_init_script(PAGE_PROBE)
@@ -327,7 +404,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"warming up {args.warmup_s:.0f} s ...", file=sys.stderr)
             time.sleep(args.warmup_s)
             page.evaluate("window.__bench.take()")  # the warm-up's frames do not count
-            frames0, long0 = page.evaluate("[window.__ioc.frames, window.__bench.longTasks]")
+            frames0, long0, draws0 = page.evaluate(
+                "[window.__ioc.frames, window.__bench.longTasks, window.__ioc.draws]")
             t0 = time.monotonic()
             samples = [(0.0, heap())]
             intervals: list[float] = []
@@ -345,6 +423,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           f"map worker {h['worker_mb']:.1f}), nodes {h['nodes']:.0f}, "
                           f"p95 so far {pct(intervals, 0.95):.1f} ms", file=sys.stderr)
             elapsed = time.monotonic() - t0
+            draws = page.evaluate("window.__ioc.draws") - draws0
+            sent1 = server.load.sent if server.load else 0
+            probes = publish_to_screen(page, mqtt_port, server.load.probes if server.load else [], args.probes)
             state = page.evaluate("({frames: window.__ioc.frames, lagged: window.__ioc.lagged, "
                                   "draws: window.__ioc.draws, drawMs: window.__ioc.lastDrawMs, "
                                   "uiMs: window.__ioc.lastUiMs, devices: window.__ioc.devices, "
@@ -353,8 +434,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             browser.close()
     finally:
         server.stop()
+        if broker:
+            broker.__exit__(None, None, None)
     heap_points = [(t, s["heap_mb"]) for t, s in samples]
-    sent = (server.load.sent if server.load else 0) - sent0
+    sent = sent1 - sent0
     return {
         "minutes": round(elapsed / 60, 2), "viewport": f"{width}x{height}", "devices": state["devices"],
         "updates_per_s_sent": round(sent / elapsed),
@@ -373,6 +456,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dom_nodes": {"first": samples[0][1]["nodes"], "last": samples[-1][1]["nodes"]},
         "listeners": {"first": samples[0][1]["listeners"], "last": samples[-1][1]["listeners"]},
         "page_errors": errors,
+        "map_redraws_per_s": round(draws / elapsed, 2),
+        "publish_to_page_ms": _summary([p["recv_ms"] for p in probes if p["recv_ms"] is not None]),
+        "publish_to_map_ms": _summary([p["drawn_ms"] for p in probes if p["drawn_ms"] is not None]),
+        "probes": probes,
     }
 
 
@@ -387,6 +474,7 @@ def main() -> None:
     parser.add_argument("--heap-every-s", type=float, default=60.0)
     parser.add_argument("--out-dir", default=".", help="where the final screenshot goes")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--probes", type=int, default=20, help="MQTT publish -> screen probes after the run (0: none)")
     args = parser.parse_args()
     figures = run(args)
     fm, hp = figures["frame_ms"], figures["heap_mb"]
@@ -398,6 +486,11 @@ def main() -> None:
           f"{hp['slope_mb_per_h']} MB/h over the run, {hp['slope_second_half_mb_per_h']} MB/h over its second half;"
           f" DOM nodes {figures['dom_nodes']['first']:.0f} -> {figures['dom_nodes']['last']:.0f}, listeners "
           f"{figures['listeners']['first']:.0f} -> {figures['listeners']['last']:.0f}")
+    pp, pm = figures["publish_to_page_ms"], figures["publish_to_map_ms"]
+    print(f"  map: {figures['map_redraws_per_s']} redraws/s over the run (a draw every "
+          f"{1000 / max(figures['map_redraws_per_s'], 1e-9):.0f} ms on average); MQTT publish -> page holds it "
+          f"p50 {pp['p50']} ms, max {pp['max']} ms; -> drawn on the map p50 {pm['p50']} ms, max {pm['max']} ms "
+          f"({pm['n']} of {len(figures['probes'])} probes drawn)")
     print(f"  lagged notices {figures['lagged_notices']}, last map draw {figures['map_draw_ms_last']} ms, "
           f"page errors {len(figures['page_errors'])}")
     if args.json:

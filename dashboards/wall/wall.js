@@ -198,6 +198,7 @@ async function main() {
     get drawnDevices() { return map.stats.drawn; },
     get lastDrawMs() { return map.stats.lastMs; },
     get mapIntervalMs() { return map.stats.intervalMs; },
+    get mapBusy() { return map.busy; }, // a draw is with the worker (the benchmark times publish -> map)
     get lastUiMs() { return uiMs; },
     get history() { return kpis.history.length; },
     get cityLoaded() { return city != null; },
