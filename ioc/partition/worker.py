@@ -10,8 +10,9 @@ next owner resumes where the last acknowledgement stopped (a reading is acknowle
 committed). Each partition has its own :class:`NumericMonitor`, whose learned state is saved per partition
 (``analytics_state`` row ``numeric:<stream>:p<N>``) and restored by the next owner.
 
-Not done yet (docs/scaling.md): findings of these workers are stored and not yet fed to the alert brain;
-a paused worker (SIGSTOP) keeps its locks until its connection times out, so its writes are not fenced.
+Findings are stored and published on ``<stream>.findings``, which the brain holding the lease reads
+(:mod:`ioc.partition.findings`). Not done yet: a paused worker (SIGSTOP) keeps its locks until its
+connection times out, so its writes are not fenced by an epoch.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import orjson
 
 from analytics.findings import Finding
 from analytics.numeric.monitor import NumericMonitor
+from ioc.partition.findings import encode_findings, findings_subject
 from ioc.partition.stream import STREAM, decode_rows, ensure_stream, subject
 from storage.writes import FindingRow, load_state, save_state, write_findings
 
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 PARTITION_LOCK = 0x10C2  # advisory lock class: (PARTITION_LOCK, partition)
 MEMBER_LOCK = 0x10C3  # advisory lock class: (MEMBER_LOCK, random member id)
+ACK_WAIT_S = 10.0
 
 
 def state_name(stream: str, partition: int) -> str:
@@ -77,6 +80,9 @@ class PartitionWorker:
         member = zlib.crc32(self.worker_id.encode()) & 0x7FFFFFFF
         await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", self._member_class, member)
         logger.info("analytics worker %s up (%d partitions in the stream)", self.worker_id, self.partitions)
+        # Workers starting together count each other before taking partitions (fewer hand-overs at start).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), self.rebalance_s)
         last_log = time.monotonic()
         try:
             while not self._stopped.is_set():
@@ -160,9 +166,20 @@ class PartitionWorker:
                 saved = None
         self.monitors[p] = monitor
         known: set[str] = set()
-        sub = await self._js.pull_subscribe(subject(self.stream, p), durable=f"{self.stream}-analytics-p{p}",
-                                            stream=self.stream)
         logger.info("partition %d taken (%s)", p, "state restored" if saved else "learning afresh")
+        from nats.js.api import ConsumerConfig
+
+        # A batch delivered to a worker that then gave the partition away is redelivered after ack_wait.
+        sub = await self._js.pull_subscribe(subject(self.stream, p), durable=f"{self.stream}-analytics-p{p}",
+                                            stream=self.stream, config=ConsumerConfig(ack_wait=ACK_WAIT_S))
+        try:
+            await self._pump(p, monitor, sub, known)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _pump(self, p: int, monitor: NumericMonitor, sub: Any, known: set[str]) -> None:
+        assert self._pool is not None
         last_save = time.monotonic()
         while True:
             try:
@@ -179,6 +196,8 @@ class PartitionWorker:
                 if found:
                     async with self._pool.acquire() as conn:
                         await write_findings(conn, [_row(f) for f in found])
+                    # on to the alert brain (ioc/partition/findings.py), before the readings are acknowledged
+                    await self._js.publish(findings_subject(self.stream), encode_findings(found), stream=self.stream)
                     self.findings += len(found)
                 for m in msgs:  # after the findings are committed: a crash before this replays them
                     await m.ack()

@@ -86,3 +86,36 @@ async def test_two_workers_share_partitions_and_one_takes_over(database_url: str
 def test_a_district_is_one_partition() -> None:
     """The domain rules judge districts as a whole: all of a district's devices share a partition."""
     assert len({partition_of(r.district, 32) for r in rows(0) if r.district == "D3"}) == 1
+
+
+async def test_findings_reach_the_brain_through_the_stream() -> None:
+    """What the partition workers find is read by the brain's durable consumer, also after a restart of it."""
+    from datetime import UTC, datetime
+
+    from analytics.findings import Finding
+    from ioc.partition.findings import consume_findings, encode_findings, findings_subject
+
+    stream = f"T{uuid.uuid4().hex[:10]}"
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    await ensure_stream(js, stream, max_age_s=600)
+    got: list[Finding] = []
+    try:
+        f1 = Finding("BTS-1", "battery_pct", datetime(2026, 12, 6, 8, tzinfo=UTC), "level_shift", 0.9,
+                     "battery fell from 96 % to 40 %", {"expected": 96.0})
+        await js.publish(findings_subject(stream), encode_findings([f1]), stream=stream)  # before the brain is up
+        stop = asyncio.Event()
+        task = asyncio.create_task(consume_findings(js, stream, got.extend, stop))
+        await until(lambda: len(got) == 1, 10, "the finding queued before the brain started")
+        stop.set()
+        await task
+        await js.publish(findings_subject(stream), encode_findings([f1, f1]), stream=stream)  # brain away
+        stop = asyncio.Event()
+        task = asyncio.create_task(consume_findings(js, stream, got.extend, stop))  # the next leader
+        await until(lambda: len(got) == 3, 10, "findings raised during the failover")
+        stop.set()
+        await task
+        assert got[0] == f1
+    finally:
+        await js.delete_stream(stream)
+        await nc.close()
