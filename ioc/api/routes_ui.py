@@ -31,7 +31,7 @@ def router_for(settings: Settings) -> APIRouter:
     async def ui_config(request: Request) -> dict[str, Any]:
         """Language and time zone of the screens (a page's ``?lang=`` / ``?tz=`` override them)."""
         return {"lang": lang, "timezone": timezone, "city": request.app.state.city.name,
-                "alerts": request.app.state.alerts is not None}
+                "alerts": settings.alerts.enabled}  # the deployment's, not this replica's (the brain may run elsewhere)
 
     @router.get("/api/devices/{device_id}/status")
     async def status_history(pool: PoolDep, device_id: str, start: datetime | None = None,
