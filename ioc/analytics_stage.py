@@ -107,7 +107,7 @@ class AnalyticsStage:
     def __init__(self, hub: LiveHub, pool: Any, camera_processes: int = 2, max_inflight_per_shard: int = 32,
                  flush_s: float = 1.0, silence_every_s: float = 10.0, state_every_s: float = 300.0,
                  camera_state_every_s: float = 1800.0, camera_state_max_age_s: float = 7 * 86400.0,
-                 metric_ranges: dict[str, tuple[float, float]] | None = None) -> None:
+                 metric_ranges: dict[str, tuple[float, float]] | None = None, numeric: bool = True) -> None:
         """``camera_processes=0`` analyses snapshots inline, in this thread (replays and benchmarks that
         drive the stage with :meth:`step` in simulated time; never for a live service)."""
         self.hub = hub
@@ -131,6 +131,8 @@ class AnalyticsStage:
         self._rebuild_delay = [0.0] * camera_processes
         self._inline: dict[str, Any] = {}  # camera analysers of the inline mode
         self.dropped_readings = 0  # readings a detector raised on (per device), not analysed
+        # False: the numeric detectors run on `ioc analytics-worker`s (ioc/partition); cameras stay here.
+        self.numeric = numeric
         self._inflight = [0] * camera_processes
         self._max_inflight = max_inflight_per_shard
         self._pending_rows: list[FindingRow] = []
@@ -253,13 +255,14 @@ class AnalyticsStage:
 
     def on_parsed(self, parsed: ParsedMessage) -> None:
         for rec in parsed.records:
-            if isinstance(rec, Reading):
+            if isinstance(rec, Reading) and self.numeric:
                 if rec.device_id not in self._known:
                     self._known.add(rec.device_id)
                     dev = self.hub.table.devices.get(rec.device_id)
                     self._new_devices.append((rec.device_id, rec.kind, (dev.district if dev else None) or ""))
                 for metric, value in rec.metrics.items():
                     self._readings.append((rec.device_id, metric, rec.ts, value))
+            if isinstance(rec, Reading):
                 if rec.kind == "camera":
                     self.stale.telemetry(rec.device_id, fps=rec.metrics.get("fps"),
                                          kbps=rec.metrics.get("bitrate_kbps"))
