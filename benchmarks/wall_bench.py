@@ -45,9 +45,12 @@ import cv2
 import numpy as np
 import uvicorn
 from fastapi import Response
+from starlette.requests import HTTPConnection
 
 from ingest.records import DeviceEvent, Reading, Snapshot, StatusUpdate
 from ioc.api.app import create_app
+from ioc.api.deps import Principal, Role, requires
+from ioc.auth.service import Authenticator
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from ioc.settings import Settings
@@ -205,6 +208,13 @@ def jpeg() -> bytes:
     return bytes(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1])
 
 
+class _BenchViewer(Authenticator):
+    """Every caller is a wall's viewer (what a wall display's token resolves to in production)."""
+
+    async def identify(self, conn: HTTPConnection) -> Principal | None:
+        return Principal(name="token:bench-wall", role=Role.VIEWER, via="token")
+
+
 class Server:
     """The app under uvicorn in a thread of its own, with the load feeding its hub."""
 
@@ -217,12 +227,13 @@ class Server:
             settings.mqtt_url = f"mqtt://127.0.0.1:{mqtt_port}"
         settings.live.client_queue = 20_000  # 10 s of this load before the page is marked behind
         self.app = create_app(settings)
+        self.app.state.auth = _BenchViewer(settings.auth)  # no database here to hold sessions or tokens
         image = jpeg()
 
         async def snapshot(device_id: str) -> Response:  # the database's job in production
             return Response(image, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
-        self.app.add_api_route("/api/devices/{device_id}/snapshot", snapshot)
+        self.app.add_api_route("/api/devices/{device_id}/snapshot", snapshot, dependencies=[requires(Role.VIEWER)])
         # Routes match in order: the bench's snapshot route goes before the app's own.
         self.app.router.routes.insert(0, self.app.router.routes.pop())
         self.port, self.devices, self.rate = port, devices, rate

@@ -158,6 +158,18 @@ def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     return run_devices(args)
 
 
+def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.auth.cli import run_users
+
+    return run_users(args, settings)
+
+
+def _cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    from ioc.auth.cli import run_tokens
+
+    return run_tokens(args, settings)
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ioc.demo import DEFAULT_DATA_DIR, run_demo
 
@@ -233,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="simulated city devices publishing over MQTT (IOC_MQTT_URL), with incidents")
     add_arguments(sim)
 
+    from ioc.auth.cli import add_tokens_arguments, add_users_arguments
+
+    add_users_arguments(sub.add_parser("users", help="local accounts of the pages: add, list, disable, set-password"))
+    add_tokens_arguments(sub.add_parser("tokens", help="API tokens for walls and machines: create, list, revoke"))
+
     srv = sub.add_parser("serve", help="run the HTTP API (REST, /metrics, /healthz, OpenAPI at /docs)")
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -246,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 _COMMANDS = {"db": _cmd_db, "demo": _cmd_demo, "ingest": _cmd_ingest, "serve": _cmd_serve,
              "camera-check": _cmd_camera_check, "detect": _cmd_detect, "simulate": _cmd_simulate,
              "history": _cmd_history, "dashboards": _cmd_dashboards, "pki": _cmd_pki, "devices": _cmd_devices}
+
+_COMMANDS |= {"users": _cmd_users, "tokens": _cmd_tokens}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import uvicorn
 
 import simulators
@@ -70,6 +71,26 @@ async def _warm_up(app: Any, database_url: str, until: float) -> None:
           "degradations are now judged against what is usual for each hour", flush=True)
 
 
+async def demo_credentials(database_url: str) -> tuple[str, str]:
+    """A fresh password for the demo's ``admin`` (made if missing) and a viewer token for the wall."""
+    from ioc.auth import secrets as sec
+    from ioc.auth import store
+    from ioc.auth.model import Role
+
+    password = sec.new_password()
+    conn = await asyncpg.connect(database_url)
+    try:
+        if await store.user_for_login(conn, "admin") is None:
+            await store.create_user(conn, "admin", Role.ADMIN, password, "Demo admin")
+        else:
+            await store.set_password(conn, "admin", password)
+            await store.set_disabled(conn, "admin", False)
+        token, _ = await store.create_token(conn, "demo wall", Role.VIEWER, 30, "ioc demo")
+    finally:
+        await conn.close()
+    return password, token
+
+
 async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim_options: list[str]) -> int:
     """Find or start PostgreSQL and Mosquitto, migrate, serve API + ingest, run the simulator; until Ctrl-C."""
     services = Services(data_dir)
@@ -90,6 +111,7 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
         settings.mqtt.share_group = f"ioc-demo-{tag}"
         settings.mqtt.session_expiry_s = 3600
         backend, _ = await db_upgrade(settings)
+        admin_password, wall_token = await demo_credentials(database_url)
         app = create_app(settings, embed_ingest=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
         serving = asyncio.create_task(server.serve())
@@ -110,8 +132,9 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
         print("\n".join([
             "", "IOC demo is running.",
             *[f"  {note}" for note in services.notes], f"  storage backend: {backend.value}",
-            f"  wall display:  http://{shown}:{port}/",
-            f"  operator view: http://{shown}:{port}/ops",
+            f"  wall display:  http://{shown}:{port}/?token={wall_token}",
+            f"  operator view: http://{shown}:{port}/ops  (log in as admin, password {admin_password} — "
+            "new at every demo start; `ioc users add` makes more)",
             f"  API docs:      http://{shown}:{port}/docs",
             f"  live feed:     ws://{shown}:{port}/ws/live",
             f"  ground truth:  {data_dir / 'ground-truth.jsonl'}" if not sim_options else "",

@@ -68,11 +68,10 @@ export class SilenceView {
       this.ctx.toast(t("need_matcher"), "error");
       return;
     }
-    const author = this.ctx.officer();
-    if (!author) return;
+    if (!this.ctx.officer()) return;
     const ends = new Date(this.ctx.now() + Number(data.get("duration")) * 60_000).toISOString();
     try {
-      await sendJson("POST", "/api/silences", { matchers, ends_at: ends, reason: String(data.get("reason")).trim(), author });
+      await sendJson("POST", "/api/silences", { matchers, ends_at: ends, reason: String(data.get("reason")).trim() });
       this.ctx.toast(`${t("silence_create")}: ${t("action_ok")}`);
       this.form.querySelector("[name=reason]").value = "";
       this.load();

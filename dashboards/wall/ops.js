@@ -8,9 +8,7 @@ import { IncidentView } from "./ops-incident.js";
 import { AlertList, IncidentList } from "./ops-lists.js";
 import { SilenceView } from "./ops-silences.js";
 import { DeviceStore, IncidentStore } from "./store.js";
-import { $, getJson, loadUiSettings, sendJson, setText } from "./util.js";
-
-const OFFICER_KEY = "ioc.ops.officer";
+import { $, getJson, goLogin, loadUiSettings, sendJson, setText } from "./util.js";
 
 const ROUTES = [
   [/^#\/incidents\/(\d+)$/, (m) => new IncidentView(Number(m[1]))],
@@ -26,10 +24,14 @@ async function main() {
   document.documentElement.lang = i18n.lang;
   for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
   $("wall-link").href = `/${location.search}`;
-  const officer = $("officer");
-  officer.placeholder = t("officer");
-  officer.value = localStorage.getItem(OFFICER_KEY) || "";
-  officer.addEventListener("change", () => localStorage.setItem(OFFICER_KEY, officer.value.trim()));
+  // Who is logged in comes from the session (the audit trail names them; nothing is typed or stored here).
+  const me = (await getJson("/api/auth/me").catch(() => null)) || { name: "", role: "viewer", can: {} };
+  document.body.dataset.role = me.role;
+  setText($("user"), `${me.name} · ${t(`role_${me.role}`)}`);
+  $("logout").addEventListener("click", async () => {
+    await sendJson("POST", "/api/auth/logout").catch(() => {});
+    goLogin();
+  });
 
   let view = null;
   let toastTimer = 0;
@@ -40,13 +42,14 @@ async function main() {
     city: null,
     officers: [],
     now: () => live.now(),
+    me,
+    /** The logged-in officer's name, or null (with a notice) when the role may not act. */
     officer() {
-      const id = officer.value.trim();
-      if (!id) {
-        officer.focus();
-        this.toast(t("officer_prompt"), "error");
+      if (!me.can?.act) {
+        this.toast(t("role_cannot"), "error");
+        return null;
       }
-      return id || null;
+      return me.name;
     },
     navigate(hash) {
       if (location.hash === hash) route();
@@ -63,10 +66,9 @@ async function main() {
     /** An officer's action on an incident over REST: a definite answer per request (404, 409, 503...);
      * every screen, this one included, then hears the change on the live feed. */
     async act(incidentId, action, extra = {}) {
-      const actor = this.officer();
-      if (!actor) return null;
+      if (!this.officer()) return null;
       try {
-        const inc = await sendJson("POST", `/api/incidents/${incidentId}/${action}`, { actor, ...extra });
+        const inc = await sendJson("POST", `/api/incidents/${incidentId}/${action}`, { ...extra });
         this.toast(`${t(`act_${action}`)}: ${t("action_ok")}`);
         return inc;
       } catch (err) {

@@ -12,6 +12,7 @@ export function el(tag, attrs, ...children) {
       if (k === "class") node.className = v;
       else if (k === "dataset") Object.assign(node.dataset, v);
       else if (k === "text") node.textContent = v;
+      else if (k === "style") node.style.cssText = v; // CSSOM: a style attribute would break the strict CSP
       else if (k.startsWith("on") && typeof v === "function") node.addEventListener(k.slice(2), v);
       else if (k in node && typeof v !== "string") node[k] = v;
       else node.setAttribute(k, v === true ? "" : v);
@@ -43,15 +44,29 @@ export class HttpError extends Error {
   }
 }
 
+/** The session's CSRF token (a readable cookie set at login); sent with every state-changing request. */
+export function csrfToken() {
+  const m = document.cookie.match(/(?:^|;\s*)ioc_csrf=([^;]+)/);
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+/** Off to the login page, coming back here afterwards. */
+export function goLogin() {
+  location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search + location.hash)}`);
+}
+
 async function request(method, url, body, timeoutMs) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), timeoutMs);
   try {
+    const headers = {};
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (method !== "GET") headers["X-CSRF-Token"] = csrfToken();
     const resp = await fetch(url, {
-      method, cache: "no-cache", signal: ctl.signal,
-      headers: body === undefined ? undefined : { "Content-Type": "application/json" },
+      method, cache: "no-cache", signal: ctl.signal, credentials: "same-origin", headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
+    if (resp.status === 401 && !url.startsWith("/api/auth/login")) goLogin();
     const text = await resp.text();
     let doc = null;
     try { doc = text ? JSON.parse(text) : null; } catch { doc = null; }

@@ -13,8 +13,19 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ingest.records import ParsedMessage
-from ioc.api import routes_alerts, routes_cluster, routes_devices, routes_health, routes_live, routes_ui, routes_wall
+from ioc.api import (
+    hardening,
+    routes_alerts,
+    routes_auth,
+    routes_cluster,
+    routes_devices,
+    routes_health,
+    routes_live,
+    routes_ui,
+    routes_wall,
+)
 from ioc.api.deps import require_access
+from ioc.auth.service import Authenticator
 from ioc.cluster.node import Node, Role
 from ioc.geo import City
 from ioc.live.hub import LiveHub
@@ -79,8 +90,12 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
     app = FastAPI(title="IOC realtime monitor", version="0.1.0", lifespan=lifespan,
                   description="Smart-city Intelligent Operations Center: devices, telemetry, quarantine, live feed, "
                               "alerts and incidents.",
+                  docs_url=None, redoc_url=None, openapi_url=None,  # served behind a role: IOC_AUTH__DOCS
                   dependencies=[Depends(require_access)])
+    app.state.auth = Authenticator(settings.auth)
+    hardening.install(app, settings.auth)
     app.include_router(routes_health.router)
+    app.include_router(routes_auth.router)
     app.include_router(routes_devices.router)
     app.include_router(routes_live.router)
     app.include_router(routes_alerts.router)

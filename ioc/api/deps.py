@@ -1,51 +1,160 @@
-"""Dependencies shared by every router. ``require_access`` is the one place authentication will go."""
+"""Dependencies shared by every router: who is calling (``require_access``), the role a route needs
+(``requires``), the database pool and backend."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import IntEnum
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, WebSocket
 from fastapi.params import Depends as DependsParam
 from starlette.requests import HTTPConnection
 
+from ioc.auth.model import AuthError, Principal, Role
+from ioc.auth.secrets import same
+from ioc.auth.service import CSRF_HEADER, PRINCIPAL_SCOPE_KEY, Authenticator, client_address
 from storage.db import Backend, SchemaNotReady, read_backend
 
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling. Today everyone is the anonymous operator; roles come with authentication."""
-
-    name: str = "anonymous"
-    roles: tuple[str, ...] = ("viewer",)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-async def require_access(connection: HTTPConnection) -> Principal:
-    """Authorise a request or WebSocket. Every route depends on this one function."""
-    return Principal()
+async def require_access(connection: HTTPConnection) -> Principal | None:
+    """Who is calling (``None``: anonymous). Every route depends on this one function (set on the app);
+    the role check is :func:`requires`. A route that declares no role is closed to all but admins."""
+    route = connection.scope.get("route")
+    declared = declared_role(route) if route is not None else None
+    if declared is Role.PUBLIC:
+        try:
+            return await identify(connection)
+        except HTTPException:
+            return None
+    principal = await identify(connection)
+    if route is not None and declared is None and not _allowed(principal, Role.ADMIN):
+        raise HTTPException(401 if principal is None else 403, "this route declares no role",
+                            headers=_UNAUTHORIZED if principal is None else None)
+    return principal
 
 
-class Role(IntEnum):
-    """Roles, each including the ones below it. ``PUBLIC`` marks routes anyone may call (health, login)."""
+async def identify(connection: HTTPConnection) -> Principal | None:
+    """The caller; 401 for a credential that is presented but not valid."""
+    auth: Authenticator | None = getattr(connection.app.state, "auth", None)
+    if auth is None:
+        raise HTTPException(503, "authentication is not set up in this app")
+    try:
+        return await auth.identify(connection)
+    except AuthError as err:
+        raise HTTPException(401, str(err), headers=_UNAUTHORIZED) from None
 
-    PUBLIC = 0
-    VIEWER = 1
-    OFFICER = 2
-    SUPERVISOR = 3
-    ADMIN = 4
+
+def _allowed(principal: Principal | None, role: Role) -> bool:
+    return principal is not None and principal.role >= role
 
 
 def requires(role: Role) -> DependsParam:
     """The role a route or router needs, declared where the route is declared:
-    ``@router.get("/x", dependencies=[requires(Role.OFFICER)])``. Tests enumerate the app's routes and
-    check each declares one. (Skeleton: authentication fills in the check.)"""
+    ``@router.get("/x", dependencies=[requires(Role.OFFICER)])``, or as a parameter to get the caller:
+    ``me: Annotated[Principal, requires(Role.OFFICER)]``. Anonymous -> 401, lower role -> 403; a
+    state-changing request on a cookie session also needs the session's CSRF token in ``X-CSRF-Token``,
+    and counts against the action rate limit. Tests enumerate the app's routes and check each declares one."""
 
-    async def check(connection: HTTPConnection) -> Principal:
-        return await require_access(connection)
+    async def check(connection: HTTPConnection) -> Principal | None:
+        if role is Role.PUBLIC:
+            try:
+                return await identify(connection)
+            except HTTPException:
+                return None  # a stale credential does not lock anyone out of the login page
+        principal = await identify(connection)
+        if principal is None:
+            raise HTTPException(401, "log in or present a token", headers=_UNAUTHORIZED)
+        if principal.role < role:
+            raise HTTPException(403, f"needs the {role.label} role; you are {principal.role.label}")
+        if connection.scope["type"] == "http" and connection.scope["method"] not in SAFE_METHODS:
+            if principal.via == "session" and not _csrf_ok(connection, principal):
+                raise HTTPException(403, "missing or wrong X-CSRF-Token header")
+            if not connection.app.state.auth.allow_action(principal):
+                raise HTTPException(429, "too many requests; slow down")
+        return principal
 
     check.required_role = role  # type: ignore[attr-defined]  # read by the route-enumeration test
     return Depends(check)
+
+
+def _csrf_ok(connection: HTTPConnection, principal: Principal) -> bool:
+    sent = connection.headers.get(CSRF_HEADER, "")
+    return bool(sent and principal.csrf and same(sent, principal.csrf))
+
+
+def connection_principal(connection: HTTPConnection) -> Principal | None:
+    """The caller already identified for this request or WebSocket (by its route's role check)."""
+    principal: Principal | None = connection.scope.get(PRINCIPAL_SCOPE_KEY)
+    return principal
+
+
+async def websocket_origin(ws: WebSocket) -> None:
+    """Refuse (403 at the handshake) a browser page from another origin: the page's own origin and
+    ``IOC_AUTH__WS_ORIGINS`` are allowed; clients that send no Origin (not browsers) are too."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return
+    config = ws.app.state.auth.config
+    parts = urlsplit(origin)
+    host = ws.headers.get("host", "")
+    if (parts.netloc == host and parts.scheme in ("http", "https")) or origin in config.ws_origins:
+        return
+    raise HTTPException(403, f"WebSocket from origin {origin[:100]!r} refused")
+
+
+@contextlib.asynccontextmanager
+async def websocket_slot(ws: WebSocket) -> AsyncIterator[None]:
+    """At most ``IOC_AUTH__WS_PER_CLIENT`` open feeds per client address (429 at the handshake beyond)."""
+    auth: Authenticator = ws.app.state.auth
+    key = client_address(ws)
+    if auth.ws_open.get(key, 0) >= auth.config.ws_per_client:
+        raise HTTPException(429, f"too many open feeds from {key} (IOC_AUTH__WS_PER_CLIENT)")
+    auth.ws_open[key] = auth.ws_open.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        left = auth.ws_open[key] - 1
+        if left:
+            auth.ws_open[key] = left
+        else:
+            del auth.ws_open[key]
+
+
+def declared_role(route: Any) -> Role | None:
+    """The role a route declares through :func:`requires` (its own or its router's), else ``None``."""
+    if id(route) in _DECLARED:
+        return _DECLARED[id(route)][1]
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return None
+    stack, roles = [dependant], []
+    while stack:
+        dep = stack.pop()
+        role = getattr(dep.call, "required_role", None)
+        if role is not None:
+            roles.append(role)
+        stack.extend(dep.dependencies)
+    found = max(roles) if roles else None
+    _DECLARED[id(route)] = (route, found)  # the route is kept so that its id is never reused
+    return found
+
+
+_DECLARED: dict[int, tuple[Any, Role | None]] = {}
+
+
+def iter_routes(routes: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every route of an app or router as (full path, route), into included routers too."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI keeps included routers as one entry
+        if inner is not None:
+            yield from iter_routes(inner.routes, prefix + route.include_context.prefix)
+        else:
+            yield prefix + getattr(route, "path", ""), route
 
 
 def get_pool(request: Request) -> Any:
@@ -71,4 +180,7 @@ async def get_backend(request: Request) -> Backend:
 
 PoolDep = Annotated[Any, Depends(get_pool)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
-CurrentPrincipal = Annotated[Principal, Depends(require_access)]
+CurrentPrincipal = Annotated[Principal | None, Depends(require_access)]
+
+__all__ = ["BackendDep", "CurrentPrincipal", "PoolDep", "Principal", "Role", "connection_principal", "declared_role",
+           "iter_routes", "require_access", "requires", "websocket_origin", "websocket_slot"]

@@ -14,7 +14,7 @@ from ioc.alerts import escalation
 from ioc.alerts.model import Severity
 from ioc.alerts.silences import validate_matchers
 from ioc.alerts.stage import AlertStage
-from ioc.api.deps import PoolDep
+from ioc.api.deps import CurrentPrincipal, PoolDep, Principal, Role, requires
 from ioc.cluster import actions
 from ioc.cluster.views import incident_views
 from storage import alerts as store
@@ -30,11 +30,12 @@ Limit = Annotated[int, Query(ge=1, le=5000)]
 
 
 class ActionRequest(BaseModel):
-    """An officer's action. ``actor`` will come from authentication once it exists."""
+    """An officer's action, over REST or the WebSocket. The actor is the authenticated caller."""
 
     model_config = ConfigDict(extra="forbid")
 
-    actor: str = Field(min_length=1, max_length=64, description="officer id doing it")
+    actor: str | None = Field(None, max_length=64, description="ignored (kept so older clients still validate): "
+                              "the audit trail names the authenticated caller")
     note: str | None = Field(None, max_length=2000)
     assignee: str | None = Field(None, max_length=64, description="for assign: the officer (null = unassign)")
 
@@ -46,7 +47,7 @@ class SilenceCreate(BaseModel):
     starts_at: datetime | None = Field(None, description="default now")
     ends_at: datetime
     reason: str = Field(min_length=1, max_length=500)
-    author: str = Field(min_length=1, max_length=64)
+    author: str | None = Field(None, max_length=64, description="ignored: the author is the authenticated caller")
 
 
 class SilenceUpdate(BaseModel):
@@ -101,6 +102,12 @@ def _stage(request: Request) -> AlertStage:
     return stage
 
 
+def _check_silence_length(request: Request, me: Principal, starts: datetime, ends: datetime) -> None:
+    limit_h = request.app.state.auth.config.officer_silence_max_h
+    if me.role < Role.SUPERVISOR and (ends - max(starts, datetime.now(UTC))).total_seconds() > limit_h * 3600:
+        raise HTTPException(403, f"officers may silence for at most {limit_h:g} h; ask a supervisor")
+
+
 async def _reload(request: Request) -> None:
     if request.app.state.alerts is not None:
         await request.app.state.alerts.reload_config()
@@ -111,7 +118,7 @@ async def _reload(request: Request) -> None:
 
 # --- incidents and alerts ------------------------------------------------------------------------------
 
-@router.get("/api/incidents")
+@router.get("/api/incidents", dependencies=[requires(Role.VIEWER)])
 async def list_incidents(pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
                          category: str | None = None, district: str | None = None, since: datetime | None = None,
                          limit: Limit = 100) -> list[dict[str, Any]]:
@@ -121,7 +128,7 @@ async def list_incidents(pool: PoolDep, state: StateFilter = None, severity: Sev
                                           district=district, since=since, limit=limit)
 
 
-@router.get("/api/incidents/live")
+@router.get("/api/incidents/live", dependencies=[requires(Role.VIEWER)])
 async def live_incidents(request: Request, pool: PoolDep) -> list[dict[str, Any]]:
     """Open and acknowledged incidents with their members, most severe first (what the wall shows).
 
@@ -130,7 +137,7 @@ async def live_incidents(request: Request, pool: PoolDep) -> list[dict[str, Any]
         return await incident_views(conn, _district_name(request))
 
 
-@router.get("/api/incidents/{incident_id}")
+@router.get("/api/incidents/{incident_id}", dependencies=[requires(Role.VIEWER)])
 async def get_incident(request: Request, pool: PoolDep, incident_id: int) -> dict[str, Any]:
     """One incident with its alerts (evidence included), its members and devices as the live views show them,
     and its full history."""
@@ -145,7 +152,8 @@ async def get_incident(request: Request, pool: PoolDep, incident_id: int) -> dic
 
 
 @router.post("/api/incidents/{incident_id}/{action}")
-async def act_on_incident(request: Request, incident_id: int, action: str, body: ActionRequest) -> dict[str, Any]:
+async def act_on_incident(request: Request, incident_id: int, action: str, body: ActionRequest,
+                          me: Annotated[Principal, requires(Role.OFFICER)]) -> dict[str, Any]:
     """``ack``, ``assign``, ``comment``, ``resolve`` or ``close`` an incident; returns it as it now is."""
     if action not in ("ack", "assign", "comment", "resolve", "close"):
         raise HTTPException(404, f"unknown action {action!r}; use ack, assign, comment, resolve or close")
@@ -153,12 +161,12 @@ async def act_on_incident(request: Request, incident_id: int, action: str, body:
         raise HTTPException(422, "a comment needs a note")
     # Applied by the leader, wherever it runs (this process, or another through the database: ioc/cluster).
     try:
-        return await actions.apply(request.app.state, action, incident_id, body.actor, body.note, body.assignee)
+        return await actions.apply(request.app.state, action, incident_id, me.name, body.note, body.assignee)
     except actions.ActionFailed as err:
         raise HTTPException(err.status, str(err)) from None
 
 
-@router.get("/api/alerts")
+@router.get("/api/alerts", dependencies=[requires(Role.VIEWER)])
 async def list_alerts(pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
                       device_id: str | None = None, district: str | None = None, rule: str | None = None,
                       incident_id: int | None = None, since: datetime | None = None,
@@ -170,7 +178,7 @@ async def list_alerts(pool: PoolDep, state: StateFilter = None, severity: Severi
                                        limit=limit)
 
 
-@router.get("/api/alerts/{alert_id}")
+@router.get("/api/alerts/{alert_id}", dependencies=[requires(Role.VIEWER)])
 async def get_alert(pool: PoolDep, alert_id: int) -> dict[str, Any]:
     """One alert with its history."""
     async with pool.acquire() as conn:
@@ -180,7 +188,7 @@ async def get_alert(pool: PoolDep, alert_id: int) -> dict[str, Any]:
     return alert
 
 
-@router.get("/api/notifications")
+@router.get("/api/notifications", dependencies=[requires(Role.OFFICER)])
 async def list_notifications(pool: PoolDep, status: str | None = None, incident_id: int | None = None,
                              limit: Limit = 100) -> list[dict[str, Any]]:
     """The notification outbox: what was sent, what is waiting, what failed and why."""
@@ -190,15 +198,17 @@ async def list_notifications(pool: PoolDep, status: str | None = None, incident_
 
 # --- silences ------------------------------------------------------------------------------------------
 
-@router.get("/api/silences")
+@router.get("/api/silences", dependencies=[requires(Role.VIEWER)])
 async def list_silences(pool: PoolDep, include_expired: bool = False) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
         return await store.list_silences(conn, include_expired)
 
 
 @router.post("/api/silences", status_code=201)
-async def create_silence(request: Request, pool: PoolDep, body: SilenceCreate) -> dict[str, Any]:
-    """Quiet matching alerts for a maintenance window (alerts are still recorded, nobody is paged)."""
+async def create_silence(request: Request, pool: PoolDep, body: SilenceCreate,
+                         me: Annotated[Principal, requires(Role.OFFICER)]) -> dict[str, Any]:
+    """Quiet matching alerts for a maintenance window (alerts are still recorded, nobody is paged). Officers
+    may silence for at most ``IOC_AUTH__OFFICER_SILENCE_MAX_H``; supervisors and admins for longer."""
     try:
         matchers = validate_matchers(body.matchers)
     except ValueError as err:
@@ -206,14 +216,18 @@ async def create_silence(request: Request, pool: PoolDep, body: SilenceCreate) -
     starts = body.starts_at or datetime.now(UTC)
     if body.ends_at <= starts:
         raise HTTPException(422, "ends_at must be after starts_at")
+    _check_silence_length(request, me, starts, body.ends_at)
     async with pool.acquire() as conn:
-        row = await store.create_silence(conn, matchers, starts, body.ends_at, body.reason, body.author)
+        row = await store.create_silence(conn, matchers, starts, body.ends_at, body.reason, me.name)
     await _reload(request)
     return row
 
 
 @router.patch("/api/silences/{silence_id}")
-async def update_silence(request: Request, pool: PoolDep, silence_id: int, body: SilenceUpdate) -> dict[str, str]:
+async def update_silence(request: Request, pool: PoolDep, silence_id: int, body: SilenceUpdate,
+                         me: Annotated[Principal, requires(Role.OFFICER)]) -> dict[str, str]:
+    if body.ends_at is not None:
+        _check_silence_length(request, me, datetime.now(UTC), body.ends_at)
     async with pool.acquire() as conn:
         if not await store.update_silence(conn, silence_id, body.ends_at, body.reason):
             raise HTTPException(404, f"no active silence {silence_id}")
@@ -221,7 +235,7 @@ async def update_silence(request: Request, pool: PoolDep, silence_id: int, body:
     return {"status": "updated"}
 
 
-@router.delete("/api/silences/{silence_id}")
+@router.delete("/api/silences/{silence_id}", dependencies=[requires(Role.OFFICER)])
 async def delete_silence(request: Request, pool: PoolDep, silence_id: int) -> dict[str, str]:
     async with pool.acquire() as conn:
         if not await store.delete_silence(conn, silence_id):
@@ -232,13 +246,17 @@ async def delete_silence(request: Request, pool: PoolDep, silence_id: int) -> di
 
 # --- roster and escalation policies ---------------------------------------------------------------------
 
-@router.get("/api/officers")
-async def list_officers(pool: PoolDep) -> list[dict[str, Any]]:
+@router.get("/api/officers", dependencies=[requires(Role.VIEWER)])
+async def list_officers(pool: PoolDep, me: CurrentPrincipal) -> list[dict[str, Any]]:
+    """The roster's officers; e-mail and phone only for officers and above (a wall's viewer sees names)."""
     async with pool.acquire() as conn:
-        return await store.list_officers(conn)
+        rows = await store.list_officers(conn)
+    if me is None or me.role < Role.OFFICER:
+        rows = [{k: v for k, v in r.items() if k not in ("email", "phone")} for r in rows]
+    return rows
 
 
-@router.put("/api/officers/{officer_id}")
+@router.put("/api/officers/{officer_id}", dependencies=[requires(Role.SUPERVISOR)])
 async def put_officer(request: Request, pool: PoolDep, officer_id: str, body: OfficerPut) -> dict[str, Any]:
     async with pool.acquire() as conn:
         await store.upsert_officer(conn, {"id": officer_id, **body.model_dump()})
@@ -246,7 +264,7 @@ async def put_officer(request: Request, pool: PoolDep, officer_id: str, body: Of
     return {"id": officer_id, **body.model_dump()}
 
 
-@router.delete("/api/officers/{officer_id}")
+@router.delete("/api/officers/{officer_id}", dependencies=[requires(Role.SUPERVISOR)])
 async def delete_officer(request: Request, pool: PoolDep, officer_id: str) -> dict[str, str]:
     async with pool.acquire() as conn:
         if not await store.delete_officer(conn, officer_id):
@@ -255,13 +273,13 @@ async def delete_officer(request: Request, pool: PoolDep, officer_id: str) -> di
     return {"status": "deleted"}
 
 
-@router.get("/api/shifts")
+@router.get("/api/shifts", dependencies=[requires(Role.VIEWER)])
 async def list_shifts(pool: PoolDep, since: datetime | None = None) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
         return await store.list_shifts(conn, since)
 
 
-@router.post("/api/shifts", status_code=201)
+@router.post("/api/shifts", status_code=201, dependencies=[requires(Role.SUPERVISOR)])
 async def create_shift(request: Request, pool: PoolDep, body: ShiftCreate) -> dict[str, Any]:
     if body.ends_at <= body.starts_at:
         raise HTTPException(422, "ends_at must be after starts_at")
@@ -273,7 +291,7 @@ async def create_shift(request: Request, pool: PoolDep, body: ShiftCreate) -> di
     return row
 
 
-@router.delete("/api/shifts/{shift_id}")
+@router.delete("/api/shifts/{shift_id}", dependencies=[requires(Role.SUPERVISOR)])
 async def delete_shift(request: Request, pool: PoolDep, shift_id: int) -> dict[str, str]:
     async with pool.acquire() as conn:
         if not await store.delete_shift(conn, shift_id):
@@ -282,7 +300,7 @@ async def delete_shift(request: Request, pool: PoolDep, shift_id: int) -> dict[s
     return {"status": "deleted"}
 
 
-@router.get("/api/oncall")
+@router.get("/api/oncall", dependencies=[requires(Role.VIEWER)])
 async def on_call(pool: PoolDep, at: datetime | None = None) -> dict[str, list[str]]:
     """Who is paged at each level right now (or at ``at``); read from the roster, on any replica."""
     when = at or datetime.now(UTC)
@@ -292,14 +310,14 @@ async def on_call(pool: PoolDep, at: datetime | None = None) -> dict[str, list[s
     return {str(level): escalation.on_duty(shifts, level, when) for level in levels}
 
 
-@router.get("/api/policies")
+@router.get("/api/policies", dependencies=[requires(Role.VIEWER)])
 async def list_policies(pool: PoolDep) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
         rows = await store.list_policies(conn)
     return rows or [escalation.DEFAULT_POLICY.to_dict() | {"builtin": True}]
 
 
-@router.put("/api/policies/{policy_id}")
+@router.put("/api/policies/{policy_id}", dependencies=[requires(Role.SUPERVISOR)])
 async def put_policy(request: Request, pool: PoolDep, policy_id: str, body: PolicyPut) -> dict[str, Any]:
     try:
         steps = escalation.validate_steps(body.steps)
@@ -315,7 +333,7 @@ async def put_policy(request: Request, pool: PoolDep, policy_id: str, body: Poli
     return doc
 
 
-@router.delete("/api/policies/{policy_id}")
+@router.delete("/api/policies/{policy_id}", dependencies=[requires(Role.SUPERVISOR)])
 async def delete_policy(request: Request, pool: PoolDep, policy_id: str) -> dict[str, str]:
     async with pool.acquire() as conn:
         if not await store.delete_policy(conn, policy_id):

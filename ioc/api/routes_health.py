@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ioc.api.deps import Role, requires
 from storage.db import SchemaNotReady, read_backend
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", dependencies=[requires(Role.PUBLIC)])
 async def healthz() -> dict[str, str]:
     """The process is alive (it does not check dependencies; see /readyz)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", dependencies=[requires(Role.PUBLIC)])
 async def readyz(request: Request) -> JSONResponse:
     """Ready to serve: the database answers and is migrated (and the embedded ingest, if any, runs)."""
     checks: dict[str, str] = {}
@@ -36,7 +37,10 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
-async def metrics() -> Response:
-    """Prometheus metrics of this process (ingest counters included when ingest runs here)."""
+@router.get("/metrics", dependencies=[requires(Role.VIEWER)])
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process (ingest counters included when ingest runs here). Scrapers use a
+    viewer token; ``IOC_AUTH__METRICS=false`` turns the route off."""
+    if not request.app.state.auth.config.metrics:
+        raise HTTPException(404, "metrics are off (IOC_AUTH__METRICS=false)")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -9,9 +9,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
 
-from ioc.api.deps import PoolDep
+from ingest.metrics import HANDLER_ERRORS
+from ioc.api.deps import PoolDep, Role, connection_principal, requires, websocket_origin, websocket_slot
+from ioc.api.edge import bad_text_in_message
+from ioc.api.routes_alerts import ActionRequest
 from ioc.cluster import actions as cluster_actions
 from ioc.live.filters import FilterError, Subscription
 from ioc.live.hub import ClientSession, LiveHub, encode
@@ -21,11 +25,18 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])
 
 
-@router.websocket("/ws/live")
+@router.websocket("/ws/live", dependencies=[Depends(websocket_origin), requires(Role.VIEWER)])
 async def live_feed(ws: WebSocket) -> None:
     """Subscribe with query parameters (``kinds``, ``devices``, ``districts``, ``bbox``, ``types``,
-    ``resume_from`` + ``epoch``) or a ``{"type": "subscribe", ...}`` message. See docs/live-feed.md."""
+    ``resume_from`` + ``epoch``) or a ``{"type": "subscribe", ...}`` message. See docs/live-feed.md.
+    Authenticated at the handshake (session cookie, ``Authorization: Bearer`` or ``?token=``); actions need
+    the officer role."""
     hub: LiveHub = ws.app.state.hub
+    async with websocket_slot(ws):
+        await _live_feed(ws, hub)
+
+
+async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
     await ws.accept()
     try:
         sub = Subscription.parse(dict(ws.query_params))
@@ -54,6 +65,9 @@ def _handle_client_message(hub: LiveHub, client: ClientSession, raw: str, ws: We
         doc = orjson.loads(raw)
         if not isinstance(doc, dict):
             raise FilterError("messages must be JSON objects")
+        refused = bad_text_in_message(doc)
+        if refused:
+            raise FilterError(refused)
         if doc.get("type") == "subscribe":
             hub.resubscribe(client, Subscription.parse(doc), _int_or_none(doc.get("resume_from")), doc.get("epoch"))
         elif doc.get("type") == "ping":
@@ -66,6 +80,10 @@ def _handle_client_message(hub: LiveHub, client: ClientSession, raw: str, ws: We
             raise FilterError(f"unknown message type {doc.get('type')!r}; use subscribe, ping or action")
     except (FilterError, ValueError, orjson.JSONDecodeError) as err:
         client.push_control(encode({"type": "error", "detail": str(err)}))
+    except Exception as err:  # one odd message must not end the screen's connection
+        HANDLER_ERRORS.labels("websocket").inc()
+        logger.exception("WebSocket message handling raised")
+        client.push_control(encode({"type": "error", "detail": f"message not handled: {type(err).__name__}"}))
     return client
 
 
@@ -77,46 +95,61 @@ async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) 
     "note": "..."}``; answered with an ``action_result`` frame (the change itself arrives as an incident frame)."""
     ref = doc.get("ref")
     try:
-        action, actor = str(doc.get("action")), str(doc.get("actor") or "")
-        if action not in ("ack", "assign", "comment", "resolve", "close") or not actor:
-            raise ValueError("an action needs action (ack, assign, comment, resolve, close) and actor")
+        me = connection_principal(ws)  # authenticated at the handshake; the actor is who logged in
+        if me is None or me.role < Role.OFFICER:
+            raise PermissionError(f"actions need the officer role; you are {me.role.label if me else 'anonymous'}")
+        if not ws.app.state.auth.allow_action(me):
+            raise PermissionError("too many actions; slow down")
+        action = str(doc.get("action"))
+        if action not in ("ack", "assign", "comment", "resolve", "close"):
+            raise ValueError("action must be ack, assign, comment, resolve or close")
+        body = ActionRequest.model_validate({k: v for k, v in doc.items() if k in ActionRequest.model_fields})
+        incident_id = doc.get("incident_id")
+        if not isinstance(incident_id, int) or isinstance(incident_id, bool):
+            raise ValueError("incident_id must be an integer")
+        if action == "comment" and not body.note:
+            raise ValueError("a comment needs a note")
         # Applied by the leader, wherever it runs (ioc/cluster/actions.py).
-        inc = await cluster_actions.apply(ws.app.state, action, int(doc["incident_id"]), actor, doc.get("note"),
-                                          doc.get("assignee"))
+        inc = await cluster_actions.apply(ws.app.state, action, incident_id, me.name, body.note, body.assignee)
         client.push_control(encode({"type": "action_result", "ref": ref, "ok": True, "incident_id": inc["id"],
                                     "state": inc["state"]}))
     except cluster_actions.ActionFailed as err:
         client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "status": err.status,
                                     "detail": str(err)}))
+    except PermissionError as err:
+        client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "status": 403,
+                                    "detail": str(err)}))
+    except ValidationError as err:
+        client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "status": 422,
+                                    "detail": str(err.errors(include_url=False, include_input=False))}))
     except Exception as err:  # every failure goes back to the screen that asked
         client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "detail": str(err)}))
 
 
 async def _send_loop(ws: WebSocket, client: ClientSession, hub: LiveHub) -> None:
-    # One WebSocket message carries every frame queued since the last send (a JSON array): under load
-    # the batches grow and the number of sends stays small.
+    # Each WebSocket message is a JSON array of frames: a batch the screen's whole audience shares (joined
+    # once for all of them), or the loose and control frames queued since the last send.
     while not client.closed:
         await client.wake.wait()
-        texts = client.take(hub)
-        if texts:
-            await ws.send_text("[" + ",".join(texts) + "]")
+        for message in hub.take_messages(client):
+            await ws.send_text(message)
 
 
 def _int_or_none(value: Any) -> int | None:
     return None if value in (None, "") else int(value)
 
 
-@router.get("/api/live/stats")
+@router.get("/api/live/stats", dependencies=[requires(Role.VIEWER)])
 async def live_stats(request: Request) -> dict[str, Any]:
     """Live-feed health: sequence, clients, how many are behind, deepest queue."""
     hub: LiveHub = request.app.state.hub
     clients = list(hub.clients)
     return {"epoch": hub.epoch, "seq": hub.seq, "devices": len(hub.table.devices), "clients": len(clients),
             "lagging_clients": sum(c.lagging for c in clients), "frames_out": hub.frames_out,
-            "max_queue": max((len(c.queue) for c in clients), default=0)}
+            "max_queue": max((c.queued for c in clients), default=0), "audiences": len(hub.audiences)}
 
 
-@router.get("/api/findings")
+@router.get("/api/findings", dependencies=[requires(Role.VIEWER)])
 async def findings(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
                    device_id: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
     """Detector findings (numeric and camera), newest first."""
@@ -128,7 +161,7 @@ async def findings(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=5000)] = 
     return rows
 
 
-@router.get("/api/districts")
+@router.get("/api/districts", dependencies=[requires(Role.VIEWER)])
 async def districts(request: Request) -> list[dict[str, Any]]:
     """Districts of the city with their bounding box and device counts by kind."""
     city = request.app.state.city
@@ -141,20 +174,20 @@ async def districts(request: Request) -> list[dict[str, Any]]:
              "devices": counts.get(d.code, {})} for d in city.districts]
 
 
-@router.get("/api/city")
+@router.get("/api/city", dependencies=[requires(Role.VIEWER)])
 async def city_geojson(request: Request) -> Response:
     """The city's GeoJSON (district outlines, roads) for maps that must work offline."""
     return Response(orjson.dumps(request.app.state.city.geojson), media_type="application/geo+json")
 
 
-@router.get("/api/summary")
+@router.get("/api/summary", dependencies=[requires(Role.VIEWER)])
 async def summary(request: Request) -> list[dict[str, Any]]:
     """Device counts per district and kind: total, online, offline, degraded, unknown."""
     hub: LiveHub = request.app.state.hub
     return hub.summary()
 
 
-@router.get("/api/devices/{device_id}/snapshot", response_class=Response,
+@router.get("/api/devices/{device_id}/snapshot", response_class=Response, dependencies=[requires(Role.VIEWER)],
             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no snapshot"}})
 async def latest_snapshot(pool: PoolDep, device_id: str, at: datetime | None = None) -> Response:
     """The most recent snapshot of a camera as ``image/jpeg``; with ``at`` (RFC 3339), the picture it showed

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from ioc.api.deps import BackendDep, PoolDep
+from ioc.api.deps import BackendDep, PoolDep, Role, requires
 from ioc.settings import Settings
 from storage import queries
 
@@ -27,13 +27,13 @@ def router_for(settings: Settings) -> APIRouter:
     lang, timezone = settings.ui.lang, settings.ui.timezone
     kpi_cache: dict[tuple[int, int], tuple[float, list[dict[str, Any]]]] = {}
 
-    @router.get("/api/ui/config")
+    @router.get("/api/ui/config", dependencies=[requires(Role.VIEWER)])
     async def ui_config(request: Request) -> dict[str, Any]:
         """Language and time zone of the screens (a page's ``?lang=`` / ``?tz=`` override them)."""
         return {"lang": lang, "timezone": timezone, "city": request.app.state.city.name,
                 "alerts": settings.alerts.enabled}  # the deployment's, not this replica's (the brain may run elsewhere)
 
-    @router.get("/api/devices/{device_id}/status")
+    @router.get("/api/devices/{device_id}/status", dependencies=[requires(Role.VIEWER)])
     async def status_history(pool: PoolDep, device_id: str, start: datetime | None = None,
                              end: datetime | None = None, limit: Limit = 2000) -> list[dict[str, Any]]:
         """States the device reported in ``[start, end)`` (default: the last 24 h), oldest first; the first
@@ -42,7 +42,7 @@ def router_for(settings: Settings) -> APIRouter:
         async with pool.acquire() as conn:
             return await queries.status_history(conn, device_id, start, end, limit)
 
-    @router.get("/api/devices/{device_id}/events")
+    @router.get("/api/devices/{device_id}/events", dependencies=[requires(Role.VIEWER)])
     async def device_events(pool: PoolDep, device_id: str, start: datetime | None = None,
                             end: datetime | None = None, limit: Limit = 200) -> list[dict[str, Any]]:
         """Alarms the device sent itself in ``[start, end)`` (default: the last 24 h), newest first."""
@@ -54,7 +54,7 @@ def router_for(settings: Settings) -> APIRouter:
                 row["detail"] = orjson.loads(row["detail"])
         return rows
 
-    @router.get("/api/ui/kpis")
+    @router.get("/api/ui/kpis", dependencies=[requires(Role.VIEWER)])
     async def kpi_history(pool: PoolDep, backend: BackendDep, hours: Annotated[int, Query(ge=1, le=12)] = 4,
                           bucket_min: Annotated[int, Query(ge=1, le=60)] = 5) -> list[dict[str, Any]]:
         """City KPIs per bucket over the last ``hours``: mean traffic speed, % of BTS and cameras reporting,

@@ -7,8 +7,13 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import RedirectResponse
+
+from ioc.api.deps import PoolDep, Principal, Role, requires
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["wall"])
@@ -32,18 +37,40 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 
 
 @router.get("/", include_in_schema=False)
-async def wall_index(request: Request) -> Response:
-    """The wall display page."""
-    return _serve("index.html", request)
+async def wall_index(request: Request, pool: PoolDep, me: Annotated[Principal, requires(Role.VIEWER)]) -> Response:
+    """The wall display page. ``/?token=<viewer token>`` (a wall's link) opens a session and drops the token."""
+    return await _token_to_session(request, pool, me) or _serve("index.html", request)
 
 
 @router.get("/ops", include_in_schema=False)
-async def ops_index(request: Request) -> Response:
+async def ops_index(request: Request, pool: PoolDep, me: Annotated[Principal, requires(Role.VIEWER)]) -> Response:
     """The operator view (its pages are addressed by the URL fragment: ``#/incidents/7``, ``#/devices/X``)."""
-    return _serve("ops.html", request)
+    return await _token_to_session(request, pool, me) or _serve("ops.html", request)
 
 
-@router.get("/wall/{name}", include_in_schema=False)
+async def _token_to_session(request: Request, pool: PoolDep, me: Principal) -> Response | None:
+    """A page opened with ``?token=``: exchange the API token for a session cookie and reload without it, so
+    the token leaves the address bar and the history (the session ends when the token is revoked)."""
+    if "token" not in request.query_params or me.token_id is None or me.via != "token":
+        return None
+    from ioc.api.routes_auth import set_session_cookies
+    from ioc.auth import store
+
+    async with pool.acquire() as conn:
+        sid, csrf = await store.create_session(conn, request.app.state.auth.config.session_hours,
+                                               token_id=me.token_id)
+    rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+    response = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), status_code=303)
+    set_session_cookies(request, response, sid, csrf)
+    return response
+
+
+def serve_page(name: str, request: Request) -> Response:
+    """A file of the screens' folder (the login page uses it)."""
+    return _serve(name, request)
+
+
+@router.get("/wall/{name}", include_in_schema=False, dependencies=[requires(Role.PUBLIC)])
 async def wall_asset(name: str, request: Request) -> Response:
     """A script, style sheet or image of the wall display."""
     return _serve(name, request)

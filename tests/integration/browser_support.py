@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -52,8 +53,18 @@ class Pages:
     def check(self) -> None:
         for name, log in self.logs.items():
             (self.artifacts / f"console-{name}.log").write_text("\n".join(log))
-        errors = [line for log in self.logs.values() for line in log if line.startswith("pageerror")]
+        errors = [line for log in self.logs.values() for line in log if line.startswith("pageerror")
+                  or "Content Security Policy" in line]  # the pages run under a strict CSP: nothing inline
         assert not errors, errors
+
+
+def log_in(page: Any, base_url: str, username: str, password: str, next_path: str = "/ops") -> None:
+    """Log ``page`` in through the login page and land on ``next_path`` (path, query and fragment)."""
+    page.goto(f"{base_url}/login?next={quote(next_path, safe='')}")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("#login-submit")
+    page.wait_for_url(f"{base_url}{next_path}", timeout=10_000)
 
 
 def wait_js(page: Any, expr: str, timeout_s: float = 10.0, hook: str = "__ioc") -> None:
@@ -61,13 +72,20 @@ def wait_js(page: Any, expr: str, timeout_s: float = 10.0, hook: str = "__ioc") 
 
     A predicate that throws (the page's debug hook is not defined yet while it loads) means "not yet".
     """
-    guarded = f"(() => {{ try {{ return ({expr}); }} catch (e) {{ return false; }} }})()"
-    try:
-        page.wait_for_function(guarded, timeout=timeout_s * 1000, polling=100)
-    except sync_api.TimeoutError:
-        state = page.evaluate(f"window.{hook} && Object.fromEntries(Object.keys(window.{hook})"
-                              f".filter(k => typeof window.{hook}[k] !== 'function').map(k => [k, window.{hook}[k]]))")
-        pytest.fail(f"timed out after {timeout_s}s waiting for {expr}; page state {state}")
+    guarded = f"(() => {{ try {{ return !!({expr}); }} catch (e) {{ return false; }} }})()"
+    # Polled from here with evaluate (not wait_for_function, whose string predicates are an eval that the
+    # pages' strict Content-Security-Policy rightly refuses).
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if page.evaluate(guarded):
+                return
+        except sync_api.Error:
+            pass  # the page is navigating
+        page.wait_for_timeout(100)
+    state = page.evaluate(f"window.{hook} && Object.fromEntries(Object.keys(window.{hook})"
+                          f".filter(k => typeof window.{hook}[k] !== 'function').map(k => [k, window.{hook}[k]]))")
+    pytest.fail(f"timed out after {timeout_s}s waiting for {expr}; page state {state}")
 
 
 def camera_jpeg(label: str) -> bytes:

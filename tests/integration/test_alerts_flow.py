@@ -18,6 +18,7 @@ import pytest
 import websockets
 
 from tests.conftest import ingest_env
+from tests.support.auth import bearer, make_token_sync
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import ServeProcess, wait_until
 
@@ -58,9 +59,19 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
+AUTH: dict[str, str] = {}  # an officer's API token named "an" (set per test): the audit trail says "token:an"
+
+
+@pytest.fixture(autouse=True)
+def officer_an(database_url: str) -> Iterator[None]:
+    AUTH.update(bearer(make_token_sync(database_url, "officer", "an")))
+    yield
+    AUTH.clear()
+
+
 def call(url: str, body: dict[str, Any] | None = None, method: str = "GET") -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **AUTH})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.load(resp)
 
@@ -97,7 +108,8 @@ async def test_district_power_outage_pages_once_is_acked_over_websocket_and_surv
                                                          "lat": LC[0], "lon": LC[1]})
         pub.wait_all()
         wait_until(lambda: known(f"{srv.url}/api/devices/{devices[-1]}"), 20, 0.1, what="devices known")
-        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws/live?types=incident") as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws/live?types=incident",
+                                      additional_headers=AUTH) as ws:
             for dev in devices:
                 pub.publish(f"ioc/v1/bts/{dev}/event", {"ts": int(time.time() * 1000), "type": "mains_power_lost",
                                                         "severity": "major", "detail": {"battery_pct": 99}})
@@ -113,7 +125,7 @@ async def test_district_power_outage_pages_once_is_acked_over_websocket_and_surv
             deadline = time.monotonic() + 10
             while not any(f.get("type") == "incident" and f["incident"]["id"] == inc["id"] for f in frames):
                 frames += json.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
-            await ws.send(json.dumps({"type": "action", "action": "ack", "incident_id": inc["id"], "actor": "an",
+            await ws.send(json.dumps({"type": "action", "action": "ack", "incident_id": inc["id"],
                                       "note": "power company called", "ref": "r1"}))
             results: list[dict[str, Any]] = []
             deadline = time.monotonic() + 10
@@ -134,7 +146,7 @@ async def test_district_power_outage_pages_once_is_acked_over_websocket_and_surv
         assert f"/api/incidents/{inc['id']}/ack" in ours[0]["body"]["links"]["ack"]
 
         detail = call(f"{srv.url}/api/incidents/{inc['id']}")
-        assert detail["state"] == "acknowledged" and detail["acked_by"] == "an"
+        assert detail["state"] == "acknowledged" and detail["acked_by"] == "token:an"
         assert len(detail["alerts"]) == 6 and all(a["state"] == "acknowledged" for a in detail["alerts"])
         actions = [h["action"] for h in detail["history"]]
         assert actions[0] == "incident_opened" and actions.count("alert_opened") == 6
@@ -150,9 +162,10 @@ async def test_district_power_outage_pages_once_is_acked_over_websocket_and_surv
         assert again is not None and again["id"] == inc["id"] and again["state"] == "acknowledged"
         assert again["member_count"] == 6
         # Resolving by hand works after the restart too, and the audit trail records who did it.
-        call(f"{srv.url}/api/incidents/{inc['id']}/resolve", {"actor": "an", "note": "mains back"}, "POST")
+        # "actor" in the body is ignored: the audit trail names the caller.
+        call(f"{srv.url}/api/incidents/{inc['id']}/resolve", {"actor": "someone-else", "note": "mains back"}, "POST")
         detail = call(f"{srv.url}/api/incidents/{inc['id']}")
-        assert detail["state"] == "resolved" and detail["history"][-1]["actor"] == "an"
+        assert detail["state"] == "resolved" and detail["history"][-1]["actor"] == "token:an"
     finally:
         srv.stop()
         pub.close()
@@ -164,8 +177,8 @@ async def test_silence_crud_and_validation(database_url: str, mqtt_port: int, ar
     with ServeProcess(env, artifacts / "serve.log") as srv:
         ends = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
         created = call(f"{srv.url}/api/silences", {"matchers": {"district": "LC", "kind": "bts"}, "ends_at": ends,
-                                                   "reason": "substation work", "author": "an"}, "POST")
-        assert created["matchers"] == {"district": "LC", "kind": "bts"}
+                                                   "reason": "substation work", "author": "x"}, "POST")
+        assert created["matchers"] == {"district": "LC", "kind": "bts"} and created["author"] == "token:an"
         assert any(s["id"] == created["id"] for s in call(f"{srv.url}/api/silences"))
         for bad in ({"matchers": {}, "ends_at": ends, "reason": "x", "author": "an"},
                     {"matchers": {"colour": "red"}, "ends_at": ends, "reason": "x", "author": "an"}):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,8 +31,13 @@ async def test_demo_serves_live_frames_within_30s_and_stops_cleanly(tmp_path: Pa
     try:
         while time.monotonic() - started < 30 and not readings:
             assert proc.poll() is None, (artifacts / "demo.log").read_text()[-3000:]
+            # The demo prints the wall's link with a viewer token; the feed refuses anyone without one.
+            link = re.search(r"wall display: +http://\S+/\?token=(\S+)", (artifacts / "demo.log").read_text())
+            if link is None:
+                await asyncio.sleep(0.2)
+                continue
             try:
-                async with websockets.connect(f"ws://127.0.0.1:{port}/ws/live", open_timeout=2,
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws/live?token={link[1]}", open_timeout=2,
                                               max_size=None) as ws:
                     deadline = started + 30
                     while time.monotonic() < deadline and not readings:
@@ -43,6 +49,8 @@ async def test_demo_serves_live_frames_within_30s_and_stops_cleanly(tmp_path: Pa
         assert readings, f"no live reading within 30 s: {(artifacts / 'demo.log').read_text()[-3000:]}"
         assert elapsed <= 30
         assert {"device_id", "kind", "ts", "metrics"} <= set(readings[0])
+        printed = (artifacts / "demo.log").read_text()
+        assert re.search(r"log in as admin, password \S{12,}", printed), printed[-2000:]
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:

@@ -25,6 +25,7 @@ from ioc.history import write_history
 from ioc.settings import Settings
 from simulators.scenario import load_scenario
 from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
+from tests.support.auth import bearer, make_token_sync
 from tests.support.services import ServeProcess
 
 pytestmark = pytest.mark.integration
@@ -50,11 +51,12 @@ def ts(frame: dict[str, Any]) -> float:
     return datetime.fromisoformat(frame["ts"].replace("Z", "+00:00")).timestamp()
 
 
-async def watch(port: int, ours: str, want: dict[str, str], timeout: float) -> list[dict[str, Any]]:
+async def watch(srv: ServeProcess, ours: str, want: dict[str, str], timeout: float) -> list[dict[str, Any]]:
     """Finding frames about our devices, until each device in ``want`` had the finding type named there."""
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ws/live?types=finding") as ws:
+    viewer = bearer(make_token_sync(srv.env["IOC_DATABASE_URL"], "viewer"))
+    async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws/live?types=finding", additional_headers=viewer) as ws:
         while not all(any(f["device_id"] == d and f["finding_type"] == t for f in seen) for d, t in want.items()):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -86,7 +88,7 @@ async def test_simulator_accident_and_covered_camera_are_findings_on_the_feed(mq
                     [sys.executable, "-m", "simulators", "--scenario", str(spec), "--duration", "120",
                      "--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--ground-truth", str(truth),
                      "--retain-expiry", "60"], env=env, stdout=log, stderr=subprocess.STDOUT)
-            seen = await watch(srv.port, prefix, {road: "speed_collapse", camera: "occlusion"}, 100)
+            seen = await watch(srv, prefix, {road: "speed_collapse", camera: "occlusion"}, 100)
         (artifacts / "findings.json").write_text(json.dumps(seen, indent=1))
         onset = {json.loads(line)["devices"][0]: datetime.fromisoformat(json.loads(line)["start"].replace(
             "Z", "+00:00")).timestamp() for line in truth.read_text().splitlines()}

@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from tests.conftest import ingest_env
+from tests.support.auth import bearer, make_token_sync
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import ServeProcess
 
@@ -32,11 +33,17 @@ def server(database_url: str, mqtt_port: int, artifacts: Path) -> Iterator[Serve
     env = ingest_env(database_url, mqtt_port, IOC_MQTT__CLIENT_ID=f"live-{uuid.uuid4().hex[:6]}",
                      IOC_LIVE__CLIENT_QUEUE="500", IOC_LIVE__REGISTRY_SYNC_S="0.5")
     with ServeProcess(env, artifacts / "serve.log") as srv:
+        AUTH.update(bearer(make_token_sync(database_url, "viewer")))
         yield srv
+        AUTH.clear()
+
+
+AUTH: dict[str, str] = {}  # a viewer token: what a wall display holds
 
 
 def ws_url(srv: ServeProcess, query: str) -> str:
-    return f"ws://127.0.0.1:{srv.port}/ws/live?{query}"
+    token = AUTH["Authorization"].removeprefix("Bearer ")
+    return f"ws://127.0.0.1:{srv.port}/ws/live?{query}&token={token}"
 
 
 async def recv_frames(ws: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -55,7 +62,7 @@ async def collect(ws: Any, predicate: Any, timeout: float = 20.0) -> list[dict[s
 def get_json(url: str) -> Any:
     """GET a JSON document; None on 404."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH), timeout=5) as resp:
             return json.load(resp)
     except urllib.error.HTTPError as err:
         if err.code == 404:
@@ -144,7 +151,8 @@ def stalled_socket(port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
     sock.sendall(b"GET /ws/live HTTP/1.1\r\nHost: ioc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                 b"Authorization: " + AUTH["Authorization"].encode() + b"\r\n\r\n")
     return sock
 
 

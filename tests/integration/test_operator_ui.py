@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
-from tests.integration.browser_support import Pages, chromium, publish_event, publish_fleet, wait_js
+from tests.integration.browser_support import Pages, chromium, log_in, publish_event, publish_fleet, wait_js
+from tests.support.auth import bearer, make_token_sync, make_user_sync
 from tests.support.mqtt import Publisher
 from tests.support.services import ServeProcess, private_mosquitto, wait_until
 
@@ -31,9 +32,18 @@ def server(artifacts: Path) -> Iterator[tuple[ServeProcess, int]]:
             env = ingest_env(dsn, port, IOC_MQTT__CLIENT_ID=f"ops-{uuid.uuid4().hex[:6]}", IOC_ALERTS__TICK_S="0.2",
                              IOC_ANALYTICS__ENABLED="false")
             with ServeProcess(env, artifacts / "serve.log") as srv:
+                AUTH.update(bearer(make_token_sync(dsn, "admin")))
+                USERS["an"] = make_user_sync(dsn, "officer", "an")[1]
+                USERS["xem"] = make_user_sync(dsn, "viewer", "xem")[1]
                 yield srv, port
     finally:
+        AUTH.clear()
+        USERS.clear()
         asyncio.run(drop_database(BASE_DSN, dsn))
+
+
+AUTH: dict[str, str] = {}  # the test's own API calls: an admin token
+USERS: dict[str, str] = {}  # user name -> password: "an" an officer, "xem" a viewer
 
 
 @pytest.fixture
@@ -46,7 +56,7 @@ def pages(artifacts: Path) -> Iterator[Pages]:
 
 def api(url: str, body: dict[str, Any] | None = None, method: str = "GET") -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **AUTH})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.load(resp)
 
@@ -98,11 +108,25 @@ def test_operator_lists_incident_page_silences_and_device_page(server: tuple[Ser
         states = api(f"{srv.url}/api/devices/{bts[0]}/status")
         assert [(s["state"], s["reason"]) for s in states] == [("online", "test")]
 
+        # A viewer sees the lists but is offered no action, and the server refuses one anyway.
+        viewer = pages.open("ops-viewer", 1366, 900)
+        viewer.goto(f"{srv.url}/ops?lang=vi")
+        viewer.wait_for_url(f"{srv.url}/login?next=%2Fops%3Flang%3Dvi")  # anonymous: sent to the login page
+        log_in(viewer, srv.url, "xem", USERS["xem"], f"/ops?lang=vi#/incidents/{power['id']}")
+        ops_wait(viewer, "window.__ops.view === 'IncidentView' && window.__ops.ready")
+        assert viewer.inner_text("#user") == "xem · chỉ xem"
+        assert not viewer.is_visible(".action-bar")
+        refused = viewer.evaluate(f"""fetch('/api/incidents/{power['id']}/ack', {{method: 'POST', body: '{{}}',
+            headers: {{'Content-Type': 'application/json',
+                       'X-CSRF-Token': document.cookie.match(/ioc_csrf=([^;]+)/)[1]}}}}).then(r => r.status)""")
+        assert refused == 403
+        viewer.click("#logout")
+        viewer.wait_for_url(f"{srv.url}/login?next=*")
+
         page = pages.open("ops", 1366, 900)
-        page.goto(f"{srv.url}/ops?lang=vi#/incidents")
+        log_in(page, srv.url, "an", USERS["an"], "/ops?lang=vi#/incidents")
         ops_wait(page, "window.__ops.connected && window.__ops.ready")
-        page.fill("#officer", "an")
-        page.dispatch_event("#officer", "change")
+        assert page.inner_text("#user") == "an · cán bộ trực"
         assert page.inner_text("nav a.on") == "Sự cố"
         wait_js(page, "document.querySelectorAll('table.list tbody tr.row').length === 2", hook="__ops")
         assert any(t.startswith(f"#{power['id']} Mất điện lưới 3 trạm BTS tại Lê Chân") for t in rows(page))

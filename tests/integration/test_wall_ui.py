@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,7 +23,8 @@ import pytest
 
 from ioc.geo import City
 from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
-from tests.integration.browser_support import WHERE, Pages, chromium, publish_event, publish_fleet, wait_js
+from tests.integration.browser_support import WHERE, Pages, chromium, log_in, publish_event, publish_fleet, wait_js
+from tests.support.auth import bearer, make_token_sync, make_user_sync
 from tests.support.mqtt import Publisher
 from tests.support.services import ServeProcess, free_port, private_mosquitto, wait_until
 
@@ -65,11 +68,21 @@ def test_wall_figures_from_a_controlled_fleet(own_database: str, broker: int, pa
     # Detectors on: their worker processes must not get in the way of the page.
     env = ingest_env(own_database, broker, IOC_MQTT__CLIENT_ID=f"wall-{uuid.uuid4().hex[:6]}")
     with ServeProcess(env, artifacts / "serve.log") as server:
-        with urllib.request.urlopen(f"{server.url}/", timeout=5) as resp:  # 404 here: routes_wall is not mounted
+        viewer = make_token_sync(own_database, "viewer", "wall")
+        try:  # anonymous: 401, and a page that sends the browser to the login page
+            urllib.request.urlopen(f"{server.url}/", timeout=5)
+            raise AssertionError("the wall answered an anonymous request")
+        except urllib.error.HTTPError as err:
+            assert err.code == 401 and "/login?next=" in err.read().decode()
+        req = urllib.request.Request(f"{server.url}/", headers=bearer(viewer))
+        with urllib.request.urlopen(req, timeout=5) as resp:  # 404 here: routes_wall is not mounted
             assert resp.headers["content-type"].startswith("text/html")
             assert resp.headers["cache-control"] == "no-cache"
+            assert "frame-ancestors 'none'" in resp.headers["content-security-policy"]
         page = pages.open("wall")
-        page.goto(f"{server.url}/?lang=vi")
+        # The wall runs on a viewer token: its link opens a session and the token leaves the address bar.
+        page.goto(f"{server.url}/?token={viewer}&lang=vi")
+        page.wait_for_url(f"{server.url}/?lang=vi")
         wait_js(page, "window.__ioc && window.__ioc.connected && window.__ioc.cityLoaded")
         assert page.inner_text("#city-name") == "Hải Phòng"
 
@@ -115,8 +128,9 @@ def test_wall_figures_from_a_controlled_fleet(own_database: str, broker: int, pa
 
             # Resolved by hand, then the mains fail again: the same incident comes back, marked as reopened.
             req = urllib.request.Request(f"{server.url}/api/incidents/{shown['id']}/resolve", method="POST",
-                                         data=json.dumps({"actor": "an"}).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         data=json.dumps({"note": "đã xử lý"}).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  **bearer(make_token_sync(own_database, "officer", "an"))})
             urllib.request.urlopen(req, timeout=5).close()
             wait_js(page, f"window.__ioc.incident({shown['id']})?.state === 'resolved'", 5)
             publish_event(pub, "bts", f"WB-HB-{tag}", "mains_power_lost", "major", battery_pct=95)
@@ -197,9 +211,9 @@ def parse_ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def summary_bts(url: str) -> dict[str, str]:
+def summary_bts(url: str, token: str) -> dict[str, str]:
     """BTS online % per district as /api/summary counts it, formatted as the wall formats it."""
-    with urllib.request.urlopen(f"{url}/api/summary", timeout=5) as resp:
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/api/summary", headers=bearer(token)), timeout=5) as resp:
         rows = json.load(resp)
     return {r["district"]: f"{int(100 * r['online'] / r['total'] + 0.5)}%" for r in rows
             if r["kind"] == "bts" and r["district"] and r["total"]}
@@ -212,15 +226,17 @@ def test_wall_on_the_running_demo(own_database: str, broker: int, pages: Pages, 
     demo.start()
     pub = Publisher(broker)
     try:
+        # The demo prints the wall's link, with a viewer token.
+        token = re.findall(r"wall display: +http://\S+/\?token=(\S+)", demo.log.read_text())[-1]
         wall = pages.open("wall", 1366, 768)
-        wall.goto(f"{demo.url}/?lang=vi")
+        wall.goto(f"{demo.url}/?token={token}&lang=vi")
         # The simulator's small city: 60 BTS, 20 cameras, 30 traffic sensors, all on the map.
         wait_js(wall, "window.__ioc.connected && window.__ioc.devices >= 110 && window.__ioc.drawnDevices >= 110", 60)
         wait_js(wall, "[...document.querySelectorAll('.cam:not([hidden]) img')].filter(i => i.naturalWidth > 0)"
                       ".length >= 4", 30)
         # District tiles agree with the server's own counts.
         def tiles_match() -> bool:
-            want = summary_bts(demo.url)
+            want = summary_bts(demo.url, token)
             shown = {code: wall.inner_text(f".district[data-code={code}] .v.b b") for code in want}
             last["want"], last["shown"] = want, shown
             return bool(want) and shown == want
@@ -243,7 +259,8 @@ def test_wall_on_the_running_demo(own_database: str, broker: int, pages: Pages, 
         # From when the backend raised it (the engine's audit entry) to when the wall drew it; and, for the
         # record, from the device's alarm (that adds the ingest and the engine's tick, which the demo's warm-up
         # on a simulated day of history can slow down in its first minute).
-        with urllib.request.urlopen(f"{demo.url}/api/incidents/{inc['id']}", timeout=5) as resp:
+        req = urllib.request.Request(f"{demo.url}/api/incidents/{inc['id']}", headers=bearer(token))
+        with urllib.request.urlopen(req, timeout=5) as resp:
             history = json.load(resp)["history"]
         raised = next(h["ts"] for h in history if h["action"] == "incident_opened")
         latency = (inc["shownAt"] - parse_ts(raised) * 1000) / 1000
@@ -256,10 +273,9 @@ def test_wall_on_the_running_demo(own_database: str, broker: int, pages: Pages, 
 
         # Acknowledged in the operator view: the wall follows within 2 s.
         ops = pages.open("ops", 1366, 900)
-        ops.goto(f"{demo.url}/ops?lang=vi#/incidents/{inc['id']}")
+        log_in(ops, demo.url, "an", make_user_sync(own_database, "officer", "an")[1],
+               f"/ops?lang=vi#/incidents/{inc['id']}")
         wait_js(ops, "window.__ops && window.__ops.ready && window.__ops.connected", hook="__ops")
-        ops.fill("#officer", "an")
-        ops.dispatch_event("#officer", "change")
         ops.fill(".action-bar .note", "đã gọi điện lực")
         clicked = time.time()
         ops.click(".act-ack")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -23,6 +24,7 @@ from ioc.auth.model import Role
 from ioc.auth.service import CSRF_COOKIE
 
 ROLES = ("viewer", "officer", "supervisor", "admin")
+T = TypeVar("T")
 
 
 async def make_token(database_url: str, role: str = "admin", name: str | None = None, days: float = 1.0) -> str:
@@ -50,12 +52,18 @@ async def make_user(database_url: str, role: str = "officer", username: str | No
 
 
 def make_token_sync(database_url: str, role: str = "admin", name: str | None = None) -> str:
-    """:func:`make_token` from synchronous code (no event loop running in this thread)."""
-    return asyncio.run(make_token(database_url, role, name))
+    """:func:`make_token` from synchronous code (also from inside a running event loop: it uses a thread)."""
+    return _in_thread(make_token(database_url, role, name))
 
 
-def make_user_sync(database_url: str, role: str = "officer", username: str | None = None) -> tuple[str, str]:
-    return asyncio.run(make_user(database_url, role, username))
+def make_user_sync(database_url: str, role: str = "officer", username: str | None = None,
+                   password: str | None = None) -> tuple[str, str]:
+    return _in_thread(make_user(database_url, role, username, password))
+
+
+def _in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def bearer(token: str) -> dict[str, str]:

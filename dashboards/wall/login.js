@@ -1,0 +1,32 @@
+// The login page: user name and password to /api/auth/login (a session cookie comes back), then on to the
+// page that sent us here (?next=, only a path on this site).
+const form = document.getElementById("login-form");
+const error = document.getElementById("login-error");
+
+function nextPage() {
+  const next = new URLSearchParams(location.search).get("next") || "/ops";
+  return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/ops";
+}
+
+form.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  error.textContent = "";
+  const body = { username: form.username.value.trim(), password: form.password.value };
+  try {
+    const resp = await fetch("/api/auth/login", {
+      method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (resp.ok) {
+      location.assign(nextPage());
+      return;
+    }
+    const doc = await resp.json().catch(() => ({}));
+    error.textContent = resp.status === 429 ? "Quá nhiều lần thử / Too many attempts: wait a minute"
+      : `Sai tên đăng nhập hoặc mật khẩu / ${typeof doc.detail === "string" ? doc.detail : "login failed"}`;
+  } catch (err) {
+    error.textContent = `Lỗi mạng / Network error: ${err.message}`;
+  }
+  form.password.value = "";
+  form.password.focus();
+});

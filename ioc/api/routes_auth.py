@@ -1,0 +1,166 @@
+"""Logging in and out of the pages, who am I, and the admin's users and API tokens (see docs/security.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ioc.api.deps import PoolDep, Principal, Role, requires
+from ioc.api.routes_wall import serve_page
+from ioc.auth import secrets as sec
+from ioc.auth import store
+from ioc.auth.service import CSRF_COOKIE, SESSION_COOKIE, Authenticator, client_address
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["auth"])
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64)
+    role: str = Field(pattern="^(viewer|officer|supervisor|admin)$")
+    password: str | None = Field(None, min_length=sec.MIN_PASSWORD, max_length=1024,
+                                 description="default: a random one, returned once")
+    display_name: str | None = Field(None, max_length=200)
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    role: str = Field(pattern="^(viewer|officer|supervisor|admin)$")
+    days: float | None = Field(None, gt=0, le=3650, description="default IOC_AUTH__TOKEN_DAYS")
+
+
+def _auth(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.auth
+    return auth
+
+
+@router.get("/login", include_in_schema=False, dependencies=[requires(Role.PUBLIC)])
+async def login_page(request: Request) -> Response:
+    """The login page (a form posting to /api/auth/login)."""
+    return serve_page("login.html", request)
+
+
+@router.post("/api/auth/login", dependencies=[requires(Role.PUBLIC)])
+async def login(request: Request, response: Response, pool: PoolDep, body: LoginRequest) -> dict[str, Any]:
+    """Check a local user's password and open a session (HttpOnly cookie + a CSRF token for the pages)."""
+    auth = _auth(request)
+    origin = request.headers.get("origin")
+    if origin and not _same_origin(request, origin) and origin not in auth.config.cors_origins:
+        raise HTTPException(403, "login from another site refused")
+    if not auth.allow_login(client_address(request), body.username):
+        raise HTTPException(429, "too many login attempts; wait a minute")
+    async with pool.acquire() as conn:
+        user = await store.user_for_login(conn, body.username)
+    stored = user["password_hash"] if user else None
+    ok = await asyncio.to_thread(sec.verify_password, stored, body.password)
+    if not ok or user is None or user["disabled"]:
+        logger.info("login refused for %r from %s", body.username[:64], client_address(request))
+        raise HTTPException(401, "wrong user name or password")
+    async with pool.acquire() as conn:
+        if sec.needs_rehash(user["password_hash"]):
+            await store.rehash_password(conn, user["id"], body.password)
+        await store.note_login(conn, user["id"])
+        sid, csrf = await store.create_session(conn, auth.config.session_hours, user_id=user["id"])
+    set_session_cookies(request, response, sid, csrf)
+    logger.info("login: %s (%s) from %s", user["username"], user["role"], client_address(request))
+    return {"name": user["username"], "display_name": user["display_name"], "role": user["role"], "csrf": csrf}
+
+
+@router.post("/api/auth/logout")
+async def logout(pool: PoolDep, response: Response,
+                 me: Annotated[Principal, requires(Role.VIEWER)]) -> dict[str, str]:
+    """End this session (the cookie is cleared; a bearer token is not revoked by this, see /api/auth/tokens)."""
+    if me.session_id is not None:
+        async with pool.acquire() as conn:
+            await store.end_session(conn, me.session_id)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")
+    return {"status": "logged out"}
+
+
+@router.get("/api/auth/me")
+async def whoami(me: Annotated[Principal, requires(Role.VIEWER)]) -> dict[str, Any]:
+    """The caller: name, role, how authenticated, and (for a cookie session) the CSRF token the pages send."""
+    return {**me.public(), "csrf": me.csrf,
+            "can": {"act": me.role >= Role.OFFICER, "silence_long": me.role >= Role.SUPERVISOR,
+                    "roster": me.role >= Role.SUPERVISOR, "admin": me.role >= Role.ADMIN}}
+
+
+@router.get("/api/auth/users", dependencies=[requires(Role.ADMIN)])
+async def list_users(pool: PoolDep) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        return await store.list_users(conn)
+
+
+@router.post("/api/auth/users", status_code=201, dependencies=[requires(Role.ADMIN)])
+async def create_user(pool: PoolDep, body: UserCreate) -> dict[str, Any]:
+    """A local user; without a password, a random one is made and returned once."""
+    password = body.password or sec.new_password()
+    try:
+        async with pool.acquire() as conn:
+            row = await store.create_user(conn, body.username, Role.parse(body.role), password, body.display_name)
+    except ValueError as err:
+        raise HTTPException(422 if "exists" not in str(err) else 409, str(err)) from None
+    return {**row, "password": None if body.password else password}
+
+
+@router.get("/api/auth/tokens", dependencies=[requires(Role.ADMIN)])
+async def list_tokens(pool: PoolDep, include_revoked: bool = False) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        return await store.list_tokens(conn, include_revoked)
+
+
+@router.post("/api/auth/tokens", status_code=201)
+async def create_token(request: Request, pool: PoolDep, body: TokenCreate,
+                       me: Annotated[Principal, requires(Role.ADMIN)]) -> dict[str, Any]:
+    """A new API token; its secret is in the answer and never again."""
+    days = body.days or _auth(request).config.token_days
+    try:
+        async with pool.acquire() as conn:
+            secret, row = await store.create_token(conn, body.name, Role.parse(body.role), days, me.name)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+    return {**row, "token": secret}
+
+
+@router.delete("/api/auth/tokens/{token_id}", dependencies=[requires(Role.ADMIN)])
+async def revoke_token(pool: PoolDep, token_id: int) -> dict[str, str]:
+    async with pool.acquire() as conn:
+        if not await store.revoke_token(conn, token_id):
+            raise HTTPException(404, f"no active token {token_id}")
+    return {"status": "revoked"}
+
+
+def set_session_cookies(request: Request, response: Response, sid: str, csrf: str) -> None:
+    """The session cookie (HttpOnly) and the CSRF cookie the pages' scripts read and echo in X-CSRF-Token."""
+    auth = _auth(request)
+    secure = auth.cookie_secure(request)
+    max_age = int(auth.config.session_hours * 3600)
+    response.set_cookie(SESSION_COOKIE, sid, max_age=max_age, path="/", httponly=True, secure=secure,
+                        samesite=auth.config.cookie_samesite)
+    response.set_cookie(CSRF_COOKIE, csrf, max_age=max_age, path="/", httponly=False, secure=secure,
+                        samesite="strict")
+
+
+def _same_origin(request: Request, origin: str) -> bool:
+    parts = urlsplit(origin)
+    return parts.netloc == request.headers.get("host", "") and parts.scheme in ("http", "https")
+
+
+__all__ = ["router", "set_session_cookies"]
