@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -108,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     stdout=(args.keep / "simulator.log").open("wb"), stderr=subprocess.STDOUT)
                 feed: dict[str, float] = {}
                 t0 = time.monotonic()
-                asyncio.run(_count_frames(f"ws://127.0.0.1:{api.port}/ws/live", seconds, feed))
+                token = api.auth_headers()["Authorization"].removeprefix("Bearer ")
+                asyncio.run(_count_frames(f"ws://127.0.0.1:{api.port}/ws/live?token={token}", seconds, feed))
                 sim.wait(timeout=seconds + 120)
                 sim_stats = json.loads(stats_file.read_text())
                 sent = sim_stats["acked"]
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(1)
                 drained = time.monotonic() - t0 - seconds
                 after = [scrape(p) for p in ports]
-                live = json.load(urllib.request.urlopen(f"{api.url}/api/incidents/live", timeout=10))
+                live = api.get("/api/incidents/live")
                 cpu = {k: tree_cpu(v) - cpu0[k] for k, v in pids.items()}
                 rss = {k: rss_mb(v) for k, v in pids.items()}
                 for w, _ in extra:
