@@ -93,6 +93,16 @@ def connection_principal(connection: HTTPConnection) -> Principal | None:
     return principal
 
 
+async def recheck(connection: HTTPConnection) -> Principal | None:
+    """The caller of a long-lived connection looked up again (a WebSocket action after a logout, a password
+    change, a disabled user or a revoked token is refused); ``None`` when the credential no longer holds."""
+    connection.scope.pop(PRINCIPAL_SCOPE_KEY, None)
+    try:
+        return await identify(connection)
+    except HTTPException:
+        return None
+
+
 async def websocket_origin(ws: WebSocket) -> None:
     """Refuse (403 at the handshake) a browser page from another origin: the page's own origin and
     ``IOC_AUTH__WS_ORIGINS`` are allowed; clients that send no Origin (not browsers) are too."""
@@ -183,4 +193,4 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 CurrentPrincipal = Annotated[Principal | None, Depends(require_access)]
 
 __all__ = ["BackendDep", "CurrentPrincipal", "PoolDep", "Principal", "Role", "connection_principal", "declared_role",
-           "iter_routes", "require_access", "requires", "websocket_origin", "websocket_slot"]
+           "iter_routes", "recheck", "require_access", "requires", "websocket_origin", "websocket_slot"]

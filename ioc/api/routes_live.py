@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from pydantic import ValidationError
 
 from ingest.metrics import HANDLER_ERRORS
-from ioc.api.deps import PoolDep, Role, connection_principal, requires, websocket_origin, websocket_slot
+from ioc.api.deps import PoolDep, Role, recheck, requires, websocket_origin, websocket_slot
 from ioc.api.edge import bad_text_in_message
 from ioc.api.routes_alerts import ActionRequest
 from ioc.cluster import actions as cluster_actions
@@ -95,9 +95,11 @@ async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) 
     "note": "..."}``; answered with an ``action_result`` frame (the change itself arrives as an incident frame)."""
     ref = doc.get("ref")
     try:
-        me = connection_principal(ws)  # authenticated at the handshake; the actor is who logged in
-        if me is None or me.role < Role.OFFICER:
-            raise PermissionError(f"actions need the officer role; you are {me.role.label if me else 'anonymous'}")
+        me = await recheck(ws)  # still valid (not logged out, disabled or revoked since the handshake)
+        if me is None:
+            raise PermissionError("your session or token is no longer valid; log in again")
+        if me.role < Role.OFFICER:
+            raise PermissionError(f"actions need the officer role; you are {me.role.label}")
         if not ws.app.state.auth.allow_action(me):
             raise PermissionError("too many actions; slow down")
         action = str(doc.get("action"))

@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -133,7 +134,8 @@ async def action_result(ws: Any, doc: dict[str, Any]) -> dict[str, Any]:
                     return frame  # type: ignore[no-any-return]
 
 
-async def test_websocket_handshake_origin_and_action_roles(api_app: FastAPI, tokens: dict[Role, str]) -> None:
+async def test_websocket_handshake_origin_and_action_roles(api_app: FastAPI, tokens: dict[Role, str],
+                                                          database_url: str) -> None:
     async with serve(api_app) as port:
         url = f"ws://127.0.0.1:{port}/ws/live?types=incident"
         assert await ws_status(url) == 401
@@ -155,3 +157,14 @@ async def test_websocket_handshake_origin_and_action_roles(api_app: FastAPI, tok
             assert bad["status"] == 422, bad
             extra = await action_result(ws, {**WS_ACTION, "ref": "c", "colour": "red"})
             assert extra["ok"] is False, extra
+        # The credential is looked up again for each action: revoked since the handshake -> refused.
+        officer = await make_token(database_url, "officer", "ws-revoked")
+        async with websockets.connect(url, additional_headers=bearer(officer)) as ws:
+            assert (await action_result(ws, {**WS_ACTION, "ref": "d"})).get("status") != 403
+            conn = await asyncpg.connect(database_url)
+            try:
+                await conn.execute("UPDATE auth_tokens SET revoked_at = now() WHERE name = 'ws-revoked'")
+            finally:
+                await conn.close()
+            late = await action_result(ws, {**WS_ACTION, "ref": "e"})
+            assert late["status"] == 403 and "no longer valid" in late["detail"], late
