@@ -26,9 +26,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest import paho_speedups
 from ingest.backoff import Backoff
+from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.tls import TlsOptions
 
 logger = logging.getLogger(__name__)
+errors = RateLimitedLog(logger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,8 @@ class MqttSession:
         self._stopping = False
         self._was_stable = False  # set 10 s after a connect that held; resets the reconnect backoff
         self.reconnects = 0
+        self.messages_in = 0  # messages handed to on_message (progress, for health checks)
+        self.refused_subscriptions: list[str] = []  # reason codes of a refused SUBACK (health checks)
 
     @property
     def generation(self) -> int:
@@ -195,6 +199,10 @@ class MqttSession:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=opts.client_id,
                              protocol=mqtt.MQTTv5)
         client.manual_ack_set(True)
+        # A handler error must never escape into paho's reader: paho resets its packet state only after a
+        # packet was handled, so an escaping exception makes it handle the same packet again and again.
+        # Our handler catches everything itself; this is the second fence.
+        client.suppress_exceptions = True
         if opts.username:
             client.username_pw_set(opts.username, opts.password)
         if opts.tls is not None:
@@ -204,6 +212,7 @@ class MqttSession:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -261,7 +270,13 @@ class MqttSession:
         for _ in range(_PACKETS_PER_WAKEUP):
             if not self._reading or self._sock is None:
                 return
-            rc = client._packet_read()
+            try:
+                rc = client._packet_read()
+            except Exception:  # paho itself failed on a packet: drop the link (reconnect resets paho's reader)
+                HANDLER_ERRORS.labels("mqtt_reader").inc()
+                logger.exception("MQTT reader failed; dropping the connection to start clean")
+                client._loop_rc_handle(mqtt.MQTT_ERR_PROTOCOL)
+                return
             if rc == mqtt.MQTT_ERR_AGAIN:
                 return
             if rc != mqtt.MQTT_ERR_SUCCESS:
@@ -299,6 +314,15 @@ class MqttSession:
         if self._on_change:
             self._on_change(True)
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      properties: Any) -> None:
+        # A subscription the broker refuses (an ACL, a share group the account may not join) leaves a session
+        # that is connected and receives nothing: say so loudly, and let health checks see it.
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        self.refused_subscriptions = refused
+        if refused:
+            logger.error("MQTT broker refused the subscription %s: %s", self.options.subscriptions, ", ".join(refused))
+
     def _mark_stable(self, generation: int) -> None:
         self._was_stable = generation == self._generation and self._connected.is_set()
 
@@ -313,4 +337,9 @@ class MqttSession:
                 self._on_change(False)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._on_message_cb(message, self._generation)
+        self.messages_in += 1
+        try:
+            self._on_message_cb(message, self._generation)
+        except Exception:  # the handlers catch their own errors; this only guards paho's reader
+            HANDLER_ERRORS.labels("mqtt_handler").inc()
+            errors.log("MQTT message handler raised (message %s on %r)", message.mid, message._topic[:200])

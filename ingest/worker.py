@@ -190,6 +190,9 @@ class IngestWorker:
                             f"{now - self._progress_at:.0f} s{why}")
         if self._disconnected_at is not None and now - self._disconnected_at > stall:
             problems.append(f"ingest: MQTT broker link down for {now - self._disconnected_at:.0f} s")
+        refused = ", ".join(self.session.refused_subscriptions)
+        if refused:
+            problems.append(f"ingest: the broker refused the subscription ({refused}): connected, receiving nothing")
         if self._paused_at is not None and now - self._paused_at > stall:
             problems.append(f"ingest: reading paused by back-pressure for {now - self._paused_at:.0f} s")
         return problems

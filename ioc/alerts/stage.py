@@ -13,12 +13,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from analytics.findings import Finding
 from ingest.backoff import Backoff
+from ingest.errors import Failure, classify
+from ingest.metrics import HANDLER_ERRORS
 from ingest.records import DeviceEvent, ParsedMessage, Reading, Snapshot, StatusUpdate
 from ioc.alerts import rules
 from ioc.alerts.config import AlertsConfig
@@ -34,6 +37,7 @@ from ioc.geo import City
 from ioc.live.hub import LiveHub
 from storage import alerts as store
 from storage import notifications as outbox
+from storage.set_aside import set_aside
 from storage.writes import load_state, save_state
 
 logger = logging.getLogger(__name__)
@@ -41,9 +45,11 @@ logger = logging.getLogger(__name__)
 ALERTS_FIRED = Counter("ioc_alerts_fired", "Alerts fired", ["rule", "severity"])
 PAGES = Counter("ioc_alert_pages", "Incident pages (one per firing/escalation/resolution, before fan-out)",
                 ["reason"])
+SET_ASIDE = Counter("ioc_set_aside", "Pieces of change sets set aside because the data was refused", ["stage"])
 LIVE_INCIDENTS = Gauge("ioc_incidents_live", "Open or acknowledged incidents")
 LIVENESS_STATE = "alerts_liveness"  # analytics_state row: device arrivals, so a restart still sees silence
 LIVENESS_EVERY_S = 300.0
+STALL_S = 30.0  # change sets unstored this long: /readyz says not ready
 _MAX_SIGNALS = 200_000  # bound on signals waiting for a tick (a storm is summarised by dedupe keys anyway)
 
 
@@ -60,8 +66,11 @@ class AlertStage:
         self._officers: list[dict[str, Any]] = []
         self._live_devices: set[str] = set()
         self._lock = asyncio.Lock()  # officers' actions and the tick take turns with the engine
+        self._flush_attempts = 0
+        self.flush_failing_since: datetime | None = None  # set while change sets wait for the database
         self.liveness = Liveness(config.silent_factor, config.silent_min_s)
         self._stalled = False
+        self._quiet = 0
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # replays set simulated time
         self.loaded = False  # the engine numbers rows itself: it must not run before it knows the last ids
         # Set when started against the database: silence is counted from then (the downtime was ours).
@@ -214,6 +223,7 @@ class AlertStage:
             # Most of the city fell quiet at once: that is our input stalling (ingest backlog, broker
             # link), not the devices. Judge them again once messages flow.
             self.liveness.unmark(d for d, _, _ in overdue)
+            self._quiet = len(overdue)
             if not self._stalled:
                 logger.warning("input stalled: %d of %d devices quiet at once; silence alerts held back",
                                len(overdue), len(self.liveness.devices))
@@ -245,10 +255,9 @@ class AlertStage:
                 if rows:
                     await outbox.enqueue(conn, rows)
         except Exception as err:
-            logger.warning("alert changes not stored yet (%s); retrying next tick", err)
-            ch.merge(self._unsaved)
-            self._unsaved = ch
-            return None
+            if not await self._flush_failed(ch, err):
+                return None
+        self._flush_attempts, self.flush_failing_since = 0, None
         for entry in ch.audit:
             if entry.action == "alert_opened":
                 ALERTS_FIRED.labels(entry.detail.get("rule", "?"), entry.detail.get("severity", "?")).inc()
@@ -258,6 +267,79 @@ class AlertStage:
         self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
         LIVE_INCIDENTS.set(len(self.engine.live_incidents()))
         return ch
+
+    def health_problems(self) -> list[str]:
+        """Changes waiting for the database too long make the process not ready (empty: healthy)."""
+        problems = []
+        if self._stalled:  # e.g. the input's subscription silently receives nothing, or the broker link hangs
+            problems.append(f"alerts: input stalled, {self._quiet} of {len(self.liveness.devices)} devices quiet at "
+                            "once (silence alerts held back)")
+        since = self.flush_failing_since
+        waited = (datetime.now(UTC) - since).total_seconds() if since is not None else 0.0
+        if waited > STALL_S:
+            problems.append(f"alerts: incident changes not stored for {waited:.0f} s ({len(self._unsaved.incidents)} "
+                            f"incidents, {len(self._unsaved.pages)} pages waiting)")
+        return problems
+
+    async def _flush_failed(self, ch: Changes, err: Exception) -> bool:
+        """A change set was not stored. True when it was dealt with (stored piecewise, refused pieces set aside).
+
+        While the database is away the set is kept and retried next tick (the engine's memory is the truth). But
+        when the data itself is refused (a value PostgreSQL will never take), retrying it for ever would hold every
+        later incident change and page behind it: the set is stored piece by piece instead, and each refused piece
+        goes to the ``set_aside`` table with its error, for admins (``GET /api/set-aside``).
+        """
+        self._flush_attempts += 1
+        if self.flush_failing_since is None:
+            self.flush_failing_since = datetime.now(UTC)
+        if _fenced(err) or classify(err, self._flush_attempts) is Failure.TRANSIENT:
+            logger.warning("alert changes not stored yet (%s); retrying next tick", err)
+            ch.merge(self._unsaved)
+            self._unsaved = ch
+            return False
+        HANDLER_ERRORS.labels("alert_flush").inc()
+        logger.error("alert change set refused (%s: %s); storing it piece by piece", type(err).__name__, err)
+        try:
+            await self._store_piecewise(ch)
+        except Exception as again:  # the database went away meanwhile: whole set retried next tick
+            logger.warning("alert changes not stored yet (%s); retrying next tick", again)
+            ch.merge(self._unsaved)
+            self._unsaved = ch
+            return False
+        return True
+
+    async def _store_piecewise(self, ch: Changes) -> None:
+        """Each incident, alert, audit entry and page in its own transaction; refused ones set aside."""
+        save = store.save_changes
+        pieces: list[tuple[str, Callable[[Any], Awaitable[Any]], Any]] = []
+        for inc in ch.incidents.values():
+            row = self._incident_row(inc)
+            pieces.append((f"incident {inc.id}", partial(save, incidents=[row], alerts=[], audit=[]), row))
+        for a in ch.alerts.values():
+            arow = a.to_dict(raw=True)
+            pieces.append((f"alert {a.id}", partial(save, incidents=[], alerts=[arow], audit=[]), arow))
+        for e in ch.audit:
+            entry = (e.ts, e.incident_id, e.alert_id, e.action, e.actor, e.note, e.detail)
+            pieces.append((f"audit {e.action} of incident {e.incident_id}",
+                           partial(save, incidents=[], alerts=[], audit=[entry]), entry))
+        for page in ch.pages:
+            rows = self._page_rows(page)
+            if rows:
+                pieces.append((f"page {page.reason} of incident {page.incident_id}",
+                               partial(outbox.enqueue, rows=rows), rows))
+        async with self.pool.acquire(timeout=5) as conn:
+            for what, write, doc in pieces:
+                try:
+                    async with conn.transaction():
+                        if self.guard is not None:
+                            await self.guard(conn, Changes())
+                        await write(conn)
+                except Exception as err:
+                    if _fenced(err) or classify(err) is Failure.TRANSIENT:
+                        raise
+                    SET_ASIDE.labels("alerts").inc()
+                    logger.error("alert change set aside: %s (%s: %s)", what, type(err).__name__, err)
+                    await set_aside(conn, "alerts", what, err, self._flush_attempts, doc)
 
     async def act(self, action: str, incident_id: int, actor: str, note: str | None = None,
                   assignee: str | None = None) -> Incident:
@@ -319,6 +401,11 @@ class AlertStage:
     def snapshot(self) -> dict[str, Any]:
         """Live incidents for the feed's snapshot on connect."""
         return {"incidents": [self.incident_view(i) for i in self.engine.live_incidents()]}
+
+
+def _fenced(err: BaseException) -> bool:
+    """A write refused because this process lost the lease (ioc/cluster): never set aside, never retried here."""
+    return type(err).__name__ == "FencedError"
 
 
 def _member(a: Alert) -> dict[str, Any]:

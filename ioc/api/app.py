@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ingest.records import ParsedMessage
+from ioc import health
 from ioc.api import (
     hardening,
     routes_alerts,
@@ -26,6 +27,7 @@ from ioc.api import (
 )
 from ioc.api.deps import require_access
 from ioc.auth.service import Authenticator
+from ioc.api.edge import check_request_text
 from ioc.cluster.node import Node, Role
 from ioc.geo import City
 from ioc.live.hub import LiveHub
@@ -53,6 +55,7 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
         hub = app.state.hub = LiveHub(app.state.city.district_of, settings.live.ring_size,
                                       settings.live.client_queue, settings.live.heartbeat_s)
         await _seed_hub(app, settings)
+        app.state.listener = None
         tasks = [asyncio.create_task(hub.heartbeat_loop(), name="live-heartbeat"),
                  asyncio.create_task(sync_registry(hub, app.state.pool, settings.live.registry_sync_s),
                                      name="registry-sync")]
@@ -71,8 +74,9 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
             app.state.worker = build_worker(settings, sinks=sinks)
             worker_task = asyncio.create_task(app.state.worker.run(), name="embedded-ingest")
         elif settings.live.listen_mqtt and role != "brain":
-            listener = LiveListener(settings, sinks)
+            listener = app.state.listener = LiveListener(settings, sinks)
             tasks.append(asyncio.create_task(listener.run(), name="live-mqtt"))
+        tasks.append(asyncio.create_task(health.watch(app.state), name="health"))
         try:
             yield
         finally:
@@ -91,7 +95,7 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
                   description="Smart-city Intelligent Operations Center: devices, telemetry, quarantine, live feed, "
                               "alerts and incidents.",
                   docs_url=None, redoc_url=None, openapi_url=None,  # served behind a role: IOC_AUTH__DOCS
-                  dependencies=[Depends(require_access)])
+                  dependencies=[Depends(check_request_text), Depends(require_access)])
     app.state.auth = Authenticator(settings.auth)
     hardening.install(app, settings.auth)
     app.include_router(routes_health.router)

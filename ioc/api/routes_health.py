@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ioc.api.deps import Role, requires
+from ioc.api.deps import PoolDep, Role, requires
+from ioc.health import pipeline_problems
 from storage.db import SchemaNotReady, read_backend
+from storage.set_aside import list_set_aside
 
 router = APIRouter(tags=["health"])
 
@@ -33,8 +37,21 @@ async def readyz(request: Request) -> JSONResponse:
     worker = request.app.state.worker
     if worker is not None:
         checks["mqtt"] = "connected" if worker.session.is_connected else "disconnected"
-    ok = checks["database"] in ("timescaledb", "postgres") and checks.get("mqtt", "connected") == "connected"
-    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+    # Progress, not only sockets: messages waiting and not committed, change sets not stored, a dead shard.
+    problems = pipeline_problems(request.app.state)
+    ok = (checks["database"] in ("timescaledb", "postgres") and checks.get("mqtt", "connected") == "connected"
+          and not problems)
+    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks, "problems": problems},
+                        status_code=200 if ok else 503)
+
+
+@router.get("/api/set-aside", dependencies=[requires(Role.ADMIN)])
+async def set_aside_list(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                         stage: str | None = None) -> list[dict[str, Any]]:
+    """Change sets a stage could not store because the data was refused (never retried in front of the rest),
+    with the error and the refused piece as JSON text. Admins only: pieces may hold personal data."""
+    async with pool.acquire() as conn:
+        return await list_set_aside(conn, limit, stage)
 
 
 @router.get("/metrics", dependencies=[requires(Role.VIEWER)])

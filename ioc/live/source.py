@@ -6,6 +6,7 @@ session at the broker, and never acknowledges anything on behalf of the ingest w
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,9 +14,10 @@ from datetime import UTC, datetime
 import paho.mqtt.client as mqtt
 
 from ingest.contract import SUBSCRIPTION
+from ingest.guard import MetricNameGuard
 from ingest.mqtt_session import MqttSession, SessionOptions
-from ingest.parse import parse_message
 from ingest.records import ParsedMessage
+from ingest.worker import handle_message
 from ioc.settings import Settings
 
 
@@ -24,19 +26,34 @@ class LiveListener:
 
     def __init__(self, settings: Settings, sinks: tuple[Callable[[ParsedMessage], None], ...]) -> None:
         self.sinks = sinks
+        self.guard = MetricNameGuard()
         user, password = settings.mqtt_credentials
         self.session = MqttSession(SessionOptions(
             host=settings.mqtt_host, port=settings.mqtt_port, client_id=f"ioc-live-{uuid.uuid4().hex[:8]}",
             subscriptions=(SUBSCRIPTION,), qos=0, clean_start=True, session_expiry_s=0,
             keepalive_s=settings.mqtt.keepalive_s, username=user, password=password,
-            tls=settings.mqtt_tls), self._on_message)
+            tls=settings.mqtt_tls), self._on_message, self._on_connection_change)
+        self.stall_s = settings.ingest.stall_s
+        self._disconnected_at: float | None = time.monotonic()
+
+    def _on_connection_change(self, connected: bool) -> None:
+        self._disconnected_at = None if connected else (self._disconnected_at or time.monotonic())
+
+    def health_problems(self) -> list[str]:
+        """The live listener is healthy while its broker link is up (it holds no queue of its own)."""
+        refused = ", ".join(self.session.refused_subscriptions)
+        if refused:
+            return [f"live listener: the broker refused the subscription ({refused})"]
+        down = self._disconnected_at
+        if down is not None and time.monotonic() - down > self.stall_s:
+            return [f"live listener: MQTT broker link down for {time.monotonic() - down:.0f} s (screens, "
+                    "detectors and alerts get nothing)"]
+        return []
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
-        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
-        parsed = parse_message(message._topic.decode("utf-8", "replace"), payload, datetime.now(UTC),
-                               retained=bool(message.retain))
-        for sink in self.sinks:
-            sink(parsed)
+        # The ingest's own handler: parse, caps, sinks, each error caught (the ingest workers quarantine the
+        # message; here it is only counted and logged, since this process stores nothing).
+        handle_message(message, datetime.now(UTC), self.guard, self.sinks)
 
     async def run(self) -> None:
         await self.session.run()

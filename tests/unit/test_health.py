@@ -72,3 +72,29 @@ def test_alert_stage_reports_change_sets_waiting_too_long() -> None:
     assert stage.health_problems() == []
     stage.flush_failing_since = datetime.now(UTC) - timedelta(seconds=90)
     assert "not stored for 90 s" in stage.health_problems()[0]
+
+
+def test_a_refused_subscription_is_a_problem_not_silence() -> None:
+    """Brokers that refuse a SUBACK (an ACL, a share group the account may not join) leave a connected
+    session that receives nothing; the worker reports it. (Mosquitto 2.0 grants and filters instead: there
+    the alert stage's "input stalled" check is what notices.)"""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    w = worker()
+    w._on_connection_change(True)
+    w.session._on_subscribe(w.session._client, None, 1, [ReasonCode(PacketTypes.SUBACK, "Not authorized")], None)
+    (problem,) = w.health_problems()
+    assert "refused the subscription (Not authorized)" in problem
+
+
+def test_alert_stage_reports_stalled_input() -> None:
+    from ioc.alerts.config import AlertsConfig
+    from ioc.alerts.stage import AlertStage
+    from ioc.geo import City
+    from ioc.live.hub import LiveHub
+
+    city = City.load()
+    stage = AlertStage(LiveHub(city.district_of), None, city, AlertsConfig())
+    stage._stalled, stage._quiet = True, 40
+    assert "input stalled, 40 of" in stage.health_problems()[0]
