@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,10 +46,17 @@ Sink = Callable[[ParsedMessage], None]
 MAX_FINDING_NOTIFIES = 20
 
 
-class BrainInput:
-    """The brain's persistent QoS 1 session: messages are acked once handed to the stages (in memory)."""
+#: A message is acknowledged to the broker this long after it reached the stages (readings -> detectors flush
+#: every second -> findings -> the alert stage's next tick -> stored), and only while the alert stage stores its
+#: changes: a leader that dies before then leaves the message with the broker for the next leader.
+ACK_AFTER_S = 3.0
 
-    def __init__(self, settings: Settings, sinks: tuple[Sink, ...]) -> None:
+
+class BrainInput:
+    """The brain's persistent QoS 1 session; acks wait until what a message caused has been stored."""
+
+    def __init__(self, settings: Settings, sinks: tuple[Sink, ...],
+                 storing_since: Callable[[], datetime | None] = lambda: None) -> None:
         from ioc.services import session_options
 
         cfg = settings.cluster
@@ -59,6 +68,8 @@ class BrainInput:
         self.sinks = sinks
         self.session = MqttSession(options, self._on_message)
         self.lag_s: float | None = None
+        self.storing_since = storing_since  # when the alert stage's writes began failing (None: they succeed)
+        self._unacked: deque[tuple[float, datetime, int, int, int]] = deque()
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
@@ -73,10 +84,34 @@ class BrainInput:
                 sink(parsed)
         except Exception:
             logger.exception("brain input: message on %s not handled", message.topic)
-        self.session.ack(message.mid, generation, message.qos)
+        if message.qos:
+            self._unacked.append((time.monotonic(), now, message.mid, generation, message.qos))
+
+    def ack_settled(self) -> int:
+        """Acknowledge the messages old enough for their effects to be stored; returns how many."""
+        horizon = time.monotonic() - ACK_AFTER_S
+        failing = self.storing_since()
+        acked = 0
+        while self._unacked and self._unacked[0][0] <= horizon:
+            _, received, mid, generation, qos = self._unacked[0]
+            if failing is not None and received >= failing - timedelta(seconds=ACK_AFTER_S):
+                break  # its effects may be among the unsaved changes: keep it at the broker
+            self._unacked.popleft()
+            self.session.ack(mid, generation, qos)  # a stale generation is skipped (the broker redelivers)
+            acked += 1
+        return acked
 
     async def run(self) -> None:
-        await self.session.run()
+        acker = asyncio.create_task(self._ack_loop())
+        try:
+            await self.session.run()
+        finally:
+            acker.cancel()
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.ack_settled()
 
     async def stop(self) -> None:
         await self.session.stop()
@@ -165,7 +200,9 @@ class Brain:
                             asyncio.create_task(dispatcher.run(), name="notifications"),
                             asyncio.create_task(self.actions.run(), name="cluster-actions")]
         if self.own_input:
-            self.input = BrainInput(settings, tuple(sinks))
+            stage = self.alerts
+            self.input = BrainInput(settings, tuple(sinks),
+                                    lambda: getattr(stage, "flush_failing_since", None) if stage else None)
             self._tasks.append(asyncio.create_task(self.input.run(), name="brain-input"))
         state.analytics, state.alerts = self.analytics, self.alerts
         logger.warning("brain started (epoch %d): %s", epoch, ", ".join(t.get_name() for t in self._tasks))
