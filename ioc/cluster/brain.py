@@ -21,6 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ingest.contract import SUBSCRIPTION
 from ingest.mqtt_session import MqttSession
@@ -116,14 +118,33 @@ class BrainInput:
     async def stop(self) -> None:
         await self.session.stop()
 
+    def discard(self) -> None:
+        """End the broker session for good (blocking: run it in a thread). For a lone ``all`` process at a clean
+        shutdown: nobody resumes the session, and the broker would otherwise queue every message for it."""
+        opts = self.session.options
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=mqtt.MQTTv5)
+        if opts.username:
+            client.username_pw_set(opts.username, opts.password)
+        if opts.tls is not None:
+            client.tls_set_context(opts.tls.context())
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        try:
+            client.connect(opts.host, opts.port, keepalive=10, clean_start=True, properties=props)
+            client.loop_start()
+            client.disconnect()
+            client.loop_stop()
+        except OSError as err:
+            logger.warning("brain session %s not discarded (%s); it expires on its own", opts.client_id, err)
+
 
 class Brain:
     """Starts and stops the stateful stages with the lease. ``state`` is the app's state (hub, pool, city)."""
 
     def __init__(self, state: Any, settings: Settings, process_id: str, own_input: bool,
-                 feed_hub: bool) -> None:
+                 feed_hub: bool, discard_session: bool = False) -> None:
         self.state, self.settings, self.process_id = state, settings, process_id
-        self.own_input, self.feed_hub = own_input, feed_hub
+        self.own_input, self.feed_hub, self.discard_session = own_input, feed_hub, discard_session
         self.lease = Lease(settings.database_url, settings.cluster, process_id, self._start, self._stop)
         self.analytics: AnalyticsStage | None = None
         self.alerts: AlertStage | None = None
@@ -214,6 +235,8 @@ class Brain:
         if self.input is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.input.stop(), 2)
+            if clean and self.discard_session:
+                await asyncio.to_thread(self.input.discard)
         if clean:
             if self.alerts is not None:
                 await self.alerts.flush()

@@ -59,8 +59,10 @@ class Node:
         self.brain: Brain | None = None
         if role in ("brain", "all") and (settings.alerts.enabled or settings.analytics.enabled):
             # In "all" the hub has its own feed (the plain live subscription or the embedded worker).
+            # A lone "all" process (demo, tests, a small site) ends its broker session at a clean shutdown, else
+            # the broker queues everything for it until the session expires; brain candidates keep it for the next.
             self.brain = Brain(state, settings, self.process_id, own_input=not embedded_ingest,
-                               feed_hub=role == "brain" and not embedded_ingest)
+                               feed_hub=role == "brain" and not embedded_ingest, discard_session=role == "all")
         self._tasks: list[asyncio.Task[Any]] = []
 
     def doing(self) -> str:
