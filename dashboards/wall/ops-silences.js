@@ -41,7 +41,9 @@ export class SilenceView {
     };
     const row = (label, input) => el("label", null, el("span", { text: label }), input);
     const districts = this.ctx.city ? this.ctx.city.districts.map((d) => [d.code, d.name]) : [];
-    const duration = el("select", { name: "duration" }, ...DURATIONS_MIN.map((m) => el("option", { value: String(m),
+    const maxH = this.ctx.me?.silence_max_h; // an officer's silences are capped; what is not allowed is not offered
+    const durations = DURATIONS_MIN.filter((m) => maxH == null || m <= maxH * 60);
+    const duration = el("select", { name: "duration" }, ...durations.map((m) => el("option", { value: String(m),
       text: m < 60 ? t("minutes_n", { n: m }) : t("hours_n", { n: m / 60 }) })));
     duration.value = "120";
     this.form.replaceChildren(

@@ -95,9 +95,11 @@ async def logout(pool: PoolDep, response: Response,
 
 
 @router.get("/api/auth/me")
-async def whoami(me: Annotated[Principal, requires(Role.VIEWER)]) -> dict[str, Any]:
-    """The caller: name, role, how authenticated, and (for a cookie session) the CSRF token the pages send."""
-    return {**me.public(), "csrf": me.csrf,
+async def whoami(request: Request, me: Annotated[Principal, requires(Role.VIEWER)]) -> dict[str, Any]:
+    """The caller: name, role, how authenticated, and (for a cookie session) the CSRF token the pages send;
+    what the pages may offer them (``can``) and the longest silence they may set (null: no limit)."""
+    limit = None if me.role >= Role.SUPERVISOR else _auth(request).config.officer_silence_max_h
+    return {**me.public(), "csrf": me.csrf, "silence_max_h": limit,
             "can": {"act": me.role >= Role.OFFICER, "silence_long": me.role >= Role.SUPERVISOR,
                     "roster": me.role >= Role.SUPERVISOR, "admin": me.role >= Role.ADMIN}}
 

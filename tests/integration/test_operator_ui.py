@@ -35,6 +35,7 @@ def server(artifacts: Path) -> Iterator[tuple[ServeProcess, int]]:
                 AUTH.update(bearer(make_token_sync(dsn, "admin")))
                 USERS["an"] = make_user_sync(dsn, "officer", "an")[1]
                 USERS["xem"] = make_user_sync(dsn, "viewer", "xem")[1]
+                USERS["lan"] = make_user_sync(dsn, "supervisor", "lan")[1]
                 yield srv, port
     finally:
         AUTH.clear()
@@ -43,7 +44,7 @@ def server(artifacts: Path) -> Iterator[tuple[ServeProcess, int]]:
 
 
 AUTH: dict[str, str] = {}  # the test's own API calls: an admin token
-USERS: dict[str, str] = {}  # user name -> password: "an" an officer, "xem" a viewer
+USERS: dict[str, str] = {}  # user name -> password: "an" an officer, "xem" a viewer, "lan" a supervisor
 
 
 @pytest.fixture
@@ -192,6 +193,8 @@ def test_operator_lists_incident_page_silences_and_device_page(server: tuple[Ser
         page.click(".actions a.button")
         ops_wait(page, "window.__ops.view === 'SilenceView' && window.__ops.ready")
         assert page.input_value(".silence-form [name=device_id]") == cam
+        durations = page.eval_on_selector_all(".silence-form [name=duration] option", "os => os.map(o => o.value)")
+        assert max(map(int, durations)) == 240  # an officer is offered silences of at most 4 h
         page.fill(".silence-form [name=reason]", "thay ống kính")
         page.click(".silence-form button[type=submit]")
         ops_wait(page, "document.querySelectorAll('table.silences tbody tr[data-id]').length === 1")
@@ -203,6 +206,13 @@ def test_operator_lists_incident_page_silences_and_device_page(server: tuple[Ser
         page.click("table.silences button.danger")
         ops_wait(page, "document.querySelectorAll('table.silences tbody tr[data-id]').length === 0")
         assert api(f"{srv.url}/api/silences") == []
+
+        # A supervisor may silence for longer: the form offers a day.
+        lead = pages.open("ops-supervisor", 1366, 900)
+        log_in(lead, srv.url, "lan", USERS["lan"], "/ops?lang=vi#/silences")
+        ops_wait(lead, "window.__ops.view === 'SilenceView' && window.__ops.ready")
+        assert lead.inner_text("#user") == "lan · trưởng ca"
+        assert "1440" in lead.eval_on_selector_all(".silence-form [name=duration] option", "os => os.map(o => o.value)")
 
         # Alerts list: the camera alert, linked to its incident and its device.
         page.goto(f"{srv.url}/ops?lang=vi#/alerts")
