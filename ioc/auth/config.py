@@ -30,6 +30,8 @@ class AuthConfig(BaseModel):
                                   "origin (clients without an Origin header, i.e. not browsers, are allowed).")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Requests with a larger body are refused (413).")
     login_rate: str = Field("10/minute", description="Login attempts per client address and user name.")
+    login_rate_per_address: str = Field("60/minute", description="Login attempts per client address, any user "
+                                        "name (password spraying).")
     action_rate: str = Field("120/minute", description="State-changing requests and WebSocket actions per caller.")
     ws_per_client: int = Field(32, gt=0, description="Open /ws/live connections per client address.")
     metrics: bool = Field(True, description="Serve /metrics (to any authenticated caller, e.g. a viewer "

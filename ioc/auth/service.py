@@ -38,6 +38,7 @@ class Authenticator:
         self.oidc = OidcVerifier(config) if config.oidc_issuer else None
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._login_rate: RateLimitItem = parse(config.login_rate)
+        self._login_address_rate: RateLimitItem = parse(config.login_rate_per_address)
         self._action_rate: RateLimitItem = parse(config.action_rate)
         self.ws_open: dict[str, int] = {}
 
@@ -74,7 +75,8 @@ class Authenticator:
         raise AuthError("unrecognised bearer token")
 
     def allow_login(self, client: str, username: str) -> bool:
-        return self._limiter.hit(self._login_rate, "login", client, username.lower()[:64])
+        return (self._limiter.hit(self._login_address_rate, "login-address", client)
+                and self._limiter.hit(self._login_rate, "login", client, username.lower()[:64]))
 
     def allow_action(self, principal: Principal) -> bool:
         return self._limiter.hit(self._action_rate, "action", principal.via, principal.name)

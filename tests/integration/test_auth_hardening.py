@@ -138,6 +138,10 @@ async def test_login_rate_limit_and_cross_site_login(database_url: str) -> None:
         other = await client.post("/api/auth/login", json={"username": "someone", "password": password},
                                   headers={"Origin": "https://evil.example"})
         assert other.status_code == 403
+    async with app_with(database_url, login_rate_per_address="4/minute") as app, client_for(app) as client:
+        codes = [(await client.post("/api/auth/login", json={"username": f"spray{i}", "password": "x"})).status_code
+                 for i in range(5)]
+        assert codes == [401, 401, 401, 401, 429], codes  # many user names from one address
 
 
 async def test_action_rate_limit_body_cap_hosts_cors_headers(database_url: str) -> None:
