@@ -26,8 +26,8 @@ from ioc.api import (
     routes_wall,
 )
 from ioc.api.deps import require_access
-from ioc.auth.service import Authenticator
 from ioc.api.edge import check_request_text
+from ioc.auth.service import Authenticator
 from ioc.cluster.node import Node, Role
 from ioc.geo import City
 from ioc.live.hub import LiveHub
