@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from analytics.findings import Finding
 from ingest.contract import SUBSCRIPTION
 from ingest.mqtt_session import MqttSession
 from ingest.parse import parse_message
@@ -195,7 +196,8 @@ class Brain:
             self.analytics = AnalyticsStage(hub, pool, cfg.camera_processes, state_every_s=cfg.state_every_s,
                                             camera_state_every_s=cfg.camera_state_every_s,
                                             camera_state_max_age_s=cfg.camera_state_max_age_s,
-                                            metric_ranges=cfg.metric_ranges)
+                                            metric_ranges=cfg.metric_ranges,
+                                            numeric=not settings.partition.nats_url)
             self.analytics.guard = self._analytics_guard
             await self.analytics.load()
             sinks.append(self.analytics.on_parsed)
@@ -220,6 +222,9 @@ class Brain:
             self._tasks += [asyncio.create_task(alerts.run(), name="alerts"),
                             asyncio.create_task(dispatcher.run(), name="notifications"),
                             asyncio.create_task(self.actions.run(), name="cluster-actions")]
+        if settings.partition.nats_url and self.alerts is not None:
+            # numeric analytics runs on `ioc analytics-worker`s: their findings come over the stream
+            self._tasks.append(asyncio.create_task(self._partition_findings(self.alerts), name="partition-findings"))
         if self.own_input:
             stage = self.alerts
             self.input = BrainInput(settings, tuple(sinks),
@@ -227,6 +232,36 @@ class Brain:
             self._tasks.append(asyncio.create_task(self.input.run(), name="brain-input"))
         state.analytics, state.alerts = self.analytics, self.alerts
         logger.warning("brain started (epoch %d): %s", epoch, ", ".join(t.get_name() for t in self._tasks))
+
+    async def _partition_findings(self, alerts: AlertStage) -> None:
+        """While leading: findings of the partition workers to the alert stage and the live hub."""
+        import nats
+
+        from ioc.partition.findings import consume_findings
+        from ioc.partition.stream import ensure_stream
+
+        cfg, hub = self.settings.partition, self.state.hub
+        assert cfg.nats_url is not None
+
+        def deliver(findings: list[Finding]) -> None:
+            alerts.on_findings(findings)
+            for f in findings:
+                hub.emit_finding(f)
+
+        while True:  # the stream server may come later or restart: keep trying while leading
+            try:
+                nc = await nats.connect(cfg.nats_url, name=f"ioc-brain-{self.process_id}")
+                try:
+                    js = nc.jetstream()
+                    await ensure_stream(js, cfg.stream, cfg.max_age_s)
+                    await consume_findings(js, cfg.stream, deliver, asyncio.Event())
+                finally:
+                    await nc.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                logger.warning("partition findings not read (%s); retrying", err)
+                await asyncio.sleep(2.0)
 
     async def _stop(self, epoch: int) -> None:
         clean = self.lease.stopping  # a clean shutdown still holds the lease: save before releasing it
