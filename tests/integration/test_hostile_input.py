@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from tests.conftest import ingest_env
+from tests.support.auth import make_token_sync
 from tests.support.corpus import hostile_accepted_cases, huge_header_jpeg, malformed_cases, now_ms, small_jpeg
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import ServeProcess, wait_until
@@ -54,7 +55,7 @@ def hostile_messages(tag: str) -> tuple[list[tuple[str, bytes, str]], list[tuple
 async def test_a_burst_of_hostile_messages_stops_nothing(database_url: str, mqtt_port: int, artifacts: Path) -> None:
     tag = unique_id("hostile")
     env = ingest_env(database_url, mqtt_port, IOC_MQTT__CLIENT_ID=f"hostile-{uuid.uuid4().hex[:6]}",
-                     IOC_INGEST__STALL_S="5")
+                     IOC_INGEST__STALL_S="5", IOC_TEST_ADMIN_TOKEN=make_token_sync(database_url, "admin"))
     refused, stored = hostile_messages(tag)
     greedy = f"{tag}-greedy"  # invents a new metric name with every reading
     with ServeProcess(env, artifacts / "serve.log") as srv:
