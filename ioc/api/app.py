@@ -95,7 +95,7 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
                   description="Smart-city Intelligent Operations Center: devices, telemetry, quarantine, live feed, "
                               "alerts and incidents.",
                   docs_url=None, redoc_url=None, openapi_url=None,  # served behind a role: IOC_AUTH__DOCS
-                  dependencies=[Depends(check_request_text), Depends(require_access)])
+                  dependencies=[Depends(require_access), Depends(check_request_text)])
     app.state.auth = Authenticator(settings.auth)
     hardening.install(app, settings.auth)
     app.include_router(routes_health.router)

@@ -22,8 +22,9 @@ _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 async def require_access(connection: HTTPConnection) -> Principal | None:
-    """Who is calling (``None``: anonymous). Every route depends on this one function (set on the app);
-    the role check is :func:`requires`. A route that declares no role is closed to all but admins."""
+    """Who is calling (``None``: anonymous). Every route depends on this one function, set on the app so that
+    it runs first: the role the route declares (:func:`requires`) is checked here already, before anything
+    reads the request's body. A route that declares no role is closed to all but admins."""
     route = connection.scope.get("route")
     declared = declared_role(route) if route is not None else None
     if declared is Role.PUBLIC:
@@ -32,9 +33,12 @@ async def require_access(connection: HTTPConnection) -> Principal | None:
         except HTTPException:
             return None
     principal = await identify(connection)
-    if route is not None and declared is None and not _allowed(principal, Role.ADMIN):
-        raise HTTPException(401 if principal is None else 403, "this route declares no role",
-                            headers=_UNAUTHORIZED if principal is None else None)
+    needed = Role.ADMIN if declared is None else declared
+    if principal is None:
+        raise HTTPException(401, "log in or present a token", headers=_UNAUTHORIZED)
+    if principal.role < needed:
+        raise HTTPException(403, f"needs the {needed.label} role; you are {principal.role.label}"
+                            + ("" if declared is not None else " (this route declares no role)"))
     return principal
 
 

@@ -168,3 +168,11 @@ async def test_websocket_handshake_origin_and_action_roles(api_app: FastAPI, tok
                 await conn.close()
             late = await action_result(ws, {**WS_ACTION, "ref": "e"})
             assert late["status"] == 403 and "no longer valid" in late["detail"], late
+
+
+async def test_anonymous_is_refused_before_the_body_is_read(api_app: FastAPI) -> None:
+    """Authentication runs before the text rule and the body's validation: an anonymous caller learns
+    nothing about what the route would accept."""
+    async with client_for(api_app) as anon:
+        resp = await anon.post("/api/silences", json={"matchers": {"kind": "\u202ebts"}, "reason": 7})
+        assert resp.status_code == 401, resp.text
