@@ -20,6 +20,7 @@ from ioc.api.app import create_app
 from ioc.auth import oidc
 from ioc.auth.config import AuthConfig
 from ioc.settings import Settings
+from tests.integration.test_auth_routes import serve, ws_status
 from tests.support.auth import client_for
 
 oidc_provider_mock = pytest.importorskip("oidc_provider_mock")
@@ -116,3 +117,12 @@ async def test_expired_token_is_refused(oidc_app: FastAPI, provider: Provider,
         time.sleep(4.1)
         resp = await client.get("/api/summary")
         assert resp.status_code == 401 and "expired" in resp.text.lower(), resp.text
+
+
+async def test_provider_token_opens_the_live_feed(oidc_app: FastAPI, provider: Provider) -> None:
+    token = provider.id_token("u-wall", preferred_username="wall-3", roles=["viewer"])
+    async with serve(oidc_app) as port:
+        url = f"ws://127.0.0.1:{port}/ws/live?types=status"
+        assert await ws_status(url + f"&token={token}") == 101
+        assert await ws_status(url, additional_headers={"Authorization": f"Bearer {token}"}) == 101
+        assert await ws_status(url + f"&token={token[:-4]}AAAA") == 401
