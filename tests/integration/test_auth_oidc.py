@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
 import pytest
 from fastapi import FastAPI
 
@@ -126,3 +127,57 @@ async def test_provider_token_opens_the_live_feed(oidc_app: FastAPI, provider: P
         assert await ws_status(url + f"&token={token}") == 101
         assert await ws_status(url, additional_headers={"Authorization": f"Bearer {token}"}) == 101
         assert await ws_status(url + f"&token={token[:-4]}AAAA") == 401
+
+
+async def test_jwks_is_cached_and_refetched_for_a_new_key_id() -> None:
+    """Key rotation (the mock provider keeps one key, so this one serves a JWKS of its own): the set is
+    fetched once, fetched again when a token names a key id it does not hold, and a made-up key id cannot
+    make the verifier hammer the provider (cooldown)."""
+    import http.server
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    keys = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in ("k1", "k2")}
+    published = ["k1"]
+    fetches: list[str] = []
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(self.path)
+            doc = {"keys": [{**json.loads(RSAAlgorithm.to_jwk(keys[k].public_key())), "kid": k, "use": "sig",
+                             "alg": "RS256"} for k in published]}
+            body = json.dumps(doc).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    issuer = "https://sso.example/realms/ioc"
+    verifier = oidc.OidcVerifier(AuthConfig(oidc_issuer=issuer, oidc_audience="ioc", oidc_jwks_refresh_s=1,
+                                            oidc_jwks_url=f"http://127.0.0.1:{server.server_address[1]}/jwks"))
+
+    def token(kid: str) -> str:
+        claims = {"iss": issuer, "aud": "ioc", "sub": "u1", "exp": int(time.time()) + 60, "roles": ["viewer"]}
+        return jwt.encode(claims, keys.get(kid, keys["k1"]), algorithm="RS256", headers={"kid": kid})
+
+    try:
+        assert (await verifier.verify(token("k1"))).role.label == "viewer"
+        assert (await verifier.verify(token("k1"))).name == "u1"
+        assert len(fetches) == 1  # cached
+        published.append("k2")  # the provider rotates: a new key appears
+        time.sleep(1.1)  # past the refetch cooldown
+        assert (await verifier.verify(token("k2"))).name == "u1"
+        assert len(fetches) == 2  # fetched again for the unknown key id
+        for _ in range(5):
+            with pytest.raises(oidc.AuthError):
+                await verifier.verify(token("made-up"))
+        assert len(fetches) <= 3  # at most one more fetch within the cooldown
+    finally:
+        server.shutdown()
