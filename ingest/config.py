@@ -49,3 +49,5 @@ class IngestConfig(BaseModel):
     retry_max_s: float = Field(5.0, gt=0)
     quarantine_payload_bytes: int = Field(64 * 1024, ge=256, description="Quarantined payloads are cut here.")
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics of `ioc ingest` on this port.")
+    stall_s: float = Field(30.0, gt=0, description="Messages waiting this long with none committed (or reading "
+                           "paused, or the broker link down) make the process not ready: /readyz answers 503.")

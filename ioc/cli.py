@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,7 +69,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         start_http_server(port, addr="127.0.0.1" if args.metrics_host is None else args.metrics_host)
         logger.info("ingest metrics on :%d/metrics", port)
     worker = build_worker(settings, client_id=args.client_id)
-    asyncio.run(run_until_signal(worker))
+    asyncio.run(run_until_signal(worker, settings))
     return 0
 
 
@@ -79,6 +80,15 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     app = create_app(settings, embed_ingest=args.ingest, role=args.role)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
+    return 0
+
+
+def _cmd_analytics_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import socket
+
+    from ioc.services import run_partition_worker
+
+    asyncio.run(run_partition_worker(settings, args.id or f"{socket.gethostname()}-{os.getpid()}"))
     return 0
 
 
@@ -201,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--metrics-host", help="address for --metrics-port (default 127.0.0.1)")
     ing.add_argument("--write-method", choices=["copy", "unnest"], help="override IOC_INGEST__WRITE_METHOD")
 
+    aw = sub.add_parser("analytics-worker", help="numeric analytics for a share of the partitioned reading stream "
+                        "(NATS JetStream, IOC_PARTITION__NATS_URL); run K of them")
+    aw.add_argument("--id", help="worker id (default host-pid)")
+
     cam = sub.add_parser("camera-check", help="run the live camera analyser over DIR/<sequence>/<index>.jpg")
     cam.add_argument("dir", type=Path, help="folder with one sub-folder of numbered JPEGs per camera")
     cam.add_argument("--out", type=Path, required=True, help="CSV to write: sequence,index,label,activity")
@@ -260,9 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"db": _cmd_db, "demo": _cmd_demo, "ingest": _cmd_ingest, "serve": _cmd_serve,
-             "camera-check": _cmd_camera_check, "detect": _cmd_detect, "simulate": _cmd_simulate,
-             "history": _cmd_history, "dashboards": _cmd_dashboards, "pki": _cmd_pki, "devices": _cmd_devices}
+_COMMANDS = {"db": _cmd_db, "demo": _cmd_demo, "ingest": _cmd_ingest,
+             "serve": _cmd_serve, "camera-check": _cmd_camera_check, "analytics-worker": _cmd_analytics_worker,
+             "detect": _cmd_detect, "simulate": _cmd_simulate, "history": _cmd_history,
+             "dashboards": _cmd_dashboards, "pki": _cmd_pki, "devices": _cmd_devices}
 
 _COMMANDS |= {"users": _cmd_users, "tokens": _cmd_tokens}
 

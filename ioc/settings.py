@@ -18,6 +18,7 @@ from ioc.alerts.config import AlertsConfig
 from ioc.auth.config import AuthConfig
 from ioc.cluster.config import ClusterConfig
 from ioc.live.config import AnalyticsConfig, LiveConfig, UiConfig
+from ioc.partition.config import PartitionConfig
 from storage.config import StorageConfig
 
 
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 
