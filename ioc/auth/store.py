@@ -150,6 +150,9 @@ async def create_session(conn: Any, hours: float, *, user_id: int | None = None,
                          token_id: int | None = None) -> tuple[str, str]:
     """A new session for a user (or for an API token exchanged by a wall): returns (cookie value, CSRF token)."""
     sid, csrf = sec.new_session_id(), sec.new_csrf()
+    # Sessions that ended a week ago are of no use, not even to an audit: each login sweeps them away.
+    await conn.execute("DELETE FROM auth_sessions WHERE least(expires_at, coalesce(revoked_at, expires_at)) "
+                       "< now() - interval '7 days'")
     await conn.execute("INSERT INTO auth_sessions (token_hash, csrf_token, user_id, api_token_id, expires_at) "
                        "VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
                        sec.digest(sid), csrf, user_id, token_id, hours * 3600.0)
