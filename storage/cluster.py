@@ -16,6 +16,7 @@ CHANNEL_ALERTS = "ioc_alerts"
 CHANNEL_FINDINGS = "ioc_findings"
 CHANNEL_ACTIONS = "ioc_actions"
 CHANNEL_CONFIG = "ioc_alert_config"  # silences, roster or policies changed: the leader re-reads them
+CHANNEL_HEALTH = "ioc_camera_health"  # camera health labels that changed (the walls of other replicas)
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD = 7900
 

@@ -36,7 +36,7 @@ from ioc.analytics_stage import AnalyticsStage
 from ioc.cluster.actions import ActionWorker
 from ioc.cluster.ids import IdReserve
 from ioc.cluster.lease import Lease
-from ioc.cluster.sync import findings_payloads
+from ioc.cluster.sync import findings_payloads, health_payloads
 from ioc.settings import Settings
 from storage import cluster as sql
 from storage.writes import FindingRow
@@ -153,6 +153,8 @@ class Brain:
         self.actions: ActionWorker | None = None
         self.input: BrainInput | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._labels: dict[str, str] = {}  # camera health label last told to the other replicas
+        self._health: dict[str, dict[str, Any]] = {}  # label changes waiting to be told
         self.epoch: int | None = None
         self.started_at: datetime | None = None
 
@@ -182,6 +184,31 @@ class Brain:
         await self.lease.fence(conn)
         for doc in findings_payloads(self.process_id, rows or [])[:MAX_FINDING_NOTIFIES]:
             await sql.notify(conn, sql.CHANNEL_FINDINGS, doc)
+
+    def _on_health(self, device_id: str, label: str, confidence: float, ts: datetime) -> None:
+        """A camera's analysed health: to the alert stage, and (a change of label) to the other replicas' screens."""
+        if self.alerts is not None:
+            self.alerts.on_health(device_id, label, confidence, ts)
+        if self._labels.get(device_id) != label:
+            self._labels[device_id] = label
+            dev = self.state.hub.table.devices.get(device_id)
+            health = dict(dev.health) if dev is not None and dev.health else {"label": label,
+                                                                                 "confidence": confidence, "ts": ts}
+            self._health[device_id] = health
+
+    async def _health_loop(self) -> None:
+        """Every second: NOTIFY the other replicas of camera health labels that changed (their walls show them)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if not self._health:
+                continue
+            changed, self._health = self._health, {}
+            try:
+                async with self.state.pool.acquire(timeout=5) as conn:
+                    for doc in health_payloads(self.process_id, changed):
+                        await sql.notify(conn, sql.CHANNEL_HEALTH, doc)
+            except Exception as err:  # screens elsewhere miss a label change; the next change is sent again
+                logger.warning("camera health not sent to the other replicas (%s)", err)
 
     # --- lease callbacks -------------------------------------------------------------------------------
 
@@ -214,7 +241,8 @@ class Brain:
                 logger.warning("alert engine state not restored yet: %s", err)
             sinks.append(alerts.on_parsed)
             if self.analytics is not None:
-                self.analytics.on_findings, self.analytics.on_health = alerts.on_findings, alerts.on_health
+                self.analytics.on_findings, self.analytics.on_health = alerts.on_findings, self._on_health
+                self._tasks.append(asyncio.create_task(self._health_loop(), name="cluster-health"))
             dispatcher = self.dispatcher = NotificationDispatcher(pool, settings.alerts.notify)
             dispatcher.guard = self.lease.fence
             dispatcher.shared_limits = True

@@ -94,7 +94,7 @@ class ReplicaSync:
     async def _listen(self) -> None:
         self._conn = await asyncpg.connect(self.dsn, timeout=5,
                                            server_settings={"application_name": f"ioc-sync {self.process_id}"})
-        for channel in (sql.CHANNEL_ALERTS, sql.CHANNEL_FINDINGS):
+        for channel in (sql.CHANNEL_ALERTS, sql.CHANNEL_FINDINGS, sql.CHANNEL_HEALTH):
             await self._conn.add_listener(channel, self._on_notify)
         self._drain()
 
@@ -120,6 +120,12 @@ class ReplicaSync:
             if not own:
                 for row in doc.get("findings") or []:
                     self.hub.emit_finding(_finding(row))
+            return
+        if channel == sql.CHANNEL_HEALTH:
+            if not own:
+                for device_id, health in (doc.get("health") or {}).items():
+                    ts = health.get("ts")
+                    self.hub.set_health(device_id, {**health, "ts": datetime.fromisoformat(ts) if ts else None})
             return
         if doc.get("all"):
             await self.reload()
@@ -166,6 +172,24 @@ def findings_payloads(origin: str, rows: list[FindingRow]) -> list[dict[str, Any
         size += n
     if batch:
         docs.append({"origin": origin, "findings": batch})
+    return docs
+
+
+def health_payloads(origin: str, changed: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """NOTIFY documents carrying cameras' changed health (device -> label, confidence, activity, objects, ts)."""
+    docs: list[dict[str, Any]] = []
+    batch: dict[str, Any] = {}
+    size = 0
+    for device_id, health in changed.items():
+        item = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in health.items()}
+        n = len(orjson.dumps(item)) + len(device_id) + 8
+        if batch and size + n > sql.MAX_PAYLOAD - 200:
+            docs.append({"origin": origin, "health": batch})
+            batch, size = {}, 0
+        batch[device_id] = item
+        size += n
+    if batch:
+        docs.append({"origin": origin, "health": batch})
     return docs
 
 

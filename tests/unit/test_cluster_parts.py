@@ -12,7 +12,7 @@ from ioc.alerts.engine import AlertEngine
 from ioc.alerts.model import Severity, Signal
 from ioc.cluster.config import ClusterConfig
 from ioc.cluster.ids import IdReserve, IdsExhausted
-from ioc.cluster.sync import _finding, findings_payloads
+from ioc.cluster.sync import _finding, findings_payloads, health_payloads
 from storage.cluster import MAX_PAYLOAD
 
 pytestmark = pytest.mark.unit
@@ -59,3 +59,13 @@ def test_findings_payloads_stay_under_the_notify_limit() -> None:
     assert [f.device_id for f in back] == [r[1] for r in rows]
     assert back[0].ts == ts and back[0].detail == {"k": "v" * 50}
     assert back[-1].detail == {}  # too big to travel: the screens get the finding without its detail
+
+
+def test_health_payloads_carry_every_change_under_the_limit() -> None:
+    ts = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+    changed = {f"cam-{i:04d}": {"label": "black", "confidence": 0.97, "activity": 0.0, "objects": 0, "ts": ts}
+               for i in range(400)}
+    docs = health_payloads("me", changed)
+    assert len(docs) > 1 and all(len(orjson.dumps(d)) < MAX_PAYLOAD for d in docs)
+    merged = {k: v for d in docs for k, v in d["health"].items()}
+    assert set(merged) == set(changed) and merged["cam-0000"]["ts"] == ts.isoformat()
