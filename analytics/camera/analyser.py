@@ -223,7 +223,8 @@ class CameraAnalyser:
             # a burnt-in clock keeps ticking on a stalled picture: its blocks do not count
             self._zone = self.freeze.overlay(self.cfg)
             n = self._changed = self.freeze.outside(changed, self.cfg, self._zone)
-            return n == 0
+            # on a quiet camera a block or two flickering (sensor grain in the dark) is no motion
+            return n == 0 or (n <= self.cfg.still_flicker and self.freeze.quietest() < self.cfg.freeze_quiet)
         self._changed = -1
         self._zone = None
         # no JPEG block grid (the picture was resized after decoding): thumbnail pixels instead

@@ -34,12 +34,14 @@ class CameraConfig:
     overlay_cells: float = 0.15  # burnt-in text left out of the uniform-screen test covers at most this share
     # freeze
     still_margin: float = 1.0  # grey levels a block mean may move beyond the JPEG quantiser's rounding
+    still_flicker: int = 2  # blocks that may move so in a still snapshot (outside a burnt-in clock)
     still_level: float = 8.0  # (no block grid) grey levels a thumbnail pixel must move to count as change
     still_pixels: int = 2  # (no block grid) changed thumbnail pixels tolerated in a still snapshot
     freeze_history: int = 6  # moving snapshots seen before a single still one can be a freeze
     freeze_busy: int = 12  # a camera whose quietest snapshots change this many blocks is frozen when still
-    freeze_quiet: int = 3  # a camera whose quietest snapshots change fewer blocks needs one more still snapshot
+    freeze_quiet: int = 8  # a camera whose quietest snapshots change fewer blocks needs one more still snapshot
     freeze_short: int = 2  # otherwise a still spell of at least this many snapshots ...
+    freeze_chance: float = 0.02  # ... (on a quiet camera, one that chance makes this unlikely) ...
     freeze_spell_factor: float = 2.0  # ... and this many times its longest healthy still spell
     # burnt-in overlay (a ticking clock): blocks left out of the stillness test
     overlay_learn: int = 3  # snapshots compared before an overlay is looked for

@@ -143,14 +143,20 @@ def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread]
     gs = g if g_scene is None else g_scene
     ratio = m.mean / max(ref.mean, 1.0)
     lp = lowpass(m.thumb)
-    static = match_cells(m, ref, gs, lp) | match_cells(m, ref, 1.0, lp)
+    # wind shake moves the view a pixel or two: content within that reach of where it was is unchanged
+    off = np.maximum(np.maximum(lp - gs * cv2.dilate(ref.lp, _REACH), gs * cv2.erode(ref.lp, _REACH) - lp), 0.0)
+    near = cells(off) < 3.0
+    static = match_cells(m, ref, gs, lp) | match_cells(m, ref, 1.0, lp) | near
     if covered is not None:
         static &= ~(covered.reshape(GRID_Y, 2, GRID_X, 2).any(axis=(1, 3)))
     sc.update(gain=g, ratio=ratio, static=float(static.mean()))
     _brightness(m, ref, cfg, g, ratio, lp, out, max(exposure, 0.05))
     _noise(m, ref, cfg, gs, static, spreads["noise"], out, noise_recent)
-    _blur(m, ref, cfg, gs, lp, static, spreads["blur"], out)
+    _blur(m, ref, cfg, gs, lp, static, spreads["blur"], out, near)
     return out
+
+
+_REACH = np.ones((5, 5), np.uint8)  # thumbnail pixels: 2 either way, about 2% of the picture
 
 
 def _brightness(m: Measures, ref: Ref, cfg: CameraConfig, g: float, ratio: float, lp: F32,
@@ -249,7 +255,7 @@ _RIM_OUT = np.ones((9, 9), np.uint8)
 
 
 def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: Mask, spread: Spread,
-          out: Comparison) -> None:
+          out: Comparison, near: Mask | None = None) -> None:
     """Sharpness (fine over coarse gradient energy) dropped where the coarse content is unchanged.
 
     The ratio is a property of the optics, not of the content: a passing car changes how much
@@ -259,6 +265,8 @@ def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: M
     d_sharp = cells(np.abs(lp - g * ref.lp))
     d_soft = cells(np.abs(lp - g * cv2.GaussianBlur(ref.thumb, (0, 0), 2.8)))
     still_coarse = np.minimum(d_sharp, d_soft) < 3.0 + 0.6 * g * ref.cell_tex
+    if near is not None:
+        still_coarse |= near  # (moved by the wind, not changed)
     structure = ref.edge >= max(cfg.blur_edge, median(ref.edge))
     use = still_coarse & static & structure & (ref.cell_count >= 3)
     n_use = int(use.sum())

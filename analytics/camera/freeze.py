@@ -10,6 +10,8 @@ spell well beyond the longest healthy one is.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -96,12 +98,34 @@ class FreezeTracker:
             self.n_rate = 0
         if n > cfg.overlay_global * changed.size:
             return n  # the whole picture changed (exposure, noise): says nothing about where a clock is
+        seen = n
+        if 0 < n <= cfg.overlay_box * changed.size and self.n_rate >= cfg.overlay_learn:
+            seen = self._ticking(changed if zone is None else changed & ~zone, cfg)
         self.n_rate += 1
         k = min(self.n_rate, cfg.overlay_memory)  # a running mean at first, then an EMA
         r = self.rate.astype(np.int16)
         r += (changed.astype(np.int16) * 255 - r) // k
         self.rate = r.astype(np.uint8)
-        return n
+        return seen
+
+    def _ticking(self, changed: np.ndarray, cfg: CameraConfig) -> int:
+        """0 if the only change is one or two small text boxes at blocks that change nearly always.
+
+        Judged on this snapshot alone (its surroundings did not change), so a clock is recognised
+        before :meth:`overlay` has learned it, e.g. when a busy scene stalls.
+        """
+        n_all = int(np.count_nonzero(changed))
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(changed.astype(np.uint8), _TEXT_JOIN),
+                                                               connectivity=8)
+        if n - 1 > 2:
+            return n_all
+        hot = self.rate >= int(255 * cfg.overlay_rate)
+        for i, (x, y, w, h, _area) in enumerate(stats[1:n], start=1):
+            if w * h > cfg.overlay_box * changed.size or h > max(4, 0.15 * changed.shape[0]):
+                return n_all
+            if not (hot[y:y + h, x:x + w] & (labels[y:y + h, x:x + w] == i)).any():
+                return n_all
+        return 0
 
     def quietest(self) -> int:
         """Fewest changed blocks among recent healthy snapshots."""
@@ -137,7 +161,12 @@ class FreezeTracker:
             # calming down just before: stillness out of the blue is a stalled stream
             return float(min(1.0, 0.8 + 0.02 * quiet))
         # a camera whose quietest snapshots change almost nothing is still for a while naturally
-        short = cfg.freeze_short if quiet >= cfg.freeze_quiet else cfg.freeze_short + 1
+        short = cfg.freeze_short
+        if quiet < cfg.freeze_quiet:
+            # ... as long as chance allows: a spell this camera's own share of still snapshots makes
+            # unlikely (a prior of 1 still in 4 until it has shown otherwise)
+            p = (self.n_still + 1.0) / (self.n_still + self.n_move + 4.0)
+            short = max(cfg.freeze_short + 1, math.ceil(math.log(cfg.freeze_chance) / math.log(p)))
         need = max(short, int(cfg.freeze_spell_factor * self.max_spell) + 1)
         if spell >= need:
             return float(min(1.0, 0.6 + 0.05 * (spell - need)))
