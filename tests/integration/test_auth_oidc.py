@@ -18,10 +18,11 @@ import pytest
 from fastapi import FastAPI
 
 from ioc.api.app import create_app
+from ioc.api.deps import Role
 from ioc.auth import oidc
 from ioc.auth.config import AuthConfig
 from ioc.settings import Settings
-from tests.integration.test_auth_routes import serve, ws_status
+from tests.integration.test_auth_routes import call, routes, serve, ws_status
 from tests.support.auth import client_for
 
 oidc_provider_mock = pytest.importorskip("oidc_provider_mock")
@@ -181,3 +182,16 @@ async def test_jwks_is_cached_and_refetched_for_a_new_key_id() -> None:
         assert len(fetches) <= 3  # at most one more fetch within the cooldown
     finally:
         server.shutdown()
+
+
+async def test_every_viewer_route_refuses_a_caller_without_a_role(oidc_app: FastAPI, provider: Provider) -> None:
+    """The role below viewer exists only for an authenticated caller whose claims map to no role: every
+    viewer route (test_auth_routes checks the other roles) answers it 403."""
+    nobody = provider.id_token("u-norole", preferred_username="norole", roles=["staff"])
+    checked = 0
+    async with client_for(oidc_app, nobody) as client:
+        for method, path, role in routes(oidc_app):
+            if role is Role.VIEWER and method != "WS":
+                assert (await call(client, method, path)).status_code == 403, (method, path)
+                checked += 1
+    assert checked > 25
