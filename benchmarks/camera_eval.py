@@ -23,16 +23,15 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
 from typing import Any
 
 from analytics.camera.batch import check_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository root
-from benchmarks.camera_wild import generate  # noqa: E402
+from benchmarks.camera_wild import generate
 
 KIT = Path("/work/shared/eval/camera")
 FAULTS = ("blur", "occlusion", "freeze", "black", "shift", "brightness", "noise")
@@ -138,6 +137,10 @@ def report(title: str, rows: list[dict[str, object]]) -> None:
                   f"  fa_per_1k={1000 * fa / max(clean, 1):.2f} ({fa} frames, {ep} episodes in {clean})")
 
 
+def _profile_name(hard: bool | str) -> str:
+    return hard if isinstance(hard, str) else "hard" if hard else "standard"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="*", default=STANDARD)
@@ -156,7 +159,7 @@ def main() -> None:
         clips += sorted(p.name for p in (args.kit / "videos").iterdir() if p.suffix in (".avi", ".mp4", ".gif"))
     profiles: list[tuple[bool | str, list[int]]] = [
         (p, seeds) for p, seeds in ((False, args.seeds), (True, args.hard_seeds), ("wild", args.wild_seeds))
-        if {False: "standard", True: "hard"}.get(p, p) in args.profile]  # type: ignore[call-overload]
+        if _profile_name(p) in args.profile]
     jobs = [(s, hard, c) for c in clips for hard, seeds in profiles for s in seeds if not (hard == "wild" and c)]
     with ProcessPoolExecutor(args.jobs) as pool:
         futs = [pool.submit(run_set, args.kit, args.work, s, hard, c) for s, hard, c in jobs]

@@ -112,7 +112,7 @@ class Weather:
             self.p["count"] = int(w * h / 640 / 360 * (120 if kind == "rain" else 150) * s)
             self.p["angle"] = float(rng.uniform(60, 85) * rng.choice([-1, 1]))
         elif kind == "shake":
-            self.p["sigma"] = 0.004 * s * float(rng.uniform(0.8, 1.2))  # share of the picture size
+            self.p["shake"] = 0.004 * s * float(rng.uniform(0.8, 1.2))  # share of the picture size
         elif kind == "dusk":
             self.p["end_gain"] = {1: 0.55, 2: 0.4, 3: 0.28}[s] * float(rng.uniform(0.9, 1.1))
             self.p["noise"] = 1.5 * s + float(rng.uniform(0, 1.0))
@@ -127,7 +127,7 @@ class Weather:
         """Crop-window displacement (pixels) of snapshot ``i`` (wind shake only)."""
         if self.offsets is None:
             return 0.0, 0.0
-        sg = self.p["sigma"]
+        sg = self.p["shake"]
         return float(self.offsets[i, 0] * sg * self.w), float(self.offsets[i, 1] * sg * self.h)
 
     def level(self, i: int) -> float:
@@ -280,7 +280,7 @@ def generate(seed: int, out: Path, length: int = 40, per_fault: int = 12, clean_
              fault_profile: str = "standard", kit_dir: Path = KIT, quiet: bool = True) -> Path:
     """Write ``out/sequences/<seq>/<index>.jpg`` and ``out/labels.jsonl``; returns the labels path."""
     kit = kit_module(kit_dir)
-    kit.P = kit.PROFILES[fault_profile]
+    kit.P = kit.PROFILES[fault_profile]  # type: ignore[attr-defined]
     rng = np.random.default_rng(seed)
     clips: dict[str, list[np.ndarray]] = {}
     for name in kit.CLIPS:

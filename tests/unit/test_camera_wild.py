@@ -1,0 +1,98 @@
+"""CameraAnalyser in the wild: a burnt-in ticking clock, wind shake, rain streaks, a scene static by nature."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import cv2
+import numpy as np
+import pytest
+
+from analytics.camera import CameraAnalyser
+from analytics.camera.state import dumps, loads
+from tests.unit.test_camera_analyser import T0, H, Img, Road, W, jpeg, run, warp
+
+pytestmark = pytest.mark.unit
+
+
+def clock(img: Img, t: int, period_s: int = 5) -> Img:
+    """The recorder's date and time of snapshot ``t``, burnt in at the top left."""
+    out = np.ascontiguousarray(img).copy()
+    stamp = (T0 + timedelta(seconds=period_s * t)).strftime("%Y-%m-%d %H:%M:%S")
+    cv2.putText(out, stamp, (12, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(out, stamp, (12, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (250, 250, 250), 2, cv2.LINE_AA)
+    return out
+
+
+def labels_of(frames: list[bytes]) -> list[str]:
+    return [r.label for r in run(frames)]
+
+
+def test_picture_frozen_behind_a_ticking_clock_is_a_freeze() -> None:
+    road = Road(2, n_vehicles=6)
+    frames = [jpeg(clock(road.frame(t), t), 80 + t % 15) for t in range(20)]
+    stuck = road.frame(19)  # the picture stalls; the clock is stamped on afterwards and keeps ticking
+    frames += [jpeg(clock(stuck, t), 78 + 3 * (t % 5)) for t in range(20, 26)]
+    labels = labels_of(frames)
+    assert labels[:20] == ["ok"] * 20, labels
+    assert "freeze" in labels[20:22], labels
+
+
+def test_static_scene_with_a_ticking_clock_is_not_frozen() -> None:
+    # an empty corridor at night: nothing but the clock has ever moved, so stillness is its normal
+    road = Road(7)
+    still = road.frame(0, gain=0.4, cars=False)
+    frames = [jpeg(clock(still, t, period_s=1), 80 + t % 12) for t in range(50)]
+    assert labels_of(frames) == ["ok"] * 50
+
+
+def test_video_loss_keeps_the_caption_and_is_still_video_loss() -> None:
+    road = Road(3)
+    frames = [jpeg(clock(road.frame(t), t)) for t in range(16)]
+    blue = np.zeros((H, W, 3), np.uint8)
+    blue[:] = (180, 10, 10)
+    frames += [jpeg(clock(blue, t)) for t in range(16, 19)]
+    labels = labels_of(frames)
+    assert labels[:16] == ["ok"] * 16, labels
+    assert labels[16] == "black", labels
+
+
+def test_wind_shake_is_not_a_re_pointing() -> None:
+    road = Road(9)
+    rng = np.random.default_rng(4)
+    frames = []
+    for t in range(40):
+        dx, dy = rng.normal(0, 0.008, 2) * (W, H)  # ~0.8% of the picture, a fresh offset every snapshot
+        frames.append(jpeg(warp(road.frame(t), float(dx), float(dy))))
+    labels = labels_of(frames)
+    assert labels == ["ok"] * 40, [(i, v) for i, v in enumerate(labels) if v != "ok"]
+
+
+def test_rain_streaks_are_neither_noise_nor_blur() -> None:
+    road = Road(12)
+    rng = np.random.default_rng(5)
+    frames = []
+    for t in range(40):
+        img = road.frame(t).astype(np.float32)
+        if t >= 15:  # rain starts: slight softening, lower contrast, bright slanted streaks
+            img = np.asarray(cv2.GaussianBlur(img, (0, 0), 0.7), np.float32)
+            img = (img.mean() + 0.8 * (img - img.mean())).astype(np.float32)
+            layer = np.zeros((H, W), np.float32)
+            for x, y in rng.uniform(0, (W, H), (300, 2)):
+                cv2.line(layer, (int(x), int(y)), (int(x + 6), int(y + 20)), 0.5, 1, cv2.LINE_AA)
+            img = img * (1 - layer[..., None]) + 235 * layer[..., None]
+        frames.append(jpeg(np.clip(img, 0, 255).astype(np.uint8)))
+    labels = labels_of(frames)
+    assert labels == ["ok"] * 40, [(i, v) for i, v in enumerate(labels) if v != "ok"]
+
+
+def test_learned_clock_survives_a_restart() -> None:
+    road = Road(2, n_vehicles=6)
+    an = CameraAnalyser("cam-w")
+    for t in range(20):
+        assert an.analyse(jpeg(clock(road.frame(t), t)), T0 + timedelta(seconds=5 * t)).label == "ok"
+    back = loads(dumps(an))
+    assert back.freeze.n_rate == an.freeze.n_rate and np.array_equal(back.freeze.rate, an.freeze.rate)
+    stuck = road.frame(19)
+    got = [back.analyse(jpeg(clock(stuck, t), 85 + t % 7), T0 + timedelta(seconds=5 * t)).label for t in range(20, 23)]
+    assert "freeze" in got[:2], got
