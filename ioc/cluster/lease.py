@@ -49,6 +49,7 @@ class Lease:
         self._lost = asyncio.Event()
         self._stopping = False
         self.takeovers = 0
+        self._told_schema = False
 
     @property
     def stopping(self) -> bool:
@@ -127,6 +128,13 @@ class Lease:
         try:
             conn = await self._connect()
             epoch = await sql.try_acquire(conn, self.name, self.holder, self.config.lease_ttl_s)
+        except asyncpg.UndefinedTableError:
+            if not self._told_schema:
+                self._told_schema = True
+                logger.error("no cluster_lease table: run `ioc db upgrade` (migration 0008); this process will not "
+                             "run analytics or alerts until then")
+            await self._drop_conn()
+            return
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
             logger.debug("lease %r not acquired: %s", self.name, err)
             await self._drop_conn()
