@@ -223,8 +223,7 @@ class CameraAnalyser:
             # a burnt-in clock keeps ticking on a stalled picture: its blocks do not count
             self._zone = self.freeze.overlay(self.cfg)
             n = self._changed = self.freeze.outside(changed, self.cfg, self._zone)
-            # on a quiet camera a block or two flickering (sensor grain in the dark) is no motion
-            return n == 0 or (n <= self.cfg.still_flicker and self.freeze.quietest() < self.cfg.freeze_quiet)
+            return n == 0
         self._changed = -1
         self._zone = None
         # no JPEG block grid (the picture was resized after decoding): thumbnail pixels instead
@@ -326,7 +325,7 @@ class CameraAnalyser:
                al: Alignment | None, g_now: float) -> None:
         """Update the learned state after a snapshot."""
         healthy = label == "ok" and not cand
-        self.freeze.update(still, healthy, label == "freeze", self._changed)
+        self.freeze.update(still, healthy, label == "freeze", self._changed, self.cfg.still_flicker)
         if label == "shift":
             # A re-pointing is reported once, then the new view becomes the reference.
             self.ref = Ref(m)

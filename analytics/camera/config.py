@@ -34,7 +34,7 @@ class CameraConfig:
     overlay_cells: float = 0.15  # burnt-in text left out of the uniform-screen test covers at most this share
     # freeze
     still_margin: float = 1.0  # grey levels a block mean may move beyond the JPEG quantiser's rounding
-    still_flicker: int = 2  # blocks that may move so in a still snapshot (outside a burnt-in clock)
+    still_flicker: int = 2  # a snapshot moving no more blocks so is no evidence that the camera's scene lives
     still_level: float = 8.0  # (no block grid) grey levels a thumbnail pixel must move to count as change
     still_pixels: int = 2  # (no block grid) changed thumbnail pixels tolerated in a still snapshot
     freeze_history: int = 6  # moving snapshots seen before a single still one can be a freeze

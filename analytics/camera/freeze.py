@@ -172,8 +172,12 @@ class FreezeTracker:
             return float(min(1.0, 0.6 + 0.05 * (spell - need)))
         return 0.0
 
-    def update(self, still: bool, healthy: bool, frozen: bool, changed: int) -> None:
-        """Record the outcome of a snapshot (``frozen``: it was labelled a freeze; ``changed``: blocks)."""
+    def update(self, still: bool, healthy: bool, frozen: bool, changed: int, flicker: int = 0) -> None:
+        """Record the outcome of a snapshot (``frozen``: it was labelled a freeze; ``changed``: blocks).
+
+        A snapshot where at most ``flicker`` blocks moved ends a still spell but is no evidence that
+        the camera moves: grain on a static picture is not a scene that lives.
+        """
         if still:
             self.spell += 1
             self.alarm = self.alarm or frozen
@@ -186,7 +190,8 @@ class FreezeTracker:
                 self.max_spell = max(self.max_spell, self.spell)
                 for _ in range(min(self.spell, len(self.changes))):
                     self._record(0)
-            self.n_move += 1
+            if changed < 0 or changed > flicker:
+                self.n_move += 1
             if changed >= 0:
                 self._record(changed)
         self.spell = 0
