@@ -246,7 +246,7 @@ def _status(device_id: str, kind: str, doc: Any, received_at: datetime, retained
     if not isinstance(doc, dict):
         raise ItemError(Reason.BAD_SHAPE, f"status must be a JSON object, got {_type_name(doc)}")
     state = doc.get("state")
-    if state not in c.STATES:
+    if not isinstance(state, str) or state not in c.STATES:  # an array or object is unhashable: no set lookup
         raise ItemError(Reason.BAD_SHAPE, f"'state' must be one of {sorted(c.STATES)}, got {state!r:.40}")
     reason = doc.get("reason")
     if reason is not None and not isinstance(reason, str):
@@ -265,7 +265,7 @@ def _event(device_id: str, kind: str, doc: Any, received_at: datetime) -> Device
     if not isinstance(etype, str) or not c.EVENT_TYPE_RE.fullmatch(etype):
         raise ItemError(Reason.BAD_SHAPE, f"'type' must be a name matching {c.EVENT_TYPE_RE.pattern}")
     severity = doc.get("severity", "warning")
-    if severity not in c.SEVERITIES:
+    if not isinstance(severity, str) or severity not in c.SEVERITIES:
         raise ItemError(Reason.BAD_SHAPE, f"'severity' must be one of {sorted(c.SEVERITIES)}")
     detail = doc.get("detail", {})
     if not isinstance(detail, dict):
