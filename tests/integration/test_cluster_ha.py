@@ -24,7 +24,7 @@ import websockets
 
 from ioc.cluster.config import ClusterConfig
 from ioc.cluster.lease import Lease
-from storage.cluster import FencedError
+from storage.cluster import FencedError, take_token
 from tests.support.auth import make_token_sync
 from tests.support.cluster import RoleProcess, cluster_env, db_fetch, lease, unique_lease, wait_for
 from tests.support.mqtt import Publisher, iso, unique_id
@@ -225,3 +225,25 @@ async def _until(predicate: object) -> None:
 
 def test_fence_refuses_a_write_after_takeover(database_url: str) -> None:
     asyncio.run(_fenced_write(database_url))
+
+
+async def _shared_bucket(database_url: str) -> tuple[int, int]:
+    """Two dispatchers' worth of connections race for one target's tokens: the bucket is one, in the database."""
+    conns = [await asyncpg.connect(database_url) for _ in range(4)]
+    target = unique_id("pager")
+    try:
+        async def five(conn: asyncpg.Connection) -> list[float]:
+            return [await take_token(conn, "webhook", target, rate_per_s=0.01, burst=5.0) for _ in range(5)]
+
+        waits = [w for ws in await asyncio.gather(*(five(c) for c in conns)) for w in ws]
+        other = await take_token(conns[0], "webhook", unique_id("pager"), rate_per_s=0.01, burst=5.0)
+    finally:
+        for c in conns:
+            await c.close()
+    return sum(1 for w in waits if w == 0.0), int(other == 0.0)
+
+
+def test_rate_limit_is_shared_by_every_dispatcher(database_url: str) -> None:
+    granted, other = asyncio.run(_shared_bucket(database_url))
+    assert granted == 5  # a burst of 5 for the target, however many processes ask
+    assert other == 1  # another target has its own bucket
