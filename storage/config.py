@@ -21,8 +21,9 @@ class StorageConfig(BaseModel):
     rollup_1h_retention_days: int = Field(1830, ge=1, description="Hourly rollups older than this are dropped.")
     rollup_every_s: float = Field(300.0, gt=0, description="Fallback backend: how often ingest workers refresh "
                                   "the rollups (TimescaleDB refreshes them by its own policies).")
-    rollup_lookback_min: int = Field(180, ge=10, description="...over this many minutes back (late data "
-                                     "within it is folded in).")
+    rollup_lookback_min: int = Field(180, ge=10, description="...incrementally (only the 5-minute buckets that "
+                                     "got rows, late ones included); the first refresh after an upgrade also "
+                                     "recomputes this many minutes back.")
     snapshot_history: int = Field(20, ge=1, description="Distinct snapshots kept per camera.")
     quarantine_retention_days: int = Field(30, ge=1, description="Quarantined payloads older than this are dropped.")
     pool_size: int = Field(4, ge=1, le=64, description="asyncpg pool size per process.")

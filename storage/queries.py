@@ -206,11 +206,13 @@ async def kpi_history(conn: Any, backend: Backend, start: datetime, end: datetim
     device API defines them); ``bts_total`` / ``cam_total``: devices of that kind registered. Buckets of
     whole 5 minutes are read from the 5-minute rollup (the province's raw rows are 50 times more).
     """
-    kpis = ("SELECT {b} AS bucket, sum(s) FILTER (WHERE metric = 'speed_kmh') / "
+    # per (bucket, device, metric) first, then count those rows: hash aggregates, where count(DISTINCT) sorts
+    kpis = ("SELECT bucket, sum(s) FILTER (WHERE metric = 'speed_kmh') / "
             "sum(n) FILTER (WHERE metric = 'speed_kmh') AS speed, "
-            "count(DISTINCT device_id) FILTER (WHERE metric = 'availability_pct') AS bts_reporting, "
-            "count(DISTINCT device_id) FILTER (WHERE metric = 'fps') AS cam_reporting "
-            "FROM ({src}) src GROUP BY 1 ORDER BY 1")
+            "count(*) FILTER (WHERE metric = 'availability_pct') AS bts_reporting, "
+            "count(*) FILTER (WHERE metric = 'fps') AS cam_reporting FROM ("
+            "SELECT {b} AS bucket, device_id, metric, sum(s) AS s, sum(n) AS n FROM ({src}) src GROUP BY 1, 2, 3"
+            ") per_device GROUP BY 1 ORDER BY 1")
     metrics = "metric IN ('speed_kmh', 'availability_pct', 'fps')"
     raw = (f"SELECT ts AS t, device_id, metric, value AS s, 1 AS n FROM telemetry "
            f"WHERE ts >= $2 AND ts < $3 AND {metrics}")

@@ -280,3 +280,23 @@ async def test_incremental_refresh_recomputes_only_what_was_written(conn: asyncp
     assert await conn.fetchval("SELECT sum(n) FROM telemetry_1h WHERE device_id = $1", dev) == 3
     done = await complete_before(conn)
     assert done is not None and now - timedelta(minutes=7) <= done <= now
+
+
+async def test_city_kpis_from_the_rollups(conn: asyncpg.Connection,
+                                          backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    backend = backend_dsn[0]
+    method = method_for(backend)
+    if method == "copy":
+        await conn.execute(STAGING_DDL)
+    t0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    tag = unique_id("K")
+    rows = [(t0 + timedelta(minutes=i), f"{tag}-t{d}", "speed_kmh", 10.0 * (d + 1), None)
+            for i in range(20) for d in range(2)]
+    rows += [(t0 + timedelta(minutes=i), f"{tag}-b", "availability_pct", 99.0, None) for i in range(0, 20, 7)]
+    await write_batch(conn, BatchRows(telemetry=rows), method)  # type: ignore[arg-type]
+    await refresh_rollups(conn, backend, t0, t0 + timedelta(minutes=20))
+    got = await queries.kpi_history(conn, backend, t0, t0 + timedelta(minutes=20), timedelta(minutes=10))
+    assert [(r["bucket"], r["speed"], r["bts_reporting"]) for r in got] == [
+        (t0, 15.0, 1), (t0 + timedelta(minutes=10), 15.0, 1)]  # one BTS, read at minutes 0, 7 | 14
+    raw = await queries.kpi_history(conn, backend, t0, t0 + timedelta(minutes=20), timedelta(minutes=2))
+    assert sum(r["bts_reporting"] for r in raw) == 3 and len(raw) == 10
