@@ -88,8 +88,11 @@ def _restamp(msg: Message, now_ms: int) -> bytes:
 
 
 def _publisher(port: int, shard: int, shards: int, start: float, count: int, rate: float, restamp: bool,
-               out: mp.Queue[tuple[int, float, int]]) -> None:
-    """Publish ``count`` messages of this shard (QoS 1), at ``rate`` msg/s or flat out; wait for every PUBACK."""
+               out: mp.Queue[tuple[int, float, int]], skip: int = 0) -> None:
+    """Publish ``count`` messages of this shard (QoS 1), at ``rate`` msg/s or flat out; wait for every PUBACK.
+
+    ``skip``: leave out the shard's first messages (a later round continues the stream: the devices'
+    sequence numbers go on, so the live hub does not take the readings for redeliveries)."""
     acked = [0]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{shard}-{uuid.uuid4().hex[:4]}",
                          protocol=mqtt.MQTTv5)
@@ -100,7 +103,9 @@ def _publisher(port: int, shard: int, shards: int, start: float, count: int, rat
     client.loop_start()
     t0 = time.monotonic()
     sent = telemetry = 0
-    for msg in province_messages(shard, shards, start):
+    for n, msg in enumerate(province_messages(shard, shards, start)):
+        if n < skip:
+            continue
         if sent >= count:
             break
         if rate:
@@ -122,11 +127,13 @@ def _publisher(port: int, shard: int, shards: int, start: float, count: int, rat
     out.put((sent, elapsed, telemetry))
 
 
-def publish(port: int, total: int, publishers: int, rate: float, restamp: bool, start: float) -> list[Any]:
-    """Start the publisher processes sharing ``total`` messages (and ``rate``); returns (processes, queue)."""
+def publish(port: int, total: int, publishers: int, rate: float, restamp: bool, start: float,
+            skip: int = 0) -> list[Any]:
+    """Start the publisher processes sharing ``total`` messages (and ``rate``), after the first ``skip``
+    of the stream; returns (processes, queue)."""
     out: mp.Queue[tuple[int, float, int]] = mp.Queue()
     procs = [mp.Process(target=_publisher, args=(port, i, publishers, start, total // publishers,
-                                                  rate / publishers, restamp, out), daemon=True)
+                                                  rate / publishers, restamp, out, skip // publishers), daemon=True)
              for i in range(publishers)]
     for p in procs:
         p.start()
