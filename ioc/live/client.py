@@ -44,6 +44,8 @@ class Batch:
 
 
 Item = Frame | Batch | str  # str: a control frame (snapshot, heartbeat, notice, action result)
+#: About the most frames one WebSocket message carries (common clients refuse messages over 1 MiB).
+MAX_MESSAGE_BYTES = 256 * 1024
 
 
 @dataclass(eq=False)
@@ -104,7 +106,7 @@ class ClientSession:
                 self.behind_other.append(frame.text)
 
     def take_messages(self, catch_up: Callable[[ClientSession], list[str]],
-                      max_bytes: int = 256 * 1024) -> list[str]:
+                      max_bytes: int = MAX_MESSAGE_BYTES) -> list[str]:
         """WebSocket messages to send now (each a JSON array), about ``max_bytes`` of frames at most.
 
         Shared batches go out as they are (joined once for the whole audience); loose frames and control
@@ -113,8 +115,7 @@ class ClientSession:
         """
         self.wake.clear()
         if self.lagging:
-            texts = catch_up(self)
-            return [_join(texts)] if texts else []
+            return _join_in_messages(catch_up(self), max_bytes)
         out: list[str] = []
         loose: list[str] = []
         size = 0
@@ -122,7 +123,7 @@ class ClientSession:
             item = self.queue.popleft()
             if isinstance(item, Batch):
                 if loose:
-                    out.append(_join(loose))
+                    out.extend(_join_in_messages(loose, max_bytes))
                     loose = []
                 out.append(item.text)
                 self.queued -= len(item.frames)
@@ -133,7 +134,7 @@ class ClientSession:
                 loose.append(text)
                 size += len(text)
         if loose:
-            out.append(_join(loose))
+            out.extend(_join_in_messages(loose, max_bytes))
         if self.queue:
             self.wake.set()
         return out
@@ -158,6 +159,20 @@ def _join(texts: list[str]) -> str:
     return "[" + ",".join(texts) + "]"
 
 
+def _join_in_messages(texts: list[str], max_bytes: int) -> list[str]:
+    """``texts`` as JSON-array messages of about ``max_bytes`` at most each (a snapshot may be larger alone)."""
+    out, part, size = [], [], 0
+    for text in texts:
+        if part and size + len(text) > max_bytes:
+            out.append(_join(part))
+            part, size = [], 0
+        part.append(text)
+        size += len(text) + 1
+    if part:
+        out.append(_join(part))
+    return out
+
+
 @dataclass(eq=False)
 class Audience:
     """The screens that share one subscription, and the frames waiting to be batched for them."""
@@ -166,12 +181,20 @@ class Audience:
     clients: set[ClientSession] = field(default_factory=set)
     pending: list[Frame] = field(default_factory=list)
 
-    def flush(self) -> int:
-        """Hand the pending frames to every screen as one batch; returns frames delivered."""
+    def flush(self, max_bytes: int = MAX_MESSAGE_BYTES) -> int:
+        """Hand the pending frames to every screen, joined once, in messages of about ``max_bytes`` at most
+        (well under clients' 1 MiB default limit, however many frames one turn emitted); returns frames
+        delivered."""
         if not self.pending:
             return 0
         frames, self.pending = self.pending, []
-        batch = Batch(frames, _join([f.text for f in frames]))
-        for client in self.clients:
-            client.push_batch(batch)
+        start, size = 0, 0
+        for i, frame in enumerate(frames):
+            size += len(frame.text) + 1
+            if size >= max_bytes or i == len(frames) - 1:
+                part = frames[start:i + 1]
+                batch = Batch(part, _join([f.text for f in part]))
+                for client in self.clients:
+                    client.push_batch(batch)
+                start, size = i + 1, 0
         return len(frames) * len(self.clients)

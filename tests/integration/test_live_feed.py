@@ -123,7 +123,8 @@ async def test_stalled_clients_do_not_hold_back_a_fast_one(server: ServeProcess,
     total = 2000
     # Wide readings (~6 KB per frame, ~12 MB in all) so the stalled clients overflow the kernel's socket
     # buffers and really push back on the server.
-    wide = {f"m{k:03d}": float(k) for k in range(200)}
+    # (120 metrics with long names: a device may use at most 128 metric names, ingest/guard.py)
+    wide = {f"wide_metric_{k:03d}_of_a_busy_sensor": float(k) for k in range(120)}
     stalled = [stalled_socket(server.port) for _ in range(5)]
     async with websockets.connect(ws_url(server, f"devices={dev}")) as fast:
         await recv_frames(fast)

@@ -166,3 +166,20 @@ def test_resubscribe_and_detach_keep_audiences_exact() -> None:
     hub.detach(a)
     hub.detach(b)
     assert hub.audiences == {}
+
+
+def test_a_big_turn_is_cut_into_messages_under_the_size_cap() -> None:
+    """One event-loop turn may emit thousands of wide frames: no WebSocket message may exceed ~256 KiB."""
+    from ioc.live.client import MAX_MESSAGE_BYTES
+
+    hub = LiveHub(district_of, client_capacity=100_000)
+    screen = hub.attach(Subscription())
+    hub.take_messages(screen)
+    wide = {f"wide_metric_{k:03d}": float(k) for k in range(100)}
+    for i in range(2000):
+        hub.on_record(Reading(f"W{i}", "traffic", T0, wide, 1), T0)
+    messages: list[str] = []
+    while screen.queue:
+        messages += hub.take_messages(screen)
+    assert len(messages) > 10 and all(len(m) <= MAX_MESSAGE_BYTES + 4096 for m in messages)
+    assert sum(len(orjson.loads(m)) for m in messages) == 2000
