@@ -178,7 +178,7 @@ def test_a_big_turn_is_cut_into_messages_under_the_size_cap() -> None:
     wide = {f"wide_metric_{k:03d}": float(k) for k in range(100)}
     for i in range(2000):
         hub.on_record(Reading(f"W{i}", "traffic", T0, wide, 1), T0)
-    messages: list[str] = []
+    messages = hub.take_messages(screen)  # flushes the turn into the audience's batches
     while screen.queue:
         messages += hub.take_messages(screen)
     assert len(messages) > 10 and all(len(m) <= MAX_MESSAGE_BYTES + 4096 for m in messages)
