@@ -311,28 +311,31 @@ class AlertStage:
     async def _store_piecewise(self, ch: Changes) -> None:
         """Each incident, alert, audit entry and page in its own transaction; refused ones set aside."""
         save = store.save_changes
-        pieces: list[tuple[str, Callable[[Any], Awaitable[Any]], Any]] = []
+        # (what, write, the piece as data, what the replicas are told changed)
+        pieces: list[tuple[str, Callable[[Any], Awaitable[Any]], Any, Changes]] = []
         for inc in ch.incidents.values():
             row = self._incident_row(inc)
-            pieces.append((f"incident {inc.id}", partial(save, incidents=[row], alerts=[], audit=[]), row))
+            pieces.append((f"incident {inc.id}", partial(save, incidents=[row], alerts=[], audit=[]), row,
+                           Changes(incidents={inc.id: inc})))
         for a in ch.alerts.values():
             arow = a.to_dict(raw=True)
-            pieces.append((f"alert {a.id}", partial(save, incidents=[], alerts=[arow], audit=[]), arow))
+            pieces.append((f"alert {a.id}", partial(save, incidents=[], alerts=[arow], audit=[]), arow,
+                           Changes(alerts={a.id: a})))
         for e in ch.audit:
             entry = (e.ts, e.incident_id, e.alert_id, e.action, e.actor, e.note, e.detail)
             pieces.append((f"audit {e.action} of incident {e.incident_id}",
-                           partial(save, incidents=[], alerts=[], audit=[entry]), entry))
+                           partial(save, incidents=[], alerts=[], audit=[entry]), entry, Changes()))
         for page in ch.pages:
             rows = self._page_rows(page)
             if rows:
                 pieces.append((f"page {page.reason} of incident {page.incident_id}",
-                               partial(outbox.enqueue, rows=rows), rows))
+                               partial(outbox.enqueue, rows=rows), rows, Changes()))
         async with self.pool.acquire(timeout=5) as conn:
-            for what, write, doc in pieces:
+            for what, write, doc, told in pieces:
                 try:
                     async with conn.transaction():
-                        if self.guard is not None:
-                            await self.guard(conn, Changes())
+                        if self.guard is not None:  # the lease's fence, and a NOTIFY to the other replicas
+                            await self.guard(conn, told)
                         await write(conn)
                 except Exception as err:
                     if _fenced(err) or classify(err) is Failure.TRANSIENT:

@@ -26,9 +26,10 @@ from paho.mqtt.properties import Properties
 
 from analytics.findings import Finding
 from ingest.contract import SUBSCRIPTION
+from ingest.guard import MetricNameGuard
 from ingest.mqtt_session import MqttSession
-from ingest.parse import parse_message
 from ingest.records import ParsedMessage
+from ingest.worker import handle_message
 from ioc.alerts.model import Changes
 from ioc.alerts.notify.dispatcher import NotificationDispatcher
 from ioc.alerts.stage import AlertStage
@@ -69,24 +70,19 @@ class BrainInput:
             session_options(settings, client_id), subscriptions=(SUBSCRIPTION,), qos=1, clean_start=False,
             session_expiry_s=cfg.brain_session_expiry_s)
         self.sinks = sinks
+        self.guard = MetricNameGuard()
         self.session = MqttSession(options, self._on_message)
         self.lag_s: float | None = None
         self.storing_since = storing_since  # when the alert stage's writes began failing (None: they succeed)
         self._unacked: deque[tuple[float, datetime, int, int, int]] = deque()
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
-        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
         now = datetime.now(UTC)
-        try:
-            parsed = parse_message(message._topic.decode("utf-8", "replace"), payload, now,
-                                   retained=bool(message.retain))
-            stamps = [r.ts for r in parsed.records if getattr(r, "ts", None) is not None]
-            if stamps:
-                self.lag_s = max(0.0, (now - max(stamps)).total_seconds())
-            for sink in self.sinks:
-                sink(parsed)
-        except Exception:
-            logger.exception("brain input: message on %s not handled", message.topic)
+        # The ingest's own handler: parse, caps, every sink under the catch-all (never raises).
+        parsed = handle_message(message, now, self.guard, self.sinks)
+        stamps = [r.ts for r in parsed.records if getattr(r, "ts", None) is not None]
+        if stamps:
+            self.lag_s = max(0.0, (now - max(stamps)).total_seconds())
         if message.qos:
             self._unacked.append((time.monotonic(), now, message.mid, generation, message.qos))
 

@@ -161,7 +161,9 @@ def _join(texts: list[str]) -> str:
 
 def _join_in_messages(texts: list[str], max_bytes: int) -> list[str]:
     """``texts`` as JSON-array messages of about ``max_bytes`` at most each (a snapshot may be larger alone)."""
-    out, part, size = [], [], 0
+    out: list[str] = []
+    part: list[str] = []
+    size = 0
     for text in texts:
         if part and size + len(text) > max_bytes:
             out.append(_join(part))
