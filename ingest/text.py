@@ -57,11 +57,11 @@ def clean_text(value: str, *, multiline: bool = False, limit: int | None = None)
 
 def find_bad_text(doc: Any, *, depth: int = 0) -> str | None:
     """The first refused character anywhere in a JSON document's strings and keys, described; else None."""
-    if depth > 64:
-        return "nesting deeper than 64 levels"
-    if isinstance(doc, str):
+    if isinstance(doc, str):  # before the depth check: clean_json leaves a string at the cut depth
         match = _BAD_MULTILINE.search(doc)
         return describe(match.group()) if match else None
+    if depth > 64:
+        return "nesting deeper than 64 levels"
     if isinstance(doc, dict):
         for key, value in doc.items():
             found = find_bad_text(key, depth=depth + 1) if isinstance(key, str) else None

@@ -27,6 +27,7 @@ from ioc.api import (
 )
 from ioc.api.deps import require_access
 from ioc.api.edge import check_request_text
+from ioc.api.errors import COMMON_RESPONSES, widen_validation_error
 from ioc.auth.service import Authenticator
 from ioc.cluster.node import Node, Role
 from ioc.geo import City
@@ -95,7 +96,9 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
                   description="Smart-city Intelligent Operations Center: devices, telemetry, quarantine, live feed, "
                               "alerts and incidents.",
                   docs_url=None, redoc_url=None, openapi_url=None,  # served behind a role: IOC_AUTH__DOCS
-                  dependencies=[Depends(require_access), Depends(check_request_text)])
+                  dependencies=[Depends(require_access), Depends(check_request_text)],
+                  responses=COMMON_RESPONSES)
+    widen_validation_error(app)
     app.state.auth = Authenticator(settings.auth)
     hardening.install(app, settings.auth)
     app.include_router(routes_health.router)

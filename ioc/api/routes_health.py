@@ -54,7 +54,8 @@ async def set_aside_list(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=100
         return await list_set_aside(conn, limit, stage)
 
 
-@router.get("/metrics", dependencies=[requires(Role.VIEWER)])
+@router.get("/metrics", dependencies=[requires(Role.VIEWER)], response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this process (ingest counters included when ingest runs here). Scrapers use a
     viewer token; ``IOC_AUTH__METRICS=false`` turns the route off."""

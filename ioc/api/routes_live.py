@@ -176,7 +176,8 @@ async def districts(request: Request) -> list[dict[str, Any]]:
              "devices": counts.get(d.code, {})} for d in city.districts]
 
 
-@router.get("/api/city", dependencies=[requires(Role.VIEWER)])
+@router.get("/api/city", dependencies=[requires(Role.VIEWER)], response_class=Response,
+            responses={200: {"content": {"application/geo+json": {}}}})
 async def city_geojson(request: Request) -> Response:
     """The city's GeoJSON (district outlines, roads) for maps that must work offline."""
     return Response(orjson.dumps(request.app.state.city.geojson), media_type="application/geo+json")
