@@ -176,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                 # The province's first minute is mostly start-up (every device's status and position): sent
                 # first, unmeasured, so that both rounds see steady telemetry and are comparable.
                 prelude = 2 * 4740 + 2 * 5300
-                finish(publish(broker, prelude, args.publishers, rate=args.rate, restamp=True,
-                               start=start_for(prelude)), 900)
+                sent0, _, _ = finish(publish(broker, prelude, args.publishers, rate=args.rate, restamp=True,
+                                             start=start_for(prelude)), 900)
+                deadline = time.time() + 600
+                while _committed(srv) < sent0 and time.time() < deadline:  # its backlog gone first
+                    time.sleep(1.0)
                 n = int(args.rate * args.seconds)
                 base = describe("  all clients reading ", *run_round(
                     srv, broker, args.clients, args.client_processes, args.rate, args.seconds, args.publishers,
