@@ -74,7 +74,10 @@ def figures(dev: Dev, config: DetectorConfig, offsets: tuple[int, ...] = (0,)) -
         acc.setdefault("threshold", []).append(ns.best_threshold(geoms, scores, "standard")[0])
         for name, prof in PROFILES.items():
             acc.setdefault(name, []).append(_norm(ns, geoms, ns.best_threshold(geoms, scores, prof)[1], prof))
-        acc.setdefault("LOCO mean", []).append(float(np.mean(list(loco(ns, geoms, scores).values()))))
+        lo = loco(ns, geoms, scores)
+        acc.setdefault("LOCO mean", []).append(float(np.mean(list(lo.values()))))
+        for c, v in lo.items():
+            acc.setdefault(c.replace("artificialWithAnomaly", "art").replace("real", ""), []).append(v)
         g2, s2 = dev.run(config, cut=SHORT_ROWS + off, offset=off)
         acc.setdefault("short", []).append(_norm(ns, g2, ns.best_threshold(g2, s2, "standard")[1]))
     return {k: float(np.mean(v)) for k, v in acc.items()}
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--offsets", default="0", help="start offsets averaged over, e.g. 0,37,91")
     ap.add_argument("--no-traffic", action="store_true")
     ap.add_argument("--no-dev", action="store_true")
+    ap.add_argument("--own", action="store_true", help="also score traffic at its own optimised threshold")
     ap.add_argument("--seed", type=int, default=7, help="traffic simulation seed")
     args = ap.parse_args(argv)
     cfg = dataclasses.replace(DetectorConfig(), **parse_sets(args.set))
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         from nab_traffic import run
 
         for name, t in (("own threshold", None), ("dev threshold", thr)):
-            if name == "dev threshold" and t is None:
+            if (name == "dev threshold" and t is None) or (name == "own threshold" and thr is not None
+                                                           and not args.own):
                 continue
             tr = run(cfg, nab=args.nab, thr=t, seed=args.seed)
             print(f"[{label}] traffic at {name}: " + "  ".join(f"{k} {v:.1f}" for k, v in tr.items()), flush=True)

@@ -33,19 +33,17 @@ class DetectorConfig:
     bit set of this size per series; the share of new continuations, times this weight, is added
     to the emitted score. Off by default (0): on NAB its gain did not survive leave-one-category-out
     checks and moved with hash collisions, so it costs speed and 4 KiB per series for no sure gain."""
-    dr_frac: float = 0.0
-    dr_score: float = 1.0
-    dr_hold: bool = True
-    """Declared-range deviation: a residual of at least this share of the declared range (else of the
-    covered range), with |z| >= range_z, scores ``dr_score`` (0: off); with ``dr_hold`` even during a hold."""
     re_w: float = 0.0
     """Relative-entropy windows (``entropy.py``): a reading whose window histogram no earlier window
     explains scores this much (0: off)."""
-    re_hold: bool = False
-    """A novel window is damped by the hold like other findings (else it scores on its own)."""
+    re_z: float = 2.0
+    """A novel window counts only when its latest reading is this unexpected (|z|)."""
+    re_hold: int = 2
+    """0: a novel window scores on its own; 1: it is a candidate finding like the others (one per
+    episode, opens a hold); 2: it scores only while no finding holds and opens no hold."""
     re_window: int = 52
     re_bins: int = 5
-    re_slots: int = 16
+    re_slots: int = 48
     re_warmup: int = 120
     """Window length, bins over the declared (else covered) range, hypotheses kept, readings before
     a novelty may score."""

@@ -283,28 +283,19 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     kind, raw = _calibrate(cfg, s, R, rows, sev, m, level_now, dt, warm)
     record, raw = _range_record(cfg, s, x, m, kind, raw, warm)
 
-    bypass = record.copy()  # raises even while an earlier finding holds
-    if cfg.dr_frac > 0:  # a deviation that is a large share of the declared range: a finding on its own
-        declared = s[:, DHI] > s[:, DLO]
-        dspan = np.where(declared, s[:, DHI] - s[:, DLO], s[:, QHI] - s[:, QLO])
-        big = warm & (dspan > 0) & (np.abs(m.err) >= cfg.dr_frac * dspan) & (np.abs(m.z) >= cfg.range_z)
-        kind = np.where(big & (raw < cfg.dr_score), np.where(m.err > 0, SPIKE, DIP), kind)
-        raw = np.where(big, np.maximum(raw, cfg.dr_score), raw)
-        if cfg.dr_hold:
-            bypass = bypass | big
     re_nov = np.zeros(len(rows))
     if cfg.re_w > 0 and ent is not None:  # relative-entropy windows over the declared range
         declared = s[:, DHI] > s[:, DLO]
         lo = np.where(declared, s[:, DLO], np.minimum(s[:, QLO], x))
         hi = np.where(declared, s[:, DHI], np.maximum(s[:, QHI], x))
-        re_nov = entropy_step(*ent, rows, n, x, lo, hi) * (n >= cfg.re_warmup)
-        if cfg.re_hold:  # a novel window is a candidate finding like any other (one per episode)
+        re_nov = entropy_step(*ent, rows, n, x, lo, hi) * (n >= cfg.re_warmup) * (np.abs(m.z) >= cfg.re_z)
+        if cfg.re_hold == 1:  # a novel window is a candidate finding like any other (one per episode)
             kind = np.where((re_nov > 0) & (cfg.re_w * re_nov > raw), PATTERN, kind)
             raw = np.maximum(raw, cfg.re_w * re_nov)
     # --- one alert per episode: damp scores while a recent alert holds (a record always raises) ---
     holding = n < s[:, HOLD]
     refire = raw > cfg.refire_ratio * s[:, ALERT]
-    fired = (raw >= cfg.fire_level) & (~holding | refire | bypass)
+    fired = (raw >= cfg.fire_level) & (~holding | refire | record)
     score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
     # the range forgets slowly, so a series that settled down can raise records again
     fade = _fade(cfg.range_tau_s, dt)
@@ -313,14 +304,24 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     if cfg.novelty_w > 0:  # context novelty raises the emitted score (not the findings)
         nov = novelty(Q, S, s[:, QLO], s[:, QHI], n, x, rows, cfg.novelty_levels)
         score = np.minimum(score + cfg.novelty_w * nov * warm, 1.0)
-    if cfg.re_w > 0 and ent is not None and not cfg.re_hold:
+    if cfg.re_w > 0 and ent is not None and cfg.re_hold == 0:
         score = np.maximum(score, cfg.re_w * re_nov)
+    re_fire = np.zeros(len(rows), dtype=bool)
+    if cfg.re_w > 0 and ent is not None and cfg.re_hold == 2:
+        # a novel window scores when no finding holds, and opens no hold of its own: it cannot mask
+        # a later finding of the main detectors
+        quiet = ~holding & ~fired
+        re_fire = quiet & (re_nov > 0) & (cfg.re_w >= cfg.fire_level)
+        score = np.where(quiet, np.maximum(score, cfg.re_w * re_nov), score)
+        kind = np.where(quiet & (re_nov > 0) & (cfg.re_w * re_nov >= raw), PATTERN, kind)
+        raw = np.where(re_fire, np.maximum(raw, cfg.re_w), raw)
     # the hold lasts while the episode does: still-elevated scores extend it
     extend = holding & (raw >= cfg.hold_extend_level)
     s[:, HOLD] = np.where(fired | extend, n + cfg.hold, s[:, HOLD])
     s[:, ALERT] = np.where(fired, raw, s[:, ALERT])
     # after an alarm the CUSUM restarts and the baseline jumps to the current level
     reset = fired & ((kind == SHIFT) | (kind == DRIFT))
+    fired = fired | re_fire
     carry["cp"][reset] = 0.0
     carry["cn"][reset] = 0.0
     s[reset, LB] = level_now[reset]

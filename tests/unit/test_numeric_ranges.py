@@ -97,8 +97,8 @@ def test_bank_restores_a_version_2_state_without_ranges() -> None:
         bank.update(rows, np.full(2, T0 + 300 * i), np.array([1.0, 2.0]) + i % 3)
     buf = io.BytesIO()
     meta = json.dumps({"version": 2, "config": DetectorConfig().as_dict()})
-    old: dict[str, np.ndarray] = {"F": bank.F[:2, :35], "D": bank.D[:2], "W": bank.W[:2], "R": bank.R[:2], "Hb": bank.Hb[:2],
-           "Q": bank.Q[:2], "S": bank.S[:2]}
+    old: dict[str, np.ndarray] = {"F": bank.F[:2, :35], "D": bank.D[:2], "W": bank.W[:2], "R": bank.R[:2],
+                                  "Hb": bank.Hb[:2], "Q": bank.Q[:2], "S": bank.S[:2]}
     np.savez_compressed(buf, meta=np.array(meta), **old)  # type: ignore[arg-type]
     back = SeriesBank.from_state(buf.getvalue())
     assert np.array_equal(back.F[:2, :35], bank.F[:2, :35])
