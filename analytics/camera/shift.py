@@ -53,7 +53,7 @@ class Alignment:
         """Whether two alignments describe the same re-pointing."""
         if other is None:
             return False
-        return (abs(self.dx - other.dx) <= 1.5 and abs(self.dy - other.dy) <= 1.5
+        return (abs(self.dx - other.dx) <= 0.8 and abs(self.dy - other.dy) <= 0.8
                 and abs(self.angle - other.angle) <= 2.5)
 
 
