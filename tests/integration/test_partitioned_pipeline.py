@@ -26,6 +26,8 @@ HB = (20.868, 106.65)  # inside Hồng Bàng
 
 def test_a_bts_losing_mains_is_found_by_a_partition_worker_and_alerted_by_the_brain(
         database_url: str, mqtt_port: int, artifacts: Path) -> None:
+    for log in ("brain.log", "ingest.log", "analytics-worker.log"):  # waits below read these logs
+        (artifacts / log).unlink(missing_ok=True)
     stream = f"T{uuid.uuid4().hex[:10]}"
     partition = {"IOC_PARTITION__NATS_URL": "nats://127.0.0.1:4222", "IOC_PARTITION__STREAM": stream,
                  "IOC_PARTITION__PARTITIONS": "4"}
@@ -45,7 +47,7 @@ def test_a_bts_losing_mains_is_found_by_a_partition_worker_and_alerted_by_the_br
     try:
         wait_for(lambda: "partition" in (artifacts / "analytics-worker.log").read_text(), 60,
                  what="the analytics worker takes its partitions")
-        wait_for(lambda: "MQTT connected" in (artifacts / "ingest.log").read_text(), 60, what="ingest subscribed")
+        wait_for(lambda: "MQTT connected" in (artifacts / "ingest.log").read_text(), 90, what="ingest subscribed")
         start = time.time()
         for k in range(8):  # on mains, then on battery
             mains = 1.0 if k < 3 else 0.0

@@ -12,7 +12,6 @@ from tests.support.corpus import hostile_accepted_cases, malformed_cases, now_ms
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime.now(UTC)
 
 
 @pytest.mark.parametrize(("name", "topic", "payload", "reason"), malformed_cases(), ids=lambda v: str(v)[:30])
@@ -37,8 +36,9 @@ def test_telemetry_object_with_rfc3339_ts_and_position() -> None:
 
 
 def test_epoch_ms_and_boolean_metric() -> None:
+    now = datetime.now(UTC)  # per test: a module-level clock goes stale in a long run
     ts = now_ms()
-    parsed = parse_message("ioc/v1/bts/B1/telemetry", b'{"ts": %d, "metrics": {"mains_power": false}}' % ts, NOW)
+    parsed = parse_message("ioc/v1/bts/B1/telemetry", b'{"ts": %d, "metrics": {"mains_power": false}}' % ts, now)
     (rec,) = parsed.records
     assert isinstance(rec, Reading)
     assert rec.metrics == {"mains_power": 0.0}
@@ -63,27 +63,30 @@ def test_ts_slightly_in_future_is_accepted() -> None:
 
 
 def test_status_without_ts_uses_receive_time_unless_replayed_retained() -> None:
-    live = parse_message("ioc/v1/bts/B1/status", b'{"state": "offline", "reason": "lwt"}', NOW)
+    now = datetime.now(UTC)  # per test: a module-level clock goes stale in a long run
+    live = parse_message("ioc/v1/bts/B1/status", b'{"state": "offline", "reason": "lwt"}', now)
     (st,) = live.records
     assert isinstance(st, StatusUpdate)
-    assert (st.state, st.reason, st.ts, st.ts_from_device) == ("offline", "lwt", NOW, True)
-    replay = parse_message("ioc/v1/bts/B1/status", b'{"state": "offline"}', NOW, retained=True)
+    assert (st.state, st.reason, st.ts, st.ts_from_device) == ("offline", "lwt", now, True)
+    replay = parse_message("ioc/v1/bts/B1/status", b'{"state": "offline"}', now, retained=True)
     assert isinstance(replay.records[0], StatusUpdate) and replay.records[0].ts_from_device is False
 
 
 def test_event_defaults() -> None:
-    parsed = parse_message("ioc/v1/bts/B1/event", b'{"ts": %d, "type": "mains_power_lost"}' % now_ms(), NOW)
+    now = datetime.now(UTC)  # per test: a module-level clock goes stale in a long run
+    parsed = parse_message("ioc/v1/bts/B1/event", b'{"ts": %d, "type": "mains_power_lost"}' % now_ms(), now)
     (ev,) = parsed.records
     assert isinstance(ev, DeviceEvent)
     assert (ev.type, ev.severity, ev.detail) == ("mains_power_lost", "warning", {})
 
 
 def test_snapshot_is_validated_and_sized() -> None:
+    now = datetime.now(UTC)  # per test: a module-level clock goes stale in a long run
     jpeg = small_jpeg(3, 80, 60)
     assert jpeg_size(jpeg) == (80, 60)
-    parsed = parse_message("ioc/v1/camera/C1/snapshot", jpeg, NOW)
+    parsed = parse_message("ioc/v1/camera/C1/snapshot", jpeg, now)
     (snap,) = parsed.records
-    assert isinstance(snap, Snapshot) and (snap.width, snap.height, snap.ts) == (80, 60, NOW)
+    assert isinstance(snap, Snapshot) and (snap.width, snap.height, snap.ts) == (80, 60, now)
 
 
 @pytest.mark.parametrize(("name", "topic", "payload"), hostile_accepted_cases(), ids=lambda v: str(v)[:30])
