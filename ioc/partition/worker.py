@@ -50,8 +50,10 @@ class PartitionWorker:
     """Owns a fair share of the partitions and runs the numeric detectors on their readings."""
 
     def __init__(self, database_url: str, nats_url: str, partitions: int, worker_id: str, batch: int = 256,
-                 rebalance_s: float = 2.0, state_every_s: float = 300.0, stream: str = STREAM) -> None:
+                 rebalance_s: float = 2.0, state_every_s: float = 300.0, stream: str = STREAM,
+                 ranges: dict[str, tuple[float, float]] | None = None) -> None:
         self.database_url, self.nats_url, self.stream = database_url, nats_url, stream
+        self.ranges = ranges  # the deployment's declared metric ranges (IOC_ANALYTICS__METRIC_RANGES)
         self.partitions, self.worker_id, self.batch = partitions, worker_id, batch
         self.rebalance_s, self.state_every_s = rebalance_s, state_every_s
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -157,10 +159,10 @@ class PartitionWorker:
         assert self._pool is not None
         async with self._pool.acquire() as conn:
             saved = await load_state(conn, state_name(self.stream, p))
-        monitor = NumericMonitor()
+        monitor = NumericMonitor(ranges=self.ranges)
         if saved:
             try:
-                monitor = NumericMonitor.from_state(saved)
+                monitor = NumericMonitor.from_state(saved, ranges=self.ranges)
             except Exception as err:  # a state this version cannot read: learn afresh rather than stop
                 logger.warning("partition %d: saved detector state not restored (%s)", p, err)
                 saved = None
