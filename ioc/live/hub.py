@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 DistrictOf = Callable[[float | None, float | None], str | None]
 _OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+#: A snapshot this recent is reused for another screen of the same subscription (plus the frames since it).
+SNAPSHOT_REUSE_S = 0.5
 
 
 def encode(doc: dict[str, Any]) -> str:
@@ -68,6 +70,7 @@ class LiveHub:
         self.clients: set[ClientSession] = set()
         # Screens grouped by subscription: frames are filtered and batched once per group (ioc/live/client.py).
         self.audiences: dict[Subscription, Audience] = {}
+        self._snapshots: dict[Subscription, tuple[float, int, str]] = {}  # (built at, seq, text)
         self._flush_scheduled = False
         self.client_capacity = client_capacity
         self.heartbeat_s = heartbeat_s
@@ -254,7 +257,30 @@ class LiveHub:
                 if frame.seq > resume_from and frame.visible_to(client.sub):
                     client.push(frame)
         else:
-            client.push_control(self.snapshot_frame(client.sub))
+            self._push_snapshot(client)
+
+    def _push_snapshot(self, client: ClientSession) -> None:
+        """A snapshot for a new screen. Walls reconnect together (a replica restarted, a network blip): a snapshot
+        of the same subscription built less than ``SNAPSHOT_REUSE_S`` ago is sent again, followed by the frames
+        since it from the ring, instead of encoding thousands of devices once per screen."""
+        now = time.monotonic()
+        cached = self._snapshots.get(client.sub)
+        if cached is not None and now - cached[0] <= SNAPSHOT_REUSE_S and self._can_resume(cached[1]):
+            client.push_control(cached[2])
+            since = []
+            for frame in reversed(self.ring):
+                if frame.seq <= cached[1]:
+                    break
+                since.append(frame)
+            for frame in reversed(since):
+                if frame.visible_to(client.sub):
+                    client.push(frame)
+            return
+        text = self.snapshot_frame(client.sub)
+        if len(self._snapshots) >= 64:
+            self._snapshots.clear()
+        self._snapshots[client.sub] = (now, self.seq, text)
+        client.push_control(text)
 
     def detach(self, client: ClientSession) -> None:
         client.closed = True

@@ -183,3 +183,16 @@ def test_a_big_turn_is_cut_into_messages_under_the_size_cap() -> None:
         messages += hub.take_messages(screen)
     assert len(messages) > 10 and all(len(m) <= MAX_MESSAGE_BYTES + 4096 for m in messages)
     assert sum(len(orjson.loads(m)) for m in messages) == 2000
+
+
+def test_screens_connecting_together_share_one_snapshot_and_miss_nothing() -> None:
+    hub = LiveHub(district_of)
+    hub.on_record(reading("N1", 0, lat=20.95), T0)
+    first = hub.attach(Subscription())
+    (snap1,) = frames(hub, first)
+    hub.on_record(reading("N1", 1), T0)  # between the two connections
+    second = hub.attach(Subscription())
+    got = frames(hub, second)
+    assert got[0] == snap1  # the same snapshot text, not encoded again
+    assert [(f["type"], f["dev_seq"]) for f in got[1:]] == [("reading", 1)]  # and what came after it
+    assert [f["dev_seq"] for f in frames(hub, first)] == [1]
