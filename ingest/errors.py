@@ -23,6 +23,8 @@ _TRANSIENT_CODES = ("42P01",)
 
 # Classes that mean the server is away, shutting down or out of resources: always worth waiting for.
 _CONNECTION_CLASSES = ("08", "53", "57")
+# Class 40 (deadlock, serialization failure): the transaction lost a race, its data is fine: always retry.
+_RETRY_CLASSES = ("40",)
 #: A server error of any other class is retried this often, then treated as permanent (poison batch).
 UNKNOWN_ERROR_RETRIES = 3
 
@@ -31,7 +33,7 @@ def classify(err: BaseException, attempts: int = 1) -> Failure:
     """Decide whether retrying ``err`` (after ``attempts`` tries of the same batch) can help."""
     if isinstance(err, asyncpg.PostgresError):
         code = getattr(err, "sqlstate", None) or ""
-        if code in _TRANSIENT_CODES or code[:2] in _CONNECTION_CLASSES:
+        if code in _TRANSIENT_CODES or code[:2] in _CONNECTION_CLASSES or code[:2] in _RETRY_CLASSES:
             return Failure.TRANSIENT
         if code[:2] in _PERMANENT_CLASSES or attempts > UNKNOWN_ERROR_RETRIES:
             return Failure.PERMANENT

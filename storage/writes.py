@@ -152,6 +152,13 @@ async def load_states(conn: Any, prefix: str, max_age_s: float) -> list[tuple[st
 async def write_districts(conn: Any, rows: Sequence[tuple[str, str | None]]) -> None:
     """Record the district the service placed each device in (``(device_id, district)``)."""
     if rows:
-        await conn.execute(
-            "UPDATE devices d SET district = u.district FROM unnest($1::text[], $2::text[]) AS u(device_id, district) "
-            "WHERE d.device_id = u.device_id AND d.district IS DISTINCT FROM u.district", *_columns(rows, 2))
+        rows = sorted(rows)
+        async with conn.transaction():
+            # Lock the rows in device order first, as the ingest's writes do (they sort too): an UPDATE ... FROM
+            # locks in its join's order, and the two deadlocked under a province's load.
+            await conn.execute("SELECT 1 FROM devices WHERE device_id = ANY($1::text[]) ORDER BY device_id "
+                               "FOR UPDATE", [r[0] for r in rows])
+            await conn.execute(
+                "UPDATE devices d SET district = u.district FROM unnest($1::text[], $2::text[]) AS u(device_id, "
+                "district) WHERE d.device_id = u.device_id AND d.district IS DISTINCT FROM u.district",
+                *_columns(rows, 2))
