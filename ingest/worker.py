@@ -349,13 +349,14 @@ class IngestWorker:
 
 
 def handle_message(message: mqtt.MQTTMessage, received_at: datetime, guard: MetricNameGuard,
-                   sinks: tuple[ParsedSink, ...]) -> ParsedMessage:
+                   sinks: tuple[ParsedSink, ...], stores: bool = True) -> ParsedMessage:
     """Parse one MQTT message and hand it to the sinks; never raises.
 
     The structural rule of ingest: whatever raises while handling one message (parsing, the caps, any
     sink: live hub, analytics, alerts) adds an ``internal_error`` rejection with the exception text to
     that message, so it lands in the quarantine, and the session goes on. Records that parsed are still
-    stored: a sink's failure does not cost the data.
+    stored: a sink's failure does not cost the data. ``stores`` is False for processes that only follow the
+    broker (live listener, brain): they count nothing as quarantined, the ingest workers do.
     """
     topic, payload = "(topic not decoded)", b""
     try:
@@ -366,14 +367,16 @@ def handle_message(message: mqtt.MQTTMessage, received_at: datetime, guard: Metr
         m.HANDLER_ERRORS.labels("parse").inc()
         errors.log("handling a message on %r raised; quarantined as internal_error", topic[:200])
         parsed = internal_error(topic, payload, received_at, "parsing", err)
-    for rej in parsed.rejections:
-        m.quarantined(rej.reason.value).inc()
+    if stores:
+        for rej in parsed.rejections:
+            m.quarantined(rej.reason.value).inc()
     for sink in sinks:
         try:
             sink(parsed)
         except Exception as err:  # a consumer's bug must never stop ingest, and the message says so
             m.HANDLER_ERRORS.labels("sink").inc()
-            m.quarantined("internal_error").inc()
+            if stores:
+                m.quarantined("internal_error").inc()
             errors.log("ingest sink %r raised on a message on %r; quarantined as internal_error",
                        getattr(sink, "__qualname__", sink), topic[:200])
             where = f"sink {getattr(sink, '__qualname__', type(sink).__name__)}"

@@ -79,7 +79,7 @@ class BrainInput:
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         now = datetime.now(UTC)
         # The ingest's own handler: parse, caps, every sink under the catch-all (never raises).
-        parsed = handle_message(message, now, self.guard, self.sinks)
+        parsed = handle_message(message, now, self.guard, self.sinks, stores=False)
         stamps = [r.ts for r in parsed.records if getattr(r, "ts", None) is not None]
         if stamps:
             self.lag_s = max(0.0, (now - max(stamps)).total_seconds())

@@ -53,7 +53,7 @@ class LiveListener:
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         # The ingest's own handler: parse, caps, sinks, each error caught (the ingest workers quarantine the
         # message; here it is only counted and logged, since this process stores nothing).
-        handle_message(message, datetime.now(UTC), self.guard, self.sinks)
+        handle_message(message, datetime.now(UTC), self.guard, self.sinks, stores=False)
 
     async def run(self) -> None:
         await self.session.run()
