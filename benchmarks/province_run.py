@@ -30,7 +30,7 @@ from pathlib import Path
 
 import websockets
 
-from benchmarks.ingest_bench import committed, quantile, rss_mb, scrape
+from benchmarks.measure import committed, quantile, rss_mb, scrape
 from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
 from tests.support.services import IngestProcess, ServeProcess, free_port, private_mosquitto, wait_until
 

@@ -32,7 +32,6 @@ import json
 import math
 import random
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -47,6 +46,7 @@ import uvicorn
 from fastapi import Response
 from starlette.requests import HTTPConnection
 
+from benchmarks.measure import pct, slope_per_hour
 from ingest.records import DeviceEvent, Reading, Snapshot, StatusUpdate
 from ioc.api.app import create_app
 from ioc.api.deps import Principal, Role, requires
@@ -358,23 +358,6 @@ def port_suffix() -> str:
 
 def _summary(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "p50": round(pct(values, 0.5), 1), "max": round(max(values, default=math.nan), 1)}
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def slope_per_hour(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of (seconds, MB) in MB per hour."""
-    if len(points) < 2:
-        return math.nan
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return 3600 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else math.nan
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
