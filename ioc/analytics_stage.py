@@ -27,11 +27,21 @@ from prometheus_client import Counter
 from analytics.camera.features import ImageTooLarge
 from analytics.camera.stale import StaleMonitor
 from analytics.findings import Finding
+from analytics.numeric.device_state import encode_devices, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc.live.hub import LiveHub
-from storage.writes import FindingRow, load_state, load_states, save_state, save_states, write_findings
+from storage.writes import (
+    FindingRow,
+    load_series_states,
+    load_state,
+    load_states,
+    save_series_states,
+    save_state,
+    save_states,
+    write_findings,
+)
 
 logger = logging.getLogger(__name__)
 errors = RateLimitedLog(logger)
@@ -40,7 +50,8 @@ FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
 SNAPSHOTS_REFUSED = Counter("ioc_analytics_snapshots_refused", "Snapshots not decoded: picture beyond the size caps")
 SHARD_REBUILDS = Counter("ioc_analytics_shard_rebuilds", "Camera shard processes found dead and rebuilt")
-STATE_NAME = "numeric_monitor"
+STATE_NAME = "numeric_monitor"  # the whole monitor in one analytics_state row: read once from older deployments
+SERIES_SCOPE = "numeric"  # series_state rows of the numeric monitor, one per device
 STALE_STATE_NAME = "camera_stale"  # snapshot arrivals per camera (StaleMonitor)
 CAMERA_STATE_PREFIX = "camera:"  # one saved state per camera: shard counts may differ between runs
 
@@ -105,11 +116,12 @@ class AnalyticsStage:
     """The analytics sink of one process (beside the live hub)."""
 
     def __init__(self, hub: LiveHub, pool: Any, camera_processes: int = 2, max_inflight_per_shard: int = 32,
-                 flush_s: float = 1.0, silence_every_s: float = 10.0, state_every_s: float = 300.0,
+                 flush_s: float = 1.0, silence_every_s: float = 10.0, state_every_s: float = 15.0,
                  camera_state_every_s: float = 1800.0, camera_state_max_age_s: float = 7 * 86400.0,
                  metric_ranges: dict[str, tuple[float, float]] | None = None, numeric: bool = True) -> None:
         """``camera_processes=0`` analyses snapshots inline, in this thread (replays and benchmarks that
-        drive the stage with :meth:`step` in simulated time; never for a live service)."""
+        drive the stage with :meth:`step` in simulated time; never for a live service). ``state_every_s``: how
+        often the devices whose numeric state changed (and the cameras' snapshot arrivals) are saved."""
         self.hub = hub
         self.pool = pool
         self.metric_ranges = metric_ranges  # declared ranges over the contract's (IOC_ANALYTICS__METRIC_RANGES)
@@ -120,6 +132,8 @@ class AnalyticsStage:
         # A cancelled to_thread() keeps running: the lock stops a shutdown save() from overlapping it.
         self._lock = threading.Lock()
         self._known: set[str] = set()
+        self._received = False  # anything reached on_parsed: the snapshot arrivals are worth saving
+        self.series_scope = SERIES_SCOPE
         # Silence is counted from no earlier than this: after a restart the downtime is ours, not the devices'.
         self.started = datetime.now(UTC)
         self._shards = [self._new_shard() for _ in range(camera_processes)]
@@ -146,16 +160,26 @@ class AnalyticsStage:
         self.guard: Callable[[Any, list[FindingRow] | None], Awaitable[None]] | None = None
 
     async def load(self) -> None:
-        """Restore the learned state, if any: the numeric monitor's (a restart does not relearn a week) and
-        each camera's reference scene (a camera re-pointed while the service was down is still reported)."""
+        """Restore the learned state, if any: the numeric monitor's, device by device (a restart does not relearn
+        a week) and each camera's reference scene (a camera re-pointed while the service was down is still
+        reported). Call before feeding the stage."""
         try:
+            state: bytes | None = None
+            series: list[tuple[str, bytes]] = []
             async with self.pool.acquire(timeout=5) as conn:
-                state = await load_state(conn, STATE_NAME)
+                if self.numeric:
+                    series = await load_series_states(conn, self.series_scope)
+                    if not series:  # saved whole before migration 0010: read once, saved per device from then on
+                        state = await load_state(conn, STATE_NAME)
                 stale = await load_state(conn, STALE_STATE_NAME)
                 cameras = await load_states(conn, CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
-            if state:
+            if series:
+                restored = await asyncio.to_thread(self._restore, series)
+                logger.info("numeric detector state restored: %d of %d devices, %d series (%d bytes)", restored,
+                            len(series), len(self.monitor.table), sum(len(x) for _, x in series))
+            elif state:
                 self.monitor = NumericMonitor.from_state(state, ranges=self.metric_ranges)
-                logger.info("numeric detector state restored (%d bytes)", len(state))
+                logger.info("numeric detector state restored from the deployment's single row (%d bytes)", len(state))
             if stale:
                 logger.info("snapshot arrivals restored for %d cameras", self.stale.restore(stale))
         except Exception as err:
@@ -254,6 +278,7 @@ class AnalyticsStage:
     # --- sink (event loop, must be cheap) ----------------------------------------------------------------
 
     def on_parsed(self, parsed: ParsedMessage) -> None:
+        self._received = True
         for rec in parsed.records:
             if isinstance(rec, Reading) and self.numeric:
                 if rec.device_id not in self._known:
@@ -425,9 +450,23 @@ class AnalyticsStage:
         with self._lock:
             return self.monitor.check_silence(now, since)
 
-    def _state(self) -> bytes:
+    def _restore(self, items: list[tuple[str, bytes]]) -> int:
         with self._lock:
-            return self.monitor.to_state()
+            return restore_devices(self.monitor, items)
+
+    def _take_dirty(self) -> tuple[list[tuple[str, bytes]], set[int]]:
+        """The saved form of every device whose numeric state changed since the last save; those devices."""
+        with self._lock:
+            mon = self.monitor
+            dirty, mon.dirty = mon.dirty, set()
+            if not dirty:
+                return [], dirty
+            names = list(mon.table.device_idx)  # in index order: indices are handed out in insertion order
+            try:
+                return encode_devices(mon, [names[d] for d in sorted(dirty)]), dirty
+            except Exception:
+                mon.dirty |= dirty
+                raise
 
     async def _store(self) -> None:
         rows, self._pending_rows = self._pending_rows, []
@@ -443,18 +482,24 @@ class AnalyticsStage:
             self._pending_rows = (rows + self._pending_rows)[-10_000:]
 
     async def save(self, cameras: bool = True) -> None:
-        """Persist the numeric monitor's state and (with ``cameras``) the scenes the camera analysers learned."""
-        if self._known:  # else nothing learned yet (and an empty monitor's state does not restore)
-            try:
-                state = await asyncio.to_thread(self._state)
-                stale = self.stale.to_state()
+        """Persist the state of the devices that learned something since the last save, the cameras' snapshot
+        arrivals and (with ``cameras``) the scenes the camera analysers learned."""
+        dirty: set[int] = set()
+        try:
+            states, dirty = await asyncio.to_thread(self._take_dirty)
+            # Nothing received: keep what is saved (a stage that could not load must not overwrite it with nothing).
+            stale = self.stale.to_state() if self._received else None
+            if states or stale is not None:
                 async with self.pool.acquire(timeout=5) as conn, conn.transaction():
                     if self.guard is not None:
                         await self.guard(conn, None)
-                    await save_state(conn, STATE_NAME, state)
-                    await save_state(conn, STALE_STATE_NAME, stale)
-            except Exception as err:
-                logger.warning("detector state not saved: %s", err)
+                    await save_series_states(conn, self.series_scope, states)
+                    if stale is not None:
+                        await save_state(conn, STALE_STATE_NAME, stale)
+        except Exception as err:  # saved with the next pass (or learned again by the next leader)
+            with self._lock:
+                self.monitor.dirty |= dirty
+            logger.warning("detector state not saved: %s", err)
         if cameras and self._shards:
             await self._save_cameras()
 

@@ -149,6 +149,28 @@ async def load_states(conn: Any, prefix: str, max_age_s: float) -> list[tuple[st
     return [(r["name"], bytes(r["state"])) for r in rows]
 
 
+_SAVE_SERIES = (
+    "INSERT INTO series_state AS s (scope, device_id, updated_at, state) "
+    "SELECT $1, d, now(), x FROM unnest($2::text[], $3::bytea[]) AS u(d, x) "
+    "ON CONFLICT (scope, device_id) DO UPDATE SET updated_at = excluded.updated_at, state = excluded.state")
+
+
+async def save_series_states(conn: Any, scope: str, states: Sequence[tuple[str, bytes]]) -> None:
+    """Keep the latest learned state of each device in ``states`` (``(device_id, state)``) under ``scope``.
+
+    One statement for the whole batch; call it inside the leader's fenced transaction.
+    """
+    if states:
+        # in device order, so two writers (a fenced-out leader's last try, the new one) lock rows alike
+        await conn.execute(_SAVE_SERIES, scope, *_columns(sorted(states), 2))
+
+
+async def load_series_states(conn: Any, scope: str) -> list[tuple[str, bytes]]:
+    """Every device's saved state under ``scope``."""
+    rows = await conn.fetch("SELECT device_id, state FROM series_state WHERE scope = $1", scope)
+    return [(r["device_id"], bytes(r["state"])) for r in rows]
+
+
 async def write_districts(conn: Any, rows: Sequence[tuple[str, str | None]]) -> None:
     """Record the district the service placed each device in (``(device_id, district)``)."""
     if rows:

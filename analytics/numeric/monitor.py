@@ -57,6 +57,8 @@ class NumericMonitor:
         self.rules = DomainRules(self.config)
         self.ranges: dict[str, tuple[float, float]] = {}
         self.declare_ranges(ranges)
+        #: devices (table indices) whose learned state changed since the last incremental save (device_state.py)
+        self.dirty: set[int] = set()
 
     def declare_ranges(self, ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
         """Declared range per metric: the contract's ``METRIC_RANGES`` updated with ``ranges``.
@@ -73,7 +75,7 @@ class NumericMonitor:
 
     def set_device(self, device_id: str, kind: str = "", group: str = "") -> None:
         """Declare or update a device's kind and group label."""
-        self.table.device(device_id, kind, group)
+        self.dirty.add(self.table.device(device_id, kind, group))
 
     def register(self, device_id: str, metric: str, kind: str = "", group: str = "") -> int:
         """Row of a series, created if new (idempotent); kind/group as in ``set_device``."""
@@ -81,6 +83,7 @@ class NumericMonitor:
         if kind or group or not known:
             self.table.device(device_id, kind or (infer_kind(metric) if not known else ""), group)
         row = self.table.add(device_id, metric)
+        self.dirty.add(int(self.table.dev[row]))
         if row >= self.bank.size:
             self.bank.add(row + 1 - self.bank.size)
             if metric in self.ranges:
@@ -107,6 +110,7 @@ class NumericMonitor:
         rows, ts, values = rows[order], ts[order], values[order]
         res = self.bank.update(rows, ts, values)
         self._remember(rows, ts, values, res)
+        self.dirty.update(np.unique(self.table.dev[rows]).tolist())
         out = self._bank_findings(rows, ts, values, res)
         ruled = self.rules.apply(self.table, rows, ts) + self.rules.frozen(self.table, self.bank.F, rows)
         hit = {(f.device_id, f.series) for f in ruled}
@@ -164,6 +168,7 @@ class NumericMonitor:
             return []
         self.table.silent[rows] = True
         self.table.f["flag_ts"][rows] = now_s
+        self.dirty.update(np.unique(self.table.dev[rows]).tolist())
         out = []
         for r in rows:
             late = now_s - self.bank.F[r, kernel.T_LAST]
@@ -197,5 +202,6 @@ class NumericMonitor:
         if len(mon.table) != mon.bank.size:
             raise ValueError("numeric state is inconsistent: registry and bank sizes differ")
         mon.declare_ranges(ranges)
+        mon.dirty = set(range(len(mon.table.device_kind)))  # all of it is unsaved in the per-device form
         logger.info("restored numeric state: %d series", mon.bank.size)
         return mon

@@ -216,7 +216,7 @@ class Brain:
         sinks: list[Sink] = [hub.on_parsed] if self.feed_hub else []
         if settings.analytics.enabled:
             cfg = settings.analytics
-            self.analytics = AnalyticsStage(hub, pool, cfg.camera_processes, state_every_s=cfg.state_every_s,
+            self.analytics = AnalyticsStage(hub, pool, cfg.camera_processes, state_every_s=cfg.series_state_every_s,
                                             camera_state_every_s=cfg.camera_state_every_s,
                                             camera_state_max_age_s=cfg.camera_state_max_age_s,
                                             metric_ranges=cfg.metric_ranges,
