@@ -183,11 +183,13 @@ async def apply_timescaledb_policies(conn: Any, config: StorageConfig) -> None:
         return  # before migration 0005
     # Rollups: refreshed by background jobs (late data within the start offset is folded in), kept longer
     # than the raw rows they summarise.
-    for view, start, end, every, keep in (
-            ("telemetry_5m", timedelta(hours=6), timedelta(minutes=5), timedelta(minutes=5),
-             config.rollup_5m_retention_days),
-            ("telemetry_1h", timedelta(days=2), timedelta(hours=1), timedelta(minutes=30),
-             config.rollup_1h_retention_days)):
+    views = [("telemetry_5m", timedelta(hours=6), timedelta(minutes=5), timedelta(minutes=5),
+              config.rollup_5m_retention_days),
+             ("telemetry_1h", timedelta(days=2), timedelta(hours=1), timedelta(minutes=30),
+              config.rollup_1h_retention_days)]
+    if await _has_table(conn, "kpi_5m"):  # migration 0011: the KPI rollups over them, kept as long
+        views += [("kpi_5m", *views[0][1:]), ("kpi_1h", *views[1][1:])]
+    for view, start, end, every, keep in views:
         await conn.execute("SELECT remove_continuous_aggregate_policy($1, if_exists => true)", view)
         await conn.execute("SELECT add_continuous_aggregate_policy($1, start_offset => $2::interval, "
                            "end_offset => $3::interval, schedule_interval => $4::interval)", view, start, end, every)

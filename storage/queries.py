@@ -197,40 +197,47 @@ async def device_events(conn: Any, device_id: str, start: datetime, end: datetim
     return [dict(r) for r in rows]
 
 
+#: The series behind the city KPIs, by the registry's kind: traffic speed, BTS and cameras reporting.
+_KPI_SERIES = "(kind, metric) IN (('traffic', 'speed_kmh'), ('bts', 'availability_pct'), ('camera', 'fps'))"
+
+
 async def kpi_history(conn: Any, backend: Backend, start: datetime, end: datetime,
                       bucket: timedelta) -> list[dict[str, Any]]:
     """City-wide figures per time bucket for the wall's sparklines.
 
-    ``speed``: mean ``speed_kmh`` of traffic sensors; ``bts_reporting`` / ``cam_reporting``: devices of
-    that kind that sent a reading in the bucket (``availability_pct`` / ``fps`` mark the kind, as the
-    device API defines them); ``bts_total`` / ``cam_total``: devices of that kind registered. Buckets of
-    whole 5 minutes are read from the 5-minute rollup (the province's raw rows are 50 times more).
+    ``speed``: mean ``speed_kmh`` of traffic sensors; ``bts_reporting`` / ``cam_reporting``: BTS that sent
+    ``availability_pct`` / cameras that sent ``fps`` in the bucket; ``bts_total`` / ``cam_total``: devices of
+    that kind registered (kinds are the registry's). Buckets of whole 5 minutes are read from the KPI rollup
+    ``kpi_5m`` (a row per district and 5 minutes; a province's 5-minute per-device rollup has 60 times more,
+    its raw rows 3,000 times more), and a wider bucket counts the most devices that reported in one of its
+    5 minutes (the distinct count whenever every device reports at least every 5 minutes, as the province's
+    cadence has them do). Other widths count distinct devices in the raw rows.
     """
-    # per (bucket, device, metric) first, then count those rows: hash aggregates, where count(DISTINCT) sorts
-    kpis = ("SELECT bucket, sum(s) FILTER (WHERE metric = 'speed_kmh') / "
-            "sum(n) FILTER (WHERE metric = 'speed_kmh') AS speed, "
-            "count(*) FILTER (WHERE metric = 'availability_pct') AS bts_reporting, "
-            "count(*) FILTER (WHERE metric = 'fps') AS cam_reporting FROM ("
-            "SELECT {b} AS bucket, device_id, metric, sum(s) AS s, sum(n) AS n FROM ({src}) src GROUP BY 1, 2, 3"
-            ") per_device GROUP BY 1 ORDER BY 1")
-    metrics = "metric IN ('speed_kmh', 'availability_pct', 'fps')"
-    raw = (f"SELECT ts AS t, device_id, metric, value AS s, 1 AS n FROM telemetry "
-           f"WHERE ts >= $2 AND ts < $3 AND {metrics}")
+    figures = ("SELECT {b} AS bucket, sum(s) FILTER (WHERE metric = 'speed_kmh') / "
+               "sum(n) FILTER (WHERE metric = 'speed_kmh') AS speed, "
+               "coalesce({agg}(devices) FILTER (WHERE metric = 'availability_pct'), 0) AS bts_reporting, "
+               "coalesce({agg}(devices) FILTER (WHERE metric = 'fps'), 0) AS cam_reporting "
+               "FROM ({src}) src GROUP BY 1 ORDER BY 1")
     if source_for(bucket) is Source.RAW:
-        sql = kpis.format(b=_bucket_expr(backend, "t", "$1"), src=raw)
-        rows = await conn.fetch(sql, bucket, start, end)
+        # per (bucket, device, metric) first, then add those rows up: hash aggregates, where count(DISTINCT) sorts
+        src = (f"SELECT {_bucket_expr(backend, 'ts', '$1')} AS t, device_id, metric, sum(value) AS s, "
+               "count(*) AS n, 1 AS devices FROM telemetry JOIN devices USING (device_id) "
+               f"WHERE ts >= $2 AND ts < $3 AND {_KPI_SERIES} GROUP BY 1, 2, 3")
+        rows = await conn.fetch(figures.format(b="t", agg="sum", src=src), bucket, start, end)
     else:
-        lo = floor_to(start, _STEP[Source.ROLLUP_5M])
-        src = (f"SELECT bucket AS t, device_id, metric, avg * n AS s, n FROM telemetry_5m "
-               f"WHERE bucket >= $2 AND bucket < $3 AND {metrics}")
-        args: list[Any] = [bucket, lo, end]
-        if backend is Backend.POSTGRES:
+        src = (f"SELECT bucket AS t, metric, sum, n, devices FROM kpi_5m WHERE bucket >= $2 AND bucket < $3 "
+               f"AND {_KPI_SERIES}")
+        args: list[Any] = [bucket, floor_to(start, _STEP[Source.ROLLUP_5M]), end]
+        if backend is Backend.POSTGRES:  # complete rollups, then the raw rows past them (a few minutes)
             done = await complete_before(conn)
             args.append(done or datetime(1970, 1, 1, tzinfo=UTC))
-            src = (f"{src} AND bucket < $4 UNION ALL SELECT ts, device_id, metric, value, 1 FROM telemetry "
-                   f"WHERE ts >= greatest($2, $4) AND ts < $3 AND {metrics}")
+            src = (f"{src} AND bucket < $4 UNION ALL SELECT {_bucket_expr(backend, 'ts', _FIVE_MIN)}, metric, "
+                   "sum(value), count(*), count(DISTINCT device_id) FROM telemetry JOIN devices USING (device_id) "
+                   f"WHERE ts >= greatest($2, $4) AND ts < $3 AND {_KPI_SERIES} GROUP BY 1, 2")
+        # the city per 5 minutes (over its districts), then per bucket
+        src = f"SELECT t, metric, sum(sum) AS s, sum(n) AS n, sum(devices) AS devices FROM ({src}) k GROUP BY 1, 2"
         async with _custom_plan(conn):
-            rows = await conn.fetch(kpis.format(b=_bucket_expr(backend, "t", "$1"), src=src), *args)
+            rows = await conn.fetch(figures.format(b=_bucket_expr(backend, "t", "$1"), agg="max", src=src), *args)
     totals = dict(await conn.fetch("SELECT kind, count(*) FROM devices GROUP BY kind"))
     return [{**dict(r), "bts_total": totals.get("bts", 0), "cam_total": totals.get("camera", 0)} for r in rows]
 

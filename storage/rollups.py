@@ -1,4 +1,5 @@
-"""Telemetry rollups: 5-minute and hourly aggregates per (device, metric), both backends.
+"""Telemetry rollups: 5-minute and hourly aggregates per (device, metric), and the KPI rollups over them
+per (district, device kind, metric), both backends.
 
 TimescaleDB keeps them as continuous aggregates refreshed by its own background jobs (policies from
 settings, see :mod:`storage.migrate`); :func:`refresh_rollups` there only forces a refresh (used after
@@ -38,6 +39,17 @@ _REFRESH_1H = (
     "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET avg = excluded.avg, min = excluded.min, "
     "max = excluded.max, n = excluded.n")
 
+# KPI rollups (migration 0011): per (bucket, district, kind, metric) over the per-device rollup of the same
+# width, district and kind from the registry as it is now. Deleted and rebuilt per span, so a group that
+# no longer has rows (a device moved district) does not linger.
+KPI_ROLLUPS = (("kpi_5m", "telemetry_5m"), ("kpi_1h", "telemetry_1h"))
+_REFRESH_KPI = (
+    "INSERT INTO {kpi} (bucket, district, kind, metric, sum, n, min, max, devices, sum_avg, devices_low) "
+    "SELECT r.bucket, coalesce(d.district, ''), d.kind, r.metric, sum(r.avg * r.n), sum(r.n), min(r.min), "
+    "max(r.max), count(*), sum(r.avg), count(*) FILTER (WHERE r.min < 0.5) "
+    "FROM {per_device} r JOIN devices d USING (device_id) WHERE r.bucket >= $1 AND r.bucket < $2 "
+    "GROUP BY 1, 2, 3, 4")
+
 
 def floor_to(ts: datetime, step: timedelta) -> datetime:
     """Start of the bucket of width ``step`` holding ``ts`` (buckets aligned as TimescaleDB aligns them)."""
@@ -51,8 +63,12 @@ def _floor(ts: datetime, step: timedelta) -> datetime:
 async def refresh_rollups(conn: Any, backend: Backend, start: datetime, end: datetime) -> None:
     """Recompute the rollups for every bucket touching ``[start, end)``."""
     if backend is Backend.TIMESCALEDB:
-        # CALL cannot run inside a transaction block: the caller must not hold one.
-        for view, step in ROLLUPS:
+        # CALL cannot run inside a transaction block: the caller must not hold one. Each level after the
+        # one it is built on (kpi_5m on telemetry_5m, kpi_1h on telemetry_1h).
+        views = [*ROLLUPS, ("kpi_5m", FIVE_MIN), ("kpi_1h", ONE_HOUR)]
+        if not await _has_table(conn, "kpi_5m"):
+            views = views[:2]  # before migration 0011
+        for view, step in views:
             await conn.execute(f"CALL refresh_continuous_aggregate('{view}', $1::timestamptz, $2::timestamptz)",
                                _floor(start, step), _floor(end, step) + step)
         return
@@ -109,12 +125,19 @@ async def complete_before(conn: Any) -> datetime | None:
 
 
 async def _recompute(conn: Any, spans: list[tuple[datetime, datetime]]) -> None:
-    """Recompute 5-minute buckets over ``spans`` (aligned), then the whole hours around them."""
+    """Recompute 5-minute buckets over ``spans`` (aligned), then the whole hours around them; the KPI
+    rollups of both after them."""
     for lo, hi in spans:
         await conn.execute(_REFRESH_5M, lo, hi, _ORIGIN)
     hours = _merge([(_floor(lo, ONE_HOUR), _floor(hi - FIVE_MIN, ONE_HOUR) + ONE_HOUR) for lo, hi in spans])
     for lo, hi in hours:
         await conn.execute(_REFRESH_1H, lo, hi, _ORIGIN)
+    if not await _has_table(conn, "kpi_5m"):
+        return  # before migration 0011
+    for (kpi, per_device), ranges in zip(KPI_ROLLUPS, (spans, hours), strict=True):
+        for lo, hi in ranges:
+            await conn.execute(f"DELETE FROM {kpi} WHERE bucket >= $1 AND bucket < $2", lo, hi)
+            await conn.execute(_REFRESH_KPI.format(kpi=kpi, per_device=per_device), lo, hi)
 
 
 def _runs(buckets: list[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
@@ -139,7 +162,11 @@ def _merge(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datet
 
 
 async def _has_dirty_marks(conn: Any) -> bool:
-    return bool(await conn.fetchval("SELECT to_regclass('telemetry_dirty') IS NOT NULL"))
+    return await _has_table(conn, "telemetry_dirty")
+
+
+async def _has_table(conn: Any, name: str) -> bool:
+    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
 
 
 async def prune_rollups(conn: Any, backend: Backend, now: datetime, keep_5m_days: int, keep_1h_days: int) -> int:
@@ -147,7 +174,10 @@ async def prune_rollups(conn: Any, backend: Backend, now: datetime, keep_5m_days
     if backend is Backend.TIMESCALEDB:
         return 0
     deleted = 0
-    for table, days in (("telemetry_5m", keep_5m_days), ("telemetry_1h", keep_1h_days)):
+    tables = [("telemetry_5m", keep_5m_days), ("telemetry_1h", keep_1h_days)]
+    if await _has_table(conn, "kpi_5m"):
+        tables += [("kpi_5m", keep_5m_days), ("kpi_1h", keep_1h_days)]
+    for table, days in tables:
         status = await conn.execute(f"DELETE FROM {table} WHERE bucket < $1", now - timedelta(days=days))
         tail = status.rsplit(" ", 1)[-1]
         deleted += int(tail) if tail.isdigit() else 0

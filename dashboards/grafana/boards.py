@@ -1,8 +1,9 @@
 """The IOC's Grafana dashboards, as code: city overview, traffic, mobile network (BTS), data pipeline.
 
-Long-range charts read the rollups (``telemetry_5m``; the hourly ``telemetry_1h`` for the 7-day
-trends), current state reads the registry and the alert tables; districts come from
-``devices.district``. ``$district`` is a multi-value variable.
+Charts over time read the KPI rollups (``kpi_5m``, per 5 minutes, district, device kind and metric;
+the hourly ``kpi_1h`` for the 7-day trends), current state reads the registry and the alert tables;
+districts come from ``devices.district`` (the KPI rollups take it when a bucket is rolled up).
+``$district`` is a multi-value variable.
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ _SEVERITY_ORDER = ("CASE severity WHEN 'critical' THEN 0 WHEN 'major' THEN 1 WHE
                    "WHEN 'warning' THEN 3 ELSE 4 END")
 
 
-def _per_district(metric: str, agg: str = "avg(r.avg)", table: str = "telemetry_5m") -> str:
-    return (f"SELECT $__timeGroupAlias(r.bucket, $__interval), d.district AS metric, {agg} AS value "
-            f"FROM {table} r JOIN devices d USING (device_id) "
-            f"WHERE $__timeFilter(r.bucket) AND r.metric = '{metric}' AND d.district IN ($district) "
-            "GROUP BY 1, 2 ORDER BY 1")
+def _per_district(kind: str, metric: str, agg: str = "sum(r.sum) / sum(r.n)", table: str = "kpi_5m") -> str:
+    return (f"SELECT $__timeGroupAlias(r.bucket, $__interval), r.district AS metric, {agg} AS value "
+            f"FROM {table} r WHERE $__timeFilter(r.bucket) AND r.kind = '{kind}' AND r.metric = '{metric}' "
+            "AND r.district IN ($district) GROUP BY 1, 2 ORDER BY 1")
 
 
-def _city(metric: str, label: str, table: str = "telemetry_5m") -> str:
-    return (f"SELECT $__timeGroupAlias(r.bucket, $__interval), avg(r.avg) AS \"{label}\" FROM {table} r "
-            f"JOIN devices d USING (device_id) WHERE $__timeFilter(r.bucket) AND r.metric = '{metric}' "
-            "AND d.district IN ($district) GROUP BY 1 ORDER BY 1")
+def _city(kind: str, metric: str, label: str, table: str = "kpi_5m") -> str:
+    return (f"SELECT $__timeGroupAlias(r.bucket, $__interval), sum(r.sum) / sum(r.n) AS \"{label}\" FROM {table} r "
+            f"WHERE $__timeFilter(r.bucket) AND r.kind = '{kind}' AND r.metric = '{metric}' "
+            "AND r.district IN ($district) GROUP BY 1 ORDER BY 1")
 
 
 def overview() -> dict[str, Any]:
@@ -53,9 +53,9 @@ def overview() -> dict[str, Any]:
         "(SELECT count(*) FROM alerts a WHERE a.incident_id = i.id) AS alerts FROM incidents i "
         f"WHERE i.state IN ('open', 'acknowledged') ORDER BY {_SEVERITY_ORDER.replace('severity', 'i.severity')}, "
         "i.started_at LIMIT 200"], w=24, h=8, fmt="table")
-    speed = Panel("Traffic speed (city mean)", "timeseries", [_city("speed_kmh", "speed km/h")], w=8,
+    speed = Panel("Traffic speed (city mean)", "timeseries", [_city("traffic", "speed_kmh", "speed km/h")], w=8,
                   unit="velocitykmh")
-    avail = Panel("BTS availability (mean)", "timeseries", [_city("availability_pct", "availability %")], w=8,
+    avail = Panel("BTS availability (mean)", "timeseries", [_city("bts", "availability_pct", "availability %")], w=8,
                   unit="percent")
     alerts = Panel("Alerts opened per hour, by category", "timeseries", [
         "SELECT $__timeGroupAlias(started_at, '1h'), category AS metric, count(*) AS value FROM alerts "
@@ -69,15 +69,16 @@ def overview() -> dict[str, Any]:
 def traffic() -> dict[str, Any]:
     """Speed, occupancy and flow per district; the slowest sensors now."""
     panels = [
-        Panel("Speed by district", "timeseries", [_per_district("speed_kmh")], unit="velocitykmh"),
-        Panel("Occupancy by district", "timeseries", [_per_district("occupancy_pct")], unit="percent"),
-        Panel("Flow by district (sum of sensors)", "timeseries", [_per_district("flow_veh_h", "sum(r.avg)")]),
+        Panel("Speed by district", "timeseries", [_per_district("traffic", "speed_kmh")], unit="velocitykmh"),
+        Panel("Occupancy by district", "timeseries", [_per_district("traffic", "occupancy_pct")], unit="percent"),
+        Panel("Flow by district (sum of sensors)", "timeseries",
+              [_per_district("traffic", "flow_veh_h", "avg(r.sum_avg)")]),
         Panel("Slowest sensors in the last 15 minutes", "table", [
             "SELECT device_id, district, ts, speed_kmh FROM (SELECT DISTINCT ON (t.device_id) t.device_id, "
             "d.district, t.ts, t.value AS speed_kmh FROM telemetry t JOIN devices d USING (device_id) "
             "WHERE t.metric = 'speed_kmh' AND t.ts > now() - interval '15 minutes' AND d.district IN ($district) "
             "ORDER BY t.device_id, t.ts DESC) latest ORDER BY speed_kmh LIMIT 15"], fmt="table"),
-        Panel("Speed, 7-day trend (hourly)", "timeseries", [_city("speed_kmh", "speed km/h", "telemetry_1h")],
+        Panel("Speed, 7-day trend (hourly)", "timeseries", [_city("traffic", "speed_kmh", "speed km/h", "kpi_1h")],
               w=24, unit="velocitykmh", description="From the hourly rollup: set the time range to 7 days."),
     ]
     return dashboard("ioc-traffic", "IOC — Traffic", panels, tags=["ioc", "traffic"], variables=[DISTRICTS])
@@ -86,16 +87,16 @@ def traffic() -> dict[str, Any]:
 def bts() -> dict[str, Any]:
     """The mobile network: availability, power, quality per district."""
     panels = [
-        Panel("Availability by district", "timeseries", [_per_district("availability_pct")], unit="percent"),
+        Panel("Availability by district", "timeseries", [_per_district("bts", "availability_pct")], unit="percent"),
         Panel("Cells on battery (mains lost) by district", "timeseries", [
-            _per_district("mains_power", "count(DISTINCT r.device_id) FILTER (WHERE r.min < 0.5)")]),
-        Panel("Lowest battery by district", "timeseries", [_per_district("battery_pct", "min(r.min)")],
+            _per_district("bts", "mains_power", "max(r.devices_low)")]),
+        Panel("Lowest battery by district", "timeseries", [_per_district("bts", "battery_pct", "min(r.min)")],
               unit="percent"),
-        Panel("Drop-call rate by district", "timeseries", [_per_district("drop_call_rate_pct")], unit="percent",
+        Panel("Drop-call rate by district", "timeseries", [_per_district("bts", "drop_call_rate_pct")], unit="percent",
               thresholds=[(None, "green"), (2, "red")]),
-        Panel("PRB utilisation by district", "timeseries", [_per_district("prb_util_pct")], unit="percent"),
-        Panel("Shelter temperature (max) by district", "timeseries", [_per_district("temperature_c", "max(r.max)")],
-              unit="celsius"),
+        Panel("PRB utilisation by district", "timeseries", [_per_district("bts", "prb_util_pct")], unit="percent"),
+        Panel("Shelter temperature (max) by district", "timeseries",
+              [_per_district("bts", "temperature_c", "max(r.max)")], unit="celsius"),
     ]
     return dashboard("ioc-bts", "IOC — Mobile network (BTS)", panels, tags=["ioc", "bts"], variables=[DISTRICTS])
 
@@ -104,7 +105,7 @@ def pipeline() -> dict[str, Any]:
     """Is the data arriving, and is it good."""
     panels = [
         Panel("Values stored per second", "timeseries", [
-            "SELECT $__timeGroupAlias(bucket, '5m'), sum(n) / 300.0 AS \"values/s\" FROM telemetry_5m "
+            "SELECT $__timeGroupAlias(bucket, '5m'), sum(n) / 300.0 AS \"values/s\" FROM kpi_5m "
             "WHERE $__timeFilter(bucket) GROUP BY 1 ORDER BY 1"], w=12),
         Panel("Quarantined messages by reason", "timeseries", [
             "SELECT $__timeGroupAlias(received_at, $__interval), reason AS metric, count(*) AS value "

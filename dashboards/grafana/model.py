@@ -49,9 +49,9 @@ class Panel:
         }
         # A panel on a rollup never asks for finer buckets than the rollup has.
         text = " ".join(self.sql)
-        if "telemetry_1h" in text:
+        if "telemetry_1h" in text or "kpi_1h" in text:
             doc["interval"] = "1h"
-        elif "telemetry_5m" in text:
+        elif "telemetry_5m" in text or "kpi_5m" in text:
             doc["interval"] = "5m"
         return doc
 

@@ -282,6 +282,15 @@ async def test_incremental_refresh_recomputes_only_what_was_written(conn: asyncp
     assert done is not None and now - timedelta(minutes=7) <= done <= now
 
 
+async def _register(conn: asyncpg.Connection, method: str, devices: dict[str, tuple[str, str]]) -> None:
+    """Devices into the registry as the ingest puts them there: id -> (kind, district)."""
+    now = datetime.now(UTC)
+    await write_batch(conn, BatchRows(devices=[(d, kind, now, now, 20.86, 106.68, "online", None, now, None)
+                                               for d, (kind, _) in devices.items()]), method)  # type: ignore[arg-type]
+    for d, (_, district) in devices.items():
+        await conn.execute("UPDATE devices SET district = $2 WHERE device_id = $1", d, district)
+
+
 async def test_city_kpis_from_the_rollups(conn: asyncpg.Connection,
                                           backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
     backend = backend_dsn[0]
@@ -290,6 +299,8 @@ async def test_city_kpis_from_the_rollups(conn: asyncpg.Connection,
         await conn.execute(STAGING_DDL)
     t0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
     tag = unique_id("K")
+    await _register(conn, method, {f"{tag}-t0": ("traffic", "A"), f"{tag}-t1": ("traffic", "B"),
+                                   f"{tag}-b": ("bts", "A")})
     rows = [(t0 + timedelta(minutes=i), f"{tag}-t{d}", "speed_kmh", 10.0 * (d + 1), None)
             for i in range(20) for d in range(2)]
     rows += [(t0 + timedelta(minutes=i), f"{tag}-b", "availability_pct", 99.0, None) for i in range(0, 20, 7)]
@@ -300,3 +311,54 @@ async def test_city_kpis_from_the_rollups(conn: asyncpg.Connection,
         (t0, 15.0, 1), (t0 + timedelta(minutes=10), 15.0, 1)]  # one BTS, read at minutes 0, 7 | 14
     raw = await queries.kpi_history(conn, backend, t0, t0 + timedelta(minutes=20), timedelta(minutes=2))
     assert sum(r["bts_reporting"] for r in raw) == 3 and len(raw) == 10
+
+
+async def test_kpi_rollups_per_district_agree_with_the_raw_rows(
+        conn: asyncpg.Connection, backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    """kpi_5m / kpi_1h: per district, kind and metric, what the screens read; a device that moves district
+    counts in its new district from the buckets rolled up after the move (late data included)."""
+    backend = backend_dsn[0]
+    method = method_for(backend)
+    if method == "copy":
+        await conn.execute(STAGING_DDL)
+    tag = unique_id("D")
+    a, b = f"{tag}-A", f"{tag}-B"
+    t0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    await _register(conn, method, {f"{tag}-s0": ("traffic", a), f"{tag}-s1": ("traffic", a),
+                                   f"{tag}-s2": ("traffic", b), f"{tag}-c0": ("bts", a), f"{tag}-c1": ("bts", a)})
+    rows = [(t0 + timedelta(seconds=30 * i), f"{tag}-s{d}", "flow_veh_h", float(100 * (d + 1) + i % 7), None)
+            for i in range(120) for d in range(3)]
+    rows += [(t0 + timedelta(minutes=i), f"{tag}-c{c}", "mains_power", 0.0 if c == 1 and 10 <= i < 20 else 1.0,
+              None) for i in range(60) for c in range(2)]
+    await write_batch(conn, BatchRows(telemetry=rows), method)  # type: ignore[arg-type]
+    await refresh_rollups(conn, backend, t0, t0 + timedelta(hours=1))
+    five = await conn.fetch("SELECT bucket, district, sum, n, min, max, devices, sum_avg FROM kpi_5m "
+                            "WHERE district = ANY($1::text[]) AND kind = 'traffic' AND metric = 'flow_veh_h' "
+                            "ORDER BY bucket, district", [a, b])
+    assert [(r["bucket"], r["district"]) for r in five] == [
+        (t0 + timedelta(minutes=5 * k), d) for k in range(12) for d in (a, b)]
+    for r in five:
+        devs = (f"{tag}-s0", f"{tag}-s1") if r["district"] == a else (f"{tag}-s2",)
+        mine = [row[3] for row in rows if row[1] in devs and r["bucket"] <= row[0] < r["bucket"] + timedelta(
+            minutes=5)]
+        assert (r["n"], r["devices"], r["min"], r["max"]) == (len(mine), 2 if r["district"] == a else 1,
+                                                             min(mine), max(mine))
+        assert abs(r["sum"] - sum(mine)) < 1e-6  # type: ignore[arg-type]
+        assert abs(r["sum_avg"] - r["sum"] / r["n"] * r["devices"]) < 1e-6  # same cadence: mean x devices
+    low = await conn.fetch("SELECT bucket, devices, devices_low FROM kpi_5m WHERE district = $1 AND kind = 'bts' "
+                           "AND metric = 'mains_power' ORDER BY bucket", a)
+    assert [(r["devices"], r["devices_low"]) for r in low] == [(2, 1 if k in (2, 3) else 0) for k in range(12)]
+    hour = await conn.fetchrow("SELECT devices, n, devices_low FROM kpi_1h WHERE district = $1 AND kind = 'bts' "
+                               "AND metric = 'mains_power' AND bucket = $2", a, t0)
+    assert (hour["devices"], hour["n"], hour["devices_low"]) == (2, 120, 1)
+    # s1 moves to district B, then a late reading lands in the first bucket: that bucket is rolled up again
+    await conn.execute("UPDATE devices SET district = $2 WHERE device_id = $1", f"{tag}-s1", b)
+    await write_batch(conn, BatchRows(telemetry=[(t0 + timedelta(seconds=10), f"{tag}-s1", "flow_veh_h", 1.0,
+                                                  None)]), method)  # type: ignore[arg-type]
+    await refresh_rollups(conn, backend, t0, t0 + timedelta(seconds=20))  # the first 5 minutes only
+    moved = dict(await conn.fetch("SELECT district, devices FROM kpi_5m WHERE district = ANY($1::text[]) "
+                                  "AND kind = 'traffic' AND metric = 'flow_veh_h' AND bucket = $2", [a, b], t0))
+    kept = dict(await conn.fetch("SELECT district, devices FROM kpi_5m WHERE district = ANY($1::text[]) "
+                                 "AND kind = 'traffic' AND metric = 'flow_veh_h' AND bucket = $2", [a, b],
+                                 t0 + timedelta(minutes=5)))
+    assert (moved, kept) == ({a: 1, b: 2}, {a: 2, b: 1})
