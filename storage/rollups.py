@@ -134,10 +134,17 @@ async def _recompute(conn: Any, spans: list[tuple[datetime, datetime]]) -> None:
         await conn.execute(_REFRESH_1H, lo, hi, _ORIGIN)
     if not await _has_table(conn, "kpi_5m"):
         return  # before migration 0011
-    for (kpi, per_device), ranges in zip(KPI_ROLLUPS, (spans, hours), strict=True):
+    for (kpi, _), ranges in zip(KPI_ROLLUPS, (spans, hours), strict=True):
         for lo, hi in ranges:
-            await conn.execute(f"DELETE FROM {kpi} WHERE bucket >= $1 AND bucket < $2", lo, hi)
-            await conn.execute(_REFRESH_KPI.format(kpi=kpi, per_device=per_device), lo, hi)
+            await recompute_kpis(conn, kpi, lo, hi)
+
+
+async def recompute_kpis(conn: Any, kpi: str, lo: datetime, hi: datetime) -> None:
+    """Fallback backend: rebuild the KPI rollup ``kpi`` (``kpi_5m`` or ``kpi_1h``) for buckets in ``[lo, hi)``
+    from its per-device rollup, with the districts and kinds the registry has now."""
+    per_device = dict(KPI_ROLLUPS)[kpi]
+    await conn.execute(f"DELETE FROM {kpi} WHERE bucket >= $1 AND bucket < $2", lo, hi)
+    await conn.execute(_REFRESH_KPI.format(kpi=kpi, per_device=per_device), lo, hi)
 
 
 def _runs(buckets: list[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:

@@ -112,6 +112,8 @@ async def test_write_then_read_back(conn: asyncpg.Connection,
 
     latest = {r["metric"]: r["value"] for r in await queries.latest_values(conn, dev, t0 - timedelta(days=1))}
     assert latest == {"speed_kmh": 90.0, "flow_veh_h": 91.0}
+    seed = {r["metric"]: r["value"] for r in await queries.recent_latest_values(conn, t0) if r["device_id"] == dev}
+    assert seed == latest
 
     raw = await queries.raw_points(conn, dev, "speed_kmh", t0, t0 + timedelta(hours=1), 1000)
     assert [r["value"] for r in raw] == [i * 10.0 for i in range(10)]
@@ -309,6 +311,7 @@ async def test_city_kpis_from_the_rollups(conn: asyncpg.Connection,
     got = await queries.kpi_history(conn, backend, t0, t0 + timedelta(minutes=20), timedelta(minutes=10))
     assert [(r["bucket"], r["speed"], r["bts_reporting"]) for r in got] == [
         (t0, 15.0, 1), (t0 + timedelta(minutes=10), 15.0, 1)]  # one BTS, read at minutes 0, 7 | 14
+    assert all(type(r[k]) is int for r in got for k in ("bts_reporting", "cam_reporting"))  # not Decimal
     raw = await queries.kpi_history(conn, backend, t0, t0 + timedelta(minutes=20), timedelta(minutes=2))
     assert sum(r["bts_reporting"] for r in raw) == 3 and len(raw) == 10
 
