@@ -10,58 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import create_database, ingest_env
 from tests.support.auth import make_token_sync
-from tests.support.cluster import RoleProcess, cluster_env, db_fetch, lease, unique_lease, wait_for
+from tests.support.cluster import RoleProcess, cluster_env, db_fetch, lease, persistent_broker, unique_lease, wait_for
 from tests.support.mqtt import Publisher, iso, unique_id
-from tests.support.services import BROKER_LIMITS, MOSQUITTO, IngestProcess, free_port, port_open, private_postgres
+from tests.support.services import IngestProcess, private_postgres
 
 pytestmark = pytest.mark.integration
 
 HOOK = "http://127.0.0.1:9/ha-outage-hook"
-
-
-class PersistentBroker:
-    """A private Mosquitto with persistence, restartable on the same port."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        root.chmod(0o777)  # started as root, mosquitto drops to its own user: it must be able to save its state
-        self.conf = root / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {root}/\nautosave_interval 1\n{BROKER_LIMITS}")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_for(lambda: port_open(self.port), 10, what="mosquitto")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # saves its persistence file on the way out
-            self.proc.wait(10)
-
-
-@contextlib.contextmanager
-def persistent_broker() -> Iterator[PersistentBroker]:
-    with tempfile.TemporaryDirectory(prefix="ioc-mqtt-ha-") as tmp:
-        broker = PersistentBroker(Path(tmp))
-        broker.start()
-        try:
-            yield broker
-        finally:
-            broker.stop()
 
 
 def _stream(port: int, prefix: str, stop: threading.Event, sent: list[int]) -> None:

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from tests.support.services import free_port, wait_until
+from tests.support.services import BROKER_LIMITS, MOSQUITTO, free_port, port_open, wait_until
 
 
 def cluster_env(database_url: str, mqtt_port: int, lease: str, **extra: str) -> dict[str, str]:
@@ -145,3 +150,118 @@ def db_fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
 def lease(dsn: str, name: str) -> dict[str, Any]:
     rows = db_fetch(dsn, "SELECT holder, epoch, expires_at > now() AS valid FROM cluster_lease WHERE name = $1", name)
     return rows[0] if rows else {"holder": None, "epoch": 0, "valid": False}
+
+
+class PersistentBroker:
+    """A private Mosquitto with persistence, restartable on the same port."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        root.chmod(0o777)  # started as root, mosquitto drops to its own user: it must be able to save its state
+        self.conf = root / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {root}/\nautosave_interval 1\n{BROKER_LIMITS}")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open(self.port), 10, what="mosquitto")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # saves its persistence file on the way out
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def persistent_broker() -> Iterator[PersistentBroker]:
+    with tempfile.TemporaryDirectory(prefix="ioc-mqtt-ha-") as tmp:
+        broker = PersistentBroker(Path(tmp))
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
+
+
+class WebhookReceiver:
+    """A webhook receiver on a free port: every delivery as (webhook-id, reason, incident id)."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, str, int]] = []
+        lock = threading.Lock()
+        deliveries = self.deliveries
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                with lock:
+                    deliveries.append((self.headers.get("webhook-id", ""), str(body.get("reason")),
+                                       int((body.get("incident") or {}).get("id") or 0)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TelemetryStream:
+    """Telemetry from ``devices`` devices, 4 rounds a second, QoS 1, in a thread that reconnects through broker
+    restarts; ``acked`` counts the messages the broker acknowledged."""
+
+    def __init__(self, port: int, prefix: str, devices: int = 5) -> None:
+        self.port, self.prefix, self.devices = port, prefix, devices
+        self.acked = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TelemetryStream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def _run(self) -> None:
+        from tests.support.mqtt import Publisher, iso
+
+        pub = None
+        i = 0
+        while not self.stop.is_set():
+            try:
+                if pub is None:
+                    pub = Publisher(self.port)
+                for d in range(self.devices):
+                    pub.publish(f"ioc/v1/traffic/{self.prefix}-{d}/telemetry",
+                                {"ts": iso(time.time()), "seq": i, "metrics": {"speed_kmh": 40.0 + d}})
+                pub.wait_all(10)
+                self.acked += self.devices
+                i += 1
+            except (OSError, TimeoutError, ValueError, RuntimeError):  # the broker restarting
+                with contextlib.suppress(Exception):
+                    pub.close() if pub else None
+                pub = None
+                time.sleep(0.5)
+                continue
+            time.sleep(0.25)
+        if pub is not None:
+            pub.close()
+
+    def stored(self, dsn: str) -> dict[str, int]:
+        """Rows stored for the stream's devices: ``n`` in all, ``d`` distinct (device, ts)."""
+        return db_fetch(dsn, "SELECT count(*) AS n, count(DISTINCT (device_id, ts)) AS d FROM telemetry "
+                        "WHERE device_id LIKE $1", self.prefix + "-%")[0]
