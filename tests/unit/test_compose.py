@@ -23,7 +23,8 @@ COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 # Files the operator creates from the documented steps (deploy/mosquitto/README.md), never committed.
 OPERATOR_FILES = {"deploy/mosquitto/passwd", "deploy/mosquitto/certs", "deploy/mosquitto/certs/ca.crt"}
 # Variables compose itself substitutes (secrets from .env); the IOC never reads them.
-COMPOSE_SECRETS = {"IOC_DB_PASSWORD", "IOC_GRAFANA_PASSWORD", *(a.env for a in SERVICE_ACCOUNTS.values())}
+COMPOSE_SECRETS = {"IOC_DB_PASSWORD", "IOC_GRAFANA_PASSWORD", "IOC_NATS_PASSWORD",
+                   *(a.env for a in SERVICE_ACCOUNTS.values())}
 
 
 def setting_names(model: type[BaseModel] = Settings, prefix: str = "IOC_") -> set[str]:
@@ -130,6 +131,8 @@ def command_needs(args: argparse.Namespace, settings: Settings) -> set[str]:
     needs = set(COMMAND_NEEDS[args.command])
     if args.command == "serve" and (settings.live.listen_mqtt or getattr(args, "ingest", False)):
         needs.add("broker-read")  # the live listener (wall, detectors, alerts) or an embedded ingest worker
+    if args.command in ("ingest", "serve") and settings.partition.nats_url:
+        needs.add("nats")  # ingest feeds the stream; the brain reads the workers' findings from it
     return needs
 
 
@@ -195,8 +198,10 @@ def test_services_have_the_credentials_their_commands_need(monkeypatch: pytest.M
             assert db.username and (db.password or "").startswith("FROM-"), \
                 f"{name}: {args.command} needs the database but IOC_DATABASE_URL has no user/password from .env"
         if "nats" in needs:
-            nats = urlsplit(getattr(getattr(settings, "partition", None), "nats_url", None) or "")
+            nats = urlsplit(settings.partition.nats_url or "")
             assert nats.hostname in services, f"{name}: {args.command} needs NATS (IOC_PARTITION__NATS_URL)"
+            assert nats.username == NATS_USER and nats.password == "FROM-IOC_NATS_PASSWORD", \
+                f"{name}: the NATS account must be {NATS_USER} with the password from IOC_NATS_PASSWORD"
         broker = {n for n in needs if n.startswith("broker")}
         if broker:
             user, password = settings.mqtt_credentials
@@ -218,6 +223,52 @@ def test_services_have_the_credentials_their_commands_need(monkeypatch: pytest.M
                     f"{where}: CA file {settings.mqtt_tls.ca_file} is not mounted"
         checked += bool(needs)
     assert checked >= 4
+
+
+NATS_USER = "ioc"
+
+
+def test_nats_runs_jetstream_with_the_account_the_services_use() -> None:
+    nats = COMPOSE["services"]["nats"]
+    conf_mount = next(m for m in nats["volumes"] if m.startswith("./deploy/nats/"))
+    source, target = conf_mount.split(":")[:2]
+    assert target in nats["command"], "the server is not started with the mounted configuration"
+    conf = (ROOT / source[2:]).read_text()
+    store = re.search(r"^jetstream\s*\{[^}]*store_dir:\s*(\S+)", conf, re.M | re.S)
+    assert store, "JetStream is not enabled"
+    assert any(m.split(":")[1] == store[1] for m in nats["volumes"] if not m.startswith("./")), \
+        "the stream's store is not on a volume"
+    assert re.search(rf"^\s*user:\s*{NATS_USER}$", conf, re.M)
+    assert re.search(r"^\s*password:\s*\$IOC_NATS_PASSWORD$", conf, re.M)
+    assert substituted(service_env(nats)["IOC_NATS_PASSWORD"]) == "FROM-IOC_NATS_PASSWORD"
+    port = urlsplit(substituted(COMPOSE["x-partition-env"]["IOC_PARTITION__NATS_URL"])).port
+    assert re.search(rf"^port:\s*{port}\b", conf, re.M)
+    health = " ".join(nats["healthcheck"]["test"])
+    http = re.search(r"^http_port:\s*(\d+)", conf, re.M)
+    assert http and f":{http[1]}/healthz" in health
+
+
+def test_topology_of_the_issue() -> None:
+    """Two API replicas, a brain and its standby, ingest and analytics workers scalable, one stream for all."""
+    parser = build_parser()
+    services = COMPOSE["services"]
+    roles: dict[str, list[str]] = {}
+    for name, service in services.items():
+        if service.get("build"):
+            args = parser.parse_args(service["command"])
+            role = getattr(args, "role", None)
+            roles.setdefault(f"{args.command}:{role}" if role else args.command, []).append(name)
+    assert len(roles["serve:api"]) >= 2
+    brains = [services[n] for n in roles["serve:brain"]]
+    assert sum(b.get("deploy", {}).get("replicas", 1) for b in brains) >= 2
+    for name in (*roles["ingest"], *roles["analytics-worker"]):
+        service = services[name]  # `--scale` needs no fixed name, host port or client id
+        assert "container_name" not in service and "ports" not in service, name
+        assert "IOC_MQTT__CLIENT_ID" not in service_env(service), name
+    streams = {(service_env(services[n]).get("IOC_PARTITION__NATS_URL"), service_env(services[n]).get(
+        "IOC_PARTITION__STREAM")) for n in (*roles["ingest"], *roles["analytics-worker"], *roles["serve:brain"])}
+    assert len(streams) == 1 and None not in next(iter(streams)), \
+        f"ingest, analytics workers and the brain must share one stream: {streams}"
 
 
 def test_shipped_broker_is_tls_only_for_the_network() -> None:
