@@ -158,6 +158,13 @@ class AnalyticsStage:
         # High availability (ioc/cluster): awaited first inside every write transaction with the rows being
         # written (None for state saves): the lease's fence, and a NOTIFY of new findings to other replicas.
         self.guard: Callable[[Any, list[FindingRow] | None], Awaitable[None]] | None = None
+        # Acks tied to the flush (ioc/cluster/brain.py): ``position`` is the sequence of the last input message
+        # handed to on_parsed; ``handed`` the highest one whose findings went to ``on_findings`` (the detectors
+        # ran past it and no snapshot of it is still being analysed).
+        self.position: Callable[[], int] = lambda: 0
+        self.handed = 0
+        # (input sequence, shard, generation) -> snapshots of that message being analysed in that shard
+        self._analysing: dict[tuple[int, int, int], int] = {}
 
     async def load(self) -> None:
         """Restore the learned state, if any: the numeric monitor's, device by device (a restart does not relearn
@@ -256,6 +263,8 @@ class AnalyticsStage:
             new = self._shards[shard] = self._new_shard()
             self._generation[shard] += 1
             self._inflight[shard] = 0
+            for key in [k for k in self._analysing if k[1] == shard]:  # died with the old process: no findings
+                del self._analysing[key]
             items: list[tuple[str, bytes]] = []
             try:  # snapshots wait (skipped) until the saved scenes are back, so none is judged against nothing
                 if self.pool is not None:
@@ -312,8 +321,10 @@ class AnalyticsStage:
                     self._start_rebuild(shard)
                     continue
                 self._inflight[shard] += 1
+                key = (self.position(), shard, self._generation[shard])
+                self._analysing[key] = self._analysing.get(key, 0) + 1
                 fut.add_done_callback(functools.partial(self._camera_done, rec.device_id, shard,
-                                                        self._generation[shard], rec.ts))
+                                                        self._generation[shard], rec.ts, key[0]))
 
     def _analyse_inline(self, rec: Snapshot) -> tuple[str, float, float, int, list[Finding]] | None:
         from analytics.camera.analyser import CameraAnalyser
@@ -331,10 +342,16 @@ class AnalyticsStage:
             return None
         return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)
 
-    def _camera_done(self, device_id: str, shard: int, generation: int, ts: datetime,
+    def _camera_done(self, device_id: str, shard: int, generation: int, ts: datetime, seq: int,
                      fut: asyncio.Future[Any]) -> None:
+        key = (seq, shard, generation)
+        left = self._analysing.pop(key, 1) - 1  # the findings are handed on below, in this same callback
+        if left > 0:
+            self._analysing[key] = left
         if generation == self._generation[shard]:  # else counted by a dead executor: reset at the rebuild
             self._inflight[shard] -= 1
+        if fut.cancelled():  # the shard was shut down with it queued
+            return
         try:
             result = fut.result()
         except BrokenProcessPool:
@@ -386,6 +403,7 @@ class AnalyticsStage:
         try:
             while True:
                 await asyncio.sleep(self.flush_s)
+                taken = self.position()  # every message up to here is in the buffers taken now
                 devices, readings = self._take()
                 if readings:
                     fed = datetime.now(UTC)
@@ -393,6 +411,7 @@ class AnalyticsStage:
                     # Off the event loop: a big flush must not hold up the live feed's senders. Only this
                     # task touches the monitor, one call at a time, so the thread needs no lock.
                     self._raise(await self._detect_safely(devices, readings))
+                self.handed = min(taken, min(self._analysing, default=(taken + 1,))[0] - 1)
                 for shard in range(len(self._shards)):  # a shard that died idle is rebuilt too
                     if self._shard_dead(shard):
                         self._start_rebuild(shard)

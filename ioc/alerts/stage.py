@@ -81,6 +81,13 @@ class AlertStage:
         # inside every flush transaction (the lease's fence, then a NOTIFY to the other replicas).
         self.ids: IdReserve | None = None
         self.guard: Callable[[Any, Changes], Awaitable[None]] | None = None
+        # Acks tied to the flush (ioc/cluster/brain.py): ``position`` is the input sequence the signals collected so
+        # far cover (every message up to it, and the findings handed over for it); ``stored_seq`` the highest one
+        # whose effects are stored (its step's changes committed, or nothing to store).
+        self.position: Callable[[], int] = lambda: 0
+        self.stored_seq = 0
+        self._step_seq = 0
+        self._flushing = asyncio.Lock()  # one flush at a time: a set stored by a later one covers the earlier
 
     def _district_name(self, code: str | None) -> str | None:
         district = self.city.get(code) if code else None
@@ -217,6 +224,8 @@ class AlertStage:
         What changed is also kept for the next :meth:`flush` (unless ``store`` is false). :meth:`run`
         calls this once per tick with the wall clock; replays call it with simulated time.
         """
+        if store:
+            self._step_seq = self.position()  # before any await: exactly the signals taken below
         signals, self._signals = self._signals, []
         overdue = self.liveness.overdue(now, self.since)
         if len(overdue) > max(5, self.config.stalled_share * len(self.liveness.devices)):
@@ -240,6 +249,14 @@ class AlertStage:
 
     async def flush(self) -> Changes | None:
         """Store what changed (with its notifications) in one transaction, then push it on the feed."""
+        async with self._flushing:
+            seq = self._step_seq
+            ch = await self._flush()
+            if not self._unsaved:  # every step up to ``seq`` is stored (a failed set stays in _unsaved)
+                self.stored_seq = max(self.stored_seq, seq)
+            return ch
+
+    async def _flush(self) -> Changes | None:
         ch, self._unsaved = self._unsaved, Changes()
         if not ch:
             return None

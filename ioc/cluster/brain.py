@@ -13,10 +13,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,17 +49,25 @@ Sink = Callable[[ParsedMessage], None]
 MAX_FINDING_NOTIFIES = 20
 
 
-#: A message is acknowledged to the broker this long after it reached the stages (readings -> detectors flush
-#: every second -> findings -> the alert stage's next tick -> stored), and only while the alert stage stores its
-#: changes: a leader that dies before then leaves the message with the broker for the next leader.
+#: How often the settled watermark is read and the messages up to it acknowledged.
+ACK_EVERY_S = 0.25
+#: About how long a message waits for its ack while the stores work (detectors flush every second, the alert
+#: stage's next tick stores, then the next ack pass): what a caller that must see it acked waits (benchmarks).
 ACK_AFTER_S = 3.0
 
 
 class BrainInput:
-    """The brain's persistent QoS 1 session; acks wait until what a message caused has been stored."""
+    """The brain's persistent QoS 1 session; acks wait until what a message caused has been stored.
+
+    Each message handed to the stages gets the next sequence number (``seq``). ``settled`` returns the highest
+    sequence whose effects are stored: the analytics stage hands a message's findings to the alert stage once
+    its detectors ran past it, and the alert stage reports the sequence its last committed flush covered
+    (see ``AlertStage.stored_seq``). Every message up to it is acknowledged; a leader killed before its flush
+    leaves the rest at the broker for the next leader.
+    """
 
     def __init__(self, settings: Settings, sinks: tuple[Sink, ...],
-                 storing_since: Callable[[], datetime | None] = lambda: None) -> None:
+                 settled: Callable[[], int] | None = None) -> None:
         from ioc.services import session_options
 
         cfg = settings.cluster
@@ -73,29 +80,27 @@ class BrainInput:
         self.guard = MetricNameGuard()
         self.session = MqttSession(options, self._on_message)
         self.lag_s: float | None = None
-        self.storing_since = storing_since  # when the alert stage's writes began failing (None: they succeed)
-        self._unacked: deque[tuple[float, datetime, int, int, int]] = deque()
+        self.seq = 0  # sequence number of the last message handed to the stages
+        self.settled: Callable[[], int] = settled or (lambda: self.seq)
+        self._unacked: deque[tuple[int, int, int, int]] = deque()  # (seq, mid, connection generation, qos)
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         now = datetime.now(UTC)
+        self.seq += 1  # on the event loop, before the sinks: the stages read it as their position
         # The ingest's own handler: parse, caps, every sink under the catch-all (never raises).
         parsed = handle_message(message, now, self.guard, self.sinks, stores=False)
         stamps = [r.ts for r in parsed.records if getattr(r, "ts", None) is not None]
         if stamps:
             self.lag_s = max(0.0, (now - max(stamps)).total_seconds())
         if message.qos:
-            self._unacked.append((time.monotonic(), now, message.mid, generation, message.qos))
+            self._unacked.append((self.seq, message.mid, generation, message.qos))
 
     def ack_settled(self) -> int:
-        """Acknowledge the messages old enough for their effects to be stored; returns how many."""
-        horizon = time.monotonic() - ACK_AFTER_S
-        failing = self.storing_since()
+        """Acknowledge every message whose effects are stored (up to the settled watermark); returns how many."""
+        upto = self.settled()
         acked = 0
-        while self._unacked and self._unacked[0][0] <= horizon:
-            _, received, mid, generation, qos = self._unacked[0]
-            if failing is not None and received >= failing - timedelta(seconds=ACK_AFTER_S):
-                break  # its effects may be among the unsaved changes: keep it at the broker
-            self._unacked.popleft()
+        while self._unacked and self._unacked[0][0] <= upto:
+            _, mid, generation, qos = self._unacked.popleft()
             self.session.ack(mid, generation, qos)  # a stale generation is skipped (the broker redelivers)
             acked += 1
         return acked
@@ -109,7 +114,7 @@ class BrainInput:
 
     async def _ack_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(ACK_EVERY_S)
             self.ack_settled()
 
     async def stop(self) -> None:
@@ -133,6 +138,25 @@ class BrainInput:
             client.loop_stop()
         except OSError as err:
             logger.warning("brain session %s not discarded (%s); it expires on its own", opts.client_id, err)
+
+
+def tie_acks(brain_input: BrainInput, analytics: AnalyticsStage | None, alerts: AlertStage | None) -> BrainInput:
+    """Tie the input's acks to the stages' watermarks (see :class:`BrainInput`); returns the input."""
+
+    def position() -> int:
+        return brain_input.seq
+
+    def covered() -> int:  # what the alert stage's signals cover: the messages, and the findings handed over
+        return min(brain_input.seq, analytics.handed) if analytics is not None else brain_input.seq
+
+    if analytics is not None:
+        analytics.position = position
+    if alerts is not None:
+        alerts.position = covered
+        brain_input.settled = lambda: alerts.stored_seq
+    elif analytics is not None:
+        brain_input.settled = lambda: analytics.handed
+    return brain_input
 
 
 class Brain:
@@ -250,9 +274,7 @@ class Brain:
             # numeric analytics runs on `ioc analytics-worker`s: their findings come over the stream
             self._tasks.append(asyncio.create_task(self._partition_findings(self.alerts), name="partition-findings"))
         if self.own_input:
-            stage = self.alerts
-            self.input = BrainInput(settings, tuple(sinks),
-                                    lambda: getattr(stage, "flush_failing_since", None) if stage else None)
+            self.input = tie_acks(BrainInput(settings, tuple(sinks)), self.analytics, self.alerts)
             self._tasks.append(asyncio.create_task(self.input.run(), name="brain-input"))
         state.analytics, state.alerts = self.analytics, self.alerts
         logger.warning("brain started (epoch %d): %s", epoch, ", ".join(t.get_name() for t in self._tasks))
