@@ -38,8 +38,13 @@ def test_every_panel_fits_the_grid_and_queries_the_ioc_data_source() -> None:
             for target in panel["targets"]:
                 assert target["rawSql"].lstrip().upper().startswith("SELECT")
                 assert target["datasource"]["uid"] == DATASOURCE_UID
-            if "telemetry_5m" in json.dumps(panel["targets"]):
+            text = json.dumps(panel["targets"])
+            if "_5m" in text:
                 assert panel["interval"] == "5m"  # never finer than the rollup
+            if "_1h" in text:
+                assert panel["interval"] == "1h"
+            if "district" in panel["title"].lower() and panel["type"] == "timeseries":
+                assert "kpi_5m" in text and "r.kind = " in text, panel["title"]  # the KPI rollup, one kind
 
 
 def test_provisioning_creates_then_updates_in_place() -> None:
