@@ -27,7 +27,7 @@ from prometheus_client import Counter
 from analytics.camera.features import ImageTooLarge
 from analytics.camera.stale import StaleMonitor
 from analytics.findings import Finding
-from analytics.numeric.device_state import encode_devices, restore_devices
+from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
@@ -134,6 +134,8 @@ class AnalyticsStage:
         self._known: set[str] = set()
         self._received = False  # anything reached on_parsed: the snapshot arrivals are worth saving
         self.series_scope = SERIES_SCOPE
+        self._saving: asyncio.Task[None] | None = None  # the periodic save, running beside the detectors
+        self._save_lock = asyncio.Lock()  # saves commit in the order they took their devices
         # Silence is counted from no earlier than this: after a restart the downtime is ours, not the devices'.
         self.started = datetime.now(UTC)
         self._shards = [self._new_shard() for _ in range(camera_processes)]
@@ -433,9 +435,10 @@ class AnalyticsStage:
                     last_state = now
                     cameras = now - last_cameras >= self.camera_state_every_s
                     last_cameras = now if cameras else last_cameras
-                    await self.save(cameras=cameras)
+                    if self._saving is None or self._saving.done():  # in the background: detection goes on
+                        self._saving = asyncio.create_task(self.save(cameras=cameras), name="analytics-save")
         finally:
-            for task in list(self._rebuilding.values()):
+            for task in [*self._rebuilding.values(), *([self._saving] if self._saving else [])]:
                 task.cancel()
             await asyncio.to_thread(self.close)
 
@@ -482,10 +485,16 @@ class AnalyticsStage:
                 return [], dirty
             names = list(mon.table.device_idx)  # in index order: indices are handed out in insertion order
             try:
-                return encode_devices(mon, [names[d] for d in sorted(dirty)]), dirty
+                copied = gather(mon, [names[d] for d in sorted(dirty)])  # a copy: the detectors go on meanwhile
             except Exception:
                 mon.dirty |= dirty
                 raise
+        try:
+            return pack(copied), dirty
+        except Exception:
+            with self._lock:
+                self.monitor.dirty |= dirty
+            raise
 
     async def _store(self) -> None:
         rows, self._pending_rows = self._pending_rows, []
@@ -503,6 +512,10 @@ class AnalyticsStage:
     async def save(self, cameras: bool = True) -> None:
         """Persist the state of the devices that learned something since the last save, the cameras' snapshot
         arrivals and (with ``cameras``) the scenes the camera analysers learned."""
+        async with self._save_lock:
+            await self._save(cameras)
+
+    async def _save(self, cameras: bool) -> None:
         dirty: set[int] = set()
         try:
             states, dirty = await asyncio.to_thread(self._take_dirty)

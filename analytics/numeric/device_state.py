@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,33 +36,60 @@ def _shapes(mon: NumericMonitor) -> dict[str, list[str | int]]:
     return {name: [getattr(mon.bank, name).dtype.str, *getattr(mon.bank, name).shape[1:]] for name in ARRAYS}
 
 
-def encode_devices(mon: NumericMonitor, device_ids: Iterable[str]) -> list[tuple[str, bytes]]:
-    """The saved form of each known device in ``device_ids`` (unknown ones are skipped)."""
+@dataclass(slots=True)
+class Gathered:
+    """Copies of some devices' state, taken from a monitor (fast, under its lock) to be packed outside it."""
+
+    devices: list[str]
+    heads: list[bytes]
+    counts: list[int]  # series per device, in ``devices`` order
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # the devices' rows, one device after another
+
+
+def gather(mon: NumericMonitor, device_ids: Iterable[str]) -> Gathered:
+    """Copy the state of each known device in ``device_ids`` (unknown ones are skipped)."""
     table, bank = mon.table, mon.bank
     n = len(table)
     named = [(d, table.device_idx[d]) for d in device_ids if d in table.device_idx]
     if not named:
-        return []
+        return Gathered([], [], [])
     wanted = [d for _, d in named]
     dev = table.dev[:n]
     order = np.argsort(dev, kind="stable")  # rows grouped by device, in row order within each
     starts = np.searchsorted(dev[order], wanted, side="left")
     ends = np.searchsorted(dev[order], wanted, side="right")
+    rows = np.concatenate([order[lo:hi] for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)])
     shapes = _shapes(mon)
     groups = sorted(table.group_idx, key=table.group_idx.__getitem__)
-    facts = np.stack([table.f[k][:n] for k in FLOAT_COLS], axis=1)  # (rows, cols) float64
-    out = []
-    for (device_id, d), lo, hi in zip(named, starts.tolist(), ends.tolist(), strict=True):
-        rows = order[lo:hi]
+    heads, counts = [], (ends - starts).tolist()
+    pos = 0
+    for (_, d), k in zip(named, counts, strict=True):
         g = table.device_group[d]
-        head = json.dumps({"kind": table.device_kind[d], "group": groups[g] if g >= 0 else "",
-                           "metrics": [table.metrics[r] for r in rows.tolist()], "shapes": shapes},
-                          separators=(",", ":")).encode()
+        heads.append(json.dumps({"kind": table.device_kind[d], "group": groups[g] if g >= 0 else "",
+                                 "metrics": [table.metrics[r] for r in rows[pos:pos + k].tolist()],
+                                 "shapes": shapes}, separators=(",", ":")).encode())
+        pos += k
+    arrays = {name: getattr(bank, name)[rows] for name in ARRAYS}  # fancy indexing copies
+    arrays["facts"] = np.stack([table.f[k][rows] for k in FLOAT_COLS], axis=1)  # (rows, cols) float64
+    arrays["silent"] = table.silent[rows]
+    return Gathered([name for name, _ in named], heads, counts, arrays)
+
+
+def pack(g: Gathered) -> list[tuple[str, bytes]]:
+    """The saved form of every gathered device (the slow part: compression; needs no lock)."""
+    out = []
+    pos = 0
+    for device_id, head, k in zip(g.devices, g.heads, g.counts, strict=True):
         parts = [_HEAD.pack(len(head)), head]
-        parts += [np.ascontiguousarray(getattr(bank, name)[rows]).tobytes() for name in ARRAYS]
-        parts += [facts[rows].tobytes(), table.silent[rows].tobytes()]
+        parts += [a[pos:pos + k].tobytes() for a in g.arrays.values()]
         out.append((device_id, bytes([VERSION]) + zlib.compress(b"".join(parts), _LEVEL)))
+        pos += k
     return out
+
+
+def encode_devices(mon: NumericMonitor, device_ids: Iterable[str]) -> list[tuple[str, bytes]]:
+    """The saved form of each known device in ``device_ids`` (unknown ones are skipped)."""
+    return pack(gather(mon, device_ids))
 
 
 def restore_devices(mon: NumericMonitor, items: Iterable[tuple[str, bytes]]) -> int:
@@ -71,13 +100,14 @@ def restore_devices(mon: NumericMonitor, items: Iterable[tuple[str, bytes]]) -> 
     """
     table, bank = mon.table, mon.bank
     shapes = _shapes(mon)
+    layout = _layout(shapes)
     decoded = []
     skipped = 0
     for device_id, data in items:
         if device_id in table.device_idx:
             continue
         try:
-            decoded.append((device_id, *_decode(data, shapes)))
+            decoded.append((device_id, *_decode(data, shapes, layout)))
         except ValueError as err:
             skipped += 1
             if skipped <= 3:
@@ -89,21 +119,36 @@ def restore_devices(mon: NumericMonitor, items: Iterable[tuple[str, bytes]]) -> 
         d = table.device(device_id, head["kind"])
         if head["group"]:
             table.device_group[d] = table.group_idx.setdefault(head["group"], len(table.group_idx))
-    for device_id, head, arrays, facts, silent in decoded:
-        rows = np.array([table.add(device_id, m) for m in head["metrics"]], dtype=np.intp)
-        if len(rows) and rows.max() >= bank.size:
-            bank.add(int(rows.max()) + 1 - bank.size)
-        for name, values in arrays.items():
-            getattr(bank, name)[rows] = values
-        for i, k in enumerate(FLOAT_COLS):
-            table.f[k][rows] = facts[:, i]
-        table.silent[rows] = silent
+    if not decoded:
+        return 0
+    rows = np.array([table.add(device_id, m) for device_id, head, *_ in decoded for m in head["metrics"]],
+                    dtype=np.intp)
+    if len(rows) and rows.max() >= bank.size:
+        bank.add(int(rows.max()) + 1 - bank.size)
+    for name in ARRAYS:  # one assignment per array for all devices
+        getattr(bank, name)[rows] = np.concatenate([arrays[name] for _, _, arrays, _, _ in decoded])
+    facts = np.concatenate([f for *_, f, _ in decoded])
+    for i, k in enumerate(FLOAT_COLS):
+        table.f[k][rows] = facts[:, i]
+    table.silent[rows] = np.concatenate([s for *_, s in decoded])
     mon.declare_ranges(mon.ranges)  # today's declared ranges, as NumericMonitor.from_state does
     return len(decoded)
 
 
-def _decode(data: bytes, shapes: dict[str, list[str | int]]) -> tuple[dict[str, Any], dict[str, np.ndarray],
-                                                                       np.ndarray, np.ndarray]:
+Layout = list[tuple[str, np.dtype[Any], tuple[int, ...], int]]
+
+
+def _layout(shapes: dict[str, list[str | int]]) -> Layout:
+    """Per array: name, dtype, per-row shape, values per row."""
+    out: Layout = []
+    for name in ARRAYS:
+        row = tuple(int(x) for x in shapes[name][1:])
+        out.append((name, np.dtype(str(shapes[name][0])), row, math.prod(row)))
+    return out
+
+
+def _decode(data: bytes, shapes: dict[str, list[str | int]], layout: Layout) -> tuple[
+        dict[str, Any], dict[str, np.ndarray], np.ndarray, np.ndarray]:
     if not data or data[0] != VERSION:
         raise ValueError(f"unknown device state version {data[:1]!r}")
     try:
@@ -118,11 +163,9 @@ def _decode(data: bytes, shapes: dict[str, list[str | int]]) -> tuple[dict[str, 
     pos = _HEAD.size + size
     arrays: dict[str, np.ndarray] = {}
     try:
-        for name in ARRAYS:
-            dtype = np.dtype(str(shapes[name][0]))
-            shape = (k, *(int(x) for x in shapes[name][1:]))
-            count = int(np.prod(shape))
-            arrays[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=pos).reshape(shape)
+        for name, dtype, row, per_row in layout:
+            count = k * per_row
+            arrays[name] = np.frombuffer(raw, dtype=dtype, count=count, offset=pos).reshape((k, *row))
             pos += count * dtype.itemsize
         facts = np.frombuffer(raw, dtype=np.float64, count=k * len(FLOAT_COLS), offset=pos).reshape(k, -1)
         pos += facts.nbytes
