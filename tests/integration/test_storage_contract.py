@@ -365,3 +365,35 @@ async def test_kpi_rollups_per_district_agree_with_the_raw_rows(
                                  "AND kind = 'traffic' AND metric = 'flow_veh_h' AND bucket = $2", [a, b],
                                  t0 + timedelta(minutes=5)))
     assert (moved, kept) == ({a: 1, b: 2}, {a: 2, b: 1})
+
+
+async def test_city_kpis_read_the_raw_rows_past_the_rollups(
+        conn: asyncpg.Connection, backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    """PostgreSQL fallback: buckets past ``complete_before`` come from the raw rows, so the wall's KPIs never
+    lack their last minutes (TimescaleDB's real-time aggregation does the same for its aggregates)."""
+    if backend_dsn[0] is not Backend.POSTGRES:
+        pytest.skip("TimescaleDB computes the buckets past its watermark itself (real-time aggregation)")
+    await conn.execute(STAGING_DDL)
+    t0 = datetime(2026, 11, 28, 14, 0, tzinfo=UTC)
+    tag = unique_id("KT")
+    await _register(conn, "copy", {f"{tag}-t": ("traffic", "A"), f"{tag}-b0": ("bts", "A"),
+                                   f"{tag}-b1": ("bts", "B")})
+    rows = [(t0 + timedelta(minutes=i), f"{tag}-t", "speed_kmh", float(i), None) for i in range(20)]
+    rows += [(t0 + timedelta(minutes=i), f"{tag}-b{b}", "availability_pct", 100.0, None)
+             for i in range(20) for b in range(2) if b == 0 or i >= 10]
+    await write_batch(conn, BatchRows(telemetry=rows), "copy")  # type: ignore[arg-type]
+    await refresh_rollups(conn, Backend.POSTGRES, t0, t0 + timedelta(minutes=9))  # buckets 0 and 5 only
+    saved = await complete_before(conn)
+    await conn.execute("INSERT INTO rollup_state VALUES ('telemetry', $1, now()) ON CONFLICT (name) "
+                       "DO UPDATE SET complete_before = excluded.complete_before", t0 + timedelta(minutes=10))
+    try:
+        got = await queries.kpi_history(conn, Backend.POSTGRES, t0, t0 + timedelta(minutes=20),
+                                        timedelta(minutes=5))
+    finally:
+        await conn.execute("DELETE FROM rollup_state")
+        if saved is not None:
+            await conn.execute("INSERT INTO rollup_state VALUES ('telemetry', $1, now())", saved)
+    assert [(r["bucket"], r["speed"], r["bts_reporting"]) for r in got] == [
+        (t0 + timedelta(minutes=5 * k), 5.0 * k + 2, 1 if k < 2 else 2) for k in range(4)]
+    assert await conn.fetchval("SELECT count(*) FROM kpi_5m WHERE district = 'A' AND bucket >= $1 AND bucket < $2",
+                               t0 + timedelta(minutes=10), t0 + timedelta(minutes=20)) == 0
