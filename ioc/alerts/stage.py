@@ -69,6 +69,7 @@ class AlertStage:
         self._flush_attempts = 0
         self.flush_failing_since: datetime | None = None  # set while change sets wait for the database
         self.liveness = Liveness(config.silent_factor, config.silent_min_s)
+        self.liveness_every_s = LIVENESS_EVERY_S  # the brain saves them as often as the detectors' state
         self._stalled = False
         self._quiet = 0
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # replays set simulated time
@@ -189,7 +190,7 @@ class AlertStage:
                     await self.reload_config()
                 except Exception as err:
                     logger.warning("alert configuration not reloaded: %s", err)
-            if loop.time() - last_saved >= LIVENESS_EVERY_S:
+            if loop.time() - last_saved >= self.liveness_every_s:
                 last_saved = loop.time()
                 await self.save()
 

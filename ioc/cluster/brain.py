@@ -255,6 +255,7 @@ class Brain:
             alerts.ids = IdReserve()
             alerts.engine.id_source = alerts.ids
             alerts.guard = self._alerts_guard
+            alerts.liveness_every_s = settings.analytics.series_state_every_s  # device arrivals: as often
             try:
                 await alerts.load()
             except Exception as err:  # run() keeps trying before it starts
