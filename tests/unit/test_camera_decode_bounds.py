@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -85,3 +88,19 @@ def test_the_analyser_raises_for_a_bomb_and_goes_on_after_it() -> None:
     with pytest.raises(ImageTooLarge):
         an.analyse(claiming(small_jpeg(), 30000, 30000), T0)
     assert an.analyse(jpeg(Road(3).frame(0)), T0).label == "ok"
+
+
+def test_the_folder_check_labels_a_bomb_and_goes_on(tmp_path: Path) -> None:
+    from analytics.camera.batch import check_dir
+
+    road = Road(3)
+    seq = tmp_path / "cam"
+    seq.mkdir()
+    for i in range(4):
+        data = jpeg(road.frame(i))
+        (seq / f"{i}.jpg").write_bytes(claiming(data, 30000, 30000) if i == 1 else data)
+    out = tmp_path / "det.csv"
+    assert check_dir(tmp_path, out, progress=False) == 4
+    rows = list(csv.reader(out.open()))[1:]
+    assert [r[1] for r in rows] == ["0", "1", "2", "3"]
+    assert [r[2] for r in rows] == ["ok", "black", "ok", "ok"]
