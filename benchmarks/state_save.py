@@ -1,0 +1,154 @@
+"""Learned numeric state of a province saved per device: bytes per series, incremental save, restore.
+
+A province's series (3,240 BTS x 9 metrics, 500 traffic sensors x 5, 1,000 cameras x 4 = 35,660 series)
+learn a day of readings every 5 minutes; then, against the real PostgreSQL (a database of its own, dropped
+at the end):
+
+* the old way: the whole monitor as one blob (``NumericMonitor.to_state``), its size and time;
+* the first save of every device (``series_state``, one row per device), bytes per series;
+* an incremental save with 10 % of the devices dirty (they received a reading): encode + one fenced
+  transaction (lease check + one upsert), median of 5;
+* the same with every device dirty (every device reported within the save interval);
+* a new leader's restore: read every row, rebuild the monitor.
+
+Run: ``python -m benchmarks.state_save [--days 1] [--dirty 0.1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+
+import asyncpg
+import numpy as np
+
+from analytics.numeric.device_state import encode_devices, restore_devices
+from analytics.numeric.monitor import NumericMonitor
+from ioc.services import db_upgrade
+from ioc.settings import Settings
+from storage import cluster as sql
+from storage.writes import load_series_states, save_series_states
+
+BASE_DSN = os.environ.get("IOC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+FLEET = (("bts", 3240, ("mains_power", "battery_pct", "temperature_c", "rssi_dbm", "traffic_erl", "cpu_pct",
+                        "uplink_mbps", "downlink_mbps", "drop_rate_pct")),
+         ("traffic", 500, ("speed_kmh", "occupancy_pct", "volume_vph", "queue_m", "headway_s")),
+         ("camera", 1000, ("fps", "bitrate_kbps", "temperature_c", "packet_loss_pct")))
+T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+
+
+def province() -> tuple[NumericMonitor, list[str], np.ndarray, np.ndarray]:
+    """A monitor holding every series of a province; device ids; its rows and per-row base level."""
+    mon = NumericMonitor()
+    devices, rows = [], []
+    for kind, count, metrics in FLEET:
+        for i in range(count):
+            dev = f"{kind}-{i:05d}"
+            devices.append(dev)
+            mon.set_device(dev, kind, f"district-{i % 12}")
+            rows += [mon.register(dev, m) for m in metrics]
+    r = np.array(rows, dtype=np.intp)
+    return mon, devices, r, np.random.default_rng(1).uniform(10, 100, len(r))
+
+
+def learn(mon: NumericMonitor, rows: np.ndarray, base: np.ndarray, steps: int, start: int = 0) -> float:
+    """``steps`` readings per series, 5 minutes apart, with a daily cycle and noise; returns the last time."""
+    rng = np.random.default_rng(start)
+    t = T0
+    for k in range(start, start + steps):
+        t = T0 + 300.0 * k
+        day = np.sin(2 * np.pi * (t % 86400) / 86400)
+        vals = base * (1 + 0.2 * day) + rng.normal(0, 0.02, len(rows)) * base
+        mon.ingest_arrays(rows, np.full(len(rows), t), vals)
+    return t
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--days", type=float, default=1.0, help="days of 5-minute readings learned first")
+    ap.add_argument("--dirty", type=float, default=0.1, help="share of devices dirty in the incremental save")
+    args = ap.parse_args()
+
+    t = time.perf_counter()
+    mon, devices, rows, base = province()
+    learn(mon, rows, base, int(args.days * 288))
+    n_series = len(mon.table)
+    print(f"province: {len(devices):,} devices, {n_series:,} series, learned {args.days:g} day(s) "
+          f"in {time.perf_counter() - t:.1f} s")
+
+    t = time.perf_counter()
+    blob = mon.to_state()
+    print(f"old: whole monitor as one blob: {len(blob) / 1e6:.1f} MB ({len(blob) / n_series:.0f} B/series), "
+          f"encoded in {time.perf_counter() - t:.2f} s")
+
+    name = f"h1_state_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(BASE_DSN)
+    await admin.execute(f"CREATE DATABASE {name}")
+    dsn = BASE_DSN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        await db_upgrade(Settings(database_url=dsn))
+        conn = await asyncpg.connect(dsn)
+        epoch = await sql.try_acquire(conn, "brain", "bench", 60.0)
+        assert epoch is not None
+
+        async def save(states: list[tuple[str, bytes]]) -> float:
+            t0 = time.perf_counter()
+            async with conn.transaction():
+                await sql.check_epoch(conn, "brain", "bench", epoch)
+                await save_series_states(conn, "numeric", states)
+            return time.perf_counter() - t0
+
+        t = time.perf_counter()
+        everything = encode_devices(mon, devices)
+        enc_all = time.perf_counter() - t
+        wrote_all = await save(everything)
+        size = sum(len(x) for _, x in everything)
+        table = await conn.fetchval("SELECT pg_total_relation_size('series_state')")
+        print(f"new: every device saved: {size / 1e6:.1f} MB of state ({size / n_series:.0f} B/series; table "
+              f"{table / 1e6:.1f} MB), encode {enc_all:.2f} s + write {wrote_all:.2f} s")
+
+        shares = []
+        for rnd in range(5):
+            pick = np.random.default_rng(10 + rnd).choice(len(devices), int(args.dirty * len(devices)), replace=False)
+            chosen = set(pick.tolist())
+            sel = rows[np.isin(mon.table.dev[rows], [mon.table.device_idx[devices[i]] for i in chosen])]
+            mon.dirty.clear()
+            mon.ingest_arrays(sel, np.full(len(sel), T0 + 86400 * args.days + 300 * rnd), base[np.isin(rows, sel)])
+            t0 = time.perf_counter()
+            dirty = sorted(mon.dirty)
+            names = list(mon.table.device_idx)
+            states = encode_devices(mon, [names[d] for d in dirty])
+            enc = time.perf_counter() - t0
+            wrote = await save(states)
+            shares.append((enc, wrote, len(states), sum(len(x) for _, x in states), len(sel)))
+        enc, wrote = statistics.median(s[0] for s in shares), statistics.median(s[1] for s in shares)
+        print(f"incremental save, {args.dirty:.0%} of devices dirty ({shares[0][2]:,} devices, {shares[0][4]:,} "
+              f"series, {shares[0][3] / 1e6:.2f} MB): encode {enc * 1e3:.0f} ms + fenced write {wrote * 1e3:.0f} ms "
+              f"(median of 5)")
+
+        t0 = time.perf_counter()
+        wrote_all = await save(encode_devices(mon, devices))
+        print(f"incremental save, every device dirty: {time.perf_counter() - t0:.2f} s (write {wrote_all:.2f} s)")
+
+        t0 = time.perf_counter()
+        saved = await load_series_states(conn, "numeric")
+        read = time.perf_counter() - t0
+        fresh = NumericMonitor()
+        restored = restore_devices(fresh, saved)
+        total = time.perf_counter() - t0
+        assert restored == len(devices) and len(fresh.table) == n_series
+        print(f"restore by a new leader: {restored:,} devices, {len(fresh.table):,} series in {total:.2f} s "
+              f"(read {read:.2f} s, rebuild {total - read:.2f} s)")
+        await conn.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
