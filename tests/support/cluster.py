@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.support.services import BROKER_LIMITS, MOSQUITTO, free_port, port_open, wait_until
+from tests.support.services import BROKER_LIMITS, MOSQUITTO, ServiceProcess, free_port, port_open
 
 
 def cluster_env(database_url: str, mqtt_port: int, lease: str, **extra: str) -> dict[str, str]:
@@ -42,41 +41,15 @@ def cluster_env(database_url: str, mqtt_port: int, lease: str, **extra: str) -> 
     return env
 
 
-class RoleProcess:
-    """``ioc serve --role ROLE`` as a child process on a free port."""
+class RoleProcess(ServiceProcess):
+    """``ioc serve --role ROLE`` as a child process on a free port (up when /healthz answers: a standby is
+    never "ready" in the sense of /readyz)."""
+
+    ready_path = "/healthz"
 
     def __init__(self, env: dict[str, str], role: str, log: Path, token: str) -> None:
-        self.env, self.role, self.log, self.token = env, role, log, token
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, wait: bool = True) -> RoleProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ioc.cli", "serve", "--role", self.role, "--port", str(self.port)],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        if wait:
-            wait_until(self._up, 60, 0.1, what=f"ioc serve --role {self.role} up")
-        return self
-
-    def _up(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"ioc serve exited: {self.log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        super().__init__(env, log, ["serve", "--role", role])
+        self.role, self.token = role, token
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
@@ -102,16 +75,6 @@ class RoleProcess:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

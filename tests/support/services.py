@@ -154,17 +154,62 @@ class IngestProcess:
                 self.proc.wait(5)
 
 
-class ServeProcess:
-    """``ioc serve --ingest`` as a child process on a free port."""
+class ServiceProcess:
+    """An ``ioc`` command serving HTTP as a child process on a free port; up when ``ready_path`` answers 200."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
+    ready_path = "/readyz"
+
+    def __init__(self, env: dict[str, str], log: Path, args: list[str]) -> None:
+        self.env, self.log, self.args = env, log, args
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, wait: bool = True) -> ServiceProcess:
+        with self.log.open("ab") as out:
+            cmd = [sys.executable, "-m", "ioc.cli", *self.args, "--port", str(self.port)]
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        if wait:
+            wait_until(self._up, 60, 0.1, what=f"ioc {' '.join(self.args)} up")
+        return self
+
+    def _up(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ioc {' '.join(self.args)} exited: {self.log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{self.url}{self.ready_path}", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a test may have paused it
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class ServeProcess(ServiceProcess):
+    """``ioc serve --ingest`` as a child process on a free port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        super().__init__(env, log, ["serve", "--ingest"])
 
     def ws_url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -197,31 +242,3 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            cmd = [sys.executable, "-m", "ioc.cli", "serve", "--ingest", "--port", str(self.port)]
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        wait_until(self._ready, 60, 0.1, what="ioc serve ready")
-
-    def _ready(self) -> bool:
-        import urllib.error
-        import urllib.request
-
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"ioc serve exited: {self.log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
