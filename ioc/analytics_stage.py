@@ -12,7 +12,6 @@ import asyncio
 import functools
 import logging
 import multiprocessing
-import signal
 import threading
 import zlib
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
+from ioc.camera_shards import _analyse, _export_states, _import_states, _shard_init
 from ioc.live.hub import LiveHub
 from storage.writes import (
     FindingRow,
@@ -54,63 +54,6 @@ STATE_NAME = "numeric_monitor"  # the whole monitor in one analytics_state row: 
 SERIES_SCOPE = "numeric"  # series_state rows of the numeric monitor, one per device
 STALE_STATE_NAME = "camera_stale"  # snapshot arrivals per camera (StaleMonitor)
 CAMERA_STATE_PREFIX = "camera:"  # one saved state per camera: shard counts may differ between runs
-
-# --- camera shard (child process) -------------------------------------------------------------------
-
-_analysers: dict[str, Any] = {}
-_unsaved: set[str] = set()  # cameras analysed since their state was last exported
-
-
-def _shard_init() -> None:
-    """Set up a shard process.
-
-    Shards stop when the service shuts them down; a Ctrl-C reaching the whole process group must not
-    kill them first (with a traceback each). OpenCV runs single-threaded: there is one shard per core
-    already, and its own thread pool in every shard would only contend for the same cores.
-    """
-    import cv2
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cv2.setNumThreads(1)
-
-
-def _analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, float, int, list[Finding]]:
-    """In a shard process: run this camera's analyser on one snapshot."""
-    from analytics.camera.analyser import CameraAnalyser
-
-    analyser = _analysers.get(device_id)
-    if analyser is None:
-        analyser = _analysers[device_id] = CameraAnalyser(device_id)
-    res = analyser.analyse(jpeg, ts)
-    _unsaved.add(device_id)
-    return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)
-
-
-def _export_states() -> list[tuple[str, bytes]]:
-    """In a shard process: the learned state of every camera analysed since the last export."""
-    from analytics.camera.state import dumps
-
-    out = [(device_id, dumps(_analysers[device_id])) for device_id in sorted(_unsaved)]
-    _unsaved.clear()
-    return out
-
-
-def _import_states(items: list[tuple[str, bytes]]) -> int:
-    """In a shard process: restore saved analysers of cameras this shard has not started on; returns how many."""
-    from analytics.camera.state import loads
-
-    restored = 0
-    for device_id, data in items:
-        if device_id in _analysers:
-            continue  # already learning live: newer than anything saved
-        try:
-            _analysers[device_id] = loads(data)
-        except ValueError as err:
-            logger.warning("camera %s: saved state not restored (%s)", device_id, err)
-            continue
-        restored += 1
-    return restored
-
 
 class AnalyticsStage:
     """The analytics sink of one process (beside the live hub)."""
