@@ -20,9 +20,10 @@ from pathlib import Path
 import asyncpg
 from tqdm import tqdm
 
+from analytics.numeric.device_state import encode_devices
 from ingest.batch import Pending, RegistryCache, build_rows
 from ingest.parse import parse_message
-from ioc.analytics_stage import STATE_NAME
+from ioc.analytics_stage import SERIES_SCOPE
 from ioc.geo import City as GeoCity
 from ioc.replay import Replay
 from ioc.settings import Settings
@@ -31,7 +32,7 @@ from simulators.fleet import Fleet, FleetOptions, Message
 from simulators.scenario import RandomIncidents, Scenario, load_scenario
 from storage.db import STAGING_DDL, read_backend
 from storage.rollups import refresh_rollups
-from storage.writes import save_state, write_batch
+from storage.writes import save_series_states, write_batch
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +103,13 @@ async def write_history(settings: Settings, scenario: Scenario, until: float, ho
         await commit()
         await refresh_rollups(conn, await read_backend(conn), datetime.fromtimestamp(t0, UTC),
                               datetime.fromtimestamp(until, UTC))
-        state = replay.analytics.monitor.to_state()
-        await save_state(conn, STATE_NAME, state)
+        mon = replay.analytics.monitor
+        states = encode_devices(mon, list(mon.table.device_idx))  # one row per device, as the brain saves it
+        await save_series_states(conn, SERIES_SCOPE, states)
     finally:
         await conn.close()
     stats.series = replay.analytics.monitor.bank.size
-    stats.state_bytes = len(state)
+    stats.state_bytes = sum(len(x) for _, x in states)
     stats.seconds = time.perf_counter() - t_start
     logger.info("history: %d messages, %d values, %d series learned, state %d bytes, %.1f s", stats.messages,
                 stats.values, stats.series, stats.state_bytes, stats.seconds)

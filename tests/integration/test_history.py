@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from analytics.numeric.device_state import restore_devices
 from analytics.numeric.monitor import NumericMonitor
-from ioc.analytics_stage import STATE_NAME
+from ioc.analytics_stage import SERIES_SCOPE
 from ioc.history import write_history
 from ioc.settings import Settings
 from simulators.clock import parse_time
 from simulators.scenario import IncidentSpec, Scenario
-from storage.writes import load_state
+from storage.writes import load_series_states
 from tests.conftest import BASE_DSN, create_database, drop_database
 
 pytestmark = pytest.mark.integration
@@ -31,12 +32,13 @@ async def test_history_is_stored_idempotently_and_warms_the_detectors() -> None:
             first, last = await conn.fetchrow("SELECT min(ts), max(ts) FROM telemetry")
             events = await conn.fetchval("SELECT count(*) FROM device_events WHERE type = 'mains_power_lost'")
             devices = await conn.fetchval("SELECT count(*) FROM devices")
-            state = await load_state(conn, STATE_NAME)
+            saved = await load_series_states(conn, SERIES_SCOPE)
             assert rows == stats.values and devices == 15  # tiny city: 6 BTS, 3 cameras, 6 traffic sensors
             assert until - 3 * 3600 <= first.timestamp() and last.timestamp() < until
             assert events == 0
-            assert state is not None
-            monitor = NumericMonitor.from_state(state)
+            assert len(saved) == devices  # the learned state, one row per device
+            monitor = NumericMonitor()
+            assert restore_devices(monitor, saved) == devices
             assert monitor.bank.size == stats.series > 0
             # Written again (a second demo start over the same hours): nothing is duplicated.
             await write_history(settings, scenario, until, hours=3.0)
