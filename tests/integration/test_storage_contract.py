@@ -22,7 +22,16 @@ from storage.db import STAGING_DDL, Backend, read_backend
 from storage.maintenance import run_maintenance
 from storage.migrate import current_version, upgrade
 from storage.rollups import complete_before, refresh_recent, refresh_rollups
-from storage.writes import BatchRows, load_state, load_states, save_state, save_states, write_batch
+from storage.writes import (
+    BatchRows,
+    load_series_states,
+    load_state,
+    load_states,
+    save_series_states,
+    save_state,
+    save_states,
+    write_batch,
+)
 from tests.conftest import BASE_DSN, create_database, drop_database
 from tests.support.corpus import small_jpeg
 from tests.support.grafana import expand
@@ -158,6 +167,17 @@ async def test_detector_states_are_kept_by_name_and_age(conn: asyncpg.Connection
     await conn.execute("UPDATE analytics_state SET updated_at = now() - interval '2 hours' WHERE name = $1",
                        prefix + "b")
     assert await load_states(conn, prefix, 3600) == [(prefix + "a", b"\x00one, later")]
+
+
+async def test_learned_state_is_kept_per_device_and_scope(conn: asyncpg.Connection) -> None:
+    scope, other = unique_id("numeric"), unique_id("numeric")
+    big = bytes(range(256)) * 40  # past the size PostgreSQL moves out of line (kept as is: storage EXTERNAL)
+    await save_series_states(conn, scope, [("dev-b", b"\x01b"), ("dev-a", big)])
+    await save_series_states(conn, scope, [("dev-b", b"\x01b, later")])  # only what changed is written again
+    await save_series_states(conn, other, [("dev-a", b"another detector")])
+    await save_series_states(conn, scope, [])
+    assert sorted(await load_series_states(conn, scope)) == [("dev-a", big), ("dev-b", b"\x01b, later")]
+    assert await load_series_states(conn, other) == [("dev-a", b"another detector")]
 
 
 async def test_maintenance_runs(conn: asyncpg.Connection,
