@@ -79,7 +79,8 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ioc.api.app import create_app
 
     app = create_app(settings, embed_ingest=args.ingest, role=args.role)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                ws_per_message_deflate=settings.live.ws_compression)
     return 0
 
 

@@ -113,7 +113,8 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
         backend, _ = await db_upgrade(settings)
         admin_password, wall_token = await demo_credentials(database_url)
         app = create_app(settings, embed_ingest=True)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                               ws_per_message_deflate=settings.live.ws_compression))
         serving = asyncio.create_task(server.serve())
         deadline = time.monotonic() + 60
         while not server.started:

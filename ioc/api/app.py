@@ -54,7 +54,8 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
         app.state.worker = None
         app.state.city = City.load(settings.live.city_file)
         hub = app.state.hub = LiveHub(app.state.city.district_of, settings.live.ring_size,
-                                      settings.live.client_queue, settings.live.heartbeat_s)
+                                      settings.live.client_queue, settings.live.heartbeat_s,
+                                      settings.live.batch_ms / 1000)
         await _seed_hub(app, settings)
         app.state.listener = None
         tasks = [asyncio.create_task(hub.heartbeat_loop(), name="live-heartbeat"),

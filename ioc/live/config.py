@@ -22,6 +22,11 @@ class LiveConfig(BaseModel):
     ring_size: int = Field(50_000, ge=100, description="Frames kept for clients that reconnect and resume.")
     client_queue: int = Field(2000, ge=10, description="Frames queued per client before it is marked behind.")
     heartbeat_s: float = Field(10.0, gt=0)
+    batch_ms: float = Field(50.0, ge=0, le=1000, description="Frames emitted within this window go to the screens "
+                            "as one WebSocket message per screen (0: one per event-loop turn, many more sends).")
+    ws_compression: bool = Field(False, description="Offer permessage-deflate on /ws/live. Off: compressing is per "
+                                 "connection (every screen's copy of a batch compressed again), which cost a "
+                                 "replica more than everything else it does for its screens.")
     initial_window_min: int = Field(15, ge=1, description="Latest values loaded from the database at start.")
     registry_sync_s: float = Field(30.0, gt=0, description="How often device positions and districts are synced "
                                    "between the live state and the registry.")

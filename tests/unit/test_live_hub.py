@@ -196,3 +196,48 @@ def test_screens_connecting_together_share_one_snapshot_and_miss_nothing() -> No
     assert got[0] == snap1  # the same snapshot text, not encoded again
     assert [(f["type"], f["dev_seq"]) for f in got[1:]] == [("reading", 1)]  # and what came after it
     assert [f["dev_seq"] for f in frames(hub, first)] == [1]
+
+
+async def test_frames_of_one_batch_window_go_out_as_one_message() -> None:
+    """With ``batch_s`` the frames emitted within the window reach a screen as one message, after the window."""
+    import asyncio
+
+    hub = LiveHub(district_of, batch_s=0.05)
+    screen = hub.attach(Subscription())
+    hub.take_messages(screen)
+    for i in range(3):
+        hub.on_record(reading("N1", i, lat=20.95), T0)
+        await asyncio.sleep(0)  # several turns of the event loop, still one window
+    assert not screen.queue
+    await asyncio.wait_for(screen.wake.wait(), 10)
+    (message,) = hub.take_messages(screen)
+    assert [f["dev_seq"] for f in orjson.loads(message)] == [0, 1, 2]
+
+
+def test_device_frames_and_snapshots_follow_every_change_of_a_device() -> None:
+    """A device's encoded state is reused until it changes: a reading, a place, a camera's health."""
+    hub = LiveHub(district_of, client_capacity=2)
+    hub.on_record(reading("B1", 0), T0)
+    hub.snapshot_extra = lambda: {"incidents": [{"id": 1}]}
+    first = frames(hub, hub.attach(Subscription()))[0]
+    assert first["devices"][0]["latest"]["speed_kmh"]["value"] == 0.0 and first["incidents"] == [{"id": 1}]
+    slow = hub.attach(Subscription())
+    frames(hub, slow)
+    for i in range(1, 6):
+        hub.on_record(reading("B1", i), T0)
+    (lagged, device) = frames(hub, slow)
+    assert lagged["type"] == "lagged" and device["type"] == "device" and device["coalesced"] is True
+    assert device["seq"] == hub.seq and device["latest"]["speed_kmh"]["value"] == 5.0
+    hub.place("B1", 20.95, 106.7)
+    hub.set_health("B1", {"label": "ok", "ts": T0})
+    assert [f["type"] for f in frames(hub, slow)] == ["device", "health"]
+    hub.on_record(reading("B1", 6), T0)
+    hub.on_record(reading("B1", 7), T0)
+    hub.on_record(reading("B1", 8), T0)
+    (_, device) = frames(hub, slow)
+    assert (device["district"], device["health"]["label"], device["latest"]["speed_kmh"]["value"]) == (
+        "NORTH", "ok", 8.0)
+    hub._snapshots.clear()
+    snap = frames(hub, hub.attach(Subscription()))[0]
+    assert snap["type"] == "snapshot" and snap["seq"] == hub.seq and snap["devices"] == [
+        {k: v for k, v in device.items() if k not in ("type", "seq", "coalesced")}]
