@@ -8,14 +8,14 @@ import logging
 
 import numpy as np
 
-from analytics.numeric import kernel
+from analytics.numeric import art, kernel
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.kernel import N_COLS, StepResult
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 3
-ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S", "Ew", "Ec", "Ep", "Ek")
+ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S", "Ew", "Ec", "Ep", "Ek", "Aa", "Awn", "Aar", "Ac", "Au")
 RESULT_FIELDS = ("score", "raw", "kind", "expected", "spread", "fired", "baseline", "baseline_spread", "record")
 
 
@@ -43,6 +43,13 @@ class SeriesBank:
         self.Ec = np.zeros((cap, self.config.re_bins if ent else 0), dtype=np.float32)
         self.Ep = np.zeros((cap, self.config.re_slots if ent else 0, self.config.re_bins), dtype=np.float32)
         self.Ek = np.zeros((cap, self.config.re_slots if ent else 0), dtype=np.float32)
+        on = self.config.art_w > 0  # and the adaptive-resonance windows
+        slots = self.config.art_slots if on else 0
+        self.Aa = np.zeros((cap, art.N_SCALARS if on else 0), dtype=np.float64)
+        self.Awn = np.zeros((cap, art.WIN if on else 0), dtype=np.float32)
+        self.Aar = np.zeros((cap, self.config.art_trend + 1 if on else 0), dtype=np.float32)
+        self.Ac = np.zeros((cap, slots, art.COMP), dtype=np.float32)
+        self.Au = np.zeros((cap, slots), dtype=np.float32)
 
     @property
     def capacity(self) -> int:
@@ -110,7 +117,8 @@ class SeriesBank:
         for k in range(int(rank.max()) + 1):
             sel = idx[rank == k]
             res = kernel.step(self.config, self.F, self.D, self.W, self.R, self.Hb, self.Q, self.S,
-                              rows[sel], ts[sel], values[sel], (self.Ew, self.Ec, self.Ep, self.Ek))
+                              rows[sel], ts[sel], values[sel], (self.Ew, self.Ec, self.Ep, self.Ek),
+                              (self.Aa, self.Awn, self.Aar, self.Ac, self.Au))
             for name in RESULT_FIELDS:
                 getattr(out, name)[sel] = getattr(res, name)
         return out
@@ -160,8 +168,8 @@ class SeriesBank:
                 if version == 2 and name == "F":  # version 2 had no declared-range columns: undeclared
                     target[:, : z[name].shape[1]] = z[name]
                     continue
-                if version == 2 and name not in z.files:
-                    continue  # version 2 had no relative-entropy windows: they start empty
+                if name not in z.files or (z[name].ndim > 1 and z[name].shape[1] == 0):
+                    continue  # arrays added since, or of a detector then off (entropy, ART windows), start empty
                 if target.shape != z[name].shape:
                     raise ValueError(f"state array {name} has shape {z[name].shape}, expected {target.shape}")
                 target[:] = z[name]

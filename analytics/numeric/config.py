@@ -47,6 +47,18 @@ class DetectorConfig:
     re_warmup: int = 120
     """Window length, bins over the declared (else covered) range, hypotheses kept, readings before
     a novelty may score."""
+    art_w: float = 0.0
+    """Adaptive-resonance windows (``art.py``): weight of their anomaly score in the ensemble (0: off)."""
+    art_step: int = 4
+    art_trend: int = 72
+    art_slots: int = 24
+    """Readings per block, blocks of probation (and of the vigilances' memory), categories kept."""
+    art_mode: int = 2
+    """0: an ART anomaly scores anywhere; 2: only while no finding holds (it opens no hold)."""
+    art_raw: float = 0.0
+    """...and only when the main detectors' own score is at least this (they saw something, records held it)."""
+    art_z: float = 0.0
+    """An ART anomaly counts only when its reading is this unexpected (|z| of the main model)."""
     level_alpha: float = 0.1
     """EW rate of the fast (prediction) level per sample."""
     base_alpha: float = 0.02

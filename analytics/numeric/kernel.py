@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analytics.numeric.art import art_step
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.entropy import entropy_step
 from analytics.numeric.novelty import novelty
@@ -259,7 +260,8 @@ def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, 
 
 def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np.ndarray, Hb: np.ndarray,
          Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray,
-         ent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> StepResult:
+         ent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+         art: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> StepResult:
     """Score and learn one reading for each of ``rows`` (distinct) in place."""
     s = F[rows]
     n = s[:, N]
@@ -284,10 +286,16 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     record, raw = _range_record(cfg, s, x, m, kind, raw, warm)
 
     re_nov = np.zeros(len(rows))
+    declared = s[:, DHI] > s[:, DLO]  # window detectors bin over the declared (else covered) range
+    lo = np.where(declared, s[:, DLO], np.minimum(s[:, QLO], x))
+    hi = np.where(declared, s[:, DHI], np.maximum(s[:, QHI], x))
+    art_a = np.zeros(len(rows))
+    if cfg.art_w > 0 and art is not None:
+        # an ART anomaly counts when its reading is unexpected to the main model too (and, optionally,
+        # the main detectors saw something that their records held back)
+        art_a = (cfg.art_w * art_step(*art, rows, x, lo, hi, cfg.art_step, cfg.art_trend)
+                 * (np.abs(m.z) >= cfg.art_z) * (raw >= cfg.art_raw))
     if cfg.re_w > 0 and ent is not None:  # relative-entropy windows over the declared range
-        declared = s[:, DHI] > s[:, DLO]
-        lo = np.where(declared, s[:, DLO], np.minimum(s[:, QLO], x))
-        hi = np.where(declared, s[:, DHI], np.maximum(s[:, QHI], x))
         re_nov = entropy_step(*ent, rows, n, x, lo, hi) * (n >= cfg.re_warmup) * (np.abs(m.z) >= cfg.re_z)
         if cfg.re_hold == 1:  # a novel window is a candidate finding like any other (one per episode)
             kind = np.where((re_nov > 0) & (cfg.re_w * re_nov > raw), PATTERN, kind)
@@ -315,6 +323,13 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
         score = np.where(quiet, np.maximum(score, cfg.re_w * re_nov), score)
         kind = np.where(quiet & (re_nov > 0) & (cfg.re_w * re_nov >= raw), PATTERN, kind)
         raw = np.where(re_fire, np.maximum(raw, cfg.re_w), raw)
+    if cfg.art_w > 0 and art is not None:
+        # an adaptive-resonance anomaly: anywhere (mode 0) or only while no finding holds (it opens no hold)
+        where = (art_a > score) if cfg.art_mode == 0 else (~holding & ~fired & (art_a > score))
+        a_fire = where & (art_a >= cfg.fire_level)
+        score = np.where(where, art_a, score)
+        kind = np.where(where, PATTERN, kind)
+        re_fire = re_fire | a_fire
     # the hold lasts while the episode does: still-elevated scores extend it
     extend = holding & (raw >= cfg.hold_extend_level)
     s[:, HOLD] = np.where(fired | extend, n + cfg.hold, s[:, HOLD])
