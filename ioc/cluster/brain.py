@@ -238,6 +238,7 @@ class Brain:
         snapshot = hub.snapshot_extra  # the replica's (database) snapshot: the stage must not replace it
         self.epoch, self.started_at = epoch, datetime.now(UTC)
         sinks: list[Sink] = [hub.on_parsed] if self.feed_hub else []
+        loads = []  # both stages load at once: a province's learned state takes a second or two to rebuild
         if settings.analytics.enabled:
             cfg = settings.analytics
             self.analytics = AnalyticsStage(hub, pool, cfg.camera_processes, state_every_s=cfg.series_state_every_s,
@@ -246,9 +247,7 @@ class Brain:
                                             metric_ranges=cfg.metric_ranges,
                                             numeric=not settings.partition.nats_url)
             self.analytics.guard = self._analytics_guard
-            await self.analytics.load()
-            sinks.append(self.analytics.on_parsed)
-            self._tasks.append(asyncio.create_task(self.analytics.run(), name="analytics"))
+            loads.append(self.analytics.load())
         if settings.alerts.enabled:
             alerts = self.alerts = AlertStage(hub, pool, state.city, settings.alerts)
             hub.snapshot_extra = snapshot
@@ -256,10 +255,13 @@ class Brain:
             alerts.engine.id_source = alerts.ids
             alerts.guard = self._alerts_guard
             alerts.liveness_every_s = settings.analytics.series_state_every_s  # device arrivals: as often
-            try:
-                await alerts.load()
-            except Exception as err:  # run() keeps trying before it starts
-                logger.warning("alert engine state not restored yet: %s", err)
+            loads.append(self._load_alerts(alerts))
+        await asyncio.gather(*loads)
+        if self.analytics is not None:
+            sinks.append(self.analytics.on_parsed)
+            self._tasks.append(asyncio.create_task(self.analytics.run(), name="analytics"))
+        if self.alerts is not None:
+            alerts = self.alerts
             sinks.append(alerts.on_parsed)
             if self.analytics is not None:
                 self.analytics.on_findings, self.analytics.on_health = alerts.on_findings, self._on_health
@@ -279,6 +281,13 @@ class Brain:
             self._tasks.append(asyncio.create_task(self.input.run(), name="brain-input"))
         state.analytics, state.alerts = self.analytics, self.alerts
         logger.warning("brain started (epoch %d): %s", epoch, ", ".join(t.get_name() for t in self._tasks))
+
+    @staticmethod
+    async def _load_alerts(alerts: AlertStage) -> None:
+        try:
+            await alerts.load()
+        except Exception as err:  # run() keeps trying before it starts
+            logger.warning("alert engine state not restored yet: %s", err)
 
     async def _partition_findings(self, alerts: AlertStage) -> None:
         """While leading: findings of the partition workers to the alert stage and the live hub."""
