@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import sys
 import time
+import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.ingest_bench import finish, pct, publish, start_for
@@ -48,10 +51,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclass
+class Usage:
+    """What the replicas and the clients used from the first message published to the end of the round."""
+
+    seconds: float
+    cpu_replicas: float  # CPU seconds, all replicas
+    cpu_clients: float
+    frames_in: int  # frames the replicas' hubs emitted (each replica counts every frame)
+    frames_out: int  # frames the hubs handed to screens
+
+    def line(self, replicas: int) -> str:
+        per_cpu = self.frames_out / self.cpu_replicas if self.cpu_replicas else 0.0
+        return (f"{self.cpu_replicas / self.seconds:.2f} / {self.cpu_clients / self.seconds:.2f} | "
+                f"{self.frames_in / replicas / self.seconds:,.0f} | {per_cpu:,.0f}")
+
+
+def hub_counts(replicas: list[ServiceProcess], headers: dict[str, str]) -> tuple[int, int]:
+    """Frames emitted and frames handed to screens, summed over the replicas (``/api/live/stats``)."""
+    seq = out = 0
+    for r in replicas:
+        req = urllib.request.Request(r.url + "/api/live/stats", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                stats = json.load(resp)
+        except OSError:  # too busy to answer: counted as nothing rather than guessed
+            continue
+        seq, out = seq + stats["seq"], out + stats["frames_out"]
+    return seq, out
+
+
 def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, screens: int, rate: float,
-        seconds: float, skip: int, procs_per_replica: int) -> tuple[list[Result], int, tuple[float, float]]:
-    """One configuration: the screens' results, the telemetry messages published, and the CPU the replicas
-    and the client processes used per second of publishing (in cores)."""
+        seconds: float, skip: int, procs_per_replica: int) -> tuple[list[Result], int, Usage]:
+    """One configuration: the screens' results, the telemetry messages published, what it used."""
     out: mp.Queue[list[Result]] = mp.Queue()
     done = mp.Event()
     start_at = time.time() + 12.0 + screens / 20  # every screen connected and holding its snapshot first
@@ -64,32 +96,32 @@ def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, sc
     time.sleep(max(0.0, start_at - time.time()))
     total = int(rate * seconds)
     began = time.monotonic()
-    cpu0 = ([cpu_seconds(r.pid) for r in replicas], [cpu_seconds(w.pid or 0) for w in workers])
+    counts0 = hub_counts(replicas, headers)
+    cpu0 = (sum(cpu_seconds(r.pid) for r in replicas), sum(cpu_seconds(w.pid or 0) for w in workers))
     _, _, telemetry = finish(publish(broker, total, 2, rate=rate, restamp=True, start=start_for(total + skip),
                                         skip=skip), seconds + 600)
-    took = max(time.monotonic() - began, 1e-3)
-    cpu = (sum(cpu_seconds(r.pid) for r in replicas) - sum(cpu0[0]),
-           sum(cpu_seconds(w.pid or 0) for w in workers) - sum(cpu0[1]))
     time.sleep(3.0)  # the last frames on their way
+    counts = hub_counts(replicas, headers)
+    usage = Usage(max(time.monotonic() - began, 1e-3), sum(cpu_seconds(r.pid) for r in replicas) - cpu0[0],
+                  sum(cpu_seconds(w.pid or 0) for w in workers) - cpu0[1], counts[0] - counts0[0],
+                  counts[1] - counts0[1])
     done.set()
     results = [r for _ in workers for r in out.get(timeout=180)]
     for w in workers:
         w.join()
-    return results, telemetry, (cpu[0] / took, cpu[1] / took)
+    return results, telemetry, usage
 
 
-def line(screens: int, rate: float, replicas: int, results: list[Result], published: int,
-         cpu: tuple[float, float]) -> str:
+def line(screens: int, rate: float, replicas: int, results: list[Result], published: int, usage: Usage) -> str:
     lat = [x for _, xs, _ in results for x in xs]
-    if not lat:
-        return f"| {screens} | {rate:,.0f} | {replicas} | no readings | | | | | {cpu[0]:.2f} / {cpu[1]:.2f} |"
     shares = sorted(n / max(published, 1) for n, _, _ in results)
     mean_share = sum(n for n, _, _ in results) / max(published * len(results), 1)
     lagged = sum(t.get("lagged", 0) for _, _, t in results)
     devices = sum(t.get("device", 0) for _, _, t in results)
-    return (f"| {screens} | {rate:,.0f} | {replicas} | {pct(lat, 0.5):,.0f} ms | {pct(lat, 0.99):,.0f} ms | "
-            f"{max(lat):,.0f} ms | {mean_share:.1%} (worst screen {shares[0]:.1%}) | "
-            f"{lagged / len(results):.1f} / {devices / len(results):,.0f} | {cpu[0]:.2f} / {cpu[1]:.2f} |")
+    latency = (f"{pct(lat, 0.5):,.0f} ms | {pct(lat, 0.99):,.0f} ms | {max(lat):,.0f} ms" if lat
+               else "no readings | | ")
+    return (f"| {screens} | {rate:,.0f} | {replicas} | {latency} | {mean_share:.1%} (worst screen {shares[0]:.1%}) | "
+            f"{lagged / len(results):.1f} / {devices / len(results):,.0f} | {usage.line(replicas)} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path("artifacts/bench")
     logs.mkdir(parents=True, exist_ok=True)
     print("| screens | msg/s | replicas | p50 | p99 | max (sampled) | delivered share of readings | per screen: "
-          "lagged notices / coalesced device frames | CPU cores: replicas / clients |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "lagged notices / coalesced device frames | CPU cores: replicas / clients | hub frames/s per replica | "
+          "frames to screens per replica CPU-second |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with private_mosquitto() as broker:
         dsn = asyncio.run(create_database(BASE_DSN))
         headers = bearer(make_token_sync(dsn, "viewer", "live-matrix"))
@@ -126,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(5.0)
                     for screens in args.screens:
                         for rate in args.rates:
-                            results, published, cpu = run(list(replicas), headers, broker, screens, rate,
+                            results, published, usage = run(list(replicas), headers, broker, screens, rate,
                                                           args.seconds, skip, args.client_processes)
                             skip += int(rate * args.seconds)
-                            print(line(screens, rate, count, results, published, cpu), flush=True)
+                            print(line(screens, rate, count, results, published, usage), flush=True)
                 finally:
                     for r in replicas:
                         r.stop()
