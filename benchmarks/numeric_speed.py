@@ -1,6 +1,7 @@
 """Speed and memory of the numeric detectors on a province's own telemetry.
 
     python benchmarks/numeric_speed.py [--scale province] [--warm-hours 3] [--minutes 10] [--repeat 3]
+                                       [--set art_w=1]   # a non-default DetectorConfig (experiments)
 
 The city simulator's province (3,240 BTS cells x 9 metrics every 60 s, 500 traffic sensors x 5 every
 30 s, 1,000 cameras x 4 every 60 s; its metric names, device kinds and districts) is parsed by the
@@ -15,12 +16,14 @@ state per series. Run it under ``nice`` on a shared machine and read the figures
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
 
+from analytics.numeric.config import DetectorConfig
 from analytics.numeric.monitor import NumericMonitor
 from ingest.parse import parse_message
 from ingest.records import Reading
@@ -58,13 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warm-hours", type=float, default=3.0, help="normal life fed before timing (untimed)")
     ap.add_argument("--minutes", type=int, default=10, help="simulated minutes timed")
     ap.add_argument("--repeat", type=int, default=1, help="time this many copies of the monitor, print the best")
+    ap.add_argument("--set", action="append", default=[], help="DetectorConfig override key=value (experiments)")
     args = ap.parse_args(argv)
+    cfg = dataclasses.replace(DetectorConfig(), **{k: type(getattr(DetectorConfig(), k))(v) for k, v in
+                                                   (item.split("=", 1) for item in args.set)})
 
     city = build_city(Scenario(scale=args.scale))
     kinds = Counter(d.kind for d in city.devices)
     fleet = Fleet(city, city.devices, [], FleetOptions(offline_on_exit=False, snapshots=False))
     fleet.start(T0)
-    monitor = NumericMonitor()
+    monitor = NumericMonitor(cfg)
     for dev in city.devices:  # what the analytics stage declares from the registry: kind and district
         monitor.set_device(dev.id, dev.kind, dev.district)
 
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rates, findings = [], Counter[str]()
     for i in range(args.repeat):  # each repeat on a fresh copy of the warmed monitor: same work each time
-        mon = NumericMonitor.from_state(state) if i else monitor
+        mon = NumericMonitor.from_state(state, cfg) if i else monitor
         t0 = time.perf_counter()
         for flush in flushes:
             for f in mon.ingest(flush):
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         rates.append(n / (time.perf_counter() - t0))
 
     # The detector bank alone over the same readings (rows resolved beforehand, as arrays).
-    mon = NumericMonitor.from_state(state)
+    mon = NumericMonitor.from_state(state, cfg)
     arrays = []
     for flush in flushes:
         rows = np.array([mon.register(d, m) for d, m, _, _ in flush], dtype=np.int64)
