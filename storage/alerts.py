@@ -78,6 +78,14 @@ async def next_ids(conn: Any) -> tuple[int, int]:
     return int(row["a"]), int(row["i"])
 
 
+async def last_resolutions(conn: Any, within_s: float) -> dict[str, datetime]:
+    """The last resolution time of every dedupe key resolved within ``within_s`` seconds (closed alerts too)."""
+    rows = await conn.fetch(
+        "SELECT dedupe_key, max(resolved_at) AS at FROM alerts WHERE resolved_at > now() - make_interval(secs => $1) "
+        "GROUP BY dedupe_key", within_s)
+    return {r["dedupe_key"]: r["at"] for r in rows}
+
+
 async def load_unclosed(conn: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Incidents not closed yet and all their alerts (what the engine holds in memory)."""
     incidents = [_parse(r, "detail") for r in await conn.fetch(

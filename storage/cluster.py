@@ -152,19 +152,25 @@ async def notify_changes(conn: Any, origin: str, incident_ids: list[int], alert_
 # --- actions -------------------------------------------------------------------------------------------
 
 async def submit_action(conn: Any, origin: str, incident_id: int, action: str, actor: str, note: str | None,
-                        assignee: str | None) -> int:
-    """Queue an officer's action for the leader and wake it; returns the action's id."""
+                        assignee: str | None, epoch: int | None = None) -> int:
+    """Queue an officer's action; returns its id.
+
+    Without ``epoch`` the leader is woken (NOTIFY) to take it; with ``epoch`` the action is recorded as already
+    taken by the leader of that epoch (the leader's own process applies it at once).
+    """
     async with conn.transaction():
         action_id = await conn.fetchval(
-            "INSERT INTO cluster_actions (origin, incident_id, action, actor, note, assignee) "
-            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id", origin, incident_id, action, actor, note, assignee)
-        await notify(conn, CHANNEL_ACTIONS, {"id": action_id})
+            "INSERT INTO cluster_actions (origin, incident_id, action, actor, note, assignee, epoch) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id", origin, incident_id, action, actor, note, assignee,
+            epoch)
+        if epoch is None:
+            await notify(conn, CHANNEL_ACTIONS, {"id": action_id})
     return int(action_id)
 
 
 async def action_result(conn: Any, action_id: int) -> dict[str, Any] | None:
     """The action's row once it is done or failed, else None."""
-    row = await conn.fetchrow("SELECT status, result, error FROM cluster_actions WHERE id = $1 AND "
+    row = await conn.fetchrow("SELECT status, result, error, epoch FROM cluster_actions WHERE id = $1 AND "
                               "status <> 'pending'", action_id)
     if row is None:
         return None
@@ -175,13 +181,36 @@ async def action_result(conn: Any, action_id: int) -> dict[str, Any] | None:
 
 
 async def pending_actions(conn: Any, limit: int = 100) -> list[dict[str, Any]]:
+    """Actions not finished yet, oldest first, with the epoch that took them (None: nobody yet) and their age."""
     rows = await conn.fetch(
-        "SELECT id, incident_id, action, actor, note, assignee FROM cluster_actions WHERE status = 'pending' "
+        "SELECT id, incident_id, action, actor, note, assignee, epoch, "
+        "extract(epoch FROM now() - created_at)::float8 AS age_s FROM cluster_actions WHERE status = 'pending' "
         "ORDER BY id LIMIT $1", limit)
     return [dict(r) for r in rows]
 
 
-async def finish_action(conn: Any, action_id: int, epoch: int, result: dict[str, Any] | None,
+async def claim_action(conn: Any, action_id: int, epoch: int) -> bool:
+    """The leader of ``epoch`` takes a pending action (call inside its fenced transaction).
+
+    False when it is finished, or already taken by this epoch. An action taken by an older epoch whose
+    leader died before storing it is taken again: its effect and its result are stored in one transaction,
+    so an unfinished action has no stored effect and is applied once by whoever finishes it.
+    """
+    done = await conn.execute(
+        "UPDATE cluster_actions SET epoch = $2 WHERE id = $1 AND status = 'pending' "
+        "AND (epoch IS NULL OR epoch < $2)", action_id, epoch)
+    return bool(done.endswith(" 1"))
+
+
+async def fail_unclaimed(conn: Any, action_id: int, error: str) -> bool:
+    """Give up an action no leader has taken (the replica's timeout); False if a leader took or finished it."""
+    done = await conn.execute(
+        "UPDATE cluster_actions SET status = 'failed', result = $3::jsonb, error = $2, done_at = now() "
+        "WHERE id = $1 AND status = 'pending' AND epoch IS NULL", action_id, error, _json({"status": 503}))
+    return bool(done.endswith(" 1"))
+
+
+async def finish_action(conn: Any, action_id: int, epoch: int | None, result: dict[str, Any] | None,
                         error: str | None) -> bool:
     """Record the outcome (once: only a pending action is finished)."""
     status = "failed" if error else "done"
@@ -189,6 +218,15 @@ async def finish_action(conn: Any, action_id: int, epoch: int, result: dict[str,
         "UPDATE cluster_actions SET status = $2, epoch = $3, result = $4::jsonb, error = $5, done_at = now() "
         "WHERE id = $1 AND status = 'pending'", action_id, status, epoch, _json(result) if result else None, error)
     return bool(done.endswith(" 1"))
+
+
+async def finish_actions(conn: Any, done: dict[int, tuple[int | None, dict[str, Any]]]) -> None:
+    """Record applied actions as done (inside the transaction that stores their effect)."""
+    if done:
+        await conn.executemany(
+            "UPDATE cluster_actions SET status = 'done', epoch = $2, result = $3::jsonb, error = NULL, "
+            "done_at = now() WHERE id = $1 AND status = 'pending'",
+            [(action_id, epoch, _json(result)) for action_id, (epoch, result) in done.items()])
 
 
 # --- shared rate limits --------------------------------------------------------------------------------

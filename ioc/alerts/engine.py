@@ -35,6 +35,8 @@ class EngineConfig:
     """A problem back this soon after its incident resolved reopens that incident (not a new one)."""
     correlation: correlate.CorrelationConfig = field(default_factory=correlate.CorrelationConfig)
     notify_resolved: bool = True  # tell machine receivers (webhook) when a paged incident resolves
+    resolution_memory_s: float = 86400.0
+    """How long the last resolution of each key is remembered (signals replayed from before it are ignored)."""
 
 
 class AlertEngine:
@@ -51,6 +53,11 @@ class AlertEngine:
         # active, waiting for for_s: key -> (first seen, first signal time, latest signal)
         self.pending: dict[str, tuple[datetime, datetime, Signal]] = {}
         self.incidents: dict[int, Incident] = {}
+        # Last resolution per dedupe key: input is at least once (a new leader may be handed an alarm again), and
+        # a signal from before the key's last resolution must not reopen what an officer (or the engine) resolved.
+        self.resolved: dict[str, datetime] = {}
+        self.replayed = 0  # signals ignored because they were older than their key's last resolution
+        self._pruned_at: datetime | None = None
         self.silences: list[Silence] = []
         self.policies: list[Policy] = []
         self.shifts: list[Shift] = []
@@ -63,14 +70,21 @@ class AlertEngine:
     # --- loading -------------------------------------------------------------------------------------------
 
     def load(self, alerts: Iterable[Alert], incidents: Iterable[Incident], next_alert_id: int,
-             next_incident_id: int) -> None:
-        """Restore live and recently resolved alerts and incidents after a restart."""
+             next_incident_id: int, resolved: dict[str, datetime] | None = None) -> None:
+        """Restore live and recently resolved alerts and incidents after a restart.
+
+        ``resolved``: the last resolution time of each dedupe key (from every stored alert, closed ones too).
+        """
+        for key, ts in (resolved or {}).items():
+            self._mark_resolved(key, ts)
         for inc in incidents:
             self.incidents[inc.id] = inc
         for a in alerts:
             self.alerts[a.id] = a
             if a.live:
                 self.by_key[a.key] = a
+            elif a.resolved_at is not None:
+                self._mark_resolved(a.key, a.resolved_at)
             owner = self.incidents.get(a.incident_id or -1)
             if owner is not None and a.id not in owner.members:
                 owner.members.append(a.id)
@@ -85,6 +99,20 @@ class AlertEngine:
             return self.next_alert_id - 1
         self.next_incident_id += 1
         return self.next_incident_id - 1
+
+    def _mark_resolved(self, key: str, ts: datetime) -> None:
+        last = self.resolved.get(key)
+        if last is None or ts > last:
+            self.resolved[key] = ts
+
+    def _replayed(self, sig: Signal) -> bool:
+        """An active signal no newer than its key's last resolution: a replay of what was resolved (ignored)."""
+        last = self.resolved.get(sig.key)
+        if last is None or sig.ts > last:
+            return False
+        self.replayed += 1
+        logger.debug("signal %s of %s is not after its last resolution (%s): ignored", sig.key, sig.ts, last)
+        return True
 
     def live_evidence(self, key: str) -> dict[str, Any] | None:
         """Evidence of the live alert with this key (None when there is none): lets readings clear it."""
@@ -108,6 +136,8 @@ class AlertEngine:
                 continue
             if alert is not None:
                 self._refresh(alert, sig, now, ch)
+            elif self._replayed(sig):
+                continue
             elif _hold_s(sig) <= 0:
                 self._fire(sig, now, ch)
             else:
@@ -266,6 +296,10 @@ class AlertEngine:
                 ch.audit.append(AuditEntry(now, "incident_closed", "system", inc.id))
             if inc.state == State.CLOSED:
                 self._forget(inc)
+        if self._pruned_at is None or (now - self._pruned_at).total_seconds() >= 600:
+            self._pruned_at = now
+            horizon = now - timedelta(seconds=self.config.resolution_memory_s)
+            self.resolved = {k: ts for k, ts in self.resolved.items() if ts > horizon}
         self._escalate(now, ch)
         return ch
 
@@ -277,6 +311,7 @@ class AlertEngine:
 
     def _resolve_alert(self, alert: Alert, now: datetime, actor: str, note: str, ch: Changes) -> None:
         alert.state, alert.resolved_at, alert.clearing_since = State.RESOLVED, now, None
+        self._mark_resolved(alert.key, now)
         if self.by_key.get(alert.key) is alert:
             del self.by_key[alert.key]
         ch.alerts[alert.id] = alert

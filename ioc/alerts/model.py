@@ -177,15 +177,20 @@ class Changes:
     incidents: dict[int, Incident] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     pages: list[Page] = field(default_factory=list)
+    # Officers' actions (ioc/cluster/actions.py) these changes are the effect of: action id -> (the leader's epoch,
+    # the incident as it answers). Stored as done in the same transaction as the effect, so an action is never
+    # found applied without its result, nor with a result but without its effect.
+    actions: dict[int, tuple[int | None, dict[str, Any]]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.alerts or self.incidents or self.audit or self.pages)
+        return bool(self.alerts or self.incidents or self.audit or self.pages or self.actions)
 
     def merge(self, other: Changes) -> None:
         self.alerts.update(other.alerts)
         self.incidents.update(other.incidents)
         self.audit.extend(other.audit)
         self.pages.extend(other.pages)
+        self.actions.update(other.actions)
 
 
 class AlertError(Exception):

@@ -36,6 +36,7 @@ from ioc.cluster.ids import IdReserve
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from storage import alerts as store
+from storage import cluster as cluster_sql
 from storage import notifications as outbox
 from storage.set_aside import set_aside
 from storage.writes import load_state, save_state
@@ -139,6 +140,7 @@ class AlertStage:
         async with self.pool.acquire(timeout=10) as conn:
             incidents, alerts = await store.load_unclosed(conn)
             next_alert, next_incident = await store.next_ids(conn)
+            resolved = await store.last_resolutions(conn, self.engine.config.resolution_memory_s)
             arrivals = await load_state(conn, LIVENESS_STATE)
         if self.since is None:
             self.since = self.clock()
@@ -147,7 +149,8 @@ class AlertStage:
                 logger.info("device arrivals restored for %d devices", self.liveness.restore(arrivals))
             except ValueError as err:
                 logger.warning("device arrivals not restored (%s)", err)
-        self.engine.load([_alert(a) for a in alerts], [_incident(i) for i in incidents], next_alert, next_incident)
+        self.engine.load([_alert(a) for a in alerts], [_incident(i) for i in incidents], next_alert, next_incident,
+                         resolved)
         await self.reload_config()
         self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
         self.loaded = True
@@ -272,6 +275,7 @@ class AlertStage:
                 rows = [row for page in ch.pages for row in self._page_rows(page)]
                 if rows:
                     await outbox.enqueue(conn, rows)
+                await cluster_sql.finish_actions(conn, ch.actions)  # their results, with their effect
         except Exception as err:
             if not await self._flush_failed(ch, err):
                 return None
@@ -348,6 +352,9 @@ class AlertStage:
             if rows:
                 pieces.append((f"page {page.reason} of incident {page.incident_id}",
                                partial(outbox.enqueue, rows=rows), rows, Changes()))
+        if ch.actions:  # the results of officers' actions go with the first piece (their effect is in the set)
+            pieces.insert(0, ("officers' actions", partial(cluster_sql.finish_actions, done=ch.actions),
+                              {str(k): v[1] for k, v in ch.actions.items()}, Changes()))
         async with self.pool.acquire(timeout=5) as conn:
             for what, write, doc, told in pieces:
                 try:
@@ -363,8 +370,16 @@ class AlertStage:
                     await set_aside(conn, "alerts", what, err, self._flush_attempts, doc)
 
     async def act(self, action: str, incident_id: int, actor: str, note: str | None = None,
-                  assignee: str | None = None) -> Incident:
-        """An officer's action (acknowledge, assign, comment, resolve, close), stored before it returns."""
+                  assignee: str | None = None, action_id: int | None = None, epoch: int | None = None) -> Incident:
+        """An officer's action (acknowledge, assign, comment, resolve, close), stored before it returns.
+
+        With ``action_id`` (a ``cluster_actions`` row) the action's result is stored as done in the same
+        transaction as its effect: exactly once, even if this process dies in between.
+
+        Raises:
+            AlertError: refused (unknown incident, wrong state); nothing changed.
+            OSError: applied, but not stored yet (the database is away): stored with the next flush.
+        """
         if not self.loaded:
             raise OSError("the alert engine is still loading its state from the database")
         async with self._lock:
@@ -382,12 +397,18 @@ class AlertStage:
             else:
                 raise ValueError(f"unknown action {action!r}")
             inc = ch.incidents[incident_id]
+            if action_id is not None:
+                ch.actions[action_id] = (epoch, self.view_of(inc))
             self._unsaved.merge(ch)
         if await self.flush() is None and self._unsaved:
             raise OSError("the action is applied but not stored yet (database unavailable); it will be retried")
         return inc
 
     # --- outputs -----------------------------------------------------------------------------------------
+
+    def view_of(self, inc: Incident) -> dict[str, Any]:
+        """What an officer's action answers: the incident with its members, or just its row once forgotten."""
+        return self.incident_view(inc) if inc.id in self.engine.incidents else inc.to_dict()
 
     def incident_view(self, inc: Incident) -> dict[str, Any]:
         """The incident as screens and notifications show it (members included)."""

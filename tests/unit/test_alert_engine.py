@@ -377,3 +377,41 @@ def test_a_problem_back_long_after_is_a_new_incident() -> None:
     first = next(iter(eng.incidents.values()))
     eng.observe(power_lost("BTS-LC-04", 200 + 1801), at(200 + 1801))
     assert first.state == State.RESOLVED and len(eng.incidents) == 2
+
+
+def test_a_replayed_alarm_older_than_the_resolution_reopens_nothing() -> None:
+    """Input is at least once: after a failover the next leader may be handed an alarm again."""
+    eng = engine()
+    eng.observe(power_lost("BTS-LC-02", 0), at(0))
+    inc = next(iter(eng.incidents.values()))
+    eng.resolve(inc.id, "an", "generator running", at(100))
+    ch = eng.observe(power_lost("BTS-LC-02", 0), at(105))  # the same alarm again (its time is the device's)
+    ch.merge(eng.tick(at(400)))
+    assert not ch and inc.state == State.RESOLVED and len(eng.incidents) == 1 and eng.replayed == 1
+    assert not eng.by_key and not eng.pending
+    eng.observe(power_lost("BTS-LC-02", 500), at(500))  # really lost again, after the resolution: reopens
+    assert inc.state == State.OPEN and len(inc.members) == 2
+
+
+def test_the_last_resolutions_survive_a_restart() -> None:
+    """A new leader restores each key's last resolution (stored alerts, closed ones too) and ignores replays."""
+    first = engine()
+    first.observe(power_lost("BTS-LC-01", 0), at(0))
+    inc = next(iter(first.incidents.values()))
+    first.resolve(inc.id, "an", None, at(100))
+    first.close(inc.id, "an", None, at(110))  # closed: the next leader does not load it, only its resolution
+    second = engine()
+    second.load([], [], 1000, 1000, resolved=dict(first.resolved))
+    ch = second.observe(power_lost("BTS-LC-01", 0), at(130))
+    assert not ch and not second.incidents and second.replayed == 1
+    assert second.observe(power_lost("BTS-LC-01", 200), at(200)).incidents  # a new alarm opens a new incident
+    # the restore also learns from the resolved alerts it loads
+    from ioc.alerts.model import Alert
+
+    key = power_lost("BTS-KA-00", 0)[0].key
+    third = engine()
+    third.load([Alert(7, key, "mains_power_lost", "power", Severity.MAJOR, State.RESOLVED, "BTS on battery", "",
+                      at(0), at(100), device_id="BTS-KA-00", resolved_at=at(100))], [], 1000, 1000)
+    assert third.resolved[key] == at(100)
+    third.observe(power_lost("BTS-KA-00", 50), at(150))
+    assert not third.by_key and third.replayed == 1
