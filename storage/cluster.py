@@ -90,6 +90,55 @@ async def lease_row(conn: Any, name: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+# --- partition leases (ioc/partition/worker.py) ---------------------------------------------------------
+# Rows of the same table: ``partition:<stream>:<N>`` (owner, epoch) and ``member:<stream>:<holder>``
+# (a worker's heartbeat, so workers count each other; a paused worker stops counting when it expires).
+
+async def take_free(conn: Any, names: list[str], holder: str, ttl_s: float, limit: int) -> dict[str, int]:
+    """Take up to ``limit`` of the named leases that are free or expired; returns name -> new epoch.
+
+    Rows locked by a write in flight (a paused former owner's open transaction) are skipped, not waited for.
+    """
+    if limit <= 0 or not names:
+        return {}
+    await conn.execute("INSERT INTO cluster_lease (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", names)
+    rows = await conn.fetch(
+        "WITH free AS (SELECT name FROM cluster_lease WHERE name = ANY($1::text[]) AND (holder IS NULL OR "
+        "expires_at IS NULL OR expires_at < now()) ORDER BY random() LIMIT $4 FOR UPDATE SKIP LOCKED) "
+        "UPDATE cluster_lease l SET holder = $2, epoch = l.epoch + 1, acquired_at = now(), renewed_at = now(), "
+        "expires_at = now() + make_interval(secs => $3) FROM free WHERE l.name = free.name RETURNING l.name, l.epoch",
+        names, holder, ttl_s, limit)
+    return {r["name"]: int(r["epoch"]) for r in rows}
+
+
+async def renew_held(conn: Any, holder: str, held: dict[str, int], ttl_s: float) -> set[str]:
+    """Extend the leases we hold (name -> epoch); returns the names still ours (the others were taken over)."""
+    if not held:
+        return set()
+    rows = await conn.fetch(
+        "UPDATE cluster_lease l SET renewed_at = now(), expires_at = now() + make_interval(secs => $4) "
+        "FROM unnest($1::text[], $2::int8[]) AS o(name, epoch) WHERE l.name = o.name AND l.holder = $3 "
+        "AND l.epoch = o.epoch RETURNING l.name", list(held), list(held.values()), holder, ttl_s)
+    return {r["name"] for r in rows}
+
+
+async def member_beat(conn: Any, prefix: str, holder: str, ttl_s: float) -> int:
+    """Refresh this worker's member row under ``prefix``; returns how many members are alive (itself included)."""
+    await conn.execute(
+        "INSERT INTO cluster_lease (name, holder, epoch, acquired_at, renewed_at, expires_at) "
+        "VALUES ($1 || $2, $2, 0, now(), now(), now() + make_interval(secs => $3)) ON CONFLICT (name) DO UPDATE "
+        "SET renewed_at = now(), expires_at = excluded.expires_at", prefix, holder, ttl_s)
+    # members gone for an hour are forgotten
+    await conn.execute("DELETE FROM cluster_lease WHERE left(name, length($1)) = $1 AND "
+                       "expires_at < now() - interval '1 hour'", prefix)
+    return int(await conn.fetchval("SELECT count(*) FROM cluster_lease WHERE left(name, length($1)) = $1 "
+                                   "AND expires_at > now()", prefix))
+
+
+async def member_leave(conn: Any, prefix: str, holder: str) -> None:
+    await conn.execute("DELETE FROM cluster_lease WHERE name = $1 || $2", prefix, holder)
+
+
 # --- members -------------------------------------------------------------------------------------------
 
 async def heartbeat(conn: Any, process_id: str, role: str, host: str, pid: int, started_at: datetime,

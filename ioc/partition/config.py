@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class PartitionConfig(BaseModel):
@@ -17,3 +17,13 @@ class PartitionConfig(BaseModel):
     partitions: int = Field(32, ge=1, le=1024, description="Partitions of the stream (by district); more than "
                             "the workers you will ever run.")
     max_age_s: float = Field(24 * 3600.0, gt=0, description="How long the stream keeps readings (replay window).")
+    rebalance_s: float = Field(2.0, gt=0, description="How often a worker renews its partition leases and takes or "
+                               "gives back partitions.")
+    lease_ttl_s: float = Field(10.0, gt=0, description="A partition whose worker stopped renewing (dead, paused) "
+                               "is taken over after this long; at least twice rebalance_s.")
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> PartitionConfig:
+        if self.rebalance_s * 2 > self.lease_ttl_s:
+            raise ValueError("rebalance_s must be at most half of lease_ttl_s")
+        return self

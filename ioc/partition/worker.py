@@ -1,18 +1,23 @@
 """A numeric-analytics worker that owns some partitions of the reading stream (``ioc analytics-worker``).
 
-Ownership is a PostgreSQL session advisory lock per partition, held on the worker's own connection: a
-worker that dies (its connection closes) frees its partitions at once, and the others take them over on
-their next rebalance (every ``rebalance_s``). Each worker also holds a member lock, so all of them can
-count the members and take a fair share, ``ceil(partitions / members)``, giving back what is beyond it.
+Ownership is a lease per partition in PostgreSQL (``cluster_lease`` row ``partition:<stream>:<N>``: owner,
+epoch, expiry in the database's clock), renewed every ``rebalance_s`` for ``lease_ttl_s``. Each worker also
+keeps a member row (``member:<stream>:<owner>``), so all of them can count the live members and take a fair
+share, ``ceil(partitions / members)``, giving back what is beyond it. A worker that dies or is paused
+(SIGSTOP) stops renewing: its partitions and its membership expire and the others take them over, each
+takeover with a new epoch.
+
+Every write of a partition (findings, learned state) starts its transaction with the fence
+(:func:`storage.cluster.check_epoch`: the lease still names this worker with its epoch, row lock held to
+the commit), so a worker that lost a partition can never write for it again; findings go to the brain only
+after that commit, and readings are acknowledged only after it (or, for a batch that found nothing, while
+the worker's own clock says the lease is still valid). A worker that finds a partition lost stops
+processing it at once and saves nothing for it.
 
 A partition's readings are read from a durable JetStream pull consumer named after the partition, so its
-next owner resumes where the last acknowledgement stopped (a reading is acknowledged after its findings are
-committed). Each partition has its own :class:`NumericMonitor`, whose learned state is saved per partition
-(``analytics_state`` row ``numeric:<stream>:p<N>``) and restored by the next owner.
-
-Findings are stored and published on ``<stream>.findings``, which the brain holding the lease reads
-(:mod:`ioc.partition.findings`). Not done yet: a paused worker (SIGSTOP) keeps its locks until its
-connection times out, so its writes are not fenced by an epoch.
+next owner resumes where the last acknowledgement stopped. Each partition has its own
+:class:`NumericMonitor`, whose learned state is saved per partition (``analytics_state`` row
+``numeric:<stream>:p<N>``) and restored by the next owner.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
-import zlib
+import uuid
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -33,43 +38,64 @@ from analytics.findings import Finding
 from analytics.numeric.monitor import NumericMonitor
 from ioc.partition.findings import encode_findings, findings_subject
 from ioc.partition.stream import STREAM, decode_rows, ensure_stream, subject
+from storage import cluster as sql
+from storage.cluster import FencedError
 from storage.writes import FindingRow, load_state, save_state, write_findings
 
 logger = logging.getLogger(__name__)
 
-PARTITION_LOCK = 0x10C2  # advisory lock class: (PARTITION_LOCK, partition)
-MEMBER_LOCK = 0x10C3  # advisory lock class: (MEMBER_LOCK, random member id)
 ACK_WAIT_S = 10.0
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 def state_name(stream: str, partition: int) -> str:
     return f"numeric:{stream}:p{partition}"
 
 
+def lease_name(stream: str, partition: int) -> str:
+    """The ``cluster_lease`` row of a partition (owner, epoch)."""
+    return f"partition:{stream}:{partition}"
+
+
+class PartitionLost(Exception):
+    """This worker no longer holds the partition (taken over, or its lease ran out on our clock)."""
+
+
 class PartitionWorker:
-    """Owns a fair share of the partitions and runs the numeric detectors on their readings."""
+    """Owns a fair share of the partitions and runs the numeric detectors on their readings.
+
+    Args:
+        lease_ttl_s: a partition not renewed for this long (a dead or paused worker) is taken over.
+    """
 
     def __init__(self, database_url: str, nats_url: str, partitions: int, worker_id: str, batch: int = 256,
                  rebalance_s: float = 2.0, state_every_s: float = 300.0, stream: str = STREAM,
-                 ranges: dict[str, tuple[float, float]] | None = None) -> None:
+                 ranges: dict[str, tuple[float, float]] | None = None, lease_ttl_s: float = 10.0) -> None:
+        if lease_ttl_s < 2 * rebalance_s:
+            raise ValueError("lease_ttl_s must be at least twice rebalance_s (leases are renewed every rebalance)")
         self.database_url, self.nats_url, self.stream = database_url, nats_url, stream
         self.ranges = ranges  # the deployment's declared metric ranges (IOC_ANALYTICS__METRIC_RANGES)
         self.partitions, self.worker_id, self.batch = partitions, worker_id, batch
-        self.rebalance_s, self.state_every_s = rebalance_s, state_every_s
+        self.rebalance_s, self.state_every_s, self.lease_ttl_s = rebalance_s, state_every_s, lease_ttl_s
+        self.holder = f"{worker_id}-{uuid.uuid4().hex[:8]}"  # unique per run: a restarted worker is a new owner
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.monitors: dict[int, NumericMonitor] = {}
+        self.epochs: dict[int, int] = {}  # partition -> the epoch we hold it under
+        self._valid_until: dict[int, float] = {}  # monotonic: past it we no longer trust we hold the partition
         self.processed = 0
         self.findings = 0
+        self.fenced = 0  # writes refused because the partition had been taken over
         self._stopped = asyncio.Event()
-        self._lock_conn: asyncpg.Connection | None = None
+        self._lease_conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._js: Any = None
-        # Lock classes per stream (two streams in one database never share partitions or members).
-        tag = zlib.crc32(stream.encode()) & 0xFFFF
-        self._lock_class, self._member_class = (PARTITION_LOCK << 16) | tag, (MEMBER_LOCK << 16) | tag
+        self._member_prefix = f"member:{stream}:"
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def holds(self, p: int) -> bool:
+        return p in self.epochs and time.monotonic() < self._valid_until.get(p, 0.0)
 
     async def run(self) -> None:
         import nats
@@ -77,11 +103,10 @@ class PartitionWorker:
         nc = await nats.connect(self.nats_url, name=f"ioc-analytics-{self.worker_id}")
         self._js = nc.jetstream()
         await ensure_stream(self._js, self.stream)
-        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
-        self._lock_conn = await asyncpg.connect(self.database_url)
-        member = zlib.crc32(self.worker_id.encode()) & 0x7FFFFFFF
-        await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", self._member_class, member)
-        logger.info("analytics worker %s up (%d partitions in the stream)", self.worker_id, self.partitions)
+        app = {"application_name": f"ioc-analytics {self.holder}"[:63]}
+        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2, server_settings=app)
+        await self._beat()
+        logger.info("analytics worker %s up (%d partitions in the stream)", self.holder, self.partitions)
         # Workers starting together count each other before taking partitions (fewer hand-overs at start).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), self.rebalance_s)
@@ -90,10 +115,11 @@ class PartitionWorker:
             while not self._stopped.is_set():
                 try:
                     await self._rebalance()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
-                    # the lock connection is gone: its locks are too, so stop and let the others take over
-                    logger.error("partition locks lost (%s); stopping this worker", err)
-                    raise
+                except _DB_ERRORS as err:  # the leases stay ours until they expire: retry on a new connection
+                    logger.warning("partition leases not renewed (%s); retrying", err)
+                    await self._drop_conn()
+                    for p in [p for p in self.tasks if not self.holds(p)]:
+                        await self._release(p, "its lease ran out while the database was unreachable")
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
                     logger.info("partitions %s: %d readings analysed, %d findings", sorted(self.tasks),
@@ -103,59 +129,102 @@ class PartitionWorker:
         finally:
             for p in list(self.tasks):
                 await self._release(p)
-            await self._lock_conn.close()
+            with contextlib.suppress(*_DB_ERRORS):
+                await sql.member_leave(await self._conn(), self._member_prefix, self.holder)
+            await self._drop_conn()
             await self._pool.close()
             await nc.close()
 
+    async def _conn(self) -> asyncpg.Connection:
+        """The lease connection (its own, never the pool's: a busy pool must not delay a renewal)."""
+        if self._lease_conn is None or self._lease_conn.is_closed():
+            self._lease_conn = await asyncpg.connect(
+                self.database_url, timeout=5, command_timeout=max(2.0, self.rebalance_s),
+                server_settings={"application_name": f"ioc-analytics-lease {self.holder}"[:63], "lock_timeout": "2000"})
+        return self._lease_conn
+
+    async def _drop_conn(self) -> None:
+        conn, self._lease_conn = self._lease_conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def _beat(self) -> int:
+        return await sql.member_beat(await self._conn(), self._member_prefix, self.holder, self.lease_ttl_s)
+
     async def _rebalance(self) -> None:
-        """Take free partitions up to a fair share; give back what is beyond it."""
-        assert self._lock_conn is not None
+        """Renew what we hold (stop what was taken over), then take free partitions up to a fair share."""
+        conn = await self._conn()
+        sent = time.monotonic()
+        still = await sql.renew_held(conn, self.holder, {lease_name(self.stream, p): e for p, e in self.epochs.items()},
+                                     self.lease_ttl_s)
+        for p in list(self.epochs):
+            if lease_name(self.stream, p) in still:
+                self._valid_until[p] = sent + self.lease_ttl_s
+            else:
+                await self._release(p, "taken over by another worker")
         for p, task in list(self.tasks.items()):  # a consumer that failed is restarted by taking it again
-            if task.done():
-                logger.warning("partition %d consumer ended (%s); releasing it", p, task.exception())
+            if task.done():  # gives it back (a fenced save, refused if it was taken over meanwhile)
+                logger.warning("partition %d consumer ended (%r); releasing it", p, task.exception())
                 await self._release(p)
-        members = await self._lock_conn.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())", self._member_class)
-        fair = math.ceil(self.partitions / max(1, int(members)))
+        members = await self._beat()
+        fair = math.ceil(self.partitions / max(1, members))
         while len(self.tasks) > fair:
             await self._release(max(self.tasks))
         if len(self.tasks) >= fair:
             return
-        start = random.randrange(self.partitions)
-        for k in range(self.partitions):
-            p = (start + k) % self.partitions
-            if p in self.tasks:
-                continue
-            if await self._lock_conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", self._lock_class, p):
-                self.tasks[p] = asyncio.create_task(self._consume(p), name=f"partition-{p}")
-                if len(self.tasks) >= fair:
-                    return
+        sent = time.monotonic()
+        free = [lease_name(self.stream, p) for p in range(self.partitions) if p not in self.tasks]
+        taken = await sql.take_free(conn, free, self.holder, self.lease_ttl_s, fair - len(self.tasks))
+        for name, epoch in taken.items():
+            p = int(name.rsplit(":", 1)[1])
+            self.epochs[p], self._valid_until[p] = epoch, sent + self.lease_ttl_s
+            self.tasks[p] = asyncio.create_task(self._consume(p, epoch), name=f"partition-{p}")
 
-    async def _release(self, p: int) -> None:
-        assert self._lock_conn is not None and self._pool is not None
-        task = self.tasks.pop(p)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    async def _release(self, p: int, lost: str | None = None) -> None:
+        """Stop processing ``p``; give it back (saving its state, fenced) unless it was ``lost``."""
+        task = self.tasks.pop(p, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         monitor = self.monitors.pop(p, None)
-        if monitor is not None:
-            await self._save(p, monitor)
-        with contextlib.suppress(Exception):
-            await self._lock_conn.execute("SELECT pg_advisory_unlock($1, $2)", self._lock_class, p)
+        epoch = self.epochs.pop(p, None)
+        self._valid_until.pop(p, None)
+        if lost is not None:
+            logger.warning("partition %d (epoch %s) lost: %s; stopped without writing", p, epoch, lost)
+            return
+        if monitor is not None and epoch is not None:
+            await self._save(p, epoch, monitor)
+        if epoch is not None:
+            with contextlib.suppress(*_DB_ERRORS):
+                await sql.release(await self._conn(), lease_name(self.stream, p), self.holder, epoch)
 
-    async def _save(self, p: int, monitor: NumericMonitor) -> None:
+    async def _fenced(self, p: int, epoch: int, write: Any) -> None:
+        """Run ``write(conn)`` in a transaction that first checks we still hold ``p`` under ``epoch``.
+
+        Raises:
+            PartitionLost: the partition was taken over (nothing was written).
+        """
         assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await sql.check_epoch(conn, lease_name(self.stream, p), self.holder, epoch)
+                await write(conn)
+        except FencedError as err:
+            self.fenced += 1
+            self._valid_until[p] = 0.0
+            raise PartitionLost(str(err)) from None
+
+    async def _save(self, p: int, epoch: int, monitor: NumericMonitor) -> None:
         if not monitor.bank.size:
             return  # nothing learned (a partition with no district in it): nothing to keep
         try:
             state = await asyncio.to_thread(monitor.to_state)
-            async with self._pool.acquire() as conn:
-                await save_state(conn, state_name(self.stream, p), state)
-        except Exception as err:
+            await self._fenced(p, epoch, partial(save_state, name=state_name(self.stream, p), state=state))
+        except Exception as err:  # PartitionLost included: the new owner has its own
             logger.warning("partition %d: detector state not saved (%s)", p, err)
 
-    async def _consume(self, p: int) -> None:
+    async def _consume(self, p: int, epoch: int) -> None:
         assert self._pool is not None
         async with self._pool.acquire() as conn:
             saved = await load_state(conn, state_name(self.stream, p))
@@ -168,27 +237,32 @@ class PartitionWorker:
                 saved = None
         self.monitors[p] = monitor
         known: set[str] = set()
-        logger.info("partition %d taken (%s)", p, "state restored" if saved else "learning afresh")
+        logger.info("partition %d taken, epoch %d (%s)", p, epoch, "state restored" if saved else "learning afresh")
         from nats.js.api import ConsumerConfig
 
         # A batch delivered to a worker that then gave the partition away is redelivered after ack_wait.
         sub = await self._js.pull_subscribe(subject(self.stream, p), durable=f"{self.stream}-analytics-p{p}",
                                             stream=self.stream, config=ConsumerConfig(ack_wait=ACK_WAIT_S))
         try:
-            await self._pump(p, monitor, sub, known)
+            await self._pump(p, epoch, monitor, sub, known)
+        except PartitionLost as err:
+            logger.warning("partition %d (epoch %d) lost: %s; stopped", p, epoch, err)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _pump(self, p: int, monitor: NumericMonitor, sub: Any, known: set[str]) -> None:
-        assert self._pool is not None
+    async def _pump(self, p: int, epoch: int, monitor: NumericMonitor, sub: Any, known: set[str]) -> None:
         last_save = time.monotonic()
         while True:
+            if not self.holds(p):
+                raise PartitionLost("its lease ran out on this worker's clock (paused or cut off)")
             try:
                 msgs = await sub.fetch(self.batch, timeout=1.0)
             except TimeoutError:
                 msgs = []
             if msgs:
+                if not self.holds(p):  # woke up (SIGCONT) with a batch: leave it unacknowledged for the new owner
+                    raise PartitionLost("its lease ran out on this worker's clock (paused or cut off)")
                 rows = [r for m in msgs for r in decode_rows(m.data)]
                 for r in rows:
                     if r.device_id not in known:
@@ -196,17 +270,18 @@ class PartitionWorker:
                         monitor.set_device(r.device_id, r.kind, r.district)
                 found = await asyncio.to_thread(monitor.ingest, [(r.device_id, r.metric, r.ts, r.value) for r in rows])
                 if found:
-                    async with self._pool.acquire() as conn:
-                        await write_findings(conn, [_row(f) for f in found])
-                    # on to the alert brain (ioc/partition/findings.py), before the readings are acknowledged
+                    await self._fenced(p, epoch, partial(write_findings, rows=[_row(f) for f in found]))
+                    # on to the alert brain (ioc/partition/findings.py) after the fenced commit, before the acks
                     await self._js.publish(findings_subject(self.stream), encode_findings(found), stream=self.stream)
                     self.findings += len(found)
+                elif not self.holds(p):
+                    raise PartitionLost("its lease ran out while the batch was analysed")
                 for m in msgs:  # after the findings are committed: a crash before this replays them
                     await m.ack()
                 self.processed += len(rows)
             if time.monotonic() - last_save >= self.state_every_s:
                 last_save = time.monotonic()
-                await self._save(p, monitor)
+                await self._save(p, epoch, monitor)
 
 
 def _row(f: Finding) -> FindingRow:
