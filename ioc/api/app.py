@@ -61,13 +61,14 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
         tasks = [asyncio.create_task(hub.heartbeat_loop(), name="live-heartbeat"),
                  asyncio.create_task(sync_registry(hub, app.state.pool, settings.live.registry_sync_s),
                                      name="registry-sync")]
-        sinks: tuple[Callable[[ParsedMessage], None], ...] = (hub.on_parsed,)
         # The stateful stages (analytics, alerts, notifications) run in the brain, only while it holds the lease
         # (ioc/cluster, docs/ha.md); it sets app.state.analytics / app.state.alerts while it leads.
         app.state.analytics = app.state.alerts = None
         node = Node(app.state, settings, role, embedded_ingest=embed_ingest)
+        # node.on_parsed measures this replica's own input lag (GET /api/cluster)
+        sinks: tuple[Callable[[ParsedMessage], None], ...] = (hub.on_parsed, node.on_parsed)
         if embed_ingest and node.brain is not None:
-            sinks = (hub.on_parsed, node.brain.on_parsed)
+            sinks = (hub.on_parsed, node.on_parsed, node.brain.on_parsed)
         await node.start()
         listener = None
         if embed_ingest:

@@ -10,10 +10,12 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from ingest.records import ParsedMessage
 from ioc.cluster.brain import Brain
 from ioc.cluster.sync import ReplicaSync
 from ioc.settings import Settings
@@ -27,6 +29,12 @@ ROLES: tuple[Role, ...] = ("api", "brain", "all")
 
 def new_process_id(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def input_lag(parsed: ParsedMessage, now: datetime) -> float | None:
+    """Age of the newest record of a message when it reached this process (None: no timed record)."""
+    newest = max((ts for r in parsed.records if (ts := getattr(r, "ts", None)) is not None), default=None)
+    return None if newest is None else max(0.0, (now - newest).total_seconds())
 
 
 class Node:
@@ -64,6 +72,14 @@ class Node:
             self.brain = Brain(state, settings, self.process_id, own_input=not embedded_ingest,
                                feed_hub=role == "brain" and not embedded_ingest, discard_session=role == "all")
         self._tasks: list[asyncio.Task[Any]] = []
+        self.live_lag_s: float | None = None  # this process's own live feed (the screens' input)
+        self._live_at: float | None = None  # monotonic time of its last timed message
+
+    def on_parsed(self, parsed: ParsedMessage) -> None:
+        """Sink beside the hub's: measures the lag of the live feed this replica's screens are served from."""
+        lag = input_lag(parsed, datetime.now(UTC))
+        if lag is not None:
+            self.live_lag_s, self._live_at = lag, time.monotonic()
 
     def doing(self) -> str:
         if self.brain is None:
@@ -103,9 +119,13 @@ class Node:
 
     async def heartbeat(self) -> None:
         brain = self.brain
-        lag = brain.lag_s if brain is not None else None
+        # input_lag_s: the brain's session while this process leads, else the live feed its screens are served from
+        lag = brain.lag_s if brain is not None and brain.lag_s is not None else self.live_lag_s
         detail: dict[str, Any] = {"clients": len(self.state.hub.clients), "live_incidents": len(self.sync.live),
                                   "notifications_seen": self.sync.notifications}
+        if self._live_at is not None:
+            detail["live_input_lag_s"] = self.live_lag_s
+            detail["live_last_message_age_s"] = round(time.monotonic() - self._live_at, 3)
         if brain is not None:
             detail["takeovers"] = brain.lease.takeovers
             if brain.actions is not None:

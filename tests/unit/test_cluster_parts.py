@@ -69,3 +69,18 @@ def test_health_payloads_carry_every_change_under_the_limit() -> None:
     assert len(docs) > 1 and all(len(orjson.dumps(d)) < MAX_PAYLOAD for d in docs)
     merged = {k: v for d in docs for k, v in d["health"].items()}
     assert set(merged) == set(changed) and merged["cam-0000"]["ts"] == ts.isoformat()
+
+
+def test_input_lag_is_the_newest_records_age_on_arrival() -> None:
+    from datetime import timedelta
+
+    from ingest.records import ParsedMessage, Reading, StatusUpdate
+    from ioc.cluster.node import input_lag
+
+    now = datetime(2026, 12, 6, 8, 0, 10, tzinfo=UTC)
+    parsed = ParsedMessage([Reading("b1", "bts", now - timedelta(seconds=4), {"battery_pct": 90.0}),
+                            StatusUpdate("b1", "bts", now - timedelta(seconds=1.5), "online", None)], [])
+    assert input_lag(parsed, now) == 1.5
+    assert input_lag(ParsedMessage([], []), now) is None
+    ahead = ParsedMessage([Reading("b1", "bts", now + timedelta(seconds=3), {"battery_pct": 90.0})], [])
+    assert input_lag(ahead, now) == 0.0  # a device clock ahead of ours is no negative lag
