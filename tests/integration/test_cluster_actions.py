@@ -153,6 +153,7 @@ async def _failover_between_apply_and_result(database_url: str) -> None:
         assert not any(a.key == f"mains_power_lost:{device}" for a in third.engine.by_key.values())
         await _observe(third, [_alarm(device, datetime.now(UTC) + timedelta(seconds=1))])  # really back
         assert third.engine.incidents[inc.id].live  # reopened (still the acknowledging officer's)
+        await third.act("resolve", inc.id, "officer-an", "test over")  # later tests share the database
     finally:
         await old.close()
         await new.close()
