@@ -55,28 +55,31 @@ def cpu_seconds(pid: int) -> float:
 class Usage:
     """What the replicas and the clients used from the first message published to the end of the round."""
 
-    seconds: float
+    seconds: float  # from the first message published to 3 s after the last
+    publish_s: float  # publishing alone
     cpu_replicas: float  # CPU seconds, all replicas
     cpu_clients: float
-    frames_in: int  # frames the replicas' hubs emitted (each replica counts every frame)
-    frames_out: int  # frames the hubs handed to screens
+    frames: tuple[int, int] | None  # frames the hubs emitted and handed to screens (None: a hub did not answer)
 
     def line(self, replicas: int) -> str:
-        per_cpu = self.frames_out / self.cpu_replicas if self.cpu_replicas else 0.0
-        return (f"{self.cpu_replicas / self.seconds:.2f} / {self.cpu_clients / self.seconds:.2f} | "
-                f"{self.frames_in / replicas / self.seconds:,.0f} | {per_cpu:,.0f}")
+        cpu = f"{self.cpu_replicas / self.seconds:.2f} / {self.cpu_clients / self.seconds:.2f}"
+        if self.frames is None or not self.cpu_replicas:
+            return f"{cpu} | n/a | n/a"
+        return (f"{cpu} | {self.frames[0] / replicas / self.publish_s:,.0f} | "
+                f"{self.frames[1] / self.cpu_replicas:,.0f}")
 
 
-def hub_counts(replicas: list[ServiceProcess], headers: dict[str, str]) -> tuple[int, int]:
-    """Frames emitted and frames handed to screens, summed over the replicas (``/api/live/stats``)."""
+def hub_counts(replicas: list[ServiceProcess], headers: dict[str, str]) -> tuple[int, int] | None:
+    """Frames emitted and frames handed to screens, summed over the replicas (``/api/live/stats``); None
+    when a replica is too busy to answer (not guessed)."""
     seq = out = 0
     for r in replicas:
         req = urllib.request.Request(r.url + "/api/live/stats", headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 stats = json.load(resp)
-        except OSError:  # too busy to answer: counted as nothing rather than guessed
-            continue
+        except OSError:
+            return None
         seq, out = seq + stats["seq"], out + stats["frames_out"]
     return seq, out
 
@@ -100,11 +103,12 @@ def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, sc
     cpu0 = (sum(cpu_seconds(r.pid) for r in replicas), sum(cpu_seconds(w.pid or 0) for w in workers))
     _, _, telemetry = finish(publish(broker, total, 2, rate=rate, restamp=True, start=start_for(total + skip),
                                         skip=skip), seconds + 600)
+    publish_s = time.monotonic() - began
     time.sleep(3.0)  # the last frames on their way
     counts = hub_counts(replicas, headers)
-    usage = Usage(max(time.monotonic() - began, 1e-3), sum(cpu_seconds(r.pid) for r in replicas) - cpu0[0],
-                  sum(cpu_seconds(w.pid or 0) for w in workers) - cpu0[1], counts[0] - counts0[0],
-                  counts[1] - counts0[1])
+    usage = Usage(max(time.monotonic() - began, 1e-3), publish_s, sum(cpu_seconds(r.pid) for r in replicas) - cpu0[0],
+                  sum(cpu_seconds(w.pid or 0) for w in workers) - cpu0[1],
+                  (counts[0] - counts0[0], counts[1] - counts0[1]) if counts and counts0 else None)
     done.set()
     results = [r for _ in workers for r in out.get(timeout=180)]
     for w in workers:
