@@ -199,19 +199,29 @@ def test_screens_connecting_together_share_one_snapshot_and_miss_nothing() -> No
 
 
 async def test_frames_of_one_batch_window_go_out_as_one_message() -> None:
-    """With ``batch_s`` the frames emitted within the window reach a screen as one message, after the window."""
+    """With ``batch_s`` the frames emitted within the window reach a screen as one message, when it closes."""
     import asyncio
 
-    hub = LiveHub(district_of, batch_s=0.05)
+    hub = LiveHub(district_of, batch_s=60.0)  # a window no busy machine outlasts between two statements
     screen = hub.attach(Subscription())
     hub.take_messages(screen)
     for i in range(3):
         hub.on_record(reading("N1", i, lat=20.95), T0)
         await asyncio.sleep(0)  # several turns of the event loop, still one window
     assert not screen.queue
-    await asyncio.wait_for(screen.wake.wait(), 10)
+    timer = hub._flush_timer
+    assert isinstance(timer, asyncio.TimerHandle) and timer.when() > asyncio.get_running_loop().time() + 30
+    hub.batch_s = 0.01
+    hub.on_record(reading("N1", 3, lat=20.95), T0)  # joins the open window
+    assert not screen.queue
+    timer._run()  # the window closes (as the loop would run it after 60 s)
     (message,) = hub.take_messages(screen)
-    assert [f["dev_seq"] for f in orjson.loads(message)] == [0, 1, 2]
+    assert [f["dev_seq"] for f in orjson.loads(message)] == [0, 1, 2, 3]
+    assert hub._flush_timer is None
+    hub.on_record(reading("N1", 4, lat=20.95), T0)  # a new window, of 10 ms: the loop closes it
+    await asyncio.wait_for(screen.wake.wait(), 30)
+    (message,) = hub.take_messages(screen)
+    assert [f["dev_seq"] for f in orjson.loads(message)] == [4]
 
 
 def test_device_frames_and_snapshots_follow_every_change_of_a_device() -> None:
