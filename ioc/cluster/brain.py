@@ -117,6 +117,17 @@ class BrainInput:
             await asyncio.sleep(ACK_EVERY_S)
             self.ack_settled()
 
+    async def drain(self, timeout_s: float = 3.0) -> None:
+        """Stop reading, then ack as the stages settle what came in (at most ``timeout_s``): a clean handover
+        leaves the next leader nothing to analyse twice. Whatever is not settled by then stays at the broker."""
+        self.session.pause_reading("shutdown")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._unacked and loop.time() < deadline:
+            self.ack_settled()
+            await asyncio.sleep(0.1)
+        self.ack_settled()
+
     async def stop(self) -> None:
         await self.session.stop()
 
@@ -324,6 +335,8 @@ class Brain:
         state = self.state
         state.analytics = state.alerts = None
         if self.input is not None:
+            if clean:  # the stages still run: they settle what came in, and it is acked (bounded: the lease is
+                await self.input.drain()  # no longer renewed while stopping)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.input.stop(), 2)
             if clean and self.discard_session:

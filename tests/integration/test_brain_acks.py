@@ -142,3 +142,41 @@ async def test_a_message_is_acked_only_after_its_effect_is_stored(database_url: 
         if leaders:
             await asyncio.to_thread(leaders[0].input.discard)  # nobody resumes this session
         await pool.close()
+
+
+async def test_a_clean_handover_acks_what_the_stages_settled(database_url: str, mqtt_port: int) -> None:
+    """A leader stopping cleanly stops reading, lets its stages store what came in and acks it (``drain``):
+    the next leader is handed nothing again."""
+    settings = Settings(database_url=database_url, mqtt_url=f"mqtt://127.0.0.1:{mqtt_port}",
+                        cluster=ClusterConfig(brain_client_id=unique_id("brain-drain"), brain_session_expiry_s=120))
+    pool = await create_pool(database_url, StorageConfig(), max_size=4)
+    city = City.load()
+    device = unique_id("bts")
+    pub = Publisher(mqtt_port)
+    leaders: list[Leader] = []
+    try:
+        first = Leader(settings, pool, city, device, store=True)
+        leaders.append(first)
+        await first.start()
+        pub.publish(f"ioc/v1/bts/{device}/event", {"ts": iso(time.time()), "type": "mains_power_lost",
+                                                   "severity": "major", "detail": {}})
+        pub.wait_all()
+        await until(lambda: first.seqs, 30, "the alarm at the first leader")
+        await first.input.drain(timeout_s=30)  # at once: no waiting for the periodic ack pass
+        assert first.acked()
+        await first.kill()
+
+        second = Leader(settings, pool, city, device, store=True)
+        leaders.append(second)
+        await second.start()
+        await asyncio.sleep(3.0)
+        assert second.seqs == []
+        await second.kill()
+    finally:
+        for leader in leaders:
+            if not all(t.done() for t in leader.tasks):
+                await leader.kill()
+        pub.close()
+        if leaders:
+            await asyncio.to_thread(leaders[0].input.discard)
+        await pool.close()
