@@ -13,6 +13,7 @@ processes.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -94,6 +95,11 @@ class CameraAnalyser:
         self.last_gain = 1.0  # exposure gain of the previous snapshot against the reference
         self.exposure = 1.0  # ... and of healthy snapshots lately (an EMA)
         self.noise_recent = 0.0  # noise score of recent snapshots (an EMA over those with no noise candidate)
+        # how the noise score follows the JPEG quantiser on this camera: EMAs of x = log(dc_q), y = the
+        # score, their variance and covariance, over healthy snapshots (count, mx, my, vx, cxy)
+        self.noise_q = np.zeros(5, np.float64)
+        self.jitter = 0.0  # mean square displacement (thumbnail px) of ok snapshots: wind shake
+        self.jitter_wait: Alignment | None = None  # a displacement learned once it proves passing
         self._changed = -1
         self._zone: np.ndarray | None = None  # blocks of the burnt-in clock (this snapshot's view of it)
 
@@ -137,8 +143,11 @@ class CameraAnalyser:
             if fz > 0:
                 cand["freeze"] = fz
                 strong.add("freeze")
+            q_off = self._noise_q_offset(m.dc_q)
             cmp = ev.compare(m, self.ref, cfg, self.spreads, covered, scores.get("g_occ"), self.exposure,
-                             self.noise_recent)
+                             self.noise_recent, q_off)
+            if q_off:
+                cmp.scores["noise_q"] = q_off
             scores.update(cmp.scores)
             for name, conf in cmp.candidates.items():
                 cand.setdefault(name, conf)
@@ -255,7 +264,15 @@ class CameraAnalyser:
             return
         cand["shift"] = ev.sig(3.0 * (lift - cfg.shift_gain) + al.disp)
         typical = self.spreads["ncc"].level
-        if lift >= cfg.shift_sure and al.c >= min(typical, 0.9) - 0.2 and al.disp >= cfg.shift_sure_px:
+        # a camera shaking in the wind moves by random offsets that average out around its view: a
+        # re-pointing must stand out of that jitter (sure: several times its size; otherwise it
+        # must hold for one snapshot more)
+        shake = float(np.sqrt(self.jitter))
+        scores["jitter"] = shake
+        shaky = shake >= cfg.jitter_px
+        if (lift >= cfg.shift_sure and al.c >= min(typical, 0.9) - 0.2
+                and al.disp >= cfg.shift_sure_px * (2.0 if shaky else 1.0)
+                and math.hypot(al.dx, al.dy) >= cfg.jitter_sure * shake):
             strong.add("shift")
         elif not al.agrees(self.align):
             self.streak["shift"] = 0  # a different displacement than last time: start again
@@ -304,7 +321,8 @@ class CameraAnalyser:
         cfg = self.cfg
         for name in PRIORITY:
             self.streak[name] = self.streak.get(name, 0) + 1 if name in cand else 0
-        need = {"occlusion": cfg.occlusion_confirm, "blur": cfg.blur_confirm, "shift": cfg.shift_confirm,
+        need = {"occlusion": cfg.occlusion_confirm, "blur": cfg.blur_confirm,
+                "shift": cfg.shift_confirm + (1 if self.jitter >= cfg.jitter_px ** 2 else 0),  # (see _shift)
                 "brightness": cfg.brightness_confirm, "noise": 2}
         for name in PRIORITY:
             if name in cand and (name in strong or self.streak[name] >= need.get(name, 1)):
@@ -326,6 +344,8 @@ class CameraAnalyser:
         """Update the learned state after a snapshot."""
         healthy = label == "ok" and not cand
         self.freeze.update(still, healthy, label == "freeze", self._changed, self.cfg.still_flicker)
+        if label == "ok" and al is not None and al.searched:
+            self._learn_jitter(al, "shift" in cand)
         if label == "shift":
             # A re-pointing is reported once, then the new view becomes the reference.
             self.ref = Ref(m)
@@ -342,10 +362,15 @@ class CameraAnalyser:
             return  # never learn a suspect snapshot
         if "g_occ" in scores:
             self.exposure += self.cfg.exposure_alpha * (scores["g_occ"] - self.exposure)
+        # a score beyond its threshold is learned as if at the threshold: a fault that misses its
+        # other tests (a blur seen through a shaking view) must not widen its own threshold at once,
+        # while a lasting change (rain softening the view) still widens it, step by step
         if "blur" in scores:
-            self.spreads["blur"].update(scores["blur"])
+            self.spreads["blur"].update(max(scores["blur"], scores.get("blur_thr", -9.0)))
         if "noise" in scores:
-            self.spreads["noise"].update(scores["noise"])
+            self.spreads["noise"].update(min(scores["noise"], scores.get("noise_thr", 9.0)))
+            self._learn_noise_q(m.dc_q, min(scores["noise"] + scores.get("noise_q", 0.0), scores.get("noise_thr", 9.0)))
+
         if self._suspect(scores):
             return  # a view that may be moved neither teaches the usual match nor the background
         if al is not None:
@@ -353,8 +378,46 @@ class CameraAnalyser:
         if self.ref is None:
             self.ref = Ref(m)
         elif self.prev is not None:
-            self.ref.update(m, self.prev, self.cfg, g_now, self.last_gain)
+            self.ref.update(m, self.prev, self.cfg, g_now, self.last_gain, self.jitter >= self.cfg.jitter_learn ** 2)
         self.n_learned += 1
+
+    def _learn_jitter(self, al: Alignment, candidate: bool) -> None:
+        """Learn the wind shake from the displacements of ok snapshots whose view matched poorly in place.
+
+        A displacement large enough to be a shift candidate is learned only once the next snapshot
+        shows it was passing (a re-pointing persists, and must not teach the camera to shake).
+        """
+        def learn(a: Alignment) -> None:
+            moved = min(a.dx * a.dx + a.dy * a.dy, _JITTER_CAP) if a.c > a.c0 else 0.0
+            self.jitter += self.cfg.jitter_alpha * (moved - self.jitter)
+
+        wait, self.jitter_wait = self.jitter_wait, None
+        if wait is not None and not (candidate and math.hypot(al.dx - wait.dx, al.dy - wait.dy)
+                                     <= max(1.5, 0.5 * math.hypot(wait.dx, wait.dy))):
+            learn(wait)  # it went away, or jumped elsewhere: a shake
+        if candidate:
+            self.jitter_wait = al
+        else:
+            learn(al)
+
+    def _noise_q_offset(self, dc_q: int) -> float:
+        """Grain a finer quantiser than usual lets through, as this camera has shown it (>= 0)."""
+        n, mx, _, vx, cxy = self.noise_q
+        if n < self.cfg.spread_warmup or vx < 0.02:
+            return 0.0
+        slope = min(0.0, cxy / vx)  # finer quantiser (smaller log dc_q), more grain
+        return float(max(0.0, slope * (np.log(max(dc_q, 1)) - mx)))
+
+    def _learn_noise_q(self, dc_q: int, y: float) -> None:
+        q = self.noise_q
+        q[0] += 1
+        a = max(0.1, 1.0 / q[0])
+        x = float(np.log(max(dc_q, 1)))
+        dx, dy = x - q[1], y - q[2]
+        q[1] += a * dx
+        q[2] += a * dy
+        q[3] += a * ((1 - a) * dx * dx - q[3])
+        q[4] += a * ((1 - a) * dx * dy - q[4])
 
     def _finding(self, kind: str, conf: float, ts: datetime, index: int, text: str,
                  detail: dict[str, Any]) -> Finding:
@@ -362,4 +425,6 @@ class CameraAnalyser:
 
 
 _STATE_KEYS = ("n_seen", "n_learned", "ready", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
-               "occ_mask", "streak", "last_label", "last_gain", "exposure", "noise_recent")
+               "occ_mask", "streak", "last_label", "last_gain", "exposure", "noise_recent", "noise_q", "jitter",
+               "jitter_wait")
+_JITTER_CAP = 9.0  # square thumbnail px: one big jolt teaches no more than a 3-pixel one

@@ -85,6 +85,10 @@ class CameraConfig:
     shift_match: float = 0.35  # and reach at least this correlation
     shift_rotate_drop: float = 0.15  # try rotations when the match is this far below the usual (twice, in place)
     shift_confirm: int = 2
+    jitter_alpha: float = 0.05  # learning rate of the camera's wind-shake level (mean square displacement)
+    jitter_px: float = 0.6  # thumbnail px (rms): a camera shaking more needs one more agreeing snapshot
+    jitter_learn: float = 0.4  # thumbnail px (rms): the reference's detail statistics learn through the shake
+    jitter_sure: float = 4.0  # a shift reported at once moved this many times the shake level
     shift_mismatch: float = 0.35  # in-place match this far below the usual: the scene changed ...
     shift_steady: float = 0.5  # ... and stayed changed if consecutive snapshots match this well
     # blur
@@ -92,6 +96,9 @@ class CameraConfig:
     blur_edge: float = 0.6  # coarse gradient energy a cell needs to take part
     blur_sure: float = 1.6  # beyond this many times the threshold: reported at once
     blur_confirm: int = 2
+    blur_shape: float = 1.5  # a drop within this many times the threshold is marginal ...
+    blur_coarse: float = 0.7  # ... and must show at the next octave too, beyond this share of the threshold,
+    blur_alike: float = 0.9  # ... or in this share of the cells (70% otherwise)
     # activity
     motion_level: float = 12.0  # grey levels between consecutive thumbnails
     object_level: float = 25.0  # grey levels from the background

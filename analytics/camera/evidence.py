@@ -125,7 +125,8 @@ def activity(m: Measures, prev: Measures | None, ref: Ref | None, cfg: CameraCon
 
 
 def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread], covered: Mask | None = None,
-            g_scene: float | None = None, exposure: float = 1.0, noise_recent: float = 0.0) -> Comparison:
+            g_scene: float | None = None, exposure: float = 1.0, noise_recent: float = 0.0,
+            noise_q: float = 0.0) -> Comparison:
     """Evidence for brightness, noise and blur against the reference.
 
     Args:
@@ -136,6 +137,8 @@ def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread]
         exposure: the gain healthy snapshots have shown lately; a brightness failure is a step
             away from it (dusk is a drift, which the reference and this level follow).
         noise_recent: the noise score of recent snapshots; heavy noise is a step away from it.
+        noise_q: how much more grain this snapshot's finer JPEG quantiser lets through than usual
+            (log ratio, learned per camera); subtracted from the noise score.
     """
     out = Comparison()
     sc = out.scores
@@ -151,7 +154,7 @@ def compare(m: Measures, ref: Ref, cfg: CameraConfig, spreads: dict[str, Spread]
         static &= ~(covered.reshape(GRID_Y, 2, GRID_X, 2).any(axis=(1, 3)))
     sc.update(gain=g, ratio=ratio, static=float(static.mean()))
     _brightness(m, ref, cfg, g, ratio, lp, out, max(exposure, 0.05))
-    _noise(m, ref, cfg, gs, static, spreads["noise"], out, noise_recent)
+    _noise(m, ref, cfg, gs, static, spreads["noise"], out, noise_recent, noise_q)
     _blur(m, ref, cfg, gs, lp, static, spreads["blur"], out, near)
     return out
 
@@ -192,7 +195,7 @@ def _brightness(m: Measures, ref: Ref, cfg: CameraConfig, g: float, ratio: float
 
 
 def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spread: Spread,
-           out: Comparison, recent: float) -> None:
+           out: Comparison, recent: float, q_offset: float = 0.0) -> None:
     """Fine residual risen alike in the unchanged cells, in one step from its recent level (``recent``),
     or salt and pepper appearing."""
     sc = out.scores
@@ -200,7 +203,8 @@ def _noise(m: Measures, ref: Ref, cfg: CameraConfig, g: float, static: Mask, spr
     sc["impulse"] = m.impulse
     if int(use.sum()) >= cfg.min_cells:
         lr = np.log((m.cell_noise[use] + 1.0) / (max(g, 1.0) * ref.cell_noise[use] + 1.0))
-        nz = median(lr)
+        # a finer quantiser (a higher JPEG quality this snapshot) keeps grain a coarser one erased
+        nz = median(lr) - q_offset
         thr = max(cfg.noise_log, spread.level + cfg.spread_k * spread.dev)
         sc.update(noise=nz, noise_thr=thr)
         # ... in one step: dusk raises the sensor gain, and its grain, a little with every snapshot
@@ -276,10 +280,18 @@ def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: M
     lr = m.sharp[use] - ref.sharp[use]
     b = median(lr)
     thr = min(-cfg.blur_log, spread.level - cfg.spread_k * spread.dev)
-    sc.update(blur=b, blur_thr=thr)
+    agree = float(np.mean(lr < 0.5 * thr))
+    sc.update(blur=b, blur_thr=thr, blur_agree=agree)
     if spread.n < cfg.spread_warmup:
         return  # first learn how much this camera's sharpness wanders (codecs, exposure swings)
-    if b < thr and float(np.mean(lr < 0.5 * thr)) >= 0.7:
+    if b < thr and cfg.blur_shape * thr < b and getattr(ref, "sharp2", None) is not None:
+        # a marginal drop must have a defocus's shape: the next octave lost detail too, or the
+        # finest scale lost it alike everywhere (rain softens the finest scale only, and its
+        # streaks, redrawn every snapshot, keep some cells sharp)
+        b2 = sc["blur2"] = median(m.sharp2[use] - ref.sharp2[use])
+        if b2 > cfg.blur_coarse * thr and agree < cfg.blur_alike:
+            return
+    if b < thr and agree >= 0.7:
         out.candidates["blur"] = sig(2.0 * (thr - b) / max(-thr, 0.1))
         if b < cfg.blur_sure * thr:
             out.strong.add("blur")

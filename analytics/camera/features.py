@@ -177,6 +177,7 @@ class Measures:
         fine_tex: per-fine-cell mean gradient magnitude of the thumbnail (24x18).
         sharp: per-cell log ratio of fine to coarse gradient energy at working resolution (12x9):
             falls when the optics blur, whatever the content.
+        sharp2: the same ratio one octave coarser (coarse over coarser gradient energy, 12x9).
         edge: per-cell coarse gradient energy at working resolution (12x9): how much structure
             the sharpness ratio rests on.
         cell_noise: per-cell mean |Immerkaer residual| of the smoothest pixels at working
@@ -194,6 +195,7 @@ class Measures:
     fine_mean: F32
     fine_tex: F32
     sharp: F32
+    sharp2: F32
     edge: F32
     cell_noise: F32
     impulse: float
@@ -201,7 +203,7 @@ class Measures:
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
         return sum(getattr(self, a).nbytes for a in ("thumb", "blocks", "cell_mean", "cell_tex", "fine_mean",
-                                                     "fine_tex", "sharp", "edge", "cell_noise"))
+                                                     "fine_tex", "sharp", "sharp2", "edge", "cell_noise"))
 
 
 def block_means(work: U8, reduction: int) -> npt.NDArray[np.float16]:
@@ -227,10 +229,15 @@ def measure(work: U8, reduction: int = 0, dc_q: int = DEFAULT_DC_Q) -> Measures:
     soft = cv2.pyrDown(wf)
     sx = cv2.Sobel(soft, cv2.CV_32F, 1, 0, ksize=3, scale=0.0625)
     sy = cv2.Sobel(soft, cv2.CV_32F, 0, 1, ksize=3, scale=0.0625)
+    # coarser still: a defocus lowers every scale, rain's softening (a pixel or so) only the finest
+    softer = cv2.pyrDown(soft)
+    tx = cv2.Sobel(softer, cv2.CV_32F, 1, 0, ksize=3, scale=0.03125)
+    ty = cv2.Sobel(softer, cv2.CV_32F, 0, 1, ksize=3, scale=0.03125)
     grid = (GRID_X, GRID_Y)
     e_px = cv2.multiply(gx, gx) + cv2.multiply(gy, gy)
     e_fine = _grid(e_px, grid)
     e_coarse = _grid(cv2.multiply(sx, sx) + cv2.multiply(sy, sy), grid)
+    e_coarser = _grid(cv2.multiply(tx, tx) + cv2.multiply(ty, ty), grid)
     # Noise raises the residual of every pixel; edges, texture and sparse bright streaks (rain,
     # snowflakes, glints) raise it on a few. So it is measured on the smoothest pixels only (by
     # gradient, a share that noise cannot empty), and clipped.
@@ -256,6 +263,7 @@ def measure(work: U8, reduction: int = 0, dc_q: int = DEFAULT_DC_Q) -> Measures:
         fine_mean=fine_cells(thumb),
         fine_tex=fine_cells(tex),
         sharp=np.log((e_fine + 0.05) / (e_coarse + 0.05)).astype(np.float32),
+        sharp2=np.log((e_coarse + 0.05) / (e_coarser + 0.05)).astype(np.float32),
         edge=e_coarse,
         cell_noise=cell_noise.astype(np.float32),
         impulse=impulse,

@@ -19,6 +19,7 @@ from analytics.camera.features import (
 )
 
 _LP_SIGMA = 2.0  # thumbnail low-pass: comparisons immune to focus and noise changes
+_SHAKE = np.ones((3, 3), np.uint8)  # one thumbnail pixel either way (about 1% of the picture)
 
 
 def lowpass(a: F32) -> F32:
@@ -36,12 +37,13 @@ class Ref:
     """
 
     __slots__ = ("cell_count", "cell_mean", "cell_noise", "cell_tex", "contrast", "count", "edge", "fine_mean",
-                 "fine_tex", "impulse", "lp", "mean", "sharp", "thumb")
+                 "fine_tex", "impulse", "lp", "mean", "sharp", "sharp2", "thumb")
 
     def __init__(self, m: Measures) -> None:
         self.thumb: F32 = m.thumb.copy()
         self.count = np.zeros((THUMB_H, THUMB_W), np.uint8)
         self.sharp: F32 = m.sharp.copy()
+        self.sharp2: F32 = m.sharp2.copy()
         self.edge: F32 = m.edge.copy()
         self.cell_noise: F32 = m.cell_noise.copy()
         self.cell_count = np.zeros((GRID_Y, GRID_X), np.float32)
@@ -67,13 +69,15 @@ class Ref:
         """Share of the background seen steady at least twice."""
         return float(np.count_nonzero(self.count >= 2)) / self.count.size
 
-    def update(self, m: Measures, prev: Measures, cfg: CameraConfig, g: float = 1.0, g_prev: float = 1.0) -> None:
+    def update(self, m: Measures, prev: Measures, cfg: CameraConfig, g: float = 1.0, g_prev: float = 1.0,
+               shaky: bool = False) -> None:
         """Blend a healthy snapshot in where it is steady against the previous one.
 
         Both snapshots are first brought to the reference's exposure (``g``, ``g_prev``: their gains
         against it), so an auto-exposure swing neither stops learning nor leaves patches learned
         at different exposures; the reference then follows the exposure itself only slowly
-        (``exposure_follow``), as dusk does, not as a passing white lorry does.
+        (``exposure_follow``), as dusk does, not as a passing white lorry does. ``shaky``: the camera
+        shakes in the wind (see ``CameraAnalyser.jitter``).
         """
         g, g_prev = max(g, 0.05), max(g_prev, 0.05)
         cur = m.thumb / g
@@ -82,9 +86,19 @@ class Ref:
         a = np.where(steady, np.maximum(cfg.alpha_pixel, 1.0 / (self.count + 1.0)), 0.0).astype(np.float32)
         self.thumb += a * (cur * g ** cfg.exposure_follow - self.thumb)
         self.count += steady & (self.count < 255)
-        cs = cells(diff) < 0.5 * cfg.steady_level
+        if shaky:
+            # on a camera shaking in the wind, the per-cell detail statistics also learn where the
+            # content moved by a pixel: sharpness and grain belong to the optics and the sensor,
+            # not to where the view sits (else they would never learn where the structure is)
+            prev_n = prev.thumb / g_prev
+            off = np.maximum(np.maximum(cur - cv2.dilate(prev_n, _SHAKE), cv2.erode(prev_n, _SHAKE) - cur), 0.0)
+            cs = cells(off) < 0.5 * cfg.steady_level
+        else:
+            cs = cells(diff) < 0.5 * cfg.steady_level
         ac = np.where(cs, np.maximum(cfg.alpha_cell, 1.0 / (self.cell_count + 1.0)), 0.0).astype(np.float32)
-        for name in ("sharp", "edge", "cell_noise"):
+        if not hasattr(self, "sharp2"):  # a state saved before this measure existed
+            self.sharp2 = m.sharp2.copy()
+        for name in ("sharp", "sharp2", "edge", "cell_noise"):
             val = getattr(self, name)
             val += ac * (getattr(m, name) - val)
         self.cell_count += cs

@@ -39,6 +39,7 @@ class Alignment:
     dx: float = 0.0  # thumbnail pixels
     dy: float = 0.0
     angle: float = 0.0  # degrees
+    searched: bool = False  # the in-place match was poor enough to look for a displacement
 
     @property
     def disp(self) -> float:
@@ -112,6 +113,7 @@ def align(m: Measures, ref: Ref, typical: Spread, cfg: CameraConfig) -> Alignmen
             c = _ncc(cur, warped, _structure(warped, inside))
             if c > best.c:
                 best = Alignment(c0, c, dx, dy, angle)
+    best.searched = True
     return best
 
 

@@ -96,3 +96,47 @@ def test_learned_clock_survives_a_restart() -> None:
     stuck = road.frame(19)
     got = [back.analyse(jpeg(clock(stuck, t), 85 + t % 7), T0 + timedelta(seconds=5 * t)).label for t in range(20, 23)]
     assert "freeze" in got[:2], got
+
+
+def test_blur_behind_wind_shake_is_blur() -> None:
+    # the camera shakes on its pole (~1.2% of the picture), then the lens defocuses: the reference
+    # learned its detail through the shake, so the blur shows although no cell ever holds still
+    road = Road(9)
+    rng = np.random.default_rng(6)
+    frames = []
+    for t in range(36):
+        dx, dy = rng.normal(0, 0.012, 2) * (W, H)
+        img = warp(road.frame(t), float(dx), float(dy))
+        if t >= 28:
+            img = cv2.GaussianBlur(img, (0, 0), 3.0)
+        frames.append(jpeg(img, 80 + t % 15))
+    labels = labels_of(frames)
+    assert labels[:28] == ["ok"] * 28, [(i, v) for i, v in enumerate(labels) if v != "ok"]
+    assert "blur" in labels[28:31], labels[28:]
+
+
+def test_dusk_grain_behind_a_wandering_jpeg_quality_is_not_noise() -> None:
+    # deep dusk: grain that a coarse quantiser erases and a fine one keeps, the quality jumping
+    # between them every snapshot; a failing sensor's noise is far stronger and comes at once
+    road = Road(12)
+    rng = np.random.default_rng(8)
+    frames = []
+    for t in range(44):
+        img = road.frame(t, gain=0.35, noise=1.0 + 0.1 * t).astype(np.float32)
+        frames.append(jpeg(np.clip(img, 0, 255).astype(np.uint8), int(rng.choice([72, 96]))))
+    labels = labels_of(frames)
+    assert labels == ["ok"] * 44, [(i, v) for i, v in enumerate(labels) if v != "ok"]
+
+
+def test_the_shake_level_is_learned_and_saved() -> None:
+    road = Road(9)
+    rng = np.random.default_rng(4)
+    an = CameraAnalyser("cam-s")
+    for t in range(40):
+        dx, dy = rng.normal(0, 0.012, 2) * (W, H)
+        assert an.analyse(jpeg(warp(road.frame(t), float(dx), float(dy))), T0 + timedelta(seconds=5 * t)).label == "ok"
+    calm = CameraAnalyser("cam-c")
+    for t in range(40):
+        calm.analyse(jpeg(road.frame(t)), T0 + timedelta(seconds=5 * t))
+    assert an.jitter > 4 * calm.jitter and an.jitter >= an.cfg.jitter_px ** 2
+    assert loads(dumps(an)).jitter == an.jitter
