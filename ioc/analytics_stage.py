@@ -48,6 +48,8 @@ errors = RateLimitedLog(logger)
 
 FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
+SNAPSHOTS_REPEATED = Counter("ioc_analytics_snapshots_repeated", "Snapshots not analysed: no newer than the "
+                             "camera's last one (a redelivery)")
 SNAPSHOTS_REFUSED = Counter("ioc_analytics_snapshots_refused", "Snapshots not decoded: picture beyond the size caps")
 SHARD_REBUILDS = Counter("ioc_analytics_shard_rebuilds", "Camera shard processes found dead and rebuilt")
 STATE_NAME = "numeric_monitor"  # the whole monitor in one analytics_state row: read once from older deployments
@@ -76,6 +78,7 @@ class AnalyticsStage:
         self._lock = threading.Lock()
         self._known: set[str] = set()
         self._received = False  # anything reached on_parsed: the snapshot arrivals are worth saving
+        self._last_snapshot: dict[str, tuple[datetime, int]] = {}  # camera -> (time, hash) of its newest picture
         self.series_scope = SERIES_SCOPE
         self._saving: asyncio.Task[None] | None = None  # the periodic save, running beside the detectors
         self._save_lock = asyncio.Lock()  # saves commit in the order they took their devices
@@ -246,8 +249,17 @@ class AnalyticsStage:
                     self.stale.telemetry(rec.device_id, fps=rec.metrics.get("fps"),
                                          kbps=rec.metrics.get("bitrate_kbps"))
             elif isinstance(rec, Snapshot):
+                # The input is at least once (the broker redelivers after a reconnection or a restart): a picture
+                # analysed already would read as frozen at once (the same bytes as the last one), and the analyser
+                # takes pictures in time order only.
+                last = self._last_snapshot.get(rec.device_id)
+                digest = hash(rec.jpeg)
+                if last is not None and (rec.ts < last[0] or (rec.ts == last[0] and digest == last[1])):
+                    SNAPSHOTS_REPEATED.inc()
+                    continue
                 self.stale.snapshot(rec.device_id, rec.ts)
                 if not self._shards:
+                    self._last_snapshot[rec.device_id] = (rec.ts, digest)
                     self._camera_result(rec.device_id, rec.ts, self._analyse_inline(rec))
                     continue
                 shard = self._shard_of(rec.device_id)
@@ -265,6 +277,7 @@ class AnalyticsStage:
                     SNAPSHOTS_SKIPPED.inc()
                     self._start_rebuild(shard)
                     continue
+                self._last_snapshot[rec.device_id] = (rec.ts, digest)  # analysed: a copy of it is not (skipped: it is)
                 self._inflight[shard] += 1
                 key = (self.position(), shard, self._generation[shard])
                 self._analysing[key] = self._analysing.get(key, 0) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from datetime import timedelta
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ from analytics.camera.features import ImageTooLarge, decode_work
 from ingest import contract
 from ingest.parse import jpeg_size
 from ingest.records import ParsedMessage, Snapshot
-from ioc.analytics_stage import SNAPSHOTS_REFUSED, AnalyticsStage
+from ioc.analytics_stage import SNAPSHOTS_REFUSED, SNAPSHOTS_REPEATED, AnalyticsStage
 from ioc.live.hub import LiveHub
 from tests.unit.test_camera_analyser import T0, Road, jpeg
 
@@ -81,6 +82,25 @@ def test_the_stage_counts_a_refused_snapshot_and_reports_no_health() -> None:
     assert health == [] and SNAPSHOTS_REFUSED._value.get() == before + 1
     stage.on_parsed(ParsedMessage([Snapshot("cam-bomb", "camera", T0, jpeg(Road(3).frame(1)), 640, 360)], []))
     assert health == ["ok"]
+
+
+def test_a_redelivered_snapshot_is_not_analysed_again() -> None:
+    """At-least-once input: the same snapshot twice (same time, same bytes) is one picture, not a frozen stream."""
+    stage = AnalyticsStage(LiveHub(), None, camera_processes=0)
+    health: list[str] = []
+    stage.on_health = lambda dev, label, conf, ts: health.append(label)
+    road = Road(3)
+    frames = [(T0 + timedelta(seconds=10 * i), jpeg(road.frame(i))) for i in range(40)]
+    for ts, data in frames:
+        stage.on_parsed(ParsedMessage([Snapshot("cam-again", "camera", ts, data, 640, 360)], []))
+    before = SNAPSHOTS_REPEATED._value.get()
+    stage.on_parsed(ParsedMessage([Snapshot("cam-again", "camera", *frames[-1], 640, 360)], []))
+    assert SNAPSHOTS_REPEATED._value.get() == before + 1
+    assert "freeze" not in health, health
+    # The same bytes under a newer time are what a frozen camera sends: still analysed.
+    stage.on_parsed(ParsedMessage([Snapshot("cam-again", "camera", frames[-1][0] + timedelta(seconds=10),
+                                            frames[-1][1], 640, 360)], []))
+    assert health[-1] == "freeze", health[-3:]
 
 
 def test_the_analyser_raises_for_a_bomb_and_goes_on_after_it() -> None:
