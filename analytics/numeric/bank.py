@@ -38,7 +38,7 @@ class SeriesBank:
         nov = self.config.novelty_w > 0  # the novelty tables exist only when the detector is on
         self.Q = np.zeros((cap, self.config.novelty_bytes if nov else 0), dtype=np.uint8)
         self.S = np.zeros((cap, self.config.novelty_orders + 1 if nov else 0), dtype=np.int8)
-        ent = self.config.re_w > 0  # so are the relative-entropy windows
+        ent = self.config.re_w > 0 or self.config.art_re  # so are the relative-entropy windows
         self.Ew = np.zeros((cap, self.config.re_window if ent else 0), dtype=np.uint8)
         self.Ec = np.zeros((cap, self.config.re_bins if ent else 0), dtype=np.float32)
         self.Ep = np.zeros((cap, self.config.re_slots if ent else 0, self.config.re_bins), dtype=np.float32)

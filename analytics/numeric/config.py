@@ -58,8 +58,8 @@ class DetectorConfig:
     art_raw: float = 0.0
     """...and only when the main detectors' own score is at least this (they saw something, records held it)."""
     art_re: bool = False
-    """An ART anomaly counts only where the relative-entropy window is novel too (needs ``re_w > 0``;
-    ``re_w = 0.01`` keeps the entropy windows' own scores out of the way): two novelty detectors agreeing."""
+    """An ART anomaly counts only where the relative-entropy window is novel too (two novelty detectors
+    agreeing); the entropy windows run for it even when their own score is off (``re_w = 0``)."""
     art_z: float = 0.0
     """An ART anomaly counts only when its reading is this unexpected (|z| of the main model)."""
     level_alpha: float = 0.1

@@ -295,11 +295,11 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
         # the main detectors saw something that their records held back)
         art_a = (cfg.art_w * art_step(*art, rows, x, lo, hi, cfg.art_step, cfg.art_trend)
                  * (np.abs(m.z) >= cfg.art_z) * (raw >= cfg.art_raw))
-    if cfg.re_w > 0 and ent is not None:  # relative-entropy windows over the declared range
+    if (cfg.re_w > 0 or cfg.art_re) and ent is not None:  # relative-entropy windows over the declared range
         re_nov = entropy_step(*ent, rows, n, x, lo, hi) * (n >= cfg.re_warmup) * (np.abs(m.z) >= cfg.re_z)
         if cfg.art_re:  # ART anomalies count only where a window's distribution is novel too
             art_a = art_a * (re_nov > 0)
-        if cfg.re_hold == 1:  # a novel window is a candidate finding like any other (one per episode)
+        if cfg.re_w > 0 and cfg.re_hold == 1:  # a novel window is a candidate finding like any other (one per episode)
             kind = np.where((re_nov > 0) & (cfg.re_w * re_nov > raw), PATTERN, kind)
             raw = np.maximum(raw, cfg.re_w * re_nov)
     # --- one alert per episode: damp scores while a recent alert holds (a record always raises) ---
