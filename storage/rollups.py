@@ -17,6 +17,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+
 from storage.db import Backend
 
 logger = logging.getLogger(__name__)
@@ -123,12 +125,21 @@ async def _summarize_brin(conn: Any) -> None:
     unsummarised is read by every time-range scan (the refresh's own bucket scans, the readers' raw tails,
     the start seed): measured after a province's day, 3-4 s per read. Autovacuum summarises only when it
     vacuums the partition (after a fifth more rows: hours, late in the day); this reads only the new
-    ranges' pages."""
+    ranges' pages. Only the partitions of the last three days (late readings further back are few), and
+    never waiting long for one: it takes the lock a running VACUUM holds, and an anti-wraparound VACUUM
+    does not give way."""
     if not await _has_table(conn, "telemetry_ts_brin"):
         return  # before migration 0009
-    await conn.execute(
-        "SELECT brin_summarize_new_values(i.inhrelid) FROM pg_inherits i "
-        "WHERE i.inhparent = 'telemetry_ts_brin'::regclass")
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL lock_timeout = '2s'")
+            await conn.execute(
+                "SELECT brin_summarize_new_values(i.inhrelid) FROM pg_inherits i "
+                "JOIN pg_index x ON x.indexrelid = i.inhrelid JOIN pg_class t ON t.oid = x.indrelid "
+                "WHERE i.inhparent = 'telemetry_ts_brin'::regclass "
+                "AND t.relname >= 'telemetry_p' || to_char(now() - interval '2 days', 'YYYYMMDD')")
+    except asyncpg.LockNotAvailableError:
+        logger.info("rollups: BRIN summarisation skipped this time (a VACUUM holds a partition)")
 
 
 async def complete_before(conn: Any) -> datetime | None:
