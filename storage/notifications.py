@@ -58,18 +58,34 @@ async def enqueue(conn: Any, rows: list[NotificationRow]) -> list[int]:
     return sorted(int(r["id"]) for r in records)
 
 
-async def claim_due(conn: Any, now: datetime, limit: int, lease_s: float = 120.0) -> list[dict[str, Any]]:
+async def claim_due(conn: Any, now: datetime, limit: int, lease_s: float = 120.0,
+                    epoch: int | None = None) -> list[dict[str, Any]]:
     """Claim up to ``limit`` pending rows due at ``now``, oldest due first, hiding them for ``lease_s``.
 
-    Rows locked by another dispatcher's claim are skipped, not waited for.
+    Rows locked by another dispatcher's claim are skipped, not waited for. ``epoch`` is the claiming leader's
+    (see :func:`release_stale_claims`).
     """
     records = await conn.fetch(
-        f"UPDATE notifications n SET next_attempt = $3 FROM ("
+        f"UPDATE notifications n SET next_attempt = $3, claim_epoch = $4 FROM ("
         "SELECT id FROM notifications WHERE status = 'pending' AND next_attempt <= $1 "
         "ORDER BY next_attempt, id LIMIT $2 FOR UPDATE SKIP LOCKED) due "
         f"WHERE n.id = due.id RETURNING {', '.join('n.' + c.strip() for c in _COLS.split(','))}",
-        now, limit, now + timedelta(seconds=lease_s))
+        now, limit, now + timedelta(seconds=lease_s), epoch)
     return sorted((_decode(r) for r in records), key=lambda r: r["id"])
+
+
+async def release_stale_claims(conn: Any, epoch: int, now: datetime) -> int:
+    """Make the pending rows claimed under an older leader's epoch due now; returns how many.
+
+    A leader holding ``epoch`` is the only one that can claim any more (claims are fenced), so an older
+    epoch's claim belongs to a leader that died or was fenced between its claim and the send: without this
+    its pages would wait out the claim's lease. A paused old leader that wakes and sends anyway makes that
+    page arrive twice under one notification id, which receivers drop (delivery is at least once).
+    """
+    result = await conn.execute(
+        "UPDATE notifications SET next_attempt = $2, claim_epoch = NULL "
+        "WHERE status = 'pending' AND claim_epoch < $1", epoch, now)
+    return int(result.split()[-1])
 
 
 async def mark_sent(conn: Any, notification_id: int, now: datetime) -> bool:
@@ -83,7 +99,7 @@ async def mark_sent(conn: Any, notification_id: int, now: datetime) -> bool:
 async def mark_retry(conn: Any, notification_id: int, next_attempt: datetime, error: str) -> bool:
     """Record a failed attempt and when to try again; False if the row was no longer pending."""
     result = await conn.execute(
-        "UPDATE notifications SET attempts = attempts + 1, next_attempt = $2, last_error = $3 "
+        "UPDATE notifications SET attempts = attempts + 1, next_attempt = $2, last_error = $3, claim_epoch = NULL "
         "WHERE id = $1 AND status = 'pending'", notification_id, next_attempt, error[:MAX_ERROR])
     return bool(result.endswith(" 1"))
 
@@ -107,7 +123,8 @@ async def mark_dropped(conn: Any, notification_ids: list[int], reason: str) -> i
 async def defer(conn: Any, notification_ids: list[int], next_attempt: datetime) -> int:
     """Postpone pending rows without counting an attempt (rate limited); returns how many."""
     result = await conn.execute(
-        "UPDATE notifications SET next_attempt = $2 WHERE id = ANY($1::int8[]) AND status = 'pending'",
+        "UPDATE notifications SET next_attempt = $2, claim_epoch = NULL WHERE id = ANY($1::int8[]) "
+        "AND status = 'pending'",
         notification_ids, next_attempt)
     return int(result.split()[-1])
 

@@ -278,7 +278,7 @@ class Brain:
                 self.analytics.on_findings, self.analytics.on_health = alerts.on_findings, self._on_health
                 self._tasks.append(asyncio.create_task(self._health_loop(), name="cluster-health"))
             dispatcher = self.dispatcher = NotificationDispatcher(pool, settings.alerts.notify)
-            dispatcher.guard = self.lease.fence
+            dispatcher.guard, dispatcher.epoch = self.lease.fence, epoch
             dispatcher.shared_limits = True
             self.actions = ActionWorker(settings.database_url, pool, alerts, epoch)
             self._tasks += [asyncio.create_task(alerts.run(), name="alerts"),

@@ -99,6 +99,10 @@ class NotificationDispatcher:
         # limits kept in the database (notify_rate) so that every dispatcher paces one shared bucket per target.
         self.guard: Callable[[Any], Awaitable[None]] | None = None
         self.shared_limits = False
+        # The leader's epoch: its claims carry it, and its first pass takes back the claims of older epochs
+        # (a leader killed between claim and send would otherwise hold those pages back for the claim's lease).
+        self.epoch: int | None = None
+        self._stale_released = False
 
     async def run(self) -> None:
         """Send due notifications every ``poll_s`` until cancelled; database outages only pause it."""
@@ -141,7 +145,13 @@ class NotificationDispatcher:
         async with self._pool.acquire() as conn, conn.transaction():
             if self.guard is not None:
                 await self.guard(conn)
-            rows = await outbox.claim_due(conn, _dt(self._clock()), self._config.batch, self._config.lease_s)
+            if self.epoch is not None and not self._stale_released:
+                released = await outbox.release_stale_claims(conn, self.epoch, _dt(self._clock()))
+                if released:
+                    logger.warning("took back %d notification claims of an earlier leader", released)
+            rows = await outbox.claim_due(conn, _dt(self._clock()), self._config.batch, self._config.lease_s,
+                                          self.epoch)
+        self._stale_released = True  # only once the claim transaction committed
         groups: dict[Key, list[dict[str, Any]]] = {}
         for row in rows:
             groups.setdefault((row["channel"], row["target"]), []).append(row)
