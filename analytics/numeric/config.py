@@ -42,12 +42,12 @@ class DetectorConfig:
     """0: a novel window scores on its own; 1: it is a candidate finding like the others (one per
     episode, opens a hold); 2: it scores only while no finding holds and opens no hold."""
     re_window: int = 52
-    re_bins: int = 5
+    re_bins: int = 8
     re_slots: int = 48
     re_warmup: int = 120
     """Window length, bins over the declared (else covered) range, hypotheses kept, readings before
     a novelty may score."""
-    art_w: float = 0.0
+    art_w: float = 1.0
     """Adaptive-resonance windows (``art.py``): weight of their anomaly score in the ensemble (0: off)."""
     art_step: int = 4
     art_trend: int = 72
@@ -57,7 +57,7 @@ class DetectorConfig:
     """0: an ART anomaly scores anywhere; 2: only while no finding holds (it opens no hold)."""
     art_raw: float = 0.0
     """...and only when the main detectors' own score is at least this (they saw something, records held it)."""
-    art_re: bool = False
+    art_re: bool = True
     """An ART anomaly counts only where the relative-entropy window is novel too (two novelty detectors
     agreeing); the entropy windows run for it even when their own score is off (``re_w = 0``)."""
     art_z: float = 0.0

@@ -82,7 +82,7 @@ def test_bank_ensemble_state_and_memory() -> None:
     b = again.update(rep, ts[300:400], x[300:400])
     assert np.array_equal(a.score, b.score)
     # a state saved without the ART arrays (detector off) restores with them empty
-    off = SeriesBank(DetectorConfig(), capacity=1)
+    off = SeriesBank(dataclasses.replace(DetectorConfig(), art_w=0.0, art_re=False), capacity=1)
     off.add(1)
     restored = SeriesBank.from_state(off.to_state(), cfg)
     assert restored.Ac.shape == (1, cfg.art_slots, art.COMP) and not restored.Ac.any()
