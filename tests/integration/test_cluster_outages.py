@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,38 +18,22 @@ import pytest
 
 from tests.conftest import create_database, ingest_env
 from tests.support.auth import make_token_sync
-from tests.support.cluster import RoleProcess, cluster_env, db_fetch, lease, persistent_broker, unique_lease, wait_for
+from tests.support.cluster import (
+    RoleProcess,
+    TelemetryStream,
+    cluster_env,
+    db_fetch,
+    lease,
+    persistent_broker,
+    unique_lease,
+    wait_for,
+)
 from tests.support.mqtt import Publisher, iso, unique_id
 from tests.support.services import IngestProcess, private_postgres
 
 pytestmark = pytest.mark.integration
 
 HOOK = "http://127.0.0.1:9/ha-outage-hook"
-
-
-def _stream(port: int, prefix: str, stop: threading.Event, sent: list[int]) -> None:
-    """Telemetry from 5 devices, 20 messages/s in all, until ``stop``; reconnects through broker restarts."""
-    pub = None
-    i = 0
-    while not stop.is_set():
-        try:
-            if pub is None:
-                pub = Publisher(port)
-            for d in range(5):
-                pub.publish(f"ioc/v1/traffic/{prefix}-{d}/telemetry",
-                            {"ts": iso(time.time()), "seq": i, "metrics": {"speed_kmh": 40.0 + d}})
-            pub.wait_all(10)
-            sent[0] += 5
-            i += 1
-        except (OSError, TimeoutError, ValueError, RuntimeError):  # the broker restarting
-            with contextlib.suppress(Exception):
-                pub.close() if pub else None
-            pub = None
-            time.sleep(0.5)
-            continue
-        time.sleep(0.25)
-    if pub is not None:
-        pub.close()
 
 
 def _alarm(port: int, device: str) -> None:
@@ -94,11 +77,7 @@ def test_cluster_through_outages(artifacts: Path) -> None:
             wait_for(p._up, 60, what=f"{p.role} up")
         wait_for(lambda: lease(dsn, name)["valid"], 20, what="a leader")
 
-        prefix = unique_id("HA")
-        stop, sent = threading.Event(), [0]
-        streamer = threading.Thread(target=_stream, args=(broker.port, prefix, stop, sent), daemon=True)
-        streamer.start()
-        stack.callback(stop.set)
+        stream = stack.enter_context(TelemetryStream(broker.port, unique_id("HA")))
         alarms = {step: unique_id("bts") for step in ("start", "pg-down", "worker-killed", "broker", "leader")}
 
         _alarm(broker.port, alarms["start"])
@@ -126,12 +105,9 @@ def test_cluster_through_outages(artifacts: Path) -> None:
         _alarm(broker.port, alarms["leader"])
         wait_for(lambda: _incidents(dsn, alarms["leader"]), 30, what="the alarm raised while the leader was dead")
 
-        stop.set()
-        streamer.join(30)
-        wait_for(lambda: db_fetch(dsn, "SELECT count(*) AS n FROM telemetry WHERE device_id LIKE $1",
-                                  prefix + "%")[0]["n"] >= sent[0], 60, 0.5, what="every reading stored")
-        stored = db_fetch(dsn, "SELECT count(*) AS n, count(DISTINCT (device_id, ts)) AS d FROM telemetry "
-                          "WHERE device_id LIKE $1", prefix + "%")[0]
+        stream.close()
+        wait_for(lambda: stream.stored(dsn)["n"] >= stream.acked, 60, 0.5, what="every reading stored")
+        stored = stream.stored(dsn)
         per_alarm = {step: _incidents(dsn, device) for step, device in alarms.items()}
         pages = db_fetch(dsn, "SELECT incident_id, reason, target, count(*) AS n FROM notifications "
                          "GROUP BY incident_id, reason, target")
@@ -139,7 +115,7 @@ def test_cluster_through_outages(artifacts: Path) -> None:
         survivor = next(p for p in procs if p is not lead)
     # Every reading the broker acknowledged is stored, once (a batch cut by the broker restart may be stored
     # without its acknowledgement having reached the publisher: more rows than counted is fine, duplicates not).
-    assert stored["n"] == stored["d"] and stored["n"] >= sent[0], (stored, sent)
+    assert stored["n"] == stored["d"] and stored["n"] >= stream.acked, (stored, stream.acked)
     assert all(len(found) == 1 for found in per_alarm.values()), per_alarm  # each alarm analysed, once
     assert pages and all(p["n"] == 1 for p in pages), pages  # no page queued twice
     assert final["valid"] and int(final["holder"].rsplit("-", 2)[1]) == survivor.pid

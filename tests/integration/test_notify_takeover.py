@@ -3,8 +3,6 @@ the claim's lease (real PostgreSQL, a real HTTP receiver)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -12,29 +10,22 @@ import pytest
 
 from ioc.alerts.notify import NotificationDispatcher, NotifyConfig, targets_for
 from storage import notifications as outbox
-from storage.config import StorageConfig
-from storage.db import create_pool
-from tests.conftest import BASE_DSN, create_database, drop_database
-from tests.integration.test_notify_delivery import SECRET, Receiver, enqueue, make_incident, row
+
+# The outbox fixtures (a database of its own, a pool on it) are test_notify_delivery's.
+from tests.integration.test_notify_delivery import (  # noqa: F401
+    SECRET,
+    Receiver,
+    enqueue,
+    make_incident,
+    notify_dsn,
+    pool,
+    row,
+)
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def takeover_dsn() -> Iterator[str]:
-    dsn = asyncio.run(create_database(BASE_DSN))
-    yield dsn
-    asyncio.run(drop_database(BASE_DSN, dsn))
-
-
-@pytest.fixture
-async def pool(takeover_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(takeover_dsn, StorageConfig(), max_size=5)
-    yield pool
-    await pool.close()
-
-
-async def test_next_leader_takes_back_an_earlier_epochs_claim_at_once(pool: asyncpg.Pool) -> None:
+async def test_next_leader_takes_back_an_earlier_epochs_claim_at_once(pool: asyncpg.Pool) -> None:  # noqa: F811
     receiver = Receiver()
     try:
         config = NotifyConfig(webhook_urls=[receiver.url], webhook_secret=SECRET, lease_s=120.0)

@@ -196,6 +196,10 @@ class TelemetryStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop publishing (waits for the round on its way); ``acked`` is final afterwards."""
         self.stop.set()
         self.thread.join(30)
 
