@@ -174,12 +174,14 @@ class Demo:
         self.env, self.data_dir, self.log = env, data_dir, log
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self._log_from = self.log.stat().st_size if self.log.exists() else 0  # this start's lines only
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "ioc.cli", "demo", "--port", str(self.port),
                                           "--data-dir", str(self.data_dir)], env=self.env, stdout=out,
@@ -192,9 +194,11 @@ class Demo:
             raise RuntimeError(f"ioc demo exited: {self.log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as resp:
-                return bool(resp.status == 200)
+                ready = resp.status == 200
         except OSError:
             return False
+        # The demo prints its links once the server answers: ready means both (the test reads the link).
+        return ready and b"wall display:" in self.log.read_bytes()[self._log_from:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
