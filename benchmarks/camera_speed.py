@@ -35,7 +35,7 @@ import numpy as np
 from analytics.camera import CameraAnalyser
 from analytics.camera.state import dumps
 from analytics.findings import Finding
-from ioc.analytics_stage import _analyse, _shard_init  # the shards' own set-up and work
+from ioc.camera_shards import analyse, shard_init  # the shards' own set-up and work
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 W, H = 640, 360
@@ -103,7 +103,7 @@ def sharded(streams: list[list[bytes]], pools: list[ProcessPoolExecutor], max_in
             q = inflight[s]
             if len(q) >= max_inflight:
                 q.popleft().result()
-            q.append(pools[s].submit(_analyse, cam, frames[i], ts))
+            q.append(pools[s].submit(analyse, cam, frames[i], ts))
     for q in inflight:
         for f in q:
             f.result()
@@ -154,7 +154,7 @@ def main() -> None:
           f"  ({best[1]:.2f} ms CPU per snapshot)")
 
     ctx = get_context("spawn")  # as the live pipeline: no state inherited from the parent
-    pools = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_shard_init)
+    pools = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=shard_init)
              for _ in range(args.shards)]
     try:
         sharded([frames[:20]] * (args.shards * 2), pools)  # start the workers, import OpenCV there

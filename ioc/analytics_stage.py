@@ -30,7 +30,7 @@ from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
-from ioc.camera_shards import _analyse, _export_states, _import_states, _shard_init
+from ioc.camera_shards import analyse, export_states, import_states, shard_init
 from ioc.live.hub import LiveHub
 from storage.writes import (
     FindingRow,
@@ -148,7 +148,7 @@ class AnalyticsStage:
             per_shard[self._shard_of(device_id)].append((device_id, data))
         loop = asyncio.get_running_loop()
         try:
-            restored = sum(await asyncio.gather(*(loop.run_in_executor(shard, _import_states, items)
+            restored = sum(await asyncio.gather(*(loop.run_in_executor(shard, import_states, items)
                                                   for shard, items in zip(self._shards, per_shard, strict=True))))
             logger.info("camera analysers restored: %d of %d saved", restored, len(cameras))
         except Exception as err:
@@ -162,7 +162,7 @@ class AnalyticsStage:
         # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
         # after the server stops.
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_shard_init)
+                                   initializer=shard_init)
 
     def _shard_dead(self, shard: int) -> bool:
         return shard in self._rebuilding or bool(getattr(self._shards[shard], "_broken", False))
@@ -221,7 +221,7 @@ class AnalyticsStage:
                     items = [(device_id, data) for device_id, data in
                              ((name.removeprefix(CAMERA_STATE_PREFIX), data) for name, data in saved)
                              if self._shard_of(device_id) == shard]
-                restored = await loop.run_in_executor(new, _import_states, items)
+                restored = await loop.run_in_executor(new, import_states, items)
                 logger.info("camera shard %d rebuilt: %d of %d saved cameras restored", shard, restored, len(items))
             except Exception as err:  # a new process that dies at once is found dead and rebuilt again
                 logger.warning("camera shard %d rebuilt; saved cameras not restored (%s)", shard, err)
@@ -271,7 +271,7 @@ class AnalyticsStage:
                     SNAPSHOTS_SKIPPED.inc()
                     continue
                 try:
-                    fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], _analyse, rec.device_id,
+                    fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], analyse, rec.device_id,
                                                                      rec.jpeg, rec.ts)
                 except BrokenProcessPool:
                     SNAPSHOTS_SKIPPED.inc()
@@ -494,7 +494,7 @@ class AnalyticsStage:
     async def _save_cameras(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            parts = await asyncio.gather(*(loop.run_in_executor(shard, _export_states)
+            parts = await asyncio.gather(*(loop.run_in_executor(shard, export_states)
                                            for i, shard in enumerate(self._shards) if not self._shard_dead(i)))
             rows = [(CAMERA_STATE_PREFIX + device_id, data) for part in parts for device_id, data in part]
             if rows:

@@ -19,7 +19,7 @@ _analysers: dict[str, Any] = {}
 _unsaved: set[str] = set()  # cameras analysed since their state was last exported
 
 
-def _shard_init() -> None:
+def shard_init() -> None:
     """Set up a shard process.
 
     Shards stop when the service shuts them down; a Ctrl-C reaching the whole process group must not
@@ -32,7 +32,7 @@ def _shard_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, float, int, list[Finding]]:
+def analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, float, int, list[Finding]]:
     """In a shard process: run this camera's analyser on one snapshot."""
     from analytics.camera.analyser import CameraAnalyser
 
@@ -44,7 +44,7 @@ def _analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, flo
     return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)
 
 
-def _export_states() -> list[tuple[str, bytes]]:
+def export_states() -> list[tuple[str, bytes]]:
     """In a shard process: the learned state of every camera analysed since the last export."""
     from analytics.camera.state import dumps
 
@@ -53,7 +53,7 @@ def _export_states() -> list[tuple[str, bytes]]:
     return out
 
 
-def _import_states(items: list[tuple[str, bytes]]) -> int:
+def import_states(items: list[tuple[str, bytes]]) -> int:
     """In a shard process: restore saved analysers of cameras this shard has not started on; returns how many."""
     from analytics.camera.state import loads
 
