@@ -13,7 +13,6 @@ import functools
 import logging
 import multiprocessing
 import threading
-import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,7 +29,7 @@ from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
-from ioc.camera_shards import analyse, export_states, import_states, shard_init
+from ioc import camera_shards
 from ioc.live.hub import LiveHub
 from storage.writes import (
     FindingRow,
@@ -55,7 +54,6 @@ SHARD_REBUILDS = Counter("ioc_analytics_shard_rebuilds", "Camera shard processes
 STATE_NAME = "numeric_monitor"  # the whole monitor in one analytics_state row: read once from older deployments
 SERIES_SCOPE = "numeric"  # series_state rows of the numeric monitor, one per device
 STALE_STATE_NAME = "camera_stale"  # snapshot arrivals per camera (StaleMonitor)
-CAMERA_STATE_PREFIX = "camera:"  # one saved state per camera: shard counts may differ between runs
 
 class AnalyticsStage:
     """The analytics sink of one process (beside the live hub)."""
@@ -127,7 +125,7 @@ class AnalyticsStage:
                     if not series:  # saved whole before migration 0010: read once, saved per device from then on
                         state = await load_state(conn, STATE_NAME)
                 stale = await load_state(conn, STALE_STATE_NAME)
-                cameras = await load_states(conn, CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
+                cameras = await load_states(conn, camera_shards.CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
             if series:
                 restored = await asyncio.to_thread(self._restore, series)
                 logger.info("numeric detector state restored: %d of %d devices, %d series (%d bytes)", restored,
@@ -142,27 +140,24 @@ class AnalyticsStage:
             return
         if not cameras or not self._shards:
             return
-        per_shard: list[list[tuple[str, bytes]]] = [[] for _ in self._shards]
-        for name, data in cameras:
-            device_id = name.removeprefix(CAMERA_STATE_PREFIX)
-            per_shard[self._shard_of(device_id)].append((device_id, data))
+        per_shard = camera_shards.split_saved(cameras, len(self._shards))
         loop = asyncio.get_running_loop()
         try:
-            restored = sum(await asyncio.gather(*(loop.run_in_executor(shard, import_states, items)
+            restored = sum(await asyncio.gather(*(loop.run_in_executor(shard, camera_shards.import_states, items)
                                                   for shard, items in zip(self._shards, per_shard, strict=True))))
             logger.info("camera analysers restored: %d of %d saved", restored, len(cameras))
         except Exception as err:
             logger.warning("camera analysers not restored (%s); cameras learn their scenes afresh", err)
 
     def _shard_of(self, device_id: str) -> int:
-        return zlib.crc32(device_id.encode()) % len(self._shards)
+        return camera_shards.shard_of(device_id, len(self._shards))
 
     @staticmethod
     def _new_shard() -> ProcessPoolExecutor:
         # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
         # after the server stops.
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=shard_init)
+                                   initializer=camera_shards.shard_init)
 
     def _shard_dead(self, shard: int) -> bool:
         return shard in self._rebuilding or bool(getattr(self._shards[shard], "_broken", False))
@@ -217,11 +212,9 @@ class AnalyticsStage:
             try:  # snapshots wait (skipped) until the saved scenes are back, so none is judged against nothing
                 if self.pool is not None:
                     async with self.pool.acquire(timeout=5) as conn:
-                        saved = await load_states(conn, CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
-                    items = [(device_id, data) for device_id, data in
-                             ((name.removeprefix(CAMERA_STATE_PREFIX), data) for name, data in saved)
-                             if self._shard_of(device_id) == shard]
-                restored = await loop.run_in_executor(new, import_states, items)
+                        saved = await load_states(conn, camera_shards.CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
+                    items = camera_shards.split_saved(saved, len(self._shards))[shard]
+                restored = await loop.run_in_executor(new, camera_shards.import_states, items)
                 logger.info("camera shard %d rebuilt: %d of %d saved cameras restored", shard, restored, len(items))
             except Exception as err:  # a new process that dies at once is found dead and rebuilt again
                 logger.warning("camera shard %d rebuilt; saved cameras not restored (%s)", shard, err)
@@ -271,8 +264,8 @@ class AnalyticsStage:
                     SNAPSHOTS_SKIPPED.inc()
                     continue
                 try:
-                    fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], analyse, rec.device_id,
-                                                                     rec.jpeg, rec.ts)
+                    fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], camera_shards.analyse,
+                                                                     rec.device_id, rec.jpeg, rec.ts)
                 except BrokenProcessPool:
                     SNAPSHOTS_SKIPPED.inc()
                     self._start_rebuild(shard)
@@ -494,9 +487,9 @@ class AnalyticsStage:
     async def _save_cameras(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            parts = await asyncio.gather(*(loop.run_in_executor(shard, export_states)
+            parts = await asyncio.gather(*(loop.run_in_executor(shard, camera_shards.export_states)
                                            for i, shard in enumerate(self._shards) if not self._shard_dead(i)))
-            rows = [(CAMERA_STATE_PREFIX + device_id, data) for part in parts for device_id, data in part]
+            rows = camera_shards.scene_rows(parts)
             if rows:
                 async with self.pool.acquire(timeout=5) as conn, conn.transaction():
                     if self.guard is not None:

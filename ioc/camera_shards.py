@@ -1,19 +1,42 @@
 """Camera shard processes of the analytics stage: each holds the analysers (and learned scenes) of its cameras.
 
-The functions here run in the shard's own process (spawned by ``AnalyticsStage``); the stage sends each
-snapshot to the shard chosen by camera id, and exports/imports the learned scenes through them.
+The functions ``shard_init`` .. ``import_states`` run in the shard's own process (spawned by
+``AnalyticsStage``); the stage sends each snapshot to the shard chosen by camera id (``shard_of``), and
+exports/imports the learned scenes through them, saved one row per camera (``scene_rows``, ``split_saved``).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import zlib
 from datetime import datetime
 from typing import Any
 
 from analytics.findings import Finding
 
 logger = logging.getLogger(__name__)
+
+CAMERA_STATE_PREFIX = "camera:"  # one saved state per camera: shard counts may differ between runs
+
+
+def shard_of(device_id: str, shards: int) -> int:
+    """The shard that holds a camera's analyser (stable across runs with the same shard count)."""
+    return zlib.crc32(device_id.encode()) % shards
+
+
+def scene_rows(parts: list[list[tuple[str, bytes]]]) -> list[tuple[str, bytes]]:
+    """The shards' exported scenes as ``analytics_state`` rows."""
+    return [(CAMERA_STATE_PREFIX + device_id, data) for part in parts for device_id, data in part]
+
+
+def split_saved(rows: list[tuple[str, bytes]], shards: int) -> list[list[tuple[str, bytes]]]:
+    """Saved scene rows as (camera, scene) per shard, for ``import_states``."""
+    per_shard: list[list[tuple[str, bytes]]] = [[] for _ in range(shards)]
+    for name, data in rows:
+        device_id = name.removeprefix(CAMERA_STATE_PREFIX)
+        per_shard[shard_of(device_id, shards)].append((device_id, data))
+    return per_shard
 
 _analysers: dict[str, Any] = {}
 _unsaved: set[str] = set()  # cameras analysed since their state was last exported

@@ -16,7 +16,8 @@ import pytest
 from analytics.camera.stale import StaleMonitor
 from analytics.findings import Finding
 from ingest.records import ParsedMessage, Reading, Snapshot
-from ioc.analytics_stage import CAMERA_STATE_PREFIX, AnalyticsStage
+from ioc.analytics_stage import AnalyticsStage
+from ioc.camera_shards import CAMERA_STATE_PREFIX
 from ioc.live.hub import LiveHub
 from storage.config import StorageConfig
 from storage.db import create_pool
