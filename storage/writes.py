@@ -42,6 +42,18 @@ _TELEMETRY_UNNEST = (
 _TELEMETRY_FROM_STAGE = (
     "INSERT INTO telemetry (ts, device_id, metric, value, seq) "
     "SELECT ts, device_id, metric, value, seq FROM telemetry_stage ON CONFLICT DO NOTHING")
+# The newest value per (device, metric), in the same transaction (migration 0013): sorted by key so two
+# workers carrying one device lock its rows in one order; an older or redelivered reading changes nothing.
+_LATEST_SET = ("ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value "
+               "WHERE excluded.ts > l.ts")
+_LATEST_FROM_STAGE = (
+    "INSERT INTO telemetry_latest AS l (device_id, metric, ts, value) "
+    "SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, value FROM telemetry_stage "
+    f"ORDER BY device_id, metric, ts DESC {_LATEST_SET}")
+_LATEST_UNNEST = (
+    "INSERT INTO telemetry_latest AS l (device_id, metric, ts, value) "
+    "SELECT DISTINCT ON (d, m) d, m, t, v FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[]) "
+    f"AS u(t, d, m, v) ORDER BY d, m, t DESC {_LATEST_SET}")
 _STATUS = (
     "INSERT INTO device_status (ts, device_id, state, reason, received_at) "
     "SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) "
@@ -88,8 +100,11 @@ async def write_batch(conn: Any, rows: BatchRows, method: WriteMethod = "copy") 
             if method == "copy":
                 await conn.copy_records_to_table("telemetry_stage", records=rows.telemetry)
                 await conn.execute(_TELEMETRY_FROM_STAGE)
+                await conn.execute(_LATEST_FROM_STAGE)
             else:
-                await conn.execute(_TELEMETRY_UNNEST, *_columns(rows.telemetry, 5))
+                columns = _columns(rows.telemetry, 5)
+                await conn.execute(_TELEMETRY_UNNEST, *columns)
+                await conn.execute(_LATEST_UNNEST, *columns[:4])
         if rows.status:
             await conn.execute(_STATUS, *_columns(rows.status, 5))
         if rows.events:

@@ -74,10 +74,9 @@ def traffic() -> dict[str, Any]:
         Panel("Flow by district (sum of sensors)", "timeseries",
               [_per_district("traffic", "flow_veh_h", "avg(r.sum_avg)")]),
         Panel("Slowest sensors in the last 15 minutes", "table", [
-            "SELECT device_id, district, ts, speed_kmh FROM (SELECT DISTINCT ON (t.device_id) t.device_id, "
-            "d.district, t.ts, t.value AS speed_kmh FROM telemetry t JOIN devices d USING (device_id) "
-            "WHERE t.metric = 'speed_kmh' AND t.ts > now() - interval '15 minutes' AND d.district IN ($district) "
-            "ORDER BY t.device_id, t.ts DESC) latest ORDER BY speed_kmh LIMIT 15"], fmt="table"),
+            "SELECT l.device_id, d.district, l.ts, l.value AS speed_kmh FROM telemetry_latest l "
+            "JOIN devices d USING (device_id) WHERE l.metric = 'speed_kmh' AND l.ts > now() - interval '15 minutes' "
+            "AND d.district IN ($district) ORDER BY speed_kmh LIMIT 15"], fmt="table"),
         Panel("Speed, 7-day trend (hourly)", "timeseries", [_city("traffic", "speed_kmh", "speed km/h", "kpi_1h")],
               w=24, unit="velocitykmh", description="From the hourly rollup: set the time range to 7 days."),
     ]

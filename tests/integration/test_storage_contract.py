@@ -123,6 +123,12 @@ async def test_write_then_read_back(conn: asyncpg.Connection,
     assert latest == {"speed_kmh": 90.0, "flow_veh_h": 91.0}
     seed = {r["metric"]: r["value"] for r in await queries.recent_latest_values(conn, t0) if r["device_id"] == dev}
     assert seed == latest
+    # a late reading (older than the newest) is stored but does not become the latest value
+    late = BatchRows(telemetry=[(t0 - timedelta(minutes=5), dev, "speed_kmh", -1.0, None),
+                                (t0 + timedelta(minutes=20), dev, "occupancy_pct", 7.0, None)])
+    await write_batch(conn, late, method_for(backend))  # type: ignore[arg-type]
+    latest = {r["metric"]: r["value"] for r in await queries.latest_values(conn, dev, t0 - timedelta(days=1))}
+    assert latest == {"speed_kmh": 90.0, "flow_veh_h": 91.0, "occupancy_pct": 7.0}
 
     raw = await queries.raw_points(conn, dev, "speed_kmh", t0, t0 + timedelta(hours=1), 1000)
     assert [r["value"] for r in raw] == [i * 10.0 for i in range(10)]
