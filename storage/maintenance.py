@@ -2,7 +2,8 @@
 
 Fallback backend: create daily partitions ahead, move strays out of DEFAULT partitions, drop partitions
 and rollup rows past retention. Both backends: keep a bounded snapshot history per camera and prune old
-quarantine and findings.
+quarantine and findings, and forget devices silent past the retention (their latest values and learned
+state).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ async def run_maintenance(conn: Any, backend: Backend, config: StorageConfig,
     """Do all housekeeping once; safe to call concurrently from several workers (advisory lock)."""
     now = now or datetime.now(UTC)
     stats = {"partitions_created": 0, "partitions_dropped": 0, "snapshots_pruned": 0, "quarantine_pruned": 0,
-             "findings_pruned": 0, "rollups_pruned": 0}
+             "findings_pruned": 0, "rollups_pruned": 0, "latest_pruned": 0, "series_state_pruned": 0}
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
         return stats  # another worker is at it
     try:
@@ -44,6 +45,13 @@ async def run_maintenance(conn: Any, backend: Backend, config: StorageConfig,
             now - timedelta(days=config.quarantine_retention_days)))
         stats["findings_pruned"] = _count(await conn.execute(
             "DELETE FROM findings WHERE ts < $1", now - timedelta(days=config.retention_days)))
+        # A device silent past the retention has no readings left to chart: its latest values and learned
+        # state go too (a leader writing a device that has just come back keeps the row: the DELETE re-checks
+        # the updated row). Learned state is relearned from scratch if it ever reports again.
+        expired = now - timedelta(days=config.retention_days)
+        stats["latest_pruned"] = _count(await conn.execute("DELETE FROM telemetry_latest WHERE ts < $1", expired))
+        stats["series_state_pruned"] = _count(await conn.execute(
+            "DELETE FROM series_state WHERE updated_at < $1", expired))
         stats["rollups_pruned"] = await prune_rollups(conn, backend, now, config.rollup_5m_retention_days,
                                                       config.rollup_1h_retention_days)
     finally:

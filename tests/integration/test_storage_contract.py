@@ -196,6 +196,25 @@ async def test_maintenance_runs(conn: asyncpg.Connection,
     assert stats["snapshots_pruned"] >= 0
 
 
+async def test_maintenance_forgets_devices_silent_past_retention(
+        conn: asyncpg.Connection, backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    backend = backend_dsn[0]
+    if method_for(backend) == "copy":
+        await conn.execute(STAGING_DDL)
+    gone, alive, scope = unique_id("G"), unique_id("A"), unique_id("scope")
+    now = datetime.now(UTC)
+    await write_batch(conn, BatchRows(telemetry=[(now - timedelta(days=40), gone, "speed_kmh", 1.0, None),
+                                                 (now, alive, "speed_kmh", 2.0, None)]),
+                      method_for(backend))  # type: ignore[arg-type]
+    await save_series_states(conn, scope, [(gone, b"old"), (alive, b"new")])
+    await conn.execute("UPDATE series_state SET updated_at = $1 WHERE device_id = $2", now - timedelta(days=40), gone)
+    stats = await run_maintenance(conn, backend, StorageConfig(retention_days=30))
+    assert stats["latest_pruned"] >= 1 and stats["series_state_pruned"] >= 1
+    assert await load_series_states(conn, scope) == [(alive, b"new")]
+    kept = await conn.fetch("SELECT device_id FROM telemetry_latest WHERE device_id = ANY($1::text[])", [gone, alive])
+    assert [r["device_id"] for r in kept] == [alive]
+
+
 async def test_rollups_agree_with_the_raw_rows_and_fold_in_late_data(
         conn: asyncpg.Connection, backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
     backend = backend_dsn[0]
