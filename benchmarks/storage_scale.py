@@ -41,7 +41,9 @@ from typing import Any
 import asyncpg
 
 from dashboards.grafana.boards import all_dashboards
+from ingest.config import IngestConfig
 from ingest.contract import METRICS
+from ingest.latest import LatestValues
 from storage import queries
 from storage.config import StorageConfig
 from storage.db import STAGING_DDL, Backend
@@ -124,14 +126,22 @@ async def load(connect: Callable[[], Awaitable[asyncpg.Connection]], backend: Ba
     written = 0
 
     async def writer() -> None:
+        # as an ingest worker does: each batch in its transaction, the newest value per key coalesced and
+        # written every IOC_INGEST__LATEST_EVERY_S (2 s of wall time, whatever the data's own time)
         nonlocal written
         conn = await connect()
+        latest, latest_at = LatestValues(), time.monotonic()
         try:
             if method == "copy":
                 await conn.execute(STAGING_DDL)
             while (batch := await queue.get()) is not None:
                 await write_batch(conn, BatchRows(telemetry=batch), method)  # type: ignore[arg-type]
+                latest.add(batch)
                 written += len(batch)
+                if time.monotonic() - latest_at >= IngestConfig().latest_every_s:
+                    await latest.flush(conn)
+                    latest_at = time.monotonic()
+            await latest.flush(conn)
         finally:
             await conn.close()
 

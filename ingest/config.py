@@ -45,6 +45,9 @@ class IngestConfig(BaseModel):
         "copy", description="copy: COPY into a staging table (fast); unnest: array INSERT (no COPY support).")
     registry_touch_s: float = Field(
         5.0, ge=0, description="Write a device's last_seen at most this often (state changes write at once).")
+    latest_every_s: float = Field(
+        2.0, gt=0, description="Write the newest value of each device and metric (telemetry_latest: the API's "
+        "start seed, device pages) at most this often, coalesced.")
     retry_min_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(5.0, gt=0)
     quarantine_payload_bytes: int = Field(64 * 1024, ge=256, description="Quarantined payloads are cut here.")

@@ -27,6 +27,7 @@ from ingest.config import IngestConfig
 from ingest.contract import CHANNELS
 from ingest.errors import Failure, classify
 from ingest.guard import MetricNameGuard
+from ingest.latest import LatestValues
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.parse import internal_error, parse_message
 from ingest.records import ParsedMessage, Reading, Reason, Rejection
@@ -66,6 +67,7 @@ class IngestWorker:
         self.session = MqttSession(session, self._on_message, self._on_connection_change)
         self.registry = RegistryCache(config.registry_touch_s)
         self.guard = MetricNameGuard()
+        self.latest = LatestValues()
         #: Awaited with each committed batch's messages before they are acked (the analytics stream).
         self.after_commit: Callable[[list[ParsedMessage]], Awaitable[None]] | None = None
         self._pool: asyncpg.Pool | None = None
@@ -89,6 +91,7 @@ class IngestWorker:
         self._pool = await self._open_pool()
         tasks = [asyncio.create_task(self._writer(i), name=f"ingest-writer-{i}")
                  for i in range(self.config.writers)]
+        tasks.append(asyncio.create_task(self._latest_loop(), name="ingest-latest"))
         if self.maintenance_interval_s:
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="ingest-maintenance"))
             tasks.append(asyncio.create_task(self._rollup_loop(), name="ingest-rollups"))
@@ -98,6 +101,7 @@ class IngestWorker:
             await self._stopped.wait()
         finally:
             await self._drain(timeout=10.0)
+            await self._write_latest()
             await self.session.stop()
             session_task.cancel()
             for task in tasks:
@@ -290,6 +294,7 @@ class IngestWorker:
     def _committed(self, messages: list[Pending], rows: BatchRows) -> None:
         self.last_db_error = None
         self.registry.committed(rows.devices)
+        self.latest.add(rows.telemetry)
         now = datetime.now(UTC)
         per_channel: dict[str, int] = {}
         for msg in messages:
@@ -332,6 +337,20 @@ class IngestWorker:
                 logger.warning("maintenance failed: %s", err)
             await asyncio.sleep(self.maintenance_interval_s)
 
+
+    async def _latest_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.latest_every_s)
+            await self._write_latest()
+
+    async def _write_latest(self) -> None:
+        if not len(self.latest) or self._pool is None:
+            return
+        try:
+            async with self._pool.acquire(timeout=10) as conn:
+                await self.latest.flush(conn)
+        except Exception as err:  # kept for the next round; the readings themselves are committed
+            logger.warning("latest values not written (%d kept for the next try): %s", len(self.latest), err)
 
     async def _rollup_loop(self) -> None:
         """Fallback backend: keep the rollups current (one worker at a time; TimescaleDB has jobs for it)."""

@@ -42,18 +42,6 @@ _TELEMETRY_UNNEST = (
 _TELEMETRY_FROM_STAGE = (
     "INSERT INTO telemetry (ts, device_id, metric, value, seq) "
     "SELECT ts, device_id, metric, value, seq FROM telemetry_stage ON CONFLICT DO NOTHING")
-# The newest value per (device, metric), in the same transaction (migration 0013): sorted by key so two
-# workers carrying one device lock its rows in one order; an older or redelivered reading changes nothing.
-_LATEST_SET = ("ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value "
-               "WHERE excluded.ts > l.ts")
-_LATEST_FROM_STAGE = (
-    "INSERT INTO telemetry_latest AS l (device_id, metric, ts, value) "
-    "SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, value FROM telemetry_stage "
-    f"ORDER BY device_id, metric, ts DESC {_LATEST_SET}")
-_LATEST_UNNEST = (
-    "INSERT INTO telemetry_latest AS l (device_id, metric, ts, value) "
-    "SELECT DISTINCT ON (d, m) d, m, t, v FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[]) "
-    f"AS u(t, d, m, v) ORDER BY d, m, t DESC {_LATEST_SET}")
 _STATUS = (
     "INSERT INTO device_status (ts, device_id, state, reason, received_at) "
     "SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) "
@@ -100,11 +88,8 @@ async def write_batch(conn: Any, rows: BatchRows, method: WriteMethod = "copy") 
             if method == "copy":
                 await conn.copy_records_to_table("telemetry_stage", records=rows.telemetry)
                 await conn.execute(_TELEMETRY_FROM_STAGE)
-                await conn.execute(_LATEST_FROM_STAGE)
             else:
-                columns = _columns(rows.telemetry, 5)
-                await conn.execute(_TELEMETRY_UNNEST, *columns)
-                await conn.execute(_LATEST_UNNEST, *columns[:4])
+                await conn.execute(_TELEMETRY_UNNEST, *_columns(rows.telemetry, 5))
         if rows.status:
             await conn.execute(_STATUS, *_columns(rows.status, 5))
         if rows.events:
@@ -120,6 +105,24 @@ async def write_batch(conn: Any, rows: BatchRows, method: WriteMethod = "copy") 
 def _columns(rows: Sequence[Any], width: int) -> list[list[Any]]:
     """Transpose rows into the column arrays ``unnest`` takes."""
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+LatestRow = tuple[str, str, datetime, float]
+# Sorted by key so two workers carrying one device lock its rows in one order; an older or redelivered
+# reading changes nothing.
+_LATEST = (
+    "INSERT INTO telemetry_latest AS l (device_id, metric, ts, value) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[]) "
+    "ON CONFLICT (device_id, metric) DO UPDATE SET ts = excluded.ts, value = excluded.value "
+    "WHERE excluded.ts > l.ts")
+
+
+async def write_latest(conn: Any, rows: Sequence[LatestRow]) -> None:
+    """Keep the newest value of each (device, metric) in ``rows`` (``(device, metric, ts, value)``, one per
+    key) in ``telemetry_latest``: derived from committed readings, written apart from them (see
+    :class:`ingest.latest.LatestValues`)."""
+    if rows:
+        await conn.execute(_LATEST, *_columns(sorted(rows), 4))
 
 
 FindingRow = tuple[datetime, str, str, str, float, str, str]

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from dashboards.grafana.boards import all_dashboards
+from ingest.latest import LatestValues
 from storage import queries
 from storage.config import StorageConfig
 from storage.db import STAGING_DDL, Backend, read_backend
@@ -24,6 +25,7 @@ from storage.migrate import current_version, upgrade
 from storage.rollups import complete_before, refresh_recent, refresh_rollups
 from storage.writes import (
     BatchRows,
+    TelemetryRow,
     load_series_states,
     load_state,
     load_states,
@@ -113,6 +115,7 @@ async def test_write_then_read_back(conn: asyncpg.Connection,
                  (dev, "traffic", t0, t0 + timedelta(minutes=9), 20.86, 106.68, "online", "boot", t0, 9)])
     await write_batch(conn, rows, method_for(backend))  # type: ignore[arg-type]
     await write_batch(conn, rows, method_for(backend))  # a redelivery adds nothing
+    await _write_latest(conn, rows.telemetry, rows.telemetry)
 
     device = await queries.get_device(conn, dev)
     assert device is not None
@@ -127,6 +130,7 @@ async def test_write_then_read_back(conn: asyncpg.Connection,
     late = BatchRows(telemetry=[(t0 - timedelta(minutes=5), dev, "speed_kmh", -1.0, None),
                                 (t0 + timedelta(minutes=20), dev, "occupancy_pct", 7.0, None)])
     await write_batch(conn, late, method_for(backend))  # type: ignore[arg-type]
+    await _write_latest(conn, late.telemetry)
     latest = {r["metric"]: r["value"] for r in await queries.latest_values(conn, dev, t0 - timedelta(days=1))}
     assert latest == {"speed_kmh": 90.0, "flow_veh_h": 91.0, "occupancy_pct": 7.0}
 
@@ -186,6 +190,14 @@ async def test_learned_state_is_kept_per_device_and_scope(conn: asyncpg.Connecti
     assert await load_series_states(conn, other) == [("dev-a", b"another detector")]
 
 
+async def _write_latest(conn: asyncpg.Connection, *batches: list[TelemetryRow]) -> None:
+    """What an ingest worker does with committed readings: coalesce, then write the newest per key."""
+    latest = LatestValues()
+    for rows in batches:
+        latest.add(rows)
+    await latest.flush(conn)
+
+
 async def test_maintenance_runs(conn: asyncpg.Connection,
                                 backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
     backend = backend_dsn[0]
@@ -203,9 +215,8 @@ async def test_maintenance_forgets_devices_silent_past_retention(
         await conn.execute(STAGING_DDL)
     gone, alive, scope = unique_id("G"), unique_id("A"), unique_id("scope")
     now = datetime.now(UTC)
-    await write_batch(conn, BatchRows(telemetry=[(now - timedelta(days=40), gone, "speed_kmh", 1.0, None),
-                                                 (now, alive, "speed_kmh", 2.0, None)]),
-                      method_for(backend))  # type: ignore[arg-type]
+    await _write_latest(conn, [(now - timedelta(days=40), gone, "speed_kmh", 1.0, None),
+                               (now, alive, "speed_kmh", 2.0, None)])
     await save_series_states(conn, scope, [(gone, b"old"), (alive, b"new")])
     await conn.execute("UPDATE series_state SET updated_at = $1 WHERE device_id = $2", now - timedelta(days=40), gone)
     stats = await run_maintenance(conn, backend, StorageConfig(retention_days=30))
