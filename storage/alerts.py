@@ -6,7 +6,7 @@ the engine. JSON columns are sent as text and cast, and parsed on the way out.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,6 +27,11 @@ def _parse(row: Any, *json_cols: str) -> dict[str, Any]:
     for col in json_cols:
         if isinstance(out.get(col), str):
             out[col] = orjson.loads(out[col])
+    for col, value in out.items():
+        # asyncpg reads a timestamptz of -infinity/infinity as a naive datetime.min/max: made aware, so a row that
+        # holds one (stored before the API refused such times) still compares with every other time
+        if isinstance(value, datetime) and value.tzinfo is None:
+            out[col] = value.replace(tzinfo=UTC)
     return out
 
 

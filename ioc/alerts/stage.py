@@ -73,6 +73,8 @@ class AlertStage:
         self.liveness_every_s = LIVENESS_EVERY_S  # the brain saves them as often as the detectors' state
         self._stalled = False
         self._quiet = 0
+        #: since when (and why) every tick's step raises: the engine judges nothing meanwhile (None: it works)
+        self.step_failing: tuple[datetime, str] | None = None
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # replays set simulated time
         self.loaded = False  # the engine numbers rows itself: it must not run before it knows the last ids
         # Set when started against the database: silence is counted from then (the downtime was ours).
@@ -185,7 +187,7 @@ class AlertStage:
             await asyncio.sleep(self.config.tick_s)
             if await self._reserve_ids():
                 async with self._lock:
-                    self.step(datetime.now(UTC))
+                    self._step_safely(datetime.now(UTC))
             await self.flush()
             if loop.time() - last_reload >= self.config.reload_s:
                 last_reload = loop.time()
@@ -196,6 +198,20 @@ class AlertStage:
             if loop.time() - last_saved >= self.liveness_every_s:
                 last_saved = loop.time()
                 await self.save()
+
+    def _step_safely(self, now: datetime) -> None:
+        """One tick's :meth:`step`; never raises. A step that raises loses that tick's signals (counted, logged)
+        and the loop goes on: the stage never ends on one bad signal or record. Health reports a step that keeps
+        raising (e.g. a stored silence or roster row the engine cannot compare)."""
+        try:
+            self.step(now)
+        except Exception as err:
+            HANDLER_ERRORS.labels("alerts").inc()
+            if self.step_failing is None:
+                self.step_failing = (now, f"{type(err).__name__}: {err}"[:200])
+                logger.exception("alert engine step raised; the tick's signals are dropped and the stage goes on")
+            return
+        self.step_failing = None
 
     async def _reserve_ids(self) -> bool:
         """Hold enough database ids for the next step (each new alert and incident takes one); False: wait."""
@@ -296,6 +312,9 @@ class AlertStage:
         if self._stalled:  # e.g. the input's subscription silently receives nothing, or the broker link hangs
             problems.append(f"alerts: input stalled, {self._quiet} of {len(self.liveness.devices)} devices quiet at "
                             "once (silence alerts held back)")
+        if self.step_failing is not None and (datetime.now(UTC) - self.step_failing[0]).total_seconds() > 5:
+            problems.append(f"alerts: the engine's step raises on every tick since {self.step_failing[0]:%H:%M:%S} "
+                            f"({self.step_failing[1]}); nothing is judged")
         since = self.flush_failing_since
         waited = (datetime.now(UTC) - since).total_seconds() if since is not None else 0.0
         if waited > STALL_S:

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+#: The times a request may carry (query or body). Near year 1 or 9999 a time overflows once moved to UTC or
+#: shifted by a default window, and asyncpg stores exactly 0001-01-01 / 9999-12-31T23:59:59.999999 as -infinity /
+#: infinity, read back without a zone: a silence holding one made the alert engine raise on every tick.
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _api_time(value: datetime) -> datetime:
+    """A request's time in UTC (no offset: UTC), within [TIME_MIN, TIME_MAX)."""
+    try:
+        ts = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time is out of range") from None
+    if not TIME_MIN <= ts < TIME_MAX:
+        raise ValueError(f"time must be from {TIME_MIN.date()} to before {TIME_MAX.date()}")
+    return ts
+
+
+#: Every time a request carries: validated, aware, in UTC.
+ApiTime = Annotated[datetime, AfterValidator(_api_time)]
 
 
 class DevicePublic(BaseModel):

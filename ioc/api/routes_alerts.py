@@ -15,6 +15,7 @@ from ioc.alerts.model import Severity
 from ioc.alerts.silences import validate_matchers
 from ioc.alerts.stage import AlertStage
 from ioc.api.deps import CurrentPrincipal, PoolDep, Principal, Role, requires
+from ioc.api.models import ApiTime
 from ioc.cluster import actions
 from ioc.cluster.views import incident_views
 from storage import alerts as store
@@ -44,8 +45,8 @@ class SilenceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     matchers: dict[str, str] = Field(description="any of device_id, district, kind, rule, category; all must match")
-    starts_at: datetime | None = Field(None, description="default now")
-    ends_at: datetime
+    starts_at: ApiTime | None = Field(None, description="default now")
+    ends_at: ApiTime
     reason: str = Field(min_length=1, max_length=500)
     author: str | None = Field(None, max_length=64, description="ignored: the author is the authenticated caller")
 
@@ -53,7 +54,7 @@ class SilenceCreate(BaseModel):
 class SilenceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ends_at: datetime | None = None
+    ends_at: ApiTime | None = None
     reason: str | None = Field(None, min_length=1, max_length=500)
 
 
@@ -71,8 +72,8 @@ class ShiftCreate(BaseModel):
 
     officer_id: str
     level: int = Field(1, ge=1, le=9)
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: ApiTime
+    ends_at: ApiTime
 
 
 class PolicyPut(BaseModel):
@@ -120,7 +121,7 @@ async def _reload(request: Request) -> None:
 
 @router.get("/api/incidents", dependencies=[requires(Role.VIEWER)])
 async def list_incidents(pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
-                         category: str | None = None, district: str | None = None, since: datetime | None = None,
+                         category: str | None = None, district: str | None = None, since: ApiTime | None = None,
                          limit: Limit = 100) -> list[dict[str, Any]]:
     """Incidents, newest first (filter by state, severity, category, district, start time)."""
     async with pool.acquire() as conn:
@@ -169,7 +170,7 @@ async def act_on_incident(request: Request, incident_id: int, action: str, body:
 @router.get("/api/alerts", dependencies=[requires(Role.VIEWER)])
 async def list_alerts(pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
                       device_id: str | None = None, district: str | None = None, rule: str | None = None,
-                      incident_id: int | None = None, since: datetime | None = None,
+                      incident_id: int | None = None, since: ApiTime | None = None,
                       limit: Limit = 100) -> list[dict[str, Any]]:
     """Alerts, newest first."""
     async with pool.acquire() as conn:
@@ -274,7 +275,7 @@ async def delete_officer(request: Request, pool: PoolDep, officer_id: str) -> di
 
 
 @router.get("/api/shifts", dependencies=[requires(Role.VIEWER)])
-async def list_shifts(pool: PoolDep, since: datetime | None = None) -> list[dict[str, Any]]:
+async def list_shifts(pool: PoolDep, since: ApiTime | None = None) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
         return await store.list_shifts(conn, since)
 
@@ -301,7 +302,7 @@ async def delete_shift(request: Request, pool: PoolDep, shift_id: int) -> dict[s
 
 
 @router.get("/api/oncall", dependencies=[requires(Role.VIEWER)])
-async def on_call(pool: PoolDep, at: datetime | None = None) -> dict[str, list[str]]:
+async def on_call(pool: PoolDep, at: ApiTime | None = None) -> dict[str, list[str]]:
     """Who is paged at each level right now (or at ``at``); read from the roster, on any replica."""
     when = at or datetime.now(UTC)
     async with pool.acquire() as conn:

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from ioc.api.deps import BackendDep, PoolDep, Role, requires
-from ioc.api.models import DeviceDetail, DevicePublic, QuarantinePublic, TelemetryBucket, TelemetryPoint
+from ioc.api.models import ApiTime, DeviceDetail, DevicePublic, QuarantinePublic, TelemetryBucket, TelemetryPoint
 from storage import queries
 from storage.config import StorageConfig
 
@@ -66,7 +66,7 @@ _PAGE_HEADERS = {
             response_model=list[TelemetryPoint] | list[TelemetryBucket], responses={200: {"headers": _PAGE_HEADERS},
                        422: {"description": "bad parameters, or a range reaching past what is kept"}})
 async def telemetry(request: Request, response: Response, pool: PoolDep, backend: BackendDep, device_id: str,
-                    metric: str | None = None, start: datetime | None = None, end: datetime | None = None,
+                    metric: str | None = None, start: ApiTime | None = None, end: ApiTime | None = None,
                     bucket: Annotated[str | None, Query(description="e.g. 1m, 5m, 1h: aggregate per bucket")] = None,
                     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
                     cursor: Annotated[str | None, Query(max_length=200, description=(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 from ingest.metrics import HANDLER_ERRORS
 from ioc.api.deps import PoolDep, Role, recheck, requires, websocket_origin, websocket_slot
 from ioc.api.edge import bad_text_in_message
+from ioc.api.models import ApiTime
 from ioc.api.routes_alerts import ActionRequest
 from ioc.cluster import actions as cluster_actions
 from ioc.live.filters import FilterError, Subscription
@@ -153,7 +153,7 @@ async def live_stats(request: Request) -> dict[str, Any]:
 
 @router.get("/api/findings", dependencies=[requires(Role.VIEWER)])
 async def findings(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-                   device_id: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+                   device_id: str | None = None, since: ApiTime | None = None) -> list[dict[str, Any]]:
     """Detector findings (numeric and camera), newest first."""
     async with pool.acquire() as conn:
         rows = await queries.recent_findings(conn, limit, device_id, since)
@@ -192,7 +192,7 @@ async def summary(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/api/devices/{device_id}/snapshot", response_class=Response, dependencies=[requires(Role.VIEWER)],
             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no snapshot"}})
-async def latest_snapshot(pool: PoolDep, device_id: str, at: datetime | None = None) -> Response:
+async def latest_snapshot(pool: PoolDep, device_id: str, at: ApiTime | None = None) -> Response:
     """The most recent snapshot of a camera as ``image/jpeg``; with ``at`` (RFC 3339), the picture it showed
     then (the evidence of an alert), while it is still within the kept history."""
     if at is not None and at.tzinfo is None:

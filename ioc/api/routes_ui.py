@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from ioc.api.deps import BackendDep, PoolDep, Role, requires
+from ioc.api.models import ApiTime
 from ioc.settings import Settings
 from storage import queries
 
@@ -34,8 +35,8 @@ def router_for(settings: Settings) -> APIRouter:
                 "alerts": settings.alerts.enabled}  # the deployment's, not this replica's (the brain may run elsewhere)
 
     @router.get("/api/devices/{device_id}/status", dependencies=[requires(Role.VIEWER)])
-    async def status_history(pool: PoolDep, device_id: str, start: datetime | None = None,
-                             end: datetime | None = None, limit: Limit = 2000) -> list[dict[str, Any]]:
+    async def status_history(pool: PoolDep, device_id: str, start: ApiTime | None = None,
+                             end: ApiTime | None = None, limit: Limit = 2000) -> list[dict[str, Any]]:
         """States the device reported in ``[start, end)`` (default: the last 24 h), oldest first; the first
         row may be older than ``start``: it is the state in force when the window opens."""
         start, end = _window(start, end, timedelta(hours=24))
@@ -43,8 +44,8 @@ def router_for(settings: Settings) -> APIRouter:
             return await queries.status_history(conn, device_id, start, end, limit)
 
     @router.get("/api/devices/{device_id}/events", dependencies=[requires(Role.VIEWER)])
-    async def device_events(pool: PoolDep, device_id: str, start: datetime | None = None,
-                            end: datetime | None = None, limit: Limit = 200) -> list[dict[str, Any]]:
+    async def device_events(pool: PoolDep, device_id: str, start: ApiTime | None = None,
+                            end: ApiTime | None = None, limit: Limit = 200) -> list[dict[str, Any]]:
         """Alarms the device sent itself in ``[start, end)`` (default: the last 24 h), newest first."""
         start, end = _window(start, end, timedelta(hours=24))
         async with pool.acquire() as conn:

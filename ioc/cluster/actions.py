@@ -190,6 +190,8 @@ class ActionWorker:
             async with self.pool.acquire(timeout=5) as conn:
                 action_id = await sql.submit_action(conn, origin, incident_id, action, actor, note, assignee,
                                                     epoch=self.epoch)
+        except asyncpg.DataError as err:  # a value the database cannot hold (an id past 64 bits): the caller's
+            raise ActionFailed(422, f"invalid value: {err}"[:300]) from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as err:
             raise ActionFailed(503, f"the action was not recorded ({err}); it was not applied") from None
         return await self._apply(action_id, action, incident_id, actor, note, assignee)

@@ -290,6 +290,8 @@ class Brain:
         if self.own_input:
             self.input = tie_acks(BrainInput(settings, tuple(sinks)), self.analytics, self.alerts)
             self._tasks.append(asyncio.create_task(self.input.run(), name="brain-input"))
+        for task in self._tasks:  # a stage that ends on its own is a bug: say so, never silently
+            task.add_done_callback(_task_ended)
         state.analytics, state.alerts = self.analytics, self.alerts
         logger.warning("brain started (epoch %d): %s", epoch, ", ".join(t.get_name() for t in self._tasks))
 
@@ -358,3 +360,9 @@ class Brain:
         self.input = None
         self.epoch = None
         logger.warning("brain stopped (epoch %d, %s)", epoch, "clean shutdown" if clean else "lease lost")
+
+
+def _task_ended(task: asyncio.Task[Any]) -> None:
+    """Log a brain task that ended with an exception (it is otherwise only seen at shutdown, if ever)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("brain task %s ended: %r", task.get_name(), task.exception(), exc_info=task.exception())
