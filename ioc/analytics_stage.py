@@ -30,6 +30,7 @@ from analytics.numeric.monitor import NumericMonitor
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc import camera_shards
+from ioc.analytics_isolation import Isolation
 from ioc.live.hub import LiveHub
 from storage.writes import (
     FindingRow,
@@ -91,6 +92,7 @@ class AnalyticsStage:
         self._rebuild_delay = [0.0] * camera_processes
         self._inline: dict[str, Any] = {}  # camera analysers of the inline mode
         self.dropped_readings = 0  # readings a detector raised on (per device), not analysed
+        self.isolation = Isolation()  # devices whose readings raised: run on their own for a while
         # False: the numeric detectors run on `ioc analytics-worker`s (ioc/partition); cameras stay here.
         self.numeric = numeric
         self._inflight = [0] * camera_processes
@@ -164,22 +166,23 @@ class AnalyticsStage:
 
     async def _detect_safely(self, devices: list[tuple[str, str, str]],
                              readings: list[tuple[str, str, datetime, float]]) -> list[Finding]:
-        """The detectors over one flush; never raises. When the flush raises, each device's readings are run
-        on their own, so one device whose data trips a detector costs only its own readings (counted, logged)."""
+        """The detectors over one flush; never raises. A device that raises alone is set apart (its readings run
+        on their own: ioc/analytics_isolation.py), so it costs only its own readings, not the others' flushes."""
+        (shared, apart), found = self.isolation.split(readings), []
         try:
-            return await asyncio.to_thread(self._detect, devices, readings)
+            found = await asyncio.to_thread(self._detect, devices, shared)
         except Exception:
             HANDLER_ERRORS.labels("analytics").inc()
-            errors.log("numeric detectors raised on a flush of %d readings; retrying device by device", len(readings))
-        by_device: dict[str, list[tuple[str, str, datetime, float]]] = {}
-        for r in readings:
-            by_device.setdefault(r[0], []).append(r)
-        found: list[Finding] = []
-        for device_id, rows in by_device.items():
+            errors.log("numeric detectors raised on a flush of %d readings; retrying device by device", len(shared))
+            for r in shared:
+                apart.setdefault(r[0], []).append(r)
+        for device_id, rows in apart.items():
             try:
                 found += await asyncio.to_thread(self._detect, [d for d in devices if d[0] == device_id], rows)
+                self.isolation.passed(device_id)
             except Exception:
                 self.dropped_readings += len(rows)
+                self.isolation.raised(device_id)
                 errors.log("numeric detectors raised on %s: its %d readings were not analysed", device_id, len(rows))
         return found
 
