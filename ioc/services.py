@@ -75,7 +75,8 @@ async def run_partition_worker(settings: Settings, worker_id: str) -> None:
         raise SystemExit("set IOC_PARTITION__NATS_URL (e.g. nats://127.0.0.1:4222)")
     worker = PartitionWorker(settings.database_url, settings.partition.nats_url, settings.partition.partitions,
                              worker_id, stream=settings.partition.stream, ranges=settings.analytics.metric_ranges,
-                             rebalance_s=settings.partition.rebalance_s, lease_ttl_s=settings.partition.lease_ttl_s)
+                             rebalance_s=settings.partition.rebalance_s, lease_ttl_s=settings.partition.lease_ttl_s,
+                             state_every_s=settings.analytics.series_state_every_s)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.stop)

@@ -39,11 +39,10 @@ class AnalyticsConfig(BaseModel):
 
     enabled: bool = Field(True, description="Run the numeric and camera detectors on ingested data.")
     camera_processes: int = Field(2, ge=1, le=32, description="Processes analysing camera snapshots.")
-    state_every_s: float = Field(300.0, gt=0, description="How often a partition worker (ioc analytics-worker) "
-                                 "saves its partition's learned numeric state, whole.")
-    series_state_every_s: float = Field(15.0, gt=0, description="How often the brain saves the learned state of "
-                                        "the devices that learned something since the last save (one row per "
-                                        "device), with the cameras' snapshot arrivals.")
+    series_state_every_s: float = Field(15.0, gt=0, description="How often the brain and the partition workers "
+                                        "(ioc analytics-worker) save the learned state of the devices that "
+                                        "learned something since the last save (one row per device), the brain "
+                                        "with the cameras' snapshot arrivals.")
     camera_state_every_s: float = Field(1800.0, gt=0, description="How often the camera analysers' learned "
                                         "scenes are saved (about 60 KB per camera; also saved at shutdown).")
     camera_state_max_age_s: float = Field(7 * 86400.0, gt=0, description="A camera's saved scene older than "

@@ -16,8 +16,9 @@ processing it at once and saves nothing for it.
 
 A partition's readings are read from a durable JetStream pull consumer named after the partition, so its
 next owner resumes where the last acknowledgement stopped. Each partition has its own
-:class:`NumericMonitor`, whose learned state is saved per partition (``analytics_state`` row
-``numeric:<stream>:p<N>``) and restored by the next owner.
+:class:`NumericMonitor`, whose learned state is saved every ``state_every_s`` (15 s) for the devices that
+learned something, one ``series_state`` row per device under the scope ``numeric:<stream>:p<N>``, and
+restored by the next owner (a whole-partition ``analytics_state`` blob of an older version is read once).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ import asyncpg
 import orjson
 
 from analytics.findings import Finding
+from analytics.numeric.device_state import encode_devices, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ioc.partition.findings import encode_findings, findings_subject
 from ioc.partition.stream import STREAM, decode_rows, ensure_stream, subject
 from storage import cluster as sql
 from storage.cluster import FencedError
-from storage.writes import FindingRow, load_state, save_state, write_findings
+from storage.writes import FindingRow, load_series_states, load_state, save_series_states, write_findings
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class PartitionWorker:
     """
 
     def __init__(self, database_url: str, nats_url: str, partitions: int, worker_id: str, batch: int = 256,
-                 rebalance_s: float = 2.0, state_every_s: float = 300.0, stream: str = STREAM,
+                 rebalance_s: float = 2.0, state_every_s: float = 15.0, stream: str = STREAM,
                  ranges: dict[str, tuple[float, float]] | None = None, lease_ttl_s: float = 10.0) -> None:
         if lease_ttl_s < 2 * rebalance_s:
             raise ValueError("lease_ttl_s must be at least twice rebalance_s (leases are renewed every rebalance)")
@@ -216,28 +218,46 @@ class PartitionWorker:
             raise PartitionLost(str(err)) from None
 
     async def _save(self, p: int, epoch: int, monitor: NumericMonitor) -> None:
-        if not monitor.bank.size:
-            return  # nothing learned (a partition with no district in it): nothing to keep
+        """Write the devices that learned something since the last save, one ``series_state`` row each (scope:
+        the partition), inside the fenced transaction; a refused save keeps them marked for the next one."""
+        dirty, monitor.dirty = monitor.dirty, set()
+        if not dirty:
+            return
         try:
-            state = await asyncio.to_thread(monitor.to_state)
-            await self._fenced(p, epoch, partial(save_state, name=state_name(self.stream, p), state=state))
+            names = list(monitor.table.device_idx)  # indices are handed out in insertion order
+            # the pump awaits this: nothing else touches the monitor meanwhile
+            states = await asyncio.to_thread(encode_devices, monitor, [names[d] for d in sorted(dirty)])
+            await self._fenced(p, epoch, partial(save_series_states, scope=state_name(self.stream, p),
+                                                 states=states))
         except Exception as err:  # PartitionLost included: the new owner has its own
+            monitor.dirty |= dirty
             logger.warning("partition %d: detector state not saved (%s)", p, err)
+
+    async def _restore(self, p: int) -> NumericMonitor:
+        """The partition's learned state: its devices' rows, or a whole-partition blob saved by an older version
+        (read once: the next save writes it per device)."""
+        monitor = NumericMonitor(ranges=self.ranges)
+        name = state_name(self.stream, p)
+        try:
+            async with self._pool.acquire() as conn:  # type: ignore[union-attr]
+                items = await load_series_states(conn, name)
+                blob = None if items else await load_state(conn, name)
+            if items:
+                restored = await asyncio.to_thread(restore_devices, monitor, items)
+                logger.info("partition %d: state of %d of %d devices restored", p, restored, len(items))
+            elif blob:
+                monitor = NumericMonitor.from_state(blob, ranges=self.ranges)
+        except Exception as err:  # a state this version cannot read: learn afresh rather than stop
+            logger.warning("partition %d: saved detector state not restored (%s)", p, err)
+            monitor = NumericMonitor(ranges=self.ranges)
+        return monitor
 
     async def _consume(self, p: int, epoch: int) -> None:
         assert self._pool is not None
-        async with self._pool.acquire() as conn:
-            saved = await load_state(conn, state_name(self.stream, p))
-        monitor = NumericMonitor(ranges=self.ranges)
-        if saved:
-            try:
-                monitor = NumericMonitor.from_state(saved, ranges=self.ranges)
-            except Exception as err:  # a state this version cannot read: learn afresh rather than stop
-                logger.warning("partition %d: saved detector state not restored (%s)", p, err)
-                saved = None
+        monitor = await self._restore(p)
         self.monitors[p] = monitor
         known: set[str] = set()
-        logger.info("partition %d taken, epoch %d (%s)", p, epoch, "state restored" if saved else "learning afresh")
+        logger.info("partition %d taken, epoch %d (%d series learned before)", p, epoch, monitor.bank.size)
         from nats.js.api import ConsumerConfig
 
         # A batch delivered to a worker that then gave the partition away is redelivered after ack_wait.

@@ -66,20 +66,29 @@ async def test_two_workers_share_partitions_and_one_takes_over(database_url: str
         b.stop()  # b goes away (saves its partitions' state); a takes every partition over
         await asyncio.wait_for(runs[1], 20)
         await until(lambda: len(a.tasks) == PARTITIONS, 20, "a takes b's partitions")
+        taken = b_parts & {partition_of(r.district, PARTITIONS) for r in rows(0)}
+        await until(lambda: all(p in a.monitors for p in taken), 20, "a restores what b learned")
+        for p in taken:  # b's devices come back with what they learned, before any new reading
+            assert {r.device_id for r in rows(0) if partition_of(r.district, PARTITIONS) == p} <= set(
+                a.monitors[p].table.device_idx)
         for minute in range(10, 20):
             await pub.publish(rows(minute), msg_id=f"m{minute}")
         await until(lambda: a.processed + b.processed == 600, 20, "readings after the takeover analysed")
 
         conn = await asyncpg.connect(database_url)
         try:
-            saved = {r["name"] for r in await conn.fetch(
-                "SELECT name FROM analytics_state WHERE name LIKE $1", f"numeric:{stream}:%")}
+            saved = {r["scope"] for r in await conn.fetch(
+                "SELECT DISTINCT scope FROM series_state WHERE scope LIKE $1", f"numeric:{stream}:%")}
+            devices_saved = await conn.fetchval("SELECT count(*) FROM series_state WHERE scope = ANY($1::text[])",
+                                                [state_name(stream, p) for p in b_parts])
         finally:
             await conn.close()
         with_data = {partition_of(r.district, PARTITIONS) for r in rows(0)}
         assert b_parts & with_data, "b held some of the districts"
         # what b learned, kept for its successor (a partition with no district in it has nothing to keep)
         assert saved >= {state_name(stream, p) for p in b_parts & with_data}
+        # one row per device of b's partitions
+        assert devices_saved == len({r.device_id for r in rows(0) if partition_of(r.district, PARTITIONS) in b_parts})
     finally:
         a.stop()
         b.stop()
@@ -158,13 +167,13 @@ async def test_a_paused_worker_loses_its_partitions_and_writes_nothing_for_them(
     await conn.execute(f"""
         CREATE TABLE probe_{tag} (name text, writer text, owner text);
         CREATE FUNCTION probe_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-            IF left(NEW.name, {len(prefix)}) = '{prefix}' THEN
-                INSERT INTO probe_{tag} SELECT NEW.name, current_setting('application_name'),
+            IF left(NEW.scope, {len(prefix)}) = '{prefix}' THEN
+                INSERT INTO probe_{tag} SELECT NEW.scope, current_setting('application_name'),
                     (SELECT holder FROM cluster_lease
-                     WHERE name = 'partition:{stream}:' || substr(NEW.name, {len(prefix) + 1}));
+                     WHERE name = 'partition:{stream}:' || substr(NEW.scope, {len(prefix) + 1}));
             END IF;
             RETURN NEW; END $$;
-        CREATE TRIGGER probe_{tag} BEFORE INSERT OR UPDATE ON analytics_state
+        CREATE TRIGGER probe_{tag} BEFORE INSERT OR UPDATE ON series_state
             FOR EACH ROW EXECUTE FUNCTION probe_{tag}();
     """)
 
@@ -221,7 +230,7 @@ async def test_a_paused_worker_loses_its_partitions_and_writes_nothing_for_them(
             b.stop()
         if run_b is not None:
             await asyncio.gather(run_b, return_exceptions=True)
-        await conn.execute(f"DROP TRIGGER IF EXISTS probe_{tag} ON analytics_state; DROP FUNCTION IF EXISTS "
+        await conn.execute(f"DROP TRIGGER IF EXISTS probe_{tag} ON series_state; DROP FUNCTION IF EXISTS "
                            f"probe_{tag}(); DROP TABLE IF EXISTS probe_{tag}")
         await conn.close()
         await js.delete_stream(stream)
