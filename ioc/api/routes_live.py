@@ -49,8 +49,14 @@ async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
     sender = asyncio.create_task(_send_loop(ws, client, hub))
     try:
         while True:
-            raw = await ws.receive_text()
-            client = _handle_client_message(hub, client, raw, ws)
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if message.get("text") is None:  # a binary frame (receive_text raised KeyError: the screen was cut off)
+                client.push_control(encode({"type": "error", "detail": "binary frames are not understood; "
+                                                                      "send JSON as text"}))
+                continue
+            client = _handle_client_message(hub, client, message["text"], ws)
     except WebSocketDisconnect:
         pass
     finally:
@@ -73,9 +79,13 @@ def _handle_client_message(hub: LiveHub, client: ClientSession, raw: str, ws: We
         elif doc.get("type") == "ping":
             client.push_control(encode({"type": "pong", "seq": hub.seq}))
         elif doc.get("type") == "action":
+            mine: set[asyncio.Task[None]] = ws.scope.setdefault("ioc.actions", set())
+            if len(mine) >= _MAX_ACTIONS_IN_FLIGHT:  # a flood is refused at once, not queued as tasks on the database
+                raise FilterError(f"{len(mine)} actions are still waiting for their results; wait for them")
             task = asyncio.create_task(_ws_action(ws, client, doc))
-            _ACTIONS.add(task)
-            task.add_done_callback(_ACTIONS.discard)
+            for held in (_ACTIONS, mine):
+                held.add(task)
+                task.add_done_callback(held.discard)
         else:
             raise FilterError(f"unknown message type {doc.get('type')!r}; use subscribe, ping or action")
     except (FilterError, ValueError, orjson.JSONDecodeError) as err:
@@ -88,6 +98,8 @@ def _handle_client_message(hub: LiveHub, client: ClientSession, raw: str, ws: We
 
 
 _ACTIONS: set[asyncio.Task[None]] = set()
+#: Actions one screen may have waiting for their results (each rechecks its credential in the database first).
+_MAX_ACTIONS_IN_FLIGHT = 8
 
 
 async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) -> None:
