@@ -7,11 +7,14 @@ counted from the last step. Everything stops when the incident is acknowledged o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from ioc.alerts.model import Incident, Severity, rank
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -101,15 +104,33 @@ def stop(incident: Incident, why: str) -> None:
         incident.escalation["stopped"] = why
 
 
+#: The latest a step may come (minutes): NaN, infinities and 1e308 were stored and made every tick raise.
+MAX_AFTER_MIN = 366 * 24 * 60.0
+
+
 def validate_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Steps must be non-empty, with non-decreasing ``after_min`` and levels >= 1."""
+    """Steps must be non-empty, with non-decreasing ``after_min`` in [0, a year] and levels 1-9."""
     if not steps:
         raise ValueError("a policy needs at least one step")
     clean, last = [], -1.0
     for s in steps:
-        after, level = float(s.get("after_min", 0)), int(s.get("level", 1))
-        if after < last or level < 1:
-            raise ValueError("steps need non-decreasing after_min and level >= 1")
+        after, level = float(s.get("after_min", 0)), s.get("level", 1)
+        if not 0.0 <= after <= MAX_AFTER_MIN or not float(level).is_integer() or not 1 <= level <= 9:
+            raise ValueError(f"after_min must be 0 to {MAX_AFTER_MIN:.0f} minutes and level 1 to 9")
+        level = int(level)
+        if after < last:
+            raise ValueError("steps need non-decreasing after_min")
         clean.append({"after_min": after, "level": level})
         last = after
     return clean
+
+
+def usable_policy(row: dict[str, Any]) -> bool:
+    """A stored policy whose steps no longer validate (stored before the API refused them: NaN, 1e308) is left out
+    with a warning: kept, it made every tick's escalation raise and nothing was judged."""
+    try:
+        validate_steps(row["steps"])
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        logger.warning("escalation policy %r not used: %s", row.get("id"), err)
+        return False
+    return True

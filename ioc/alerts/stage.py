@@ -26,7 +26,7 @@ from ingest.records import DeviceEvent, ParsedMessage, Reading, Snapshot, Status
 from ioc.alerts import rules
 from ioc.alerts.config import AlertsConfig
 from ioc.alerts.engine import AlertEngine, EngineConfig
-from ioc.alerts.escalation import Policy, Shift, on_duty
+from ioc.alerts.escalation import Policy, Shift, on_duty, usable_policy
 from ioc.alerts.liveness import Liveness
 from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal, State
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
@@ -168,7 +168,7 @@ class AlertStage:
             self._officers = await store.list_officers(conn)
         self.engine.shifts = [Shift(**s) for s in shifts]
         self.engine.policies = [Policy(p["id"], p["name"], Severity(p["min_severity"]), p["steps"], p["repeat"],
-                                       p["channels"]) for p in policies]
+                                       p["channels"]) for p in policies if usable_policy(p)]
         async with self._lock:
             self._unsaved.merge(self.engine.set_silences([Silence(**s) for s in silences], now))
 

@@ -10,6 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ingest.records import ParsedMessage
@@ -128,6 +131,16 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
         # a request value the database cannot hold (an id past 64 bits: /api/incidents/99999999999999999999)
         # is the caller's error, for every route at once (found by benchmarks.api_fuzz)
         return JSONResponse({"detail": f"invalid value: {exc}"[:300]}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes each refused input; one holding NaN or Infinity (the stdlib parser takes them) cannot be
+        # written back as JSON and the 422 became a 500: then the errors go back without their inputs
+        try:
+            return await request_validation_exception_handler(request, exc)
+        except ValueError:
+            errors = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in exc.errors()]
+            return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(OverflowError)
     async def arithmetic_out_of_range(request: Request, exc: Exception) -> JSONResponse:

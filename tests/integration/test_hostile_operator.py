@@ -5,7 +5,8 @@ edges of ``datetime`` to PostgreSQL's infinities) and read back without a time z
 alert engine's task for good (and, after a restart, kept the engine from loading), while /readyz said ready.
 A time near year 1 in ``end`` answered 500 (the default window overflowed).
 
-Here, on a database of its own: silences holding -infinity / infinity as an older version stored them, every
+A policy step of NaN was stored too, and made every tick's escalation raise. Here, on a database of its own: a
+silence holding -infinity / infinity and a policy step of null as an older version stored them, every
 time parameter and body field given hostile times, actions on missing, closed and concurrently acted-on
 incidents with hostile text; afterwards a device's alarm still raises its alert and the process is ready.
 """
@@ -59,6 +60,10 @@ async def test_hostile_times_and_actions_stop_nothing(own_database: str, mqtt_po
     try:  # what an older version let in: a silence over every time, on another device
         await conn.execute("INSERT INTO silences (matchers, starts_at, ends_at, reason, author) VALUES "
                            "('{\"device_id\": \"elsewhere\"}', '-infinity', 'infinity', 'forever', 'old')")
+        # and an escalation policy for every incident whose second step is NaN (stored as null)
+        await conn.execute("INSERT INTO escalation_policies (id, name, min_severity, steps, repeat, channels) VALUES "
+                           "('nan-step', 'old', 'info', '[{\"after_min\": 0, \"level\": 1}, "
+                           "{\"after_min\": null, \"level\": 2}]', 100, '[\"webhook\"]')")
     finally:
         await conn.close()
     env = ingest_env(own_database, mqtt_port, IOC_MQTT__CLIENT_ID=f"hostop-{uuid.uuid4().hex[:6]}",
@@ -96,6 +101,17 @@ async def test_hostile_times_and_actions_stop_nothing(own_database: str, mqtt_po
                              {"officer_id": "op-1", "starts_at": "2026-01-01T00:00:00Z", "ends_at": t}):
                     assert check(await api.post("/api/shifts", json=body)).status_code == 422, body
                 check(await api.patch("/api/silences/1", json={"ends_at": t}))
+            for after in ("NaN", "Infinity", "-1", "1e308", "null", '"x"', "[]"):  # escalation steps
+                body = ('{"name": "p", "min_severity": "info", "repeat": 5, "steps": [{"after_min": 0, "level": 1}, '
+                        f'{{"after_min": {after}, "level": 2}}]}}')
+                r = check(await api.put("/api/policies/hostile", content=body,
+                                        headers={"Content-Type": "application/json"}))
+                assert r.status_code == 422, (after, r.status_code)
+            for path in ("/api/shifts", "/api/silences", "/api/officers/op-2", "/api/auth/login"):  # NaN echoed back
+                method = "PUT" if "officers" in path else "POST"
+                r = check(await api.request(method, path, content='{"level": NaN, "name": Infinity}',
+                                            headers={"Content-Type": "application/json"}))
+                assert r.status_code == 422, (path, r.status_code)
 
             # an incident to act on: a BTS's door opens
             pub = Publisher(mqtt_port)
