@@ -4,16 +4,20 @@ One device's data can trip a detector (a value whose range overflows a float, a 
 raises on every later reading). Without this, every flush holding one of its readings raises as a whole and
 is retried device by device: every other device pays a second pass, and learns its readings twice (the
 first pass changed their state before it raised). A device found raising is set apart: its readings run
-alone after the shared flush, until it has gone ``hold_s`` without raising.
+alone after the shared flush, until it has gone ``hold_s`` without raising. The analytics stage and the partition
+workers (where a batch that raises was never acknowledged: redelivered and raising for ever, the partition stuck)
+both go through :func:`ingest_apart`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
+from typing import Any
 
-Row = tuple[str, str, datetime, float]
+from analytics.findings import Finding
+
+Row = tuple[str, str, Any, float]  # device, metric, time (datetime or epoch seconds), value
 
 
 class Isolation:
@@ -54,3 +58,28 @@ class Isolation:
         until = self._until.get(device_id)
         if until is not None and self.clock() >= until:
             del self._until[device_id]
+
+
+def ingest_apart(ingest: Callable[[list[Row]], list[Finding]], readings: list[Row],
+                 isolation: Isolation) -> tuple[list[Finding], dict[str, int]]:
+    """``ingest`` over the shared readings, then over each set-apart device's alone; never raises.
+
+    When the shared call raises, each of its devices runs alone. Returns the findings and, per device whose
+    readings raised (now set apart), how many of its readings were not analysed.
+    """
+    shared, apart = isolation.split(readings)
+    found: list[Finding] = []
+    try:
+        found = ingest(shared) if shared else []
+    except Exception:
+        for row in shared:
+            apart.setdefault(row[0], []).append(row)
+    failed: dict[str, int] = {}
+    for device_id, rows in apart.items():
+        try:
+            found += ingest(rows)
+            isolation.passed(device_id)
+        except Exception:
+            isolation.raised(device_id)
+            failed[device_id] = len(rows)
+    return found, failed

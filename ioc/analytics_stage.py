@@ -30,7 +30,7 @@ from analytics.numeric.monitor import NumericMonitor
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc import camera_shards
-from ioc.analytics_isolation import Isolation
+from ioc.analytics_isolation import Isolation, ingest_apart
 from ioc.live.hub import LiveHub
 from storage.writes import (
     FindingRow,
@@ -168,23 +168,22 @@ class AnalyticsStage:
                              readings: list[tuple[str, str, datetime, float]]) -> list[Finding]:
         """The detectors over one flush; never raises. A device that raises alone is set apart (its readings run
         on their own: ioc/analytics_isolation.py), so it costs only its own readings, not the others' flushes."""
-        (shared, apart), found = self.isolation.split(readings), []
         try:
-            found = await asyncio.to_thread(self._detect, devices, shared)
-        except Exception:
+            found, failed = await asyncio.to_thread(self._detect_apart, devices, readings)
+        except Exception:  # registering the devices raised: nothing analysed this flush
+            found, failed = [], {"(new devices)": len(readings)}
+        for device_id, count in failed.items():
             HANDLER_ERRORS.labels("analytics").inc()
-            errors.log("numeric detectors raised on a flush of %d readings; retrying device by device", len(shared))
-            for r in shared:
-                apart.setdefault(r[0], []).append(r)
-        for device_id, rows in apart.items():
-            try:
-                found += await asyncio.to_thread(self._detect, [d for d in devices if d[0] == device_id], rows)
-                self.isolation.passed(device_id)
-            except Exception:
-                self.dropped_readings += len(rows)
-                self.isolation.raised(device_id)
-                errors.log("numeric detectors raised on %s: its %d readings were not analysed", device_id, len(rows))
+            self.dropped_readings += count
+            errors.log("numeric detectors raised on %s: its %d readings were not analysed", device_id, count)
         return found
+
+    def _detect_apart(self, devices: list[tuple[str, str, str]], readings: list[tuple[str, str, datetime, float]]
+                      ) -> tuple[list[Finding], dict[str, int]]:
+        with self._lock:
+            for device_id, kind, district in devices:
+                self.monitor.set_device(device_id, kind, district)
+            return ingest_apart(self.monitor.ingest, readings, self.isolation)
 
     def health_problems(self) -> list[str]:
         """What keeps this stage from doing its work, for readiness (empty: healthy)."""

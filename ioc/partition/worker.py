@@ -38,6 +38,7 @@ import orjson
 from analytics.findings import Finding
 from analytics.numeric.device_state import encode_devices, restore_devices
 from analytics.numeric.monitor import NumericMonitor
+from ioc.analytics_isolation import Isolation, ingest_apart
 from ioc.partition.findings import encode_findings, findings_subject
 from ioc.partition.stream import STREAM, decode_rows, ensure_stream, subject
 from storage import cluster as sql
@@ -87,6 +88,8 @@ class PartitionWorker:
         self.processed = 0
         self.findings = 0
         self.fenced = 0  # writes refused because the partition had been taken over
+        self.isolation = Isolation()  # devices whose readings make the detectors raise (ioc/analytics_isolation.py)
+        self.dropped = 0  # their readings, not analysed
         self._stopped = asyncio.Event()
         self._lease_conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
@@ -288,7 +291,15 @@ class PartitionWorker:
                     if r.device_id not in known:
                         known.add(r.device_id)
                         monitor.set_device(r.device_id, r.kind, r.district)
-                found = await asyncio.to_thread(monitor.ingest, [(r.device_id, r.metric, r.ts, r.value) for r in rows])
+                # never raises: a device whose readings make the detectors raise is set apart (else the batch,
+                # unacknowledged, came back and raised for ever: the whole partition stuck)
+                found, failed = await asyncio.to_thread(ingest_apart, monitor.ingest,
+                                                        [(r.device_id, r.metric, r.ts, r.value) for r in rows],
+                                                        self.isolation)
+                if failed:
+                    self.dropped += sum(failed.values())
+                    logger.warning("partition %d: detectors raised on %s; their readings were not analysed", p,
+                                   ", ".join(sorted(failed)[:5]))
                 if found:
                     await self._fenced(p, epoch, partial(write_findings, rows=[_row(f) for f in found]))
                     # on to the alert brain (ioc/partition/findings.py) after the fenced commit, before the acks
