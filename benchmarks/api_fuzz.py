@@ -1,6 +1,6 @@
 """schemathesis against the API's own OpenAPI schema: every operation, a real server, a fresh database.
 
-    python -m benchmarks.api_fuzz [--examples N] [--negative N] [--include REGEX] [--keep-going]
+    python -m benchmarks.api_fuzz [--examples N] [--negative N] [--include REGEX] [--no-hostile]
 
 Creates a fresh migrated database next to ``IOC_TEST_DATABASE_URL`` (as the tests do), an admin API token
 through ``ioc.auth`` (unauthenticated when that is missing), runs ``ioc serve --ingest`` on a free port
@@ -9,7 +9,10 @@ against it, seeds a few devices over MQTT (so lists and device pages have rows t
 device ids put into path parameters half the time. Each response is checked by schemathesis: server
 errors, status codes and content types the schema does not declare, headers and bodies that break the
 response schema. Prints operations, examples, 5xx count and schema violations, with one request per
-failure (as curl). Exits 1 on any 5xx or response that breaks its schema.
+failure (as curl). Then, unless ``--no-hostile``, every parameter and body field of every operation gets each
+hostile value of its type alone (benchmarks/api_hostile.py), and afterwards a device's alarm must still raise
+its alert and /readyz say ready. Exits 1 on any 5xx, response that breaks its schema,
+or dropped connection.
 
 Operations that would cut the fuzzer's own access (revoking tokens, logging out, disabling users) get their
 requests but never with the fuzzer's own ids; see ``SELF_PROTECT``.
@@ -42,6 +45,7 @@ from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi import checks as oa_checks
 
+from benchmarks.api_hostile import run_hostile, still_judges
 from tests.conftest import BASE_DSN, MQTT_URL, create_database, drop_database, ingest_env
 from tests.support.services import ServeProcess, wait_until
 
@@ -180,6 +184,11 @@ def fuzz_operation(op: Any, url: str, session: requests.Session, examples: int, 
         one()
 
 
+def known_id(known: dict[str, list[str]]) -> str:
+    """A seeded device id (the hostile phase's device pages then have rows)."""
+    return next((d for devices in known.values() for d in devices), "api-fuzz-none")
+
+
 def code_of(key: str) -> str:
     """The schemathesis check behind a failure key (its class name, in snake case as the check is named)."""
     name = key.split(":", 1)[0]
@@ -197,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--negative", type=int, default=20, help="schema-violating requests per operation")
     ap.add_argument("--include", default="", help="only operations whose 'METHOD /path' matches this regex")
     ap.add_argument("--log", type=Path, default=None, help="server log (default: a temporary file)")
+    ap.add_argument("--no-hostile", action="store_true",
+                    help="skip the hostile-value phase (benchmarks/api_hostile.py)")
     args = ap.parse_args(argv)
 
     dsn, token = asyncio.run(prepare(BASE_DSN))
@@ -210,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ServeProcess(env, log)
     started = time.monotonic()
     per_op: dict[str, OpStats] = defaultdict(OpStats)
+    hostile_sent, hostile_failures = 0, ["(not run)"]
     try:
         server.start()
         known = seed(MQTT_URL, server, headers)
@@ -237,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             if server.proc is None or server.proc.poll() is not None:
                 print("the server died; stopping", flush=True)
                 break
+        if not args.no_hostile and server.proc is not None and server.proc.poll() is None:
+            chosen = [op for op in operations
+                      if not args.include or re.search(args.include, f"{op.method.upper()} {op.path}")]
+            spec = session.get(f"{server.url}/openapi.json").json()
+            hostile_sent, hostile_failures = run_hostile(chosen, spec, server.url, session, known_id(known),
+                                                         lambda op: bool(SELF_PROTECT.search(op.path)))
+            hostile_failures += still_judges(MQTT_URL, server.url, session)
     finally:
         server.stop()
         asyncio.run(drop_database(BASE_DSN, dsn))
@@ -252,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(broken)} schema violations (operation x check), {len(undeclared)} operations answered a status "
           f"code their schema does not declare; {'authenticated as admin' if token else 'UNAUTHENTICATED'}; "
           f"{took:.0f} s; server log {log}")
+    if not args.no_hostile:
+        print(f"api_fuzz hostile values: {hostile_sent:,} requests (edge times, NaN/Infinity, integers past 64 bits, "
+              f"deep and odd bodies, one field at a time), {len(hostile_failures)} failures (5xx, dropped, or the "
+              "alert engine or readiness broken afterwards)")
+        for line in hostile_failures[:40]:
+            print(f"  {line}")
     for label, s in sorted(per_op.items()):
         for key, (message, curl) in sorted(s.failures.items()):
             if code_of(key) == "status_code_conformance":
@@ -261,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nundeclared status codes: " + "; ".join(
             f"{label} {sorted(c for c in per_op[label].statuses if c not in (200, 201, 204, 422))}"
             for label in sorted(undeclared)))
-    return 1 if five_xx or broken else 0
+    return 1 if five_xx or broken or (not args.no_hostile and hostile_failures) else 0
 
 
 if __name__ == "__main__":
