@@ -156,11 +156,15 @@ def run_hostile(operations: list[Any], spec: dict[str, Any], url: str, session: 
             continue
         for method, path, query, body in requests_of_op:
             headers = {"Content-Type": "application/json"} if body is not None else {}
-            try:
-                resp = session.request(method, url + path, params=query, data=body, headers=headers, timeout=30)
-            except requests.RequestException as err:
-                failures.append(f"dropped {method} {path[:120]} {str(query)[:120]} {(body or b'')[:120]!r}: "
-                                f"{type(err).__name__}")
+            for attempt in (1, 2):  # once more on a dropped connection: a kept-alive one closed is no answer
+                try:
+                    resp = session.request(method, url + path, params=query, data=body, headers=headers, timeout=30)
+                    break
+                except requests.RequestException as err:
+                    if attempt == 2:
+                        failures.append(f"dropped {method} {path[:120]} {str(query)[:120]} "
+                                        f"{(body or b'')[:120]!r}: {type(err).__name__}")
+            else:
                 continue
             sent += 1
             if resp.status_code >= 500:

@@ -132,6 +132,13 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
         # is the caller's error, for every route at once (found by benchmarks.api_fuzz)
         return JSONResponse({"detail": f"invalid value: {exc}"[:300]}, status_code=422)
 
+    @app.exception_handler(asyncpg.IntegrityConstraintViolationError)
+    async def breaks_a_rule(request: Request, exc: Exception) -> JSONResponse:
+        # a request that breaks a rule of the stored data (a silence PATCHed to end before it starts: the table's
+        # CHECK) is the caller's error, for every route at once (found by api_fuzz's hostile values)
+        status = 409 if isinstance(exc, asyncpg.UniqueViolationError | asyncpg.ForeignKeyViolationError) else 422
+        return JSONResponse({"detail": f"refused by the stored data's rules: {exc}"[:300]}, status_code=status)
+
     @app.exception_handler(RequestValidationError)
     async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI echoes each refused input; one holding NaN or Infinity (the stdlib parser takes them) cannot be

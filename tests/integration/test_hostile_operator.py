@@ -101,6 +101,11 @@ async def test_hostile_times_and_actions_stop_nothing(own_database: str, mqtt_po
                              {"officer_id": "op-1", "starts_at": "2026-01-01T00:00:00Z", "ends_at": t}):
                     assert check(await api.post("/api/shifts", json=body)).status_code == 422, body
                 check(await api.patch("/api/silences/1", json={"ends_at": t}))
+            made = check(await api.post("/api/silences", json={"matchers": {"device_id": "x"}, "reason": "r",
+                                                                "starts_at": "2029-01-01T00:00:00Z",
+                                                                "ends_at": "2030-01-01T00:00:00Z"})).json()
+            r = check(await api.patch(f"/api/silences/{made['id']}", json={"ends_at": "2028-01-01T00:00:00Z"}))
+            assert r.status_code == 422, r.text  # ends before it starts: the table's CHECK, the caller's error
             for after in ("NaN", "Infinity", "-1", "1e308", "null", '"x"', "[]"):  # escalation steps
                 body = ('{"name": "p", "min_severity": "info", "repeat": 5, "steps": [{"after_min": 0, "level": 1}, '
                         f'{{"after_min": {after}, "level": 2}}]}}')
