@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Annotated, Any
 
 import orjson
@@ -146,7 +147,10 @@ async def _send_loop(ws: WebSocket, client: ClientSession, hub: LiveHub) -> None
     while not client.closed:
         await client.wake.wait()
         for message in hub.take_messages(client):
+            began = client.send_started = time.monotonic()
             await ws.send_text(message)
+            client.send_started = 0.0
+            hub.sent(time.monotonic() - began)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -160,7 +164,10 @@ async def live_stats(request: Request) -> dict[str, Any]:
     clients = list(hub.clients)
     return {"epoch": hub.epoch, "seq": hub.seq, "devices": len(hub.table.devices), "clients": len(clients),
             "lagging_clients": sum(c.lagging for c in clients), "frames_out": hub.frames_out,
-            "max_queue": max((c.queued for c in clients), default=0), "audiences": len(hub.audiences)}
+            "max_queue": max((c.queued for c in clients), default=0), "audiences": len(hub.audiences),
+            "lagged_total": hub.lagged_total, "lagged_on_socket": hub.lagged_on_socket, "loop_stalls": hub.loop_stalls,
+            "loop_stall_s": round(hub.loop_stall_s, 3), "loop_late_max_s": round(hub.loop_late_max_s, 3),
+            "slow_sends": hub.slow_sends, "send_wait_s": round(hub.send_wait_s, 3)}
 
 
 @router.get("/api/findings", dependencies=[requires(Role.VIEWER)])

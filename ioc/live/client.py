@@ -10,6 +10,7 @@ screen of the audience as a single queue entry. A screen's own cost is O(1) per 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class Batch:
 Item = Frame | Batch | str  # str: a control frame (snapshot, heartbeat, notice, action result)
 #: About the most frames one WebSocket message carries (common clients refuse messages over 1 MiB).
 MAX_MESSAGE_BYTES = 256 * 1024
+#: A send waiting longer than this when the client falls behind: the screen (or its link) is not reading.
+SOCKET_WAIT_S = 0.1
 
 
 @dataclass(eq=False)
@@ -60,6 +63,9 @@ class ClientSession:
     behind_other: deque[str] = field(default_factory=deque)  # events etc. kept while lagging (bounded)
     dropped: int = 0
     lagging: bool = False
+    lag_count: int = 0  # times this client fell behind (``GET /api/live/stats``)
+    lag_on_socket: int = 0  # ... of which while a send was waiting for the screen's socket
+    send_started: float = 0.0  # monotonic clock when the send in progress began (0: none)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -77,6 +83,9 @@ class ClientSession:
         elif self.queued + count > self.capacity:
             # Fell behind: from now on keep only "which devices changed" until the client catches up.
             self.lagging = True
+            self.lag_count += 1
+            if self.send_started and time.monotonic() - self.send_started > SOCKET_WAIT_S:
+                self.lag_on_socket += 1
             queued = list(self.queue)
             self.queue = deque(q for q in queued if isinstance(q, str))
             self.queued = 0

@@ -39,6 +39,9 @@ DistrictOf = Callable[[float | None, float | None], str | None]
 _OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 #: A snapshot this recent is reused for another screen of the same subscription (plus the frames since it).
 SNAPSHOT_REUSE_S = 0.5
+#: The loop's lateness is sampled every TICK_S; lateness (or a send's wait) over STALL_S counts as a stall.
+TICK_S = 0.05
+STALL_S = 0.1
 
 
 def encode(doc: dict[str, Any]) -> str:
@@ -85,6 +88,15 @@ class LiveHub:
         self.epoch = uuid.uuid4().hex[:12]
         self.seq = 0
         self.frames_out = 0
+        # Why screens fall behind, for GET /api/live/stats: the event loop held up (a replica's own CPU work or
+        # the host's scheduler), or sends waiting for a screen's socket (the screen or its network not reading).
+        self.lagged_closed = 0  # ``lagged`` turns of clients already gone
+        self.lagged_socket_closed = 0  # ... of which while their socket was not taking data
+        self.loop_stalls = 0  # heartbeat ticks late by more than STALL_S
+        self.loop_stall_s = 0.0  # total lateness of those ticks
+        self.loop_late_max_s = 0.0
+        self.slow_sends = 0  # sends that waited more than STALL_S for the socket
+        self.send_wait_s = 0.0  # total time of those sends
         # Extra sections of the snapshot on connect (the alert stage adds live incidents).
         self.snapshot_extra: Callable[[], dict[str, Any]] = dict
         # What keeps the pipeline from making progress (ioc/health.py): rides on heartbeats to the screens.
@@ -302,6 +314,9 @@ class LiveHub:
 
     def detach(self, client: ClientSession) -> None:
         client.closed = True
+        if client in self.clients:
+            self.lagged_closed += client.lag_count
+            self.lagged_socket_closed += client.lag_on_socket
         self.clients.discard(client)
         self._leave(client)
 
@@ -336,10 +351,37 @@ class LiveHub:
         body = self._device_text(self.table.devices[device_id])
         return f'{{"type":"device","seq":{self.seq},"coalesced":true,{body[1:]}'
 
+    @property
+    def lagged_total(self) -> int:
+        """Times a client fell behind since start."""
+        return self.lagged_closed + sum(c.lag_count for c in self.clients)
+
+    @property
+    def lagged_on_socket(self) -> int:
+        """Times a client fell behind while a send to it was waiting for its socket (the screen not reading)."""
+        return self.lagged_socket_closed + sum(c.lag_on_socket for c in self.clients)
+
+    def sent(self, waited_s: float) -> None:
+        """A send to a screen took ``waited_s`` (its socket's back-pressure, or the loop's)."""
+        if waited_s > STALL_S:
+            self.slow_sends += 1
+            self.send_wait_s += waited_s
+
     async def heartbeat_loop(self) -> None:
-        """Tell every client we are alive and where the sequence stands."""
+        """Tell every client we are alive and where the sequence stands; measure how late the loop runs."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.heartbeat_s
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            due = loop.time() + TICK_S
+            await asyncio.sleep(TICK_S)
+            late = loop.time() - due
+            self.loop_late_max_s = max(self.loop_late_max_s, late)
+            if late > STALL_S:
+                self.loop_stalls += 1
+                self.loop_stall_s += late
+            if loop.time() < next_beat:
+                continue
+            next_beat = loop.time() + self.heartbeat_s
             text = encode({"type": "heartbeat", "seq": self.seq, "epoch": self.epoch,
                            "server_time": datetime.now(UTC), "mono": time.monotonic(), "problems": self.problems})
             for client in list(self.clients):

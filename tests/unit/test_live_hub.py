@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -251,3 +252,22 @@ def test_device_frames_and_snapshots_follow_every_change_of_a_device() -> None:
     snap = frames(hub, hub.attach(Subscription()))[0]
     assert snap["type"] == "snapshot" and snap["seq"] == hub.seq and snap["devices"] == [
         {k: v for k, v in device.items() if k not in ("type", "seq", "coalesced")}]
+
+
+def test_falling_behind_is_counted_and_told_apart_from_a_socket_that_does_not_take_data() -> None:
+    hub = LiveHub(district_of, client_capacity=10)
+    stuck, idle, gone = hub.attach(Subscription()), hub.attach(Subscription()), hub.attach(Subscription())
+    for c in (stuck, idle, gone):
+        hub.take(c)
+    stuck.send_started = time.monotonic() - 1.0  # a send has waited 1 s for the screen to read
+    for i in range(30):
+        hub.on_record(reading(f"D{i % 3}", i), T0)
+    hub.flush()
+    assert stuck.lagging and idle.lagging and gone.lagging
+    hub.detach(gone)  # counts of screens that left are kept
+    assert (hub.lagged_total, hub.lagged_on_socket) == (3, 1)
+    hub.take(idle)
+    for i in range(30, 60):
+        hub.on_record(reading(f"D{i % 3}", i), T0)
+    hub.flush()
+    assert (hub.lagged_total, hub.lagged_on_socket) == (4, 1)
