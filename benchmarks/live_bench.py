@@ -40,7 +40,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.ingest_bench import finish, pct, publish, start_for
+from benchmarks.ingest_bench import finish, pct, publish, start_for, wait_ready
 from tests.conftest import create_database, drop_database, ingest_env
 from tests.support.services import ServeProcess, private_mosquitto
 
@@ -94,7 +94,26 @@ def _clients(port: int, headers: dict[str, str], count: int, start_at: float, en
         return received, lat, {k: v for k, v in types.items() if v}
 
     async def main() -> None:
-        out.put(list(await asyncio.gather(*(one() for _ in range(count)))))
+        # How late this process's own loop runs (the host's scheduler, or its own work): a client process
+        # that stalls stops reading its sockets, and the server sees its screens fall behind.
+        stalls = {"stall_n": 0, "stall_ms": 0, "late_max_ms": 0}
+
+        async def ticker() -> None:
+            while True:
+                due = time.monotonic() + 0.05
+                await asyncio.sleep(0.05)
+                late = (time.monotonic() - due) * 1000
+                if start_at <= time.time():
+                    stalls["late_max_ms"] = max(stalls["late_max_ms"], round(late))
+                    if late > 100:
+                        stalls["stall_n"] += 1
+                        stalls["stall_ms"] += round(late)
+
+        tick = asyncio.create_task(ticker())
+        results = list(await asyncio.gather(*(one() for _ in range(count))))
+        tick.cancel()
+        results[0][2].update(stalls)  # once per process
+        out.put(results)
 
     asyncio.run(main())
 
@@ -135,6 +154,11 @@ def run_round(srv: ServeProcess, broker: int, clients: int, procs: int, rate: fl
     for, not cut off) and 2 s more; ``skip`` continues the stream of an earlier round."""
     out: mp.Queue[list[Result]] = mp.Queue()
     done = mp.Event()
+    total = int(rate * seconds)
+    # The publishers generate the skipped part first, then start together on schedule (ingest_bench._publisher).
+    go = mp.Event()
+    run = publish(broker, total, publishers, rate=rate, restamp=True, start=start_for(total + skip), skip=skip, go=go)
+    wait_ready(run)
     start_at = time.time() + 15.0  # let every client connect (token checked) and take its snapshot first
     end_at = start_at + seconds + 300.0  # a bound, should the service never catch up
     headers = srv.auth_headers()
@@ -144,8 +168,7 @@ def run_round(srv: ServeProcess, broker: int, clients: int, procs: int, rate: fl
     for w in workers:
         w.start()
     time.sleep(max(0.0, start_at - time.time()))
-    total = int(rate * seconds)
-    run = publish(broker, total, publishers, rate=rate, restamp=True, start=start_for(total + skip), skip=skip)
+    go.set()
     sent, _, telemetry = finish(run, seconds + 600)
     deadline = time.time() + 300
     while _committed(srv) < base + sent and time.time() < deadline:
@@ -172,7 +195,10 @@ def describe(label: str, results: list[Result], published: int) -> float:
           f"{published:,} readings x {len(results)} clients (worst client {shares[0]:.1%}); over delivered "
           f"frames publish->frame p50 {pct(lat, 0.5):.0f} ms, p99 {pct(lat, 0.99):.0f} ms, "
           f"mean {statistics.fmean(lat):.0f} ms")
+    stalls = {k: types.pop(k, 0) for k in ("stall_n", "stall_ms", "late_max_ms")}
     print(f"    frames received, all clients: {', '.join(f'{k} {v:,}' for k, v in sorted(types.items()))}")
+    print(f"    client processes' own loops late by >100 ms: {stalls['stall_n']} times, "
+          f"{stalls['stall_ms'] / 1000:.1f} s in all (the clients starved: the server's figures include it)")
     return pct(lat, 0.99)
 
 

@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.ingest_bench import finish, pct, publish, start_for
+from benchmarks.ingest_bench import finish, pct, publish, start_for, wait_ready
 from benchmarks.live_bench import BASE_DSN, Result, _clients
 from tests.conftest import create_database, drop_database, ingest_env
 from tests.support.auth import bearer, make_token_sync
@@ -60,6 +60,7 @@ class Usage:
     cpu_replicas: float  # CPU seconds, all replicas
     cpu_clients: float
     frames: tuple[int, int] | None  # frames the hubs emitted and handed to screens (None: a hub did not answer)
+    hubs: dict[str, float] | None  # the replicas' counters over the round (COUNTERS)
 
     def line(self, replicas: int) -> str:
         cpu = f"{self.cpu_replicas / self.seconds:.2f} / {self.cpu_clients / self.seconds:.2f}"
@@ -69,10 +70,16 @@ class Usage:
                 f"{self.frames[1] / self.cpu_replicas:,.0f}")
 
 
-def hub_counts(replicas: list[ServiceProcess], headers: dict[str, str]) -> tuple[int, int] | None:
-    """Frames emitted and frames handed to screens, summed over the replicas (``/api/live/stats``); None
-    when a replica is too busy to answer (not guessed)."""
-    seq = out = 0
+#: Counters of ``/api/live/stats`` summed over the replicas and differenced over a round.
+COUNTERS = ("seq", "frames_out", "lagged_total", "lagged_on_socket", "loop_stalls", "loop_stall_s", "slow_sends",
+            "send_wait_s")
+
+
+def hub_stats(replicas: list[ServiceProcess], headers: dict[str, str]) -> dict[str, float] | None:
+    """The replicas' live-feed counters, summed (``loop_late_max_s``: the largest); None when a replica is
+    too busy to answer (not guessed)."""
+    total = dict.fromkeys(COUNTERS, 0.0)
+    total["loop_late_max_s"] = 0.0
     for r in replicas:
         req = urllib.request.Request(r.url + "/api/live/stats", headers=headers)
         try:
@@ -80,8 +87,10 @@ def hub_counts(replicas: list[ServiceProcess], headers: dict[str, str]) -> tuple
                 stats = json.load(resp)
         except OSError:
             return None
-        seq, out = seq + stats["seq"], out + stats["frames_out"]
-    return seq, out
+        for key in COUNTERS:
+            total[key] += stats.get(key, 0)
+        total["loop_late_max_s"] = max(total["loop_late_max_s"], stats.get("loop_late_max_s", 0))
+    return total
 
 
 def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, screens: int, rate: float,
@@ -89,6 +98,12 @@ def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, sc
     """One configuration: the screens' results, the telemetry messages published, what it used."""
     out: mp.Queue[list[Result]] = mp.Queue()
     done = mp.Event()
+    total = int(rate * seconds)
+    # The publishers first generate the stream's earlier part (``skip``, ~50 us a message), then start together
+    # on schedule (ingest_bench._publisher): counted in the round, that made a burst.
+    go = mp.Event()
+    publishers = publish(broker, total, 2, rate=rate, restamp=True, start=start_for(total + skip), skip=skip, go=go)
+    wait_ready(publishers)
     start_at = time.time() + 12.0 + screens / 20  # every screen connected and holding its snapshot first
     end_at = start_at + seconds + 120.0
     per_proc = max(1, screens // (len(replicas) * procs_per_replica))
@@ -97,18 +112,19 @@ def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, sc
     for w in workers:
         w.start()
     time.sleep(max(0.0, start_at - time.time()))
-    total = int(rate * seconds)
+    go.set()
     began = time.monotonic()
-    counts0 = hub_counts(replicas, headers)
+    counts0 = hub_stats(replicas, headers)
     cpu0 = (sum(cpu_seconds(r.pid) for r in replicas), sum(cpu_seconds(w.pid or 0) for w in workers))
-    _, _, telemetry = finish(publish(broker, total, 2, rate=rate, restamp=True, start=start_for(total + skip),
-                                        skip=skip), seconds + 600)
+    _, _, telemetry = finish(publishers, seconds + 600)
     publish_s = time.monotonic() - began
     time.sleep(3.0)  # the last frames on their way
-    counts = hub_counts(replicas, headers)
+    counts = hub_stats(replicas, headers)
+    hubs = ({k: counts[k] - counts0[k] for k in COUNTERS} | {"loop_late_max_s": counts["loop_late_max_s"]}
+            if counts and counts0 else None)
     usage = Usage(max(time.monotonic() - began, 1e-3), publish_s, sum(cpu_seconds(r.pid) for r in replicas) - cpu0[0],
                   sum(cpu_seconds(w.pid or 0) for w in workers) - cpu0[1],
-                  (counts[0] - counts0[0], counts[1] - counts0[1]) if counts and counts0 else None)
+                  (int(hubs["seq"]), int(hubs["frames_out"])) if hubs else None, hubs)
     done.set()
     results = [r for _ in workers for r in out.get(timeout=180)]
     for w in workers:
@@ -126,6 +142,22 @@ def line(screens: int, rate: float, replicas: int, results: list[Result], publis
                else "no readings | | ")
     return (f"| {screens} | {rate:,.0f} | {replicas} | {latency} | {mean_share:.1%} (worst screen {shares[0]:.1%}) | "
             f"{lagged / len(results):.1f} / {devices / len(results):,.0f} | {usage.line(replicas)} |")
+
+
+def why(results: list[Result], usage: Usage) -> str:
+    """Where the screens' delays came from: the replicas' loops and sends, and the client processes' loops."""
+    stall_n = sum(t.get("stall_n", 0) for _, _, t in results)
+    stall_ms = sum(t.get("stall_ms", 0) for _, _, t in results)
+    late = max((t.get("late_max_ms", 0) for _, _, t in results), default=0)
+    load = Path("/proc/loadavg").read_text().split()[0]
+    h = usage.hubs
+    server = ("replicas: n/a" if h is None else
+              f"replicas: {h['lagged_total']:.0f} screens fell behind ({h['lagged_on_socket']:.0f} waiting for the "
+              f"screen's socket), loop stalls >100 ms {h['loop_stalls']:.0f} "
+              f"({h['loop_stall_s']:.1f} s, latest max {h['loop_late_max_s'] * 1000:.0f} ms since start), sends "
+              f"waiting >100 ms {h['slow_sends']:.0f} ({h['send_wait_s']:.1f} s)")
+    return (f"    why: {server}; client processes: loop stalls >100 ms {stall_n} ({stall_ms / 1000:.1f} s, max "
+            f"{late} ms); load {load}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           args.seconds, skip, args.client_processes)
                             skip += int(rate * args.seconds)
                             print(line(screens, rate, count, results, published, usage), flush=True)
+                            print(why(results, usage), flush=True)
                 finally:
                     for r in replicas:
                         r.stop()
