@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -18,6 +19,11 @@ from ioc.auth.service import CSRF_COOKIE, SESSION_COOKIE, Authenticator, client_
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["auth"])
+#: Password checks (Argon2, tens of ms of CPU each) run on their own two threads: on asyncio's default executor a
+#: flood of logins queued the numeric detectors' flushes behind them. Beyond _MAX_WAITING_LOGINS waiting: 429.
+_PASSWORDS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="password-check")
+_MAX_WAITING_LOGINS = 64
+_waiting_logins = 0
 
 
 class LoginRequest(BaseModel):
@@ -68,7 +74,14 @@ async def login(request: Request, response: Response, pool: PoolDep, body: Login
     async with pool.acquire() as conn:
         user = await store.user_for_login(conn, body.username)
     stored = user["password_hash"] if user else None
-    ok = await asyncio.to_thread(sec.verify_password, stored, body.password)
+    global _waiting_logins
+    if _waiting_logins >= _MAX_WAITING_LOGINS:
+        raise HTTPException(429, "too many logins at once; try again in a moment")
+    _waiting_logins += 1
+    try:
+        ok = await asyncio.get_running_loop().run_in_executor(_PASSWORDS, sec.verify_password, stored, body.password)
+    finally:
+        _waiting_logins -= 1
     if not ok or user is None or user["disabled"]:
         logger.info("login refused for %r from %s", body.username[:64], client_address(request))
         raise HTTPException(401, "wrong user name or password")
