@@ -50,6 +50,8 @@ class CameraConfig:
     overlay_box: float = 0.03  # ... in a box of at most this share of the blocks ...
     overlay_ring: float = 0.3  # ... whose surrounding blocks change at most this often on average
     overlay_global: float = 0.25  # snapshots changing more than this share of blocks are not learned from
+    overlay_busy: float = 0.3  # on a camera with this share of such snapshots, a small change recurring in
+    # one place during a quiet stretch is taken for the clock too (its rates may not know it)
     # brightness
     exposure_alpha: float = 0.2  # learning rate of the recent exposure a brightness step is measured from
     dark_ratio: float = 0.55
@@ -99,6 +101,8 @@ class CameraConfig:
     blur_shape: float = 1.5  # a drop within this many times the threshold is marginal ...
     blur_coarse: float = 0.7  # ... and must show at the next octave too, beyond this share of the threshold,
     blur_alike: float = 0.9  # ... or in this share of the cells (70% otherwise)
+    caption_exact: float = 0.1  # cells this close to the reference's sharpness at both octaves ...
+    caption_rows: int = 2  # ... on at most this many of the 9 cell rows are burnt-in text, left out of blur
     # activity
     motion_level: float = 12.0  # grey levels between consecutive thumbnails
     object_level: float = 25.0  # grey levels from the background

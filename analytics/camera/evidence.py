@@ -278,20 +278,45 @@ def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: M
     if n_use < cfg.min_cells:
         return
     lr = m.sharp[use] - ref.sharp[use]
-    b = median(lr)
+    lr2 = m.sharp2[use] - ref.sharp2[use] if getattr(ref, "sharp2", None) is not None else None
     thr = min(-cfg.blur_log, spread.level - cfg.spread_k * spread.dev)
-    agree = float(np.mean(lr < 0.5 * thr))
+    b, agree = median(lr), float(np.mean(lr < 0.5 * thr))
+    if lr2 is not None and (b >= thr or agree < 0.7):
+        keep = _caption(lr, lr2, np.nonzero(use)[0], cfg)
+        if keep is not None and median(lr[~keep]) < thr and float(np.mean(lr[~keep] < 0.5 * thr)) >= 0.7:
+            # the scene lost its sharpness around a caption that kept it: judged without the caption
+            lr, lr2 = lr[~keep], lr2[~keep]
+            b, agree = median(lr), float(np.mean(lr < 0.5 * thr))
+            sc["blur_caption"] = float(np.count_nonzero(keep))
     sc.update(blur=b, blur_thr=thr, blur_agree=agree)
-    if spread.n < cfg.spread_warmup:
+    warming = spread.n < cfg.spread_warmup
+    if warming and not (b < cfg.blur_sure * thr and agree >= 0.7):
         return  # first learn how much this camera's sharpness wanders (codecs, exposure swings)
-    if b < thr and cfg.blur_shape * thr < b and getattr(ref, "sharp2", None) is not None:
+    if b < thr and (warming or "blur_caption" in sc or cfg.blur_shape * thr < b) and lr2 is not None:
         # a marginal drop must have a defocus's shape: the next octave lost detail too, or the
         # finest scale lost it alike everywhere (rain softens the finest scale only, and its
-        # streaks, redrawn every snapshot, keep some cells sharp)
-        b2 = sc["blur2"] = median(m.sharp2[use] - ref.sharp2[use])
-        if b2 > cfg.blur_coarse * thr and agree < cfg.blur_alike:
+        # streaks, redrawn every snapshot, keep some cells sharp). While the camera's own spread
+        # is unknown, or with a caption left out, even a large drop must show at the next octave.
+        b2 = sc["blur2"] = median(lr2)
+        if b2 > cfg.blur_coarse * thr and (warming or "blur_caption" in sc or agree < cfg.blur_alike):
             return
     if b < thr and agree >= 0.7:
         out.candidates["blur"] = sig(2.0 * (thr - b) / max(-thr, 0.1))
-        if b < cfg.blur_sure * thr:
+        if b < cfg.blur_sure * thr and not warming:
             out.strong.add("blur")
+
+
+def _caption(lr: np.ndarray, lr2: np.ndarray, rows: np.ndarray, cfg: CameraConfig) -> np.ndarray | None:
+    """Cells (of those judged) of burnt-in text: exactly as sharp as the reference, on a line or two.
+
+    A caption (date, time, camera name) is drawn on the picture after the lens, so a defocus leaves
+    its cells exactly as sharp, at both octaves, while the scene around softens; on a plain view (an
+    asphalt car park) it can hold most of the structured cells and keep their median sharp. Text
+    lies on one or two lines; a scene's unchanged structure spreads over many. None when the cells
+    that kept their sharpness are not such a caption, or too few cells would be left.
+    """
+    keep = (np.abs(lr) < cfg.caption_exact) & (np.abs(lr2) < cfg.caption_exact)
+    n_keep = int(np.count_nonzero(keep))
+    if n_keep < 2 or len(np.unique(rows[keep])) > cfg.caption_rows or lr.size - n_keep < cfg.min_cells:
+        return None
+    return keep

@@ -40,7 +40,8 @@ _TEXT_JOIN = np.ones((1, 3), np.uint8)  # characters of one line of text join in
 class FreezeTracker:
     """Still-spell bookkeeping, the burnt-in overlay's blocks, and the freeze verdict of one camera."""
 
-    __slots__ = ("alarm", "changes", "max_spell", "n_healthy", "n_move", "n_rate", "n_still", "rate", "spell")
+    __slots__ = ("alarm", "busy", "changes", "last_small", "max_spell", "n_healthy", "n_move", "n_rate", "n_still",
+                 "rate", "spell")
 
     def __init__(self) -> None:
         self.changes = np.full(32, -1, np.int32)  # changed-block counts of recent healthy snapshots (ring)
@@ -52,6 +53,9 @@ class FreezeTracker:
         self.alarm = False  # the current spell was reported as a freeze
         self.rate = np.zeros((0, 0), np.uint8)  # how often each JPEG block changed lately (0..255)
         self.n_rate = 0  # snapshots behind ``rate``
+        # blocks (flat indices) with small changes since the scene last moved (see ``outside``)
+        self.last_small = np.zeros(0, np.int32)
+        self.busy = 0.0  # share of snapshots lately too busy for ``rate`` to learn from (an EMA)
 
     def overlay(self, cfg: CameraConfig) -> np.ndarray | None:
         """Blocks of a burnt-in clock: small boxes that change nearly every snapshot, amid blocks that do not.
@@ -96,11 +100,27 @@ class FreezeTracker:
         if self.rate.shape != changed.shape:
             self.rate = np.zeros(changed.shape, np.uint8)
             self.n_rate = 0
-        if n > cfg.overlay_global * changed.size:
+        box = cfg.overlay_box * changed.size
+        seen_small = self.last_small
+        if n > box:
+            self.last_small = np.zeros(0, np.int32)  # the scene moved: a quiet stretch starts afresh
+        too_busy = n > cfg.overlay_global * changed.size
+        self.busy += (float(too_busy) - self.busy) / cfg.overlay_memory
+        if too_busy:
             return n  # the whole picture changed (exposure, noise): says nothing about where a clock is
         seen = n
-        if 0 < n <= cfg.overlay_box * changed.size and self.n_rate >= cfg.overlay_learn:
-            seen = self._ticking(changed if zone is None else changed & ~zone, cfg)
+        if n:
+            rest = changed if zone is None else changed & ~zone
+            if n <= box:
+                # where small changes were seen in this quiet stretch: a clock ticks in one place, while
+                # anything that wanders soon spreads beyond a caption's size
+                both = np.union1d(seen_small, np.flatnonzero(rest)).astype(np.int32)
+                self.last_small = both if both.size <= box else np.flatnonzero(rest).astype(np.int32)
+                # only where the rates seldom learn: a quiet camera's rates know its clock, and there a
+                # person fidgeting in one place would pass for one
+                known = seen_small if self.busy >= cfg.overlay_busy else np.zeros(0, np.int32)
+                if self.n_rate >= cfg.overlay_learn or known.size:
+                    seen = self._ticking(rest, cfg, known)
         self.n_rate += 1
         k = min(self.n_rate, cfg.overlay_memory)  # a running mean at first, then an EMA
         r = self.rate.astype(np.int16)
@@ -108,11 +128,14 @@ class FreezeTracker:
         self.rate = r.astype(np.uint8)
         return seen
 
-    def _ticking(self, changed: np.ndarray, cfg: CameraConfig) -> int:
-        """0 if the only change is one or two small text boxes at blocks that change nearly always.
+    def _ticking(self, changed: np.ndarray, cfg: CameraConfig, known: np.ndarray) -> int:
+        """0 if the only change is one or two small text boxes where a clock ticks.
 
-        Judged on this snapshot alone (its surroundings did not change), so a clock is recognised
-        before :meth:`overlay` has learned it, e.g. when a busy scene stalls.
+        Judged on this snapshot (its surroundings did not change), so a clock is recognised before
+        :meth:`overlay` has learned it, e.g. when a busy scene stalls. A box is a clock's if it holds
+        a block that changes nearly always (``rate``), or one that already changed, alone with at
+        most another small box, earlier in this quiet stretch (``known``, flat indices; given only on
+        a camera whose rates seldom learn, since most of its snapshots are too busy).
         """
         n_all = int(np.count_nonzero(changed))
         n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(changed.astype(np.uint8), _TEXT_JOIN),
@@ -120,6 +143,9 @@ class FreezeTracker:
         if n - 1 > 2:
             return n_all
         hot = self.rate >= int(255 * cfg.overlay_rate)
+        if known.size:
+            hot = hot.copy()
+            hot.flat[known[known < hot.size]] = True
         for i, (x, y, w, h, _area) in enumerate(stats[1:n], start=1):
             if w * h > cfg.overlay_box * changed.size or h > max(4, 0.15 * changed.shape[0]):
                 return n_all

@@ -140,3 +140,67 @@ def test_the_shake_level_is_learned_and_saved() -> None:
         calm.analyse(jpeg(road.frame(t)), T0 + timedelta(seconds=5 * t))
     assert an.jitter > 4 * calm.jitter and an.jitter >= an.cfg.jitter_px ** 2
     assert loads(dumps(an)).jitter == an.jitter
+
+
+def test_blur_before_the_camera_has_learned_its_sharpness_spread_is_blur() -> None:
+    # the lens defocuses a few snapshots after warm-up, before the camera's own sharpness spread is
+    # known: the defocus must be reported, not learned as the camera's normal wander
+    road = Road(3)
+    frames = [jpeg(road.frame(t), 80 + t % 15) for t in range(9)]
+    frames += [jpeg(cv2.GaussianBlur(road.frame(t), (0, 0), 4.0), 80 + t % 15) for t in range(9, 30)]
+    labels = labels_of(frames)
+    assert labels[:9] == ["ok"] * 9, labels
+    assert "blur" in labels[9:12], labels
+    assert labels[-5:] == ["blur"] * 5, labels  # ... and stays reported
+
+
+def plain_view(seed: int) -> Img:
+    """A plain asphalt car park: faint grain, two painted lines, nothing else structured."""
+    rng = np.random.default_rng(seed)
+    img = np.full((H, W, 3), 105.0, np.float32)
+    img += cv2.GaussianBlur(rng.normal(0, 5, (H, W)).astype(np.float32), (0, 0), 2.0)[..., None]
+    cv2.line(img, (100, 340), (260, 120), (190, 190, 190), 3, cv2.LINE_AA)
+    cv2.line(img, (420, 340), (560, 130), (190, 190, 190), 3, cv2.LINE_AA)
+    return img
+
+
+def test_blur_on_a_plain_view_whose_caption_stays_sharp_is_blur() -> None:
+    # the date and the camera's name are stamped after the lens: on a plain view they hold most of
+    # the structured cells and keep their sharpness through a defocus
+    rng = np.random.default_rng(3)
+    base = plain_view(3)
+
+    def shot(t: int, sigma: float) -> bytes:
+        img = base + rng.normal(0, 1.5, (H, W))[..., None].astype(np.float32)
+        if sigma:
+            img = cv2.GaussianBlur(img, (0, 0), sigma)
+        out = clock(np.clip(img, 0, 255).astype(np.uint8), t)
+        cv2.putText(out, "CAM 07 - CONG", (W - 230, H - 16), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.putText(out, "CAM 07 - CONG", (W - 230, H - 16), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (250,) * 3, 2, cv2.LINE_AA)
+        return jpeg(out, 80 + t % 12)
+
+    labels = labels_of([shot(t, 0.0) for t in range(24)] + [shot(t, 5.0) for t in range(24, 30)])
+    assert labels[:24] == ["ok"] * 24, [(i, v) for i, v in enumerate(labels) if v != "ok"]
+    assert "blur" in labels[24:27], labels[24:]
+
+
+def test_busy_camera_frozen_behind_a_clock_its_block_rates_never_learned_is_a_freeze() -> None:
+    # heavy traffic changes most of the picture every snapshot, so the block rates (learned only
+    # from calmer snapshots) never find the clock; when the picture stalls, the clock's few blocks
+    # keep changing in one place, and nothing else does
+    road = Road(5, n_vehicles=8)
+
+    def crowd(img: Img, t: int) -> None:  # a square full of people, everywhere in the picture
+        rng = np.random.default_rng(100 + t)
+        for x, y in rng.uniform(0, (W, H), (400, 2)):
+            cv2.rectangle(img, (int(x), int(y)), (int(x) + 10, int(y) + 22), tuple(rng.uniform(20, 230, 3)), -1)
+
+    frames = [jpeg(clock(road.frame(t, draw=crowd), t, period_s=1), 80 + t % 15) for t in range(24)]
+    stuck = road.frame(23, draw=crowd)
+    frames += [jpeg(clock(stuck, t, period_s=1), 78 + 3 * (t % 5)) for t in range(24, 32)]
+    an = CameraAnalyser("cam-busy")
+    labels = [an.analyse(b, T0 + timedelta(seconds=5 * i)).label for i, b in enumerate(frames[:24])]
+    assert labels == ["ok"] * 24, labels
+    assert an.freeze.n_rate < 3  # (the premise: the rates never learned)
+    labels = [an.analyse(b, T0 + timedelta(seconds=5 * i)).label for i, b in enumerate(frames[24:], start=24)]
+    assert "freeze" in labels[:4], labels
