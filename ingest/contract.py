@@ -41,6 +41,8 @@ MAX_IMAGE_PIXELS: Final = 4096 * 4096
 #: Distinct metric names one device may use (per ingest process): beyond it readings are quarantined, so a device
 #: cannot grow the live state, the detectors and the series count without bound.
 MAX_METRICS_PER_DEVICE: Final = 128
+#: Distinct event types one device may send (per process): each new type is a new alert of its incident.
+MAX_EVENT_TYPES_PER_DEVICE: Final = 64
 #: Timestamps before this are refused: usually epoch seconds sent where milliseconds are expected.
 MIN_TS_EPOCH_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 

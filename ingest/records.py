@@ -26,6 +26,7 @@ class Reason(StrEnum):
     NOT_JPEG = "not_jpeg"
     IMAGE_TOO_LARGE = "image_too_large"
     TOO_MANY_METRICS = "too_many_metrics"
+    TOO_MANY_EVENT_TYPES = "too_many_event_types"
     DB_REJECTED = "db_rejected"
     INTERNAL_ERROR = "internal_error"
     """Handling the message raised where nothing should: kept here with the exception, the session goes on."""

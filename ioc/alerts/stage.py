@@ -32,7 +32,7 @@ from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal, S
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
 from ioc.alerts.silences import Silence
-from ioc.cluster.ids import IdReserve
+from ioc.cluster.ids import IdReserve, IdsExhausted
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from storage import alerts as store
@@ -203,8 +203,13 @@ class AlertStage:
         """One tick's :meth:`step`; never raises. A step that raises loses that tick's signals (counted, logged)
         and the loop goes on: the stage never ends on one bad signal or record. Health reports a step that keeps
         raising (e.g. a stored silence or roster row the engine cannot compare)."""
+        pending, seq = self._signals, self._step_seq
         try:
             self.step(now)
+        except IdsExhausted:
+            # a burst of new alerts outran the ids reserved for it: all wait for the next tick (applied again by key)
+            self._signals, self._step_seq = pending + self._signals, seq
+            return
         except Exception as err:
             HANDLER_ERRORS.labels("alerts").inc()
             if self.step_failing is None:

@@ -74,6 +74,9 @@ def hostile_messages(tag: str) -> list[tuple[str, bytes]]:
                     b'{"ts": %d, "metrics": {"flow_veh_h": %s}}' % (ts - 6000 + k * 1000, huge)))
         out.append((f"ioc/v1/traffic/{tag}-tiny/telemetry",
                     b'{"ts": %d, "metrics": {"flow_veh_h": 5e-324, "speed_kmh": -0.0}}' % (ts - 6000 + k * 1000)))
+    # one device inventing event types: every new type was a new alert of its incident (3,000 blocked the loop 35 s)
+    out += [(f"ioc/v1/bts/{tag}-types/event", b'{"ts": %d, "type": "t%d", "severity": "critical"}' % (ts, k))
+            for k in range(120)]
     return out
 
 
@@ -128,6 +131,8 @@ async def test_after_every_hostile_message_the_next_good_one_is_stored_shown_and
                 assert await stored() == set(range(len(hostile))), "a good reading after a hostile one was not stored"
                 assert not await conn.fetchval("SELECT count(*) FROM quarantine WHERE topic LIKE $1 "
                                                "AND reason = 'internal_error'", f"%{tag}%")
+                assert await conn.fetchval("SELECT count(*) FROM quarantine WHERE topic = $1 AND reason = $2",
+                                           f"ioc/v1/bts/{tag}-types/event", "too_many_event_types") == 120 - 64
             finally:
                 await conn.close()
             deadline = time.monotonic() + 20

@@ -128,3 +128,19 @@ def test_api_times_are_aware_and_in_utc() -> None:
     adapter = TypeAdapter(ApiTime)
     assert adapter.validate_python("2026-01-01T07:00:00+07:00") == datetime(2026, 1, 1, tzinfo=UTC)
     assert adapter.validate_python("2026-01-01T00:00:00") == datetime(2026, 1, 1, tzinfo=UTC)  # no offset: UTC
+
+
+def test_a_device_may_use_a_bounded_number_of_event_types() -> None:
+    from ingest.guard import MetricNameGuard
+    from ingest.records import Reason
+
+    guard = MetricNameGuard(max_event_types=3)
+    now = datetime.now(UTC)
+
+    def event(dev: str, etype: str) -> ParsedMessage:
+        return guard.apply(ParsedMessage([DeviceEvent(dev, "bts", now, etype, "major", {})], []), "t")
+
+    assert all(event("BTS-1", f"t{i}").records for i in range(3))
+    refused = event("BTS-1", "t3")  # a fourth type: each new type would be a new alert of its incident
+    assert not refused.records and refused.rejections[0].reason is Reason.TOO_MANY_EVENT_TYPES
+    assert event("BTS-1", "t1").records and event("BTS-2", "t3").records  # known types, other devices: kept
