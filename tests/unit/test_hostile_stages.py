@@ -144,3 +144,18 @@ def test_a_device_may_use_a_bounded_number_of_event_types() -> None:
     refused = event("BTS-1", "t3")  # a fourth type: each new type would be a new alert of its incident
     assert not refused.records and refused.rejections[0].reason is Reason.TOO_MANY_EVENT_TYPES
     assert event("BTS-1", "t1").records and event("BTS-2", "t3").records  # known types, other devices: kept
+
+
+def test_new_alerts_beyond_the_reserved_ids_wait_for_the_next_tick() -> None:
+    from ioc.cluster.ids import IdReserve
+
+    stage = _stage()
+    stage.ids = IdReserve()  # nothing reserved: the burst outran the reservation
+    stage.engine.id_source = stage.ids
+    now = datetime.now(UTC)
+    stage.on_parsed(ParsedMessage([DeviceEvent("BTS-9", "bts", now, "door_open", "critical", {})], []))
+    stage._step_safely(now)
+    assert stage.step_failing is None and len(stage._signals) >= 1  # kept, not dropped
+    stage.engine.id_source = None  # ids reserved by the next tick (the engine's own counter here)
+    stage._step_safely(now + timedelta(seconds=1))
+    assert any(a.device_id == "BTS-9" for a in stage.engine.by_key.values())
