@@ -51,12 +51,11 @@ class SessionOptions:
     password: str | None = None
     receive_maximum: int = 1000
     tls: TlsOptions | None = None  # set: MQTT over TLS (mqtts://)
+    # Packets handled per turn of the event loop before the loop's other work runs (keeps the API responsive).
+    packets_per_turn: int = 1000
 
 
 MessageHandler = Callable[[mqtt.MQTTMessage, int], None]
-
-#: Packets handled per socket-readiness event before yielding to the loop (keeps the API responsive).
-_PACKETS_PER_WAKEUP = 1000
 
 
 class _BufferedSocket:
@@ -113,6 +112,7 @@ class MqttSession:
         self._sock: _BufferedSocket | None = None
         self._fd = -1
         self._reading = True
+        self._again = False  # a read is queued for the next turn of the loop (the budget was spent)
         self._generation = 0
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
@@ -265,9 +265,21 @@ class MqttSession:
             self._loop.remove_writer(self._fd)
 
     def _on_readable(self) -> None:
-        # paho's loop_read() handles one packet per call; drain what is there instead, up to a budget.
+        if self._again:
+            return  # the read queued when the last budget was spent runs this turn: one budget per turn
+        self._read_budget()
+
+    def _read_again(self) -> None:
+        self._again = False
+        self._read_budget()
+
+    def _read_budget(self) -> None:
+        # paho's loop_read() handles one packet per call; drain what is there instead, up to a budget per turn
+        # of the loop. (Both the socket's readiness and the queued read used to run in one turn, two budgets:
+        # a live replica with a backlog then handed each screen 2,000 frames between two sends, its whole
+        # queue, and every screen was marked behind.)
         client = self._client
-        for _ in range(_PACKETS_PER_WAKEUP):
+        for _ in range(self.options.packets_per_turn):
             if not self._reading or self._sock is None:
                 return
             try:
@@ -283,7 +295,8 @@ class MqttSession:
                 client._loop_rc_handle(rc)
                 return
         if self._loop is not None:
-            self._loop.call_soon(self._on_readable)  # budget spent; data may remain in our buffer
+            self._again = True
+            self._loop.call_soon(self._read_again)  # budget spent; data may remain in our buffer
 
     def _flush_writes(self) -> None:
         self._client.loop_write()

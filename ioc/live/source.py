@@ -20,6 +20,11 @@ from ingest.records import ParsedMessage
 from ingest.worker import handle_message
 from ioc.settings import Settings
 
+#: Messages parsed per turn of the event loop. With a backlog (a burst, or the replica starved of CPU for a
+#: moment) the frames of one turn reach every screen at once: well under a screen's queue (2,000 frames), so
+#: screens fall behind only when they do not read, and sends run every ~10 ms (~100 us per message here).
+PACKETS_PER_TURN = 100
+
 
 class LiveListener:
     """Parses messages from the broker and hands them to the sinks (hub, analytics)."""
@@ -32,7 +37,7 @@ class LiveListener:
             host=settings.mqtt_host, port=settings.mqtt_port, client_id=f"ioc-live-{uuid.uuid4().hex[:8]}",
             subscriptions=(SUBSCRIPTION,), qos=0, clean_start=True, session_expiry_s=0,
             keepalive_s=settings.mqtt.keepalive_s, username=user, password=password,
-            tls=settings.mqtt_tls), self._on_message, self._on_connection_change)
+            tls=settings.mqtt_tls, packets_per_turn=PACKETS_PER_TURN), self._on_message, self._on_connection_change)
         self.stall_s = settings.ingest.stall_s
         self._disconnected_at: float | None = time.monotonic()
 
