@@ -29,6 +29,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.ingest_bench import finish, pct, publish, start_for, wait_ready
@@ -160,6 +161,34 @@ def why(results: list[Result], usage: Usage) -> str:
             f"{late} ms); load {load}")
 
 
+def input_cost(messages: int = 20_000) -> str:
+    """CPU per province message of a replica's live path (parsing, as the live listener does, and the hub's
+    frames), in this process without broker or network: what a replica needs per message before any screen."""
+    import itertools
+
+    import paho.mqtt.client as mqtt
+
+    from benchmarks.ingest_bench import _restamp, province_messages
+    from ingest.guard import MetricNameGuard
+    from ingest.worker import handle_message
+    from ioc.geo import DEFAULT_CITY_FILE, City
+    from ioc.live.hub import LiveHub
+
+    hub, guard = LiveHub(City.load(DEFAULT_CITY_FILE).district_of), MetricNameGuard()
+    raw = []
+    for msg in itertools.islice(province_messages(0, 1, start_for(3 * messages)), 2 * messages):
+        m = mqtt.MQTTMessage(topic=msg.topic.encode())
+        m.payload = _restamp(msg, int(time.time() * 1000))
+        raw.append(m)
+    for m in raw[:messages]:  # warm-up: every device known, as in a running replica
+        handle_message(m, datetime.now(UTC), guard, (hub.on_parsed,), stores=False)
+    began = time.process_time()
+    for m in raw[messages:]:
+        handle_message(m, datetime.now(UTC), guard, (hub.on_parsed,), stores=False)
+    per = (time.process_time() - began) / messages
+    return f"live path (parse + hub frames), in process: {per * 1e6:.1f} us CPU per message, {messages:,} messages"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--screens", type=int, nargs="+", default=[50, 200])
@@ -167,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--client-processes", type=int, default=2, help="client processes per replica")
+    ap.add_argument("--cost", action="store_true", help="only the replica's CPU per message, in process")
     args = ap.parse_args(argv)
+    if args.cost:
+        print(input_cost())
+        return 0
     logs = Path("artifacts/bench")
     logs.mkdir(parents=True, exist_ok=True)
     print("| screens | msg/s | replicas | p50 | p99 | max (sampled) | delivered share of readings | per screen: "
