@@ -282,7 +282,7 @@ def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: M
     thr = min(-cfg.blur_log, spread.level - cfg.spread_k * spread.dev)
     b, agree = median(lr), float(np.mean(lr < 0.5 * thr))
     if lr2 is not None and (b >= thr or agree < 0.7):
-        keep = _caption(lr, lr2, np.nonzero(use)[0], cfg)
+        keep = _caption(lr, lr2, use, cfg)
         if keep is not None and median(lr[~keep]) < thr and float(np.mean(lr[~keep] < 0.5 * thr)) >= 0.7:
             # the scene lost its sharpness around a caption that kept it: judged without the caption
             lr, lr2 = lr[~keep], lr2[~keep]
@@ -306,17 +306,23 @@ def _blur(m: Measures, ref: Ref, cfg: CameraConfig, g: float, lp: F32, static: M
             out.strong.add("blur")
 
 
-def _caption(lr: np.ndarray, lr2: np.ndarray, rows: np.ndarray, cfg: CameraConfig) -> np.ndarray | None:
-    """Cells (of those judged) of burnt-in text: exactly as sharp as the reference, on a line or two.
+def _caption(lr: np.ndarray, lr2: np.ndarray, use: Mask, cfg: CameraConfig) -> np.ndarray | None:
+    """Cells (of the ``use`` cells judged) of burnt-in text: exactly as sharp as the reference, in
+    runs along a line or two.
 
     A caption (date, time, camera name) is drawn on the picture after the lens, so a defocus leaves
     its cells exactly as sharp, at both octaves, while the scene around softens; on a plain view (an
-    asphalt car park) it can hold most of the structured cells and keep their median sharp. Text
-    lies on one or two lines; a scene's unchanged structure spreads over many. None when the cells
-    that kept their sharpness are not such a caption, or too few cells would be left.
+    asphalt car park) it can hold most of the structured cells and keep their median sharp. Text runs
+    along one or two lines, over neighbouring cells; a scene's unchanged spots are scattered. None
+    when there are no such cells, or too few others would be left.
     """
-    keep = (np.abs(lr) < cfg.caption_exact) & (np.abs(lr2) < cfg.caption_exact)
+    grid = np.zeros(use.shape, bool)
+    grid[use] = (np.abs(lr) < cfg.caption_exact) & (np.abs(lr2) < cfg.caption_exact)
+    run = np.zeros(use.shape, bool)  # with a neighbour along the line that kept its sharpness too
+    run[:, 1:] |= grid[:, 1:] & grid[:, :-1]
+    run[:, :-1] |= grid[:, :-1] & grid[:, 1:]
+    keep = run[use]
     n_keep = int(np.count_nonzero(keep))
-    if n_keep < 2 or len(np.unique(rows[keep])) > cfg.caption_rows or lr.size - n_keep < cfg.min_cells:
+    if n_keep < 2 or int(np.count_nonzero(run.any(axis=1))) > cfg.caption_rows or lr.size - n_keep < cfg.min_cells:
         return None
     return keep
