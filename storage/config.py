@@ -24,6 +24,8 @@ class StorageConfig(BaseModel):
     rollup_lookback_min: int = Field(180, ge=10, description="...incrementally (only the 5-minute buckets that "
                                      "got rows, late ones included); the first refresh after an upgrade also "
                                      "recomputes this many minutes back.")
+    rollup_reorder_days: float = Field(7.0, gt=0, description="Fallback backend: rebuild the hourly rollup's index "
+                                       "in device order this often (REINDEX CONCURRENTLY; long charts read it).")
     snapshot_history: int = Field(20, ge=1, description="Distinct snapshots kept per camera.")
     quarantine_retention_days: int = Field(30, ge=1, description="Quarantined payloads older than this are dropped.")
     pool_size: int = Field(4, ge=1, le=64, description="asyncpg pool size per process.")

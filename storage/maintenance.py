@@ -1,9 +1,9 @@
 """Housekeeping run by ``ioc db upgrade`` and periodically by ingest workers (never on the insert path).
 
 Fallback backend: create daily partitions ahead, move strays out of DEFAULT partitions, drop partitions
-and rollup rows past retention. Both backends: keep a bounded snapshot history per camera and prune old
-quarantine and findings, and forget devices silent past the retention (their latest values and learned
-state).
+and rollup rows past retention, rebuild the hourly rollup's index in device order weekly. Both backends:
+keep a bounded snapshot history per camera, prune old quarantine and findings, and forget devices silent
+past the retention (their latest values and learned state).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from storage.config import StorageConfig
 from storage.db import Backend
-from storage.rollups import prune_rollups
+from storage.rollups import prune_rollups, reorder_hourly
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ async def run_maintenance(conn: Any, backend: Backend, config: StorageConfig,
     """Do all housekeeping once; safe to call concurrently from several workers (advisory lock)."""
     now = now or datetime.now(UTC)
     stats = {"partitions_created": 0, "partitions_dropped": 0, "snapshots_pruned": 0, "quarantine_pruned": 0,
-             "findings_pruned": 0, "rollups_pruned": 0, "latest_pruned": 0, "series_state_pruned": 0}
+             "findings_pruned": 0, "rollups_pruned": 0, "latest_pruned": 0, "series_state_pruned": 0,
+             "rollup_index_rebuilt": 0}
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
         return stats  # another worker is at it
     try:
@@ -54,6 +55,8 @@ async def run_maintenance(conn: Any, backend: Backend, config: StorageConfig,
             "DELETE FROM series_state WHERE updated_at < $1", expired))
         stats["rollups_pruned"] = await prune_rollups(conn, backend, now, config.rollup_5m_retention_days,
                                                       config.rollup_1h_retention_days)
+        stats["rollup_index_rebuilt"] = int(await reorder_hourly(conn, backend, now, config.rollup_reorder_days)
+                                            is not None)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     if any(stats.values()):
