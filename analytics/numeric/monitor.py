@@ -21,6 +21,9 @@ from ingest.contract import METRIC_RANGES
 
 logger = logging.getLogger(__name__)
 
+#: Readings are held within ±this before the detectors see them (the stored reading is untouched).
+MAX_MAGNITUDE = 1e12
+
 
 class Reading(NamedTuple):
     """One numeric reading as the ingest delivers it."""
@@ -107,7 +110,11 @@ class NumericMonitor:
         if len(rows) == 0:
             return []
         order = np.lexsort((ts, rows))  # per series in time order
-        rows, ts, values = rows[order], ts[order], values[order]
+        # A reading past ±1e12 (a broken or hostile device: ±1e308 parses as a float) overflowed the kernels'
+        # arithmetic into NaN and out-of-range bin indices; held at the bound it is still far out of line.
+        values = np.clip(np.nan_to_num(values[order], nan=0.0, posinf=MAX_MAGNITUDE, neginf=-MAX_MAGNITUDE),
+                         -MAX_MAGNITUDE, MAX_MAGNITUDE)
+        rows, ts = rows[order], ts[order]
         res = self.bank.update(rows, ts, values)
         self._remember(rows, ts, values, res)
         self.dirty.update(np.unique(self.table.dev[rows]).tolist())
