@@ -8,14 +8,14 @@ import logging
 
 import numpy as np
 
-from analytics.numeric import art, kernel
+from analytics.numeric import art, kernel, likelihood
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.kernel import N_COLS, StepResult
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 3
-ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S", "Ew", "Ec", "Ep", "Ek", "Aa", "Awn", "Aar", "Ac", "Au")
+ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S", "Ew", "Ec", "Ep", "Ek", "Aa", "Awn", "Aar", "Ac", "Au", "Lk")
 RESULT_FIELDS = ("score", "raw", "kind", "expected", "spread", "fired", "baseline", "baseline_spread", "record")
 
 
@@ -38,7 +38,8 @@ class SeriesBank:
         nov = self.config.novelty_w > 0  # the novelty tables exist only when the detector is on
         self.Q = np.zeros((cap, self.config.novelty_bytes if nov else 0), dtype=np.uint8)
         self.S = np.zeros((cap, self.config.novelty_orders + 1 if nov else 0), dtype=np.int8)
-        ent = self.config.re_w > 0 or self.config.art_re  # so are the relative-entropy windows
+        # so are the relative-entropy windows
+        ent = self.config.re_w > 0 or self.config.art_re or self.config.lik_mode > 0
         self.Ew = np.zeros((cap, self.config.re_window if ent else 0), dtype=np.uint8)
         self.Ec = np.zeros((cap, self.config.re_bins if ent else 0), dtype=np.float32)
         self.Ep = np.zeros((cap, self.config.re_slots if ent else 0, self.config.re_bins), dtype=np.float32)
@@ -50,6 +51,7 @@ class SeriesBank:
         self.Aar = np.zeros((cap, self.config.art_trend + 1 if on else 0), dtype=np.float32)
         self.Ac = np.zeros((cap, slots, art.COMP), dtype=np.float32)
         self.Au = np.zeros((cap, slots), dtype=np.float32)
+        self.Lk = np.zeros((cap, likelihood.N_SCALARS if self.config.lik_mode else 0), dtype=np.float64)
 
     @property
     def capacity(self) -> int:
@@ -118,7 +120,7 @@ class SeriesBank:
             sel = idx[rank == k]
             res = kernel.step(self.config, self.F, self.D, self.W, self.R, self.Hb, self.Q, self.S,
                               rows[sel], ts[sel], values[sel], (self.Ew, self.Ec, self.Ep, self.Ek),
-                              (self.Aa, self.Awn, self.Aar, self.Ac, self.Au))
+                              (self.Aa, self.Awn, self.Aar, self.Ac, self.Au), self.Lk)
             for name in RESULT_FIELDS:
                 getattr(out, name)[sel] = getattr(res, name)
         return out

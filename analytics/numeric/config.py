@@ -62,6 +62,15 @@ class DetectorConfig:
     agreeing); the entropy windows run for it even when their own score is off (``re_w = 0``)."""
     art_z: float = 0.0
     """An ART anomaly counts only when its reading is this unexpected (|z| of the main model)."""
+    lik_mode: int = 0
+    """Anomaly likelihood of the residuals (``likelihood.py``) as a third novelty member: 0 off; 1 an ART
+    or likelihood anomaly counts where the entropy window agrees; 2 only the likelihood, with the entropy
+    window; 3 any two of the three agreeing."""
+    lik_cap: float = 5.0
+    lik_tau: float = 2000.0
+    lik_p: float = 5.0
+    """|z| counted as a full raw anomaly, readings the history averages over, and -log10 of the tail
+    probability at which the likelihood counts (it scores 0.5 there, 1.0 at twice that)."""
     level_alpha: float = 0.1
     """EW rate of the fast (prediction) level per sample."""
     base_alpha: float = 0.02

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from analytics.numeric.bank import ARRAYS
+from analytics.numeric.bank import ARRAYS, SeriesBank
 from analytics.numeric.monitor import NumericMonitor
 from analytics.numeric.table import FLOAT_COLS
 
@@ -31,9 +31,17 @@ _LEVEL = 1  # zlib level: fastest; level 6 saves a few % more for several times 
 _HEAD = struct.Struct("<I")
 
 
+# arrays added after this format: left out while their member is off, so states saved before still restore
+_OPTIONAL = ("Lk",)
+
+
+def _names(bank: SeriesBank) -> list[str]:
+    return [n for n in ARRAYS if not (n in _OPTIONAL and getattr(bank, n).shape[1] == 0)]
+
+
 def _shapes(mon: NumericMonitor) -> dict[str, list[str | int]]:
     """Dtype and per-row shape of every bank array under the monitor's configuration."""
-    return {name: [getattr(mon.bank, name).dtype.str, *getattr(mon.bank, name).shape[1:]] for name in ARRAYS}
+    return {name: [getattr(mon.bank, name).dtype.str, *getattr(mon.bank, name).shape[1:]] for name in _names(mon.bank)}
 
 
 @dataclass(slots=True)
@@ -69,7 +77,7 @@ def gather(mon: NumericMonitor, device_ids: Iterable[str]) -> Gathered:
                                  "metrics": [table.metrics[r] for r in rows[pos:pos + k].tolist()],
                                  "shapes": shapes}, separators=(",", ":")).encode())
         pos += k
-    arrays = {name: getattr(bank, name)[rows] for name in ARRAYS}  # fancy indexing copies
+    arrays = {name: getattr(bank, name)[rows] for name in _names(bank)}  # fancy indexing copies
     arrays["facts"] = np.stack([table.f[k][rows] for k in FLOAT_COLS], axis=1)  # (rows, cols) float64
     arrays["silent"] = table.silent[rows]
     return Gathered([name for name, _ in named], heads, counts, arrays)
@@ -125,7 +133,7 @@ def restore_devices(mon: NumericMonitor, items: Iterable[tuple[str, bytes]]) -> 
                     dtype=np.intp)
     if len(rows) and rows.max() >= bank.size:
         bank.add(int(rows.max()) + 1 - bank.size)
-    for name in ARRAYS:  # one assignment per array for all devices
+    for name in _names(bank):  # one assignment per array for all devices
         getattr(bank, name)[rows] = np.concatenate([arrays[name] for _, _, arrays, _, _ in decoded])
     facts = np.concatenate([f for *_, f, _ in decoded])
     for i, k in enumerate(FLOAT_COLS):
@@ -141,7 +149,7 @@ Layout = list[tuple[str, np.dtype[Any], tuple[int, ...], int]]
 def _layout(shapes: dict[str, list[str | int]]) -> Layout:
     """Per array: name, dtype, per-row shape, values per row."""
     out: Layout = []
-    for name in ARRAYS:
+    for name in shapes:
         row = tuple(int(x) for x in shapes[name][1:])
         out.append((name, np.dtype(str(shapes[name][0])), row, math.prod(row)))
     return out

@@ -20,6 +20,7 @@ import numpy as np
 from analytics.numeric.art import art_step
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.entropy import entropy_step
+from analytics.numeric.likelihood import likelihood_step
 from analytics.numeric.novelty import novelty
 
 # Columns of the scalar state matrix F (float64, one row per series).
@@ -261,7 +262,8 @@ def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, 
 def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np.ndarray, Hb: np.ndarray,
          Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray,
          ent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-         art: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> StepResult:
+         art: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+         lik: np.ndarray | None = None) -> StepResult:
     """Score and learn one reading for each of ``rows`` (distinct) in place."""
     s = F[rows]
     n = s[:, N]
@@ -295,9 +297,20 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
         # the main detectors saw something that their records held back)
         art_a = (cfg.art_w * art_step(*art, rows, x, lo, hi, cfg.art_step, cfg.art_trend)
                  * (np.abs(m.z) >= cfg.art_z) * (raw >= cfg.art_raw))
-    if (cfg.re_w > 0 or cfg.art_re) and ent is not None:  # relative-entropy windows over the declared range
+    lik_a = np.zeros(len(rows))
+    if cfg.lik_mode > 0 and lik is not None and lik.shape[1] > 0:
+        lv = likelihood_step(lik, rows, m.z, cfg.lik_cap, cfg.lik_tau, gap, cfg.warmup) * warm
+        lik_a = np.where(lv >= cfg.lik_p, np.clip(lv / (2.0 * cfg.lik_p), 0.0, 1.0), 0.0)
+    if (cfg.re_w > 0 or cfg.art_re or cfg.lik_mode > 0) and ent is not None:  # entropy windows, declared range
         re_nov = entropy_step(*ent, rows, n, x, lo, hi) * (n >= cfg.re_warmup) * (np.abs(m.z) >= cfg.re_z)
-        if cfg.art_re:  # ART anomalies count only where a window's distribution is novel too
+        if cfg.lik_mode == 1:  # an ART or likelihood anomaly, where the window's distribution is novel too
+            art_a = np.maximum(art_a, lik_a) * (re_nov > 0)
+        elif cfg.lik_mode == 2:
+            art_a = lik_a * (re_nov > 0)
+        elif cfg.lik_mode == 3:  # any two of three novelty members agreeing
+            votes = (art_a >= cfg.fire_level).astype(int) + (re_nov > 0) + (lik_a > 0)
+            art_a = np.where(votes >= 2, np.maximum(np.maximum(art_a, lik_a), cfg.fire_level), 0.0)
+        elif cfg.art_re:  # ART anomalies count only where a window's distribution is novel too
             art_a = art_a * (re_nov > 0)
         if cfg.re_w > 0 and cfg.re_hold == 1:  # a novel window is a candidate finding like any other (one per episode)
             kind = np.where((re_nov > 0) & (cfg.re_w * re_nov > raw), PATTERN, kind)
