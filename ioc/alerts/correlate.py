@@ -47,8 +47,13 @@ def group_key(alert: Alert, road: str | None = None) -> str:
 
 
 def choose_incident(alert: Alert, live: Iterable[Incident], members: dict[int, Alert],
-                    cfg: CorrelationConfig, road: str | None = None) -> Incident | None:
-    """The live incident ``alert`` joins, or None to open a new one (``members``: alert id -> alert)."""
+                    cfg: CorrelationConfig, road: str | None = None,
+                    device_incidents: set[int] | None = None) -> Incident | None:
+    """The live incident ``alert`` joins, or None to open a new one (``members``: alert id -> alert).
+
+    ``device_incidents``: the incidents holding a live or just resolved alert of the same device, when the
+    caller indexes alerts by device (else every live incident's members are scanned for one).
+    """
     live = list(live)
     key = group_key(alert, road)
     # A BTS going offline while its district is on battery is explained by the power incident.
@@ -56,9 +61,13 @@ def choose_incident(alert: Alert, live: Iterable[Incident], members: dict[int, A
         for inc in live:
             if inc.group_key == f"power:{alert.district}":
                 return inc
-    if alert.device_id:
+    if alert.device_id and device_incidents is not None:
         for inc in live:
-            if any(_same_device_recent(alert, members[m], cfg) for m in inc.members if m in members):
+            if inc.id in device_incidents:
+                return inc
+    elif alert.device_id:
+        for inc in live:
+            if any(same_device_recent(alert, members[m], cfg) for m in inc.members if m in members):
                 return inc
     for inc in live:
         if inc.group_key == key:
@@ -86,7 +95,7 @@ def choose_incident(alert: Alert, live: Iterable[Incident], members: dict[int, A
     return None
 
 
-def _same_device_recent(alert: Alert, other: Alert, cfg: CorrelationConfig) -> bool:
+def same_device_recent(alert: Alert, other: Alert, cfg: CorrelationConfig) -> bool:
     if other.device_id != alert.device_id:
         return False
     return other.live or (other.resolved_at is not None

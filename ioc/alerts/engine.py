@@ -50,6 +50,13 @@ class AlertEngine:
         self.road_of = road_of  # the road a traffic sensor stands on (incidents follow the road)
         self.alerts: dict[int, Alert] = {}
         self.by_key: dict[str, Alert] = {}  # live alerts by dedupe key
+        # Alert ids per device (ids no longer in ``alerts`` are dropped when met): grouping looks up a device's
+        # alerts here instead of scanning every incident's members, which made a storm's step quadratic.
+        self._by_device: dict[str, list[int]] = {}
+        # Incidents whose members changed in this call: retitled, re-silenced and (with no live member left)
+        # resolved once at its end, not once per alert (a 3,000-alert incident made that quadratic).
+        self._dirty: dict[int, Incident] = {}
+        self._resolving: dict[int, tuple[str, str]] = {}  # incident id -> who resolved its latest alert, note
         # active, waiting for for_s: key -> (first seen, first signal time, latest signal)
         self.pending: dict[str, tuple[datetime, datetime, Signal]] = {}
         self.incidents: dict[int, Incident] = {}
@@ -81,6 +88,7 @@ class AlertEngine:
             self.incidents[inc.id] = inc
         for a in alerts:
             self.alerts[a.id] = a
+            self._index(a)
             if a.live:
                 self.by_key[a.key] = a
             elif a.resolved_at is not None:
@@ -99,6 +107,23 @@ class AlertEngine:
             return self.next_alert_id - 1
         self.next_incident_id += 1
         return self.next_incident_id - 1
+
+    def _index(self, alert: Alert) -> None:
+        if alert.device_id is not None:
+            self._by_device.setdefault(alert.device_id, []).append(alert.id)
+
+    def _device_alerts(self, device_id: str | None) -> list[Alert]:
+        """The alerts held for a device, in firing order."""
+        ids = self._by_device.get(device_id) if device_id is not None else None
+        if not ids:
+            return []
+        held = [self.alerts[i] for i in ids if i in self.alerts]
+        if len(held) < len(ids):  # forgotten alerts: prune the index
+            if held:
+                self._by_device[device_id] = [a.id for a in held]  # type: ignore[index]
+            else:
+                del self._by_device[device_id]  # type: ignore[arg-type]
+        return held
 
     def _mark_resolved(self, key: str, ts: datetime) -> None:
         last = self.resolved.get(key)
@@ -143,6 +168,7 @@ class AlertEngine:
             else:
                 since, first_ts, _ = self.pending.get(sig.key, (now, sig.ts, sig))
                 self.pending[sig.key] = (since, first_ts, sig)
+        self._settle(now, ch)
         self._escalate(now, ch)
         return ch
 
@@ -168,7 +194,7 @@ class AlertEngine:
             ch.alerts[alert.id] = alert
             inc = self.incidents.get(alert.incident_id or -1)
             if inc is not None:
-                self._retitle(inc)
+                self._dirty[inc.id] = inc
                 ch.incidents[inc.id] = inc
 
     def _fire(self, sig: Signal, now: datetime, ch: Changes) -> None:
@@ -178,10 +204,13 @@ class AlertEngine:
                       device_id=sig.device_id, kind=sig.kind, district=sig.district, lat=sig.lat, lon=sig.lon,
                       evidence=dict(sig.evidence))
         self.alerts[alert.id] = self.by_key[alert.key] = alert
-        members = {a.id: a for a in self.alerts.values()}
+        self._index(alert)
         live = [i for i in self.incidents.values() if i.live]
         road = self.road_of(alert.lat, alert.lon) if alert.category == "traffic" else None
-        inc = correlate.choose_incident(alert, live, members, self.config.correlation, road)
+        cfg = self.config.correlation
+        device_incidents = {a.incident_id for a in self._device_alerts(alert.device_id)
+                            if a.incident_id is not None and correlate.same_device_recent(alert, a, cfg)}
+        inc = correlate.choose_incident(alert, live, self.alerts, cfg, road, device_incidents)
         if inc is None and spec.opens_incident:
             inc = self._reopen(alert, road, now, ch)
             if inc is not None:
@@ -205,8 +234,7 @@ class AlertEngine:
         sil = silencing(self.silences, alert, now)
         if sil is not None and alert.suppressed is None:
             alert.suppressed = f"silenced:{sil.id}"
-        self._retitle(inc)
-        self._resuppress(inc, now, ch)
+        self._dirty[inc.id] = inc  # retitled and re-silenced at the end of the call
         ch.alerts[alert.id], ch.incidents[inc.id] = alert, inc
         ch.audit.append(AuditEntry(now, "alert_opened", "system", inc.id, alert.id, alert.title,
                                    {"rule": alert.rule, "severity": alert.severity.value,
@@ -244,8 +272,7 @@ class AlertEngine:
         return best
 
     def _had_device(self, inc: Incident, device_id: str | None) -> bool:
-        return device_id is not None and any(
-            self.alerts[m].device_id == device_id for m in inc.members if m in self.alerts)
+        return any(a.incident_id == inc.id for a in self._device_alerts(device_id))
 
     def _fire_standalone(self, alert: Alert, now: datetime, ch: Changes) -> None:
         """A context-only alert with no incident to join: listed, never paged."""
@@ -258,8 +285,8 @@ class AlertEngine:
 
     def _adopt(self, inc: Incident, alert: Alert, ch: Changes) -> None:
         """A new incident takes in the live stand-alone alerts of its device (the context that came first)."""
-        for other in self.by_key.values():
-            if other is not alert and other.incident_id is None and other.device_id == alert.device_id:
+        for other in self._device_alerts(alert.device_id):
+            if other is not alert and other.live and other.incident_id is None:
                 other.incident_id = inc.id
                 inc.members.append(other.id)
                 ch.alerts[other.id] = other
@@ -280,6 +307,7 @@ class AlertEngine:
             quiet = spec.auto_clear_s is not None and (now - alert.last_seen_at).total_seconds() >= spec.auto_clear_s
             if cleared or quiet:
                 self._resolve_alert(alert, now, "system", "condition cleared" if cleared else "no longer reported", ch)
+        self._settle(now, ch)
         close_before = now - timedelta(seconds=self.config.close_after_s)
         for alert in list(self.alerts.values()):
             if alert.state == State.RESOLVED and alert.resolved_at and alert.resolved_at <= close_before:
@@ -321,15 +349,30 @@ class AlertEngine:
             return
         inc.updated_at = now
         ch.incidents[inc.id] = inc
-        if any(self.alerts[m].live for m in inc.members if m in self.alerts):
-            self._retitle(inc)
-            return
-        inc.state, inc.resolved_at = State.RESOLVED, now
-        paged = bool(inc.escalation.get("paged"))
-        escalation.stop(inc, "resolved")
-        ch.audit.append(AuditEntry(now, "incident_resolved", actor, inc.id, None, note))
-        if paged and self.config.notify_resolved:
-            ch.pages.append(Page(inc.id, "resolved", None, ("webhook",), now))
+        self._dirty[inc.id] = inc
+        self._resolving[inc.id] = (actor, note)
+
+    def _settle(self, now: datetime, ch: Changes) -> None:
+        """Once per call, for each incident whose members changed: resolve it when no member is live any more
+        (its last alert resolved), else retitle it and re-evaluate its silences. Linear in the members."""
+        dirty, resolving = self._dirty, self._resolving
+        self._dirty, self._resolving = {}, {}
+        for inc in dirty.values():
+            if not inc.live:
+                continue
+            if any(self.alerts[m].live for m in inc.members if m in self.alerts):
+                self._retitle(inc)
+                self._resuppress(inc, now, ch)
+                continue
+            if inc.id not in resolving:
+                continue
+            actor, note = resolving[inc.id]
+            inc.state, inc.resolved_at = State.RESOLVED, now
+            paged = bool(inc.escalation.get("paged"))
+            escalation.stop(inc, "resolved")
+            ch.audit.append(AuditEntry(now, "incident_resolved", actor, inc.id, None, note))
+            if paged and self.config.notify_resolved:
+                ch.pages.append(Page(inc.id, "resolved", None, ("webhook",), now))
 
     def _resuppress(self, inc: Incident, now: datetime, ch: Changes) -> None:
         """Re-evaluate silences on live members; an incident is quiet when every live member is."""
@@ -428,6 +471,7 @@ class AlertEngine:
             a = self.alerts.get(m)
             if a is not None and a.live:
                 self._resolve_alert(a, now, actor, note or "resolved by hand", ch)
+        self._settle(now, ch)
         return ch
 
     def close(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
