@@ -344,7 +344,8 @@ async def _common(args: argparse.Namespace, report: Report, conn: asyncpg.Connec
         await conn.execute("VACUUM ANALYZE telemetry_5m, telemetry_1h, kpi_5m, kpi_1h")  # autovacuum's work
         # Readers take the rollups up to complete_before and the raw rows after it: put it where it is just before
         # the next refresh (5-minute refresh + 1 minute in flight), so the screens pay for the longest raw tail.
-        await conn.execute("UPDATE rollup_state SET complete_before = $1", day_end - timedelta(minutes=6))
+        await conn.execute("UPDATE rollup_state SET complete_before = $1 WHERE name = 'telemetry'",
+                           day_end - timedelta(minutes=6))
         report.add("raw tail read by the screens", "6 min (rollups complete up to 6 min before 'now')")
     await screens(conn, backend, devices, history, day_end, args.runs, report)
 

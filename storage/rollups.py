@@ -100,7 +100,7 @@ async def refresh_recent(conn: Any, backend: Backend, now: datetime, lookback: t
         await _summarize_brin(conn)
         async with conn.transaction():
             claimed_at: datetime = await conn.fetchval("SELECT now()")
-            first_run = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM rollup_state)")
+            first_run = await conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM rollup_state WHERE name = 'telemetry')")
             # Only marks committed by now are taken (and their rows are visible to the recompute below);
             # marks committed meanwhile stay for the next run.
             buckets = [r[0] for r in await conn.fetch(
