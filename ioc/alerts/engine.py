@@ -56,7 +56,8 @@ class AlertEngine:
         # Incidents whose members changed in this call: retitled, re-silenced and (with no live member left)
         # resolved once at its end, not once per alert (a 3,000-alert incident made that quadratic).
         self._dirty: dict[int, Incident] = {}
-        self._resolving: dict[int, tuple[str, str]] = {}  # incident id -> who resolved its latest alert, note
+        # incident id -> (who resolved its latest alert, note, that alert, how many of its alerts resolved)
+        self._resolving: dict[int, tuple[str, str, Alert, int]] = {}
         # active, waiting for for_s: key -> (first seen, first signal time, latest signal)
         self.pending: dict[str, tuple[datetime, datetime, Signal]] = {}
         self.incidents: dict[int, Incident] = {}
@@ -350,7 +351,8 @@ class AlertEngine:
         inc.updated_at = now
         ch.incidents[inc.id] = inc
         self._dirty[inc.id] = inc
-        self._resolving[inc.id] = (actor, note)
+        before = self._resolving.get(inc.id)
+        self._resolving[inc.id] = (actor, note, alert, before[3] + 1 if before else 1)
 
     def _settle(self, now: datetime, ch: Changes) -> None:
         """Once per call, for each incident whose members changed: resolve it when no member is live any more
@@ -366,7 +368,9 @@ class AlertEngine:
                 continue
             if inc.id not in resolving:
                 continue
-            actor, note = resolving[inc.id]
+            actor, note, last, count = resolving[inc.id]
+            if count > 1:  # titled as when only its last alert was live (as when retitled after each resolution)
+                inc.title = correlate.title_of(inc, [last], self.district_name(inc.district))
             inc.state, inc.resolved_at = State.RESOLVED, now
             paged = bool(inc.escalation.get("paged"))
             escalation.stop(inc, "resolved")
