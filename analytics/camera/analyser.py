@@ -254,11 +254,15 @@ class CameraAnalyser:
         scores.update(ncc0=al.c0, ncc=al.c, lift=lift, dx=al.dx, dy=al.dy, angle=al.angle, disp=al.disp,
                       mismatch=float(mismatch))
         if not (al.moved(cfg) and lift >= cfg.shift_gain and al.c >= cfg.shift_match):
-            self.align = None
+            # a moved copy found lately still explains a view that keeps mismatching (snow or shake
+            # can hide it from one snapshot's search)
+            held = self.align if mismatch and self.align is not None and self.align.overlap >= 0.5 else None
+            self.align = held
             if mismatch and not cand:  # nothing else explains it (a cover, blur, a dark picture)
                 # steady: the new view matches itself as well as the old one matched the reference
-                steady = (self.prev is not None
-                          and self_match(m, self.prev) >= max(cfg.shift_steady, typ.level - cfg.shift_mismatch / 2))
+                steady = held is not None or (
+                    self.prev is not None
+                    and self_match(m, self.prev) >= max(cfg.shift_steady, typ.level - cfg.shift_mismatch / 2))
                 if steady or not self.streak.get("shift"):
                     cand["shift"] = 0.6  # needs confirming: the first snapshot, then a steady second
             return

@@ -46,6 +46,11 @@ class Alignment:
         """Displacement as a share of the picture size."""
         return float(math.hypot(self.dx / THUMB_W, self.dy / THUMB_H))
 
+    @property
+    def overlap(self) -> float:
+        """Share of the picture the moved reference still covers."""
+        return max(0.0, 1.0 - abs(self.dx) / THUMB_W) * max(0.0, 1.0 - abs(self.dy) / THUMB_H)
+
     def moved(self, cfg: CameraConfig) -> bool:
         """Whether the transform is a real re-pointing rather than jitter."""
         return self.disp >= cfg.shift_px or abs(self.angle) >= 2.0
@@ -54,7 +59,9 @@ class Alignment:
         """Whether two alignments describe the same re-pointing."""
         if other is None:
             return False
-        return (abs(self.dx - other.dx) <= 0.8 and abs(self.dy - other.dy) <= 0.8
+        # a far re-pointing seen through wind shake wobbles by a share of its size, a near one by a pixel
+        tol = max(0.8, 0.2 * math.hypot(other.dx, other.dy))
+        return (abs(self.dx - other.dx) <= tol and abs(self.dy - other.dy) <= tol
                 and abs(self.angle - other.angle) <= 2.5)
 
 
