@@ -43,6 +43,10 @@ MAX_IMAGE_PIXELS: Final = 4096 * 4096
 MAX_METRICS_PER_DEVICE: Final = 128
 #: Distinct event types one device may send (per process): each new type is a new alert of its incident.
 MAX_EVENT_TYPES_PER_DEVICE: Final = 64
+#: A metric value beyond ±this is refused (quarantined, reason non_finite): no quantity a device measures comes
+#: near it, and sums of values near float8's limit (±1.8e308) overflow in PostgreSQL, so a device sending
+#: ±1e308 stopped every rollup refresh of its bucket (and, at each retry, all the others with it).
+MAX_ABS_VALUE: Final = 1e100
 #: Timestamps before this are refused: usually epoch seconds sent where milliseconds are expected.
 MIN_TS_EPOCH_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 

@@ -178,15 +178,22 @@ def _reading(device_id: str, kind: str, doc: dict[str, Any], received_at: dateti
     return Reading(device_id, kind, ts, values, seq, lat, lon)
 
 
+def _in_range(name: str, value: float) -> float:
+    if -c.MAX_ABS_VALUE <= value <= c.MAX_ABS_VALUE:
+        return value
+    raise ItemError(Reason.NON_FINITE, f"metric {name!r} is {value:.3g}: beyond ±{c.MAX_ABS_VALUE:g}, refused "
+                    "(sums of such values overflow)")
+
+
 def _metric_value(name: str, raw: Any) -> float:
     kind = type(raw)
     if kind is float:
         if not math.isfinite(raw):
             raise ItemError(Reason.NON_FINITE, f"metric {name!r} is {raw} (NaN and Infinity are refused)")
-        return float(raw)
+        return _in_range(name, raw)
     if kind is int:
         try:  # the lenient slow path keeps integers of any length: float() of 10**400 overflows
-            return float(raw)
+            return _in_range(name, float(raw))
         except OverflowError:
             raise ItemError(Reason.NON_FINITE, f"metric {name!r} is out of range") from None
     if kind is bool:  # documented: booleans are stored as 1/0 (e.g. mains_power)

@@ -30,7 +30,10 @@ _ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 _REFRESH_5M = (
     "INSERT INTO telemetry_5m (bucket, device_id, metric, avg, min, max, n) "
-    "SELECT date_bin('5 minutes', ts, $3), device_id, metric, avg(value), min(value), max(value), count(*) "
+    # held within ±1e100 for the mean (the ingest refuses beyond it): rows stored before that, near float8's
+    # limit, made the sum overflow and every refresh of their bucket fail
+    "SELECT date_bin('5 minutes', ts, $3), device_id, metric, avg(least(greatest(value, -1e100), 1e100)), "
+    "min(value), max(value), count(*) "
     "FROM telemetry WHERE ts >= $1 AND ts < $2 GROUP BY 1, 2, 3 "
     "ON CONFLICT (device_id, metric, bucket) DO UPDATE SET avg = excluded.avg, min = excluded.min, "
     "max = excluded.max, n = excluded.n")

@@ -208,6 +208,21 @@ async def test_maintenance_runs(conn: asyncpg.Connection,
     assert stats["snapshots_pruned"] >= 0
 
 
+async def test_stored_values_near_the_float_limit_do_not_stop_the_refresh(
+        conn: asyncpg.Connection, backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
+    """Rows of ±1e308 (stored before the ingest refused them) made every refresh of their bucket overflow."""
+    if backend_dsn[0] is not Backend.POSTGRES:
+        pytest.skip("TimescaleDB's aggregates: the ingest refuses such values (ingest.contract.MAX_ABS_VALUE)")
+    await conn.execute(STAGING_DDL)
+    dev, now = unique_id("HUGE"), datetime.now(UTC)
+    t = floor_to(now - timedelta(minutes=20), timedelta(minutes=5))
+    await write_batch(conn, BatchRows(telemetry=[(t + timedelta(seconds=k), dev, "flow_veh_h", 1.7e308, None)
+                                                 for k in range(3)]), "copy")
+    assert await refresh_recent(conn, Backend.POSTGRES, now, timedelta(minutes=30))
+    row = await conn.fetchrow("SELECT avg, max, n FROM telemetry_5m WHERE device_id = $1", dev)
+    assert (row["avg"], row["max"], row["n"]) == (1e100, 1.7e308, 3)
+
+
 async def test_hourly_rollup_index_is_rebuilt_weekly_and_a_broken_rebuild_cleaned(
         conn: asyncpg.Connection, backend_dsn: tuple[Backend, str, dict[str, object]]) -> None:
     backend = backend_dsn[0]
@@ -337,7 +352,8 @@ async def test_incremental_refresh_recomputes_only_what_was_written(conn: asyncp
     now = datetime.now(UTC).replace(microsecond=0)
     await refresh_recent(conn, Backend.POSTGRES, now, timedelta(minutes=10))  # settle what others left
     dev = unique_id("I")
-    old = now - timedelta(days=2, minutes=3)  # far outside any look-back window
+    # far outside any look-back window, early in its 5-minute bucket (the late reading below must share it)
+    old = floor_to(now - timedelta(days=2, minutes=3), timedelta(minutes=5)) + timedelta(seconds=30)
     await write_batch(conn, BatchRows(telemetry=[(old, dev, "speed_kmh", 10.0, None),
                                                  (now - timedelta(minutes=7), dev, "speed_kmh", 20.0, None)]), "copy")
     marks = await conn.fetchval("SELECT count(DISTINCT bucket) FROM telemetry_dirty")
