@@ -166,8 +166,7 @@ class AnalyticsStage:
 
     async def _detect_safely(self, devices: list[tuple[str, str, str]],
                              readings: list[tuple[str, str, datetime, float]]) -> list[Finding]:
-        """The detectors over one flush; never raises. A device that raises alone is set apart (its readings run
-        on their own: ioc/analytics_isolation.py), so it costs only its own readings, not the others' flushes."""
+        """The detectors over one flush; never raises. A device that raises is set apart (analytics_isolation)."""
         try:
             found, failed = await asyncio.to_thread(self._detect_apart, devices, readings)
         except Exception:  # registering the devices raised: nothing analysed this flush

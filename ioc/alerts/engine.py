@@ -20,7 +20,8 @@ from typing import Any
 
 from ioc.alerts import correlate, escalation, rules
 from ioc.alerts.escalation import Policy, Shift
-from ioc.alerts.model import LIVE, Alert, AlertError, AuditEntry, Changes, Incident, Page, Severity, Signal, State, rank
+from ioc.alerts.model import LIVE, Alert, AuditEntry, Changes, Incident, Page, Severity, Signal, State, rank
+from ioc.alerts.officer import OfficerActions
 from ioc.alerts.silences import Silence, silencing
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class EngineConfig:
     """How long the last resolution of each key is remembered (signals replayed from before it are ignored)."""
 
 
-class AlertEngine:
+class AlertEngine(OfficerActions):
     """Holds live alerts and incidents in memory; the stage persists every change it returns."""
 
     def __init__(self, config: EngineConfig | None = None,
@@ -421,77 +422,6 @@ class AlertEngine:
     def _retitle(self, inc: Incident) -> None:
         inc.title = correlate.title_of(inc, [self.alerts[m] for m in inc.members if m in self.alerts],
                                        self.district_name(inc.district))
-
-    # --- officers' actions ---------------------------------------------------------------------------------
-
-    def incident(self, incident_id: int) -> Incident:
-        inc = self.incidents.get(incident_id)
-        if inc is None:
-            raise AlertError(f"incident {incident_id} is not live (closed or unknown)")
-        return inc
-
-    def alert(self, alert_id: int) -> Alert:
-        a = self.alerts.get(alert_id)
-        if a is None:
-            raise AlertError(f"alert {alert_id} is not live (closed or unknown)")
-        return a
-
-    def acknowledge(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
-        """Acknowledge an incident and its live alerts; escalation stops."""
-        inc, ch = self.incident(incident_id), Changes()
-        if inc.state != State.OPEN:
-            raise AlertError(f"incident {incident_id} is {inc.state.value}, not open")
-        inc.state, inc.acked_by, inc.acked_at, inc.updated_at = State.ACKNOWLEDGED, actor, now, now
-        escalation.stop(inc, f"acknowledged by {actor}")
-        for m in inc.members:
-            a = self.alerts.get(m)
-            if a is not None and a.state == State.OPEN:
-                a.state, a.acked_by, a.acked_at = State.ACKNOWLEDGED, actor, now
-                ch.alerts[a.id] = a
-        ch.incidents[inc.id] = inc
-        ch.audit.append(AuditEntry(now, "acknowledged", actor, inc.id, None, note))
-        return ch
-
-    def assign(self, incident_id: int, officer_id: str | None, actor: str, now: datetime) -> Changes:
-        inc, ch = self.incident(incident_id), Changes()
-        inc.assignee, inc.updated_at = officer_id, now
-        ch.incidents[inc.id] = inc
-        ch.audit.append(AuditEntry(now, "assigned", actor, inc.id, None, officer_id or "unassigned"))
-        return ch
-
-    def comment(self, incident_id: int, actor: str, note: str, now: datetime) -> Changes:
-        inc, ch = self.incident(incident_id), Changes()
-        inc.updated_at = now
-        ch.incidents[inc.id] = inc
-        ch.audit.append(AuditEntry(now, "commented", actor, inc.id, None, note))
-        return ch
-
-    def resolve(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
-        """Resolve by hand: every live member resolves (a condition still present will fire anew)."""
-        inc, ch = self.incident(incident_id), Changes()
-        if not inc.live:
-            raise AlertError(f"incident {incident_id} is already {inc.state.value}")
-        for m in list(inc.members):
-            a = self.alerts.get(m)
-            if a is not None and a.live:
-                self._resolve_alert(a, now, actor, note or "resolved by hand", ch)
-        self._settle(now, ch)
-        return ch
-
-    def close(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
-        inc, ch = self.incident(incident_id), Changes()
-        if inc.state != State.RESOLVED:
-            raise AlertError(f"incident {incident_id} is {inc.state.value}; resolve it first")
-        inc.state, inc.closed_at, inc.updated_at = State.CLOSED, now, now
-        for m in inc.members:
-            a = self.alerts.get(m)
-            if a is not None and a.state == State.RESOLVED:
-                a.state, a.closed_at = State.CLOSED, now
-                ch.alerts[a.id] = a
-        ch.incidents[inc.id] = inc
-        ch.audit.append(AuditEntry(now, "closed", actor, inc.id, None, note))
-        self._forget(inc)
-        return ch
 
     # --- silences, policies, roster ----------------------------------------------------------------------
 
