@@ -73,7 +73,7 @@ class Usage:
 
 #: Counters of ``/api/live/stats`` summed over the replicas and differenced over a round.
 COUNTERS = ("seq", "frames_out", "lagged_total", "lagged_on_socket", "loop_stalls", "loop_stall_s", "slow_sends",
-            "send_wait_s")
+            "send_wait_s", "intake_handled", "intake_shed", "intake_superseded")
 
 
 def hub_stats(replicas: list[ServiceProcess], headers: dict[str, str]) -> dict[str, float] | None:
@@ -91,6 +91,7 @@ def hub_stats(replicas: list[ServiceProcess], headers: dict[str, str]) -> dict[s
         for key in COUNTERS:
             total[key] += stats.get(key, 0)
         total["loop_late_max_s"] = max(total["loop_late_max_s"], stats.get("loop_late_max_s", 0))
+        total["intake_lag_max_ms"] = max(total.get("intake_lag_max_ms", 0), stats.get("intake_lag_max_ms", 0))
     return total
 
 
@@ -121,7 +122,8 @@ def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, sc
     publish_s = time.monotonic() - began
     time.sleep(3.0)  # the last frames on their way
     counts = hub_stats(replicas, headers)
-    hubs = ({k: counts[k] - counts0[k] for k in COUNTERS} | {"loop_late_max_s": counts["loop_late_max_s"]}
+    hubs = ({k: counts[k] - counts0[k] for k in COUNTERS} | {"loop_late_max_s": counts["loop_late_max_s"],
+                                                               "intake_lag_max_ms": counts["intake_lag_max_ms"]}
             if counts and counts0 else None)
     usage = Usage(max(time.monotonic() - began, 1e-3), publish_s, sum(cpu_seconds(r.pid) for r in replicas) - cpu0[0],
                   sum(cpu_seconds(w.pid or 0) for w in workers) - cpu0[1],
@@ -156,7 +158,9 @@ def why(results: list[Result], usage: Usage) -> str:
               f"replicas: {h['lagged_total']:.0f} screens fell behind ({h['lagged_on_socket']:.0f} waiting for the "
               f"screen's socket), loop stalls >100 ms {h['loop_stalls']:.0f} "
               f"({h['loop_stall_s']:.1f} s, latest max {h['loop_late_max_s'] * 1000:.0f} ms since start), sends "
-              f"waiting >100 ms {h['slow_sends']:.0f} ({h['send_wait_s']:.1f} s)")
+              f"waiting >100 ms {h['slow_sends']:.0f} ({h['send_wait_s']:.1f} s); input: handled "
+              f"{h['intake_handled']:,.0f}, set aside late {h['intake_shed']:,.0f} (of which superseded "
+              f"{h['intake_superseded']:,.0f}), oldest handled in order {h['intake_lag_max_ms']:.0f} ms since start")
     return (f"    why: {server}; client processes: loop stalls >100 ms {stall_n} ({stall_ms / 1000:.1f} s, max "
             f"{late} ms); load {load}")
 

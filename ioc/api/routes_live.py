@@ -167,7 +167,9 @@ async def live_stats(request: Request) -> dict[str, Any]:
             "max_queue": max((c.queued for c in clients), default=0), "audiences": len(hub.audiences),
             "lagged_total": hub.lagged_total, "lagged_on_socket": hub.lagged_on_socket, "loop_stalls": hub.loop_stalls,
             "loop_stall_s": round(hub.loop_stall_s, 3), "loop_late_max_s": round(hub.loop_late_max_s, 3),
-            "slow_sends": hub.slow_sends, "send_wait_s": round(hub.send_wait_s, 3)}
+            "slow_sends": hub.slow_sends, "send_wait_s": round(hub.send_wait_s, 3),
+            # the input side (a replica following the broker): how far behind it is and what it set aside
+            **(listener.intake.stats() if (listener := request.app.state.listener) is not None else {})}
 
 
 @router.get("/api/findings", dependencies=[requires(Role.VIEWER)])

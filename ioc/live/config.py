@@ -24,6 +24,11 @@ class LiveConfig(BaseModel):
     heartbeat_s: float = Field(10.0, gt=0)
     batch_ms: float = Field(50.0, ge=0, le=1000, description="Frames emitted within this window go to the screens "
                             "as one WebSocket message per screen (0: one per event-loop turn, many more sends).")
+    shed_after_ms: float = Field(150.0, ge=10, le=10_000, description="A replica following the broker (not an "
+                                 "embedded ingest) that is this far behind on a device's telemetry or snapshot "
+                                 "sets it aside and shows only the newest per device once it has caught up: "
+                                 "screens stay current when the replica is short of CPU. Status and event "
+                                 "messages are never set aside (ioc/live/intake.py).")
     ws_compression: bool = Field(False, description="Offer permessage-deflate on /ws/live. Off: compressing is per "
                                  "connection (every screen's copy of a batch compressed again), which cost a "
                                  "replica more than everything else it does for its screens.")

@@ -18,12 +18,13 @@ from ingest.guard import MetricNameGuard
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.records import ParsedMessage
 from ingest.worker import handle_message
+from ioc.live.intake import LiveIntake
 from ioc.settings import Settings
 
-#: Messages parsed per turn of the event loop. With a backlog (a burst, or the replica starved of CPU for a
-#: moment) the frames of one turn reach every screen at once: well under a screen's queue (2,000 frames), so
-#: screens fall behind only when they do not read, and sends run every ~10 ms (~100 us per message here).
-PACKETS_PER_TURN = 100
+#: Messages read off the socket per turn of the event loop. Reading only queues them (ioc/live/intake.py), a
+#: few tens of microseconds each; handling them is budgeted in time by the intake, so sends still run every
+#: ~10 ms however large the backlog.
+PACKETS_PER_TURN = 500
 
 
 class LiveListener:
@@ -38,6 +39,7 @@ class LiveListener:
             subscriptions=(SUBSCRIPTION,), qos=0, clean_start=True, session_expiry_s=0,
             keepalive_s=settings.mqtt.keepalive_s, username=user, password=password,
             tls=settings.mqtt_tls, packets_per_turn=PACKETS_PER_TURN), self._on_message, self._on_connection_change)
+        self.intake = LiveIntake(self._handle, shed_after_s=settings.live.shed_after_ms / 1000)
         self.stall_s = settings.ingest.stall_s
         self._disconnected_at: float | None = time.monotonic()
 
@@ -56,6 +58,9 @@ class LiveListener:
         return []
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
+        self.intake.push(message)
+
+    def _handle(self, message: mqtt.MQTTMessage) -> None:
         # The ingest's own handler: parse, caps, sinks, each error caught (the ingest workers quarantine the
         # message; here it is only counted and logged, since this process stores nothing).
         handle_message(message, datetime.now(UTC), self.guard, self.sinks, stores=False)

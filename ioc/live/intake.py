@@ -1,0 +1,123 @@
+"""Between the broker and the hub: a live replica's lag stays bounded when it is short of CPU.
+
+Reading a message off the socket costs a few tens of microseconds; parsing it and turning it into frames
+several times that. A replica that cannot do the second part at the input's rate used to fall behind the
+broker by seconds: the backlog waited in the socket and at the broker, where nothing could coalesce it.
+So the listener only reads and queues (:meth:`LiveIntake.push`), and each turn of the event loop handles
+the queue for a bounded time (:meth:`LiveIntake.drain`):
+
+* a message handled within ``shed_after_s`` of its arrival goes through as before;
+* an older *telemetry* or *snapshot* message is not handled: it is kept as its topic's latest (a newer
+  one on that topic replaces it) and handled only when the queue is empty, so each device's latest
+  values still reach the screens, late, and only once;
+* *status* and *event* messages are never shed (an outage must reach the wall however late).
+
+This is for screens only: the analytics and alerts read every reading from their own durable input
+(the brain, docs/ha.md), and the ingest workers store every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from prometheus_client import Counter
+
+from ingest.metrics import HANDLER_ERRORS
+
+logger = logging.getLogger(__name__)
+
+SHED = Counter("ioc_live_shed", "Telemetry or snapshot messages a live replica set aside, late (newest per device "
+               "shown once caught up)")
+
+#: Channels whose messages a newer one on the same topic makes redundant for a screen.
+SHEDDABLE = (b"/telemetry", b"/snapshot")
+
+
+class LiveIntake:
+    """A queue of received messages, handled in slices of ``turn_budget_s`` per turn of the loop."""
+
+    def __init__(self, handle: Callable[[mqtt.MQTTMessage], None], shed_after_s: float = 0.15,
+                 turn_budget_s: float = 0.01, max_queue: int = 200_000) -> None:
+        self.handle = handle
+        self.shed_after_s = shed_after_s
+        self.turn_budget_s = turn_budget_s
+        self.max_queue = max_queue
+        self.queue: deque[tuple[float, mqtt.MQTTMessage]] = deque()
+        self.latest_only: dict[bytes, mqtt.MQTTMessage] = {}  # shed messages: the newest per topic
+        self.handled = 0
+        self.shed = 0  # messages set aside for a newer one or for later (each counted once)
+        self.superseded = 0  # ... of which a newer message on the topic replaced before it was handled
+        self.overflow = 0  # messages dropped because the queue was full (never expected; counted to be seen)
+        self.lag_s = 0.0  # age of the last message handled in order
+        self.lag_max_s = 0.0
+        self._scheduled = False
+
+    def push(self, message: mqtt.MQTTMessage) -> None:
+        """Queue one message (paho's reader calls this): cheap, never handles anything itself."""
+        if len(self.queue) >= self.max_queue:
+            self.overflow += 1
+            return
+        self.queue.append((time.monotonic(), message))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self.drain)
+            except RuntimeError:  # no loop (tests driving it by hand)
+                self._scheduled = False
+
+    def drain(self) -> None:
+        """Handle queued messages for at most ``turn_budget_s``; reschedule while any remain."""
+        self._scheduled = False
+        began = time.monotonic()
+        deadline = began + self.turn_budget_s
+        queue, latest_only = self.queue, self.latest_only
+        now = began
+        while queue:
+            arrived, message = queue.popleft()
+            topic = message._topic
+            age = now - arrived
+            if age > self.shed_after_s and topic.endswith(SHEDDABLE):
+                if latest_only.pop(topic, None) is not None:
+                    self.superseded += 1
+                latest_only[topic] = message
+                self.shed += 1
+                SHED.inc()
+                continue  # no clock read: setting aside is cheap, and a backlog of them goes in one turn
+            if latest_only and latest_only.pop(topic, None) is not None:
+                self.superseded += 1  # this newer message supersedes the one set aside
+            self.lag_s = age
+            self.lag_max_s = max(self.lag_max_s, age)
+            self._handle(message)
+            now = time.monotonic()
+            if now >= deadline:
+                break
+        # Caught up: the messages set aside (each topic's newest) go out now, oldest topic first.
+        while not queue and latest_only and now < deadline:
+            topic = next(iter(latest_only))
+            self._handle(latest_only.pop(topic))
+            now = time.monotonic()
+        if queue or latest_only:
+            try:
+                asyncio.get_running_loop().call_soon(self.drain)
+                self._scheduled = True
+            except RuntimeError:  # no loop (tests driving it by hand): the caller drains again
+                pass
+
+    def _handle(self, message: mqtt.MQTTMessage) -> None:
+        self.handled += 1
+        try:
+            self.handle(message)
+        except Exception:  # the handler catches its own errors; this keeps one message from stopping the queue
+            HANDLER_ERRORS.labels("live_intake").inc()
+            logger.exception("live intake: handling a message on %r raised", message._topic[:200])
+
+    def stats(self) -> dict[str, float | int]:
+        return {"intake_queue": len(self.queue), "intake_set_aside": len(self.latest_only),
+                "intake_handled": self.handled, "intake_shed": self.shed, "intake_superseded": self.superseded,
+                "intake_overflow": self.overflow, "intake_lag_ms": round(self.lag_s * 1000, 1),
+                "intake_lag_max_ms": round(self.lag_max_s * 1000, 1)}
