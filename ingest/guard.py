@@ -30,8 +30,15 @@ class MetricNameGuard:
 
     def apply(self, parsed: ParsedMessage, topic: str) -> ParsedMessage:
         """Move readings and events that would exceed a device's caps from records to rejections (in place)."""
-        if not any(isinstance(rec, Reading | DeviceEvent) for rec in parsed.records):
+        for rec in parsed.records:  # the usual case, everything admitted: one pass, no new list
+            if isinstance(rec, Reading):
+                if not self._admit(rec):
+                    break
+            elif isinstance(rec, DeviceEvent) and not self._admit_type(rec):
+                break
+        else:
             return parsed
+        # Admitting is idempotent (a record admitted above is admitted again), so the second pass decides alike.
         kept = []
         for rec in parsed.records:
             if isinstance(rec, DeviceEvent) and not self._admit_type(rec):

@@ -40,3 +40,32 @@ async def test_a_failed_write_keeps_its_rows_and_newer_ones_win() -> None:
     latest.add([(T0 + timedelta(seconds=5), "cam-1", "fps", 12.0, None)])  # arrived meanwhile
     latest.put_back([("cam-1", "fps", T0 - timedelta(seconds=5), 1.0)])  # an older value coming back loses
     assert latest.take() == [("cam-1", "fps", T0 + timedelta(seconds=5), 12.0)]
+
+
+class _Recording:
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    async def execute(self, *args: object) -> None:
+        self.calls.append(args)
+
+
+async def test_the_write_sends_one_row_per_key_in_key_order_with_exact_values() -> None:
+    import orjson
+
+    latest = LatestValues()
+    ts = T0 + timedelta(microseconds=123_457)
+    latest.add([(ts, "bts-2", "temp_c", 0.1 + 0.2, 7), (T0, "bts-2", "temp_c", 5.0, 6),  # the newer wins
+                (T0, "bts-10", "z_metric", -1e100, None), (T0, "bts-10", "a_metric", 1e-300, None)])
+    latest.add([(T0, "bts-1", "fps", 25.0, 1)])
+    conn = _Recording()
+    assert await latest.flush(conn) == 4 and len(latest) == 0
+    [(sql, doc)] = conn.calls
+    assert "telemetry_latest" in str(sql)
+    rows = orjson.loads(str(doc))
+    assert [(r[1], r[2]) for r in rows] == [("bts-1", "fps"), ("bts-10", "a_metric"), ("bts-10", "z_metric"),
+                                            ("bts-2", "temp_c")]  # sorted: workers lock rows in one order
+    assert [datetime.fromisoformat(r[0]) for r in rows] == [T0, T0, T0, ts]
+    assert [r[3] for r in rows] == [25.0, 1e-300, -1e100, 0.1 + 0.2]  # floats round-trip exactly
+    await latest.flush(conn)
+    assert len(conn.calls) == 1  # nothing pending: nothing written
