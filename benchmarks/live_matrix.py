@@ -92,6 +92,8 @@ def hub_stats(replicas: list[ServiceProcess], headers: dict[str, str]) -> dict[s
             total[key] += stats.get(key, 0)
         total["loop_late_max_s"] = max(total["loop_late_max_s"], stats.get("loop_late_max_s", 0))
         total["intake_lag_max_ms"] = max(total.get("intake_lag_max_ms", 0), stats.get("intake_lag_max_ms", 0))
+        for edge, n in stats.get("input_lag_counts", {}).items():
+            total[f"lag<={edge}"] = total.get(f"lag<={edge}", 0) + n
     return total
 
 
@@ -122,7 +124,8 @@ def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, sc
     publish_s = time.monotonic() - began
     time.sleep(3.0)  # the last frames on their way
     counts = hub_stats(replicas, headers)
-    hubs = ({k: counts[k] - counts0[k] for k in COUNTERS} | {"loop_late_max_s": counts["loop_late_max_s"],
+    hubs = ({k: counts[k] - counts0[k] for k in counts if k in COUNTERS or k.startswith("lag<=")}
+            | {"loop_late_max_s": counts["loop_late_max_s"],
                                                                "intake_lag_max_ms": counts["intake_lag_max_ms"]}
             if counts and counts0 else None)
     usage = Usage(max(time.monotonic() - began, 1e-3), publish_s, sum(cpu_seconds(r.pid) for r in replicas) - cpu0[0],
@@ -160,9 +163,25 @@ def why(results: list[Result], usage: Usage) -> str:
               f"({h['loop_stall_s']:.1f} s, latest max {h['loop_late_max_s'] * 1000:.0f} ms since start), sends "
               f"waiting >100 ms {h['slow_sends']:.0f} ({h['send_wait_s']:.1f} s); input: handled "
               f"{h['intake_handled']:,.0f}, set aside late {h['intake_shed']:,.0f} (of which superseded "
-              f"{h['intake_superseded']:,.0f}), oldest handled in order {h['intake_lag_max_ms']:.0f} ms since start")
+              f"{h['intake_superseded']:,.0f}), oldest handled in order {h['intake_lag_max_ms']:.0f} ms since start; "
+              f"publish -> replica input: {input_lag(h)}")
     return (f"    why: {server}; client processes: loop stalls >100 ms {stall_n} ({stall_ms / 1000:.1f} s, max "
             f"{late} ms); load {load}")
+
+
+def input_lag(hubs: dict[str, float]) -> str:
+    """The share of messages that reached the replicas within each lag edge (their device stamp -> the replica's
+    live input): what the screens' latency owes to the publishers, the broker and the replicas' sockets."""
+    edges = [(k.removeprefix("lag<="), v) for k, v in hubs.items() if k.startswith("lag<=")]
+    total = sum(v for _, v in edges)
+    if not total:
+        return "n/a"
+    shares, running = [], 0.0
+    for edge, n in edges[:-1]:
+        running += n
+        if edge in ("0.1", "0.25", "0.5", "1.0"):
+            shares.append(f"<= {float(edge) * 1000:.0f} ms {running / total:.1%}")
+    return ", ".join(shares)
 
 
 def input_cost(messages: int = 20_000) -> str:

@@ -18,6 +18,7 @@ from ioc.api.edge import bad_text_in_message
 from ioc.api.models import ApiTime
 from ioc.api.routes_alerts import ActionRequest
 from ioc.cluster import actions as cluster_actions
+from ioc.cluster.node import LAG_EDGES
 from ioc.live.filters import FilterError, Subscription
 from ioc.live.hub import ClientSession, LiveHub, encode
 from storage import queries
@@ -168,7 +169,10 @@ async def live_stats(request: Request) -> dict[str, Any]:
             "lagged_total": hub.lagged_total, "lagged_on_socket": hub.lagged_on_socket, "loop_stalls": hub.loop_stalls,
             "loop_stall_s": round(hub.loop_stall_s, 3), "loop_late_max_s": round(hub.loop_late_max_s, 3),
             "slow_sends": hub.slow_sends, "send_wait_s": round(hub.send_wait_s, 3),
-            # the input side (a replica following the broker): how far behind it is and what it set aside
+            # the input side: the age of messages (device stamp -> this replica) by upper edge in seconds,
+            # and (a replica following the broker) what its intake set aside
+            "input_lag_counts": dict(zip([*map(str, LAG_EDGES), "inf"], request.app.state.node.lag_counts,
+                                         strict=True)) if getattr(request.app.state, "node", None) else {},
             **(listener.intake.stats() if (listener := request.app.state.listener) is not None else {})}
 
 

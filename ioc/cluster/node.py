@@ -7,6 +7,7 @@ stateful stages while it holds it; ``all`` does both (the demo, small sites, tes
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import socket
@@ -29,6 +30,10 @@ ROLES: tuple[Role, ...] = ("api", "brain", "all")
 
 def new_process_id(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+#: Upper edges (s) of the live input-lag counts in ``GET /api/live/stats`` (publish stamp -> this replica).
+LAG_EDGES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def input_lag(parsed: ParsedMessage, now: datetime) -> float | None:
@@ -74,12 +79,14 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self.live_lag_s: float | None = None  # this process's own live feed (the screens' input)
         self._live_at: float | None = None  # monotonic time of its last timed message
+        self.lag_counts = [0] * (len(LAG_EDGES) + 1)  # messages by input lag (LAG_EDGES; the last: beyond)
 
     def on_parsed(self, parsed: ParsedMessage) -> None:
         """Sink beside the hub's: measures the lag of the live feed this replica's screens are served from."""
         lag = input_lag(parsed, datetime.now(UTC))
         if lag is not None:
             self.live_lag_s, self._live_at = lag, time.monotonic()
+            self.lag_counts[bisect.bisect_left(LAG_EDGES, lag)] += 1
 
     def doing(self) -> str:
         if self.brain is None:

@@ -135,6 +135,21 @@ class LiveHub:
         for rec in parsed.records:
             self.on_record(rec, received_at)
 
+    def on_parsed_late(self, parsed: ParsedMessage) -> None:
+        """Sink for a message the live intake set aside as late (ioc/live/intake.py): applied to the state and
+        sent as the device's latest state (a ``device`` frame, as to a lagging screen), not as a reading."""
+        received_at = datetime.now(UTC)
+        changed: dict[str, DeviceState] = {}
+        for rec in parsed.records:
+            self._device_texts.pop(rec.device_id, None)
+            dev, moved, news = self.table.apply(rec, received_at)
+            if moved or (dev.district is None and dev.lat is not None):
+                dev.district = self.district_of(dev.lat, dev.lon)
+            if news:
+                changed[dev.device_id] = dev
+        for dev in changed.values():
+            self.emit("device", dev, {"coalesced": True, **dev.to_dict()}, True)
+
     def on_record(self, rec: Record, received_at: datetime) -> None:
         self._device_texts.pop(rec.device_id, None)  # last_seen changes even when nothing else does
         dev, moved, news = self.table.apply(rec, received_at)

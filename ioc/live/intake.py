@@ -8,8 +8,9 @@ the queue for a bounded time (:meth:`LiveIntake.drain`):
 
 * a message handled within ``shed_after_s`` of its arrival goes through as before;
 * an older *telemetry* or *snapshot* message is not handled: it is kept as its topic's latest (a newer
-  one on that topic replaces it) and handled only when the queue is empty, so each device's latest
-  values still reach the screens, late, and only once;
+  one on that topic replaces it) and handled only when the queue is empty, *as late*: the hub applies it
+  and sends the device's latest state (a ``device`` frame, as to a screen that fell behind), not a
+  reading seconds old;
 * *status* and *event* messages are never shed (an outage must reach the wall however late).
 
 This is for screens only: the analytics and alerts read every reading from their own durable input
@@ -39,9 +40,10 @@ SHEDDABLE = (b"/telemetry", b"/snapshot")
 
 
 class LiveIntake:
-    """A queue of received messages, handled in slices of ``turn_budget_s`` per turn of the loop."""
+    """A queue of received messages, handled in slices of ``turn_budget_s`` per turn of the loop;
+    ``handle(message, late)`` is told whether the message was set aside."""
 
-    def __init__(self, handle: Callable[[mqtt.MQTTMessage], None], shed_after_s: float = 0.15,
+    def __init__(self, handle: Callable[[mqtt.MQTTMessage, bool], None], shed_after_s: float = 0.15,
                  turn_budget_s: float = 0.01, max_queue: int = 200_000) -> None:
         self.handle = handle
         self.shed_after_s = shed_after_s
@@ -92,14 +94,14 @@ class LiveIntake:
                 self.superseded += 1  # this newer message supersedes the one set aside
             self.lag_s = age
             self.lag_max_s = max(self.lag_max_s, age)
-            self._handle(message)
+            self._handle(message, False)
             now = time.monotonic()
             if now >= deadline:
                 break
         # Caught up: the messages set aside (each topic's newest) go out now, oldest topic first.
         while not queue and latest_only and now < deadline:
             topic = next(iter(latest_only))
-            self._handle(latest_only.pop(topic))
+            self._handle(latest_only.pop(topic), True)
             now = time.monotonic()
         if queue or latest_only:
             try:
@@ -108,10 +110,10 @@ class LiveIntake:
             except RuntimeError:  # no loop (tests driving it by hand): the caller drains again
                 pass
 
-    def _handle(self, message: mqtt.MQTTMessage) -> None:
+    def _handle(self, message: mqtt.MQTTMessage, late: bool) -> None:
         self.handled += 1
         try:
-            self.handle(message)
+            self.handle(message, late)
         except Exception:  # the handler catches its own errors; this keeps one message from stopping the queue
             HANDLER_ERRORS.labels("live_intake").inc()
             logger.exception("live intake: handling a message on %r raised", message._topic[:200])

@@ -30,8 +30,12 @@ PACKETS_PER_TURN = 500
 class LiveListener:
     """Parses messages from the broker and hands them to the sinks (hub, analytics)."""
 
-    def __init__(self, settings: Settings, sinks: tuple[Callable[[ParsedMessage], None], ...]) -> None:
+    def __init__(self, settings: Settings, sinks: tuple[Callable[[ParsedMessage], None], ...],
+                 late_sinks: tuple[Callable[[ParsedMessage], None], ...] | None = None) -> None:
         self.sinks = sinks
+        # messages the intake set aside as late (the newest of a device, once caught up): the hub's own
+        # ``on_parsed_late`` on a served replica; by default the same sinks
+        self.late_sinks = sinks if late_sinks is None else late_sinks
         self.guard = MetricNameGuard()
         user, password = settings.mqtt_credentials
         self.session = MqttSession(SessionOptions(
@@ -60,10 +64,10 @@ class LiveListener:
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         self.intake.push(message)
 
-    def _handle(self, message: mqtt.MQTTMessage) -> None:
+    def _handle(self, message: mqtt.MQTTMessage, late: bool) -> None:
         # The ingest's own handler: parse, caps, sinks, each error caught (the ingest workers quarantine the
         # message; here it is only counted and logged, since this process stores nothing).
-        handle_message(message, datetime.now(UTC), self.guard, self.sinks, stores=False)
+        handle_message(message, datetime.now(UTC), self.guard, self.late_sinks if late else self.sinks, stores=False)
 
     async def run(self) -> None:
         await self.session.run()

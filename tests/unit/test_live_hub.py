@@ -271,3 +271,18 @@ def test_falling_behind_is_counted_and_told_apart_from_a_socket_that_does_not_ta
         hub.on_record(reading(f"D{i % 3}", i), T0)
     hub.flush()
     assert (hub.lagged_total, hub.lagged_on_socket) == (4, 1)
+
+
+def test_a_late_reading_is_shown_as_the_device_state_not_as_a_reading() -> None:
+    from ingest.records import ParsedMessage
+
+    hub = LiveHub(district_of)
+    hub.on_record(reading("N1", 0, lat=20.95), T0)
+    client = hub.attach(Subscription.parse({"districts": "NORTH", "types": "reading"}))
+    frames(hub, client)  # the snapshot
+    hub.on_parsed_late(ParsedMessage(records=[reading("N1", 5)], rejections=[]))
+    (frame,) = frames(hub, client)
+    assert frame["type"] == "device" and frame["coalesced"] is True  # passes a types filter, as after `lagged`
+    assert frame["latest"]["speed_kmh"]["value"] == 5.0 and frame["district"] == "NORTH"
+    hub.on_parsed_late(ParsedMessage(records=[reading("N1", 3)], rejections=[]))  # older than what is held
+    assert frames(hub, client) == []

@@ -25,7 +25,7 @@ def _queue(intake: LiveIntake, topic: str, age_s: float, payload: bytes = b"{}")
 
 def test_fresh_messages_are_handled_in_order() -> None:
     seen: list[bytes] = []
-    intake = LiveIntake(lambda m: seen.append(m.payload), shed_after_s=0.15, turn_budget_s=10)
+    intake = LiveIntake(lambda m, late: seen.append(m.payload), shed_after_s=0.15, turn_budget_s=10)
     for i in range(5):
         intake.push(_msg("ioc/v1/bts/B1/telemetry", str(i).encode()))
     intake.drain()
@@ -35,7 +35,14 @@ def test_fresh_messages_are_handled_in_order() -> None:
 
 def test_late_telemetry_is_set_aside_and_only_the_newest_per_topic_is_shown() -> None:
     seen: list[tuple[str, bytes]] = []
-    intake = LiveIntake(lambda m: seen.append((m.topic, m.payload)), shed_after_s=0.15, turn_budget_s=10)
+    late_ones: list[bytes] = []
+
+    def handle(m: mqtt.MQTTMessage, late: bool) -> None:
+        seen.append((m.topic, m.payload))
+        if late:
+            late_ones.append(m.payload)
+
+    intake = LiveIntake(handle, shed_after_s=0.15, turn_budget_s=10)
     _queue(intake, "ioc/v1/bts/B1/telemetry", 2.0, b"old-1")
     _queue(intake, "ioc/v1/bts/B2/telemetry", 1.9, b"old-2")
     _queue(intake, "ioc/v1/bts/B1/telemetry", 1.5, b"newer-1")
@@ -48,11 +55,12 @@ def test_late_telemetry_is_set_aside_and_only_the_newest_per_topic_is_shown() ->
                         ("ioc/v1/traffic/T1/telemetry", b"fresh")]
     assert sorted(seen[3:]) == [("ioc/v1/bts/B1/telemetry", b"newer-1"), ("ioc/v1/bts/B2/telemetry", b"old-2")]
     assert intake.shed == 3 and intake.superseded == 1 and intake.handled == 5
+    assert sorted(late_ones) == [b"newer-1", b"old-2"]  # the hub shows these as device state, not readings
 
 
 def test_a_fresh_message_supersedes_the_one_set_aside() -> None:
     seen: list[bytes] = []
-    intake = LiveIntake(lambda m: seen.append(m.payload), shed_after_s=0.15, turn_budget_s=10)
+    intake = LiveIntake(lambda m, late: seen.append(m.payload), shed_after_s=0.15, turn_budget_s=10)
     _queue(intake, "ioc/v1/camera/C1/snapshot", 1.0, b"old-picture")
     _queue(intake, "ioc/v1/camera/C1/snapshot", 0.0, b"new-picture")
     intake.drain()
@@ -63,7 +71,7 @@ def test_a_fresh_message_supersedes_the_one_set_aside() -> None:
 def test_each_turn_is_bounded_and_the_rest_waits_for_the_next() -> None:
     async def scenario() -> list[int]:
         handled_per_turn: list[int] = []
-        intake = LiveIntake(lambda m: time.sleep(0.002), shed_after_s=60, turn_budget_s=0.01)
+        intake = LiveIntake(lambda m, late: time.sleep(0.002), shed_after_s=60, turn_budget_s=0.01)
         for i in range(40):
             intake.push(_msg(f"ioc/v1/bts/B{i}/telemetry"))
         while intake.queue:
@@ -80,7 +88,7 @@ def test_each_turn_is_bounded_and_the_rest_waits_for_the_next() -> None:
 def test_a_handler_that_raises_does_not_stop_the_queue() -> None:
     seen: list[bytes] = []
 
-    def handle(m: mqtt.MQTTMessage) -> None:
+    def handle(m: mqtt.MQTTMessage, late: bool) -> None:
         if m.payload == b"bad":
             raise ValueError("boom")
         seen.append(m.payload)
