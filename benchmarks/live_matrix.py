@@ -94,6 +94,8 @@ def hub_stats(replicas: list[ServiceProcess], headers: dict[str, str]) -> dict[s
         total["intake_lag_max_ms"] = max(total.get("intake_lag_max_ms", 0), stats.get("intake_lag_max_ms", 0))
         for edge, n in stats.get("input_lag_counts", {}).items():
             total[f"lag<={edge}"] = total.get(f"lag<={edge}", 0) + n
+        for edge, n in stats.get("output_lag_counts", {}).items():
+            total[f"out<={edge}"] = total.get(f"out<={edge}", 0) + n
     return total
 
 
@@ -124,7 +126,7 @@ def run(replicas: list[ServiceProcess], headers: dict[str, str], broker: int, sc
     publish_s = time.monotonic() - began
     time.sleep(3.0)  # the last frames on their way
     counts = hub_stats(replicas, headers)
-    hubs = ({k: counts[k] - counts0[k] for k in counts if k in COUNTERS or k.startswith("lag<=")}
+    hubs = ({k: counts[k] - counts0[k] for k in counts if k in COUNTERS or k.startswith(("lag<=", "out<="))}
             | {"loop_late_max_s": counts["loop_late_max_s"],
                                                                "intake_lag_max_ms": counts["intake_lag_max_ms"]}
             if counts and counts0 else None)
@@ -164,15 +166,18 @@ def why(results: list[Result], usage: Usage) -> str:
               f"waiting >100 ms {h['slow_sends']:.0f} ({h['send_wait_s']:.1f} s); input: handled "
               f"{h['intake_handled']:,.0f}, set aside late {h['intake_shed']:,.0f} (of which superseded "
               f"{h['intake_superseded']:,.0f}), oldest handled in order {h['intake_lag_max_ms']:.0f} ms since start; "
-              f"publish -> replica input: {input_lag(h)}")
+              f"publish -> replica input: {lag_shares(h, 'lag<=')}; batch flushed -> sent to the screen: "
+              f"{lag_shares(h, 'out<=')}")
     return (f"    why: {server}; client processes: loop stalls >100 ms {stall_n} ({stall_ms / 1000:.1f} s, max "
             f"{late} ms); load {load}")
 
 
-def input_lag(hubs: dict[str, float]) -> str:
-    """The share of messages that reached the replicas within each lag edge (their device stamp -> the replica's
-    live input): what the screens' latency owes to the publishers, the broker and the replicas' sockets."""
-    edges = [(k.removeprefix("lag<="), v) for k, v in hubs.items() if k.startswith("lag<=")]
+def lag_shares(hubs: dict[str, float], prefix: str) -> str:
+    """The share within each lag edge of messages reaching the replicas (``lag<=``: device stamp -> the replica's
+    live input: the publishers, the broker, the replicas' sockets) or of sends to screens (``out<=``: a batch
+    flushed -> sent: the replicas' loops and sockets). The rest of a screen's latency is the 50 ms batch window
+    and the client processes."""
+    edges = [(k.removeprefix(prefix), v) for k, v in hubs.items() if k.startswith(prefix)]
     total = sum(v for _, v in edges)
     if not total:
         return "n/a"

@@ -18,7 +18,7 @@ from ioc.api.edge import bad_text_in_message
 from ioc.api.models import ApiTime
 from ioc.api.routes_alerts import ActionRequest
 from ioc.cluster import actions as cluster_actions
-from ioc.cluster.node import LAG_EDGES
+from ioc.live.client import LAG_EDGES
 from ioc.live.filters import FilterError, Subscription
 from ioc.live.hub import ClientSession, LiveHub, encode
 from storage import queries
@@ -152,6 +152,7 @@ async def _send_loop(ws: WebSocket, client: ClientSession, hub: LiveHub) -> None
             await ws.send_text(message)
             client.send_started = 0.0
             hub.sent(time.monotonic() - began)
+        hub.delivered(client)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -173,6 +174,8 @@ async def live_stats(request: Request) -> dict[str, Any]:
             # and (a replica following the broker) what its intake set aside
             "input_lag_counts": dict(zip([*map(str, LAG_EDGES), "inf"], request.app.state.node.lag_counts,
                                          strict=True)) if getattr(request.app.state, "node", None) else {},
+            # ... and the output side: a batch's flush -> its send to a screen done, by the same edges
+            "output_lag_counts": dict(zip([*map(str, LAG_EDGES), "inf"], hub.out_lag_counts, strict=True)),
             **(listener.intake.stats() if (listener := request.app.state.listener) is not None else {})}
 
 

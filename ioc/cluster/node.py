@@ -19,6 +19,7 @@ from typing import Any, Literal
 from ingest.records import ParsedMessage
 from ioc.cluster.brain import Brain
 from ioc.cluster.sync import ReplicaSync
+from ioc.live.client import LAG_EDGES
 from ioc.settings import Settings
 from storage import cluster as sql
 
@@ -30,10 +31,6 @@ ROLES: tuple[Role, ...] = ("api", "brain", "all")
 
 def new_process_id(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-#: Upper edges (s) of the live input-lag counts in ``GET /api/live/stats`` (publish stamp -> this replica).
-LAG_EDGES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def input_lag(parsed: ParsedMessage, now: datetime) -> float | None:

@@ -42,6 +42,7 @@ class Batch:
 
     frames: list[Frame]
     text: str
+    made_at: float = 0.0  # monotonic clock when the audience's batch was flushed
 
 
 Item = Frame | Batch | str  # str: a control frame (snapshot, heartbeat, notice, action result)
@@ -49,6 +50,9 @@ Item = Frame | Batch | str  # str: a control frame (snapshot, heartbeat, notice,
 MAX_MESSAGE_BYTES = 256 * 1024
 #: A send waiting longer than this when the client falls behind: the screen (or its link) is not reading.
 SOCKET_WAIT_S = 0.1
+#: Upper edges (s) of the lag counts of ``GET /api/live/stats``: publish -> this replica's input, and a
+#: batch's flush -> its send to a screen completed.
+LAG_EDGES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(eq=False)
@@ -66,6 +70,7 @@ class ClientSession:
     lag_count: int = 0  # times this client fell behind (``GET /api/live/stats``)
     lag_on_socket: int = 0  # ... of which while a send was waiting for the screen's socket
     send_started: float = 0.0  # monotonic clock when the send in progress began (0: none)
+    taken_at: float = 0.0  # when the oldest batch of the messages being sent was flushed (0: none)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -131,6 +136,8 @@ class ClientSession:
         while self.queue and size < max_bytes:
             item = self.queue.popleft()
             if isinstance(item, Batch):
+                if not self.taken_at:
+                    self.taken_at = item.made_at
                 if loose:
                     out.extend(_join_in_messages(loose, max_bytes))
                     loose = []
@@ -200,11 +207,12 @@ class Audience:
             return 0
         frames, self.pending = self.pending, []
         start, size = 0, 0
+        now = time.monotonic()
         for i, frame in enumerate(frames):
             size += len(frame.text) + 1
             if size >= max_bytes or i == len(frames) - 1:
                 part = frames[start:i + 1]
-                batch = Batch(part, _join([f.text for f in part]))
+                batch = Batch(part, _join([f.text for f in part]), now)
                 for client in self.clients:
                     client.push_batch(batch)
                 start, size = i + 1, 0

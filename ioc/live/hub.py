@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from analytics.findings import Finding
 from ingest.metrics import HANDLER_ERRORS
 from ingest.records import DeviceEvent, ParsedMessage, Reading, Record, Snapshot, StatusUpdate
 from ingest.text import clean_json
-from ioc.live.client import Audience, ClientSession, Frame
+from ioc.live.client import LAG_EDGES, Audience, ClientSession, Frame
 from ioc.live.filters import Subscription
 from ioc.live.state import DeviceState, DeviceTable
 
@@ -97,6 +98,7 @@ class LiveHub:
         self.loop_late_max_s = 0.0
         self.slow_sends = 0  # sends that waited more than STALL_S for the socket
         self.send_wait_s = 0.0  # total time of those sends
+        self.out_lag_counts = [0] * (len(LAG_EDGES) + 1)  # sends by flush -> sent (LAG_EDGES; the last: beyond)
         # Extra sections of the snapshot on connect (the alert stage adds live incidents).
         self.snapshot_extra: Callable[[], dict[str, Any]] = dict
         # What keeps the pipeline from making progress (ioc/health.py): rides on heartbeats to the screens.
@@ -381,6 +383,12 @@ class LiveHub:
         if waited_s > STALL_S:
             self.slow_sends += 1
             self.send_wait_s += waited_s
+
+    def delivered(self, client: ClientSession) -> None:
+        """A screen's sends are done: count how long its oldest batch waited after its flush."""
+        if client.taken_at:
+            self.out_lag_counts[bisect.bisect_left(LAG_EDGES, time.monotonic() - client.taken_at)] += 1
+            client.taken_at = 0.0
 
     async def heartbeat_loop(self) -> None:
         """Tell every client we are alive and where the sequence stands; measure how late the loop runs."""
