@@ -131,23 +131,37 @@ async def test_stalled_clients_do_not_hold_back_a_fast_one(server: ServeProcess,
         pub = Publisher(mqtt_port)
         # The fast client reads all along, as a screen does (not only once everything is published: its
         # library would stop reading after 16 messages and the frames would pile up at the server).
-        reader = asyncio.create_task(collect(fast, lambda fs: sum(f["type"] == "reading" for f in fs) >= total,
-                                             timeout=90))
+        reader = asyncio.create_task(collect(fast, lambda fs: _shows_last(fs, total - 1), timeout=90))
         start = time.monotonic()
         for i in range(total):  # a steady 500 msg/s, like a busy district, not one burst
             pub.publish(f"ioc/v1/traffic/{dev}/telemetry", {**reading(dev, i, HB), "metrics": {
                 "speed_kmh": float(i), **wide}}, qos=1)
             await asyncio.sleep(max(0.0, (i + 1) / 500 - (time.monotonic() - start)))
         got = await reader
-        readings = [f for f in got if f["type"] == "reading"]
-        assert [f["dev_seq"] for f in readings] == list(range(total))
-        assert not [f for f in got if f["type"] == "lagged"]
+        readings = [f["dev_seq"] for f in got if f["type"] == "reading"]
         stats = get_json(f"{server.url}/api/live/stats")
         pub.close()
+        if not [f for f in got if f["type"] == "lagged"]:
+            assert readings == list(range(total))
+        else:
+            # Marked behind: allowed only when the server's own loop was held up (the host starved it: a busy
+            # CI machine), never because of the stalled screens; the fast screen still ends on the last value.
+            assert stats["loop_stalls"] > 0, stats
+            assert readings == sorted(readings)
     # The hub noticed the stalled ones and keeps only latest state for them (bounded memory).
     assert stats["lagging_clients"] == 5 and stats["max_queue"] <= 500
     for sock in stalled:
         sock.close()
+
+
+def _shows_last(frames: list[dict[str, Any]], last: int) -> bool:
+    """A frame carries the device's last value: as a reading, or as a coalesced device state after ``lagged``."""
+    for f in reversed(frames):
+        if f["type"] == "reading" and f["metrics"].get("speed_kmh") == float(last):
+            return True
+        if f["type"] == "device" and (f.get("latest", {}).get("speed_kmh") or {}).get("value") == float(last):
+            return True
+    return False
 
 
 def stalled_socket(port: int) -> socket.socket:
