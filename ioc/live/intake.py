@@ -44,26 +44,36 @@ class LiveIntake:
     ``handle(message, late)`` is told whether the message was set aside."""
 
     def __init__(self, handle: Callable[[mqtt.MQTTMessage, bool], None], shed_after_s: float = 0.15,
-                 turn_budget_s: float = 0.01, max_queue: int = 200_000) -> None:
+                 turn_budget_s: float = 0.01, max_queue: int = 200_000, max_set_aside: int = 50_000,
+                 max_bytes: int = 256 * 1024 * 1024) -> None:
         self.handle = handle
         self.shed_after_s = shed_after_s
         self.turn_budget_s = turn_budget_s
+        # Bounds against a flood (of distinct topics, or of large payloads): messages queued, topics set aside,
+        # payload bytes held in both. Beyond them the oldest set-aside messages go first, then new messages.
         self.max_queue = max_queue
+        self.max_set_aside = max_set_aside
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
         self.queue: deque[tuple[float, mqtt.MQTTMessage]] = deque()
         self.latest_only: dict[bytes, mqtt.MQTTMessage] = {}  # shed messages: the newest per topic
         self.handled = 0
         self.shed = 0  # messages set aside for a newer one or for later (each counted once)
         self.superseded = 0  # ... of which a newer message on the topic replaced before it was handled
-        self.overflow = 0  # messages dropped because the queue was full (never expected; counted to be seen)
+        self.overflow = 0  # messages dropped at a bound (never expected; counted to be seen)
         self.lag_s = 0.0  # age of the last message handled in order
         self.lag_max_s = 0.0
         self._scheduled = False
 
     def push(self, message: mqtt.MQTTMessage) -> None:
         """Queue one message (paho's reader calls this): cheap, never handles anything itself."""
-        if len(self.queue) >= self.max_queue:
+        size = len(message.payload)
+        while self.held_bytes + size > self.max_bytes and self.latest_only:
+            self._drop_oldest_set_aside()
+        if len(self.queue) >= self.max_queue or self.held_bytes + size > self.max_bytes:
             self.overflow += 1
             return
+        self.held_bytes += size
         self.queue.append((time.monotonic(), message))
         if not self._scheduled:
             self._scheduled = True
@@ -84,14 +94,19 @@ class LiveIntake:
             topic = message._topic
             age = now - arrived
             if age > self.shed_after_s and topic.endswith(SHEDDABLE):
-                if latest_only.pop(topic, None) is not None:
+                if (old := latest_only.pop(topic, None)) is not None:
                     self.superseded += 1
+                    self.held_bytes -= len(old.payload)
+                elif len(latest_only) >= self.max_set_aside:
+                    self._drop_oldest_set_aside()
                 latest_only[topic] = message
                 self.shed += 1
                 SHED.inc()
                 continue  # no clock read: setting aside is cheap, and a backlog of them goes in one turn
-            if latest_only and latest_only.pop(topic, None) is not None:
+            self.held_bytes -= len(message.payload)
+            if latest_only and (old := latest_only.pop(topic, None)) is not None:
                 self.superseded += 1  # this newer message supersedes the one set aside
+                self.held_bytes -= len(old.payload)
             self.lag_s = age
             self.lag_max_s = max(self.lag_max_s, age)
             self._handle(message, False)
@@ -100,8 +115,9 @@ class LiveIntake:
                 break
         # Caught up: the messages set aside (each topic's newest) go out now, oldest topic first.
         while not queue and latest_only and now < deadline:
-            topic = next(iter(latest_only))
-            self._handle(latest_only.pop(topic), True)
+            message = latest_only.pop(next(iter(latest_only)))
+            self.held_bytes -= len(message.payload)
+            self._handle(message, True)
             now = time.monotonic()
         if queue or latest_only:
             try:
@@ -109,6 +125,11 @@ class LiveIntake:
                 self._scheduled = True
             except RuntimeError:  # no loop (tests driving it by hand): the caller drains again
                 pass
+
+    def _drop_oldest_set_aside(self) -> None:
+        message = self.latest_only.pop(next(iter(self.latest_only)))
+        self.held_bytes -= len(message.payload)
+        self.overflow += 1
 
     def _handle(self, message: mqtt.MQTTMessage, late: bool) -> None:
         self.handled += 1

@@ -98,3 +98,20 @@ def test_a_handler_that_raises_does_not_stop_the_queue() -> None:
         intake.push(_msg("ioc/v1/bts/B1/telemetry", p))
     intake.drain()
     assert seen == [b"a", b"b"]
+
+
+def test_a_flood_of_distinct_topics_or_large_payloads_is_bounded() -> None:
+    seen: list[bytes] = []
+    intake = LiveIntake(lambda m, late: seen.append(m.topic.encode()), shed_after_s=0.15, turn_budget_s=10,
+                        max_set_aside=100, max_bytes=50_000)
+    for i in range(1000):  # late telemetry on 1,000 distinct topics: at most 100 set aside
+        _queue(intake, f"ioc/v1/bts/X{i}/telemetry", 1.0, b"x" * 10)
+        intake.held_bytes += 10
+    intake.drain()
+    assert len(seen) == 100 and intake.overflow == 900 and intake.held_bytes == 0
+    seen.clear()
+    for i in range(10):  # 10 KB payloads against a 50 KB bound: the sixth and later are refused
+        intake.push(_msg(f"ioc/v1/camera/C{i}/snapshot", b"p" * 10_000))
+    assert len(intake.queue) == 5 and intake.held_bytes == 50_000 and intake.overflow == 905
+    intake.drain()
+    assert len(seen) == 5 and intake.held_bytes == 0
