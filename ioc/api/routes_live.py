@@ -44,7 +44,7 @@ async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
         sub = Subscription.parse(dict(ws.query_params))
         resume = _int_or_none(ws.query_params.get("resume_from"))
     except (FilterError, ValueError) as err:
-        await ws.send_text(encode({"type": "error", "detail": str(err)}))
+        await ws.send_text(encode({"type": "error", "detail": str(err)[:_MAX_DETAIL]}))
         await ws.close(code=1008, reason=str(err)[:120])
         return
     client = hub.attach(sub, resume, ws.query_params.get("epoch"))
@@ -59,6 +59,9 @@ async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
                                                                       "send JSON as text"}))
                 continue
             client = _handle_client_message(hub, client, message["text"], ws)
+            # its answers unread: read on once it reads them (or once its sender ended: the socket is gone)
+            while client.control_full and not client.closed and not sender.done():
+                await asyncio.sleep(_BACKLOG_POLL_S)
     except WebSocketDisconnect:
         pass
     finally:
@@ -91,7 +94,8 @@ def _handle_client_message(hub: LiveHub, client: ClientSession, raw: str, ws: We
         else:
             raise FilterError(f"unknown message type {doc.get('type')!r}; use subscribe, ping or action")
     except (FilterError, ValueError, orjson.JSONDecodeError) as err:
-        client.push_control(encode({"type": "error", "detail": str(err)}))
+        # the reason only, never the whole input it may quote (a 'type' of 10 MB came back whole)
+        client.push_control(encode({"type": "error", "detail": str(err)[:_MAX_DETAIL]}))
     except Exception as err:  # one odd message must not end the screen's connection
         HANDLER_ERRORS.labels("websocket").inc()
         logger.exception("WebSocket message handling raised")
@@ -100,6 +104,9 @@ def _handle_client_message(hub: LiveHub, client: ClientSession, raw: str, ws: We
 
 
 _ACTIONS: set[asyncio.Task[None]] = set()
+#: How often a screen held back for unread answers is checked again, and the longest error detail sent.
+_BACKLOG_POLL_S = 0.05
+_MAX_DETAIL = 300
 #: Actions one screen may have waiting for their results (each rechecks its credential in the database first).
 _MAX_ACTIONS_IN_FLIGHT = 8
 
@@ -108,6 +115,9 @@ async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) 
     """Officers' actions from a screen: ``{"type": "action", "action": "ack", "incident_id": 7, "actor": "an",
     "note": "..."}``; answered with an ``action_result`` frame (the change itself arrives as an incident frame)."""
     ref = doc.get("ref")
+    short = (isinstance(ref, str) and len(ref) <= _MAX_DETAIL) or (isinstance(ref, int) and abs(ref) < 2**63)
+    if not (ref is None or short):
+        ref = None  # echoed back: a scalar of a few characters only (a 10 MB ref came back 8 times at once)
     try:
         me = await recheck(ws)  # still valid (not logged out, disabled or revoked since the handshake)
         if me is None:
@@ -131,7 +141,7 @@ async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) 
                                     "state": inc["state"]}))
     except cluster_actions.ActionFailed as err:
         client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "status": err.status,
-                                    "detail": str(err)}))
+                                    "detail": str(err)[:_MAX_DETAIL]}))
     except PermissionError as err:
         client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "status": 403,
                                     "detail": str(err)}))
@@ -139,7 +149,8 @@ async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) 
         client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "status": 422,
                                     "detail": str(err.errors(include_url=False, include_input=False))}))
     except Exception as err:  # every failure goes back to the screen that asked
-        client.push_control(encode({"type": "action_result", "ref": ref, "ok": False, "detail": str(err)}))
+        client.push_control(encode({"type": "action_result", "ref": ref, "ok": False,
+                                    "detail": str(err)[:_MAX_DETAIL]}))
 
 
 async def _send_loop(ws: WebSocket, client: ClientSession, hub: LiveHub) -> None:

@@ -48,6 +48,10 @@ class Batch:
 Item = Frame | Batch | str  # str: a control frame (snapshot, heartbeat, notice, action result)
 #: About the most frames one WebSocket message carries (common clients refuse messages over 1 MiB).
 MAX_MESSAGE_BYTES = 256 * 1024
+#: Control frames (answers, notices, snapshots) a screen may have waiting before the server stops reading its
+#: messages: a screen that sends faster than it reads its answers is held back by its own socket (TCP
+#: back-pressure), instead of queueing answers without bound in the server's memory.
+MAX_CONTROL_BYTES = 256 * 1024
 #: A send waiting longer than this when the client falls behind: the screen (or its link) is not reading.
 SOCKET_WAIT_S = 0.1
 #: Upper edges (s) of the lag counts of ``GET /api/live/stats``: publish -> this replica's input, and a
@@ -73,6 +77,18 @@ class ClientSession:
     taken_at: float = 0.0  # when the oldest batch of the messages being sent was flushed (0: none)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
+    control_bytes: int = 0  # characters of the control frames in ``queue``
+
+    @property
+    def control_full(self) -> bool:
+        """Its answers are waiting unread: read no more of its messages, send it no more heartbeats."""
+        return self.control_bytes > MAX_CONTROL_BYTES
+
+    def clear_queue(self) -> None:
+        """Everything queued is dropped (a new subscription) or taken (a lagging screen's catch-up)."""
+        self.queue.clear()
+        self.queued = 0
+        self.control_bytes = 0
 
     def push(self, frame: Frame) -> None:
         """One frame for this client alone (catch-up after a resume)."""
@@ -92,7 +108,7 @@ class ClientSession:
             if self.send_started and time.monotonic() - self.send_started > SOCKET_WAIT_S:
                 self.lag_on_socket += 1
             queued = list(self.queue)
-            self.queue = deque(q for q in queued if isinstance(q, str))
+            self.queue = deque(q for q in queued if isinstance(q, str))  # control_bytes unchanged
             self.queued = 0
             for old in queued:
                 if not isinstance(old, str):
@@ -106,6 +122,7 @@ class ClientSession:
     def push_control(self, text: str) -> None:
         """Heartbeats and notices: always delivered, never counted against the bound."""
         self.queue.append(text)
+        self.control_bytes += len(text)
         self.wake.set()
 
     def _remember_item(self, item: Frame | Batch) -> None:
@@ -145,8 +162,12 @@ class ClientSession:
                 self.queued -= len(item.frames)
                 size += len(item.text)
             else:
-                text = item if isinstance(item, str) else item.text
-                self.queued -= 0 if isinstance(item, str) else 1
+                if isinstance(item, str):
+                    text = item
+                    self.control_bytes -= len(item)
+                else:
+                    text = item.text
+                    self.queued -= 1
                 loose.append(text)
                 size += len(text)
         if loose:
@@ -167,7 +188,7 @@ class ClientSession:
                 out.extend(f.text for f in item.frames)
             else:
                 out.append(item if isinstance(item, str) else item.text)
-        self.queued = 0
+        self.queued = self.control_bytes = 0
         return out
 
 

@@ -224,8 +224,7 @@ class LiveHub:
         out.extend(q for q in client.queue if isinstance(q, str))
         out.extend(self.device_frame(d) for d in client.behind if d in self.table.devices)
         out.extend(client.behind_other)
-        client.queue.clear()
-        client.queued = 0
+        client.clear_queue()
         client.behind.clear()
         client.behind_other.clear()
         client.lagging, client.dropped = False, 0
@@ -289,8 +288,7 @@ class LiveHub:
         self._leave(client)
         client.sub = sub
         self._join(client)
-        client.queue.clear()
-        client.queued = 0
+        client.clear_queue()
         client.behind.clear()
         client.behind_other.clear()
         client.lagging, client.dropped = False, 0
@@ -408,7 +406,8 @@ class LiveHub:
             text = encode({"type": "heartbeat", "seq": self.seq, "epoch": self.epoch,
                            "server_time": datetime.now(UTC), "mono": time.monotonic(), "problems": self.problems})
             for client in list(self.clients):
-                client.push_control(text)
+                if not client.control_full:  # not reading its answers: it would only queue up
+                    client.push_control(text)
 
     def summary(self) -> list[dict[str, Any]]:
         """Device counts by district, kind and state."""
