@@ -17,6 +17,7 @@ from ioc.api.deps import PoolDep, Role, recheck, requires, websocket_origin, web
 from ioc.api.edge import bad_text_in_message
 from ioc.api.models import ApiTime
 from ioc.api.routes_alerts import ActionRequest
+from ioc.auth.service import client_address
 from ioc.cluster import actions as cluster_actions
 from ioc.live.client import LAG_EDGES
 from ioc.live.filters import FilterError, Subscription
@@ -39,6 +40,8 @@ async def live_feed(ws: WebSocket) -> None:
 
 
 async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
+    budget = hub.budgets.get(client_address(ws))  # the event loop's time its address's screens may take
+    await budget.pause()  # before its snapshot is built
     await ws.accept()
     try:
         sub = Subscription.parse(dict(ws.query_params))
@@ -47,7 +50,9 @@ async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
         await ws.send_text(encode({"type": "error", "detail": str(err)[:_MAX_DETAIL]}))
         await ws.close(code=1008, reason=str(err)[:120])
         return
+    began = time.perf_counter()
     client = hub.attach(sub, resume, ws.query_params.get("epoch"))
+    budget.charge(time.perf_counter() - began)
     sender = asyncio.create_task(_send_loop(ws, client, hub))
     try:
         while True:
@@ -58,7 +63,10 @@ async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
                 client.push_control(encode({"type": "error", "detail": "binary frames are not understood; "
                                                                       "send JSON as text"}))
                 continue
+            began = time.perf_counter()
             client = _handle_client_message(hub, client, message["text"], ws)
+            budget.charge(time.perf_counter() - began)
+            await budget.pause()
             # its answers unread: read on once it reads them (or once its sender ended: the socket is gone)
             while client.control_full and not client.closed and not sender.done():
                 await asyncio.sleep(_BACKLOG_POLL_S)
@@ -181,6 +189,8 @@ async def live_stats(request: Request) -> dict[str, Any]:
             "lagged_total": hub.lagged_total, "lagged_on_socket": hub.lagged_on_socket, "loop_stalls": hub.loop_stalls,
             "loop_stall_s": round(hub.loop_stall_s, 3), "loop_late_max_s": round(hub.loop_late_max_s, 3),
             "slow_sends": hub.slow_sends, "send_wait_s": round(hub.send_wait_s, 3),
+            # screens' messages read later for their address's share of the loop (ioc/live/budget.py)
+            "messages_held": hub.budgets.held, "messages_held_s": round(hub.budgets.held_s, 3),
             # the input side: the age of messages (device stamp -> this replica) by upper edge in seconds,
             # and (a replica following the broker) what its intake set aside
             "input_lag_counts": dict(zip([*map(str, LAG_EDGES), "inf"], request.app.state.node.lag_counts,

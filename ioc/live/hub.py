@@ -30,6 +30,7 @@ from analytics.findings import Finding
 from ingest.metrics import HANDLER_ERRORS
 from ingest.records import DeviceEvent, ParsedMessage, Reading, Record, Snapshot, StatusUpdate
 from ingest.text import clean_json
+from ioc.live.budget import Budgets
 from ioc.live.client import LAG_EDGES, Audience, ClientSession, Frame
 from ioc.live.filters import Subscription
 from ioc.live.state import DeviceState, DeviceTable
@@ -103,6 +104,8 @@ class LiveHub:
         self.snapshot_extra: Callable[[], dict[str, Any]] = dict
         # What keeps the pipeline from making progress (ioc/health.py): rides on heartbeats to the screens.
         self.problems: list[str] = []
+        # The event loop's time each client address's screens may take for their own messages.
+        self.budgets = Budgets()
 
     # --- input ---------------------------------------------------------------------------------------
 

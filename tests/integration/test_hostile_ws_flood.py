@@ -109,3 +109,16 @@ async def test_a_screen_that_never_reads_its_answers_costs_bounded_memory(served
     assert grown < 80, f"the server grew {grown:.0f} MB for a screen's {sent} unread answers"
     assert slowest < 3, f"another screen waited {slowest:.1f} s"
 
+
+async def test_a_subscribe_flood_does_not_stall_the_other_screens(served: ServeProcess) -> None:
+    def messages() -> Iterator[str]:
+        k = 0
+        while True:  # each a new filter matching every device: a new snapshot of 2,000 devices to build
+            k += 1
+            yield json.dumps({"type": "subscribe", "bbox": [-180, -90, 180, 90 + k * 1e-9]})
+
+    sent, slowest = await while_flooding(served, messages(), 6)
+    assert sent > 1000
+    assert slowest < 3, f"another screen's connect, snapshot and ping took {slowest:.1f} s during the flood"
+    stats = served.get("/api/live/stats")
+    assert stats["messages_held"] > 0
