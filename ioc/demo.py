@@ -16,6 +16,7 @@ import uvicorn
 
 import simulators
 from ioc.api.app import create_app
+from ioc.api.http_guard import http_protocol
 from ioc.infra import InfraError, Services
 from ioc.services import db_upgrade
 from ioc.settings import Settings
@@ -114,7 +115,8 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
         admin_password, wall_token = await demo_credentials(database_url)
         app = create_app(settings, embed_ingest=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                               ws_per_message_deflate=settings.live.ws_compression))
+                                               ws_per_message_deflate=settings.live.ws_compression,
+                                               http=http_protocol()))
         serving = asyncio.create_task(server.serve())
         deadline = time.monotonic() + 60
         while not server.started:

@@ -1,0 +1,118 @@
+"""Slow and endless request heads, refused at the HTTP protocol (below the app, which only sees whole heads).
+
+uvicorn's httptools protocol bounds neither how long a request head may take nor how large it may grow:
+
+* a client that connects and sends nothing, or a header line every few seconds (slowloris), held its
+  connection open for ever (500 such connections: 500 descriptors held, without end; where the process may
+  open 1,024, as in many containers, a thousand of them locked every other client, the database pool and the
+  broker link out);
+* a header that never ends was buffered whole: 136 MB of one header value in 20 s took the server's memory from
+  110 to 309 MB, and it would have gone on until the process was killed.
+
+So a request head must be complete within ``HEAD_TIMEOUT_S`` of the connection (or of the previous response)
+and hold at most ``MAX_HEAD_BYTES``; otherwise the connection is answered 408 or 431 and closed. And the
+server raises its own limit of open files to the hard limit at start (:func:`raise_open_files_limit`).
+A connection upgraded to a WebSocket is no longer watched (the live feed bounds its screens itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: The longest a request head may take, from the connection or the previous response's end.
+HEAD_TIMEOUT_S = 10.0
+#: The largest request head (request line and headers); browsers send a few KB, proxies cap at 8-64 KB.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """The soft limit of open files up to the hard one (containers often start at 1,024); returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # not allowed here: keep what we have
+            logger.warning("could not raise the open files limit from %d to %d", soft, target)
+    return soft, hard
+
+
+def http_protocol() -> Any:
+    """The protocol class to give uvicorn (``http=``): httptools with the head's bounds, or ``"auto"`` when
+    httptools is missing (uvicorn's h11 protocol caps a head at 16 KB already, but not its time)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        """httptools with a deadline and a size bound on each request head."""
+
+        _head_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+        _awaiting_head = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_done()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._awaiting_head and self._watched():
+                # what did not complete a head in this chunk belongs to the head still open
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._refuse(431, "Request Header Fields Too Large",
+                                 f"a request head of more than {MAX_HEAD_BYTES} bytes")
+
+        def on_headers_complete(self) -> None:
+            self._head_done()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._await_head()  # the next request's head (uvicorn's keep-alive timeout watches idleness)
+
+        def _await_head(self) -> None:
+            self._head_done()
+            self._awaiting_head, self._head_bytes = True, 0
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+
+        def _head_done(self) -> None:
+            self._awaiting_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _watched(self) -> bool:
+            """Still an HTTP connection of ours (not closing, not handed to a WebSocket protocol)."""
+            return not self.transport.is_closing() and self.transport.get_protocol() is self
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if not self._awaiting_head or not self._watched():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is still being answered: its pipelined successor waits for it
+            self._refuse(408, "Request Timeout", f"no complete request head within {HEAD_TIMEOUT_S:g} s")
+
+        def _refuse(self, status: int, phrase: str, detail: str) -> None:
+            self._head_done()
+            body = detail.encode()
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (status, phrase.encode(), len(body), body))
+            self.transport.close()
+
+    return GuardedHttpToolsProtocol
