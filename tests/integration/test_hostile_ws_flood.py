@@ -122,3 +122,20 @@ async def test_a_subscribe_flood_does_not_stall_the_other_screens(served: ServeP
     assert slowest < 3, f"another screen's connect, snapshot and ping took {slowest:.1f} s during the flood"
     stats = served.get("/api/live/stats")
     assert stats["messages_held"] > 0
+
+
+async def test_subscriptions_of_a_million_devices_are_refused_not_held(served: ServeProcess) -> None:
+    # a 14 MB message, under the WebSocket limit (16 MiB): before the fix each was held as a subscription
+    # (~150 MB) while its screen was open and in the snapshot cache afterwards (8 screens: RSS +1.25 GB after closing)
+    ids = ",".join(f'"d{i}"' for i in range(1_400_000))
+    before = rss_mb(served.pid)
+    answers = []
+    for k in range(4):
+        async with websockets.connect(served.ws_url("/ws/live"), additional_headers=served.auth_headers(),
+                                      max_size=None) as ws:
+            await asyncio.wait_for(ws.recv(), 10)  # the snapshot
+            await ws.send(f'{{"type":"subscribe","devices":["x{k}",{ids}]}}')
+            answers.append(json.loads(await asyncio.wait_for(ws.recv(), 60))[0])
+    assert all(a["type"] == "error" and "at most" in a["detail"] for a in answers), answers
+    grown = rss_mb(served.pid) - before
+    assert grown < 150, f"the server holds {grown:.0f} MB more after 4 screens' subscriptions ended"
