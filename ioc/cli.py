@@ -77,13 +77,13 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from ioc.api.app import create_app
-    from ioc.api.http_guard import http_protocol, raise_open_files_limit
+    from ioc.api.http_guard import raise_open_files_limit, uvicorn_bounds
 
     raise_open_files_limit()  # many screens and slow clients: do not stop at a container's 1,024
     app = create_app(settings, embed_ingest=args.ingest, role=args.role)
-    # request heads bounded in time and size (uvicorn's own protocol bounds neither)
+    # request heads bounded in time and size (uvicorn's own protocol bounds neither), WebSocket messages too
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                ws_per_message_deflate=settings.live.ws_compression, http=http_protocol())
+                ws_per_message_deflate=settings.live.ws_compression, **uvicorn_bounds())
     return 0
 
 

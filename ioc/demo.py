@@ -16,7 +16,7 @@ import uvicorn
 
 import simulators
 from ioc.api.app import create_app
-from ioc.api.http_guard import http_protocol
+from ioc.api.http_guard import uvicorn_bounds
 from ioc.infra import InfraError, Services
 from ioc.services import db_upgrade
 from ioc.settings import Settings
@@ -116,7 +116,7 @@ async def run_demo(settings: Settings, host: str, port: int, data_dir: Path, sim
         app = create_app(settings, embed_ingest=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                ws_per_message_deflate=settings.live.ws_compression,
-                                               http=http_protocol()))
+                                               **uvicorn_bounds()))
         serving = asyncio.create_task(server.serve())
         deadline = time.monotonic() + 60
         while not server.started:

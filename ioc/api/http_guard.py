@@ -30,6 +30,19 @@ HEAD_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 64 * 1024
 
 
+#: A screen's WebSocket messages: the largest (a filter of 5,000 device ids is ~350 KB) and how many uvicorn
+#: buffers while the feed is not reading them (uvicorn's defaults, 16 MiB x 32, let 16 screens of one address
+#: take the server from 111 to 926 MB with 15 MB pings the feed held back; beyond the queue, TCP back-pressure).
+WS_MAX_BYTES = 1024 * 1024
+WS_MAX_QUEUE = 4
+
+
+def uvicorn_bounds() -> dict[str, Any]:
+    """uvicorn settings for ``ioc serve`` and the demo: the HTTP protocol with bounded heads and the WebSocket
+    message bounds."""
+    return {"http": http_protocol(), "ws_max_size": WS_MAX_BYTES, "ws_max_queue": WS_MAX_QUEUE}
+
+
 def raise_open_files_limit() -> tuple[int, int]:
     """The soft limit of open files up to the hard one (containers often start at 1,024); returns (soft, hard)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

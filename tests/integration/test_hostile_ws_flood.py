@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -139,3 +140,25 @@ async def test_subscriptions_of_a_million_devices_are_refused_not_held(served: S
     assert all(a["type"] == "error" and "at most" in a["detail"] for a in answers), answers
     grown = rss_mb(served.pid) - before
     assert grown < 150, f"the server holds {grown:.0f} MB more after 4 screens' subscriptions ended"
+
+
+async def test_huge_messages_from_many_screens_are_refused_not_buffered(served: ServeProcess) -> None:
+    # uvicorn's defaults buffered up to 32 messages of 16 MiB per screen while the feed had not read them:
+    # 16 screens sending 15 MB pings took the server from 111 to 953 MB (893 MB after)
+    huge = '{"type":"ping","pad":"' + "a" * (15 * 2**20) + '"}'
+
+    def messages() -> Iterator[str]:
+        while True:
+            yield huge
+
+    before = rss_mb(served.pid)
+    peak = before
+    floods = [asyncio.create_task(flood(served, messages(), 5)) for _ in range(8)]
+    while not all(f.done() for f in floods):
+        peak = max(peak, rss_mb(served.pid))
+        await asyncio.sleep(0.1)
+    for f in floods:
+        with contextlib.suppress(websockets.ConnectionClosedError):  # 1009: message too big
+            await f
+    assert peak - before < 150, f"the server grew {peak - before:.0f} MB at the peak"
+    assert await good_screen_round_trip(served) < 3
