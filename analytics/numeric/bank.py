@@ -167,7 +167,7 @@ class SeriesBank:
             bank.add(len(z["F"]))
             for name in ARRAYS:
                 target = getattr(bank, name)
-                if version == 2 and name == "F":  # version 2 had no declared-range columns: undeclared
+                if name == "F" and z[name].shape[1] < target.shape[1]:  # columns added since start at 0
                     target[:, : z[name].shape[1]] = z[name]
                     continue
                 if name not in z.files or (z[name].ndim > 1 and z[name].shape[1] == 0):

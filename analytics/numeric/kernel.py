@@ -27,9 +27,9 @@ from analytics.numeric.novelty import novelty
 (
     N, T_FIRST, T_LAST, DT_EW, X_LAST, L0, L1, L2, LB, LS, AE0, AE1, AE2, RES, CP, CN, VS,
     REP, RUN, ANCHOR, QLO, HOLD, ALERT, MODE, AEB, M_SPIKE, M_SHIFT, M_VAR, M_OTHER, SM, M_PAT,
-    AER, AESD, AESW, QHI, DLO, DHI,
-) = range(37)
-N_COLS = 37
+    AER, AESD, AESW, QHI, DLO, DHI, SEAS,
+) = range(38)
+N_COLS = 38
 # record column per type code: a severity is judged against the largest recent one of its group
 _RECORD_COL = np.array([M_OTHER, M_SPIKE, M_SPIKE, M_SHIFT, M_VAR, M_VAR, M_OTHER, M_OTHER, M_PAT])
 
@@ -245,6 +245,24 @@ def _fade(tau_s: float, dt: np.ndarray) -> np.ndarray:
     return np.exp(-np.maximum(dt, 0.0) / tau_s) if tau_s > 0 else np.ones_like(dt)
 
 
+def _week_learning(cfg: DetectorConfig, s: np.ndarray, m: _Model, kind: np.ndarray, raw: np.ndarray,
+                   days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A daily series in its first week meets each weekday for the first time (the first Monday rush
+    after a weekend): a level shift or drift then is the weekly pattern being learned, not raised.
+
+    The records, rarity and baseline learn as before; only the finding is withheld. ``SEAS`` holds the
+    share of readings the daily model explained since it could be used (or, with ``week_learn_seas``
+    0, whether it ever did)."""
+    if cfg.week_learn_seas > 0:
+        rate = np.maximum(1.0 / (s[:, N] + 1.0), 0.002) * (days >= cfg.min_days_daily)
+        s[:, SEAS] += rate * ((m.mode >= 1) - s[:, SEAS])
+    else:
+        s[:, SEAS] = np.maximum(s[:, SEAS], m.mode >= 1)
+    learning = ((s[:, SEAS] >= max(cfg.week_learn_seas, 1e-9)) & (days < cfg.week_learn_days)
+                & ((kind == SHIFT) | (kind == DRIFT)))
+    return np.where(learning, NONE, kind), np.where(learning, 0.0, raw)
+
+
 def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, kind: np.ndarray,
                   raw: np.ndarray, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Readings beyond the range covered so far: a finding of their own (named in ``kind``)."""
@@ -285,6 +303,8 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     lim_f = cfg.huber_k * m.sigma
     level_now = m.level + cfg.level_alpha * np.clip(m.err, -lim_f, lim_f)
     kind, raw = _calibrate(cfg, s, R, rows, sev, m, level_now, dt, warm)
+    if cfg.week_learn_days > 0:
+        kind, raw = _week_learning(cfg, s, m, kind, raw, days)
     record, raw = _range_record(cfg, s, x, m, kind, raw, warm)
 
     re_nov = np.zeros(len(rows))
