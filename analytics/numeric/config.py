@@ -54,7 +54,8 @@ class DetectorConfig:
     art_slots: int = 24
     """Readings per block, blocks of probation (and of the vigilances' memory), categories kept."""
     art_mode: int = 2
-    """0: an ART anomaly scores anywhere; 2: only while no finding holds (it opens no hold)."""
+    """0: an ART anomaly scores anywhere; 2: only while no finding holds (it opens no hold); 3: also while the
+    hold of a level shift or drift does (another family's finding; fifth round of #17, LOCO -0.06: not default)."""
     art_raw: float = 0.0
     """...and only when the main detectors' own score is at least this (they saw something, records held it)."""
     art_re: bool = True

@@ -27,9 +27,9 @@ from analytics.numeric.novelty import novelty
 (
     N, T_FIRST, T_LAST, DT_EW, X_LAST, L0, L1, L2, LB, LS, AE0, AE1, AE2, RES, CP, CN, VS,
     REP, RUN, ANCHOR, QLO, HOLD, ALERT, MODE, AEB, M_SPIKE, M_SHIFT, M_VAR, M_OTHER, SM, M_PAT,
-    AER, AESD, AESW, QHI, DLO, DHI, SEAS,
-) = range(38)
-N_COLS = 38
+    AER, AESD, AESW, QHI, DLO, DHI, SEAS, HKIND,
+) = range(39)
+N_COLS = 39
 # record column per type code: a severity is judged against the largest recent one of its group
 _RECORD_COL = np.array([M_OTHER, M_SPIKE, M_SPIKE, M_SHIFT, M_VAR, M_VAR, M_OTHER, M_OTHER, M_PAT])
 
@@ -360,7 +360,9 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
         raw = np.where(re_fire, np.maximum(raw, cfg.re_w), raw)
     if cfg.art_w > 0 and art is not None:
         # an adaptive-resonance anomaly: anywhere (mode 0) or only while no finding holds (it opens no hold)
-        where = (art_a > score) if cfg.art_mode == 0 else (~holding & ~fired & (art_a > score))
+        # mode 3: also in the hold of a level shift or drift (HKIND 1), the finding a new weekday's pattern raises
+        free = ~holding | ((cfg.art_mode == 3) & (s[:, HKIND] == 1))
+        where = (art_a > score) if cfg.art_mode == 0 else (free & ~fired & (art_a > score))
         a_fire = where & (art_a >= cfg.fire_level)
         score = np.where(where, art_a, score)
         kind = np.where(where, PATTERN, kind)
@@ -369,6 +371,7 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     extend = holding & (raw >= cfg.hold_extend_level)
     s[:, HOLD] = np.where(fired | extend, n + cfg.hold, s[:, HOLD])
     s[:, ALERT] = np.where(fired, raw, s[:, ALERT])
+    s[:, HKIND] = np.where(fired, np.where((kind == SHIFT) | (kind == DRIFT), 1.0, 2.0), s[:, HKIND])
     # after an alarm the CUSUM restarts and the baseline jumps to the current level
     reset = fired & ((kind == SHIFT) | (kind == DRIFT))
     fired = fired | re_fire

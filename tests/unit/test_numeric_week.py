@@ -86,3 +86,19 @@ def test_a_state_saved_before_the_column_restores_it_empty() -> None:
     back = SeriesBank.from_state(buf.getvalue(), ON)
     assert np.array_equal(back.F[:1, : kernel.SEAS], bank.F[:1, : kernel.SEAS])
     assert back.F[0, kernel.SEAS] == 0.0
+
+
+@pytest.mark.parametrize(("mode", "opened_by", "scores"), [(2, 1, False), (3, 1, True), (3, 2, False)])
+def test_art_mode_3_scores_in_a_level_shifts_hold_only(monkeypatch: pytest.MonkeyPatch, mode: int,
+                                                         opened_by: int, scores: bool) -> None:
+    monkeypatch.setattr(kernel, "art_step", lambda *a, **k: np.full(len(a[5]), 0.9))  # an ART anomaly
+    cfg = dataclasses.replace(DetectorConfig(), art_mode=mode, art_re=False)
+    bank = SeriesBank(cfg, capacity=1)
+    rows = bank.add(1)
+    ts, x = _series(9.0, daily=False)
+    for k in range(50):
+        bank.update(rows, ts[k:k + 1], x[k:k + 1])
+    bank.F[0, kernel.HOLD] = bank.F[0, kernel.N] + 100  # a finding holds: a level shift's (1) or another (2)
+    bank.F[0, kernel.HKIND] = opened_by
+    res = bank.update(rows, ts[50:51], x[50:51])
+    assert bool(res.score[0] == pytest.approx(0.9)) == scores
