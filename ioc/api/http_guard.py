@@ -10,7 +10,8 @@ uvicorn's httptools protocol bounds neither how long a request head may take nor
   110 to 309 MB, and it would have gone on until the process was killed.
 
 So a request head must be complete within ``HEAD_TIMEOUT_S`` of the connection (or of the previous response)
-and hold at most ``MAX_HEAD_BYTES``; otherwise the connection is answered 408 or 431 and closed. And the
+and hold at most ``MAX_HEAD_BYTES``, and its body must follow within ``BODY_TIMEOUT_S``; otherwise the connection
+is answered 408 or 431 and closed. And the
 server raises its own limit of open files to the hard limit at start (:func:`raise_open_files_limit`).
 A connection upgraded to a WebSocket is no longer watched (the live feed bounds its screens itself).
 """
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 HEAD_TIMEOUT_S = 10.0
 #: The largest request head (request line and headers); browsers send a few KB, proxies cap at 8-64 KB.
 MAX_HEAD_BYTES = 64 * 1024
+#: The longest a request body may take once its head is complete (bodies are at most 1 MB: 17 KB/s at least).
+BODY_TIMEOUT_S = 60.0
 
 
 #: A screen's WebSocket messages: the largest (a filter of 5,000 device ids is ~350 KB) and how many uvicorn
@@ -68,6 +71,7 @@ def http_protocol() -> Any:
         """httptools with a deadline and a size bound on each request head."""
 
         _head_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _awaiting_head = False
 
@@ -77,6 +81,7 @@ def http_protocol() -> Any:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
+            self._body_done()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -90,7 +95,29 @@ def http_protocol() -> Any:
 
         def on_headers_complete(self) -> None:
             self._head_done()
+            before = self.cycle
             super().on_headers_complete()
+            if self.cycle is not before:  # a request (not an upgrade): its body, if any, must come in time
+                self._body_done()
+                self._body_timer = self.loop.call_later(BODY_TIMEOUT_S, self._body_timeout)
+
+        def on_message_complete(self) -> None:
+            self._body_done()
+            super().on_message_complete()
+
+        def _body_done(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_timeout(self) -> None:
+            self._body_timer = None
+            if not self._watched() or self.cycle is None or not self.cycle.more_body:
+                return
+            if self.cycle.response_started:
+                self.transport.close()
+            else:
+                self._refuse(408, "Request Timeout", f"the request body did not come within {BODY_TIMEOUT_S:g} s")
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -97,3 +98,57 @@ async def test_slow_and_silent_connections_are_closed_while_real_clients_are_ser
         assert answer(sock, 3).startswith(b"HTTP/1.1 408")
         sock.close()
     slow.close()
+
+
+async def test_a_body_that_does_not_come_is_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process uvicorn with the guarded protocol and a 1 s body deadline: a POST whose body stops halfway is
+    answered 408 and closed; a whole body is served on the same server."""
+    import uvicorn
+
+    from ioc.api import http_guard
+    from tests.support.services import free_port
+
+    monkeypatch.setattr(http_guard, "BODY_TIMEOUT_S", 1.0)
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % len(body)})
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           **http_guard.uvicorn_bounds()))
+    serving = asyncio.create_task(server.serve())
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10)
+        began = time.monotonic()
+        try:
+            got = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+        except TimeoutError:
+            got = b"<still open after 10 s>"
+        assert got.startswith(b"HTTP/1.1 408"), got[:200]
+        assert time.monotonic() - began < 5
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        got = await asyncio.wait_for(reader.read(), 10)
+        assert got.startswith(b"HTTP/1.1 200") and b"\r\n5\r\n" in got, got[:200]
+    finally:
+        for w in writers:
+            w.close()
+        server.should_exit = server.force_exit = True
+        await asyncio.wait_for(serving, 15)
