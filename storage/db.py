@@ -36,7 +36,7 @@ class SchemaNotReady(StorageError):
 
 
 async def create_pool(dsn: str, config: StorageConfig, *, staging: bool = False,
-                      min_size: int = 1, max_size: int | None = None) -> asyncpg.Pool:
+                      min_size: int = 1, max_size: int | None = None, application_name: str = "ioc") -> asyncpg.Pool:
     """Open a pool. ``staging=True`` prepares the COPY staging table on every connection."""
 
     async def init(conn: asyncpg.Connection) -> None:
@@ -46,7 +46,7 @@ async def create_pool(dsn: str, config: StorageConfig, *, staging: bool = False,
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size or config.pool_size,
         statement_cache_size=config.statement_cache_size, init=init,
-        server_settings={"application_name": "ioc"}, command_timeout=60)
+        server_settings={"application_name": application_name}, command_timeout=60)
     assert pool is not None
     return pool
 

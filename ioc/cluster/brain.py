@@ -39,6 +39,7 @@ from ioc.cluster.lease import Lease
 from ioc.cluster.sync import findings_payloads, health_payloads
 from ioc.settings import Settings
 from storage import cluster as sql
+from storage.db import create_pool
 from storage.writes import FindingRow
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,9 @@ class Brain:
         self.analytics: AnalyticsStage | None = None
         self.alerts: AlertStage | None = None
         self.dispatcher: NotificationDispatcher | None = None
+        # The stateful stages' own database pool while leading: requests to the API (the app's pool) can hold
+        # every connection of theirs without holding up an alert's write, a page or an officer's action.
+        self.stage_pool: Any = None
         self.actions: ActionWorker | None = None
         self.input: BrainInput | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -235,7 +239,7 @@ class Brain:
                 continue
             changed, self._health = self._health, {}
             try:
-                async with self.state.pool.acquire(timeout=5) as conn:
+                async with (self.stage_pool or self.state.pool).acquire(timeout=5) as conn:
                     for doc in health_payloads(self.process_id, changed):
                         await sql.notify(conn, sql.CHANNEL_HEALTH, doc)
             except Exception as err:  # screens elsewhere miss a label change; the next change is sent again
@@ -245,7 +249,9 @@ class Brain:
 
     async def _start(self, epoch: int) -> None:
         settings, state = self.settings, self.state
-        hub, pool = state.hub, state.pool
+        hub = state.hub
+        pool = self.stage_pool = await create_pool(settings.database_url, settings.storage, min_size=0,
+                                                   application_name="ioc-brain")
         snapshot = hub.snapshot_extra  # the replica's (database) snapshot: the stage must not replace it
         self.epoch, self.started_at = epoch, datetime.now(UTC)
         sinks: list[Sink] = [hub.on_parsed] if self.feed_hub else []
@@ -354,6 +360,12 @@ class Brain:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.dispatcher is not None:
             await self.dispatcher.aclose()
+        if self.stage_pool is not None:
+            try:
+                await asyncio.wait_for(self.stage_pool.close(), 5)
+            except (TimeoutError, OSError):  # a connection still busy (a stuck query): cut it
+                self.stage_pool.terminate()
+            self.stage_pool = None
         self._tasks.clear()
         self.analytics = self.alerts = None
         self.dispatcher = self.actions = None

@@ -100,6 +100,10 @@ def test_leader_killed_during_incident(database_url: str, mqtt_port: int, cluste
         incident = wait_for(lambda: _incidents_of(database_url, first), 20, what="the incident")[0]
         wait_for(lambda: db_fetch(database_url, "SELECT id FROM notifications WHERE incident_id = $1", incident),
                  10, what="its page in the outbox")
+        # The leader's stages write through their own pool, not the API's (a flood of requests cannot hold them)
+        brain_conns = db_fetch(database_url, "SELECT pid FROM pg_stat_activity WHERE application_name = 'ioc-brain' "
+                               "AND datname = current_database()")
+        assert brain_conns, "the leader's stages use no pool of their own"
         lead.kill()  # SIGKILL in the middle of the incident
         killed = time.monotonic()
         _alarm(pub, during)  # while no brain runs: queued in the brain's persistent session
