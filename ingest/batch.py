@@ -124,8 +124,10 @@ def build_rows(messages: list[Pending], registry: RegistryCache, quarantine_limi
 
 
 def quarantine_row(rej: Rejection, limit: int) -> tuple[datetime, str, str, str, int, bytes, int, bytes]:
-    """The quarantine row for a rejection: payload cut at ``limit`` bytes, hashed whole."""
+    """The quarantine row for a rejection: payload cut at ``limit`` bytes (or its ``keep_bytes``), hashed whole."""
     topic = rej.topic.replace("\x00", "\\0")[:1024]
+    if rej.keep_bytes is not None:
+        limit = min(limit, rej.keep_bytes)
     return (rej.received_at, topic, rej.reason.value, rej.detail.replace("\x00", "")[:2000],
             -1 if rej.item_index is None else rej.item_index, rej.payload[:limit], len(rej.payload),
             hashlib.sha256(rej.payload).digest())

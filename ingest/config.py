@@ -51,6 +51,10 @@ class IngestConfig(BaseModel):
     retry_min_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(5.0, gt=0)
     quarantine_payload_bytes: int = Field(64 * 1024, ge=256, description="Quarantined payloads are cut here.")
+    quarantine_bytes_per_device_min: int = Field(
+        1024 * 1024, ge=1024, description="Payload bytes of rejected messages kept per device and minute (a "
+        "burst of as much too); over it a rejection keeps its first 256 bytes, its reason, length and hash "
+        "(ingest/quarantine_budget.py).")
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics of `ioc ingest` on this port.")
     stall_s: float = Field(30.0, gt=0, description="Messages waiting this long with none committed (or reading "
                            "paused, or the broker link down) make the process not ready: /readyz answers 503.")

@@ -91,6 +91,7 @@ class Rejection:
     detail: str
     payload: bytes
     item_index: int | None = None
+    keep_bytes: int | None = None  # keep at most this much of the payload (a device over its quarantine budget)
 
 
 Record = Reading | StatusUpdate | DeviceEvent | Snapshot

@@ -31,6 +31,7 @@ from ingest.guard import MetricNameGuard
 from ingest.latest import LatestValues
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.parse import internal_error, parse_message
+from ingest.quarantine_budget import QuarantineBudget
 from ingest.records import ParsedMessage, Reading, Reason, Rejection
 from ingest.text import clean_text
 from storage.config import StorageConfig
@@ -77,6 +78,7 @@ class IngestWorker:
         self.session = MqttSession(session, self._on_message, self._on_connection_change)
         self.registry = RegistryCache(config.registry_touch_s)
         self.guard = MetricNameGuard()
+        self.quarantine_budget = QuarantineBudget(config.quarantine_bytes_per_device_min)
         self.latest = LatestValues()
         #: Awaited with each committed batch's messages before they are acked (the analytics stream).
         self.after_commit: Callable[[list[ParsedMessage]], Awaitable[None]] | None = None
@@ -161,6 +163,8 @@ class IngestWorker:
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         received_at = datetime.now(UTC)
         parsed = handle_message(message, received_at, self.guard, self.sinks)
+        if parsed.rejections:
+            self.quarantine_budget.apply(parsed.rejections, self.config.quarantine_payload_bytes)
         channel = _channel_label(message._topic)
         if not self._open.messages:
             self._open_since = time.monotonic()
