@@ -174,6 +174,11 @@ async def _send_loop(ws: WebSocket, client: ClientSession, hub: LiveHub) -> None
         hub.delivered(client)
 
 
+def _by_edge(counts: list[int]) -> dict[str, int]:
+    """Lag counts keyed by their upper edge in seconds (LAG_EDGES, then "inf")."""
+    return dict(zip([*map(str, LAG_EDGES), "inf"], counts, strict=True))
+
+
 def _int_or_none(value: Any) -> int | None:
     return None if value in (None, "") else int(value)
 
@@ -193,10 +198,10 @@ async def live_stats(request: Request) -> dict[str, Any]:
             "messages_held": hub.budgets.held, "messages_held_s": round(hub.budgets.held_s, 3),
             # the input side: the age of messages (device stamp -> this replica) by upper edge in seconds,
             # and (a replica following the broker) what its intake set aside
-            "input_lag_counts": dict(zip([*map(str, LAG_EDGES), "inf"], request.app.state.node.lag_counts,
-                                         strict=True)) if getattr(request.app.state, "node", None) else {},
+            "input_lag_counts": _by_edge(node.lag_counts) if (node := getattr(request.app.state, "node", None))
+            else {},
             # ... and the output side: a batch's flush -> its send to a screen done, by the same edges
-            "output_lag_counts": dict(zip([*map(str, LAG_EDGES), "inf"], hub.out_lag_counts, strict=True)),
+            "output_lag_counts": _by_edge(hub.out_lag_counts),
             **(listener.intake.stats() if (listener := request.app.state.listener) is not None else {})}
 
 
