@@ -77,13 +77,18 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from ioc.api.app import create_app
+    from ioc.api.conn_limits import ConnectionLimits
     from ioc.api.http_guard import raise_open_files_limit, uvicorn_bounds
 
-    raise_open_files_limit()  # many screens and slow clients: do not stop at a container's 1,024
+    open_files, _ = raise_open_files_limit()  # many screens and slow clients: do not stop at a container's 1,024
+    auth = settings.auth
+    limits = ConnectionLimits.for_files(auth.connections_per_client, auth.connections_max, auth.connections_proxies,
+                                        open_files)
     app = create_app(settings, embed_ingest=args.ingest, role=args.role)
-    # request heads bounded in time and size (uvicorn's own protocol bounds neither), WebSocket messages too
+    # request heads bounded in time and size (uvicorn's own protocol bounds neither), connections per address and
+    # in all, WebSocket messages too
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                ws_per_message_deflate=settings.live.ws_compression, **uvicorn_bounds())
+                ws_per_message_deflate=settings.live.ws_compression, **uvicorn_bounds(limits))
     return 0
 
 

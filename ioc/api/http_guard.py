@@ -14,6 +14,7 @@ and hold at most ``MAX_HEAD_BYTES``, and its body must follow within ``BODY_TIME
 is answered 408 or 431 and closed. And the
 server raises its own limit of open files to the hard limit at start (:func:`raise_open_files_limit`).
 A connection upgraded to a WebSocket is no longer watched (the live feed bounds its screens itself).
+How many connections one address, and all, may hold: :mod:`ioc.api.conn_limits` (counted here, WebSockets too).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
 from typing import Any
+
+from ioc.api.conn_limits import PER_ADDRESS, TOTAL, ConnectionLimits, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +44,13 @@ WS_MAX_BYTES = 1024 * 1024
 WS_MAX_QUEUE = 4
 
 
-def uvicorn_bounds() -> dict[str, Any]:
-    """uvicorn settings for ``ioc serve`` and the demo: the HTTP protocol with bounded heads and the WebSocket
-    message bounds."""
-    return {"http": http_protocol(), "ws_max_size": WS_MAX_BYTES, "ws_max_queue": WS_MAX_QUEUE}
+def uvicorn_bounds(limits: ConnectionLimits | None = None) -> dict[str, Any]:
+    """uvicorn settings for ``ioc serve`` and the demo: the HTTP protocol with bounded heads and connection counts
+    (the defaults when ``limits`` is None), and the WebSocket message bounds."""
+    if limits is None:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limits = ConnectionLimits.for_files(PER_ADDRESS, TOTAL, (), soft)
+    return {"http": http_protocol(limits), "ws_max_size": WS_MAX_BYTES, "ws_max_queue": WS_MAX_QUEUE}
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -59,9 +66,10 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def http_protocol() -> Any:
-    """The protocol class to give uvicorn (``http=``): httptools with the head's bounds, or ``"auto"`` when
-    httptools is missing (uvicorn's h11 protocol caps a head at 16 KB already, but not its time)."""
+def http_protocol(limits: ConnectionLimits | None = None) -> Any:
+    """The protocol class to give uvicorn (``http=``): httptools with the head's bounds and, given ``limits``, a
+    slot per connection; or ``"auto"`` when httptools is missing (uvicorn's h11 protocol caps a head at 16 KB
+    already, but neither its time nor the connections)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
@@ -74,12 +82,21 @@ def http_protocol() -> Any:
         _body_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _awaiting_head = False
+        _release: Callable[[], None] | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            if limits is not None:
+                status, self._release = limits.take(transport.get_extra_info("peername"))
+                if status:  # refused before anything is parsed; nothing else is kept for it
+                    transport.write(refusal(status))
+                    transport.close()
+                    return
             self._await_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._release is not None:
+                self._release()
             self._head_done()
             self._body_done()
             super().connection_lost(exc)
@@ -100,6 +117,18 @@ def http_protocol() -> Any:
             if self.cycle is not before:  # a request (not an upgrade): its body, if any, must come in time
                 self._body_done()
                 self._body_timer = self.loop.call_later(BODY_TIMEOUT_S, self._body_timeout)
+
+        def handle_websocket_upgrade(self) -> None:
+            super().handle_websocket_upgrade()
+            release, ws = self._release, self.transport.get_protocol()
+            if release is not None and ws is not self:  # the WebSocket protocol now hears of the connection's end
+                lost = ws.connection_lost
+
+                def connection_lost(exc: Exception | None) -> None:
+                    release()
+                    lost(exc)
+
+                ws.connection_lost = connection_lost  # type: ignore[method-assign]
 
         def on_message_complete(self) -> None:
             self._body_done()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
                "connect-src 'self'; worker-src 'self' blob:; font-src 'self'; object-src 'none'; "
@@ -34,6 +35,12 @@ class AuthConfig(BaseModel):
                                         "name (password spraying).")
     action_rate: str = Field("120/minute", description="State-changing requests and WebSocket actions per caller.")
     ws_per_client: int = Field(32, gt=0, description="Open /ws/live connections per client address.")
+    connections_per_client: int = Field(256, gt=0, description="Open TCP connections (HTTP and WebSocket) per "
+                                        "client address; more are answered 429 at once and closed.")
+    connections_max: int = Field(8192, gt=0, description="Open TCP connections in all (at most half the "
+                                 "open-files limit); more are answered 503 at once and closed.")
+    connections_proxies: list[str] = Field([], description="Addresses or networks of reverse proxies in front: "
+                                           "their connections count against connections_max only.")
     metrics: bool = Field(True, description="Serve /metrics (to any authenticated caller, e.g. a viewer "
                           "token for Prometheus); false = 404.")
     docs: Literal["off", "viewer", "public"] = Field("viewer", description="/docs and /openapi.json: off, "
@@ -52,3 +59,13 @@ class AuthConfig(BaseModel):
     oidc_algorithms: list[str] = ["RS256", "ES256", "PS256", "EdDSA"]
     oidc_jwks_refresh_s: float = Field(30.0, ge=0, description="An unknown key id refetches the JWKS at most "
                                        "this often.")
+
+    @field_validator("connections_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"IOC_AUTH__CONNECTIONS_PROXIES: {item[:60]!r} is no address or network") from None
+        return value
