@@ -11,8 +11,9 @@ uvicorn's httptools protocol bounds neither how long a request head may take nor
 
 So a request head must be complete within ``HEAD_TIMEOUT_S`` of the connection (or of the previous response)
 and hold at most ``MAX_HEAD_BYTES``, and its body must follow within ``BODY_TIMEOUT_S``; otherwise the connection
-is answered 408 or 431 and closed. And the
-server raises its own limit of open files to the hard limit at start (:func:`raise_open_files_limit`).
+is answered 408 or 431 and closed. At most ``MAX_PIPELINED`` requests may wait on one connection, and it is not
+read while any wait (uvicorn read and queued pipelined requests without end). And the server raises its own limit
+of open files to the hard limit at start (:func:`raise_open_files_limit`).
 A connection upgraded to a WebSocket is no longer watched (the live feed bounds its screens itself).
 How many connections one address, and all, may hold: :mod:`ioc.api.conn_limits` (counted here, WebSockets too).
 """
@@ -36,6 +37,11 @@ MAX_HEAD_BYTES = 64 * 1024
 #: The longest a request body may take once its head is complete (bodies are at most 1 MB: 17 KB/s at least).
 BODY_TIMEOUT_S = 60.0
 
+
+#: Requests one connection may have waiting behind the one being answered (HTTP/1.1 pipelining; browsers pipeline
+#: none). uvicorn queues every request it parses and reads on after each answer: one connection sending 3.7 MB of
+#: pipelined ``GET /healthz`` held 180 MB, 16 of them took the server to 2.8 GB and stalled it past 15 s.
+MAX_PIPELINED = 32
 
 #: A screen's WebSocket messages: the largest (a filter of 5,000 device ids is ~350 KB) and how many uvicorn
 #: buffers while the feed is not reading them (uvicorn's defaults, 16 MiB x 32, let 16 screens of one address
@@ -83,6 +89,7 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
         _head_bytes = 0
         _awaiting_head = False
         _release: Callable[[], None] | None = None
+        _dropping = False  # past MAX_PIPELINED: the connection is closing, the rest of its data is not handled
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -111,6 +118,14 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
                                  f"a request head of more than {MAX_HEAD_BYTES} bytes")
 
         def on_headers_complete(self) -> None:
+            if self._dropping:
+                return
+            if len(self.pipeline) >= MAX_PIPELINED:  # closed: what was answered goes out, the queue is dropped
+                self._dropping = True
+                self._head_done()
+                self._body_done()
+                self.transport.close()
+                return
             self._head_done()
             before = self.cycle
             super().on_headers_complete()
@@ -118,7 +133,13 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
                 self._body_done()
                 self._body_timer = self.loop.call_later(BODY_TIMEOUT_S, self._body_timeout)
 
+        def on_body(self, body: bytes) -> None:
+            if not self._dropping:  # a dropped request's body must not reach the request before it
+                super().on_body(body)
+
         def handle_websocket_upgrade(self) -> None:
+            if self._dropping:
+                return
             super().handle_websocket_upgrade()
             release, ws = self._release, self.transport.get_protocol()
             if release is not None and ws is not self:  # the WebSocket protocol now hears of the connection's end
@@ -131,6 +152,8 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
                 ws.connection_lost = connection_lost  # type: ignore[method-assign]
 
         def on_message_complete(self) -> None:
+            if self._dropping:
+                return
             self._body_done()
             super().on_message_complete()
 
@@ -150,6 +173,8 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self.pipeline and not self.transport.is_closing():
+                self.flow.pause_reading()  # uvicorn resumes reading after each answer, however many wait
             if not self.transport.is_closing():
                 self._await_head()  # the next request's head (uvicorn's keep-alive timeout watches idleness)
 
