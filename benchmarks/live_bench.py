@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         dsn = asyncio.run(create_database(BASE_DSN))
         # All the bench's clients share 127.0.0.1, where a control room's screens would each have an address.
         env = ingest_env(dsn, broker, IOC_LOG_LEVEL="WARNING", IOC_MQTT__CLIENT_ID=f"lb-{uuid.uuid4().hex[:6]}",
-                         IOC_AUTH__WS_PER_CLIENT=str(args.clients + args.stalled + 10))
+                         IOC_AUTH__WS_PER_CLIENT=str(args.clients + args.stalled + 10),
+                         IOC_AUTH__CONNECTIONS_PER_CLIENT=str(args.clients + args.stalled + 256))
         try:
             with ServeProcess(env, out / "live-serve.log") as srv:
                 print(f"live feed: {args.clients} clients subscribed to everything; the simulator's province "

@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             for count in args.replicas:
                 env = ingest_env(dsn, broker, IOC_LOG_LEVEL="WARNING", IOC_CLUSTER__LEASE_NAME=unique_lease(),
                                  IOC_AUTH__WS_PER_CLIENT=str(max(args.screens) + 10),
+                                 IOC_AUTH__CONNECTIONS_PER_CLIENT=str(max(args.screens) + 256),
                                  IOC_MQTT__CLIENT_ID=f"lm-{uuid.uuid4().hex[:6]}")
                 replicas = [RoleProcess(env, "api", logs / f"live-matrix-api{count}-{i}.log", "").start()
                             for i in range(count)]
