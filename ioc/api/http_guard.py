@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ioc.api.conn_limits import PER_ADDRESS, TOTAL, ConnectionLimits, refusal
+from ioc.api.ws_guard import ws_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,13 @@ WS_MAX_QUEUE = 4
 
 def uvicorn_bounds(limits: ConnectionLimits | None = None) -> dict[str, Any]:
     """uvicorn settings for ``ioc serve`` and the demo: the HTTP protocol with bounded heads and connection counts
-    (the defaults when ``limits`` is None), and the WebSocket message bounds."""
+    (the defaults when ``limits`` is None), the WebSocket protocol with bounded control frames
+    (:mod:`ioc.api.ws_guard`) and the WebSocket message bounds."""
     if limits is None:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         limits = ConnectionLimits.for_files(PER_ADDRESS, TOTAL, (), soft)
-    return {"http": http_protocol(limits), "ws_max_size": WS_MAX_BYTES, "ws_max_queue": WS_MAX_QUEUE}
+    return {"http": http_protocol(limits), "ws": ws_protocol(), "ws_max_size": WS_MAX_BYTES,
+            "ws_max_queue": WS_MAX_QUEUE}
 
 
 def raise_open_files_limit() -> tuple[int, int]:
