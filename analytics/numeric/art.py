@@ -9,6 +9,9 @@ A window no category resonates with (best match below the lower vigilance) becom
 and, outside the masking after recent new categories, an anomaly whose score grows with how far
 below both vigilances it lies. The vigilances follow the series: the upper one its mean match, the
 lower one the smallest recent matches. Fixed memory per series, strictly causal (matched before learned).
+Options of ``art_step`` (off by default): categories as uint8 (four times as many in the same bytes), a full
+memory that merges windows into their best category instead of forgetting one (ARTime never forgets: its
+memory is unbounded), the running median kept on the level grid, ARTime's sign of the Haar details.
 """
 
 from __future__ import annotations
@@ -43,18 +46,30 @@ def _haar() -> np.ndarray:
 
 
 HAAR = _haar()
+#: The same with the detail coefficients negated (odd minus even, the convention of Julia's Wavelets.jl that
+#: ARTime uses): the shape features are min-max scaled after the transform, so the sign changes them.
+HAAR_ODD = HAAR * np.r_[1.0, -np.ones(WIN - 1)][:, None]
+QCAT = 240  # uint8 categories: levels of 1/240 (a multiple of LEVELS, so block values are exact)
 
 
 def art_step(A: np.ndarray, Wn: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: np.ndarray, rows: np.ndarray,
-             x: np.ndarray, lo: np.ndarray, hi: np.ndarray, step: int, trend: int) -> np.ndarray:
+             x: np.ndarray, lo: np.ndarray, hi: np.ndarray, step: int, trend: int,
+             haar_odd: bool = False, grid: bool = False, merge: int = 0) -> np.ndarray:
     """Anomaly score 0..1 of each reading (nonzero only where a block closes on a novel window); learns it.
 
     Args:
         A: float64 scalar state (series, ``N_SCALARS``); Wn: float32 ring of the last ``WIN`` block values.
         Ar: float32 ring of recent best matches (width ``trend + 1``).
-        C: float32 categories (series, slots, ``COMP``); U: float32 their last use (0 = empty).
+        C: categories (series, slots, ``COMP``): float32, or uint8 in levels of 1/``QCAT`` (rounded down, so a
+            category still covers what it learned: four times the categories in the same bytes).
+        U: float32 their last use (0 = empty).
         rows: series rows (distinct); x: the readings; lo, hi: the range values are normalised by.
         step: readings per block; trend: blocks of probation (and of the vigilance's memory).
+        haar_odd: shape features with ``HAAR_ODD`` (ARTime's sign convention) instead of ``HAAR``.
+        grid: the running median kept on the level grid within 0..1 (as ARTime's integer levels).
+        merge: 1: a window no category resonates with, when every slot is taken, is learned by the best-matching
+            category (``w <- min(x, w)``) instead of replacing the least recently used one; 2: only a window
+            above the lower vigilance (not novel) is, a novel one still replaces the least recently used.
     """
     a = A[rows]
     first = a[:, BCNT] == 0
@@ -65,14 +80,15 @@ def art_step(A: np.ndarray, Wn: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: np
     out = np.zeros(len(rows))
     close = a[:, BCNT] >= step
     if close.any():
-        out[close] = _block(a, Wn, Ar, C, U, rows, close, lo, hi, trend)
+        out[close] = _block(a, Wn, Ar, C, U, rows, close, lo, hi, trend, haar_odd, grid, merge)
         a[close, BCNT] = 0.0
     A[rows] = a
     return out
 
 
 def _block(a: np.ndarray, Wn: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: np.ndarray, rows_all: np.ndarray,
-           close: np.ndarray, lo_all: np.ndarray, hi_all: np.ndarray, trend: int) -> np.ndarray:
+           close: np.ndarray, lo_all: np.ndarray, hi_all: np.ndarray, trend: int, haar_odd: bool,
+           grid: bool, merge: int) -> np.ndarray:
     """One block value per closing series: features, match, learn, score (``a`` rows updated in place)."""
     s = a[close]
     rows = rows_all[close]
@@ -89,6 +105,8 @@ def _block(a: np.ndarray, Wn: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: np.n
     # a running median moving one level per block; values close to it are taken as it (small noise)
     med = np.where(dsi == 1, ds, s[:, MED])
     med = med + np.sign(ds - med) / LEVELS
+    if grid:  # kept on the level grid: float drift would let it step off 0 (below the range) and jitter there
+        med = np.clip(np.round(med * LEVELS), 0, LEVELS) / LEVELS
     s[:, MED] = med
     ds = np.where(np.abs(ds - med) < CHOMP, med, ds)
     w = Wn[rows]
@@ -99,17 +117,17 @@ def _block(a: np.ndarray, Wn: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: np.n
     score = np.zeros(len(rows))
     ready = dsi >= WIN
     if ready.any():
-        score[ready] = _match(s, w, Ar, C, U, rows, ready, trend)
+        score[ready] = _match(s, w, Ar, C, U, rows, ready, trend, haar_odd, merge)
     a[close] = s
     return score
 
 
-def _features(w: np.ndarray) -> np.ndarray:
+def _features(w: np.ndarray, haar_odd: bool = False) -> np.ndarray:
     """Complement-coded features: the Haar transform of the window's shape (scaled 0..1), then its values."""
     dw = w - w.min(axis=1, keepdims=True)
     mx = dw.max(axis=1, keepdims=True)
     dw = np.where(mx > 0, dw / np.where(mx > 0, mx, 1.0), dw)
-    fw = dw @ HAAR.T
+    fw = dw @ (HAAR_ODD if haar_odd else HAAR).T
     fw = fw - fw.min(axis=1, keepdims=True)
     fx = fw.max(axis=1, keepdims=True)
     fw = np.where(fx > 0, fw / np.where(fx > 0, fx, 1.0), fw)
@@ -118,12 +136,15 @@ def _features(w: np.ndarray) -> np.ndarray:
 
 
 def _match(s_all: np.ndarray, w: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: np.ndarray, rows_all: np.ndarray,
-           ready: np.ndarray, trend: int) -> np.ndarray:
+           ready: np.ndarray, trend: int, haar_odd: bool = False, merge: int = 0) -> np.ndarray:
     """Fuzzy-ART match of the window, learning, vigilance adaptation and the anomaly score."""
     s = s_all[ready]
     rows = rows_all[ready]
-    x = _features(w[ready])
-    cat = C[rows]  # (m, K, COMP)
+    x = _features(w[ready], haar_odd)
+    q = C.dtype == np.uint8
+    if q:  # stored rounded down: a category stays within every window it learned (w <= x, as min(x, w) keeps it)
+        x = np.floor(np.clip(x, 0.0, 1.0) * QCAT + 1e-3).astype(np.float32) / QCAT
+    cat = C[rows].astype(np.float32) / QCAT if q else C[rows]  # (m, K, COMP)
     use = U[rows]  # (m, K)
     m = len(rows)
     ar = np.arange(m)
@@ -148,11 +169,18 @@ def _match(s_all: np.ndarray, w: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: n
     use = np.where(learn, dsi[:, None], use)
     # no category resonates: the window becomes a new one (the least recently used slot when full)
     commit = ~learn.any(axis=1)
+    if merge:  # when full, the best category takes the window in instead: nothing learned is forgotten
+        mg = commit & (use > 0).all(axis=1)
+        if merge == 2:  # ... unless the window is novel (below the lower vigilance): that one gets a slot
+            mg &= sim >= rlb
+        cat[ar[mg], best[mg]] = em[ar[mg], best[mg]]
+        use[ar[mg], best[mg]] = dsi[mg]
+        commit &= ~mg
     slot = np.argmin(use, axis=1)
     cr = ar[commit]
     cat[cr, slot[commit]] = x[commit]
     use[cr, slot[commit]] = dsi[commit]
-    C[rows] = cat
+    C[rows] = np.rint(cat * QCAT).astype(np.uint8) if q else cat
     U[rows] = use
     mismatch = (sim < rlb) & ~empty
     # memory of recent matches: the vigilances follow them
