@@ -12,8 +12,9 @@ uvicorn's httptools protocol bounds neither how long a request head may take nor
 So a request head must be complete within ``HEAD_TIMEOUT_S`` of the connection (or of the previous response)
 and hold at most ``MAX_HEAD_BYTES``, and its body must follow within ``BODY_TIMEOUT_S``; otherwise the connection
 is answered 408 or 431 and closed. At most ``MAX_PIPELINED`` requests may wait on one connection, and it is not
-read while any wait (uvicorn read and queued pipelined requests without end). And the server raises its own limit
-of open files to the hard limit at start (:func:`raise_open_files_limit`).
+read while any wait (uvicorn read and queued pipelined requests without end). A response its client stops reading
+is dropped after ``SEND_STALL_S`` (uvicorn held it for ever). And the server raises its own limit of open files to
+the hard limit at start (:func:`raise_open_files_limit`).
 A connection upgraded to a WebSocket is no longer watched (the live feed bounds its screens itself).
 How many connections one address, and all, may hold: :mod:`ioc.api.conn_limits` (counted here, WebSockets too).
 """
@@ -38,6 +39,12 @@ MAX_HEAD_BYTES = 64 * 1024
 #: The longest a request body may take once its head is complete (bodies are at most 1 MB: 17 KB/s at least).
 BODY_TIMEOUT_S = 60.0
 
+
+#: A response its client has stopped reading: closed once its buffered bytes went down by less than
+#: ``SEND_MIN_BYTES_S`` a second over ``SEND_STALL_S`` (32 clients not reading 8 MB telemetry answers held 380 MB,
+#: for as long as they stayed connected).
+SEND_STALL_S = 30.0
+SEND_MIN_BYTES_S = 1024
 
 #: Requests one connection may have waiting behind the one being answered (HTTP/1.1 pipelining; browsers pipeline
 #: none). uvicorn queues every request it parses and reads on after each answer: one connection sending 3.7 MB of
@@ -93,6 +100,8 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
         _awaiting_head = False
         _release: Callable[[], None] | None = None
         _dropping = False  # past MAX_PIPELINED: the connection is closing, the rest of its data is not handled
+        _send_timer: asyncio.TimerHandle | None = None
+        _send_left = 0  # bytes buffered at the last look while writing was paused
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -107,6 +116,7 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
         def connection_lost(self, exc: Exception | None) -> None:
             if self._release is not None:
                 self._release()
+            self._send_done()
             self._head_done()
             self._body_done()
             super().connection_lost(exc)
@@ -135,6 +145,33 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
             if self.cycle is not before:  # a request (not an upgrade): its body, if any, must come in time
                 self._body_done()
                 self._body_timer = self.loop.call_later(BODY_TIMEOUT_S, self._body_timeout)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._send_timer is None:
+                self._send_left = self.transport.get_write_buffer_size()
+                self._send_timer = self.loop.call_later(SEND_STALL_S, self._send_check)
+
+        def resume_writing(self) -> None:
+            self._send_done()
+            super().resume_writing()
+
+        def _send_done(self) -> None:
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+
+        def _send_check(self) -> None:
+            """While writing is paused: close a connection whose client reads (next to) nothing."""
+            self._send_timer = None
+            if self.transport.get_protocol() is not self:
+                return  # a WebSocket now; a closing transport is still watched: close() waits for the buffer
+            left = self.transport.get_write_buffer_size()
+            if self._send_left - left < SEND_MIN_BYTES_S * SEND_STALL_S:
+                self.transport.abort()  # close() would wait for the buffer to drain: it does not
+                return
+            self._send_left = left
+            self._send_timer = self.loop.call_later(SEND_STALL_S, self._send_check)
 
         def on_body(self, body: bytes) -> None:
             if not self._dropping:  # a dropped request's body must not reach the request before it
