@@ -92,7 +92,8 @@ def http_protocol(limits: ConnectionLimits | None = None) -> Any:
         return "auto"
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        """httptools with a deadline and a size bound on each request head."""
+        """httptools with a deadline and a size bound on each request head, a slot per connection, at most
+        MAX_PIPELINED requests waiting and answers left unread dropped."""
 
         _head_timer: asyncio.TimerHandle | None = None
         _body_timer: asyncio.TimerHandle | None = None
