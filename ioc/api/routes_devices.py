@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -10,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from ioc.api.deps import BackendDep, PoolDep, Role, requires
+from ioc.api.heavy import heavy_slot, json_rows
 from ioc.api.models import ApiTime, DeviceDetail, DevicePublic, QuarantinePublic, TelemetryBucket, TelemetryPoint
 from storage import queries
 from storage.config import StorageConfig
@@ -19,6 +21,8 @@ router = APIRouter(prefix="/api", tags=["devices"])
 _BUCKET_RE = re.compile(r"(\d{1,6})\s*(s|sec|m|min|h|hour|d|day)s?")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 _MAX_BUCKETS = 20_000
+#: Telemetry answers that may hold more rows than this go through ioc.api.heavy's slots.
+HEAVY_LIMIT = 1000
 
 
 def parse_bucket(text: str) -> timedelta:
@@ -65,19 +69,21 @@ _PAGE_HEADERS = {
 @router.get("/telemetry", dependencies=[requires(Role.VIEWER)],
             response_model=list[TelemetryPoint] | list[TelemetryBucket], responses={200: {"headers": _PAGE_HEADERS},
                        422: {"description": "bad parameters, or a range reaching past what is kept"}})
-async def telemetry(request: Request, response: Response, pool: PoolDep, backend: BackendDep, device_id: str,
+async def telemetry(request: Request, pool: PoolDep, backend: BackendDep, device_id: str,
                     metric: str | None = None, start: ApiTime | None = None, end: ApiTime | None = None,
                     bucket: Annotated[str | None, Query(description="e.g. 1m, 5m, 1h: aggregate per bucket")] = None,
                     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
                     cursor: Annotated[str | None, Query(max_length=200, description=(
                         "continue a truncated answer: the X-Next-Cursor value (the Link header has the URL)"))]
-                    = None) -> list[dict[str, object]]:
+                    = None) -> Response:
     """Raw points of a device (one metric or all) in ``[start, end)``; with ``bucket``, aggregates.
 
     Buckets of whole hours are read from the hourly rollup, of whole 5 minutes from the 5-minute rollup
     (start and end then taken to whole rollup buckets), others from the raw rows; a range that starts
     before the chosen store keeps data is refused (422) with the bucket that would serve it. An answer cut
-    by ``limit`` says so: ``X-Truncated: true`` and a ``Link: <...>; rel="next"`` to the rest.
+    by ``limit`` says so: ``X-Truncated: true`` and a ``Link: <...>; rel="next"`` to the rest. Answers of more
+    than 1,000 rows (``limit``) are read and built a few at a time (``ioc/api/heavy.py``): past what may wait,
+    429 (the caller has 8 in progress) or 503, with ``Retry-After``.
     """
     end = _aware(end) if end else datetime.now(UTC)
     start = _aware(start) if start else end - timedelta(hours=1)
@@ -85,29 +91,29 @@ async def telemetry(request: Request, response: Response, pool: PoolDep, backend
         raise HTTPException(422, "start must be before end")
     after = _decode_cursor(cursor) if cursor else None
     config: StorageConfig = getattr(request.app.state, "storage", None) or StorageConfig()
-    async with pool.acquire() as conn:
-        if bucket is None:
-            _check_kept(queries.Source.RAW, start, config, None)
-            rows = await queries.raw_points(conn, device_id, metric, start, end, limit + 1, after)
-            key = "ts"
-        else:
-            width = parse_bucket(bucket)
-            if (end - start) / width > _MAX_BUCKETS:
-                raise HTTPException(422, f"{bucket} buckets over this range exceed {_MAX_BUCKETS}; widen the bucket")
-            source = queries.source_for(width)
-            _check_kept(source, start, config, bucket)
-            response.headers["X-Telemetry-Source"] = source.value
-            rows = await queries.bucketed_points(conn, backend, device_id, metric, start, end, width, limit + 1,
-                                                 source, after)
-            key = "bucket"
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last = rows[-1]
-        next_cursor = _encode_cursor(last[key], last["metric"])
-        response.headers["X-Truncated"] = "true"
-        response.headers["X-Next-Cursor"] = next_cursor
-        response.headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
-    return rows
+    width = parse_bucket(bucket) if bucket is not None else None
+    if width is not None and (end - start) / width > _MAX_BUCKETS:
+        raise HTTPException(422, f"{bucket} buckets over this range exceed {_MAX_BUCKETS}; widen the bucket")
+    source = queries.source_for(width) if width is not None else queries.Source.RAW
+    _check_kept(source, start, config, bucket)
+    headers = {"X-Telemetry-Source": source.value} if width is not None else {}
+    async with heavy_slot(request) if limit > HEAVY_LIMIT else contextlib.nullcontext():
+        async with pool.acquire() as conn:
+            if width is None:
+                rows = await queries.raw_points(conn, device_id, metric, start, end, limit + 1, after)
+                key = "ts"
+            else:
+                rows = await queries.bucketed_points(conn, backend, device_id, metric, start, end, width, limit + 1,
+                                                     source, after)
+                key = "bucket"
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            next_cursor = _encode_cursor(last[key], last["metric"])
+            headers["X-Truncated"] = "true"
+            headers["X-Next-Cursor"] = next_cursor
+            headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
+        return await json_rows(rows, headers)
 
 
 def _check_kept(source: queries.Source, start: datetime, config: StorageConfig, bucket: str | None) -> None:
