@@ -10,10 +10,16 @@ connect of every device after an outage.
 The ACL file gets one block per device, appended (existing lines, hand-written ones included, are kept)::
 
     user HP-CAM-0001
-    topic write ioc/v1/camera/HP-CAM-0001/#
+    topic write ioc/v1/camera/HP-CAM-0001/event
+    topic write ioc/v1/camera/HP-CAM-0001/snapshot
+    topic write ioc/v1/camera/HP-CAM-0001/status
+    topic write ioc/v1/camera/HP-CAM-0001/telemetry
 
-so a device publishes only under its own kind and id (its retained last will included: it is its
-``status`` topic) and reads nothing.
+so a device publishes only on the channels the contract accepts for its kind and id (its retained last will
+included: it is its ``status`` topic) and reads nothing. Blocks written before granted the whole prefix
+(``ioc/v1/<kind>/<id>/#``), so a device could leave retained messages on any number of sub-topics (each one
+sent to every fresh subscriber and quarantined as ``bad_topic``: 50,000 delayed a fresh start by 1.8 s):
+:func:`provision` narrows such blocks to the channels whenever it writes the file.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.contract import DEVICE_ID_RE, KINDS, SUBSCRIPTION, TOPIC_PREFIX
+from ingest.contract import CHANNELS_BY_KIND, DEVICE_ID_RE, KINDS, SUBSCRIPTION, TOPIC_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -183,16 +189,48 @@ def service_acl() -> str:
 
 
 def device_acl(dev: Device) -> str:
-    """The ACL block of one device."""
-    return f"user {dev.device_id}\ntopic write {dev.topic_prefix}/#\n"
+    """The ACL block of one device: a write line per channel of its kind."""
+    return "".join([f"user {dev.device_id}\n"] + [f"topic write {dev.topic_prefix}/{channel}\n"
+                                                   for channel in sorted(CHANNELS_BY_KIND[dev.kind])])
 
 
-_DEVICE_BLOCK = re.compile(r"^user (\S+)\s*\ntopic write " + re.escape(TOPIC_PREFIX) + r"/(\w+)/(\S+)/#\s*$", re.M)
+_WRITE = r"topic write " + re.escape(TOPIC_PREFIX) + r"/(\w+)/([^/\s]+)/(#|\w+)"
+#: A device block: its user line, then its write lines (one per channel; written before: one for the prefix).
+_DEVICE_BLOCK = re.compile(r"^user (\S+)[ \t]*\n((?:" + _WRITE + r"[ \t]*(?:\n|\Z))+)", re.M)
+_WRITE_LINE = re.compile(_WRITE)
+
+
+def _block_device(block: re.Match[str]) -> tuple[str, str, bool] | None:
+    """(device id, kind, whole prefix granted) of a block this module wrote, else None."""
+    writes = [_WRITE_LINE.match(line.strip()) for line in block[2].splitlines() if line.strip()]
+    found = {(w[1], w[2]) for w in writes if w}
+    if len(found) != 1 or len(writes) != sum(1 for w in writes if w):
+        return None
+    kind, device_id = found.pop()
+    if device_id != block[1]:
+        return None
+    return device_id, kind, any(w[3] == "#" for w in writes if w)
 
 
 def read_acl_devices(text: str) -> dict[str, str]:
     """device id -> kind for the device blocks an ACL file holds."""
-    return {m[1]: m[2] for m in _DEVICE_BLOCK.finditer(text) if m[1] == m[3]}
+    return {dev[0]: dev[1] for m in _DEVICE_BLOCK.finditer(text) if (dev := _block_device(m))}
+
+
+def narrow_acl(text: str) -> tuple[str, int]:
+    """``text`` with the device blocks that grant a whole prefix (``.../#``) narrowed to the device's channels;
+    (new text, blocks narrowed). Other lines are kept as they are."""
+    narrowed = 0
+
+    def one(m: re.Match[str]) -> str:
+        nonlocal narrowed
+        dev = _block_device(m)
+        if dev is None or not dev[2] or dev[1] not in CHANNELS_BY_KIND:
+            return m[0]
+        narrowed += 1
+        return device_acl(Device(dev[1], dev[0]))
+
+    return _DEVICE_BLOCK.sub(one, text), narrowed
 
 
 @dataclass(slots=True)
@@ -216,7 +254,9 @@ def provision(devices: Iterable[Device], passwd: Path, acl: Path, rotate: bool =
         ProvisionError: a device id is already provisioned as another kind.
     """
     users = read_password_file(passwd)
-    acl_text = acl.read_text() if acl.exists() else service_acl()
+    acl_text, narrowed = narrow_acl(acl.read_text()) if acl.exists() else (service_acl(), 0)
+    if narrowed:
+        logger.info("%d device ACL block(s) narrowed from the whole prefix to the channels", narrowed)
     known = read_acl_devices(acl_text)
     result = ProvisionResult([], [])
     appended: list[str] = []
@@ -235,7 +275,7 @@ def provision(devices: Iterable[Device], passwd: Path, acl: Path, rotate: bool =
     if appended:
         sep = "" if acl_text.endswith("\n") or not acl_text else "\n"
         _write_private(acl, acl_text + sep + "".join(appended))
-    elif not acl.exists():
+    elif narrowed or not acl.exists():
         _write_private(acl, acl_text)
     if result.created:
         write_password_file(passwd, users)
@@ -253,8 +293,8 @@ def remove(device_ids: Iterable[str], passwd: Path, acl: Path) -> list[str]:
     found = sorted(wanted & (set(users) | set(read_acl_devices(acl_text))))
     if not found:
         return []
-    block = re.compile(_DEVICE_BLOCK.pattern + r"\n?", re.M)
-    _write_private(acl, block.sub(lambda m: "" if m[1] in wanted and m[1] == m[3] else m[0], acl_text))
+    _write_private(acl, _DEVICE_BLOCK.sub(lambda m: "" if (dev := _block_device(m)) and dev[0] in wanted
+                                          else m[0], acl_text))
     write_password_file(passwd, {u: h for u, h in users.items() if u not in wanted})
     return found
 

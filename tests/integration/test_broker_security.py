@@ -102,6 +102,8 @@ def test_device_publishes_only_as_itself(broker: SecureBroker) -> None:
               f"ioc/v1/bts/{a.device_id}/telemetry",  # itself, as another kind
               f"{c.topic_prefix}/telemetry",  # another device of another kind
               f"{b.topic_prefix}/status",  # another device's status (its last will topic)
+              f"{a.topic_prefix}/junk",  # its own prefix, not a channel: retained ones piled up without end
+              f"{a.topic_prefix}/telemetry/deeper",
               "ioc/v2/anything"]
     with client(broker, "ioc-ingest") as ingest:
         rc = ingest.connect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -75,7 +76,32 @@ def test_acl_blocks_round_trip() -> None:
     devs = [accounts.Device("camera", "HP-CAM-1"), accounts.Device("traffic", "HP.TR_2")]
     text = accounts.service_acl() + "".join(accounts.device_acl(d) for d in devs)
     assert accounts.read_acl_devices(text) == {"HP-CAM-1": "camera", "HP.TR_2": "traffic"}
-    assert "topic write ioc/v1/camera/HP-CAM-1/#" in accounts.device_acl(devs[0])
+    assert accounts.device_acl(devs[1]) == ("user HP.TR_2\ntopic write ioc/v1/traffic/HP.TR_2/event\n"
+                                            "topic write ioc/v1/traffic/HP.TR_2/status\n"
+                                            "topic write ioc/v1/traffic/HP.TR_2/telemetry\n")
+    assert "/#" not in accounts.device_acl(devs[0]) and "HP-CAM-1/snapshot\n" in accounts.device_acl(devs[0])
+
+
+def test_blocks_granting_a_whole_prefix_are_read_and_narrowed(tmp_path: Path) -> None:
+    """Blocks written before (``.../#``: any sub-topic, retained ones included) are still known, removed, and
+    narrowed to the channels when the file is next written; hand-written lines stay as they are."""
+    legacy = ("user HP-CAM-1\ntopic write ioc/v1/camera/HP-CAM-1/#\n"
+              "user mine\ntopic write ioc/v1/camera/other/#\n"  # not a block of ours: id and topic differ
+              "user HP-B-1\ntopic write ioc/v1/bts/HP-B-1/#")
+    assert accounts.read_acl_devices(legacy) == {"HP-CAM-1": "camera", "HP-B-1": "bts"}
+    text, narrowed = accounts.narrow_acl(accounts.service_acl() + legacy)
+    mine = "user mine\ntopic write ioc/v1/camera/other/#\n"
+    cam, bts = accounts.Device("camera", "HP-CAM-1"), accounts.Device("bts", "HP-B-1")
+    assert narrowed == 2
+    assert text == accounts.service_acl() + accounts.device_acl(cam) + mine + accounts.device_acl(bts)
+    assert accounts.narrow_acl(text) == (text, 0)
+    acl, pw = tmp_path / "acl", tmp_path / "passwd"
+    acl.write_text(accounts.service_acl() + legacy)
+    accounts.provision([accounts.Device("traffic", "HP-T-1")], pw, acl)
+    assert acl.read_text() == text + accounts.device_acl(accounts.Device("traffic", "HP-T-1"))
+    acl.write_text(legacy)
+    assert accounts.remove(["HP-CAM-1"], pw, acl) == ["HP-CAM-1"]
+    assert acl.read_text() == mine + "user HP-B-1\ntopic write ioc/v1/bts/HP-B-1/#"
 
 
 def test_service_accounts_are_least_privilege() -> None:
