@@ -5,10 +5,12 @@ FastAPI validates a route's rows against its ``response_model`` and encodes them
 take 6-9 s and a screen's snapshot time out. A route whose answer may be large reads its rows inside
 :func:`heavy_slot`: at most ``AT_ONCE`` such answers are read and built at once, first come first served; a
 caller (the authenticated name, else the address) may have ``PER_CALLER`` waiting or running, else 429; at most
-``WAITING`` wait in all, else 503; both with ``Retry-After``. It answers with :func:`json_rows`: the rows as
-they are (the route's query gives exactly its model's fields) encoded by orjson, on a worker thread when there
-are many: byte for byte what the model's serialisation gives, ~12 times faster. The model stays the route's
-``response_model`` for the OpenAPI schema.
+``WAITING`` wait in all, else 503; both with ``Retry-After``; answers of at most ``LARGE_ROWS`` rows skip it.
+Telemetry answers with :func:`json_rows`: the rows as they are (its queries give exactly its models' fields)
+encoded by orjson, on a worker thread when there are many: byte for byte what the model's serialisation gives,
+~12 times faster. Routes whose rows are free-form (alerts, incidents, findings, ...) or go through a model
+answer with :func:`json_model`: pydantic's own validation and encoding, on a worker thread when there are many
+(~70 ms for 5,000 alerts or 10,000 devices). The model stays the route's ``response_model`` for the schema.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import orjson
 from fastapi import HTTPException, Request, Response
+from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from ioc.api.deps import connection_principal
@@ -34,6 +37,8 @@ PER_CALLER = 8
 #: Large answers that may wait in all.
 WAITING = 64
 RETRY_AFTER_S = 2
+#: Answers that may hold more rows than this (their ``limit``) take a slot.
+LARGE_ROWS = 1000
 #: Above this many rows an answer is encoded on a worker thread (under it the hop costs more than it saves).
 THREAD_ROWS = 2000
 
@@ -61,8 +66,12 @@ def _refuse(status: int, why: str) -> HTTPException:
 
 
 @contextlib.asynccontextmanager
-async def heavy_slot(request: Request) -> AsyncIterator[None]:
-    """Hold one of the ``AT_ONCE`` slots for reading and building a large answer (429/503 when too many wait)."""
+async def heavy_slot(request: Request, rows: int) -> AsyncIterator[None]:
+    """Hold one of the ``AT_ONCE`` slots for reading and building an answer of up to ``rows`` rows, when that is
+    more than ``LARGE_ROWS`` (429/503 when too many wait)."""
+    if rows <= LARGE_ROWS:
+        yield
+        return
     gate = _gate()
     principal = connection_principal(request)
     caller = f"user:{principal.name}" if principal else f"address:{request.client.host if request.client else '?'}"
@@ -96,6 +105,21 @@ def _default(value: Any) -> Any:
 def encode_rows(rows: Sequence[dict[str, Any]]) -> bytes:
     """Rows as JSON, as pydantic would serialise them (times in UTC end in ``Z``, NaN and infinities null)."""
     return orjson.dumps(rows, default=_default, option=orjson.OPT_UTC_Z)
+
+
+async def json_model(rows: Sequence[Any], adapter: TypeAdapter[Any], headers: dict[str, str] | None = None,
+                     ) -> Response:
+    """A 200 answer of ``rows`` validated and encoded by ``adapter`` (as FastAPI's ``response_model`` would), on a
+    worker thread when there are many."""
+    def build() -> bytes:
+        return adapter.dump_json(adapter.validate_python(rows))
+
+    body = await run_in_threadpool(build) if len(rows) > THREAD_ROWS else build()
+    return Response(body, media_type="application/json", headers=headers)
+
+
+#: The free-form rows of most list routes.
+ANY_ROWS: TypeAdapter[list[dict[str, Any]]] = TypeAdapter(list[dict[str, Any]])
 
 
 async def json_rows(rows: Sequence[dict[str, Any]], headers: dict[str, str] | None = None) -> Response:

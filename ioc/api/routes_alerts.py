@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ioc.alerts import escalation
@@ -15,6 +15,7 @@ from ioc.alerts.model import Severity
 from ioc.alerts.silences import validate_matchers
 from ioc.alerts.stage import AlertStage
 from ioc.api.deps import CurrentPrincipal, PoolDep, Principal, Role, requires
+from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.api.models import ApiTime
 from ioc.cluster import actions
 from ioc.cluster.views import incident_views
@@ -119,14 +120,16 @@ async def _reload(request: Request) -> None:
 
 # --- incidents and alerts ------------------------------------------------------------------------------
 
-@router.get("/api/incidents", dependencies=[requires(Role.VIEWER)])
-async def list_incidents(pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
-                         category: str | None = None, district: str | None = None, since: ApiTime | None = None,
-                         limit: Limit = 100) -> list[dict[str, Any]]:
+@router.get("/api/incidents", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]])
+async def list_incidents(request: Request, pool: PoolDep, state: StateFilter = None,
+                         severity: SeverityFilter = None, category: str | None = None, district: str | None = None,
+                         since: ApiTime | None = None, limit: Limit = 100) -> Response:
     """Incidents, newest first (filter by state, severity, category, district, start time)."""
-    async with pool.acquire() as conn:
-        return await store.list_incidents(conn, state=state, severity=severity, category=category,
-                                          district=district, since=since, limit=limit)
+    async with heavy_slot(request, limit):  # large answers a few at a time, built off the event loop
+        async with pool.acquire() as conn:
+            rows = await store.list_incidents(conn, state=state, severity=severity, category=category,
+                                              district=district, since=since, limit=limit)
+        return await json_model(rows, ANY_ROWS)
 
 
 @router.get("/api/incidents/live", dependencies=[requires(Role.VIEWER)])
@@ -167,16 +170,18 @@ async def act_on_incident(request: Request, incident_id: int, action: str, body:
         raise HTTPException(err.status, str(err)) from None
 
 
-@router.get("/api/alerts", dependencies=[requires(Role.VIEWER)])
-async def list_alerts(pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
+@router.get("/api/alerts", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]])
+async def list_alerts(request: Request, pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
                       device_id: str | None = None, district: str | None = None, rule: str | None = None,
                       incident_id: int | None = None, since: ApiTime | None = None,
-                      limit: Limit = 100) -> list[dict[str, Any]]:
+                      limit: Limit = 100) -> Response:
     """Alerts, newest first."""
-    async with pool.acquire() as conn:
-        return await store.list_alerts(conn, state=state, severity=severity, device_id=device_id,
-                                       district=district, rule=rule, incident_id=incident_id, since=since,
-                                       limit=limit)
+    async with heavy_slot(request, limit):
+        async with pool.acquire() as conn:
+            rows = await store.list_alerts(conn, state=state, severity=severity, device_id=device_id,
+                                           district=district, rule=rule, incident_id=incident_id, since=since,
+                                           limit=limit)
+        return await json_model(rows, ANY_ROWS)
 
 
 @router.get("/api/alerts/{alert_id}", dependencies=[requires(Role.VIEWER)])
@@ -189,12 +194,14 @@ async def get_alert(pool: PoolDep, alert_id: int) -> dict[str, Any]:
     return alert
 
 
-@router.get("/api/notifications", dependencies=[requires(Role.OFFICER)])
-async def list_notifications(pool: PoolDep, status: str | None = None, incident_id: int | None = None,
-                             limit: Limit = 100) -> list[dict[str, Any]]:
+@router.get("/api/notifications", dependencies=[requires(Role.OFFICER)], response_model=list[dict[str, Any]])
+async def list_notifications(request: Request, pool: PoolDep, status: str | None = None,
+                             incident_id: int | None = None, limit: Limit = 100) -> Response:
     """The notification outbox: what was sent, what is waiting, what failed and why."""
-    async with pool.acquire() as conn:
-        return await outbox.list_notifications(conn, limit, status=status, incident_id=incident_id)
+    async with heavy_slot(request, limit):
+        async with pool.acquire() as conn:
+            rows = await outbox.list_notifications(conn, limit, status=status, incident_id=incident_id)
+        return await json_model(rows, ANY_ROWS)
 
 
 # --- silences ------------------------------------------------------------------------------------------

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import TypeAdapter
 
 from ioc.api.deps import BackendDep, PoolDep, Role, requires
-from ioc.api.heavy import heavy_slot, json_rows
+from ioc.api.heavy import heavy_slot, json_model, json_rows
 from ioc.api.models import ApiTime, DeviceDetail, DevicePublic, QuarantinePublic, TelemetryBucket, TelemetryPoint
 from storage import queries
 from storage.config import StorageConfig
@@ -21,8 +21,7 @@ router = APIRouter(prefix="/api", tags=["devices"])
 _BUCKET_RE = re.compile(r"(\d{1,6})\s*(s|sec|m|min|h|hour|d|day)s?")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 _MAX_BUCKETS = 20_000
-#: Telemetry answers that may hold more rows than this go through ioc.api.heavy's slots.
-HEAVY_LIMIT = 1000
+_DEVICES: TypeAdapter[list[DevicePublic]] = TypeAdapter(list[DevicePublic])
 
 
 def parse_bucket(text: str) -> timedelta:
@@ -34,12 +33,15 @@ def parse_bucket(text: str) -> timedelta:
 
 
 @router.get("/devices", response_model=list[DevicePublic], dependencies=[requires(Role.VIEWER)])
-async def list_devices(pool: PoolDep, kind: Annotated[str | None, Query(pattern="^(camera|bts|traffic)$")] = None,
+async def list_devices(request: Request, pool: PoolDep,
+                       kind: Annotated[str | None, Query(pattern="^(camera|bts|traffic)$")] = None,
                        state: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, object]]:
+                       offset: Annotated[int, Query(ge=0)] = 0) -> Response:
     """Devices known to the registry (they appear on their first message)."""
-    async with pool.acquire() as conn:
-        return await queries.list_devices(conn, kind, state, limit, offset)
+    async with heavy_slot(request, limit):  # large answers a few at a time, built off the event loop
+        async with pool.acquire() as conn:
+            rows = await queries.list_devices(conn, kind, state, limit, offset)
+        return await json_model(rows, _DEVICES)
 
 
 @router.get("/devices/{device_id}", response_model=DeviceDetail, dependencies=[requires(Role.VIEWER)])
@@ -97,7 +99,7 @@ async def telemetry(request: Request, pool: PoolDep, backend: BackendDep, device
     source = queries.source_for(width) if width is not None else queries.Source.RAW
     _check_kept(source, start, config, bucket)
     headers = {"X-Telemetry-Source": source.value} if width is not None else {}
-    async with heavy_slot(request) if limit > HEAVY_LIMIT else contextlib.nullcontext():
+    async with heavy_slot(request, limit):
         async with pool.acquire() as conn:
             if width is None:
                 rows = await queries.raw_points(conn, device_id, metric, start, end, limit + 1, after)

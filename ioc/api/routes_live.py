@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from ingest.metrics import HANDLER_ERRORS
 from ioc.api.deps import PoolDep, Role, recheck, requires, websocket_origin, websocket_slot
 from ioc.api.edge import bad_text_in_message
+from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.api.models import ApiTime
 from ioc.api.routes_alerts import ActionRequest
 from ioc.auth.service import client_address
@@ -205,16 +206,17 @@ async def live_stats(request: Request) -> dict[str, Any]:
             **(listener.intake.stats() if (listener := request.app.state.listener) is not None else {})}
 
 
-@router.get("/api/findings", dependencies=[requires(Role.VIEWER)])
-async def findings(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
-                   device_id: str | None = None, since: ApiTime | None = None) -> list[dict[str, Any]]:
+@router.get("/api/findings", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]])
+async def findings(request: Request, pool: PoolDep, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+                   device_id: str | None = None, since: ApiTime | None = None) -> Response:
     """Detector findings (numeric and camera), newest first."""
-    async with pool.acquire() as conn:
-        rows = await queries.recent_findings(conn, limit, device_id, since)
-    for row in rows:
-        if isinstance(row["detail"], str):
-            row["detail"] = orjson.loads(row["detail"])
-    return rows
+    async with heavy_slot(request, limit):  # large answers a few at a time, built off the event loop
+        async with pool.acquire() as conn:
+            rows = await queries.recent_findings(conn, limit, device_id, since)
+        for row in rows:
+            if isinstance(row["detail"], str):
+                row["detail"] = orjson.loads(row["detail"])
+        return await json_model(rows, ANY_ROWS)
 
 
 @router.get("/api/districts", dependencies=[requires(Role.VIEWER)])

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from ioc.api.deps import BackendDep, PoolDep, Role, requires
+from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.api.models import ApiTime
 from ioc.settings import Settings
 from storage import queries
@@ -34,26 +35,31 @@ def router_for(settings: Settings) -> APIRouter:
         return {"lang": lang, "timezone": timezone, "city": request.app.state.city.name,
                 "alerts": settings.alerts.enabled}  # the deployment's, not this replica's (the brain may run elsewhere)
 
-    @router.get("/api/devices/{device_id}/status", dependencies=[requires(Role.VIEWER)])
-    async def status_history(pool: PoolDep, device_id: str, start: ApiTime | None = None,
-                             end: ApiTime | None = None, limit: Limit = 2000) -> list[dict[str, Any]]:
+    @router.get("/api/devices/{device_id}/status", dependencies=[requires(Role.VIEWER)],
+                response_model=list[dict[str, Any]])
+    async def status_history(request: Request, pool: PoolDep, device_id: str, start: ApiTime | None = None,
+                             end: ApiTime | None = None, limit: Limit = 2000) -> Response:
         """States the device reported in ``[start, end)`` (default: the last 24 h), oldest first; the first
         row may be older than ``start``: it is the state in force when the window opens."""
         start, end = _window(start, end, timedelta(hours=24))
-        async with pool.acquire() as conn:
-            return await queries.status_history(conn, device_id, start, end, limit)
+        async with heavy_slot(request, limit):  # large answers a few at a time, built off the event loop
+            async with pool.acquire() as conn:
+                rows = await queries.status_history(conn, device_id, start, end, limit)
+            return await json_model(rows, ANY_ROWS)
 
-    @router.get("/api/devices/{device_id}/events", dependencies=[requires(Role.VIEWER)])
-    async def device_events(pool: PoolDep, device_id: str, start: ApiTime | None = None,
-                            end: ApiTime | None = None, limit: Limit = 200) -> list[dict[str, Any]]:
+    @router.get("/api/devices/{device_id}/events", dependencies=[requires(Role.VIEWER)],
+                response_model=list[dict[str, Any]])
+    async def device_events(request: Request, pool: PoolDep, device_id: str, start: ApiTime | None = None,
+                            end: ApiTime | None = None, limit: Limit = 200) -> Response:
         """Alarms the device sent itself in ``[start, end)`` (default: the last 24 h), newest first."""
         start, end = _window(start, end, timedelta(hours=24))
-        async with pool.acquire() as conn:
-            rows = await queries.device_events(conn, device_id, start, end, limit)
-        for row in rows:
-            if isinstance(row["detail"], str):
-                row["detail"] = orjson.loads(row["detail"])
-        return rows
+        async with heavy_slot(request, limit):
+            async with pool.acquire() as conn:
+                rows = await queries.device_events(conn, device_id, start, end, limit)
+            for row in rows:
+                if isinstance(row["detail"], str):
+                    row["detail"] = orjson.loads(row["detail"])
+            return await json_model(rows, ANY_ROWS)
 
     @router.get("/api/ui/kpis", dependencies=[requires(Role.VIEWER)])
     async def kpi_history(pool: PoolDep, backend: BackendDep, hours: Annotated[int, Query(ge=1, le=12)] = 4,

@@ -45,7 +45,7 @@ async def test_slots_per_caller_and_in_all(monkeypatch: pytest.MonkeyPatch) -> N
 
     async def answer(who: str) -> str:
         try:
-            async with heavy.heavy_slot(_request(who)):
+            async with heavy.heavy_slot(_request(who), 5000):
                 running.append(who)
                 await release.wait()
             return "ok"
