@@ -56,6 +56,19 @@ class DetectorConfig:
     art_mode: int = 2
     """0: an ART anomaly scores anywhere; 2: only while no finding holds (it opens no hold); 3: also while the
     hold of a level shift or drift does (another family's finding; fifth round of #17, LOCO -0.06: not default)."""
+    art_merge: int = 0
+    art_grid: bool = False
+    art_haar_odd: bool = False
+    """ART options from the ARTime study (sixth round of #17; off): a full memory folds a window into its best
+    category (1; 2: only windows that are not novel), the running median kept on the level grid, ARTime's
+    Haar detail sign. No change in the ensemble (docs/detectors.md)."""
+    young_days: float = 7.0
+    young_raw: float = 0.4
+    """First-week shape novelty (sixth round of #17): while a series that uses its daily model is younger than
+    ``young_days``, an ART anomaly on a reading the main detectors scored at least ``young_raw`` (a finding
+    their hold or records held back) scores on its own, also during a hold, and opens none: a week of data
+    gives the records and holds too little history (the first weekend, the first Monday rush), the shape
+    detector judges from the first day. 0 days: off. NAB dev, LOCO and short history unchanged."""
     art_raw: float = 0.0
     """...and only when the main detectors' own score is at least this (they saw something, records held it)."""
     art_re: bool = True
