@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from ioc.api import http_guard
+from tests.support.guarded_uvicorn import serve_guarded
 
 pytestmark = pytest.mark.integration
 
@@ -24,9 +25,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[int, list[str]]]:
     """In-process uvicorn with ``ioc serve``'s bounds; yields its port and the paths its app was asked for."""
-    import uvicorn
-
-    from tests.support.services import free_port
 
     asked: list[str] = []
 
@@ -37,17 +35,8 @@ async def server() -> AsyncIterator[tuple[int, list[str]]]:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        **http_guard.uvicorn_bounds()))
-    serving = asyncio.create_task(srv.serve())
-    try:
-        while not srv.started:
-            await asyncio.sleep(0.02)
+    async with serve_guarded(app) as port:
         yield port, asked
-    finally:
-        srv.should_exit = srv.force_exit = True
-        await asyncio.wait_for(serving, 15)
 
 
 def request(i: int, last: bool = False) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from ioc.api import http_guard
+from tests.support.guarded_uvicorn import serve_guarded
 
 pytestmark = pytest.mark.integration
 
@@ -26,9 +27,6 @@ BODY = 8 * 2**20
 @pytest.fixture
 async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
     """In-process uvicorn with the guarded protocol (1 s stall bound) answering BODY bytes; yields its port."""
-    import uvicorn
-
-    from tests.support.services import free_port
 
     monkeypatch.setattr(http_guard, "SEND_STALL_S", 1.0)
     monkeypatch.setattr(http_guard, "SEND_MIN_BYTES_S", 64 * 1024)
@@ -40,17 +38,8 @@ async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
                     "headers": [(b"content-length", str(BODY).encode())]})
         await send({"type": "http.response.body", "body": b"x" * BODY})
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        **http_guard.uvicorn_bounds()))
-    serving = asyncio.create_task(srv.serve())
-    try:
-        while not srv.started:
-            await asyncio.sleep(0.02)
+    async with serve_guarded(app) as port:
         yield port
-    finally:
-        srv.should_exit = srv.force_exit = True
-        await asyncio.wait_for(serving, 15)
 
 
 def fetch(port: int, pause_s: float, gap_s: float, rcvbuf: int | None = None) -> tuple[int, str]:

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import websockets
 
-from ioc.api import http_guard, ws_guard
+from ioc.api import ws_guard
+from tests.support.guarded_uvicorn import serve_guarded
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +28,6 @@ pytestmark = pytest.mark.integration
 async def server() -> AsyncIterator[tuple[int, list[Any]]]:
     """In-process uvicorn with ``ioc serve``'s bounds and an echoing WebSocket app; yields its port and the
     disconnect codes the app was told."""
-    import uvicorn
-
-    from tests.support.services import free_port
 
     ends: list[Any] = []
 
@@ -45,17 +43,8 @@ async def server() -> AsyncIterator[tuple[int, list[Any]]]:
                 return
             await send({"type": "websocket.send", "text": message.get("text") or ""})
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        **http_guard.uvicorn_bounds()))
-    serving = asyncio.create_task(srv.serve())
-    try:
-        while not srv.started:
-            await asyncio.sleep(0.02)
+    async with serve_guarded(app) as port:
         yield port, ends
-    finally:
-        srv.should_exit = srv.force_exit = True
-        await asyncio.wait_for(serving, 15)
 
 
 def ping(payload: bytes = b"p" * 125) -> bytes:
