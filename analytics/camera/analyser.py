@@ -140,6 +140,11 @@ class CameraAnalyser:
         if self._warm(m) and self.ref is not None and covered is not None:
             self._occlusion(m, covered, scores, cand, strong)
             fz = self.freeze.verdict(still, same_bytes, cfg)
+            # a stalled stream repeats its last picture; a view that turned into a cover and stays put is
+            # still because nothing behind the cover shows, not because the stream stalled (on a busy
+            # camera the first still snapshot was called a freeze before the cover's confirmation)
+            if fz > 0 and "occlusion" in cand and not same_bytes:
+                fz = 0.0
             if fz > 0:
                 cand["freeze"] = fz
                 strong.add("freeze")
