@@ -136,6 +136,19 @@ def run_one(srv: ServeProcess, token: str, n: int, kind: str, hold_s: float) -> 
     print(f"      after close: RSS {rss2:.0f} MB, fds {fd2}; probe {probe(srv, token)}", flush=True)
 
 
+def serve_process(dsn: str, name: str, env_items: list[str]) -> tuple[ServeProcess, str]:
+    """An ``ioc serve`` on database ``dsn`` (not started yet) and an admin token for it; ``env_items`` are extra
+    ``IOC_...=value`` settings; the server's log goes to ``artifacts/<name>/serve.log``."""
+    port = int(MQTT_URL.rsplit(":", 1)[1])
+    token = make_token_sync(dsn, "admin")
+    extra = dict(item.split("=", 1) for item in env_items)
+    env = ingest_env(dsn, port, IOC_MQTT__CLIENT_ID=f"{name}-{uuid.uuid4().hex[:6]}", IOC_LOG_LEVEL="WARNING",
+                     IOC_TEST_ADMIN_TOKEN=token, **extra)
+    log = Path("artifacts") / name
+    log.mkdir(parents=True, exist_ok=True)
+    return ServeProcess(env, log / "serve.log"), token
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="500,2000,5000")
@@ -146,14 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     dsn = asyncio.run(create_database(BASE_DSN))
     try:
-        port = int(MQTT_URL.rsplit(":", 1)[1])
-        token = make_token_sync(dsn, "admin")
-        extra = dict(item.split("=", 1) for item in args.env)
-        env = ingest_env(dsn, port, IOC_MQTT__CLIENT_ID=f"flood-{uuid.uuid4().hex[:6]}", IOC_LOG_LEVEL="WARNING",
-                         IOC_TEST_ADMIN_TOKEN=token, **extra)
-        log = Path("artifacts/conn_flood")
-        log.mkdir(parents=True, exist_ok=True)
-        srv = ServeProcess(env, log / "serve.log")
+        srv, token = serve_process(dsn, "conn_flood", args.env)
         try:
             srv.start()
             if args.server_nofile:  # as a container would give it; with it IOC_AUTH__CONNECTIONS_MAX=half of it

@@ -17,15 +17,13 @@ import asyncio
 import http.client
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import asyncpg
 
-from benchmarks.conn_flood import HOSTILE, probe, proc_figures
-from tests.conftest import BASE_DSN, MQTT_URL, create_database, drop_database, ingest_env
+from benchmarks.conn_flood import HOSTILE, probe, proc_figures, serve_process
+from tests.conftest import BASE_DSN, create_database, drop_database
 from tests.support.auth import make_token_sync
 from tests.support.services import ServeProcess
 
@@ -78,15 +76,8 @@ def main() -> None:
     dsn = asyncio.run(create_database(BASE_DSN))
     try:
         asyncio.run(seed(dsn, args.rows))
-        port = int(MQTT_URL.rsplit(":", 1)[1])
-        token = make_token_sync(dsn, "admin")
+        srv, token = serve_process(dsn, "heavy_answers", args.env)
         tokens = [make_token_sync(dsn, "viewer", f"heavy-{i}") for i in range(args.callers)]
-        extra = dict(item.split("=", 1) for item in args.env)
-        env = ingest_env(dsn, port, IOC_MQTT__CLIENT_ID=f"heavy-{uuid.uuid4().hex[:6]}", IOC_LOG_LEVEL="WARNING",
-                         IOC_TEST_ADMIN_TOKEN=token, **extra)
-        log = Path("artifacts/heavy_answers")
-        log.mkdir(parents=True, exist_ok=True)
-        srv = ServeProcess(env, log / "serve.log")
         try:
             srv.start()
             print(f"quiet: {proc_figures(srv.pid)} probe {probe(srv, token)}", flush=True)
