@@ -41,6 +41,14 @@ class AuthConfig(BaseModel):
                                  "open-files limit); more are answered 503 at once and closed.")
     connections_proxies: list[str] = Field([], description="Addresses or networks of reverse proxies in front: "
                                            "their connections count against connections_max only.")
+    heavy_at_once: int = Field(2, gt=0, description="Large answers (ioc/api/heavy.py) read and built at once per "
+                               "process; each holds a database connection and a worker thread.")
+    heavy_per_caller: int = Field(8, gt=0, description="Large answers one caller (its name, else its address) may "
+                                  "have waiting or being built; more are answered 429 with Retry-After.")
+    heavy_waiting: int = Field(64, gt=0, description="Large answers that may wait in all; more are answered 503 "
+                               "with Retry-After.")
+    heavy_large_rows: int = Field(1000, ge=0, description="An answer that may hold more rows than this (its limit, "
+                                  "or what it holds) waits for one of the heavy_at_once slots.")
     metrics: bool = Field(True, description="Serve /metrics (to any authenticated caller, e.g. a viewer "
                           "token for Prometheus); false = 404.")
     docs: Literal["off", "viewer", "public"] = Field("viewer", description="/docs and /openapi.json: off, "
