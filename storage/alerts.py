@@ -117,36 +117,58 @@ async def list_incidents(conn: Any, *, state: list[str] | None = None, severity:
 async def list_alerts(conn: Any, *, state: list[str] | None = None, severity: list[str] | None = None,
                       device_id: str | None = None, district: str | None = None, rule: str | None = None,
                       incident_id: int | None = None, since: datetime | None = None,
-                      limit: int = 100) -> list[dict[str, Any]]:
-    """Alerts, newest first."""
+                      limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """Alerts, newest first (from the ``offset``-th)."""
     rows = await conn.fetch(
         f"SELECT {_ALERT_COLS} FROM alerts WHERE ($1::text[] IS NULL OR state = ANY($1)) "
         "AND ($2::text[] IS NULL OR severity = ANY($2)) AND ($3::text IS NULL OR device_id = $3) "
         "AND ($4::text IS NULL OR district = $4) AND ($5::text IS NULL OR rule = $5) "
         "AND ($6::bigint IS NULL OR incident_id = $6) AND ($7::timestamptz IS NULL OR started_at >= $7) "
-        "ORDER BY started_at DESC, id DESC LIMIT $8", state, severity, device_id, district, rule, incident_id, since,
-        limit)
+        "ORDER BY started_at DESC, id DESC LIMIT $8 OFFSET $9", state, severity, device_id, district, rule,
+        incident_id, since, limit, offset)
     return [_parse(r, "evidence") for r in rows]
 
 
-async def get_incident(conn: Any, incident_id: int) -> dict[str, Any] | None:
-    """One incident with its alerts and audit trail."""
+async def get_incident(conn: Any, incident_id: int, alerts_limit: int = 10_000,
+                       history_limit: int = 1000) -> dict[str, Any] | None:
+    """One incident with its newest ``alerts_limit`` alerts (newest first) and newest ``history_limit`` audit entries
+    (oldest first), and how many of each it has in all (``alert_count``, ``history_count``)."""
     row = await conn.fetchrow(f"SELECT {_INCIDENT_COLS} FROM incidents WHERE id = $1", incident_id)
     if row is None:
         return None
     out = _parse(row, "detail")
-    out["alerts"] = await list_alerts(conn, incident_id=incident_id, limit=10_000)
-    out["history"] = await history(conn, incident_id=incident_id)
+    out["alerts"] = await list_alerts(conn, incident_id=incident_id, limit=alerts_limit)
+    out["alert_count"] = (len(out["alerts"]) if len(out["alerts"]) < alerts_limit else
+                          await conn.fetchval("SELECT count(*) FROM alerts WHERE incident_id = $1", incident_id))
+    out["history"], out["history_count"] = await history_page(conn, incident_id=incident_id, limit=history_limit)
     return out
 
 
-async def get_alert(conn: Any, alert_id: int) -> dict[str, Any] | None:
+async def get_alert(conn: Any, alert_id: int, history_limit: int = 1000) -> dict[str, Any] | None:
+    """One alert with its newest ``history_limit`` audit entries (oldest first) and ``history_count``."""
     row = await conn.fetchrow(f"SELECT {_ALERT_COLS} FROM alerts WHERE id = $1", alert_id)
     if row is None:
         return None
     out = _parse(row, "evidence")
-    out["history"] = await history(conn, alert_id=alert_id)
+    out["history"], out["history_count"] = await history_page(conn, alert_id=alert_id, limit=history_limit)
     return out
+
+
+async def sizes(conn: Any, *, incident_id: int | None = None, alert_id: int | None = None
+                ) -> tuple[int, int, int] | None:
+    """(alerts, listed members, audit entries) of an incident or (0, 0, entries) of an alert; None if missing.
+    Index-only counts: what an answer would hold, known before it is read."""
+    if incident_id is not None:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM alerts WHERE incident_id = $1) AS alerts, "
+            "coalesce(jsonb_array_length(detail -> 'members'), 0) AS members, "
+            "(SELECT count(*) FROM alert_events WHERE incident_id = $1) AS events FROM incidents WHERE id = $1",
+            incident_id)
+    else:
+        row = await conn.fetchrow(
+            "SELECT 0 AS alerts, 0 AS members, (SELECT count(*) FROM alert_events WHERE alert_id = $1) AS events "
+            "FROM alerts WHERE id = $1", alert_id)
+    return None if row is None else (int(row["alerts"]), int(row["members"]), int(row["events"]))
 
 
 async def history(conn: Any, *, incident_id: int | None = None, alert_id: int | None = None,
@@ -159,13 +181,31 @@ async def history(conn: Any, *, incident_id: int | None = None, alert_id: int | 
     return [_parse(r, "detail") for r in rows]
 
 
+async def history_page(conn: Any, *, incident_id: int | None = None, alert_id: int | None = None,
+                       limit: int = 1000, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Audit entries of an incident or alert: the ``limit`` before the newest ``offset`` ones, oldest first (a
+    timeline's latest page, then older ones), and how many there are in all."""
+    where = "($1::bigint IS NULL OR incident_id = $1) AND ($2::bigint IS NULL OR alert_id = $2)"
+    rows = await conn.fetch(
+        "SELECT * FROM (SELECT id, ts, incident_id, alert_id, action, actor, note, detail FROM alert_events "
+        f"WHERE {where} ORDER BY ts DESC, id DESC LIMIT $3 OFFSET $4) e ORDER BY ts, id",
+        incident_id, alert_id, limit, offset)
+    entries = [_parse(r, "detail") for r in rows]
+    if offset == 0 and len(entries) < limit:
+        return entries, len(entries)
+    return entries, int(await conn.fetchval(f"SELECT count(*) FROM alert_events WHERE {where}", incident_id,
+                                            alert_id))
+
+
 # --- silences ------------------------------------------------------------------------------------------
 
-async def list_silences(conn: Any, include_expired: bool = False, now: datetime | None = None) -> list[dict[str, Any]]:
+async def list_silences(conn: Any, include_expired: bool = False, now: datetime | None = None,
+                        limit: int | None = None) -> list[dict[str, Any]]:
+    """Silences, newest first (``limit`` None: all, as the engine reads them)."""
     rows = await conn.fetch(
         "SELECT id, matchers, starts_at, ends_at, reason, author, created_at, deleted_at FROM silences "
-        "WHERE $1 OR (deleted_at IS NULL AND ends_at > coalesce($2, now())) ORDER BY starts_at DESC, id DESC",
-        include_expired, now)
+        "WHERE $1 OR (deleted_at IS NULL AND ends_at > coalesce($2, now())) ORDER BY starts_at DESC, id DESC LIMIT $3",
+        include_expired, now, limit)
     return [_parse(r, "matchers") for r in rows]
 
 
@@ -193,8 +233,9 @@ async def delete_silence(conn: Any, silence_id: int) -> bool:
 
 # --- roster and policies -------------------------------------------------------------------------------
 
-async def list_officers(conn: Any) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch("SELECT id, name, email, phone, active FROM officers ORDER BY id")]
+async def list_officers(conn: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch("SELECT id, name, email, phone, active FROM officers ORDER BY id "
+                                              "LIMIT $1", limit)]
 
 
 async def upsert_officer(conn: Any, officer: dict[str, Any]) -> None:
@@ -208,9 +249,10 @@ async def delete_officer(conn: Any, officer_id: str) -> bool:
     return str(await conn.execute("DELETE FROM officers WHERE id = $1", officer_id)).endswith(" 1")
 
 
-async def list_shifts(conn: Any, since: datetime | None = None) -> list[dict[str, Any]]:
+async def list_shifts(conn: Any, since: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT id, officer_id, level, starts_at, ends_at FROM shifts "
-                            "WHERE $1::timestamptz IS NULL OR ends_at > $1 ORDER BY starts_at, id", since)
+                            "WHERE $1::timestamptz IS NULL OR ends_at > $1 ORDER BY starts_at, id LIMIT $2", since,
+                            limit)
     return [dict(r) for r in rows]
 
 
@@ -226,9 +268,9 @@ async def delete_shift(conn: Any, shift_id: int) -> bool:
     return str(await conn.execute("DELETE FROM shifts WHERE id = $1", shift_id)).endswith(" 1")
 
 
-async def list_policies(conn: Any) -> list[dict[str, Any]]:
+async def list_policies(conn: Any, limit: int | None = None) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT id, name, min_severity, steps, repeat, channels FROM escalation_policies "
-                            "ORDER BY id")
+                            "ORDER BY id LIMIT $1", limit)
     return [_parse(r, "steps", "channels") for r in rows]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -15,10 +15,9 @@ from ioc.alerts.model import Severity
 from ioc.alerts.silences import validate_matchers
 from ioc.alerts.stage import AlertStage
 from ioc.api.deps import CurrentPrincipal, PoolDep, Principal, Role, requires
-from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
+from ioc.api.heavy import ANY_DOC, ANY_ROWS, heavy_slot, json_model
 from ioc.api.models import ApiTime
-from ioc.cluster import actions
-from ioc.cluster.views import incident_views
+from ioc.cluster import actions, views
 from storage import alerts as store
 from storage import cluster as cluster_sql
 from storage import notifications as outbox
@@ -29,6 +28,16 @@ router = APIRouter(tags=["alerts"])
 StateFilter = Annotated[list[str] | None, Query(description="open, acknowledged, resolved, closed")]
 SeverityFilter = Annotated[list[str] | None, Query(description="critical, major, minor, warning, info")]
 Limit = Annotated[int, Query(ge=1, le=5000)]
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+#: Members shown per incident of a list; with ``limit`` at most ``_MAX_LISTED_MEMBERS`` in one answer.
+MembersLimit = Annotated[int, Query(ge=0, le=1000, description="members and devices shown per incident")]
+DetailLimit = Annotated[int, Query(ge=0, le=5000)]
+_MAX_LISTED_MEMBERS = 100_000
+PAGE_HEADERS = {
+    "X-Total-Count": {"description": "rows in all", "schema": {"type": "string"}},
+    "X-Truncated": {"description": "`true` when the limit left rows out", "schema": {"type": "string"}},
+    "Link": {"description": '`<url>; rel="next"`: the next page', "schema": {"type": "string"}},
+}
 
 
 class ActionRequest(BaseModel):
@@ -97,6 +106,24 @@ def _district_name(request: Request) -> Callable[[str | None], str | None]:
     return name
 
 
+def _check_total(limit: int, members_limit: int) -> None:
+    if limit * members_limit > _MAX_LISTED_MEMBERS:
+        raise HTTPException(422, f"limit x members_limit may be at most {_MAX_LISTED_MEMBERS:,}; ask for fewer "
+                                 "incidents or fewer members each")
+
+
+async def _bounded(request: Request, pool: Any, limit: int,
+                   read: Callable[[Any, int], Awaitable[list[dict[str, Any]]]],
+                   shape: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = lambda rows: rows) -> Response:
+    """The first ``limit`` rows ``read`` gives (``X-Truncated: true`` when there were more), through the
+    large-answer slots when ``limit`` is large."""
+    async with heavy_slot(request, limit):
+        async with pool.acquire() as conn:
+            rows = await read(conn, limit + 1)
+        headers = {"X-Truncated": "true"} if len(rows) > limit else {}
+        return await json_model(shape(rows[:limit]), ANY_ROWS, headers)
+
+
 def _stage(request: Request) -> AlertStage:
     stage: AlertStage | None = request.app.state.alerts
     if stage is None:
@@ -132,27 +159,67 @@ async def list_incidents(request: Request, pool: PoolDep, state: StateFilter = N
         return await json_model(rows, ANY_ROWS)
 
 
-@router.get("/api/incidents/live", dependencies=[requires(Role.VIEWER)])
-async def live_incidents(request: Request, pool: PoolDep) -> list[dict[str, Any]]:
-    """Open and acknowledged incidents with their members, most severe first (what the wall shows).
+@router.get("/api/incidents/live", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]],
+            responses={200: {"headers": PAGE_HEADERS}})
+async def live_incidents(request: Request, pool: PoolDep, limit: Limit = 200, members_limit: MembersLimit = 50,
+                         ) -> Response:
+    """Open and acknowledged incidents with their members, most severe first (then oldest): the ``limit`` first.
 
-    Read from the database like every other incident route, on any replica (one truth)."""
+    Each shows at most ``members_limit`` members and devices (live ones first, then the most severe, then the
+    newest), with ``member_count``, ``members_omitted``, ``members_truncated`` and ``device_count``; page an
+    incident's alerts with ``/api/alerts?incident_id=``. ``X-Total-Count``: live incidents in all;
+    ``X-Truncated: true`` when ``limit`` left some out. Read from the database like every other incident route,
+    on any replica (one truth); the wall's own list comes with the live feed's snapshot."""
+    _check_total(limit, members_limit)
     async with pool.acquire() as conn:
-        return await incident_views(conn, _district_name(request))
+        rows, total = await views.live_rows(conn, limit)
+    size = sum(views.view_rows(r, members_limit) for r in rows)
+    async with heavy_slot(request, size):  # a storm's answer a few at a time, built off the event loop
+        async with pool.acquire() as conn:
+            out = await views.bounded_views(conn, _district_name(request), rows, members_limit)
+        headers = {"X-Total-Count": str(total)} | ({"X-Truncated": "true"} if total > len(rows) else {})
+        return await json_model(out, ANY_ROWS, headers, size=size)
 
 
-@router.get("/api/incidents/{incident_id}", dependencies=[requires(Role.VIEWER)])
-async def get_incident(request: Request, pool: PoolDep, incident_id: int) -> dict[str, Any]:
-    """One incident with its alerts (evidence included), its members and devices as the live views show them,
-    and its full history."""
+@router.get("/api/incidents/{incident_id}", dependencies=[requires(Role.VIEWER)], response_model=dict[str, Any])
+async def get_incident(request: Request, pool: PoolDep, incident_id: int, alerts_limit: DetailLimit = 500,
+                       members_limit: DetailLimit = 500, history_limit: DetailLimit = 500) -> Response:
+    """One incident with its alerts (evidence included, newest first), its members and devices as the live views
+    show them, and its history (the latest entries, oldest first).
+
+    Each list is capped (``alerts_limit``, ``members_limit``, ``history_limit``) and says what it left out:
+    ``alert_count`` / ``alerts_truncated`` / ``alerts_next`` (the next page of ``/api/alerts?incident_id=``),
+    ``member_count`` / ``members_omitted`` / ``members_truncated`` / ``device_count``, ``history_count`` /
+    ``history_truncated`` / ``history_next`` (older entries from ``/api/incidents/{id}/history``)."""
     async with pool.acquire() as conn:
-        inc = await store.get_incident(conn, incident_id)
-        views = await incident_views(conn, _district_name(request), [incident_id]) if inc is not None else []
-    if inc is None:
+        counts = await store.sizes(conn, incident_id=incident_id)
+    if counts is None:
         raise HTTPException(404, f"no incident {incident_id}")
-    if views:
-        inc.update({k: views[0][k] for k in ("members", "devices", "district_name", "member_count")})
-    return inc
+    alerts, members, events = counts
+    size = 1 + min(alerts, alerts_limit) + min(members or alerts, members_limit) + min(events, history_limit)
+    async with heavy_slot(request, size):
+        async with pool.acquire() as conn:
+            inc = await store.get_incident(conn, incident_id, alerts_limit, history_limit)
+            if inc is None:
+                raise HTTPException(404, f"no incident {incident_id}")
+            view = (await views.bounded_views(conn, _district_name(request), [inc], members_limit))[0]
+        inc.update({k: view[k] for k in ("members", "devices", "district_name", "member_count", "members_omitted",
+                                         "members_truncated", "device_count")})
+        more = inc["alert_count"] > len(inc["alerts"])
+        inc["alerts_truncated"] = more
+        inc["alerts_next"] = (f"/api/alerts?incident_id={incident_id}&limit={alerts_limit}&offset={alerts_limit}"
+                              if more else None)
+        _history_links(inc, f"/api/incidents/{incident_id}/history", history_limit)
+        return await json_model(inc, ANY_DOC, size=size)
+
+
+@router.get("/api/incidents/{incident_id}/history", dependencies=[requires(Role.VIEWER)],
+            response_model=list[dict[str, Any]], responses={200: {"headers": PAGE_HEADERS}})
+async def incident_history(request: Request, pool: PoolDep, incident_id: int, limit: Limit = 500,
+                           offset: Offset = 0) -> Response:
+    """An incident's audit trail (its alerts' included): the ``limit`` entries before the newest ``offset``,
+    oldest first; ``X-Truncated`` and ``Link`` lead to older ones."""
+    return await _history_page(request, pool, limit, offset, incident_id=incident_id)
 
 
 @router.post("/api/incidents/{incident_id}/{action}")
@@ -174,24 +241,62 @@ async def act_on_incident(request: Request, incident_id: int, action: str, body:
 async def list_alerts(request: Request, pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
                       device_id: str | None = None, district: str | None = None, rule: str | None = None,
                       incident_id: int | None = None, since: ApiTime | None = None,
-                      limit: Limit = 100) -> Response:
-    """Alerts, newest first."""
+                      limit: Limit = 100, offset: Offset = 0) -> Response:
+    """Alerts, newest first (from the ``offset``-th: an incident's alerts page with ``incident_id``)."""
     async with heavy_slot(request, limit):
         async with pool.acquire() as conn:
             rows = await store.list_alerts(conn, state=state, severity=severity, device_id=device_id,
                                            district=district, rule=rule, incident_id=incident_id, since=since,
-                                           limit=limit)
+                                           limit=limit, offset=offset)
         return await json_model(rows, ANY_ROWS)
 
 
-@router.get("/api/alerts/{alert_id}", dependencies=[requires(Role.VIEWER)])
-async def get_alert(pool: PoolDep, alert_id: int) -> dict[str, Any]:
-    """One alert with its history."""
+@router.get("/api/alerts/{alert_id}", dependencies=[requires(Role.VIEWER)], response_model=dict[str, Any])
+async def get_alert(request: Request, pool: PoolDep, alert_id: int, history_limit: DetailLimit = 500) -> Response:
+    """One alert with its history (the latest ``history_limit`` entries, oldest first; ``history_count``,
+    ``history_truncated``, ``history_next``: older entries from ``/api/alerts/{id}/history``)."""
     async with pool.acquire() as conn:
-        alert = await store.get_alert(conn, alert_id)
-    if alert is None:
+        counts = await store.sizes(conn, alert_id=alert_id)
+    if counts is None:
         raise HTTPException(404, f"no alert {alert_id}")
-    return alert
+    size = 1 + min(counts[2], history_limit)
+    async with heavy_slot(request, size):
+        async with pool.acquire() as conn:
+            alert = await store.get_alert(conn, alert_id, history_limit)
+        if alert is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        _history_links(alert, f"/api/alerts/{alert_id}/history", history_limit)
+        return await json_model(alert, ANY_DOC, size=size)
+
+
+@router.get("/api/alerts/{alert_id}/history", dependencies=[requires(Role.VIEWER)],
+            response_model=list[dict[str, Any]], responses={200: {"headers": PAGE_HEADERS}})
+async def alert_history(request: Request, pool: PoolDep, alert_id: int, limit: Limit = 500,
+                        offset: Offset = 0) -> Response:
+    """An alert's audit trail: the ``limit`` entries before the newest ``offset``, oldest first."""
+    return await _history_page(request, pool, limit, offset, alert_id=alert_id)
+
+
+def _history_links(doc: dict[str, Any], path: str, limit: int) -> None:
+    more = doc["history_count"] > len(doc["history"])
+    doc["history_truncated"] = more
+    doc["history_next"] = f"{path}?limit={limit}&offset={limit}" if more else None
+
+
+async def _history_page(request: Request, pool: Any, limit: int, offset: int, *, incident_id: int | None = None,
+                        alert_id: int | None = None) -> Response:
+    async with heavy_slot(request, limit):
+        async with pool.acquire() as conn:
+            if await store.sizes(conn, incident_id=incident_id, alert_id=alert_id) is None:
+                raise HTTPException(404, f"no {'incident' if incident_id is not None else 'alert'} "
+                                         f"{incident_id if incident_id is not None else alert_id}")
+            rows, total = await store.history_page(conn, incident_id=incident_id, alert_id=alert_id, limit=limit,
+                                                   offset=offset)
+        headers = {"X-Total-Count": str(total)}
+        if offset + len(rows) < total:
+            headers |= {"X-Truncated": "true",
+                        "Link": f'<{request.url.include_query_params(offset=offset + limit)}>; rel="next"'}
+        return await json_model(rows, ANY_ROWS, headers)
 
 
 @router.get("/api/notifications", dependencies=[requires(Role.OFFICER)], response_model=list[dict[str, Any]])
@@ -206,10 +311,12 @@ async def list_notifications(request: Request, pool: PoolDep, status: str | None
 
 # --- silences ------------------------------------------------------------------------------------------
 
-@router.get("/api/silences", dependencies=[requires(Role.VIEWER)])
-async def list_silences(pool: PoolDep, include_expired: bool = False) -> list[dict[str, Any]]:
-    async with pool.acquire() as conn:
-        return await store.list_silences(conn, include_expired)
+@router.get("/api/silences", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]],
+            responses={200: {"headers": PAGE_HEADERS}})
+async def list_silences(request: Request, pool: PoolDep, include_expired: bool = False,
+                        limit: Limit = 1000) -> Response:
+    """Active silences (with ``include_expired``, all), newest first; ``X-Truncated: true`` when cut."""
+    return await _bounded(request, pool, limit, lambda c, n: store.list_silences(c, include_expired, limit=n))
 
 
 @router.post("/api/silences", status_code=201)
@@ -254,14 +361,16 @@ async def delete_silence(request: Request, pool: PoolDep, silence_id: int) -> di
 
 # --- roster and escalation policies ---------------------------------------------------------------------
 
-@router.get("/api/officers", dependencies=[requires(Role.VIEWER)])
-async def list_officers(pool: PoolDep, me: CurrentPrincipal) -> list[dict[str, Any]]:
+@router.get("/api/officers", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]],
+            responses={200: {"headers": PAGE_HEADERS}})
+async def list_officers(request: Request, pool: PoolDep, me: CurrentPrincipal, limit: Limit = 1000) -> Response:
     """The roster's officers; e-mail and phone only for officers and above (a wall's viewer sees names)."""
-    async with pool.acquire() as conn:
-        rows = await store.list_officers(conn)
-    if me is None or me.role < Role.OFFICER:
-        rows = [{k: v for k, v in r.items() if k not in ("email", "phone")} for r in rows]
-    return rows
+    def shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if me is None or me.role < Role.OFFICER:
+            return [{k: v for k, v in r.items() if k not in ("email", "phone")} for r in rows]
+        return rows
+
+    return await _bounded(request, pool, limit, store.list_officers, shown)
 
 
 @router.put("/api/officers/{officer_id}", dependencies=[requires(Role.SUPERVISOR)])
@@ -281,10 +390,11 @@ async def delete_officer(request: Request, pool: PoolDep, officer_id: str) -> di
     return {"status": "deleted"}
 
 
-@router.get("/api/shifts", dependencies=[requires(Role.VIEWER)])
-async def list_shifts(pool: PoolDep, since: ApiTime | None = None) -> list[dict[str, Any]]:
-    async with pool.acquire() as conn:
-        return await store.list_shifts(conn, since)
+@router.get("/api/shifts", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]],
+            responses={200: {"headers": PAGE_HEADERS}})
+async def list_shifts(request: Request, pool: PoolDep, since: ApiTime | None = None, limit: Limit = 1000) -> Response:
+    """Shifts ending after ``since`` (default: all), earliest first."""
+    return await _bounded(request, pool, limit, lambda c, n: store.list_shifts(c, since, limit=n))
 
 
 @router.post("/api/shifts", status_code=201, dependencies=[requires(Role.SUPERVISOR)])
@@ -318,11 +428,11 @@ async def on_call(pool: PoolDep, at: ApiTime | None = None) -> dict[str, list[st
     return {str(level): escalation.on_duty(shifts, level, when) for level in levels}
 
 
-@router.get("/api/policies", dependencies=[requires(Role.VIEWER)])
-async def list_policies(pool: PoolDep) -> list[dict[str, Any]]:
-    async with pool.acquire() as conn:
-        rows = await store.list_policies(conn)
-    return rows or [escalation.DEFAULT_POLICY.to_dict() | {"builtin": True}]
+@router.get("/api/policies", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]],
+            responses={200: {"headers": PAGE_HEADERS}})
+async def list_policies(request: Request, pool: PoolDep, limit: Limit = 1000) -> Response:
+    return await _bounded(request, pool, limit, store.list_policies,
+                          lambda rows: rows or [escalation.DEFAULT_POLICY.to_dict() | {"builtin": True}])
 
 
 @router.put("/api/policies/{policy_id}", dependencies=[requires(Role.SUPERVISOR)])
