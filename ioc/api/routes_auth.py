@@ -8,16 +8,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ioc.api.deps import PoolDep, Principal, Role, requires
+from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.api.routes_wall import serve_page
 from ioc.auth import secrets as sec
 from ioc.auth import store
 from ioc.auth.service import CSRF_COOKIE, SESSION_COOKIE, Authenticator, client_address
 
 logger = logging.getLogger(__name__)
+AccountsLimit = Annotated[int, Query(ge=1, le=10_000)]
 router = APIRouter(tags=["auth"])
 #: Password checks (Argon2, tens of ms of CPU each) run on their own two threads: on asyncio's default executor a
 #: flood of logins queued the numeric detectors' flushes behind them. Beyond _MAX_WAITING_LOGINS waiting: 429.
@@ -117,10 +119,13 @@ async def whoami(request: Request, me: Annotated[Principal, requires(Role.VIEWER
                     "roster": me.role >= Role.SUPERVISOR, "admin": me.role >= Role.ADMIN}}
 
 
-@router.get("/api/auth/users", dependencies=[requires(Role.ADMIN)])
-async def list_users(pool: PoolDep) -> list[dict[str, Any]]:
-    async with pool.acquire() as conn:
-        return await store.list_users(conn)
+@router.get("/api/auth/users", dependencies=[requires(Role.ADMIN)], response_model=list[dict[str, Any]])
+async def list_users(request: Request, pool: PoolDep, limit: AccountsLimit = 1000) -> Response:
+    """Local users by name (``X-Truncated: true`` when ``limit`` cut the list)."""
+    async with heavy_slot(request, limit):
+        async with pool.acquire() as conn:
+            rows = await store.list_users(conn, limit + 1)
+        return await json_model(rows[:limit], ANY_ROWS, {"X-Truncated": "true"} if len(rows) > limit else None)
 
 
 @router.post("/api/auth/users", status_code=201, dependencies=[requires(Role.ADMIN)])
@@ -135,10 +140,14 @@ async def create_user(pool: PoolDep, body: UserCreate) -> dict[str, Any]:
     return {**row, "password": None if body.password else password}
 
 
-@router.get("/api/auth/tokens", dependencies=[requires(Role.ADMIN)])
-async def list_tokens(pool: PoolDep, include_revoked: bool = False) -> list[dict[str, Any]]:
-    async with pool.acquire() as conn:
-        return await store.list_tokens(conn, include_revoked)
+@router.get("/api/auth/tokens", dependencies=[requires(Role.ADMIN)], response_model=list[dict[str, Any]])
+async def list_tokens(request: Request, pool: PoolDep, include_revoked: bool = False,
+                      limit: AccountsLimit = 1000) -> Response:
+    """API tokens, oldest first (``X-Truncated: true`` when ``limit`` cut the list)."""
+    async with heavy_slot(request, limit):
+        async with pool.acquire() as conn:
+            rows = await store.list_tokens(conn, include_revoked, limit + 1)
+        return await json_model(rows[:limit], ANY_ROWS, {"X-Truncated": "true"} if len(rows) > limit else None)
 
 
 @router.post("/api/auth/tokens", status_code=201)

@@ -22,6 +22,7 @@ _BUCKET_RE = re.compile(r"(\d{1,6})\s*(s|sec|m|min|h|hour|d|day)s?")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 _MAX_BUCKETS = 20_000
 _DEVICES: TypeAdapter[list[DevicePublic]] = TypeAdapter(list[DevicePublic])
+_QUARANTINE: TypeAdapter[list[QuarantinePublic]] = TypeAdapter(list[QuarantinePublic])
 
 
 def parse_bucket(text: str) -> timedelta:
@@ -149,18 +150,19 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 @router.get("/quarantine", response_model=list[QuarantinePublic], dependencies=[requires(Role.SUPERVISOR)])
-async def quarantine(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                     reason: str | None = None) -> list[dict[str, object]]:
-    """Most recent quarantined messages with the reason in words."""
-    async with pool.acquire() as conn:
-        rows = await queries.quarantine(conn, limit, reason)
-    for row in rows:
-        payload: bytes = row.pop("payload")
-        try:
-            row["payload_text"] = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            row["payload_base64"] = base64.b64encode(payload).decode()
-    return rows
+async def quarantine(request: Request, pool: PoolDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                     reason: str | None = None) -> Response:
+    """Most recent quarantined messages with the reason in words (payloads truncated)."""
+    async with heavy_slot(request, limit):  # with IOC_AUTH__HEAVY_LARGE_ROWS under 1,000, a few at a time
+        async with pool.acquire() as conn:
+            rows = await queries.quarantine(conn, limit, reason)
+        for row in rows:
+            payload: bytes = row.pop("payload")
+            try:
+                row["payload_text"] = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                row["payload_base64"] = base64.b64encode(payload).decode()
+        return await json_model(rows, _QUARANTINE)
 
 
 def _aware(ts: datetime) -> datetime:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ioc.api.deps import PoolDep, Role, requires
+from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.health import pipeline_problems
 from storage.db import SchemaNotReady, read_backend
 from storage.set_aside import list_set_aside
@@ -45,13 +46,15 @@ async def readyz(request: Request) -> JSONResponse:
                         status_code=200 if ok else 503)
 
 
-@router.get("/api/set-aside", dependencies=[requires(Role.ADMIN)])
-async def set_aside_list(pool: PoolDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                         stage: str | None = None) -> list[dict[str, Any]]:
+@router.get("/api/set-aside", dependencies=[requires(Role.ADMIN)], response_model=list[dict[str, Any]])
+async def set_aside_list(request: Request, pool: PoolDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                         stage: str | None = None) -> Response:
     """Change sets a stage could not store because the data was refused (never retried in front of the rest),
     with the error and the refused piece as JSON text. Admins only: pieces may hold personal data."""
-    async with pool.acquire() as conn:
-        return await list_set_aside(conn, limit, stage)
+    async with heavy_slot(request, limit):  # pieces may be large: with a low IOC_AUTH__HEAVY_LARGE_ROWS, in turn
+        async with pool.acquire() as conn:
+            rows = await list_set_aside(conn, limit, stage)
+        return await json_model(rows, ANY_ROWS)
 
 
 @router.get("/metrics", dependencies=[requires(Role.VIEWER)], response_class=Response,

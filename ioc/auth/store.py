@@ -44,9 +44,9 @@ async def create_user(conn: Any, username: str, role: Role, password: str,
     return dict(row)
 
 
-async def list_users(conn: Any) -> list[dict[str, Any]]:
+async def list_users(conn: Any, limit: int | None = None) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT id, username, display_name, role, disabled, created_at, last_login_at "
-                            "FROM auth_users ORDER BY username")
+                            "FROM auth_users ORDER BY username LIMIT $1", limit)
     return [dict(r) for r in rows]
 
 
@@ -115,10 +115,10 @@ async def create_token(conn: Any, name: str, role: Role, days: float | None,
     return secret, dict(row)
 
 
-async def list_tokens(conn: Any, include_revoked: bool = False) -> list[dict[str, Any]]:
+async def list_tokens(conn: Any, include_revoked: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT id, name, role, prefix, created_by, created_at, expires_at, revoked_at, last_used_at "
-        "FROM auth_tokens WHERE $1 OR revoked_at IS NULL ORDER BY id", include_revoked)
+        "FROM auth_tokens WHERE $1 OR revoked_at IS NULL ORDER BY id LIMIT $2", include_revoked, limit)
     return [dict(r) for r in rows]
 
 
