@@ -1,0 +1,208 @@
+"""A province-wide outage storm against a real `ioc serve --role api`: incident answers stay bounded.
+
+Seeded: 3,001 open incidents, one of them with 20,000 member alerts (5,000 devices) and 3,000 audit entries.
+Before, ``/api/incidents/live`` answered every live incident with all its members (one request built ~23,000
+members on the event loop) and ``/api/incidents/{id}`` embedded up to 10,000 alerts and 1,000 audit entries.
+Now lists are cut by ``limit`` (incidents, most severe first) and ``members_limit`` (live members, most severe
+first), details by ``alerts_limit`` / ``members_limit`` / ``history_limit``, each saying what it left out and
+where the rest pages; large answers wait for the slots of ``ioc/api/heavy.py`` and are encoded off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
+from tests.support.auth import make_token_sync
+from tests.support.services import ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+SMALL, BIG_MEMBERS, EVENTS, ALERT_EVENTS = 3000, 20_000, 3000, 1500
+BIG = SMALL + 1  # the storm's incident: critical, the oldest
+LAST_ALERT = SMALL + BIG_MEMBERS
+CRITICAL_MEMBERS = BIG_MEMBERS // 200  # 100 of its members are critical, the rest minor
+HOSTILE, OTHER = "127.0.0.1", "127.0.0.2"
+SEVERITIES = "ARRAY['critical', 'major', 'minor', 'warning', 'info']"
+
+
+async def _seed(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"""
+            INSERT INTO incidents (id, group_key, category, severity, state, title, district, started_at, updated_at,
+                                   detail)
+            SELECT i, 'g' || i, 'power', ({SEVERITIES})[1 + i % 5], CASE WHEN i % 7 = 0 THEN 'acknowledged'
+                   ELSE 'open' END, 'incident ' || i, 'D' || (i % 10), now() - make_interval(secs => 3600 - i),
+                   now(), jsonb_build_object('members', jsonb_build_array(i))
+            FROM generate_series(1, {SMALL}) AS i;
+            INSERT INTO incidents (id, group_key, category, severity, state, title, district, started_at, updated_at,
+                                   detail)
+            SELECT {BIG}, 'power:ALL', 'power', 'critical', 'open', 'province outage', 'D0',
+                   now() - interval '2 hours', now(),
+                   jsonb_build_object('members', (SELECT jsonb_agg(a) FROM generate_series({SMALL + 1}, {LAST_ALERT})
+                                                  AS a));
+            INSERT INTO alerts (id, dedupe_key, rule, category, severity, state, title, explanation, device_id, kind,
+                                district, incident_id, started_at, last_seen_at, evidence)
+            SELECT i, 'k' || i, 'mains_power_lost', 'power',
+                   CASE WHEN i <= {SMALL} THEN ({SEVERITIES})[1 + i % 5]
+                        WHEN i % 200 = 0 THEN 'critical' ELSE 'minor' END,
+                   CASE WHEN i > {SMALL} AND i % 3 = 0 THEN 'resolved' ELSE 'open' END,
+                   'alert ' || i, 'mains lost', CASE WHEN i <= {SMALL} THEN 'dev-' || i ELSE 'bts-' || (i % 5000) END,
+                   'bts', 'D' || (i % 10), CASE WHEN i <= {SMALL} THEN i ELSE {BIG} END,
+                   now() - make_interval(secs => {LAST_ALERT} - i), now(), '{{"battery_pct": 40}}'::jsonb
+            FROM generate_series(1, {LAST_ALERT}) AS i;
+            INSERT INTO alert_events (ts, incident_id, alert_id, action, actor, detail)
+            SELECT now() - make_interval(secs => {EVENTS} - i), {BIG},
+                   CASE WHEN i <= {ALERT_EVENTS} THEN {LAST_ALERT} END, 'joined', 'system', jsonb_build_object('n', i)
+            FROM generate_series(1, {EVENTS}) AS i;
+        """)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def storm(mqtt_port: int) -> Iterator[tuple[ServiceProcess, str]]:
+    dsn = asyncio.run(create_database(BASE_DSN))  # its own database: the storm's 3,001 live incidents stay here
+    try:
+        asyncio.run(_seed(dsn))
+        env = ingest_env(dsn, mqtt_port, IOC_LIVE__LISTEN_MQTT="false", IOC_CLUSTER__RESYNC_S="3600")
+        log = Path(__file__).resolve().parents[2] / "artifacts" / "test_hostile_incident_storm"
+        log.mkdir(parents=True, exist_ok=True)
+        srv = ServiceProcess(env, log / "serve.log", ["serve", "--role", "api"]).start()
+        try:
+            yield srv, dsn
+        finally:
+            srv.stop()
+    finally:
+        asyncio.run(drop_database(BASE_DSN, dsn))
+
+
+def _get(srv: ServiceProcess, path: str, token: str, source: str = OTHER
+         ) -> tuple[int, http.client.HTTPMessage, Any, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60, source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, resp.headers, json.loads(body) if body else None, time.monotonic()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def viewer(storm: tuple[ServiceProcess, str]) -> str:
+    return make_token_sync(storm[1], "viewer", f"storm-{uuid.uuid4().hex[:6]}")
+
+
+def test_live_incidents_are_bounded_most_severe_first(storm: tuple[ServiceProcess, str], viewer: str) -> None:
+    srv, _ = storm
+    status, headers, live, _ = _get(srv, "/api/incidents/live", viewer)
+    assert status == 200 and len(live) == 200  # the default limit
+    assert headers["X-Total-Count"] == str(SMALL + 1) and headers["X-Truncated"] == "true"
+    ranks = ["critical", "major", "minor", "warning", "info"]
+    assert [ranks.index(i["severity"]) for i in live] == sorted(ranks.index(i["severity"]) for i in live)
+    big = live[0]  # critical and the oldest
+    assert big["id"] == BIG and big["state"] == "open"
+    assert len(big["members"]) == 50 and big["members_truncated"] is True
+    assert big["member_count"] == BIG_MEMBERS and big["members_omitted"] == BIG_MEMBERS - 50
+    assert big["device_count"] == 5000 and len(big["devices"]) == 50 and big["devices"] == sorted(big["devices"])
+    # kept: live members first, then the most severe (100 of the storm's members are critical and open)
+    assert {(m["severity"], m["state"]) for m in big["members"]} == {("critical", "open")}
+    assert [m["alert_id"] for m in big["members"]] == sorted(m["alert_id"] for m in big["members"])
+    small = live[1]
+    assert small["member_count"] == 1 and len(small["members"]) == 1 and small["members_truncated"] is False
+    assert small["members_omitted"] == 0 and small["devices"] == [f"dev-{small['id']}"]
+
+    status, headers, every, _ = _get(srv, "/api/incidents/live?limit=5000&members_limit=0", viewer)
+    assert status == 200 and len(every) == SMALL + 1 and "X-Truncated" not in headers
+    assert all(i["members"] == [] and i["members_truncated"] == (i["member_count"] > 0) for i in every)
+    assert sum(i["member_count"] for i in every) == SMALL + BIG_MEMBERS
+    # an answer of 5,000 incidents x 1,000 members is refused before anything is read
+    assert _get(srv, "/api/incidents/live?limit=5000&members_limit=1000", viewer)[0] == 422
+
+
+def test_incident_and_alert_details_cap_their_lists_and_page_the_rest(storm: tuple[ServiceProcess, str],
+                                                                      viewer: str) -> None:
+    srv, _ = storm
+    status, _, inc, _ = _get(srv, f"/api/incidents/{BIG}", viewer)
+    assert status == 200
+    assert len(inc["alerts"]) == 500 and inc["alert_count"] == BIG_MEMBERS and inc["alerts_truncated"] is True
+    assert inc["alerts"][0]["id"] == LAST_ALERT  # newest first
+    assert len(inc["members"]) == 500 and inc["member_count"] == BIG_MEMBERS and inc["members_truncated"] is True
+    assert len(inc["history"]) == 500 and inc["history_count"] == EVENTS and inc["history_truncated"] is True
+    assert [e["detail"]["n"] for e in inc["history"]] == list(range(EVENTS - 499, EVENTS + 1))  # latest, oldest first
+    # the rest of the alerts: the next page of /api/alerts
+    status, _, page, _ = _get(srv, inc["alerts_next"], viewer)
+    assert status == 200 and len(page) == 500 and page[0]["id"] == LAST_ALERT - 500
+    assert not {a["id"] for a in page} & {a["id"] for a in inc["alerts"]}
+    # the rest of the history: older pages, following Link to the first entry
+    seen = [e["detail"]["n"] for e in inc["history"]]
+    status, headers, older, _ = _get(srv, inc["history_next"], viewer)
+    assert status == 200 and headers["X-Total-Count"] == str(EVENTS)
+    pages = 1
+    while True:
+        seen = [e["detail"]["n"] for e in older] + seen
+        pages += 1
+        if "Link" not in headers:
+            break
+        nxt = headers["Link"].split(">")[0].lstrip("<").split(str(srv.port), 1)[1]
+        status, headers, older, _ = _get(srv, nxt, viewer)
+        assert status == 200
+    assert seen == list(range(1, EVENTS + 1)) and pages == EVENTS // 500
+    # a small incident: nothing cut
+    status, _, one, _ = _get(srv, "/api/incidents/5", viewer)
+    assert one["alert_count"] == 1 and not one["alerts_truncated"] and one["alerts_next"] is None
+    assert one["members"][0]["alert_id"] == 5 and one["history_truncated"] is False
+    # an alert's history
+    status, _, alert, _ = _get(srv, f"/api/alerts/{LAST_ALERT}?history_limit=1000", viewer)
+    assert status == 200 and len(alert["history"]) == 1000 and alert["history_count"] == ALERT_EVENTS
+    assert alert["history_truncated"] is True and alert["history_next"].startswith(f"/api/alerts/{LAST_ALERT}/history")
+    assert _get(srv, "/api/incidents/99999/history", viewer)[0] == 404
+
+
+def test_storm_answers_at_once_leave_a_small_request_served(storm: tuple[ServiceProcess, str], viewer: str) -> None:
+    srv, dsn = storm
+    hostile = make_token_sync(dsn, "viewer", f"hostile-{uuid.uuid4().hex[:6]}")
+    big_paths = (["/api/incidents/live?limit=5000&members_limit=20"] * 5
+                 + [f"/api/incidents/{BIG}?alerts_limit=5000&members_limit=5000&history_limit=5000"] * 3)
+    probes: list[tuple[int, float]] = []
+    started = threading.Event()
+    done = threading.Event()
+
+    def probing() -> None:
+        started.wait()
+        while not done.is_set():
+            status, _, _, at = _get(srv, "/api/incidents?limit=5", viewer, OTHER)
+            probes.append((status, at))
+
+    prober = threading.Thread(target=probing)
+    prober.start()
+    try:
+        with ThreadPoolExecutor(len(big_paths)) as pool:
+            futures = [pool.submit(_get, srv, p, hostile, HOSTILE) for p in big_paths]
+            started.set()
+            results = [f.result() for f in futures]
+    finally:
+        done.set()
+        prober.join()
+    assert [r[0] for r in results] == [200] * len(big_paths)
+    assert all(len(r[2]) == SMALL + 1 for r in results[:5])
+    assert all(len(r[2]["alerts"]) == 5000 and len(r[2]["history"]) == EVENTS for r in results[5:])
+    finished = sorted(r[3] for r in results)
+    # the other client's small requests went on while the big ones waited for their slots (two at a time)
+    assert probes and all(status == 200 for status, _ in probes)
+    assert probes[0][1] < finished[0], "the first small request waited for a big answer"
+    assert sum(at < finished[-1] for _, at in probes) >= 3, (len(probes), finished[-1] - finished[0])
