@@ -62,3 +62,41 @@ async def test_slots_per_caller_and_in_all(monkeypatch: pytest.MonkeyPatch) -> N
     release.set()
     assert await asyncio.gather(*first[:2], others[0]) == ["ok", "ok", "ok"]
     assert running == ["a", "a", "b"] and not heavy._gate().by_caller  # all given back
+
+
+def _app_request(name: str, **settings: Any) -> Any:
+    from ioc.auth.config import AuthConfig
+
+    app = SimpleNamespace(state=SimpleNamespace(auth=SimpleNamespace(config=AuthConfig(**settings))))
+    return SimpleNamespace(scope={}, client=SimpleNamespace(host=name), app=app)
+
+
+def test_the_defaults_are_the_settings_defaults() -> None:
+    limits = heavy.limits_of(_app_request("a"))
+    assert limits == heavy.Limits(heavy.AT_ONCE, heavy.PER_CALLER, heavy.WAITING, heavy.LARGE_ROWS) == \
+        heavy.Limits(2, 8, 64, 1000)
+
+
+async def test_slots_follow_the_apps_settings() -> None:
+    """IOC_AUTH__HEAVY_*: 1 slot, 1 per caller, answers of more than 10 rows."""
+    settings = {"heavy_at_once": 1, "heavy_per_caller": 1, "heavy_waiting": 5, "heavy_large_rows": 10}
+    release = asyncio.Event()
+
+    async def answer(who: str, rows: int) -> str:
+        try:
+            async with heavy.heavy_slot(_app_request(who, **settings), rows):
+                await release.wait()
+            return "ok"
+        except HTTPException as err:
+            return str(err.status_code)
+
+    small = asyncio.create_task(answer("a", 10))  # not large: no slot
+    first = asyncio.create_task(answer("a", 11))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(answer("a", 11))  # a second of one caller's: 429
+    other = asyncio.create_task(answer("b", 11))  # waits for the one slot
+    await asyncio.sleep(0.01)
+    assert second.done() and second.result() == "429" and not other.done()
+    assert heavy._gate(1).waiting == 1
+    release.set()
+    assert await asyncio.gather(small, first, other) == ["ok", "ok", "ok"]
