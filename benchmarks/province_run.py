@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(1)
                 drained = time.monotonic() - t0 - seconds
                 after = [scrape(p) for p in ports]
-                live = api.get("/api/incidents/live")
+                live = api.get("/api/incidents/live?limit=5000&members_limit=20")  # all of a run's, bounded
                 cpu = {k: tree_cpu(v) - cpu0[k] for k, v in pids.items()}
                 rss = {k: rss_mb(v) for k, v in pids.items()}
                 for w, _ in extra:
