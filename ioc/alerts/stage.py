@@ -27,6 +27,7 @@ from ioc.alerts import rules
 from ioc.alerts.config import AlertsConfig
 from ioc.alerts.engine import AlertEngine, EngineConfig
 from ioc.alerts.escalation import Policy, Shift, on_duty, usable_policy
+from ioc.alerts.feed_view import bounded_view, snapshot_section
 from ioc.alerts.liveness import Liveness
 from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal, State
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
@@ -458,15 +459,21 @@ class AlertStage:
                           tz=self.config.notify.display_tz)
         return notification_rows(rendered, inc.id, page.reason, targets)
 
+    def feed_view(self, inc: Incident) -> dict[str, Any]:
+        """The incident as the live feed carries it: at most ``hub.incident_members`` members, with counts."""
+        return bounded_view(inc, self.engine.members(inc.id), self.hub.incident_members,
+                            self._district_name(inc.district), _member)
+
     def _push(self, ch: Changes) -> None:
         for inc in ch.incidents.values():
-            self.hub.emit_alert("incident", inc.id, inc.district, self.incident_view(inc))
+            self.hub.emit_alert("incident", inc.id, inc.district, self.feed_view(inc))
         for a in ch.alerts.values():
             self.hub.emit_alert("alert", a.id, a.district, a.to_dict(), device_id=a.device_id)
 
     def snapshot(self) -> dict[str, Any]:
-        """Live incidents for the feed's snapshot on connect."""
-        return {"incidents": [self.incident_view(i) for i in self.engine.live_incidents()]}
+        """Live incidents for the feed's snapshot on connect: the ``hub.snapshot_incidents`` most severe."""
+        live, limit = self.engine.live_incidents(), self.hub.snapshot_incidents
+        return snapshot_section([self.feed_view(i) for i in live[:limit]], len(live), limit)
 
 
 def _fenced(err: BaseException) -> bool:

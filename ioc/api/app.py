@@ -59,6 +59,7 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
         hub = app.state.hub = LiveHub(app.state.city.district_of, settings.live.ring_size,
                                       settings.live.client_queue, settings.live.heartbeat_s,
                                       settings.live.batch_ms / 1000)
+        hub.snapshot_incidents, hub.incident_members = settings.live.snapshot_incidents, settings.live.incident_members
         await _seed_hub(app, settings)
         app.state.listener = None
         tasks = [asyncio.create_task(hub.heartbeat_loop(), name="live-heartbeat"),

@@ -10,6 +10,7 @@ followed by a full reload, as is every ``resync_s``.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from datetime import datetime
 from typing import Any
@@ -18,9 +19,9 @@ import asyncpg
 import orjson
 
 from analytics.findings import Finding
-from ioc.alerts.model import LIVE
-from ioc.cluster.views import DistrictName, incident_views
-from ioc.live.hub import LiveHub
+from ioc.alerts.model import LIVE, rank
+from ioc.cluster.views import DistrictName, bounded_views, incident_rows, live_rows, off_loop
+from ioc.live.hub import LiveHub, encode
 from storage import alerts as store
 from storage import cluster as sql
 from storage.writes import FindingRow
@@ -37,18 +38,38 @@ class ReplicaSync:
                  resync_s: float = 30.0) -> None:
         self.dsn, self.pool, self.hub, self.district_name = dsn, pool, hub, district_name
         self.process_id, self.resync_s = process_id, resync_s
+        # Live incidents as the feed carries them (members capped: hub.incident_members), each one's JSON (encoded
+        # once per change, off the loop when many) and its place in the snapshot (most severe, then oldest, first).
         self.live: dict[int, dict[str, Any]] = {}
+        self._texts: dict[int, str] = {}
+        self._keys: dict[int, tuple[int, datetime, int]] = {}
+        self._section: tuple[int, dict[str, Any]] | None = None  # the snapshot's incidents, for this limit
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=10_000)
         self._conn: Any = None
         self.ready = asyncio.Event()
         self.notifications = 0
 
     def snapshot(self) -> dict[str, Any]:
-        """Live incidents for the feed's snapshot on connect (the hub's ``snapshot_extra``)."""
-        from ioc.alerts.model import rank
+        """Live incidents for the feed's snapshot on connect (the hub's ``snapshot_extra``): the
+        ``hub.snapshot_incidents`` most severe (then oldest), each encoded once per change and joined here, with
+        ``incidents_total`` and ``incidents_truncated``. Kept until the live set changes."""
+        limit = self.hub.snapshot_incidents
+        if self._section is None or self._section[0] != limit:
+            ids = heapq.nsmallest(limit, self._keys, key=self._keys.__getitem__)
+            joined = "[" + ",".join(self._texts[i] for i in ids) + "]"
+            self._section = (limit, {"incidents": orjson.Fragment(joined), "incidents_total": len(self.live),
+                                     "incidents_truncated": len(self.live) > len(ids)})
+        return self._section[1]
 
-        views = sorted(self.live.values(), key=lambda v: (-rank(v["severity"]), v["started_at"]))
-        return {"incidents": views}
+    def _keep(self, row: dict[str, Any], view: dict[str, Any], text: str) -> None:
+        self.live[view["id"]], self._texts[view["id"]] = view, text
+        self._keys[view["id"]] = (-rank(row["severity"]), row["started_at"], row["id"])
+        self._section = None
+
+    def _forget(self, incident_id: int) -> None:
+        for held in (self.live, self._texts, self._keys):
+            held.pop(incident_id, None)
+        self._section = None
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         try:
@@ -106,13 +127,18 @@ class ReplicaSync:
     async def reload(self) -> None:
         """Read every live incident again (at start, after a reconnect, periodically)."""
         async with self.pool.acquire(timeout=5) as conn:
-            views = await incident_views(conn, self.district_name)
-        fresh = {v["id"]: v for v in views}
-        gone = [v for i, v in self.live.items() if i not in fresh]
-        self.live = fresh
+            rows, _ = await live_rows(conn, None)
+            views = await bounded_views(conn, self.district_name, rows, self.hub.incident_members)
+        texts = await _encoded(views)
+        fresh = {v["id"] for v in views}
+        gone = [i for i in self.live if i not in fresh]
+        self.live, self._texts, self._keys = {}, {}, {}
+        for row, view, text in zip(rows, views, texts, strict=True):
+            self._keep(row, view, text)
+        self._section = None
         self.ready.set()
         if gone:  # resolved/closed while we missed it: tell the screens with the stored row
-            await self._refresh([v["id"] for v in gone], [], push=True)
+            await self._refresh(gone, [], push=True)
 
     async def _handle(self, channel: str, doc: dict[str, Any]) -> None:
         own = doc.get("origin") == self.process_id
@@ -135,14 +161,16 @@ class ReplicaSync:
 
     async def _refresh(self, incident_ids: list[int], alert_ids: list[int], push: bool) -> None:
         async with self.pool.acquire(timeout=5) as conn:
-            views = await incident_views(conn, self.district_name, incident_ids) if incident_ids else []
+            rows = await incident_rows(conn, incident_ids) if incident_ids else []
+            views = await bounded_views(conn, self.district_name, rows, self.hub.incident_members)
             alerts = [store._parse(r, "evidence") for r in await conn.fetch(
                 f"SELECT {store._ALERT_COLS} FROM alerts WHERE id = ANY($1::int8[])", alert_ids)] if alert_ids else []
-        for v in views:
+        texts = await _encoded(views)
+        for row, v, text in zip(rows, views, texts, strict=True):
             if v["state"] in _LIVE:
-                self.live[v["id"]] = v
+                self._keep(row, v, text)
             else:
-                self.live.pop(v["id"], None)
+                self._forget(v["id"])
             if push:
                 self.hub.emit_alert("incident", v["id"], v["district"], v)
         if push:
@@ -151,6 +179,11 @@ class ReplicaSync:
             for row in alerts:
                 a = _alert(row)
                 self.hub.emit_alert("alert", a.id, a.district, a.to_dict(), device_id=a.device_id)
+
+
+async def _encoded(views: list[dict[str, Any]]) -> list[str]:
+    """Each view's JSON, on a worker thread when they hold many members."""
+    return await off_loop(sum(len(v["members"]) + 1 for v in views), lambda: [encode(v) for v in views])
 
 
 def findings_payloads(origin: str, rows: list[FindingRow]) -> list[dict[str, Any]]:

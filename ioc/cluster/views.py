@@ -1,8 +1,8 @@
 """Incidents as screens show them, read from the database: the one truth every replica serves.
 
-The shape is :meth:`ioc.alerts.stage.AlertStage.incident_view`'s (members, devices, district name), built
-from the stored rows, so ``/api/incidents``, ``/api/incidents/live``, ``/api/incidents/{id}`` and the
-live feed never disagree, whichever replica answers.
+The shape is :meth:`ioc.alerts.stage.AlertStage.feed_view`'s (members capped, with their counts; devices; district
+name), built from the stored rows, so ``/api/incidents/live``, ``/api/incidents/{id}`` and the live feed
+(:class:`ioc.cluster.sync.ReplicaSync`) never disagree, whichever replica answers.
 """
 
 from __future__ import annotations
@@ -18,58 +18,18 @@ from storage import alerts as store
 DistrictName = Callable[[str | None], str | None]
 
 _LIVE_STATES = [s.value for s in LIVE]
-#: Views of more rows than this are built on a worker thread.
+#: Views of more rows than this are built on a worker thread (a storm's reload, 3,000 incidents and 23,000 members,
+#: held the event loop 0.5 s every resync).
 _THREAD_ROWS = 2000
 _T = TypeVar("_T")
 
 
-async def incident_views(conn: Any, district_name: DistrictName, ids: list[int] | None = None
-                         ) -> list[dict[str, Any]]:
-    """Views of the given incidents (any state), or of every live one (open, acknowledged) when ``ids`` is None;
-    live ones most severe first, as the engine orders them."""
-    cols = store._INCIDENT_COLS
-    if ids is None:
-        rows = await conn.fetch(f"SELECT {cols} FROM incidents WHERE state = ANY($1::text[]) ORDER BY id",
-                                _LIVE_STATES)
-    else:
-        rows = await conn.fetch(f"SELECT {cols} FROM incidents WHERE id = ANY($1::int8[]) ORDER BY id", ids)
-    incidents = await _off_loop(len(rows), lambda: [store._parse(r, "detail") for r in rows])
-    if not incidents:
-        return []
-    member_ids = sorted({m for i in incidents for m in (i["detail"] or {}).get("members") or []})
-    alert_rows = await conn.fetch(
-        f"SELECT {store._ALERT_COLS} FROM alerts WHERE id = ANY($1::int8[]) OR incident_id = ANY($2::int8[])",
-        member_ids, [i["id"] for i in incidents])
-
-    def build() -> list[dict[str, Any]]:
-        alerts = {a["id"]: a for a in (store._parse(r, "evidence") for r in alert_rows)}
-        views = [view(i, alerts, district_name) for i in incidents]
-        if ids is None:
-            views.sort(key=lambda v: (-rank(v["severity"]), v["started_at"]))
-        return views
-
-    # a storm's reload (3,000 incidents, 23,000 members) held the event loop 0.5 s every resync: built on a thread
-    return await _off_loop(len(rows) + len(alert_rows), build)
-
-
-async def _off_loop(rows: int, build: Callable[[], _T]) -> _T:
+async def off_loop(rows: int, build: Callable[[], _T]) -> _T:
     """``build()``, on a worker thread when it works on many rows (under that the hop costs more than it saves)."""
     return await asyncio.to_thread(build) if rows > _THREAD_ROWS else build()
 
 
-def view(row: dict[str, Any], alerts: dict[int, dict[str, Any]], district_name: DistrictName) -> dict[str, Any]:
-    """One incident row and the alert rows it may refer to -> the incident as screens show it."""
-    inc = _incident(row)
-    listed = (row["detail"] or {}).get("members")
-    if listed is None:  # rows written before members were kept in detail
-        listed = sorted(a_id for a_id, a in alerts.items() if a["incident_id"] == inc.id)
-    inc.members = [int(m) for m in listed]
-    members = [_alert(alerts[m]) for m in inc.members if m in alerts]
-    return {**inc.to_dict(), "district_name": district_name(inc.district), "members": [_member(a) for a in members],
-            "devices": sorted({a.device_id for a in members if a.device_id})}
-
-
-# --- bounded views (REST): a storm's thousands of incidents, an incident's tens of thousands of members -----------
+# --- bounded views: a storm's thousands of incidents, an incident's tens of thousands of members -------------------
 
 def _rank_sql(col: str) -> str:
     """``rank()`` in SQL (unknown severities rank lowest)."""
@@ -103,13 +63,20 @@ def view_rows(row: dict[str, Any], members_limit: int) -> int:
     return 1 + min(members_limit, len(listed) if listed is not None else members_limit)
 
 
-async def live_rows(conn: Any, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """The ``limit`` live incidents most severe first (then oldest), and how many are live in all."""
+async def live_rows(conn: Any, limit: int | None) -> tuple[list[dict[str, Any]], int]:
+    """The ``limit`` (None: all) live incidents most severe first (then oldest), and how many are live in all."""
     rows = await conn.fetch(
         f"SELECT {store._INCIDENT_COLS}, count(*) OVER () AS _total FROM incidents WHERE state = ANY($1::text[]) "
         f"ORDER BY {_rank_sql('severity')} DESC, started_at, id LIMIT $2", _LIVE_STATES, limit)
     total = int(rows[0]["_total"]) if rows else 0
-    return [store._parse(r, "detail") for r in rows], total
+    return await off_loop(len(rows), lambda: [store._parse(r, "detail") for r in rows]), total
+
+
+async def incident_rows(conn: Any, ids: list[int]) -> list[dict[str, Any]]:
+    """The rows of the given incidents (any state), by id."""
+    rows = await conn.fetch(f"SELECT {store._INCIDENT_COLS} FROM incidents WHERE id = ANY($1::int8[]) ORDER BY id",
+                            ids)
+    return await off_loop(len(rows), lambda: [store._parse(r, "detail") for r in rows])
 
 
 async def bounded_views(conn: Any, district_name: DistrictName, rows: list[dict[str, Any]], members_limit: int
@@ -128,7 +95,7 @@ async def bounded_views(conn: Any, district_name: DistrictName, rows: list[dict[
     kept_rows = await conn.fetch(_KEPT, *args, _LIVE_STATES, members_limit) if members_limit else []
     counts = {int(r["inc"]): (int(r["found"]), int(r["devices"]), list(r["first"] or []))
               for r in await conn.fetch(_COUNTS, *args, members_limit)}
-    return await _off_loop(len(rows) + len(kept_rows),
+    return await off_loop(len(rows) + len(kept_rows),
                            lambda: _bounded(rows, listed, kept_rows, counts, district_name))
 
 

@@ -32,6 +32,15 @@ class LiveConfig(BaseModel):
     ws_compression: bool = Field(False, description="Offer permessage-deflate on /ws/live. Off: compressing is per "
                                  "connection (every screen's copy of a batch compressed again), which cost a "
                                  "replica more than everything else it does for its screens.")
+    snapshot_incidents: int = Field(200, ge=1, le=5000, description="Live incidents in the snapshot a screen gets "
+                                    "on connecting, most severe first (then oldest); the snapshot says how many "
+                                    "are live in all (incidents_total) and whether some were left out "
+                                    "(incidents_truncated). The same default as GET /api/incidents/live.")
+    incident_members: int = Field(50, ge=0, le=1000, description="Members (and devices) each incident of the "
+                                  "snapshot and of incident frames carries: live ones first, then the most severe, "
+                                  "then the newest; member_count, members_omitted, members_truncated and "
+                                  "device_count say what was left out (its alerts page through "
+                                  "/api/alerts?incident_id=). The same default as the REST members_limit.")
     initial_window_min: int = Field(15, ge=1, description="Latest values loaded from the database at start.")
     registry_sync_s: float = Field(30.0, gt=0, description="How often device positions and districts are synced "
                                    "between the live state and the registry.")

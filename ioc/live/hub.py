@@ -32,6 +32,7 @@ from ingest.records import DeviceEvent, ParsedMessage, Reading, Record, Snapshot
 from ingest.text import clean_json
 from ioc.live.budget import Budgets
 from ioc.live.client import LAG_EDGES, Audience, ClientSession, Frame
+from ioc.live.config import LiveConfig
 from ioc.live.filters import Subscription
 from ioc.live.state import DeviceState, DeviceTable
 
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 DistrictOf = Callable[[float | None, float | None], str | None]
 _OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+_LIVE_DEFAULTS = LiveConfig.model_fields
 #: A snapshot this recent is reused for another screen of the same subscription (plus the frames since it).
 SNAPSHOT_REUSE_S = 0.5
 #: The loop's lateness is sampled every TICK_S; lateness (or a send's wait) over STALL_S counts as a stall.
@@ -102,6 +104,10 @@ class LiveHub:
         self.out_lag_counts = [0] * (len(LAG_EDGES) + 1)  # sends by flush -> sent (LAG_EDGES; the last: beyond)
         # Extra sections of the snapshot on connect (the alert stage adds live incidents).
         self.snapshot_extra: Callable[[], dict[str, Any]] = dict
+        # What incidents on the feed carry (IOC_LIVE__SNAPSHOT_INCIDENTS, IOC_LIVE__INCIDENT_MEMBERS): a province's
+        # storm (3,000 live incidents, one of 20,000 members) made every connecting screen's snapshot 6.9 MB.
+        self.snapshot_incidents: int = _LIVE_DEFAULTS["snapshot_incidents"].default
+        self.incident_members: int = _LIVE_DEFAULTS["incident_members"].default
         # What keeps the pipeline from making progress (ioc/health.py): rides on heartbeats to the screens.
         self.problems: list[str] = []
         # The event loop's time each client address's screens may take for their own messages.
