@@ -106,6 +106,10 @@ const T = {
   incident_n: ["Sự cố #{id}", "Incident #{id}"],
   back: ["← Danh sách", "← List"],
   members: ["Cảnh báo thành phần", "Member alerts"],
+  members_shown: ["Đang hiển thị {n} / {m} cảnh báo", "Showing {n} of {m} alerts"],
+  members_more: ["Xem thêm {n}", "Show {n} more"],
+  members_next: ["Trang tiếp theo (API)", "Next page (API)"],
+  member_count: ["Số cảnh báo", "Alerts"],
   evidence: ["Bằng chứng", "Evidence"],
   timeline: ["Diễn biến", "Timeline"],
   act_ack: ["Tiếp nhận", "Acknowledge"],
@@ -296,14 +300,17 @@ function incidentTitle(inc, li, term) {
   const at = where ? ` tại ${where}` : "";
   const kinds = { bts: "trạm BTS", camera: "camera", traffic: "cảm biến giao thông" };
   if (inc.category === "power") {
-    const n = new Set(live.filter((m) => m.kind === "bts").map((m) => m.device_id)).size || inc.member_count || 0;
+    // a storm's incident carries some of its members only (members_truncated): count its devices, not them
+    const n = (inc.members_truncated && inc.device_count)
+      || new Set(live.filter((m) => m.kind === "bts").map((m) => m.device_id)).size || inc.member_count || 0;
     return `Mất điện lưới ${n} trạm BTS${at}`;
   }
   if (live.length > 1) {
     const kind = kinds[live[0].kind] || "thiết bị";
-    if (inc.category === "offline") return `${live.length} ${kind} mất kết nối${at}`;
-    if (inc.category === "traffic") return `Ùn tắc lan rộng ${live.length} cảm biến${at}`;
-    return `${term("cat", inc.category)}: ${live.length} ${kind}${at}`;
+    const n = (inc.members_truncated && inc.device_count) || live.length;
+    if (inc.category === "offline") return `${n} ${kind} mất kết nối${at}`;
+    if (inc.category === "traffic") return `Ùn tắc lan rộng ${n} cảm biến${at}`;
+    return `${term("cat", inc.category)}: ${n} ${kind}${at}`;
   }
   const dev = live[0]?.device_id;
   return `${term("cat", inc.category)}${dev ? ` — ${dev}` : ""}${at}`;

@@ -13,6 +13,9 @@ const RULE_METRIC = {
   availability_drop: "availability_pct", camera_fault: "fps", camera_stream: "fps",
 };
 const KIND_METRIC = { bts: "availability_pct", traffic: "speed_kmh", camera: "fps" };
+// Alerts per page of the members table, and the most one page of /api/incidents/{id} embeds (alerts_limit's max).
+const PAGE = 500;
+const MAX_ALERTS = 5000;
 
 export class IncidentView {
   constructor(id) {
@@ -23,6 +26,7 @@ export class IncidentView {
     this.refetchTimer = 0;
     this.chartKey = "";
     this.map = null;
+    this.want = PAGE; // alerts asked for: a storm's incident has tens of thousands, shown a page at a time
   }
 
   filter() {
@@ -39,6 +43,8 @@ export class IncidentView {
     this.actions = el("div", { class: "actions" });
     this.canvas = el("canvas", { class: "inc-map" });
     this.members = el("table", { class: "list members" });
+    this.membersTitle = el("h3", { text: t("members") });
+    this.membersMore = el("div", { class: "members-more", id: "members-more", hidden: true });
     this.evidence = el("div", { class: "evidence" });
     this.timeline = el("ol", { class: "timeline" });
     this.comment = el("textarea", { class: "comment", rows: 2, placeholder: t("comment_ph"), maxLength: 2000 });
@@ -48,7 +54,7 @@ export class IncidentView {
       el("div", { class: "cols" },
         el("div", { class: "col" },
           el("section", { class: "card" }, el("h3", { text: t("map") }), el("div", { class: "map-box" }, this.canvas)),
-          el("section", { class: "card" }, el("h3", { text: t("members") }), this.members)),
+          el("section", { class: "card" }, this.membersTitle, this.members, this.membersMore)),
         el("div", { class: "col" },
           el("section", { class: "card" }, el("h3", { text: t("evidence") }), this.evidence),
           el("section", { class: "card" }, el("h3", { text: t("timeline") }), this.timeline,
@@ -107,11 +113,9 @@ export class IncidentView {
 
   async load() {
     try {
-      const inc = await getJson(`/api/incidents/${this.id}`);
-      // Members (as the wall titles them) from the alerts, with their positions for the map.
-      inc.members = inc.alerts.map((a) => ({ alert_id: a.id, device_id: a.device_id, kind: a.kind, state: a.state,
-        severity: a.severity }));
-      inc.member_count = inc.alerts.length;
+      // The newest `want` alerts; member_count, alert_count and the kept members (live first, as the wall titles
+      // them) come from the server whatever was cut.
+      const inc = await getJson(`/api/incidents/${this.id}${qs({ alerts_limit: Math.min(this.want, MAX_ALERTS) })}`);
       inc.district_name = this.ctx.city?.names.get(inc.district) || inc.district;
       for (const a of inc.alerts) {
         const lat = a.evidence?._lat, lon = a.evidence?._lon;
@@ -164,6 +168,7 @@ export class IncidentView {
       [t("category"), i18n.category(inc.category)],
       [t("col_assignee"), inc.assignee || t("unassigned")],
     ];
+    facts.push([t("member_count"), i18n.num(inc.member_count ?? inc.alerts.length)]);
     if (inc.acked_by) facts.push([t("st_acknowledged"), `${inc.acked_by} · ${i18n.stamp(parseTs(inc.acked_at))}`]);
     if (inc.resolved_at) facts.push([t("resolved_at"), i18n.stamp(parseTs(inc.resolved_at))]);
     // how often the problem came back after it had resolved (REST keeps the engine's state under detail)
@@ -235,6 +240,33 @@ export class IncidentView {
     el("td", { class: "state", dataset: { state: a.state }, text: t(`st_${a.state}`) }),
     el("td", { class: "num", text: i18n.stamp(parseTs(a.started_at)) })));
     this.members.replaceChildren(el("thead", null, head), el("tbody", null, ...rows));
+    this.renderMore();
+  }
+
+  /** "Showing N of M" under a cut table: a button for the next page (up to MAX_ALERTS), the API's next page. */
+  renderMore() {
+    const { i18n } = this.ctx;
+    const { t } = i18n;
+    const inc = this.inc;
+    const shown = inc.alerts.length;
+    const total = Math.max(inc.alert_count ?? shown, shown);
+    this.membersMore.hidden = total <= shown;
+    // the cut said at the top too: the table of a storm's incident is long
+    this.membersTitle.textContent = total > shown ? `${t("members")} · ${i18n.num(shown)} / ${i18n.num(total)}` : t("members");
+    if (total <= shown) return;
+    this.membersMore.dataset.shown = String(shown);
+    this.membersMore.dataset.total = String(total);
+    const parts = [el("span", { class: "shown", text: t("members_shown", { n: i18n.num(shown), m: i18n.num(total) }) })];
+    if (shown < MAX_ALERTS) {
+      const n = Math.min(PAGE, total - shown, MAX_ALERTS - shown);
+      parts.push(el("button", { class: "small more", text: t("members_more", { n: i18n.num(n) }), onclick: () => {
+        this.want = shown + n;
+        this.load();
+      } }));
+    }
+    const next = inc.alerts_next || `/api/alerts${qs({ incident_id: inc.id, limit: PAGE, offset: shown })}`;
+    parts.push(el("a", { class: "next", href: next, target: "_blank", rel: "noopener", text: t("members_next") }));
+    this.membersMore.replaceChildren(...parts);
   }
 
   /** The engine titles alerts in English; in Vietnamese the rule's name says the same (the device has its column). */

@@ -173,8 +173,13 @@ export class IncidentList extends ListView {
     let changed = false;
     for (const f of frames) {
       if (f.type === "incident" && f.incident) changed = this.upsert(f.incident) || changed;
-      // A fresh snapshot after a reconnect: the live list may have changed while we were away.
+      // A fresh snapshot after a reconnect: the live list may have changed while we were away. A storm's snapshot
+      // holds the most severe incidents only (incidents_truncated): the list is read again from the API instead.
       if (f.type === "snapshot" && this.ready && this.f.state === "live") {
+        if (f.incidents_truncated) {
+          this.load();
+          continue;
+        }
         this.rows = new Map((f.incidents || []).filter((i) => this.matches(i)).map((i) => [i.id, i]));
         changed = true;
       }

@@ -207,13 +207,21 @@ export class IncidentStore {
     this.maxEnded = maxEnded;
     this.byDevice = new Map(); // device id -> worst live member severity (for the map)
     this.byDeviceVersion = -1;
+    // A snapshot holds the server's most severe live incidents only (IOC_LIVE__SNAPSHOT_INCIDENTS): `hidden` live
+    // ones were left out, counted in liveCount() until a frame shows one of them (started before the snapshot).
+    this.hidden = 0;
+    this.snapshotAt = 0;
   }
 
   /** Apply one frame; returns true when incidents changed. */
   apply(f, now) {
     if (f.type === "snapshot") {
       this.items.clear();
-      for (const inc of f.incidents || []) this.upsert(inc, now);
+      const shown = f.incidents || [];
+      this.hidden = 0;
+      for (const inc of shown) this.upsert(inc, now);
+      this.hidden = Math.max(0, (f.incidents_total ?? shown.length) - shown.length);
+      this.snapshotAt = parseTs(f.server_time) ?? now;
       this.version++;
       return true;
     }
@@ -226,6 +234,7 @@ export class IncidentStore {
   upsert(inc, now) {
     if (inc.id == null) return;
     const prev = this.items.get(inc.id);
+    if (!prev && this.hidden > 0 && (parseTs(inc.started_at) ?? Infinity) <= this.snapshotAt) this.hidden--;
     if (inc.state === "closed") {
       this.items.delete(inc.id);
       return;
@@ -256,8 +265,9 @@ export class IncidentStore {
       || (parseTs(a.started_at) ?? 0) - (parseTs(b.started_at) ?? 0) || a.id - b.id);
   }
 
+  /** Live incidents: those held, and those the snapshot left out. */
   liveCount() {
-    let n = 0;
+    let n = this.hidden;
     for (const inc of this.items.values()) if (inc.endedAt == null) n++;
     return n;
   }
