@@ -6,6 +6,9 @@ members on the event loop) and ``/api/incidents/{id}`` embedded up to 10,000 ale
 Now lists are cut by ``limit`` (incidents, most severe first) and ``members_limit`` (live members, most severe
 first), details by ``alerts_limit`` / ``members_limit`` / ``history_limit``, each saying what it left out and
 where the rest pages; large answers wait for the slots of ``ioc/api/heavy.py`` and are encoded off the loop.
+The live feed too: a connecting screen's snapshot held all 3,001 incidents with every member (6.9 MB); now the
+200 most severe with 50 members each (``incidents_total``, ``incidents_truncated``), and the operator's page of
+the big incident says "showing 500 of 20,000" with the next page.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+import websockets
 
 from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
-from tests.support.auth import make_token_sync
+from tests.support.auth import make_token_sync, make_user_sync
 from tests.support.services import ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -206,3 +210,97 @@ def test_storm_answers_at_once_leave_a_small_request_served(storm: tuple[Service
     assert probes and all(status == 200 for status, _ in probes)
     assert probes[0][1] < finished[0], "the first small request waited for a big answer"
     assert sum(at < finished[-1] for _, at in probes) >= 3, (len(probes), finished[-1] - finished[0])
+
+
+async def _snapshot(srv: ServiceProcess, token: str, query: str = "") -> tuple[dict[str, Any], int, float]:
+    """The first snapshot a screen gets on connecting (waiting for the replica's first reload), its size and time."""
+    url = f"ws://127.0.0.1:{srv.port}/ws/live?token={token}{query}"
+    deadline = time.monotonic() + 20
+    while True:
+        began = time.monotonic()
+        async with websockets.connect(url, max_size=None, open_timeout=20) as ws:
+            text = await asyncio.wait_for(ws.recv(), 20)
+        took = time.monotonic() - began
+        frames = json.loads(text)
+        snap = next(f for f in frames if f["type"] == "snapshot")
+        if snap.get("incidents") or time.monotonic() > deadline:
+            return snap, len(text), took
+        await asyncio.sleep(0.2)
+
+
+def test_a_connecting_screen_gets_a_bounded_snapshot_and_capped_updates(storm: tuple[ServiceProcess, str],
+                                                                        viewer: str) -> None:
+    """Before, every screen connecting during the storm got all 3,001 incidents with all 20,000 members of the big one
+    (6.9 MB); now the 200 most severe with 50 members each (~155 KB), saying how many were left out."""
+    srv, dsn = storm
+    snap, size, _ = asyncio.run(_snapshot(srv, viewer))
+    assert size < 400_000, size
+    incidents = snap["incidents"]
+    assert len(incidents) == 200 and snap["incidents_total"] == SMALL + 1 and snap["incidents_truncated"] is True
+    ranks = ["critical", "major", "minor", "warning", "info"]
+    assert [ranks.index(i["severity"]) for i in incidents] == sorted(ranks.index(i["severity"]) for i in incidents)
+    big = incidents[0]
+    assert big["id"] == BIG and len(big["members"]) == 50 and big["member_count"] == BIG_MEMBERS
+    assert big["members_truncated"] is True and big["members_omitted"] == BIG_MEMBERS - 50
+    assert big["device_count"] == 5000 and len(big["devices"]) == 50
+    assert {(m["severity"], m["state"]) for m in big["members"]} == {("critical", "open")}
+    # the same incidents and cut as the REST list
+    _, _, live, _ = _get(srv, "/api/incidents/live", viewer)
+    assert [i["id"] for i in live] == [i["id"] for i in incidents]
+    assert [m["alert_id"] for m in live[0]["members"]] == [m["alert_id"] for m in big["members"]]
+    assert incidents[1]["member_count"] == 1 and incidents[1]["members_truncated"] is False
+
+    async def update_of_the_big_one() -> tuple[dict[str, Any], int]:
+        url = f"ws://127.0.0.1:{srv.port}/ws/live?token={viewer}&types=incident"
+        async with websockets.connect(url, max_size=None) as ws:
+            await asyncio.wait_for(ws.recv(), 20)  # the snapshot
+            conn = await asyncpg.connect(dsn)
+            try:  # the leader's NOTIFY of a change to it: the replica reads it back and pushes it
+                await conn.execute("SELECT pg_notify('ioc_alerts', $1)", json.dumps({"incidents": [BIG]}))
+            finally:
+                await conn.close()
+            while True:
+                text = await asyncio.wait_for(ws.recv(), 20)
+                for frame in json.loads(text):
+                    if frame["type"] == "incident" and frame["incident"]["id"] == BIG:
+                        return frame["incident"], len(text)
+
+    inc, size = asyncio.run(update_of_the_big_one())
+    assert size < 40_000, size  # 14 KB here; before, every one of its 20,000 members
+    assert len(inc["members"]) == 50 and inc["member_count"] == BIG_MEMBERS and inc["members_truncated"] is True
+    assert inc["device_count"] == 5000
+
+
+def test_the_operator_page_shows_n_of_m_for_the_storms_incident(storm: tuple[ServiceProcess, str],
+                                                                 artifacts: Path) -> None:
+    """The incident's page showed the alerts it received (500) as its member count; now the true count, "showing
+    500 of 20,000" and a button for the next page; the wall counts every live incident, not the snapshot's 200."""
+    from tests.integration.browser_support import Pages, chromium, log_in, wait_js
+
+    srv, dsn = storm
+    name = f"xem-{uuid.uuid4().hex[:6]}"
+    password = make_user_sync(dsn, "viewer", name)[1]
+    with chromium() as browser:
+        pages = Pages(browser, artifacts)
+        page = pages.open("ops-storm", 1366, 900)
+        log_in(page, srv.url, name, password, f"/ops?lang=en#/incidents/{BIG}")
+        wait_js(page, "window.__ops.view === 'IncidentView' && window.__ops.ready", 20, hook="__ops")
+        more = page.locator("#members-more")
+        assert more.is_visible() and more.get_attribute("data-shown") == "500"
+        assert more.get_attribute("data-total") == str(BIG_MEMBERS)
+        assert "Showing 500 of 20,000 alerts" in more.inner_text()
+        assert "20,000" in page.inner_text(".inc-head .facts")
+        assert page.locator("table.members tbody tr").count() == 500
+        assert more.locator("a.next").get_attribute("href") == (f"/api/alerts?incident_id={BIG}&limit=500"
+                                                                 "&offset=500")
+        page.screenshot(path=str(artifacts / "ops-storm-incident-1366x900.png"))
+        more.locator("button.more").click()
+        wait_js(page, "document.querySelector('#members-more').dataset.shown === '1000'", 20, hook="__ops")
+        assert page.locator("table.members tbody tr").count() == 1000
+        assert "MEMBER ALERTS · 1,000 / 20,000" in page.inner_text(".cols")  # an uppercase heading
+        # the wall: 200 incidents in its snapshot, 3,001 live
+        wall = pages.open("wall-storm")
+        log_in(wall, srv.url, name, password, "/?lang=en")
+        wait_js(wall, f"window.__ioc.incidents === {SMALL + 1}", 20)
+        assert wall.inner_text("#incidents-sub") == str(SMALL + 1)
+        pages.check()
