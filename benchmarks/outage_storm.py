@@ -56,6 +56,7 @@ class _Hub:
         self.table = _Table()
         self.frames = 0
         self.snapshot_extra: Any = None
+        self.snapshot_incidents, self.incident_members = 200, 50  # what the feed's incidents carry (IOC_LIVE__*)
 
     def emit_alert(self, *args: Any, **kwargs: Any) -> None:
         self.frames += 1
