@@ -48,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from nab_suite import Dev, figures
     from nab_traffic import run
+    from traffic_rough import run as run_rough
 
     res = figures(Dev(args.nab), DetectorConfig())
     print(f"leave-one-category-out mean: {res['LOCO mean']:.2f}", flush=True)
     print(f"short history (first {2000:,} rows of each file), standard: {res['short']:.2f}", flush=True)
     if not args.no_traffic:
         tr = run(DetectorConfig(), nab=args.nab, thr=res["threshold"])
+        tr.update(run_rough(DetectorConfig(), nab=args.nab, thr=res["threshold"]))
         print("simulated traffic at the dev threshold, standard: "
               + "  ".join(f"{k} {v:.1f}" for k, v in tr.items()), flush=True)
     return 0

@@ -6,7 +6,7 @@
 * leave-one-category-out mean: each category scored at the threshold optimised on the others;
 * short history: every dev file cut to its first 2,000 rows (a week of 5-minute data), windows that
   start after the cut dropped, scored with the standard profile;
-* the simulated traffic evaluation (``nab_traffic.py``).
+* the simulated traffic evaluation (``nab_traffic.py``) and its rough road data (``traffic_rough.py``).
 
 Every series is run as ``ioc detect`` runs it: ``score_series`` with the file's minimum and maximum
 as its declared range. A change is kept only if neither the LOCO mean nor the short-history score drops.
@@ -104,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{label}] NAB dev: " + "  ".join(f"{k} {v:.2f}" for k, v in res.items()), flush=True)
     if not args.no_traffic:
         from nab_traffic import run
+        from traffic_rough import run as run_rough
 
         for name, t in (("own threshold", None), ("dev threshold", thr)):
             if (name == "dev threshold" and t is None) or (name == "own threshold" and thr is not None
                                                            and not args.own):
                 continue
             tr = run(cfg, nab=args.nab, thr=t, seed=args.seed)
+            tr.update(run_rough(cfg, nab=args.nab, thr=t, seed=args.seed))
             print(f"[{label}] traffic at {name}: " + "  ".join(f"{k} {v:.1f}" for k, v in tr.items()), flush=True)
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
