@@ -69,6 +69,15 @@ class DetectorConfig:
     their hold or records held back) scores on its own, also during a hold, and opens none: a week of data
     gives the records and holds too little history (the first weekend, the first Monday rush), the shape
     detector judges from the first day. 0 days: off. NAB dev, LOCO and short history unchanged."""
+    young_refire_z: float = 0.0
+    young_refire_burst: float = 8.0
+    young_refire_range: float = 0.4
+    young_refire_max: int = 4
+    """First-week refire (seventh round of #17; off: 0). While young, a reading with |z| at least this, in a burst
+    (EW burst at least ``young_refire_burst``) that moves at least ``young_refire_range`` of the declared range,
+    refires through the hold of an earlier episode, for the first ``young_refire_max`` such episodes of a series.
+    Traffic +4-9 (rough road data), NAB LOCO -0.01, short -0.12 over four offsets: fails the keep rule narrowly
+    (docs/detectors.md, "Seventh round")."""
     art_raw: float = 0.0
     """...and only when the main detectors' own score is at least this (they saw something, records held it)."""
     art_re: bool = True

@@ -27,9 +27,9 @@ from analytics.numeric.novelty import novelty
 (
     N, T_FIRST, T_LAST, DT_EW, X_LAST, L0, L1, L2, LB, LS, AE0, AE1, AE2, RES, CP, CN, VS,
     REP, RUN, ANCHOR, QLO, HOLD, ALERT, MODE, AEB, M_SPIKE, M_SHIFT, M_VAR, M_OTHER, SM, M_PAT,
-    AER, AESD, AESW, QHI, DLO, DHI, SEAS, HKIND,
-) = range(39)
-N_COLS = 39
+    AER, AESD, AESW, QHI, DLO, DHI, SEAS, HKIND, T_EXT, N_EXT,
+) = range(41)
+N_COLS = 41
 # record column per type code: a severity is judged against the largest recent one of its group
 _RECORD_COL = np.array([M_OTHER, M_SPIKE, M_SPIKE, M_SHIFT, M_VAR, M_VAR, M_OTHER, M_OTHER, M_PAT])
 
@@ -277,6 +277,24 @@ def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, 
     return record, np.where(record, np.maximum(raw, cfg.range_score), raw)
 
 
+def _young_refire(cfg: DetectorConfig, s: np.ndarray, m: _Model, burst: np.ndarray, n: np.ndarray, t: np.ndarray,
+                  days: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """First-week refire (off by default): an extreme reading of a new episode breaks through a hold.
+
+    Extreme: ``|z| >= young_refire_z``, a burst of several such readings (the EW burst ``>= young_refire_burst``)
+    and a deviation of at least ``young_refire_range`` of the declared range. Only while the series is younger
+    than ``young_days``, more than one ART window (32 readings) after the finding that opened the hold, and
+    while the series has had fewer than ``young_refire_max`` extreme episodes (onsets 2 h apart): a series
+    whose nature is such bursts stops refiring. Learns the episode count in place (``N_EXT``, ``T_EXT``)."""
+    extreme = ((np.abs(m.z) >= cfg.young_refire_z) & (np.abs(burst) >= cfg.young_refire_burst)
+               & (np.abs(m.err) >= cfg.young_refire_range * span))
+    since = n - (s[:, HOLD] - cfg.hold)
+    out = (days < cfg.young_days) & extreme & (since > WIN * cfg.art_step) & (s[:, N_EXT] < cfg.young_refire_max)
+    s[:, N_EXT] += extreme & (t - s[:, T_EXT] > 7200.0)
+    s[:, T_EXT] = np.where(extreme, t, s[:, T_EXT])
+    return out
+
+
 def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np.ndarray, Hb: np.ndarray,
          Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray,
          ent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -345,6 +363,8 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     # --- one alert per episode: damp scores while a recent alert holds (a record always raises) ---
     holding = n < s[:, HOLD]
     refire = raw > cfg.refire_ratio * s[:, ALERT]
+    if cfg.young_refire_z > 0:
+        refire |= _young_refire(cfg, s, m, carry["sm"], n, t, days, hi - lo)
     fired = (raw >= cfg.fire_level) & (~holding | refire | record)
     score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
     # the range forgets slowly, so a series that settled down can raise records again

@@ -62,3 +62,35 @@ def test_after_the_first_week_holds_are_as_before() -> None:
     week = s.ts[0] + 7 * 86400.0
     late = [k for k in on if s.ts[k] >= week + 86400.0]  # a day's margin: a hold set in week one may differ
     assert late and late == [k for k in off if s.ts[k] >= week + 86400.0]
+
+
+def test_first_week_refire_is_off_by_default_and_reports_masked_incidents_when_on() -> None:
+    """``young_refire_z`` (seventh round of #17, off): on a week of 5-minute speed, occupancy and travel time, an
+    extreme burst of a new episode breaks through an earlier finding's hold; every finding it adds lies in an
+    incident window."""
+    assert DetectorConfig().young_refire_z == 0.0
+    on_cfg = dataclasses.replace(DetectorConfig(), young_refire_z=8.0)
+    series = {s.name: s for s in generate(300.0, 7.0, 12, 7)}
+    for name in ("HP-DK-TRF-0002/speed_kmh", "HP-DK-TRF-0002/occupancy_pct", "HP-TN-TRF-0002/speed_kmh"):
+        s = series[name]
+        inside = _in_windows(s.ts, s.windows)
+        on, _ = _run(on_cfg, s.ts, s.values)
+        off, _ = _run(DetectorConfig(), s.ts, s.values)
+        added = [k for k in on if k not in off]
+        assert added and all(inside[k] for k in added), name
+
+
+def test_first_week_refire_stops_for_a_series_made_of_bursts() -> None:
+    """A series whose nature is extreme bursts (one every few hours) refires for its first episodes only."""
+    rng = np.random.default_rng(3)
+    n = 7 * 288
+    ts = 1_767_225_600.0 + 300.0 * np.arange(n)
+    x = rng.normal(10.0, 1.0, n)
+    for start in range(400, n - 10, 150):  # a 4-reading burst every 12.5 h
+        x[start:start + 4] += 60.0
+    on_cfg = dataclasses.replace(DetectorConfig(), young_refire_z=8.0)
+    off, _ = _run(DetectorConfig(), ts, x)
+    unbounded, _ = _run(dataclasses.replace(on_cfg, young_refire_max=100), ts, x)
+    assert len(set(unbounded) - set(off)) >= 8  # without the bound every burst in a hold would refire
+    on, _ = _run(on_cfg, ts, x)
+    assert 1 <= len(set(on) - set(off)) < on_cfg.young_refire_max
