@@ -71,17 +71,21 @@ class ListView {
     this.render();
   }
 
-  query() {
-    const state = this.f.state === "live" ? LIVE : this.f.state ? [this.f.state] : null;
+  url() {
     const extra = this.kind === "incidents" ? { category: this.f.extra } : { rule: this.f.extra };
-    return qs({ state, severity: this.f.severity, district: this.f.district, ...extra, limit: MAX_ROWS });
+    const filters = { severity: this.f.severity, district: this.f.district, ...extra, limit: MAX_ROWS };
+    // Live incidents: the server picks the most severe (then oldest) matches. The newest MAX_ROWS of a storm's
+    // thousands would leave its oldest critical incident out. Members: the count is enough here.
+    if (this.kind === "incidents" && this.f.state === "live") return `/api/incidents/live${qs({ ...filters, members_limit: 0 })}`;
+    const state = this.f.state === "live" ? LIVE : this.f.state ? [this.f.state] : null;
+    return `/api/${this.kind}${qs({ state, ...filters })}`;
   }
 
   async load() {
     const seq = ++this.version;
     setText(this.status, this.ctx.i18n.t("loading"));
     try {
-      const rows = await getJson(`/api/${this.kind}${this.query()}`);
+      const rows = await getJson(this.url());
       if (seq !== this.version) return; // a newer filter was chosen meanwhile
       this.rows = new Map((rows || []).map((r) => [r.id, r]));
       setText(this.status, "");
@@ -106,12 +110,21 @@ class ListView {
     if (item?.id == null) return false;
     if (this.matches(item)) this.rows.set(item.id, { ...this.rows.get(item.id), ...item });
     else if (!this.rows.delete(item.id)) return false;
-    // A history list left open all shift gains a row per new item: keep the newest MAX_ROWS.
+    // A list left open all shift gains a row per new item: keep its first MAX_ROWS (live: the most severe).
     if (this.rows.size > MAX_ROWS + 50) {
-      const newest = [...this.rows.values()].sort((a, b) => (parseTs(b.started_at) ?? 0) - (parseTs(a.started_at) ?? 0));
-      this.rows = new Map(newest.slice(0, MAX_ROWS).map((r) => [r.id, r]));
+      const first = [...this.rows.values()].sort((a, b) => this.order(a, b));
+      this.rows = new Map(first.slice(0, MAX_ROWS).map((r) => [r.id, r]));
     }
     return true;
+  }
+
+  /** Live work: most severe first, then what has waited longest (the server's order). History: newest first. */
+  order(a, b) {
+    if (this.f.state === "live") {
+      return (SEV_RANK[b.severity] ?? 0) - (SEV_RANK[a.severity] ?? 0)
+        || (parseTs(a.started_at) ?? 0) - (parseTs(b.started_at) ?? 0) || a.id - b.id;
+    }
+    return (parseTs(b.started_at) ?? 0) - (parseTs(a.started_at) ?? 0) || b.id - a.id;
   }
 
   sorted() {
@@ -122,13 +135,7 @@ class ListView {
         this.ctx.i18n.incidentTitle?.(x)].join(" ").toLowerCase();
       for (let i = items.length - 1; i >= 0; i--) if (!text(items[i]).includes(q)) items.splice(i, 1);
     }
-    // Live work: most severe first, then what has waited longest. History: newest first.
-    if (this.f.state === "live") {
-      items.sort((a, b) => (SEV_RANK[b.severity] ?? 0) - (SEV_RANK[a.severity] ?? 0)
-        || (parseTs(a.started_at) ?? 0) - (parseTs(b.started_at) ?? 0));
-    } else {
-      items.sort((a, b) => (parseTs(b.started_at) ?? 0) - (parseTs(a.started_at) ?? 0) || b.id - a.id);
-    }
+    items.sort((a, b) => this.order(a, b));
     return items.slice(0, MAX_ROWS);
   }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +32,8 @@ Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 #: Members shown per incident of a list; with ``limit`` at most ``_MAX_LISTED_MEMBERS`` in one answer.
 MembersLimit = Annotated[int, Query(ge=0, le=1000, description="members and devices shown per incident")]
 DetailLimit = Annotated[int, Query(ge=0, le=5000)]
+LiveStateFilter = Annotated[list[Literal["open", "acknowledged"]] | None, Query(description="open, acknowledged")]
+Code = Annotated[str | None, Query(min_length=1, max_length=64)]
 _MAX_LISTED_MEMBERS = 100_000
 PAGE_HEADERS = {
     "X-Total-Count": {"description": "rows in all", "schema": {"type": "string"}},
@@ -162,17 +164,22 @@ async def list_incidents(request: Request, pool: PoolDep, state: StateFilter = N
 @router.get("/api/incidents/live", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]],
             responses={200: {"headers": PAGE_HEADERS}})
 async def live_incidents(request: Request, pool: PoolDep, limit: Limit = 200, members_limit: MembersLimit = 50,
-                         ) -> Response:
+                         state: LiveStateFilter = None, severity: Annotated[list[Severity] | None, Query()] = None,
+                         category: Code = None, district: Code = None) -> Response:
     """Open and acknowledged incidents with their members, most severe first (then oldest): the ``limit`` first.
+
+    ``state`` (open, acknowledged), ``severity``, ``category`` and ``district`` filter in the database before the
+    cut (the operator's live list), so the most severe matching incident comes first however old it is.
 
     Each shows at most ``members_limit`` members and devices (live ones first, then the most severe, then the
     newest), with ``member_count``, ``members_omitted``, ``members_truncated`` and ``device_count``; page an
-    incident's alerts with ``/api/alerts?incident_id=``. ``X-Total-Count``: live incidents in all;
+    incident's alerts with ``/api/alerts?incident_id=``. ``X-Total-Count``: the live incidents matching, in all;
     ``X-Truncated: true`` when ``limit`` left some out. Read from the database like every other incident route,
     on any replica (one truth); the wall's own list comes with the live feed's snapshot."""
     _check_total(limit, members_limit)
     async with pool.acquire() as conn:
-        rows, total = await views.live_rows(conn, limit)
+        rows, total = await views.live_rows(conn, limit, state=state, category=category, district=district,
+                                            severity=[s.value for s in severity or ()] or None)
     size = sum(views.view_rows(r, members_limit) for r in rows)
     async with heavy_slot(request, size):  # a storm's answer a few at a time, built off the event loop
         async with pool.acquire() as conn:

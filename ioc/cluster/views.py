@@ -8,7 +8,7 @@ name), built from the stored rows, so ``/api/incidents/live``, ``/api/incidents/
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ioc.alerts.model import LIVE, Severity, rank
@@ -63,11 +63,19 @@ def view_rows(row: dict[str, Any], members_limit: int) -> int:
     return 1 + min(members_limit, len(listed) if listed is not None else members_limit)
 
 
-async def live_rows(conn: Any, limit: int | None) -> tuple[list[dict[str, Any]], int]:
-    """The ``limit`` (None: all) live incidents most severe first (then oldest), and how many are live in all."""
+async def live_rows(conn: Any, limit: int | None, *, state: Sequence[str] | None = None,
+                    severity: list[str] | None = None, category: str | None = None, district: str | None = None,
+                    ) -> tuple[list[dict[str, Any]], int]:
+    """The ``limit`` (None: all) live incidents most severe first (then oldest), and how many are live in all.
+
+    ``state`` (open and/or acknowledged; None: both), ``severity``, ``category`` and ``district`` narrow both: the
+    operator's filtered live list is picked here, so the most severe match is never cut for being old."""
+    states = [s for s in _LIVE_STATES if state is None or s in state]
     rows = await conn.fetch(
         f"SELECT {store._INCIDENT_COLS}, count(*) OVER () AS _total FROM incidents WHERE state = ANY($1::text[]) "
-        f"ORDER BY {_rank_sql('severity')} DESC, started_at, id LIMIT $2", _LIVE_STATES, limit)
+        "AND ($3::text[] IS NULL OR severity = ANY($3)) AND ($4::text IS NULL OR category = $4) "
+        "AND ($5::text IS NULL OR district = $5) "
+        f"ORDER BY {_rank_sql('severity')} DESC, started_at, id LIMIT $2", states, limit, severity, category, district)
     total = int(rows[0]["_total"]) if rows else 0
     return await off_loop(len(rows), lambda: [store._parse(r, "detail") for r in rows]), total
 

@@ -138,6 +138,32 @@ def test_live_incidents_are_bounded_most_severe_first(storm: tuple[ServiceProces
     assert _get(srv, "/api/incidents/live?limit=5000&members_limit=1000", viewer)[0] == 422
 
 
+def test_live_incidents_filter_in_the_database_most_severe_first(storm: tuple[ServiceProcess, str],
+                                                                 viewer: str) -> None:
+    """The operator's live list filters by state, severity, category and district before the cut: a filter's most
+    severe match comes first however old it is, and the count says how many match."""
+    srv, _ = storm
+    # district D0: the storm's incident (critical, the oldest) and the 300 small critical ones of D0
+    status, headers, d0, _ = _get(srv, "/api/incidents/live?district=D0&category=power&limit=300&members_limit=0",
+                                  viewer)
+    assert status == 200 and len(d0) == 300 and headers["X-Total-Count"] == str(SMALL // 10 + 1)
+    assert headers["X-Truncated"] == "true" and d0[0]["id"] == BIG and d0[0]["member_count"] == BIG_MEMBERS
+    assert {i["district"] for i in d0} == {"D0"} and [i["id"] for i in d0[1:]] == list(range(10, 3000, 10))
+    # two severities, acknowledged only: every match, the more severe first, then the oldest
+    want = [i for i in range(1, SMALL + 1) if i % 7 == 0 and i % 5 in (1, 4)]
+    status, headers, acked, _ = _get(srv, "/api/incidents/live?state=acknowledged&severity=info&severity=major"
+                                          "&limit=5000&members_limit=0", viewer)
+    assert status == 200 and headers["X-Total-Count"] == str(len(want)) and "X-Truncated" not in headers
+    assert {i["state"] for i in acked} == {"acknowledged"} and {i["severity"] for i in acked} == {"major", "info"}
+    assert [i["id"] for i in acked] == sorted(want, key=lambda i: (i % 5, i))  # major (1), then info (4)
+    status, headers, none, _ = _get(srv, "/api/incidents/live?category=water", viewer)
+    assert status == 200 and none == [] and headers["X-Total-Count"] == "0"
+    # bad values are refused, not read: a closed state, an unknown severity, empty or oversized codes
+    for bad in ("state=resolved", "severity=severe", "district=", "category=" + "x" * 65, "limit=0",
+                "members_limit=1001"):
+        assert _get(srv, f"/api/incidents/live?{bad}", viewer)[0] == 422, bad
+
+
 def test_incident_and_alert_details_cap_their_lists_and_page_the_rest(storm: tuple[ServiceProcess, str],
                                                                       viewer: str) -> None:
     srv, _ = storm
@@ -303,4 +329,45 @@ def test_the_operator_page_shows_n_of_m_for_the_storms_incident(storm: tuple[Ser
         log_in(wall, srv.url, name, password, "/?lang=en")
         wait_js(wall, f"window.__ioc.incidents === {SMALL + 1}", 20)
         assert wall.inner_text("#incidents-sub") == str(SMALL + 1)
+        pages.check()
+
+
+def test_the_operator_live_list_shows_the_oldest_critical_incident_first(storm: tuple[ServiceProcess, str],
+                                                                          artifacts: Path, viewer: str) -> None:
+    """The live list read the newest 300 of /api/incidents and sorted them in the page: the storm's oldest critical
+    incident was not in it. Now it reads /api/incidents/live with its filters (the server's most severe first)."""
+    from tests.integration.browser_support import Pages, chromium, log_in, wait_js
+
+    srv, dsn = storm
+    name = f"xem-{uuid.uuid4().hex[:6]}"
+    password = make_user_sync(dsn, "viewer", name)[1]
+    shown = "[...document.querySelectorAll('table.list tr.row')].map(r => r.dataset.id).join()"
+
+    def server(query: str) -> str:
+        return ",".join(str(i["id"]) for i in _get(srv, f"/api/incidents/live?{query}&limit=300&members_limit=0",
+                                                    viewer)[2])
+
+    with chromium() as browser:
+        pages = Pages(browser, artifacts)
+        page = pages.open("ops-storm-list", 1366, 900)
+        log_in(page, srv.url, name, password, "/ops?lang=en#/incidents")
+        everything = server("")
+        assert everything.startswith(f"{BIG},")
+        wait_js(page, f"window.__ops.ready && {shown} === '{everything}'", 20, hook="__ops")
+        assert page.locator("table.list tr.row").first.get_attribute("data-sev") == "critical"
+        page.screenshot(path=str(artifacts / "ops-storm-live-list-1366x900.png"))
+        # filters apply in the server: 301 live incidents in D0, the storm's first (the newest 300 held 30 of D0)
+        page.goto(f"{srv.url}/ops?lang=en#/incidents?district=D0")
+        d0 = server("district=D0")
+        assert d0.startswith(f"{BIG},") and len(d0.split(",")) == 300
+        wait_js(page, f"window.__ops.ready && {shown} === '{d0}'", 20, hook="__ops")
+        page.select_option(".filters select >> nth=1", "major")
+        major = server("district=D0&severity=major")
+        assert major == ""
+        wait_js(page, "document.querySelector('table.list td.none') !== null", 20, hook="__ops")
+        page.goto(f"{srv.url}/ops?lang=en#/incidents?district=D1&severity=major")
+        major = server("district=D1&severity=major")
+        assert len(major.split(",")) == 300 and major.startswith("1,11,")
+        wait_js(page, f"window.__ops.ready && {shown} === '{major}'", 20, hook="__ops")
+        assert "district=D1" in page.evaluate("location.hash") and "severity=major" in page.evaluate("location.hash")
         pages.check()
