@@ -28,8 +28,9 @@ from ioc.alerts.config import AlertsConfig
 from ioc.alerts.engine import AlertEngine, EngineConfig
 from ioc.alerts.escalation import Policy, Shift, on_duty, usable_policy
 from ioc.alerts.feed_view import bounded_view, snapshot_section
+from ioc.alerts.from_rows import alert_from_row, incident_from_row
 from ioc.alerts.liveness import Liveness
-from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal, State
+from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
 from ioc.alerts.silences import Silence
@@ -152,8 +153,8 @@ class AlertStage:
                 logger.info("device arrivals restored for %d devices", self.liveness.restore(arrivals))
             except ValueError as err:
                 logger.warning("device arrivals not restored (%s)", err)
-        self.engine.load([_alert(a) for a in alerts], [_incident(i) for i in incidents], next_alert, next_incident,
-                         resolved)
+        self.engine.load([alert_from_row(a) for a in alerts], [incident_from_row(i) for i in incidents],
+                         next_alert, next_incident, resolved)
         await self.reload_config()
         self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
         self.loaded = True
@@ -486,22 +487,3 @@ def _member(a: Alert) -> dict[str, Any]:
             "severity": a.severity.value, "state": a.state.value, "started_at": a.to_dict()["started_at"],
             "explanation": a.explanation, "suppressed": a.suppressed, "lat": a.lat, "lon": a.lon}
 
-
-def _alert(row: dict[str, Any]) -> Alert:
-    evidence = dict(row["evidence"] or {})
-    lat, lon = evidence.pop("_lat", None), evidence.pop("_lon", None)
-    return Alert(row["id"], row["dedupe_key"], row["rule"], row["category"], Severity(row["severity"]),
-                 State(row["state"]), row["title"], row["explanation"], row["started_at"], row["last_seen_at"],
-                 device_id=row["device_id"], kind=row["kind"], district=row["district"], lat=lat, lon=lon,
-                 incident_id=row["incident_id"], resolved_at=row["resolved_at"], closed_at=row["closed_at"],
-                 acked_by=row["acked_by"], acked_at=row["acked_at"], assignee=row["assignee"], flaps=row["flaps"],
-                 suppressed=row["suppressed"], evidence=evidence)
-
-
-def _incident(row: dict[str, Any]) -> Incident:
-    detail = row["detail"] or {}
-    return Incident(row["id"], row["group_key"], row["category"], Severity(row["severity"]), State(row["state"]),
-                    row["title"], row["started_at"], row["updated_at"], district=row["district"],
-                    resolved_at=row["resolved_at"], closed_at=row["closed_at"], acked_by=row["acked_by"],
-                    acked_at=row["acked_at"], assignee=row["assignee"], suppressed=row["suppressed"],
-                    escalation=dict(detail.get("escalation") or {}))

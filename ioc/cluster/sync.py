@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from analytics.findings import Finding
+from ioc.alerts.from_rows import alert_from_row
 from ioc.alerts.model import LIVE, rank
 from ioc.cluster.views import DistrictName, bounded_views, incident_rows, live_rows, off_loop
 from ioc.live.hub import LiveHub, encode
@@ -174,10 +175,8 @@ class ReplicaSync:
             if push:
                 self.hub.emit_alert("incident", v["id"], v["district"], v)
         if push:
-            from ioc.alerts.stage import _alert
-
             for row in alerts:
-                a = _alert(row)
+                a = alert_from_row(row)
                 self.hub.emit_alert("alert", a.id, a.district, a.to_dict(), device_id=a.device_id)
 
 

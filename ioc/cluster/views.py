@@ -11,8 +11,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ioc.alerts.from_rows import alert_from_row, incident_from_row
 from ioc.alerts.model import LIVE, Severity, rank
-from ioc.alerts.stage import _alert, _incident, _member
+from ioc.alerts.stage import _member
 from storage import alerts as store
 
 DistrictName = Callable[[str | None], str | None]
@@ -115,10 +116,10 @@ def _bounded(rows: list[dict[str, Any]], listed: dict[int, list[int] | None], ke
         kept[alert.pop("_inc")].append(alert)
     out = []
     for row in rows:
-        inc = _incident(row)
+        inc = incident_from_row(row)
         ids = listed[inc.id]
         order = {m: n for n, m in enumerate(ids or [])}
-        members = sorted((_alert(a) for a in kept[inc.id]), key=lambda a: order.get(a.id, a.id))
+        members = sorted((alert_from_row(a) for a in kept[inc.id]), key=lambda a: order.get(a.id, a.id))
         total, device_count, first_devices = counts.get(inc.id, (0, 0, []))
         out.append({**inc.to_dict(), "district_name": district_name(inc.district),
                     "members": [_member(a) for a in members], "devices": first_devices,
