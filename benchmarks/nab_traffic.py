@@ -120,6 +120,20 @@ def at(ns: Any, geoms: list[Any], scores: list[np.ndarray], thr: float) -> float
     return float(ns.normalise(raw, ns.null_baseline(geoms, "standard"), ns.perfect_score(geoms, "standard")))
 
 
+def score(ns: Any, geoms: list[Any], scores: list[np.ndarray], thr: float | None) -> float:
+    """NAB standard score at ``thr``, or at the set's own optimised threshold when ``thr`` is None."""
+    return standard(ns, geoms, scores) if thr is None else at(ns, geoms, scores, thr)
+
+
+def common_args(ap: argparse.ArgumentParser) -> None:
+    """Options every traffic evaluation takes: config overrides, sensors, seed, threshold, NAB kit."""
+    ap.add_argument("--set", action="append", default=[], help="DetectorConfig override key=value (experiments)")
+    ap.add_argument("--sensors", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--thr", type=float, default=None, help="score at this threshold (e.g. the NAB dev one)")
+    ap.add_argument("--nab", type=Path, default=DEFAULT_NAB)
+
+
 def run(config: DetectorConfig, sensors: int = 12, seed: int = 7, nab: Path = DEFAULT_NAB,
         sets: tuple[tuple[str, float, float], ...] = SETS, thr: float | None = None) -> dict[str, float]:
     """Scores per set and over all sets (one shared threshold); with ``thr``, all at that threshold."""
@@ -129,26 +143,22 @@ def run(config: DetectorConfig, sensors: int = 12, seed: int = 7, nab: Path = DE
     all_s: list[np.ndarray] = []
     for name, cadence, days in sets:
         g, s = evaluate(ns, generate(cadence, days, sensors, seed), config)
-        res[name] = standard(ns, g, s) if thr is None else at(ns, g, s, thr)
+        res[name] = score(ns, g, s, thr)
         if name == ROAD_SET:  # what the team's real-traffic check holds: speed and occupancy, no flow counts
             road = [j for j, geom in enumerate(g) if not geom.relpath.endswith("/flow_veh_h")]
             gr, sr = [g[j] for j in road], [s[j] for j in road]
-            res["road-1w"] = standard(ns, gr, sr) if thr is None else at(ns, gr, sr, thr)
+            res["road-1w"] = score(ns, gr, sr, thr)
         all_g += g
         all_s += s
-    res["all"] = standard(ns, all_g, all_s) if thr is None else at(ns, all_g, all_s, thr)
+    res["all"] = score(ns, all_g, all_s, thr)
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
     """Generate, detect, score and print."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", action="append", default=[], help="DetectorConfig override key=value (experiments)")
-    ap.add_argument("--sensors", type=int, default=12)
-    ap.add_argument("--seed", type=int, default=7)
+    common_args(ap)
     ap.add_argument("--only", default="", help="comma-separated set names, e.g. 5min-1w")
-    ap.add_argument("--thr", type=float, default=None, help="score at this threshold (e.g. the NAB dev one)")
-    ap.add_argument("--nab", type=Path, default=DEFAULT_NAB)
     args = ap.parse_args(argv)
     cfg = dataclasses.replace(DetectorConfig(), **parse_sets(args.set))
     sets = tuple(s for s in SETS if not args.only or s[0] in args.only.split(","))

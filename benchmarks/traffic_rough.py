@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nab_analyse import DEFAULT_NAB, parse_sets, scorer
-from nab_traffic import Series, at, evaluate, generate, standard
+from nab_traffic import Series, common_args, evaluate, generate, score
 
 from analytics.numeric.config import DetectorConfig
 
@@ -144,22 +144,18 @@ def run(config: DetectorConfig, sensors: int = 12, seed: int = 7, nab: Path = DE
     ns = scorer(nab)
     series = roughen(generate(CADENCE_S, DAYS, sensors, seed), seed)
     g, s = evaluate(ns, series, config)
-    res = {"road-rough": standard(ns, g, s) if thr is None else at(ns, g, s, thr)}
+    res = {"road-rough": score(ns, g, s, thr)}
     for metric in ("speed_kmh", "occupancy_pct", "travel_time_s"):
         idx = [j for j, geom in enumerate(g) if geom.relpath.endswith("/" + metric)]
         gm, sm = [g[j] for j in idx], [s[j] for j in idx]
-        res[metric.split("_")[0]] = standard(ns, gm, sm) if thr is None else at(ns, gm, sm, thr)
+        res[metric.split("_")[0]] = score(ns, gm, sm, thr)
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
     """Generate, roughen, detect, score and print."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", action="append", default=[], help="DetectorConfig override key=value (experiments)")
-    ap.add_argument("--sensors", type=int, default=12)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--thr", type=float, default=None, help="score at this threshold (e.g. the NAB dev one)")
-    ap.add_argument("--nab", type=Path, default=DEFAULT_NAB)
+    common_args(ap)
     args = ap.parse_args(argv)
     cfg = dataclasses.replace(DetectorConfig(), **parse_sets(args.set))
     t0 = time.perf_counter()
