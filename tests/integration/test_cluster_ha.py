@@ -77,7 +77,12 @@ def cluster(database_url: str, mqtt_port: int, artifacts: Path) -> Iterator[Clus
         yield Cluster(name, procs[:2], procs[2:])
     finally:
         for p in procs:
-            p.stop()
+            p.stop()  # and its process group: a SIGKILLed brain's pool worker was left running before
+        # nothing it started outlives the test (a SIGKILLed process's children included)
+        deadline = time.monotonic() + 10
+        while (left := [line for p in procs for line in p.leftovers()]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"left running after the test: {left}"
         # The session's database outlives this test: later tests' dispatchers must not retry these pages.
         db_fetch(database_url, "UPDATE notifications SET status = 'dropped', last_error = 'test over' "
                  "WHERE target = $1 AND status = 'pending'", HOOK)

@@ -46,6 +46,9 @@ class RoleProcess(ServiceProcess):
     never "ready" in the sense of /readyz)."""
 
     ready_path = "/healthz"
+    # Its own process group: a SIGKILLed brain's camera pool worker (and multiprocessing's resource tracker) is
+    # reparented to init and would outlive the test; teardown kills the whole group (stop()).
+    new_session = True
 
     def __init__(self, env: dict[str, str], role: str, log: Path, token: str) -> None:
         super().__init__(env, log, ["serve", "--role", role])
@@ -72,12 +75,41 @@ class RoleProcess(ServiceProcess):
         self.proc.send_signal(sig)
 
     def kill(self) -> None:
+        """SIGKILL the process alone, as a crash would (its children are left to the teardown's stop())."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait(10)
 
+    def stop(self) -> None:
+        """Stop it (SIGTERM), then SIGKILL whatever is left of its process group, even after kill()."""
+        super().stop()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):  # nothing left: the group is gone
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def leftovers(self) -> list[str]:
+        """Processes still alive in its process group (zombies aside: reaped by init), as "pid command" lines."""
+        if self.proc is None:
+            return []
+        return [f"{pid} {cmd}" for pid, cmd in group_members(self.proc.pid)]
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live (not zombie) processes of process group ``pgid``, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ')'
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) == pgid and state != "Z":
+            found.append((int(stat.parent.name), cmd))
+    return found
 
 
 def unique_lease() -> str:

@@ -158,6 +158,8 @@ class ServiceProcess:
     """An ``ioc`` command serving HTTP as a child process on a free port; up when ``ready_path`` answers 200."""
 
     ready_path = "/readyz"
+    #: Start it as the leader of its own process group (a subclass that kills its whole group on teardown).
+    new_session = False
 
     def __init__(self, env: dict[str, str], log: Path, args: list[str]) -> None:
         self.env, self.log, self.args = env, log, args
@@ -176,7 +178,8 @@ class ServiceProcess:
     def start(self, wait: bool = True) -> ServiceProcess:
         with self.log.open("ab") as out:
             cmd = [sys.executable, "-m", "ioc.cli", *self.args, "--port", str(self.port)]
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=self.new_session)
         if wait:
             wait_until(self._up, 60, 0.1, what=f"ioc {' '.join(self.args)} up")
         return self
