@@ -129,6 +129,34 @@ async def list_alerts(conn: Any, *, state: list[str] | None = None, severity: li
     return [_parse(r, "evidence") for r in rows]
 
 
+#: Most severe first: the position in this list (the alerts table's CHECK allows exactly these). The expression of
+#: the ``alerts_live_rank`` index (migration 0014): keep both the same, or the live list sorts every live alert.
+SEVERITY_POSITION = "array_position(ARRAY['critical', 'major', 'minor', 'warning', 'info']::text[], severity)"
+LIVE_STATES = ("open", "acknowledged")
+
+
+async def live_alerts(conn: Any, *, state: list[str] | None = None, severity: list[str] | None = None,
+                      device_id: str | None = None, district: str | None = None, rule: str | None = None,
+                      limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Live (open, acknowledged) alerts matching the filters, most severe first then newest (from the
+    ``offset``-th), and how many match in all.
+
+    The live states are written out (not a parameter) so the planner uses the partial index of live alerts:
+    a storm's thousands, not the years of resolved alerts, are read and counted."""
+    where = ("state IN ('open', 'acknowledged') AND ($1::text[] IS NULL OR state = ANY($1)) "
+             "AND ($2::text[] IS NULL OR severity = ANY($2)) AND ($3::text IS NULL OR device_id = $3) "
+             "AND ($4::text IS NULL OR district = $4) AND ($5::text IS NULL OR rule = $5)")
+    args = (state, severity, device_id, district, rule)
+    rows = await conn.fetch(f"SELECT {_ALERT_COLS} FROM alerts WHERE {where} "
+                            f"ORDER BY {SEVERITY_POSITION}, started_at DESC, id DESC LIMIT $6 OFFSET $7",
+                            *args, limit, offset)
+    if offset == 0 and len(rows) < limit:
+        total = len(rows)
+    else:  # counted apart: a window count over the page's query would read every match's row, not the index
+        total = int(await conn.fetchval(f"SELECT count(*) FROM alerts WHERE {where}", *args))
+    return [_parse(r, "evidence") for r in rows], total
+
+
 async def get_incident(conn: Any, incident_id: int, alerts_limit: int = 10_000,
                        history_limit: int = 1000) -> dict[str, Any] | None:
     """One incident with its newest ``alerts_limit`` alerts (newest first) and newest ``history_limit`` audit entries

@@ -34,6 +34,8 @@ MembersLimit = Annotated[int, Query(ge=0, le=1000, description="members and devi
 DetailLimit = Annotated[int, Query(ge=0, le=5000)]
 LiveStateFilter = Annotated[list[Literal["open", "acknowledged"]] | None, Query(description="open, acknowledged")]
 Code = Annotated[str | None, Query(min_length=1, max_length=64)]
+AlertOrder = Annotated[Literal["newest", "severity"], Query(description="newest first, or (live alerts) most "
+                                                                    "severe first then newest")]
 _MAX_LISTED_MEMBERS = 100_000
 PAGE_HEADERS = {
     "X-Total-Count": {"description": "rows in all", "schema": {"type": "string"}},
@@ -244,18 +246,39 @@ async def act_on_incident(request: Request, incident_id: int, action: str, body:
         raise HTTPException(err.status, str(err)) from None
 
 
-@router.get("/api/alerts", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]])
+@router.get("/api/alerts", dependencies=[requires(Role.VIEWER)], response_model=list[dict[str, Any]],
+            responses={200: {"headers": PAGE_HEADERS}})
 async def list_alerts(request: Request, pool: PoolDep, state: StateFilter = None, severity: SeverityFilter = None,
                       device_id: str | None = None, district: str | None = None, rule: str | None = None,
                       incident_id: int | None = None, since: ApiTime | None = None,
-                      limit: Limit = 100, offset: Offset = 0) -> Response:
-    """Alerts, newest first (from the ``offset``-th: an incident's alerts page with ``incident_id``)."""
+                      limit: Limit = 100, offset: Offset = 0, order: AlertOrder = "newest") -> Response:
+    """Alerts, newest first (from the ``offset``-th: an incident's alerts page with ``incident_id``).
+
+    ``order=severity``: live alerts only (``state`` open and/or acknowledged, default both), most severe first then
+    newest, filtered in the database before the cut (the operator's live list: a storm's old critical alert comes
+    first however many newer ones there are); ``X-Total-Count`` says how many match, ``X-Truncated: true`` when
+    ``limit`` left some out. ``incident_id`` and ``since`` do not apply to it."""
+    if order == "severity":
+        return await _live_alerts(request, pool, state, severity, device_id, district, rule, limit, offset)
     async with heavy_slot(request, limit):
         async with pool.acquire() as conn:
             rows = await store.list_alerts(conn, state=state, severity=severity, device_id=device_id,
                                            district=district, rule=rule, incident_id=incident_id, since=since,
                                            limit=limit, offset=offset)
         return await json_model(rows, ANY_ROWS)
+
+
+async def _live_alerts(request: Request, pool: Any, state: list[str] | None, severity: list[str] | None,
+                       device_id: str | None, district: str | None, rule: str | None, limit: int,
+                       offset: int) -> Response:
+    if state is not None and not set(state) <= set(store.LIVE_STATES):
+        raise HTTPException(422, "order=severity lists live alerts: state may be open or acknowledged")
+    async with heavy_slot(request, limit):
+        async with pool.acquire() as conn:
+            rows, total = await store.live_alerts(conn, state=state, severity=severity, device_id=device_id,
+                                                  district=district, rule=rule, limit=limit, offset=offset)
+        headers = {"X-Total-Count": str(total)} | ({"X-Truncated": "true"} if offset + len(rows) < total else {})
+        return await json_model(rows, ANY_ROWS, headers)
 
 
 @router.get("/api/alerts/{alert_id}", dependencies=[requires(Role.VIEWER)], response_model=dict[str, Any])

@@ -1,0 +1,133 @@
+"""An alert storm against a real `ioc serve --role api`: the operator's live alert list still shows the critical one.
+
+Seeded: one critical alert opened two hours ago, then 3,000 low ones (minor, warning, info) in the last hour, and
+2,000 resolved critical ones (history). Before, the operator's live alert list read the newest 300 of
+``/api/alerts`` and sorted them in the page: the critical alert was not among them. Now the server lists them with
+``order=severity`` (live alerts most severe first, then newest, filtered in the database, ``X-Total-Count``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
+from tests.support.auth import make_token_sync
+from tests.support.services import ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+LOW, RESOLVED = 3000, 2000
+CRITICAL = 1  # the storm's first alert: critical, the oldest
+LIVE = LOW + 1
+LOW_SEVERITIES = ("minor", "warning", "info")
+RULES = ("battery_low", "device_offline")
+RANKS = ["critical", "major", "minor", "warning", "info"]
+
+
+def _low(i: int) -> dict[str, Any]:
+    """What the seed gives alert ``i`` (2 .. LOW + 1)."""
+    return {"id": i, "severity": LOW_SEVERITIES[i % 3], "state": "acknowledged" if i % 7 == 0 else "open",
+            "district": f"D{i % 10}", "rule": RULES[i % 2]}
+
+
+async def _seed(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"""
+            INSERT INTO alerts (id, dedupe_key, rule, category, severity, state, title, explanation, device_id, kind,
+                                district, started_at, last_seen_at)
+            VALUES ({CRITICAL}, 'k1', 'mains_power_lost', 'power', 'critical', 'open', 'substation lost',
+                    'mains lost', 'sub-1', 'bts', 'D0', now() - interval '2 hours', now());
+            INSERT INTO alerts (id, dedupe_key, rule, category, severity, state, title, explanation, device_id, kind,
+                                district, started_at, last_seen_at)
+            SELECT i, 'k' || i, (ARRAY{list(RULES)})[1 + i % 2], 'device', (ARRAY{list(LOW_SEVERITIES)})[1 + i % 3],
+                   CASE WHEN i % 7 = 0 THEN 'acknowledged' ELSE 'open' END, 'alert ' || i, 'low', 'dev-' || i,
+                   'sensor', 'D' || (i % 10), now() - make_interval(secs => {LOW + 1} - i), now()
+            FROM generate_series(2, {LOW + 1}) AS i;
+            INSERT INTO alerts (id, dedupe_key, rule, category, severity, state, title, explanation, device_id, kind,
+                                district, started_at, last_seen_at, resolved_at)
+            SELECT i, 'k' || i, 'mains_power_lost', 'power', 'critical', 'resolved', 'past ' || i, 'over',
+                   'old-' || i, 'bts', 'D0', now() - make_interval(secs => 30 * i), now(), now()
+            FROM generate_series({LIVE + 1}, {LIVE + RESOLVED}) AS i;
+        """)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def storm(mqtt_port: int) -> Iterator[tuple[ServiceProcess, str]]:
+    dsn = asyncio.run(create_database(BASE_DSN))  # its own database: the storm's 3,001 live alerts stay here
+    try:
+        asyncio.run(_seed(dsn))
+        env = ingest_env(dsn, mqtt_port, IOC_LIVE__LISTEN_MQTT="false", IOC_CLUSTER__RESYNC_S="3600")
+        log = Path(__file__).resolve().parents[2] / "artifacts" / "test_hostile_alert_storm"
+        log.mkdir(parents=True, exist_ok=True)
+        srv = ServiceProcess(env, log / "serve.log", ["serve", "--role", "api"]).start()
+        try:
+            yield srv, dsn
+        finally:
+            srv.stop()
+    finally:
+        asyncio.run(drop_database(BASE_DSN, dsn))
+
+
+@pytest.fixture(scope="module")
+def viewer(storm: tuple[ServiceProcess, str]) -> str:
+    return make_token_sync(storm[1], "viewer", f"storm-{uuid.uuid4().hex[:6]}")
+
+
+def _get(srv: ServiceProcess, path: str, token: str) -> tuple[int, http.client.HTTPMessage, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, resp.headers, json.loads(body) if body else None
+    finally:
+        conn.close()
+
+
+def _expected(**want: str) -> list[int]:
+    """Live alerts matching ``want``, in the server's order: most severe first, then newest (the higher id)."""
+    rows = [{"id": CRITICAL, "severity": "critical", "state": "open", "district": "D0", "rule": "mains_power_lost"}]
+    rows += [_low(i) for i in range(2, LOW + 2)]
+    rows = [r for r in rows if all(r[k] == v for k, v in want.items())]
+    return [r["id"] for r in sorted(rows, key=lambda r: (RANKS.index(r["severity"]), -r["id"]))]
+
+
+def test_live_alerts_most_severe_first_filtered_and_counted(storm: tuple[ServiceProcess, str], viewer: str) -> None:
+    srv, _ = storm
+    # the newest 300 live alerts (the default order, unchanged): the critical one is not among them
+    status, _, newest = _get(srv, "/api/alerts?state=open&state=acknowledged&limit=300", viewer)
+    assert status == 200 and newest[0]["id"] == LOW + 1 and CRITICAL not in {a["id"] for a in newest}
+    # most severe first: the critical alert leads, then every minor one newest first, ...; resolved ones left out
+    status, headers, live = _get(srv, "/api/alerts?order=severity&limit=300", viewer)
+    assert status == 200 and len(live) == 300 and live[0]["id"] == CRITICAL and live[0]["severity"] == "critical"
+    assert headers["X-Total-Count"] == str(LIVE) and headers["X-Truncated"] == "true"
+    assert [a["id"] for a in live] == _expected()[:300]
+    status, headers, page2 = _get(srv, "/api/alerts?order=severity&limit=300&offset=300", viewer)
+    assert [a["id"] for a in page2] == _expected()[300:600] and headers["X-Total-Count"] == str(LIVE)
+    # filters apply before the cut, and the count is of the matches
+    for query, want in (("district=D0", {"district": "D0"}), ("rule=battery_low", {"rule": "battery_low"}),
+                        ("severity=info&severity=critical&district=D0", None),
+                        ("state=acknowledged&district=D7", {"state": "acknowledged", "district": "D7"})):
+        ids = (_expected(district="D0", severity="critical") + _expected(district="D0", severity="info")
+               if want is None else _expected(**want))
+        status, headers, rows = _get(srv, f"/api/alerts?order=severity&{query}&limit=300", viewer)
+        assert status == 200 and headers["X-Total-Count"] == str(len(ids)), query
+        assert [a["id"] for a in rows] == ids[:300], query
+        assert ("X-Truncated" in headers) == (len(ids) > 300), query
+    assert _expected(district="D0")[0] == CRITICAL and len(_expected(district="D0")) == 301
+    # live alerts only: history stays newest first
+    assert _get(srv, "/api/alerts?order=severity&state=resolved", viewer)[0] == 422
+    assert _get(srv, "/api/alerts?order=oldest", viewer)[0] == 422
+
