@@ -107,6 +107,8 @@ const T = {
   back: ["← Danh sách", "← List"],
   members: ["Cảnh báo thành phần", "Member alerts"],
   members_shown: ["Đang hiển thị {n} / {m} cảnh báo", "Showing {n} of {m} alerts"],
+  list_shown: ["Đang hiển thị {n} / {m} — lọc để xem các mục còn lại", "Showing {n} of {m} — filter to see the rest"],
+  list_newest: ["Đang hiển thị {n} mục mới nhất — lọc để xem các mục cũ hơn", "Showing the newest {n} — filter to see older ones"],
   members_more: ["Xem thêm {n}", "Show {n} more"],
   members_next: ["Trang tiếp theo (API)", "Next page (API)"],
   member_count: ["Số cảnh báo", "Alerts"],

@@ -1,7 +1,7 @@
 // The operator's lists: incidents and alerts with filters (state, severity, district, category or rule, text).
 // Rows come from the REST API (history included) and are kept current by the live feed's frames.
 import { SEV_RANK, SEVERITIES } from "./store.js";
-import { el, getJson, parseTs, qs, setText } from "./util.js";
+import { el, getPage, parseTs, qs, setText } from "./util.js";
 
 const LIVE = ["open", "acknowledged"];
 const STATES = ["open", "acknowledged", "resolved", "closed"];
@@ -35,8 +35,9 @@ class ListView {
     this.f = { state: p.state || "live", severity: p.severity || "", district: p.district || "", extra: p.extra || "" };
     this.bar = el("div", { class: "filters" });
     this.status = el("div", { class: "list-status" });
+    this.cut = el("div", { class: "list-cut", hidden: true }); // "Showing 300 of N" when the list is cut
     this.table = el("table", { class: "list" });
-    root.append(el("section", { class: "card" }, this.bar, this.status, this.table));
+    root.append(el("section", { class: "card" }, this.bar, this.status, this.cut, this.table));
     this.renderFilters();
     this.load();
   }
@@ -74,20 +75,29 @@ class ListView {
   url() {
     const extra = this.kind === "incidents" ? { category: this.f.extra } : { rule: this.f.extra };
     const filters = { severity: this.f.severity, district: this.f.district, ...extra, limit: MAX_ROWS };
-    // Live incidents: the server picks the most severe (then oldest) matches. The newest MAX_ROWS of a storm's
-    // thousands would leave its oldest critical incident out. Members: the count is enough here.
-    if (this.kind === "incidents" && this.f.state === "live") return `/api/incidents/live${qs({ ...filters, members_limit: 0 })}`;
-    const state = this.f.state === "live" ? LIVE : this.f.state ? [this.f.state] : null;
-    return `/api/${this.kind}${qs({ state, ...filters })}`;
+    // Live lists: the server picks the most severe matches (incidents: then the oldest; alerts: then the newest)
+    // and counts them all (X-Total-Count). The newest MAX_ROWS of a storm's thousands would leave its old
+    // critical items out. Members: the count is enough here.
+    if (this.f.state === "live") {
+      return this.kind === "incidents" ? `/api/incidents/live${qs({ ...filters, members_limit: 0 })}`
+        : `/api/alerts${qs({ ...filters, order: "severity" })}`;
+    }
+    // History: newest first, not counted (years of rows); one more than shown tells whether it was cut.
+    const state = this.f.state ? [this.f.state] : null;
+    return `/api/${this.kind}${qs({ state, ...filters, limit: MAX_ROWS + 1 })}`;
   }
 
   async load() {
     const seq = ++this.version;
     setText(this.status, this.ctx.i18n.t("loading"));
     try {
-      const rows = await getJson(this.url());
+      const asked = this.ctx.now();
+      const { rows, total } = await getPage(this.url());
       if (seq !== this.version) return; // a newer filter was chosen meanwhile
       this.rows = new Map((rows || []).map((r) => [r.id, r]));
+      this.total = total; // null: not counted (history lists)
+      this.more = false; // history: rows were dropped (trimmed to MAX_ROWS) since
+      this.asked = asked;
       setText(this.status, "");
       this.ready = true;
       this.render();
@@ -108,23 +118,32 @@ class ListView {
 
   upsert(item) {
     if (item?.id == null) return false;
-    if (this.matches(item)) this.rows.set(item.id, { ...this.rows.get(item.id), ...item });
-    else if (!this.rows.delete(item.id)) return false;
+    const had = this.rows.has(item.id);
+    if (this.matches(item)) {
+      this.rows.set(item.id, { ...this.rows.get(item.id), ...item });
+      // The count follows what the frames show: an item started since the list was read is one more (one that
+      // was already counted but not loaded, beyond the first MAX_ROWS, is not counted twice).
+      if (!had && this.total != null && (parseTs(item.started_at) ?? 0) >= this.asked) this.total += 1;
+    } else if (this.rows.delete(item.id)) {
+      if (this.total != null) this.total -= 1;
+    } else return false;
     // A list left open all shift gains a row per new item: keep its first MAX_ROWS (live: the most severe).
     if (this.rows.size > MAX_ROWS + 50) {
       const first = [...this.rows.values()].sort((a, b) => this.order(a, b));
       this.rows = new Map(first.slice(0, MAX_ROWS).map((r) => [r.id, r]));
+      this.more = true;
     }
     return true;
   }
 
-  /** Live work: most severe first, then what has waited longest (the server's order). History: newest first. */
+  /** The server's order. Live: most severe first, then incidents that have waited longest, alerts newest first.
+   * History: newest first. */
   order(a, b) {
-    if (this.f.state === "live") {
-      return (SEV_RANK[b.severity] ?? 0) - (SEV_RANK[a.severity] ?? 0)
-        || (parseTs(a.started_at) ?? 0) - (parseTs(b.started_at) ?? 0) || a.id - b.id;
-    }
-    return (parseTs(b.started_at) ?? 0) - (parseTs(a.started_at) ?? 0) || b.id - a.id;
+    const newest = (parseTs(b.started_at) ?? 0) - (parseTs(a.started_at) ?? 0) || b.id - a.id;
+    if (this.f.state !== "live") return newest;
+    const sev = (SEV_RANK[b.severity] ?? 0) - (SEV_RANK[a.severity] ?? 0);
+    if (this.kind === "alerts") return sev || newest;
+    return sev || (parseTs(a.started_at) ?? 0) - (parseTs(b.started_at) ?? 0) || a.id - b.id;
   }
 
   sorted() {
@@ -151,6 +170,22 @@ class ListView {
     const body = items.length ? items.map((x) => this.row(x))
       : [el("tr", null, el("td", { class: "none", colSpan: this.columns().length, text: t("none_found") }))];
     this.table.replaceChildren(el("thead", null, head), el("tbody", null, ...body));
+    this.renderCut();
+  }
+
+  /** Says when the list holds fewer than match: "Showing 300 of 3,001" (live: the server's count), or for history
+   * "Showing the newest 300". */
+  renderCut() {
+    const { t, num } = this.ctx.i18n;
+    const shown = Math.min(this.rows.size, MAX_ROWS);
+    const total = this.total == null ? null : Math.max(this.total, shown);
+    let text = "";
+    if (total != null && total > shown) text = t("list_shown", { n: num(shown), m: num(total) });
+    else if (total == null && (this.more || this.rows.size > MAX_ROWS)) text = t("list_newest", { n: num(shown) });
+    this.cut.hidden = !text;
+    this.cut.dataset.shown = String(shown);
+    this.cut.dataset.total = total == null ? "" : String(total);
+    setText(this.cut, text);
   }
 
   tick() {
@@ -188,6 +223,7 @@ export class IncidentList extends ListView {
           continue;
         }
         this.rows = new Map((f.incidents || []).filter((i) => this.matches(i)).map((i) => [i.id, i]));
+        this.total = this.rows.size; // every live incident: the snapshot was not cut
         changed = true;
       }
     }

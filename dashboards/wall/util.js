@@ -55,7 +55,7 @@ export function goLogin() {
   location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search + location.hash)}`);
 }
 
-async function request(method, url, body, timeoutMs) {
+async function request(method, url, body, timeoutMs, withTotal = false) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), timeoutMs);
   try {
@@ -74,7 +74,9 @@ async function request(method, url, body, timeoutMs) {
       const detail = doc && doc.detail;
       throw new HttpError(resp.status, typeof detail === "string" ? detail : detail ? JSON.stringify(detail) : text.slice(0, 200));
     }
-    return doc;
+    if (!withTotal) return doc;
+    const total = resp.headers.get("X-Total-Count");
+    return { rows: doc, total: total == null || total === "" ? null : Number(total) };
   } catch (err) {
     if (err.name === "AbortError") throw new HttpError(0, "timeout");
     throw err;
@@ -84,6 +86,8 @@ async function request(method, url, body, timeoutMs) {
 }
 
 export const getJson = (url, timeoutMs = 15_000) => request("GET", url, undefined, timeoutMs);
+/** A list and the rows matching in all (the X-Total-Count header; null when the route does not count them). */
+export const getPage = (url, timeoutMs = 15_000) => request("GET", url, undefined, timeoutMs, true);
 export const sendJson = (method, url, body, timeoutMs = 15_000) => request(method, url, body ?? {}, timeoutMs);
 
 /** A query string from an object, leaving out empty values (arrays become repeated keys). */

@@ -2,8 +2,9 @@
 
 Seeded: one critical alert opened two hours ago, then 3,000 low ones (minor, warning, info) in the last hour, and
 2,000 resolved critical ones (history). Before, the operator's live alert list read the newest 300 of
-``/api/alerts`` and sorted them in the page: the critical alert was not among them. Now the server lists them with
-``order=severity`` (live alerts most severe first, then newest, filtered in the database, ``X-Total-Count``).
+``/api/alerts`` and sorted them in the page: the critical alert was not among them. Now the page asks for
+``order=severity`` (live alerts most severe first, then newest, filtered in the database, ``X-Total-Count``) and
+says "Showing 300 of 3,001" under the cut.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
-from tests.support.auth import make_token_sync
+from tests.support.auth import make_token_sync, make_user_sync
 from tests.support.services import ServiceProcess
 
 pytestmark = pytest.mark.integration
@@ -131,3 +132,46 @@ def test_live_alerts_most_severe_first_filtered_and_counted(storm: tuple[Service
     assert _get(srv, "/api/alerts?order=severity&state=resolved", viewer)[0] == 422
     assert _get(srv, "/api/alerts?order=oldest", viewer)[0] == 422
 
+
+def test_the_operator_alert_list_shows_the_old_critical_alert_and_the_cut(storm: tuple[ServiceProcess, str],
+                                                                          artifacts: Path) -> None:
+    """The page's live alert list is the server's first 300 (the critical alert first) and says "Showing 300 of
+    3,001"; in Vietnamese too; a history list says it shows the newest 300."""
+    from tests.integration.browser_support import Pages, chromium, log_in, wait_js
+
+    srv, dsn = storm
+    name = f"xem-{uuid.uuid4().hex[:6]}"
+    password = make_user_sync(dsn, "viewer", name)[1]
+    shown = "[...document.querySelectorAll('table.list tr.row')].map(r => r.dataset.id).join()"
+    want = ",".join(str(i) for i in _expected()[:300])
+    with chromium() as browser:
+        pages = Pages(browser, artifacts)
+        page = pages.open("ops-alert-storm", 1366, 900)
+        log_in(page, srv.url, name, password, "/ops?lang=en#/alerts")
+        wait_js(page, f"window.__ops.ready && {shown} === '{want}'", 20, hook="__ops")
+        first = page.locator("table.list tr.row").first
+        assert first.get_attribute("data-id") == str(CRITICAL) and first.get_attribute("data-sev") == "critical"
+        cut = page.locator(".list-cut")
+        assert cut.is_visible() and cut.inner_text() == "Showing 300 of 3,001 — filter to see the rest"
+        assert (cut.get_attribute("data-shown"), cut.get_attribute("data-total")) == ("300", str(LIVE))
+        page.screenshot(path=str(artifacts / "ops-alert-storm-1366x900.png"))
+        # a filter: D0 has 301 live alerts, the critical one first
+        page.goto(f"{srv.url}/ops?lang=en#/alerts?district=D0")
+        d0 = ",".join(str(i) for i in _expected(district="D0")[:300])
+        wait_js(page, f"window.__ops.ready && {shown} === '{d0}'", 20, hook="__ops")
+        assert page.inner_text(".list-cut") == "Showing 300 of 301 — filter to see the rest"
+        # fewer than the cut: nothing said
+        page.goto(f"{srv.url}/ops?lang=en#/alerts?district=D0&severity=critical")
+        wait_js(page, f"window.__ops.ready && {shown} === '{CRITICAL}'", 20, hook="__ops")
+        assert cut.is_hidden()
+        # history (resolved: 2,000, not counted): the newest 300
+        page.goto(f"{srv.url}/ops?lang=en#/alerts?state=resolved")
+        wait_js(page, f"window.__ops.ready && {shown}.startsWith('{LIVE + 1},')", 20, hook="__ops")
+        assert page.locator("table.list tr.row").count() == 300
+        assert page.inner_text(".list-cut") == "Showing the newest 300 — filter to see older ones"
+        # in Vietnamese
+        vi = pages.open("ops-alert-storm-vi", 1366, 900)
+        log_in(vi, srv.url, name, password, "/ops?lang=vi#/alerts")
+        wait_js(vi, f"window.__ops.ready && {shown} === '{want}'", 20, hook="__ops")
+        assert vi.inner_text(".list-cut") == "Đang hiển thị 300 / 3.001 — lọc để xem các mục còn lại"
+        pages.check()

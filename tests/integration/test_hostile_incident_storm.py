@@ -355,12 +355,15 @@ def test_the_operator_live_list_shows_the_oldest_critical_incident_first(storm: 
         assert everything.startswith(f"{BIG},")
         wait_js(page, f"window.__ops.ready && {shown} === '{everything}'", 20, hook="__ops")
         assert page.locator("table.list tr.row").first.get_attribute("data-sev") == "critical"
+        # the cut is said, with the server's count (X-Total-Count)
+        assert page.inner_text(".list-cut") == f"Showing 300 of {SMALL + 1:,} — filter to see the rest"
         page.screenshot(path=str(artifacts / "ops-storm-live-list-1366x900.png"))
         # filters apply in the server: 301 live incidents in D0, the storm's first (the newest 300 held 30 of D0)
         page.goto(f"{srv.url}/ops?lang=en#/incidents?district=D0")
         d0 = server("district=D0")
         assert d0.startswith(f"{BIG},") and len(d0.split(",")) == 300
         wait_js(page, f"window.__ops.ready && {shown} === '{d0}'", 20, hook="__ops")
+        assert page.inner_text(".list-cut") == f"Showing 300 of {SMALL // 10 + 1} — filter to see the rest"
         page.select_option(".filters select >> nth=1", "major")
         major = server("district=D0&severity=major")
         assert major == ""
