@@ -27,6 +27,7 @@ from analytics.camera.stale import StaleMonitor
 from analytics.findings import Finding
 from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
+from analytics.numeric.save_tiers import SavePlan
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc import camera_shards
@@ -61,11 +62,13 @@ class AnalyticsStage:
 
     def __init__(self, hub: LiveHub, pool: Any, camera_processes: int = 2, max_inflight_per_shard: int = 32,
                  flush_s: float = 1.0, silence_every_s: float = 10.0, state_every_s: float = 15.0,
-                 camera_state_every_s: float = 1800.0, camera_state_max_age_s: float = 7 * 86400.0,
+                 full_every_s: float = 300.0, camera_state_every_s: float = 1800.0,
+                 camera_state_max_age_s: float = 7 * 86400.0,
                  metric_ranges: dict[str, tuple[float, float]] | None = None, numeric: bool = True) -> None:
         """``camera_processes=0`` analyses snapshots inline, in this thread (replays and benchmarks that
         drive the stage with :meth:`step` in simulated time; never for a live service). ``state_every_s``: how
-        often the devices whose numeric state changed (and the cameras' snapshot arrivals) are saved."""
+        often the devices with a consequential change (save_tiers.py) and the cameras' snapshot arrivals are
+        saved; ``full_every_s``: how often, at most, a device that changed otherwise is."""
         self.hub = hub
         self.pool = pool
         self.metric_ranges = metric_ranges  # declared ranges over the contract's (IOC_ANALYTICS__METRIC_RANGES)
@@ -79,6 +82,7 @@ class AnalyticsStage:
         self._received = False  # anything reached on_parsed: the snapshot arrivals are worth saving
         self._last_snapshot: dict[str, tuple[datetime, int]] = {}  # camera -> (time, hash) of its newest picture
         self.series_scope = SERIES_SCOPE
+        self.plan = SavePlan(full_every_s)
         self._saving: asyncio.Task[None] | None = None  # the periodic save, running beside the detectors
         self._save_lock = asyncio.Lock()  # saves commit in the order they took their devices
         # Silence is counted from no earlier than this: after a restart the downtime is ours, not the devices'.
@@ -386,7 +390,7 @@ class AnalyticsStage:
                     cameras = now - last_cameras >= self.camera_state_every_s
                     last_cameras = now if cameras else last_cameras
                     if self._saving is None or self._saving.done():  # in the background: detection goes on
-                        self._saving = asyncio.create_task(self.save(cameras=cameras), name="analytics-save")
+                        self._saving = asyncio.create_task(self.save(cameras=cameras, now=now), name="analytics-save")
         finally:
             for task in [*self._rebuilding.values(), *([self._saving] if self._saving else [])]:
                 task.cancel()
@@ -426,25 +430,32 @@ class AnalyticsStage:
         with self._lock:
             return restore_devices(self.monitor, items)
 
-    def _take_dirty(self) -> tuple[list[tuple[str, bytes]], set[int]]:
-        """The saved form of every device whose numeric state changed since the last save; those devices."""
+    def _take_dirty(self, now: float | None = None) -> tuple[list[tuple[str, bytes]], set[int]]:
+        """The saved form of the changed devices due at ``now`` (``self.plan``; None: all); those devices."""
         with self._lock:
             mon = self.monitor
-            dirty, mon.dirty = mon.dirty, set()
+            names = list(mon.table.device_idx)  # in index order: indices are handed out in insertion order
+            dirty = set(mon.dirty) if now is None else self.plan.due(names, mon.dirty, mon.urgent, now)
+            mon.dirty -= dirty
+            mon.urgent -= dirty
             if not dirty:
                 return [], dirty
-            names = list(mon.table.device_idx)  # in index order: indices are handed out in insertion order
             try:
                 copied = gather(mon, [names[d] for d in sorted(dirty)])  # a copy: the detectors go on meanwhile
             except Exception:
-                mon.dirty |= dirty
+                self._untake(dirty)
                 raise
         try:
             return pack(copied), dirty
         except Exception:
             with self._lock:
-                self.monitor.dirty |= dirty
+                self._untake(dirty)
             raise
+
+    def _untake(self, devices: set[int]) -> None:
+        """Devices not saved after all: saved with the next pass, whatever their tier."""
+        self.monitor.dirty |= devices
+        self.monitor.urgent |= devices
 
     async def _store(self) -> None:
         rows, self._pending_rows = self._pending_rows, []
@@ -459,16 +470,17 @@ class AnalyticsStage:
             logger.warning("findings not stored yet (%s)", err)
             self._pending_rows = (rows + self._pending_rows)[-10_000:]
 
-    async def save(self, cameras: bool = True) -> None:
-        """Persist the state of the devices that learned something since the last save, the cameras' snapshot
-        arrivals and (with ``cameras``) the scenes the camera analysers learned."""
+    async def save(self, cameras: bool = True, now: float | None = None) -> None:
+        """Persist the state of the devices that learned something since the last save (with ``now``, the loop's
+        time of a periodic pass: only those due then, see save_tiers.py), the cameras' snapshot arrivals and
+        (with ``cameras``) the scenes the camera analysers learned."""
         async with self._save_lock:
-            await self._save(cameras)
+            await self._save(cameras, now)
 
-    async def _save(self, cameras: bool) -> None:
+    async def _save(self, cameras: bool, now: float | None) -> None:
         dirty: set[int] = set()
         try:
-            states, dirty = await asyncio.to_thread(self._take_dirty)
+            states, dirty = await asyncio.to_thread(self._take_dirty, now)
             # Nothing received: keep what is saved (a stage that could not load must not overwrite it with nothing).
             stale = self.stale.to_state() if self._received else None
             if states or stale is not None:
@@ -480,7 +492,7 @@ class AnalyticsStage:
                         await save_state(conn, STALE_STATE_NAME, stale)
         except Exception as err:  # saved with the next pass (or learned again by the next leader)
             with self._lock:
-                self.monitor.dirty |= dirty
+                self._untake(dirty)
             logger.warning("detector state not saved: %s", err)
         if cameras and self._shards:
             await self._save_cameras()

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from analytics.findings import Finding
-from analytics.numeric import kernel
+from analytics.numeric import kernel, save_tiers
 from analytics.numeric.bank import SeriesBank
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.explain import duration, explain, label
@@ -59,9 +59,11 @@ class NumericMonitor:
         self.table = SeriesTable()
         self.rules = DomainRules(self.config)
         self.ranges: dict[str, tuple[float, float]] = {}
-        self.declare_ranges(ranges)
         #: devices (table indices) whose learned state changed since the last incremental save (device_state.py)
         self.dirty: set[int] = set()
+        #: those of them with a consequential change, saved sooner than the rest (save_tiers.py)
+        self.urgent: set[int] = set()
+        self.declare_ranges(ranges)
 
     def declare_ranges(self, ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
         """Declared range per metric: the contract's ``METRIC_RANGES`` updated with ``ranges``.
@@ -74,11 +76,21 @@ class NumericMonitor:
         if len(self.table):
             rows = np.arange(len(self.table), dtype=np.intp)
             lo, hi = zip(*(self.ranges.get(m, (0.0, 0.0)) for m in self.table.metrics), strict=True)
+            old = self.bank.F[rows][:, [kernel.DLO, kernel.DHI]]
             self.bank.declare(rows, np.array(lo), np.array(hi))
+            changed = self.table.dev[rows[(self.bank.F[rows][:, [kernel.DLO, kernel.DHI]] != old).any(axis=1)]]
+            self.dirty.update(changed.tolist())
+            self.urgent.update(changed.tolist())
 
     def set_device(self, device_id: str, kind: str = "", group: str = "") -> None:
         """Declare or update a device's kind and group label."""
-        self.dirty.add(self.table.device(device_id, kind, group))
+        t = self.table
+        old = (t.device_kind[t.device_idx[device_id]], t.device_group[t.device_idx[device_id]]) \
+            if device_id in t.device_idx else None
+        d = t.device(device_id, kind, group)
+        self.dirty.add(d)
+        if old != (t.device_kind[d], t.device_group[d]):
+            self.urgent.add(d)
 
     def register(self, device_id: str, metric: str, kind: str = "", group: str = "") -> int:
         """Row of a series, created if new (idempotent); kind/group as in ``set_device``."""
@@ -87,6 +99,8 @@ class NumericMonitor:
             self.table.device(device_id, kind or (infer_kind(metric) if not known else ""), group)
         row = self.table.add(device_id, metric)
         self.dirty.add(int(self.table.dev[row]))
+        if not known:
+            self.urgent.add(int(self.table.dev[row]))
         if row >= self.bank.size:
             self.bank.add(row + 1 - self.bank.size)
             if metric in self.ranges:
@@ -115,12 +129,16 @@ class NumericMonitor:
         values = np.clip(np.nan_to_num(values[order], nan=0.0, posinf=MAX_MAGNITUDE, neginf=-MAX_MAGNITUDE),
                          -MAX_MAGNITUDE, MAX_MAGNITUDE)
         rows, ts = rows[order], ts[order]
+        before = save_tiers.watch(self.bank.F, self.table, rows, self.config)
         res = self.bank.update(rows, ts, values)
         self._remember(rows, ts, values, res)
         self.dirty.update(np.unique(self.table.dev[rows]).tolist())
         out = self._bank_findings(rows, ts, values, res)
         ruled = self.rules.apply(self.table, rows, ts) + self.rules.frozen(self.table, self.bank.F, rows)
         hit = {(f.device_id, f.series) for f in ruled}
+        ruled_rows = [self.table.keys.get((f.device_id, f.series), -1) for f in ruled]
+        self.urgent.update(save_tiers.consequential(before, self.bank.F, self.table, self.config,
+                                                    np.r_[rows[res.fired | res.record], ruled_rows]))
         return [f for f in out if (f.device_id, f.series) not in hit] + ruled
 
     def _remember(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray, res: kernel.StepResult) -> None:
@@ -176,6 +194,7 @@ class NumericMonitor:
         self.table.silent[rows] = True
         self.table.f["flag_ts"][rows] = now_s
         self.dirty.update(np.unique(self.table.dev[rows]).tolist())
+        self.urgent.update(np.unique(self.table.dev[rows]).tolist())
         out = []
         for r in rows:
             late = now_s - self.bank.F[r, kernel.T_LAST]
@@ -210,5 +229,6 @@ class NumericMonitor:
             raise ValueError("numeric state is inconsistent: registry and bank sizes differ")
         mon.declare_ranges(ranges)
         mon.dirty = set(range(len(mon.table.device_kind)))  # all of it is unsaved in the per-device form
+        mon.urgent = set(mon.dirty)
         logger.info("restored numeric state: %d series", mon.bank.size)
         return mon

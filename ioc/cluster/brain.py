@@ -259,6 +259,7 @@ class Brain:
         if settings.analytics.enabled:
             cfg = settings.analytics
             self.analytics = AnalyticsStage(hub, pool, cfg.camera_processes, state_every_s=cfg.series_state_every_s,
+                                            full_every_s=cfg.series_state_full_every_s,
                                             camera_state_every_s=cfg.camera_state_every_s,
                                             camera_state_max_age_s=cfg.camera_state_max_age_s,
                                             metric_ranges=cfg.metric_ranges,
