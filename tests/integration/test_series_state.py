@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from analytics.numeric import kernel
+from analytics.numeric.device_state import encode_devices, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ingest.records import ParsedMessage, Reading
 from ioc.analytics_stage import SERIES_SCOPE, STATE_NAME, AnalyticsStage
@@ -115,4 +117,70 @@ async def test_a_deployment_saved_whole_is_read_once_then_saved_per_device(datab
         async with pool.acquire() as conn:
             await conn.execute("DELETE FROM analytics_state WHERE name = $1", STATE_NAME)
             await conn.execute("DELETE FROM series_state WHERE scope = $1", scope)
+        await pool.close()
+
+
+def reading(stage: AnalyticsStage, dev: str, ts: datetime, speed: float) -> list[Any]:
+    """One traffic reading through the sink, analysed as ``run`` would; the findings it raised."""
+    found: list[Any] = []
+    stage.on_findings = found.extend
+    stage.on_parsed(ParsedMessage([Reading(dev, "traffic", ts, {"speed_kmh": speed})], []))
+    stage.step(ts)
+    return found
+
+
+async def test_two_tiers_a_finding_is_saved_at_once_a_quiet_device_once_per_full_interval(database_url: str) -> None:
+    pool = await create_pool(database_url, StorageConfig(), max_size=2)
+    stage = AnalyticsStage(LiveHub(), pool, camera_processes=0, state_every_s=15.0, full_every_s=300.0)
+    tag = uuid.uuid4().hex[:8]
+    # the quiet device's slot falls well inside the interval, not in the first pass
+    quiet = next(d for i in range(100) if 60.0 < stage.plan.next_slot(d := f"tq-{tag}-{i}", 0.0) < 240.0)
+    loud = f"tl-{tag}"
+    start = datetime.now(UTC) - timedelta(days=2)
+    rng = np.random.default_rng(2)
+    try:
+        for i in range(432):  # a day and a half every 5 minutes: the detectors are warm
+            for dev in (quiet, loud):
+                assert not reading(stage, dev, start + timedelta(minutes=5 * i), 50.0 + rng.normal(0, 1.0))
+        await stage.save()  # everything, as at shutdown
+        await stage.save(now=0.0)  # the plan's first pass
+        saved = await saved_at(pool, [quiet, loud])
+        t = start + timedelta(minutes=5 * 432)
+        before_spike = encode_devices(stage.monitor, [loud])  # what a 300 s save might still hold
+
+        assert reading(stage, quiet, t, 50.3) == []
+        assert reading(stage, loud, t, 250.0), "the spike raises a finding"
+        await stage.save(now=15.0)
+        now = await saved_at(pool, [quiet, loud])
+        assert now[loud] > saved[loud], "saved within the short interval"
+        assert now[quiet] == saved[quiet], "quiet learning waits for the device's slot"
+
+        slot = stage.plan.next_slot(quiet, 0.0)
+        writes = []
+        for k in range(2, int((slot + 300.0) // 15.0) + 2):  # a pass every 15 s past the next slot
+            assert reading(stage, quiet, t + timedelta(seconds=15 * k), 50.0 + rng.normal(0, 1.0)) == []
+            await stage.save(now=15.0 * k)
+            after = (await saved_at(pool, [quiet]))[quiet]
+            if after > saved[quiet]:
+                writes.append(15.0 * k)
+                saved[quiet] = after
+        assert writes == [15.0 * np.ceil(slot / 15.0), 15.0 * np.ceil((slot + 300.0) / 15.0)], (writes, slot)
+
+        # the next leader restores the hold of the fired series: the episode's next reading raises nothing
+        second = AnalyticsStage(LiveHub(), pool, camera_processes=0)
+        await second.load()
+        row_a = stage.monitor.table.keys[(loud, "speed_kmh")]
+        row_b = second.monitor.table.keys[(loud, "speed_kmh")]
+        for col in (kernel.HOLD, kernel.ALERT, kernel.N):
+            assert stage.monitor.bank.F[row_a, col] == second.monitor.bank.F[row_b, col]
+        assert second.monitor.bank.F[row_b, kernel.N] < second.monitor.bank.F[row_b, kernel.HOLD]
+        later = t + timedelta(minutes=5)
+        assert reading(second, loud, later, 245.0) == [], "no re-raise of the episode already reported"
+        stale = AnalyticsStage(LiveHub(), None, camera_processes=0)  # restored from the state before the spike
+        restore_devices(stale.monitor, before_spike)
+        assert reading(stale, loud, later, 245.0), "without the saved hold the episode is raised again"
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute("DELETE FROM series_state WHERE scope = $1 AND device_id = ANY($2::text[])",
+                               SERIES_SCOPE, [quiet, loud])
         await pool.close()
