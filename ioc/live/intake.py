@@ -13,6 +13,11 @@ the queue for a bounded time (:meth:`LiveIntake.drain`):
   reading seconds old;
 * *status* and *event* messages are never shed (an outage must reach the wall however late).
 
+A message's arrival is not simply when it was read: a message that waited in the socket while the process was
+not running would count as fresh. :mod:`ioc.live.backlog` estimates when it really got here, from the device's
+stamp against that device's learned clock offset and from the event loop's own stalls; the estimate only ever
+makes a message older than its read, and only the device's own messages (ioc/live/backlog.py).
+
 This is for screens only: the analytics and alerts read every reading from their own durable input
 (the brain, docs/ha.md), and the ingest workers store every message.
 """
@@ -29,11 +34,17 @@ import paho.mqtt.client as mqtt
 from prometheus_client import Counter
 
 from ingest.metrics import HANDLER_ERRORS
+from ioc.live.backlog import DeviceClocks, LoopStalls, device_stamp
 
 logger = logging.getLogger(__name__)
 
 SHED = Counter("ioc_live_shed", "Telemetry or snapshot messages a live replica set aside, late (newest per device "
                "shown once caught up)")
+
+BACKLOG_AGED = Counter("ioc_live_backlog_aged", "Telemetry or snapshot messages a live replica read already older "
+                       "than its shed limit: waited before being read (device stamp against its learned clock "
+                       "offset, or a stall of the event loop)", ["by"])
+_AGED_BY_STAMP, _AGED_BY_STALL = BACKLOG_AGED.labels("stamp"), BACKLOG_AGED.labels("stall")
 
 #: Channels whose messages a newer one on the same topic makes redundant for a screen.
 SHEDDABLE = (b"/telemetry", b"/snapshot")
@@ -45,7 +56,7 @@ class LiveIntake:
 
     def __init__(self, handle: Callable[[mqtt.MQTTMessage, bool], None], shed_after_s: float = 0.15,
                  turn_budget_s: float = 0.01, max_queue: int = 200_000, max_set_aside: int = 50_000,
-                 max_bytes: int = 256 * 1024 * 1024) -> None:
+                 max_bytes: int = 256 * 1024 * 1024, max_devices: int = 100_000) -> None:
         self.handle = handle
         self.shed_after_s = shed_after_s
         self.turn_budget_s = turn_budget_s
@@ -65,6 +76,11 @@ class LiveIntake:
         self.overflow = 0  # messages dropped at a bound (never expected; counted to be seen)
         self.lag_s = 0.0  # age of the last message handled in order
         self.lag_max_s = 0.0
+        # When a message really got here (ioc/live/backlog.py): per-device clocks, and the loop's stalls.
+        self.clocks = DeviceClocks(max_devices=max_devices)
+        self.stalls = LoopStalls()
+        self.aged_by_stamp = 0  # sheddable messages read already older than shed_after_s, by their device's stamp
+        self.aged_by_stall = 0  # ... by a stall of the event loop (and not by the stamp)
         self._scheduled = False
 
     def push(self, message: mqtt.MQTTMessage) -> None:
@@ -76,7 +92,22 @@ class LiveIntake:
             self.overflow += 1
             return
         self.held_bytes += size
-        self.queue.append((time.monotonic(), message))
+        read = time.monotonic()
+        arrived = self.stalls.arrival(read)
+        topic = message._topic
+        if topic.endswith(SHEDDABLE):  # status and event are never set aside: their age changes nothing
+            stalled = read - arrived > self.shed_after_s
+            if topic.endswith(b"/telemetry") and (stamp := device_stamp(message.payload)) is not None:
+                by_stamp = self.clocks.earliest(topic[:topic.rfind(b"/")], stamp, read)
+                if read - by_stamp > self.shed_after_s:
+                    self.aged_by_stamp += 1
+                    _AGED_BY_STAMP.inc()
+                    stalled = False
+                arrived = min(arrived, by_stamp)
+            if stalled:
+                self.aged_by_stall += 1
+                _AGED_BY_STALL.inc()
+        self.queue.append((arrived, message))
         if not self._scheduled:
             self._scheduled = True
             try:
@@ -132,6 +163,15 @@ class LiveIntake:
             except RuntimeError:  # no loop (tests driving it by hand): the caller drains again
                 pass
 
+    async def watch(self) -> None:
+        """Tick every ``stalls.tick_s`` so that a stall of the event loop is seen (run alongside the reader)."""
+        try:
+            while True:
+                self.stalls.tick()
+                await asyncio.sleep(self.stalls.tick_s)
+        finally:
+            self.stalls.stop()
+
     def _drop_oldest_set_aside(self) -> None:
         message = self.latest_only.popitem(last=False)[1]
         self.held_bytes -= len(message.payload)
@@ -149,4 +189,10 @@ class LiveIntake:
         return {"intake_queue": len(self.queue), "intake_set_aside": len(self.latest_only),
                 "intake_handled": self.handled, "intake_shed": self.shed, "intake_superseded": self.superseded,
                 "intake_overflow": self.overflow, "intake_lag_ms": round(self.lag_s * 1000, 1),
-                "intake_lag_max_ms": round(self.lag_max_s * 1000, 1)}
+                "intake_lag_max_ms": round(self.lag_max_s * 1000, 1),
+                # read already older than the shed limit: by the device's stamp (its learned clock offset),
+                # or by a stall of the event loop; the stalls seen and their total length
+                "intake_backlog_aged": self.aged_by_stamp + self.aged_by_stall,
+                "intake_aged_by_stamp": self.aged_by_stamp, "intake_aged_by_stall": self.aged_by_stall,
+                "intake_stalls": self.stalls.stalls, "intake_stall_s": round(self.stalls.stall_s, 3),
+                "intake_clock_devices": len(self.clocks.table), "intake_clock_evicted": self.clocks.evicted}

@@ -6,6 +6,7 @@ session at the broker, and never acknowledges anything on behalf of the ingest w
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -70,7 +71,11 @@ class LiveListener:
         handle_message(message, datetime.now(UTC), self.guard, self.late_sinks if late else self.sinks, stores=False)
 
     async def run(self) -> None:
-        await self.session.run()
+        watch = asyncio.create_task(self.intake.watch())  # sees stalls of the loop (ioc/live/backlog.py)
+        try:
+            await self.session.run()
+        finally:
+            watch.cancel()
 
     async def stop(self) -> None:
         await self.session.stop()
