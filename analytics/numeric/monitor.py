@@ -63,6 +63,7 @@ class NumericMonitor:
         self.dirty: set[int] = set()
         #: those of them with a consequential change, saved sooner than the rest (save_tiers.py)
         self.urgent: set[int] = set()
+        self.marks = save_tiers.Marks()
         self.declare_ranges(ranges)
 
     def declare_ranges(self, ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
@@ -129,7 +130,7 @@ class NumericMonitor:
         values = np.clip(np.nan_to_num(values[order], nan=0.0, posinf=MAX_MAGNITUDE, neginf=-MAX_MAGNITUDE),
                          -MAX_MAGNITUDE, MAX_MAGNITUDE)
         rows, ts = rows[order], ts[order]
-        before = save_tiers.watch(self.bank.F, self.table, rows, self.config)
+        before = save_tiers.watch(self.bank.F, self.table, rows)
         res = self.bank.update(rows, ts, values)
         self._remember(rows, ts, values, res)
         self.dirty.update(np.unique(self.table.dev[rows]).tolist())
@@ -137,7 +138,7 @@ class NumericMonitor:
         ruled = self.rules.apply(self.table, rows, ts) + self.rules.frozen(self.table, self.bank.F, rows)
         hit = {(f.device_id, f.series) for f in ruled}
         ruled_rows = [self.table.keys.get((f.device_id, f.series), -1) for f in ruled]
-        self.urgent.update(save_tiers.consequential(before, self.bank.F, self.table, self.config,
+        self.urgent.update(save_tiers.consequential(before, self.bank.F, self.table, self.config, self.marks,
                                                     np.r_[rows[res.fired | res.record], ruled_rows]))
         return [f for f in out if (f.device_id, f.series) not in hit] + ruled
 

@@ -30,16 +30,32 @@ _HOLD_COLS = [kernel.HOLD, kernel.ALERT, kernel.HKIND]
 _RECORD_COLS = [kernel.M_SPIKE, kernel.M_SHIFT, kernel.M_VAR, kernel.M_OTHER, kernel.M_PAT]
 CUSUM_STEPS = 4
 CUSUM_FROM = 3
-"""The CUSUM is saved each time it rises across three quarters of its alarm level, or across the level (a
-shift the week's learning withholds): a new leader is not far behind a shift about to be raised. Lower
-steps are crossed all the time by young series (a day-old baseline lags the daily cycle: 15 % of a
-day-old province's CUSUMs sit above half the level) and go with the full saves, as do falls."""
+"""A CUSUM is urgent when it first rises across three quarters of its alarm level, then across the level
+(a shift its records hold back), once each until it falls below half the level (a ratchet, ``Marks``): a
+new leader is not far behind a shift about to be raised. Young series cross the lower steps all the time
+(a day-old baseline lags the daily cycle: 15 % of a day-old province's CUSUMs sit above half the level)
+and hover about the upper ones; those moves go with the full saves, as do falls."""
 RECORD_RISE = 0.1
 """A record moved: it rose by more than this share..."""
 RECORD_MIN = 1.0
 """...to at least this severity (1.0 detects on its own): records of routine severities (noise creeping up
 over a young series' first days) go with the full saves."""
 _RULE_FACTS = ("rule_until", "flag_ts")  # a rule's episode (one finding each) and the group rules' flags
+
+
+class Marks:
+    """Per series row, the highest CUSUM step marked urgent since the CUSUM was last below half its level."""
+
+    def __init__(self) -> None:
+        self.peak = np.zeros(0)
+
+    def rise(self, rows: np.ndarray, step: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """Where ``step`` passes the row's mark (then the new mark); marks of calm rows are cleared."""
+        if len(rows) and rows.max() >= len(self.peak):
+            self.peak = np.concatenate([self.peak, np.zeros(int(rows.max()) + 1 - len(self.peak))])
+        up = step > self.peak[rows]
+        self.peak[rows] = np.where(level < 0.5, 0.0, np.maximum(self.peak[rows], step))
+        return up
 
 
 @dataclass(slots=True)
@@ -49,47 +65,48 @@ class Before:
     rows: np.ndarray
     hold: np.ndarray
     holding: np.ndarray
-    cusum: np.ndarray
     records: np.ndarray
     silent: np.ndarray
     facts: np.ndarray
 
 
-def _cusum_step(F: np.ndarray, rows: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
-    level = np.maximum(F[rows, kernel.CP], F[rows, kernel.CN])
-    step = np.floor(np.clip(level / max(cfg.cusum_h, 1e-9), 0.0, 1.0) * CUSUM_STEPS)
-    return np.where(step >= CUSUM_FROM, step, 0.0)
+def _cusum(F: np.ndarray, rows: np.ndarray, cfg: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the CUSUM's step (0 below ``CUSUM_FROM``) and its level as a share of the alarm level."""
+    level = np.maximum(F[rows, kernel.CP], F[rows, kernel.CN]) / max(cfg.cusum_h, 1e-9)
+    step = np.floor(np.clip(level, 0.0, 1.0) * CUSUM_STEPS)
+    return np.where(step >= CUSUM_FROM, step, 0.0), level
 
 
 def _facts(table: SeriesTable, rows: np.ndarray) -> np.ndarray:
     return np.stack([table.f[k][rows] for k in _RULE_FACTS], axis=1)
 
 
-def watch(F: np.ndarray, table: SeriesTable, rows: np.ndarray, cfg: DetectorConfig) -> Before:
+def watch(F: np.ndarray, table: SeriesTable, rows: np.ndarray) -> Before:
     """Copy what :func:`consequential` compares, for the series of ``rows``, before they are stepped."""
     ur = np.unique(rows)
-    return Before(ur, F[ur][:, _HOLD_COLS], F[ur, kernel.N] < F[ur, kernel.HOLD], _cusum_step(F, ur, cfg),
-                  F[ur][:, _RECORD_COLS], table.silent[ur].copy(), _facts(table, ur))
+    return Before(ur, F[ur][:, _HOLD_COLS], F[ur, kernel.N] < F[ur, kernel.HOLD], F[ur][:, _RECORD_COLS],
+                  table.silent[ur].copy(), _facts(table, ur))
 
 
-def consequential(before: Before, F: np.ndarray, table: SeriesTable, cfg: DetectorConfig,
+def consequential(before: Before, F: np.ndarray, table: SeriesTable, cfg: DetectorConfig, marks: Marks,
                   hit: np.ndarray) -> list[int]:
     """Devices (table indices) whose series changed consequentially since ``before``.
 
     ``hit``: rows that raised a finding or a reading beyond their range (``StepResult.fired | record``, or
     the rows of the rules' findings). Consequential: such a finding; a hold opened, extended or ended; the
-    CUSUM rising across 3/4 of its alarm level or the level; an alert record rising (``RECORD_RISE``, ``RECORD_MIN``);
-    a silent series heard again; a rule's episode or flag moving.
+    CUSUM rising across 3/4 of its alarm level or the level (once per elevation: ``marks``); an alert record
+    rising (``RECORD_RISE``, ``RECORD_MIN``); a silent series heard again; a rule's episode or flag moving.
     """
     ur = before.rows
     if len(ur) == 0:
         return []
     rec = F[ur][:, _RECORD_COLS]
+    step, level = _cusum(F, ur, cfg)
     moved = (
         np.isin(ur, hit)
         | (F[ur][:, _HOLD_COLS] != before.hold).any(axis=1)
         | ((F[ur, kernel.N] < F[ur, kernel.HOLD]) != before.holding)
-        | (_cusum_step(F, ur, cfg) > before.cusum)
+        | marks.rise(ur, step, level)
         | ((rec > before.records * (1.0 + RECORD_RISE)) & (rec >= RECORD_MIN)).any(axis=1)
         | (table.silent[ur] != before.silent)
         | ~_same(_facts(table, ur), before.facts).all(axis=1)

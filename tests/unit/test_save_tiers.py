@@ -7,7 +7,7 @@ import pytest
 
 from analytics.numeric import kernel
 from analytics.numeric.monitor import NumericMonitor
-from analytics.numeric.save_tiers import SavePlan, phase
+from analytics.numeric.save_tiers import Marks, SavePlan, phase
 
 pytestmark = pytest.mark.unit
 
@@ -45,6 +45,20 @@ def test_a_device_is_due_only_if_dirty_and_a_short_full_interval_is_the_single_t
     single.due(names, {0, 1}, set(), 0.0)
     assert single.due(names, {0, 1}, set(), 15.0) == {0, 1}
     assert 0.0 <= phase("a", 300.0) < 300.0 and phase("a", 300.0) == phase("a", 300.0)
+
+
+def test_a_cusum_is_urgent_once_per_step_of_an_elevation_however_it_hovers() -> None:
+    marks = Marks()
+    row = np.array([5])
+
+    def rise(step: float, level: float) -> bool:
+        return bool(marks.rise(row, np.array([step]), np.array([level]))[0])
+
+    assert rise(3.0, 0.8)  # three quarters of the alarm level
+    assert not rise(0.0, 0.7) and not rise(3.0, 0.8)  # hovering about it: once
+    assert rise(4.0, 1.0) and not rise(3.0, 0.9) and not rise(4.0, 1.0)  # the level (held back by records)
+    assert not rise(0.0, 0.3)  # calm again
+    assert rise(3.0, 0.8)  # a new elevation
 
 
 def learned(days: float = 3.0) -> tuple[NumericMonitor, float]:
