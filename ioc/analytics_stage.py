@@ -25,9 +25,9 @@ from prometheus_client import Counter
 from analytics.camera.features import ImageTooLarge
 from analytics.camera.stale import StaleMonitor
 from analytics.findings import Finding
+from analytics.numeric import save_tiers
 from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
-from analytics.numeric.save_tiers import SavePlan
 from ingest.metrics import HANDLER_ERRORS, RateLimitedLog
 from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc import camera_shards
@@ -82,7 +82,7 @@ class AnalyticsStage:
         self._received = False  # anything reached on_parsed: the snapshot arrivals are worth saving
         self._last_snapshot: dict[str, tuple[datetime, int]] = {}  # camera -> (time, hash) of its newest picture
         self.series_scope = SERIES_SCOPE
-        self.plan = SavePlan(full_every_s)
+        self.plan = save_tiers.SavePlan(full_every_s)
         self._saving: asyncio.Task[None] | None = None  # the periodic save, running beside the detectors
         self._save_lock = asyncio.Lock()  # saves commit in the order they took their devices
         # Silence is counted from no earlier than this: after a restart the downtime is ours, not the devices'.
@@ -434,28 +434,20 @@ class AnalyticsStage:
         """The saved form of the changed devices due at ``now`` (``self.plan``; None: all); those devices."""
         with self._lock:
             mon = self.monitor
-            names = list(mon.table.device_idx)  # in index order: indices are handed out in insertion order
-            dirty = set(mon.dirty) if now is None else self.plan.due(names, mon.dirty, mon.urgent, now)
-            mon.dirty -= dirty
-            mon.urgent -= dirty
+            names, dirty = save_tiers.take(mon, self.plan, now)
             if not dirty:
                 return [], dirty
             try:
                 copied = gather(mon, [names[d] for d in sorted(dirty)])  # a copy: the detectors go on meanwhile
             except Exception:
-                self._untake(dirty)
+                save_tiers.untake(mon, dirty)
                 raise
         try:
             return pack(copied), dirty
         except Exception:
             with self._lock:
-                self._untake(dirty)
+                save_tiers.untake(self.monitor, dirty)
             raise
-
-    def _untake(self, devices: set[int]) -> None:
-        """Devices not saved after all: saved with the next pass, whatever their tier."""
-        self.monitor.dirty |= devices
-        self.monitor.urgent |= devices
 
     async def _store(self) -> None:
         rows, self._pending_rows = self._pending_rows, []
@@ -492,7 +484,7 @@ class AnalyticsStage:
                         await save_state(conn, STALE_STATE_NAME, stale)
         except Exception as err:  # saved with the next pass (or learned again by the next leader)
             with self._lock:
-                self._untake(dirty)
+                save_tiers.untake(self.monitor, dirty)
             logger.warning("detector state not saved: %s", err)
         if cameras and self._shards:
             await self._save_cameras()

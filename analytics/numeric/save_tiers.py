@@ -16,12 +16,16 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from analytics.numeric import kernel
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.table import SeriesTable
+
+if TYPE_CHECKING:  # monitor.py imports this module
+    from analytics.numeric.monitor import NumericMonitor
 
 # Short-term bank columns whose change is consequential by itself: the hold (until which reading, after
 # which alert's score, of which family).
@@ -160,3 +164,25 @@ class SavePlan:
         """The first slot of ``device_id`` later than ``after`` (tests, diagnostics)."""
         p = phase(device_id, self.full_every_s)
         return p + (math.floor((after - p) / self.full_every_s) + 1) * self.full_every_s
+
+
+def take(monitor: NumericMonitor, plan: SavePlan | None = None, now: float | None = None
+         ) -> tuple[list[str], set[int]]:
+    """Take the devices to save out of the monitor's ``dirty`` and ``urgent``: those ``plan`` has due at ``now``
+    (a periodic pass), or without them every changed device (a shutdown or hand-over save; no plan advances).
+
+    Returns the device ids by table index and the devices taken; give back with :func:`untake` what could
+    not be saved. The caller keeps the detectors off the monitor meanwhile.
+    """
+    names = list(monitor.table.device_idx)  # in index order: indices are handed out in insertion order
+    taken = plan.due(names, monitor.dirty, monitor.urgent, now) if plan is not None and now is not None \
+        else set(monitor.dirty)
+    monitor.dirty -= taken
+    monitor.urgent -= taken
+    return names, taken
+
+
+def untake(monitor: NumericMonitor, devices: set[int]) -> None:
+    """Devices not saved after all: saved with the next pass, whatever their tier."""
+    monitor.dirty |= devices
+    monitor.urgent |= devices

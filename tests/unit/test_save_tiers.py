@@ -7,7 +7,7 @@ import pytest
 
 from analytics.numeric import kernel
 from analytics.numeric.monitor import NumericMonitor
-from analytics.numeric.save_tiers import Marks, SavePlan, phase
+from analytics.numeric.save_tiers import Marks, SavePlan, phase, take, untake
 
 pytestmark = pytest.mark.unit
 
@@ -113,3 +113,18 @@ def test_new_series_new_group_silence_and_declared_ranges_are_urgent() -> None:
     mon.urgent.clear()
     mon.declare_ranges({"cpu_pct": (0.0, 200.0)})  # unchanged
     assert mon.urgent == set()
+
+
+def test_take_removes_the_due_devices_from_both_tiers_and_untake_gives_them_back() -> None:
+    mon = NumericMonitor()
+    for d in ("a", "b", "c"):
+        mon.set_device(d, "bts", "d1")
+    mon.dirty, mon.urgent = {0, 1, 2}, {1}
+    plan = SavePlan(300.0)
+    names, taken = take(mon, plan, 0.0)  # a pass: the urgent device only (the first pass owes no slot)
+    assert names == ["a", "b", "c"] and taken == {1}
+    assert mon.dirty == {0, 2} and mon.urgent == set()
+    untake(mon, taken)  # not saved after all: urgent again
+    assert mon.dirty == {0, 1, 2} and mon.urgent == {1}
+    assert take(mon)[1] == {0, 1, 2} and not mon.dirty and not mon.urgent  # a shutdown save: everything
+    assert plan.last == 0.0  # ...without advancing the plan
