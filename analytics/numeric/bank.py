@@ -8,14 +8,14 @@ import logging
 
 import numpy as np
 
-from analytics.numeric import art, kernel, likelihood
+from analytics.numeric import art, kernel, likelihood, routine
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.kernel import N_COLS, StepResult
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 3
-ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S", "Ew", "Ec", "Ep", "Ek", "Aa", "Awn", "Aar", "Ac", "Au", "Lk")
+ARRAYS = ("F", "D", "W", "R", "Hb", "Q", "S", "Ew", "Ec", "Ep", "Ek", "Aa", "Awn", "Aar", "Ac", "Au", "Lk", "En")
 RESULT_FIELDS = ("score", "raw", "kind", "expected", "spread", "fired", "baseline", "baseline_spread", "record")
 
 
@@ -52,6 +52,9 @@ class SeriesBank:
         self.Ac = np.zeros((cap, slots, art.COMP), dtype=np.float32)
         self.Au = np.zeros((cap, slots), dtype=np.float32)
         self.Lk = np.zeros((cap, likelihood.N_SCALARS if self.config.lik_mode else 0), dtype=np.float64)
+        tod = self.config.tod_bins > 0  # and the time-of-day envelopes (weekday and weekend bins)
+        self.En = np.zeros((cap, routine.N_ROWS if tod else 0, 2 * self.config.tod_bins if tod else 0),
+                           dtype=np.float16)
 
     @property
     def capacity(self) -> int:
@@ -120,7 +123,7 @@ class SeriesBank:
             sel = idx[rank == k]
             res = kernel.step(self.config, self.F, self.D, self.W, self.R, self.Hb, self.Q, self.S,
                               rows[sel], ts[sel], values[sel], (self.Ew, self.Ec, self.Ep, self.Ek),
-                              (self.Aa, self.Awn, self.Aar, self.Ac, self.Au), self.Lk)
+                              (self.Aa, self.Awn, self.Aar, self.Ac, self.Au), self.Lk, self.En)
             for name in RESULT_FIELDS:
                 getattr(out, name)[sel] = getattr(res, name)
         return out

@@ -78,6 +78,17 @@ class DetectorConfig:
     refires through the hold of an earlier episode, for the first ``young_refire_max`` such episodes of a series.
     Traffic +4-9 (rough road data), NAB LOCO -0.01, short -0.12 over four offsets: fails the keep rule narrowly
     (docs/detectors.md, "Seventh round")."""
+    tod_bins: int = 48
+    tod_margin: float = 1.0
+    tod_shrink: float = 0.1
+    tod_damp: float = 0.3
+    tod_gain: float = 0.9
+    """Time-of-day routine (``routine.py``, eighth round of #17; 0 bins: off). Per bin of the day, weekdays and
+    weekends apart, the envelope of the series' deviations from its slow level on earlier days (contracting
+    ``tod_shrink`` of the way to a calmer day per day); a reading inside it (within ``tod_margin`` spreads), of a
+    series whose daily profile's error is below ``tod_gain`` of no profile's, is routine: its score is damped by
+    ``tod_damp`` and it sets no severity record. A road's rush-hour jams stop raising findings whose holds and
+    records hid the incidents after them. Dev +0.98, LOCO +0.64, short +0.88 over four offsets."""
     art_raw: float = 0.0
     """...and only when the main detectors' own score is at least this (they saw something, records held it)."""
     art_re: bool = True
@@ -94,12 +105,6 @@ class DetectorConfig:
     lik_p: float = 5.0
     """|z| counted as a full raw anomaly, readings the history averages over, and -log10 of the tail
     probability at which the likelihood counts (it scores 0.5 there, 1.0 at twice that)."""
-    week_learn_days: float = 0.0
-    week_learn_seas: float = 0.0
-    """First-week learning (fifth round of issue #17; off by default, 0): for this many days a series that
-    used its daily model (for at least this share of its readings since it could, 0: ever) raises no
-    level shift or drift: a new weekday's pattern is learned, not reported. Simulated traffic +2.2 for
-    LOCO -0.95 (7 days) or +1.2 for LOCO -0.09 (7 days, share 0.3) over four offsets: docs/detectors.md."""
     level_alpha: float = 0.1
     """EW rate of the fast (prediction) level per sample."""
     base_alpha: float = 0.02

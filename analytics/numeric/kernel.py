@@ -22,14 +22,15 @@ from analytics.numeric.config import DetectorConfig
 from analytics.numeric.entropy import entropy_step
 from analytics.numeric.likelihood import likelihood_step
 from analytics.numeric.novelty import novelty
+from analytics.numeric.routine import new_rows, routine_step, scale_for
 
 # Columns of the scalar state matrix F (float64, one row per series).
 (
     N, T_FIRST, T_LAST, DT_EW, X_LAST, L0, L1, L2, LB, LS, AE0, AE1, AE2, RES, CP, CN, VS,
     REP, RUN, ANCHOR, QLO, HOLD, ALERT, MODE, AEB, M_SPIKE, M_SHIFT, M_VAR, M_OTHER, SM, M_PAT,
-    AER, AESD, AESW, QHI, DLO, DHI, SEAS, HKIND, T_EXT, N_EXT,
-) = range(41)
-N_COLS = 41
+    AER, AESD, AESW, QHI, DLO, DHI, TOD_DAY, HKIND, T_EXT, N_EXT, TOD_SCALE,
+) = range(42)
+N_COLS = 42
 # record column per type code: a severity is judged against the largest recent one of its group
 _RECORD_COL = np.array([M_OTHER, M_SPIKE, M_SPIKE, M_SHIFT, M_VAR, M_VAR, M_OTHER, M_OTHER, M_PAT])
 
@@ -199,8 +200,11 @@ def _severities(cfg: DetectorConfig, s: np.ndarray, Hb: np.ndarray, rows: np.nda
 
 
 def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarray, sev: np.ndarray,
-               m: _Model, level_now: np.ndarray, dt: np.ndarray, warm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Type and raw score 0..1 of the strongest component, judged against this series' history."""
+               m: _Model, level_now: np.ndarray, dt: np.ndarray, warm: np.ndarray,
+               routine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Type and raw score 0..1 of the strongest component, judged against this series' history.
+
+    A ``routine`` reading (its time of day has seen as much before) is damped and sets no record."""
     ar = np.arange(len(rows))
     kind = np.argmax(sev, axis=1)
     top = sev[ar, kind]
@@ -227,12 +231,28 @@ def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarr
     fade = _fade(cfg.record_tau_s, dt)
     s[:, M_SPIKE:M_OTHER + 1] *= fade[:, None]
     s[:, M_PAT] *= fade
-    # early severities reflect an unconverged model, not the series
-    s[ar, rcol] = np.where(warm, np.maximum(s[ar, rcol], top), s[ar, rcol])
+    # early severities reflect an unconverged model, not the series; a routine one says nothing of the rare
+    s[ar, rcol] = np.where(warm & ~routine, np.maximum(s[ar, rcol], top), s[ar, rcol])
     raw = adj / (1.0 + adj)
+    raw = np.where(routine, raw * cfg.tod_damp, raw)
     raw[~warm] = 0.0
     kind[raw <= 0.0] = NONE
     return kind, raw
+
+
+def _routine(cfg: DetectorConfig, s: np.ndarray, E: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray,
+             m: _Model, new: np.ndarray) -> np.ndarray:
+    """Readings whose deviation from the slow level this time of day has seen before (``routine.py``), for a
+    series with a time of day at all: its daily profile explains at least a little (``tod_gain``), in use or not.
+    A rush hour's jam, and the level shift its tail would raise, are then routine; a jam at noon is not."""
+    start = new | (s[:, TOD_SCALE] <= 0)  # a new series, or one restored from before the envelopes
+    if start.any():
+        new_rows(E, rows[start])
+        s[start, TOD_DAY] = 0.0
+        s[start, TOD_SCALE] = scale_for(x[start], s[start, DHI] - s[start, DLO])
+    seen, s[:, TOD_DAY], s[:, TOD_SCALE] = routine_step(E, rows, t, x - s[:, LS], cfg.tod_margin * m.sigma,
+                                                        s[:, TOD_DAY], s[:, TOD_SCALE], cfg.tod_shrink)
+    return seen & ~new & (s[:, AESD] < cfg.tod_gain * s[:, AER])
 
 
 def _var_before(cfg: DetectorConfig, s: np.ndarray) -> np.ndarray:
@@ -243,24 +263,6 @@ def _var_before(cfg: DetectorConfig, s: np.ndarray) -> np.ndarray:
 def _fade(tau_s: float, dt: np.ndarray) -> np.ndarray:
     """Factor by which the range or the records forget over ``dt`` seconds (time constant ``tau_s``)."""
     return np.exp(-np.maximum(dt, 0.0) / tau_s) if tau_s > 0 else np.ones_like(dt)
-
-
-def _week_learning(cfg: DetectorConfig, s: np.ndarray, m: _Model, kind: np.ndarray, raw: np.ndarray,
-                   days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A daily series in its first week meets each weekday for the first time (the first Monday rush
-    after a weekend): a level shift or drift then is the weekly pattern being learned, not raised.
-
-    The records, rarity and baseline learn as before; only the finding is withheld. ``SEAS`` holds the
-    share of readings the daily model explained since it could be used (or, with ``week_learn_seas``
-    0, whether it ever did)."""
-    if cfg.week_learn_seas > 0:
-        rate = np.maximum(1.0 / (s[:, N] + 1.0), 0.002) * (days >= cfg.min_days_daily)
-        s[:, SEAS] += rate * ((m.mode >= 1) - s[:, SEAS])
-    else:
-        s[:, SEAS] = np.maximum(s[:, SEAS], m.mode >= 1)
-    learning = ((s[:, SEAS] >= max(cfg.week_learn_seas, 1e-9)) & (days < cfg.week_learn_days)
-                & ((kind == SHIFT) | (kind == DRIFT)))
-    return np.where(learning, NONE, kind), np.where(learning, 0.0, raw)
 
 
 def _range_record(cfg: DetectorConfig, s: np.ndarray, x: np.ndarray, m: _Model, kind: np.ndarray,
@@ -299,7 +301,7 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
          Q: np.ndarray, S: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray,
          ent: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
          art: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-         lik: np.ndarray | None = None) -> StepResult:
+         lik: np.ndarray | None = None, tod: np.ndarray | None = None) -> StepResult:
     """Score and learn one reading for each of ``rows`` (distinct) in place."""
     s = F[rows]
     n = s[:, N]
@@ -320,9 +322,10 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     sev, carry = _severities(cfg, s, Hb, rows, x, m, gap, new, warm)
     lim_f = cfg.huber_k * m.sigma
     level_now = m.level + cfg.level_alpha * np.clip(m.err, -lim_f, lim_f)
-    kind, raw = _calibrate(cfg, s, R, rows, sev, m, level_now, dt, warm)
-    if cfg.week_learn_days > 0:
-        kind, raw = _week_learning(cfg, s, m, kind, raw, days)
+    routine = np.zeros(len(rows), dtype=bool)
+    if cfg.tod_bins > 0 and tod is not None and tod.shape[2] > 0:
+        routine = _routine(cfg, s, tod, rows, t, x, m, new)
+    kind, raw = _calibrate(cfg, s, R, rows, sev, m, level_now, dt, warm, routine)
     record, raw = _range_record(cfg, s, x, m, kind, raw, warm)
 
     re_nov = np.zeros(len(rows))
