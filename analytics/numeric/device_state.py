@@ -146,6 +146,30 @@ def restore_devices(mon: NumericMonitor, items: Iterable[tuple[str, bytes]]) -> 
 Layout = list[tuple[str, np.dtype[Any], tuple[int, ...], int]]
 
 
+def _check_older(saved: Any, shapes: dict[str, list[str | int]]) -> None:
+    """Accept a state saved before this version added scalar columns or arrays (an upgrade keeps what was
+    learned: added columns start at 0, added arrays empty); any other difference is another configuration."""
+    if not isinstance(saved, dict) or not set(saved) <= set(shapes):
+        raise ValueError("saved under another detector configuration")
+    for name, was in saved.items():
+        now = shapes[name]
+        older_f = name == "F" and len(was) == 2 and was[0] == now[0] and int(was[1]) <= int(now[1])
+        if was != now and not older_f:
+            raise ValueError("saved under another detector configuration")
+
+
+def _upgrade(arrays: dict[str, np.ndarray], shapes: dict[str, list[str | int]], k: int) -> dict[str, np.ndarray]:
+    """Arrays of an older state in today's shapes: scalar columns added since at 0, arrays added since empty."""
+    out: dict[str, np.ndarray] = {}
+    for name, (dtype, *row) in shapes.items():
+        full = np.zeros((k, *(int(r) for r in row)), dtype=np.dtype(str(dtype)))
+        if name in arrays:
+            old = arrays[name]
+            full[:, : old.shape[1]] = old
+        out[name] = full
+    return out
+
+
 def _layout(shapes: dict[str, list[str | int]]) -> Layout:
     """Per array: name, dtype, per-row shape, values per row."""
     out: Layout = []
@@ -165,8 +189,10 @@ def _decode(data: bytes, shapes: dict[str, list[str | int]], layout: Layout) -> 
         head = json.loads(raw[_HEAD.size:_HEAD.size + size])
     except (zlib.error, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"not a device state: {err}") from err
-    if head.get("shapes") != shapes:
-        raise ValueError("saved under another detector configuration")
+    saved = head.get("shapes")
+    if saved != shapes:
+        _check_older(saved, shapes)
+        layout = _layout(saved)
     k = len(head["metrics"])
     pos = _HEAD.size + size
     arrays: dict[str, np.ndarray] = {}
@@ -183,4 +209,6 @@ def _decode(data: bytes, shapes: dict[str, list[str | int]], layout: Layout) -> 
         raise ValueError(f"device state truncated: {err}") from err
     if pos != len(raw):
         raise ValueError("device state has trailing bytes")
+    if saved != shapes:
+        arrays = _upgrade(arrays, shapes, k)
     return head, arrays, facts, silent

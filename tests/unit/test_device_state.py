@@ -47,7 +47,7 @@ def test_devices_saved_one_by_one_restore_the_same_detector() -> None:
     for (dev, metric), row in live.table.keys.items():
         other = fresh.table.keys[(dev, metric)]
         for name in ARRAYS:
-            assert np.array_equal(getattr(live.bank, name)[row], getattr(fresh.bank, name)[other]), name
+            assert np.array_equal(getattr(live.bank, name)[row], getattr(fresh.bank, name)[other], equal_nan=True), name
         for k in FLOAT_COLS:
             assert np.array_equal(live.table.f[k][row], fresh.table.f[k][other], equal_nan=True), k
         assert live.table.kind_of(row) == fresh.table.kind_of(other)
@@ -67,3 +67,38 @@ def test_state_of_another_configuration_or_garbage_is_skipped() -> None:
     assert restore_devices(other, saved) == 0
     assert restore_devices(NumericMonitor(), [("a", b"\x01garbage"), ("b", b"")]) == 0
     assert len(other.table) == 0
+
+
+def test_state_saved_before_columns_and_arrays_were_added_restores_what_it_learned() -> None:
+    """An upgrade that adds scalar columns or arrays (here: the time-of-day envelopes, issue #17 eighth round)
+    keeps each device's learning: older states restore with the new columns at 0 and the new arrays empty."""
+    import json
+
+    from analytics.numeric import kernel
+    from analytics.numeric.device_state import gather, pack
+
+    live = NumericMonitor()
+    live.set_device("a", "traffic")
+    feed(live, ["a"], 0, 200)
+    g = gather(live, ["a"])
+    old_cols = kernel.TOD_SCALE  # the columns before it
+    g.arrays["F"] = np.ascontiguousarray(g.arrays["F"][:, :old_cols])
+    del g.arrays["En"]
+    head = json.loads(g.heads[0])
+    head["shapes"]["F"][1] = old_cols
+    del head["shapes"]["En"]
+    g.heads[0] = json.dumps(head, separators=(",", ":")).encode()
+    fresh = NumericMonitor()
+    assert restore_devices(fresh, pack(g)) == 1
+    for (dev, metric), row in live.table.keys.items():
+        other = fresh.table.keys[(dev, metric)]
+        assert np.array_equal(live.bank.F[row, :old_cols], fresh.bank.F[other, :old_cols])
+        assert np.array_equal(live.bank.Ac[row], fresh.bank.Ac[other])
+        assert fresh.bank.F[other, kernel.TOD_SCALE] == 0.0
+    # and it goes on learning: the envelopes start at the next reading
+    feed(fresh, ["a"], 200, 5)
+    assert (fresh.bank.F[: len(fresh.table), kernel.TOD_SCALE] > 0).all()
+    # an older state with an array this configuration lacks is still another configuration
+    head["shapes"]["Zz"] = ["<f4", 3]
+    g.heads[0] = json.dumps(head, separators=(",", ":")).encode()
+    assert restore_devices(NumericMonitor(), pack(g)) == 0
