@@ -76,7 +76,8 @@ async def run_partition_worker(settings: Settings, worker_id: str) -> None:
     worker = PartitionWorker(settings.database_url, settings.partition.nats_url, settings.partition.partitions,
                              worker_id, stream=settings.partition.stream, ranges=settings.analytics.metric_ranges,
                              rebalance_s=settings.partition.rebalance_s, lease_ttl_s=settings.partition.lease_ttl_s,
-                             state_every_s=settings.analytics.series_state_every_s)
+                             state_every_s=settings.analytics.series_state_every_s,
+                             full_every_s=settings.analytics.series_state_full_every_s)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.stop)

@@ -56,15 +56,15 @@ class AnalyticsConfig(BaseModel):
     series_state_every_s: float = Field(15.0, gt=0, description="How often the brain and the partition workers "
                                         "(ioc analytics-worker) save the learned state of the devices that "
                                         "learned something since the last save (one row per device), the brain "
-                                        "with the cameras' snapshot arrivals. The brain saves a device at this "
+                                        "with the cameras' snapshot arrivals. Each saves a device at this "
                                         "interval when one of its series changed consequentially (a finding, a "
                                         "hold opened or ended, an alert record, its CUSUM, a new series, a "
                                         "silence); otherwise at most every series_state_full_every_s.")
-    series_state_full_every_s: float = Field(300.0, gt=0, description="How often, at most, the brain saves a "
-                                             "device whose series only learned quietly since its last save "
-                                             "(each device at its own slot in the interval, by a hash of its id, "
-                                             "so the saves are spread over it). At or below series_state_every_s: "
-                                             "every changed device on every pass.")
+    series_state_full_every_s: float = Field(300.0, gt=0, description="How often, at most, the brain and the "
+                                             "partition workers save a device whose series only learned quietly "
+                                             "since its last save (each device at its own slot in the interval, "
+                                             "by a hash of its id, so the saves are spread over it). At or below "
+                                             "series_state_every_s: every changed device on every pass.")
     camera_state_every_s: float = Field(1800.0, gt=0, description="How often the camera analysers' learned "
                                         "scenes are saved (about 60 KB per camera; also saved at shutdown).")
     camera_state_max_age_s: float = Field(7 * 86400.0, gt=0, description="A camera's saved scene older than "

@@ -16,9 +16,11 @@ processing it at once and saves nothing for it.
 
 A partition's readings are read from a durable JetStream pull consumer named after the partition, so its
 next owner resumes where the last acknowledgement stopped. Each partition has its own
-:class:`NumericMonitor`, whose learned state is saved every ``state_every_s`` (15 s) for the devices that
-learned something, one ``series_state`` row per device under the scope ``numeric:<stream>:p<N>``, and
-restored by the next owner (a whole-partition ``analytics_state`` blob of an older version is read once).
+:class:`NumericMonitor`, whose learned state is saved in the brain's two tiers (analytics/numeric/save_tiers.py):
+every ``state_every_s`` (15 s) the devices with a consequential change, every other changed device once per
+``full_every_s`` (300 s) at its own slot, and everything changed when the partition is given back; one
+``series_state`` row per device under the scope ``numeric:<stream>:p<N>``, restored by the next owner (a
+whole-partition ``analytics_state`` blob of an older version is read once).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import asyncpg
 import orjson
 
 from analytics.findings import Finding
+from analytics.numeric import save_tiers
 from analytics.numeric.device_state import encode_devices, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ioc.analytics_isolation import Isolation, ingest_apart
@@ -69,20 +72,25 @@ class PartitionWorker:
 
     Args:
         lease_ttl_s: a partition not renewed for this long (a dead or paused worker) is taken over.
+        state_every_s: how often the devices with a consequential change are saved (save_tiers.py).
+        full_every_s: how often, at most, a device that only learned quietly is saved.
     """
 
     def __init__(self, database_url: str, nats_url: str, partitions: int, worker_id: str, batch: int = 256,
                  rebalance_s: float = 2.0, state_every_s: float = 15.0, stream: str = STREAM,
-                 ranges: dict[str, tuple[float, float]] | None = None, lease_ttl_s: float = 10.0) -> None:
+                 ranges: dict[str, tuple[float, float]] | None = None, lease_ttl_s: float = 10.0,
+                 full_every_s: float = 300.0) -> None:
         if lease_ttl_s < 2 * rebalance_s:
             raise ValueError("lease_ttl_s must be at least twice rebalance_s (leases are renewed every rebalance)")
         self.database_url, self.nats_url, self.stream = database_url, nats_url, stream
         self.ranges = ranges  # the deployment's declared metric ranges (IOC_ANALYTICS__METRIC_RANGES)
         self.partitions, self.worker_id, self.batch = partitions, worker_id, batch
         self.rebalance_s, self.state_every_s, self.lease_ttl_s = rebalance_s, state_every_s, lease_ttl_s
+        self.full_every_s = full_every_s
         self.holder = f"{worker_id}-{uuid.uuid4().hex[:8]}"  # unique per run: a restarted worker is a new owner
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.monitors: dict[int, NumericMonitor] = {}
+        self.plans: dict[int, save_tiers.SavePlan] = {}  # partition -> when its quiet devices are due
         self.epochs: dict[int, int] = {}  # partition -> the epoch we hold it under
         self._valid_until: dict[int, float] = {}  # monotonic: past it we no longer trust we hold the partition
         self.processed = 0
@@ -193,6 +201,7 @@ class PartitionWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         monitor = self.monitors.pop(p, None)
+        self.plans.pop(p, None)
         epoch = self.epochs.pop(p, None)
         self._valid_until.pop(p, None)
         if lost is not None:
@@ -220,20 +229,23 @@ class PartitionWorker:
             self._valid_until[p] = 0.0
             raise PartitionLost(str(err)) from None
 
-    async def _save(self, p: int, epoch: int, monitor: NumericMonitor) -> None:
-        """Write the devices that learned something since the last save, one ``series_state`` row each (scope:
-        the partition), inside the fenced transaction; a refused save keeps them marked for the next one."""
-        dirty, monitor.dirty = monitor.dirty, set()
+    async def _save(self, p: int, epoch: int, monitor: NumericMonitor, now: float | None = None) -> None:
+        """Write the devices that learned something since the last save (with ``now``, the monotonic time of a
+        periodic pass: only those due then, ``self.plans``), one ``series_state`` row each (scope: the
+        partition), inside the fenced transaction; a refused save keeps them marked for the next one."""
+        # the pump awaits this (or has stopped): nothing else touches the monitor meanwhile
+        names, dirty = save_tiers.take(monitor, self.plans.get(p), now)
         if not dirty:
             return
         try:
-            names = list(monitor.table.device_idx)  # indices are handed out in insertion order
-            # the pump awaits this: nothing else touches the monitor meanwhile
             states = await asyncio.to_thread(encode_devices, monitor, [names[d] for d in sorted(dirty)])
             await self._fenced(p, epoch, partial(save_series_states, scope=state_name(self.stream, p),
                                                  states=states))
+        except asyncio.CancelledError:  # the partition is being given back: its hand-over save takes them
+            save_tiers.untake(monitor, dirty)
+            raise
         except Exception as err:  # PartitionLost included: the new owner has its own
-            monitor.dirty |= dirty
+            save_tiers.untake(monitor, dirty)
             logger.warning("partition %d: detector state not saved (%s)", p, err)
 
     async def _restore(self, p: int) -> NumericMonitor:
@@ -259,6 +271,7 @@ class PartitionWorker:
         assert self._pool is not None
         monitor = await self._restore(p)
         self.monitors[p] = monitor
+        self.plans[p] = save_tiers.SavePlan(self.full_every_s)
         known: set[str] = set()
         logger.info("partition %d taken, epoch %d (%d series learned before)", p, epoch, monitor.bank.size)
         from nats.js.api import ConsumerConfig
@@ -312,7 +325,7 @@ class PartitionWorker:
                 self.processed += len(rows)
             if time.monotonic() - last_save >= self.state_every_s:
                 last_save = time.monotonic()
-                await self._save(p, epoch, monitor)
+                await self._save(p, epoch, monitor, now=last_save)
 
 
 def _row(f: Finding) -> FindingRow:
