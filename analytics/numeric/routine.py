@@ -32,6 +32,10 @@ def scale_for(x: np.ndarray, span: np.ndarray) -> np.ndarray:
     return np.where(span > 0, span, np.maximum(np.abs(x), 1e-9)) / 1000.0
 
 
+def _store(v: np.ndarray) -> np.ndarray:
+    return np.clip(v, -60000.0, 60000.0).astype(np.float16)
+
+
 def _weekend(day: np.ndarray) -> np.ndarray:
     """Saturday and Sunday (UTC days; 1970-01-01 was a Thursday)."""
     return ((day + 3.0) % 7.0) >= 5.0
@@ -55,12 +59,12 @@ def routine_step(E: np.ndarray, rows: np.ndarray, t: np.ndarray, dev: np.ndarray
     day = np.floor(t / DAY) + 1.0
     b = (np.floor((t / DAY - (day - 1.0)) * bins).astype(np.intp)) % bins
     half = np.where(_weekend(day - 1.0), bins, 0)
-    e = E[rows].astype(np.float32)
     scale = scale.copy()
-    # a new day: fold the day collected into the envelope (at once wider, slowly narrower)
+    # a new day: fold the day collected into the envelope (at once wider, slowly narrower); once a day per series
     turn = (day_now > 0) & (day != day_now)
     if turn.any():
-        f = e[turn]
+        tr = rows[turn]
+        f = E[tr].astype(np.float32)
         lo_t, hi_t, lo_e, hi_e = f[:, DAY_LO], f[:, DAY_HI], f[:, ENV_LO], f[:, ENV_HI]
         seen = ~np.isnan(lo_t)
         lo_e = np.where(np.isnan(lo_e), lo_t, lo_e)
@@ -69,25 +73,22 @@ def routine_step(E: np.ndarray, rows: np.ndarray, t: np.ndarray, dev: np.ndarray
         f[:, ENV_HI] = np.where(seen, np.maximum(hi_t, hi_e + shrink * (hi_t - hi_e)), f[:, ENV_HI])
         f[:, DAY_LO] = np.nan
         f[:, DAY_HI] = np.nan
-        e[turn] = f
-    # a deviation the storage unit cannot hold: a coarser unit for that series
+        E[tr] = _store(f)
+    # a deviation the storage unit cannot hold: a coarser unit for that series (rare)
     big = np.abs(dev) / scale > _ROOM
     if big.any():
         factor = 2.0 ** np.ceil(np.log2(np.abs(dev[big]) / scale[big] / 1000.0))
-        e[big] /= factor[:, None, None]
+        E[rows[big]] = _store(E[rows[big]].astype(np.float32) / factor[:, None, None])
         scale[big] *= factor
     u = dev / scale
     m = margin / scale
-    ar = np.arange(len(rows))
-    lo = np.full(len(rows), np.inf)
-    hi = np.full(len(rows), -np.inf)
-    for d in (-1, 0, 1):  # this half hour and its neighbours: routines do not keep to the minute
-        bb = (b + d) % bins + half
-        lo = np.fmin(lo, e[ar, ENV_LO, bb])
-        hi = np.fmax(hi, e[ar, ENV_HI, bb])
-    routine = (u >= lo - m) & (u <= hi + m)  # False where no earlier day was seen (inf bounds)
+    # this half hour and its neighbours: routines do not keep to the minute
+    cols = (b[:, None] + np.array([-1, 0, 1])) % bins + half[:, None]
+    r2 = rows[:, None]
+    lo = np.fmin.reduce(E[r2, ENV_LO, cols].astype(np.float32), axis=1)
+    hi = np.fmax.reduce(E[r2, ENV_HI, cols].astype(np.float32), axis=1)
+    routine = (u >= lo - m) & (u <= hi + m)  # False where no earlier day was seen (NaN bounds)
     cell = b + half
-    e[ar, DAY_LO, cell] = np.fmin(e[ar, DAY_LO, cell], u)
-    e[ar, DAY_HI, cell] = np.fmax(e[ar, DAY_HI, cell], u)
-    E[rows] = np.clip(e, -60000.0, 60000.0).astype(np.float16)
+    E[rows, DAY_LO, cell] = _store(np.fmin(E[rows, DAY_LO, cell].astype(np.float32), u))
+    E[rows, DAY_HI, cell] = _store(np.fmax(E[rows, DAY_HI, cell].astype(np.float32), u))
     return routine, day, scale
