@@ -9,7 +9,6 @@ says "Showing 300 of 3,001" under the cut.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import uuid
@@ -20,9 +19,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
 from tests.support.auth import make_token_sync, make_user_sync
-from tests.support.services import ServiceProcess
+from tests.support.services import ServiceProcess, api_on_seeded_database
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +64,9 @@ async def _seed(dsn: str) -> None:
 
 @pytest.fixture(scope="module")
 def storm(mqtt_port: int) -> Iterator[tuple[ServiceProcess, str]]:
-    dsn = asyncio.run(create_database(BASE_DSN))  # its own database: the storm's 3,001 live alerts stay here
-    try:
-        asyncio.run(_seed(dsn))
-        env = ingest_env(dsn, mqtt_port, IOC_LIVE__LISTEN_MQTT="false", IOC_CLUSTER__RESYNC_S="3600")
-        log = Path(__file__).resolve().parents[2] / "artifacts" / "test_hostile_alert_storm"
-        log.mkdir(parents=True, exist_ok=True)
-        srv = ServiceProcess(env, log / "serve.log", ["serve", "--role", "api"]).start()
-        try:
-            yield srv, dsn
-        finally:
-            srv.stop()
-    finally:
-        asyncio.run(drop_database(BASE_DSN, dsn))
+    # its own database: the storm's 3,001 live alerts stay there
+    with api_on_seeded_database(mqtt_port, _seed, "test_hostile_alert_storm") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +245,27 @@ class ServeProcess(ServiceProcess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def api_on_seeded_database(mqtt_port: int, seed: Callable[[str], Awaitable[None]],
+                           name: str) -> Iterator[tuple[ServiceProcess, str]]:
+    """An API-only ``ioc serve`` on a database of its own, filled by ``seed(dsn)`` first (a storm's rows stay
+    there); the log goes to ``artifacts/<name>/serve.log``. Yields the process and the database's DSN."""
+    import asyncio
+
+    from tests.conftest import BASE_DSN, create_database, drop_database, ingest_env
+
+    dsn = asyncio.run(create_database(BASE_DSN))
+    try:
+        asyncio.run(seed(dsn))
+        env = ingest_env(dsn, mqtt_port, IOC_LIVE__LISTEN_MQTT="false", IOC_CLUSTER__RESYNC_S="3600")
+        log = Path(__file__).resolve().parents[2] / "artifacts" / name
+        log.mkdir(parents=True, exist_ok=True)
+        srv = ServiceProcess(env, log / "serve.log", ["serve", "--role", "api"]).start()
+        try:
+            yield srv, dsn
+        finally:
+            srv.stop()
+    finally:
+        asyncio.run(drop_database(BASE_DSN, dsn))
