@@ -175,19 +175,27 @@ class DomainRules:
         """Group events: BTS of one district failing together, traffic sensors slowing together."""
         cfg, out = self.cfg, []
         n = len(table)
-        recent = table.f["flag_ts"][:n] >= now - cfg.rule_window_s
-        calm_before = table.f["flag_ts"][:n] >= now - 4 * cfg.rule_window_s
+        # only series flagged in the last four windows matter: few in normal life, so the scan of every
+        # series (to count a group's devices) is done only for a group with enough of them flagged
+        flag = table.f["flag_ts"][:n]
+        lately = np.flatnonzero(flag >= now - 4 * cfg.rule_window_s)
+        recent = flag[lately] >= now - cfg.rule_window_s
+        grp, kcode, dev = table.grp[:n][lately], table.kcode[:n][lately], table.dev[:n][lately]
         for g in groups:
-            members = table.grp[:n] == g
+            members = grp == g
             for kind, ftype, what in (("bts", "group_outage", "BTS failing"),
                                       ("traffic", "group_slowdown", "traffic sensors slowing")):
-                is_kind = members & (table.kcode[:n] == KIND_CODES[kind])
-                total = len(np.unique(table.dev[:n][is_kind]))
-                hit_devs = np.unique(table.dev[:n][is_kind & recent])
-                hit = len(hit_devs)
-                if not (is_kind & calm_before).any():
+                is_kind = members & (kcode == KIND_CODES[kind])
+                if not is_kind.any():
                     self.group_active.discard((g, kind))  # over once all have been back for a while
-                if hit < cfg.group_min_devices or hit < cfg.group_min_frac * total:
+                    continue
+                hit_devs = np.unique(dev[is_kind & recent])
+                hit = len(hit_devs)
+                if hit < cfg.group_min_devices:
+                    continue
+                all_kind = (table.grp[:n] == g) & (table.kcode[:n] == KIND_CODES[kind])
+                total = len(np.unique(table.dev[:n][all_kind]))
+                if hit < cfg.group_min_frac * total:
                     continue
                 if (g, kind) in self.group_active:
                     continue  # one finding per group episode
