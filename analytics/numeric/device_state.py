@@ -1,7 +1,8 @@
 """Learned numeric state one device at a time: saved incrementally, restored by the next leader.
 
-A device's bytes hold its kind, group and, for each of its series, the bank's rows (every array of
-``SeriesBank``) and the rule facts of ``SeriesTable``. Only devices that learned something since the
+A device's bytes hold its kind, group, whether its frozen-sensor episode was reported (``rules.frozen``)
+and, for each of its series, the bank's rows (every array of ``SeriesBank``) and the rule facts of
+``SeriesTable``. Only devices that learned something since the
 last save are encoded (``NumericMonitor.dirty``), so a province (tens of thousands of series) is not
 rewritten whole every few seconds. Format: one version byte, then zlib of
 ``u32 header length | JSON header | raw arrays``; no pickle.
@@ -70,12 +71,15 @@ def gather(mon: NumericMonitor, device_ids: Iterable[str]) -> Gathered:
     shapes = _shapes(mon)
     groups = sorted(table.group_idx, key=table.group_idx.__getitem__)
     heads, counts = [], (ends - starts).tolist()
+    frozen = mon.rules.frozen_active
     pos = 0
     for (_, d), k in zip(named, counts, strict=True):
         g = table.device_group[d]
-        heads.append(json.dumps({"kind": table.device_kind[d], "group": groups[g] if g >= 0 else "",
-                                 "metrics": [table.metrics[r] for r in rows[pos:pos + k].tolist()],
-                                 "shapes": shapes}, separators=(",", ":")).encode())
+        head: dict[str, Any] = {"kind": table.device_kind[d], "group": groups[g] if g >= 0 else "",
+                "metrics": [table.metrics[r] for r in rows[pos:pos + k].tolist()], "shapes": shapes}
+        if d in frozen:  # its freeze was reported: the next owner does not report it again
+            head["frozen"] = True
+        heads.append(json.dumps(head, separators=(",", ":")).encode())
         pos += k
     arrays = {name: getattr(bank, name)[rows] for name in _names(bank)}  # fancy indexing copies
     arrays["facts"] = np.stack([table.f[k][rows] for k in FLOAT_COLS], axis=1)  # (rows, cols) float64
@@ -127,6 +131,8 @@ def restore_devices(mon: NumericMonitor, items: Iterable[tuple[str, bytes]]) -> 
         d = table.device(device_id, head["kind"])
         if head["group"]:
             table.device_group[d] = table.group_idx.setdefault(head["group"], len(table.group_idx))
+        if head.get("frozen"):  # absent from states saved before the episode memory was
+            mon.rules.frozen_active.add(d)
     if not decoded:
         return 0
     rows = np.array([table.add(device_id, m) for device_id, head, *_ in decoded for m in head["metrics"]],

@@ -140,6 +140,9 @@ class NumericMonitor:
         ruled_rows = [self.table.keys.get((f.device_id, f.series), -1) for f in ruled]
         self.urgent.update(save_tiers.consequential(before, self.bank.F, self.table, self.config, self.marks,
                                                     np.r_[rows[res.fired | res.record], ruled_rows]))
+        if self.rules.frozen_ended:  # an episode's end is saved as soon as its start was
+            self.urgent |= self.rules.frozen_ended
+            self.rules.frozen_ended = set()
         return [f for f in out if (f.device_id, f.series) not in hit] + ruled
 
     def _remember(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray, res: kernel.StepResult) -> None:

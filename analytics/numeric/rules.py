@@ -42,8 +42,13 @@ class DomainRules:
 
     def __init__(self, config: DetectorConfig) -> None:
         self.cfg = config
-        self.group_active: set[tuple[int, str]] = set()
+        # Episode memory beyond the series' own facts, saved with the learned state (episodes.py, device_state.py)
+        # so that a restart or a partition hand-over does not report an ongoing episode again.
+        self.group_active: set[tuple[int, str]] = set()  # (group, kind) whose episode was reported
+        self.group_changes = 0  # episodes started or ended: a saver compares it with ``group_saved``
+        self.group_saved = 0
         self.frozen_active: set[int] = set()  # devices whose freeze was reported (until one metric moves)
+        self.frozen_ended: set[int] = set()  # devices whose freeze ended since the monitor last took them
 
     def apply(self, table: SeriesTable, rows: np.ndarray, ts: np.ndarray) -> list[Finding]:
         """Findings of the rules for the series rows just updated (table facts already current)."""
@@ -154,7 +159,10 @@ class DomainRules:
         out: list[Finding] = []
         touched = np.unique(dev[rows])
         hit = n_still[touched] >= np.maximum(cfg.frozen_min_series, n_lively[touched])
-        self.frozen_active.difference_update(touched[~hit].tolist())  # moving again: the next freeze is new
+        if self.frozen_active:  # moving again: the next freeze is new (and the device's saved state must say so)
+            ended = self.frozen_active.intersection(touched[~hit].tolist())
+            self.frozen_active -= ended
+            self.frozen_ended |= ended
         for d in touched[hit].tolist():
             if d in self.frozen_active:
                 continue
@@ -187,7 +195,9 @@ class DomainRules:
                                       ("traffic", "group_slowdown", "traffic sensors slowing")):
                 is_kind = members & (kcode == KIND_CODES[kind])
                 if not is_kind.any():
-                    self.group_active.discard((g, kind))  # over once all have been back for a while
+                    if (g, kind) in self.group_active:  # over once all have been back for a while
+                        self.group_active.discard((g, kind))
+                        self.group_changes += 1
                     continue
                 hit_devs = np.unique(dev[is_kind & recent])
                 hit = len(hit_devs)
@@ -200,6 +210,7 @@ class DomainRules:
                 if (g, kind) in self.group_active:
                     continue  # one finding per group episode
                 self.group_active.add((g, kind))
+                self.group_changes += 1
                 name = table.group_name(g)
                 devs = sorted(table.devices[int(np.flatnonzero(table.dev[:n] == d)[0])] for d in hit_devs)
                 out.append(Finding(
