@@ -1,5 +1,6 @@
 """Loading and saving what the analytics stage learned: the numeric monitor per device (in two tiers,
-analytics/numeric/save_tiers.py), the cameras' snapshot arrivals and the camera analysers' scenes.
+analytics/numeric/save_tiers.py) with the group rules' episode memory (analytics/numeric/episodes.py), the
+cameras' snapshot arrivals and the camera analysers' scenes.
 
 A mixin of :class:`ioc.analytics_stage.AnalyticsStage` (kept apart so the stage's detection stays one
 readable module); the stage provides the state and the camera shards below.
@@ -15,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from analytics.camera.stale import StaleMonitor
-from analytics.numeric import save_tiers
+from analytics.numeric import episodes, save_tiers
 from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ioc import camera_shards
@@ -62,12 +63,14 @@ class StageState:
         reported). Call before feeding the stage."""
         try:
             state: bytes | None = None
+            memory: bytes | None = None
             series: list[tuple[str, bytes]] = []
             async with self.pool.acquire(timeout=5) as conn:
                 if self.numeric:
                     series = await load_series_states(conn, self.series_scope)
                     if not series:  # saved whole before migration 0010: read once, saved per device from then on
                         state = await load_state(conn, STATE_NAME)
+                    memory = await load_state(conn, episodes.state_name(self.series_scope))
                 stale = await load_state(conn, STALE_STATE_NAME)
                 cameras = await load_states(conn, camera_shards.CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
             if series:
@@ -77,6 +80,8 @@ class StageState:
             elif state:
                 self.monitor = NumericMonitor.from_state(state, ranges=self.metric_ranges)
                 logger.info("numeric detector state restored from the deployment's single row (%d bytes)", len(state))
+            if memory:
+                logger.info("%d group episodes ongoing", episodes.restore(self.monitor, memory))
             if stale:
                 logger.info("snapshot arrivals restored for %d cameras", self.stale.restore(stale))
         except Exception as err:
@@ -97,20 +102,23 @@ class StageState:
         with self._lock:
             return restore_devices(self.monitor, items)
 
-    def _take_dirty(self, now: float | None = None) -> tuple[list[tuple[str, bytes]], set[int]]:
-        """The saved form of the changed devices due at ``now`` (``self.plan``; None: all); those devices."""
+    def _take_dirty(self, now: float | None = None
+                    ) -> tuple[list[tuple[str, bytes]], set[int], episodes.Pending | None]:
+        """The saved form of the changed devices due at ``now`` (``self.plan``; None: all); those devices; the
+        group episode memory if it changed."""
         with self._lock:
             mon = self.monitor
             names, dirty = save_tiers.take(mon, self.plan, now)
+            memory = episodes.pending(mon)
             if not dirty:
-                return [], dirty
+                return [], dirty, memory
             try:
                 copied = gather(mon, [names[d] for d in sorted(dirty)])  # a copy: the detectors go on meanwhile
             except Exception:
                 save_tiers.untake(mon, dirty)
                 raise
         try:
-            return pack(copied), dirty
+            return pack(copied), dirty, memory
         except Exception:
             with self._lock:
                 save_tiers.untake(self.monitor, dirty)
@@ -127,16 +135,20 @@ class StageState:
     async def _save(self, cameras: bool, now: float | None) -> None:
         dirty: set[int] = set()
         try:
-            states, dirty = await asyncio.to_thread(self._take_dirty, now)
+            states, dirty, memory = await asyncio.to_thread(self._take_dirty, now)
             # Nothing received: keep what is saved (a stage that could not load must not overwrite it with nothing).
             stale = self.stale.to_state() if self._received else None
-            if states or stale is not None:
+            if states or stale is not None or memory is not None:
                 async with self.pool.acquire(timeout=5) as conn, conn.transaction():
                     if self.guard is not None:
                         await self.guard(conn, None)
                     await save_series_states(conn, self.series_scope, states)
                     if stale is not None:
                         await save_state(conn, STALE_STATE_NAME, stale)
+                    if memory is not None:  # only this task writes it, in _save_lock's order: never an older one
+                        await save_state(conn, episodes.state_name(self.series_scope), memory.data)
+                if memory is not None:
+                    episodes.done(memory)
         except Exception as err:  # saved with the next pass (or learned again by the next leader)
             with self._lock:
                 save_tiers.untake(self.monitor, dirty)

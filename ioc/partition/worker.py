@@ -20,7 +20,11 @@ next owner resumes where the last acknowledgement stopped. Each partition has it
 every ``state_every_s`` (15 s) the devices with a consequential change, every other changed device once per
 ``full_every_s`` (300 s) at its own slot, and everything changed when the partition is given back; one
 ``series_state`` row per device under the scope ``numeric:<stream>:p<N>``, restored by the next owner (a
-whole-partition ``analytics_state`` blob of an older version is read once).
+whole-partition ``analytics_state`` blob of an older version is read once). The group rules' episode memory
+(analytics/numeric/episodes.py: which districts' group findings were already raised) is one
+``analytics_state`` row per partition, written when it changes in the transaction of the findings that
+changed it and with each pass, so a next owner does not raise an ongoing district episode again. A district
+is one partition (stream.py), so its group finding is raised once, by the partition's owner.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import asyncpg
 import orjson
 
 from analytics.findings import Finding
-from analytics.numeric import save_tiers
+from analytics.numeric import episodes, save_tiers
 from analytics.numeric.device_state import encode_devices, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ioc.analytics_isolation import Isolation, ingest_apart
@@ -46,7 +50,7 @@ from ioc.partition.findings import encode_findings, findings_subject
 from ioc.partition.stream import STREAM, decode_rows, ensure_stream, subject
 from storage import cluster as sql
 from storage.cluster import FencedError
-from storage.writes import FindingRow, load_series_states, load_state, save_series_states, write_findings
+from storage.writes import FindingRow, load_series_states, load_state, save_series_states, save_state, write_findings
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,17 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutErr
 
 def state_name(stream: str, partition: int) -> str:
     return f"numeric:{stream}:p{partition}"
+
+
+async def _commit(conn: asyncpg.Connection, scope: str, findings: list[FindingRow] | None = None,
+                  states: list[tuple[str, bytes]] | None = None, memory: episodes.Pending | None = None) -> None:
+    """The writes of one fenced transaction of a partition."""
+    if findings:
+        await write_findings(conn, findings)
+    if states:
+        await save_series_states(conn, scope, states)
+    if memory is not None:
+        await save_state(conn, episodes.state_name(scope), memory.data)
 
 
 def lease_name(stream: str, partition: int) -> str:
@@ -235,12 +250,15 @@ class PartitionWorker:
         partition), inside the fenced transaction; a refused save keeps them marked for the next one."""
         # the pump awaits this (or has stopped): nothing else touches the monitor meanwhile
         names, dirty = save_tiers.take(monitor, self.plans.get(p), now)
-        if not dirty:
+        memory = episodes.pending(monitor)
+        if not dirty and memory is None:
             return
         try:
             states = await asyncio.to_thread(encode_devices, monitor, [names[d] for d in sorted(dirty)])
-            await self._fenced(p, epoch, partial(save_series_states, scope=state_name(self.stream, p),
-                                                 states=states))
+            await self._fenced(p, epoch, partial(_commit, scope=state_name(self.stream, p), states=states,
+                                                 memory=memory))
+            if memory is not None:
+                episodes.done(memory)
         except asyncio.CancelledError:  # the partition is being given back: its hand-over save takes them
             save_tiers.untake(monitor, dirty)
             raise
@@ -257,11 +275,14 @@ class PartitionWorker:
             async with self._pool.acquire() as conn:  # type: ignore[union-attr]
                 items = await load_series_states(conn, name)
                 blob = None if items else await load_state(conn, name)
+                memory = await load_state(conn, episodes.state_name(name))
             if items:
                 restored = await asyncio.to_thread(restore_devices, monitor, items)
                 logger.info("partition %d: state of %d of %d devices restored", p, restored, len(items))
             elif blob:
                 monitor = NumericMonitor.from_state(blob, ranges=self.ranges)
+            if memory:
+                logger.info("partition %d: %d group episodes ongoing", p, episodes.restore(monitor, memory))
         except Exception as err:  # a state this version cannot read: learn afresh rather than stop
             logger.warning("partition %d: saved detector state not restored (%s)", p, err)
             monitor = NumericMonitor(ranges=self.ranges)
@@ -272,7 +293,7 @@ class PartitionWorker:
         monitor = await self._restore(p)
         self.monitors[p] = monitor
         self.plans[p] = save_tiers.SavePlan(self.full_every_s)
-        known: set[str] = set()
+        known: dict[str, str] = {}  # device -> the district (group) it was declared with
         logger.info("partition %d taken, epoch %d (%d series learned before)", p, epoch, monitor.bank.size)
         from nats.js.api import ConsumerConfig
 
@@ -287,7 +308,7 @@ class PartitionWorker:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _pump(self, p: int, epoch: int, monitor: NumericMonitor, sub: Any, known: set[str]) -> None:
+    async def _pump(self, p: int, epoch: int, monitor: NumericMonitor, sub: Any, known: dict[str, str]) -> None:
         last_save = time.monotonic()
         while True:
             if not self.holds(p):
@@ -301,8 +322,10 @@ class PartitionWorker:
                     raise PartitionLost("its lease ran out on this worker's clock (paused or cut off)")
                 rows = [r for m in msgs for r in decode_rows(m.data)]
                 for r in rows:
-                    if r.device_id not in known:
-                        known.add(r.device_id)
+                    # again when its district becomes known (a device first placed by its own id may hash to
+                    # its district's partition): else it never joined its district's group here
+                    if known.get(r.device_id) != r.district and (r.district or r.device_id not in known):
+                        known[r.device_id] = r.district
                         monitor.set_device(r.device_id, r.kind, r.district)
                 # never raises: a device whose readings make the detectors raise is set apart (else the batch,
                 # unacknowledged, came back and raised for ever: the whole partition stuck)
@@ -314,7 +337,13 @@ class PartitionWorker:
                     logger.warning("partition %d: detectors raised on %s; their readings were not analysed", p,
                                    ", ".join(sorted(failed)[:5]))
                 if found:
-                    await self._fenced(p, epoch, partial(write_findings, rows=[_row(f) for f in found]))
+                    # a group episode's start (or end) commits with the findings: a SIGKILL right after them
+                    # does not make the next owner raise the group finding again
+                    memory = episodes.pending(monitor)
+                    await self._fenced(p, epoch, partial(_commit, scope=state_name(self.stream, p),
+                                                         findings=[_row(f) for f in found], memory=memory))
+                    if memory is not None:
+                        episodes.done(memory)
                     # on to the alert brain (ioc/partition/findings.py) after the fenced commit, before the acks
                     await self._js.publish(findings_subject(self.stream), encode_findings(found), stream=self.stream)
                     self.findings += len(found)
