@@ -208,3 +208,33 @@ async def test_the_brain_keeps_its_group_episodes_across_a_restart(database_url:
             await conn.execute("DELETE FROM series_state WHERE scope = $1", scope)
             await conn.execute("DELETE FROM analytics_state WHERE name = $1", episodes.state_name(scope))
         await pool.close()
+
+
+async def test_a_device_placed_later_joins_its_district_in_the_same_partition(database_url: str) -> None:
+    """A device first seen without a district (keyed by its own id) whose district then lands in the same
+    partition joins that district's group there, without a restart."""
+    stream = f"T{uuid.uuid4().hex[:10]}"
+    tag = uuid.uuid4().hex[:6]
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    await ensure_stream(js, stream, max_age_s=600)
+    pub = Publisher(js, 1, stream)  # one partition: both keys fall in it
+    w = PartitionWorker(database_url, NATS_URL, 1, "placed", rebalance_s=0.3, stream=stream, lease_ttl_s=2.0)
+    run = asyncio.create_task(w.run())
+    dev = f"B{tag}"
+    try:
+        await until(lambda: 0 in w.monitors, 30, "the worker takes the partition")
+        await pub.publish([Row(dev, "bts", "", "mains_power", T0, 1.0)])
+        await pub.publish([Row(dev, "bts", f"D{tag}", "mains_power", T0 + STEP, 1.0)])
+        await pub.publish([Row(dev, "bts", "", "mains_power", T0 + 2 * STEP, 1.0)])  # its place forgotten
+        await until(lambda: w.processed >= 3, 30, "the readings analysed")
+        table = w.monitors[0].table
+        assert table.group_name(table.device_group[table.device_idx[dev]]) == f"D{tag}"
+    finally:
+        w.stop()
+        await asyncio.gather(run, return_exceptions=True)
+        conn = await asyncpg.connect(database_url)
+        await conn.execute("DELETE FROM series_state WHERE scope = $1", state_name(stream, 0))
+        await conn.close()
+        await js.delete_stream(stream)
+        await nc.close()
