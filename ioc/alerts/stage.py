@@ -34,7 +34,8 @@ from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
 from ioc.alerts.silences import Silence
-from ioc.cluster.ids import IdReserve, IdsExhausted
+from ioc.alerts.stepping import Stepping
+from ioc.cluster.ids import IdReserve
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from storage import alerts as store
@@ -56,7 +57,7 @@ STALL_S = 30.0  # change sets unstored this long: /readyz says not ready
 _MAX_SIGNALS = 200_000  # bound on signals waiting for a tick (a storm is summarised by dedupe keys anyway)
 
 
-class AlertStage:
+class AlertStage(Stepping):
     """One alert engine per deployment, beside the live hub (in the API process)."""
 
     def __init__(self, hub: LiveHub, pool: Any, city: City, config: AlertsConfig) -> None:
@@ -66,6 +67,7 @@ class AlertStage:
                                   city.road_of)
         self._signals: list[Signal] = []
         self._unsaved = Changes()
+        self._refused: list[tuple[Signal, str]] = []  # signals no step could apply, to set aside before acking
         self._officers: list[dict[str, Any]] = []
         self._live_devices: set[str] = set()
         self._lock = asyncio.Lock()  # officers' actions and the tick take turns with the engine
@@ -201,25 +203,6 @@ class AlertStage:
                 last_saved = loop.time()
                 await self.save()
 
-    def _step_safely(self, now: datetime) -> None:
-        """One tick's :meth:`step`; never raises. A step that raises loses that tick's signals (counted, logged)
-        and the loop goes on: the stage never ends on one bad signal or record. Health reports a step that keeps
-        raising (e.g. a stored silence or roster row the engine cannot compare)."""
-        pending, seq = self._signals, self._step_seq
-        try:
-            self.step(now)
-        except IdsExhausted:
-            # a burst of new alerts outran the ids reserved for it: all wait for the next tick (applied again by key)
-            self._signals, self._step_seq = pending + self._signals, seq
-            return
-        except Exception as err:
-            HANDLER_ERRORS.labels("alerts").inc()
-            if self.step_failing is None:
-                self.step_failing = (now, f"{type(err).__name__}: {err}"[:200])
-                logger.exception("alert engine step raised; the tick's signals are dropped and the stage goes on")
-            return
-        self.step_failing = None
-
     async def _reserve_ids(self) -> bool:
         """Hold enough database ids for the next step (each new alert and incident takes one); False: wait."""
         if self.ids is None:
@@ -245,41 +228,14 @@ class AlertStage:
         except Exception as err:
             logger.warning("device arrivals not saved: %s", err)
 
-    def step(self, now: datetime, store: bool = True) -> Changes:
-        """Apply the signals collected so far and advance the engine's timers to ``now``.
-
-        What changed is also kept for the next :meth:`flush` (unless ``store`` is false). :meth:`run`
-        calls this once per tick with the wall clock; replays call it with simulated time.
-        """
-        if store:
-            self._step_seq = self.position()  # before any await: exactly the signals taken below
-        signals, self._signals = self._signals, []
-        overdue = self.liveness.overdue(now, self.since)
-        if len(overdue) > max(5, self.config.stalled_share * len(self.liveness.devices)):
-            # Most of the city fell quiet at once: that is our input stalling (ingest backlog, broker
-            # link), not the devices. Judge them again once messages flow.
-            self.liveness.unmark(d for d, _, _ in overdue)
-            self._quiet = len(overdue)
-            if not self._stalled:
-                logger.warning("input stalled: %d of %d devices quiet at once; silence alerts held back",
-                               len(overdue), len(self.liveness.devices))
-            self._stalled = True
-        else:
-            self._stalled = False
-            signals += [rules.silent(d, late, usual, now, self._info) for d, late, usual in overdue]
-        ch = self.engine.observe(signals, now) if signals else Changes()
-        ch.merge(self.engine.tick(now))
-        if store:
-            self._unsaved.merge(ch)
-        self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
-        return ch
-
     async def flush(self) -> Changes | None:
         """Store what changed (with its notifications) in one transaction, then push it on the feed."""
         async with self._flushing:
             seq = self._step_seq
             ch = await self._flush()
-            if not self._unsaved:  # every step up to ``seq`` is stored (a failed set stays in _unsaved)
+            if self._refused:
+                await self._set_aside_signals()
+            if not self._unsaved and not self._refused:  # every step up to ``seq`` stored (failures stay held)
                 self.stored_seq = max(self.stored_seq, seq)
             return ch
 

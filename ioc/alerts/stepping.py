@@ -1,0 +1,163 @@
+"""How the alert stage steps its engine: all or nothing, and never at the cost of a signal.
+
+A step that raises half way (the reserved ids run out, a value the engine cannot compare) would leave alerts in
+memory whose changes were never returned: a retry sees them as existing and stores nothing, yet the messages
+behind them are acked. So each step is undone when it raises (:mod:`ioc.alerts.checkpoint`), its signals stay
+queued and the acked position does not pass them; signals that no step can apply are set aside with their error
+(table ``set_aside``) before their input is acked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import Counter
+
+from ingest.metrics import HANDLER_ERRORS
+from ioc.alerts import rules
+from ioc.alerts.checkpoint import checkpoint
+from ioc.alerts.config import AlertsConfig
+from ioc.alerts.engine import AlertEngine
+from ioc.alerts.liveness import Liveness
+from ioc.alerts.model import Changes, Signal
+from ioc.cluster.ids import IdsExhausted
+from storage.set_aside import set_aside
+
+logger = logging.getLogger("ioc.alerts.stage")
+
+SIGNALS_SET_ASIDE = Counter("ioc_alert_signals_set_aside", "Alert signals no engine step could apply (set aside)")
+
+
+class Stepping:
+    """The stepping half of :class:`ioc.alerts.stage.AlertStage` (which holds these attributes)."""
+
+    engine: AlertEngine
+    liveness: Liveness
+    config: AlertsConfig
+    pool: Any
+    since: datetime | None
+    position: Callable[[], int]
+    step_failing: tuple[datetime, str] | None
+    _signals: list[Signal]
+    _unsaved: Changes
+    _refused: list[tuple[Signal, str]]
+    _step_seq: int
+    _stalled: bool
+    _quiet: int
+    _live_devices: set[str]
+    _info: Callable[[str], tuple[str | None, str | None, float | None, float | None]]
+
+    def _step_safely(self, now: datetime) -> None:
+        """One tick's :meth:`step`; never raises, never loses a signal.
+
+        A step is all or nothing (:meth:`_apply`): one that raises leaves the engine as it was and its signals
+        queued, and the acked position does not advance past them. Ids run out: they wait for the next tick's
+        reservation. Anything else: :meth:`_step_apart` applies what can be applied and sets aside (with the
+        error, for admins) each signal that cannot; if even the timers alone raise, the engine itself is at fault
+        (e.g. a stored silence it cannot compare): every signal waits, unacked, and health says so.
+        """
+        try:
+            self.step(now)
+        except IdsExhausted:
+            return  # a burst of new alerts outran the ids reserved for it: all wait for the next tick
+        except Exception as err:
+            HANDLER_ERRORS.labels("alerts").inc()
+            if self.step_failing is None:
+                self.step_failing = (now, f"{type(err).__name__}: {err}"[:200])
+                logger.exception("alert engine step raised; undone, its signals are applied one part at a time")
+            self._step_apart(now)
+            return
+        self.step_failing = None
+
+    def _step_apart(self, now: datetime) -> None:
+        """After a step raised: timers alone, then the signals in halves down to the single ones that raise."""
+        seq, signals, self._signals = self.position(), self._signals, []
+        try:
+            ch = self._apply([], now)
+        except Exception:  # the engine fails without any input: the input is not at fault and waits
+            self._signals = signals + self._signals
+            return
+        held: list[Signal] = []
+        parts = [signals]
+        while parts:
+            part = parts.pop()
+            try:
+                ch.merge(self._apply(part, now))
+            except IdsExhausted:
+                held += part
+            except Exception as err:
+                if len(part) > 1:
+                    parts += [part[len(part) // 2:], part[:len(part) // 2]]  # first half next: order kept
+                    continue
+                SIGNALS_SET_ASIDE.inc()
+                logger.error("alert signal set aside: %s (%s: %s)", part[0].key, type(err).__name__, err)
+                self._refused.append((part[0], f"{type(err).__name__}: {err}"))
+        self._unsaved.merge(ch)
+        self._signals = held + self._signals
+        if not held:  # else the position stays: the held signals are covered by a later step
+            self._step_seq = seq
+
+    def step(self, now: datetime, store: bool = True) -> Changes:
+        """Apply the signals collected so far and advance the engine's timers to ``now``, all or nothing.
+
+        What changed is also kept for the next :meth:`flush` (unless ``store`` is false). If it raises, the
+        engine is as before and the signals are queued again. :meth:`run` calls this once per tick with the wall
+        clock; replays call it with simulated time.
+        """
+        seq = self.position()  # before any await: exactly the signals taken below
+        signals, self._signals = self._signals, []
+        try:
+            ch = self._apply(signals, now)
+        except BaseException:
+            self._signals = signals + self._signals
+            raise
+        if store:
+            self._step_seq = seq
+            self._unsaved.merge(ch)
+        return ch
+
+    def _apply(self, signals: list[Signal], now: datetime) -> Changes:
+        """Signals, silences found and timers through the engine; if it raises, engine and liveness are undone."""
+        saved, stalled, quiet = checkpoint(self.engine), self._stalled, self._quiet
+        overdue = self.liveness.overdue(now, self.since)
+        try:
+            if len(overdue) > max(5, self.config.stalled_share * len(self.liveness.devices)):
+                # Most of the city fell quiet at once: that is our input stalling (ingest backlog, broker
+                # link), not the devices. Judge them again once messages flow.
+                self.liveness.unmark(d for d, _, _ in overdue)
+                self._quiet = len(overdue)
+                if not self._stalled:
+                    logger.warning("input stalled: %d of %d devices quiet at once; silence alerts held back",
+                                   len(overdue), len(self.liveness.devices))
+                self._stalled = True
+            else:
+                self._stalled = False
+                signals = signals + [rules.silent(d, late, usual, now, self._info) for d, late, usual in overdue]
+            ch = self.engine.observe(signals, now) if signals else Changes()
+            ch.merge(self.engine.tick(now))
+        except BaseException:
+            saved.restore()
+            self.liveness.unmark(d for d, _, _ in overdue)  # found silent again by the retry
+            self._stalled, self._quiet = stalled, quiet
+            raise
+        self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
+        return ch
+
+    async def _set_aside_signals(self) -> None:
+        """Keep the signals no step could apply in ``set_aside`` (with their error) before their input is acked."""
+        refused = self._refused
+        try:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                for sig, error in refused:
+                    await set_aside(conn, "alerts", f"signal {sig.key}", error, 1, _signal_doc(sig))
+        except Exception as err:
+            logger.warning("refused alert signals not set aside yet (%s); retrying next tick", err)
+            return
+        self._refused = self._refused[len(refused):]
+
+
+def _signal_doc(sig: Signal) -> dict[str, Any]:
+    return {f: getattr(sig, f) for f in sig.__slots__}
