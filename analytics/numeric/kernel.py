@@ -173,6 +173,8 @@ def _severities(cfg: DetectorConfig, s: np.ndarray, Hb: np.ndarray, rows: np.nda
     bz = sm / (cfg.spike_z * np.sqrt(cfg.burst_alpha / (2.0 - cfg.burst_alpha)) * cfg.burst_k)
     sev[:, SPIKE] = np.maximum(np.maximum(z, 0.0) / cfg.spike_z * cfg.point_w, np.maximum(bz, 0.0))
     sev[:, DIP] = np.maximum(np.maximum(-z, 0.0) / cfg.spike_z * cfg.point_w, np.maximum(-bz, 0.0))
+    # a burst outweighs the point when several large residuals came in a row (a collapse, not a glitch)
+    burst_dom = np.abs(bz) > np.abs(z) / cfg.spike_z * cfg.point_w
     sigma_b = np.maximum(MAD_TO_SIGMA * s[:, AEB], m.floor)
     baseline = s[:, LB] + m.season
     # level shift: two-sided CUSUM of the residuals around the slow baseline
@@ -195,13 +197,13 @@ def _severities(cfg: DetectorConfig, s: np.ndarray, Hb: np.ndarray, rows: np.nda
     nn = _context(Hb, rows, (x - s[:, LB]).astype(np.float32), cfg.context_dim)
     sev[:, PATTERN] = np.where(n > Hb.shape[1], nn / sigma_c / cfg.context_z, 0.0)
     carry = {"sm": sm, "cp": cp, "cn": cn, "vs": vs, "run": run, "same": same, "sigma_b": sigma_b,
-             "baseline": baseline}
+             "baseline": baseline, "burst_dom": burst_dom}
     return sev, carry
 
 
 def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarray, sev: np.ndarray,
                m: _Model, level_now: np.ndarray, dt: np.ndarray, warm: np.ndarray,
-               routine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               routine: np.ndarray, novel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Type and raw score 0..1 of the strongest component, judged against this series' history.
 
     A ``routine`` reading (its time of day has seen as much before) is damped and sets no record."""
@@ -217,7 +219,10 @@ def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarr
     kind[(kind == SHIFT) & wander & (sev[:, DRIFT] >= 0.25)] = DRIFT
     # rarity: a severity this series reaches often is worth less
     rare = _rarity(R, rows, top, cfg.rarity_decay)
-    adj = top * np.clip(rare / cfg.rarity_ref, cfg.rarity_min, cfg.rarity_max)
+    factor = np.clip(rare / cfg.rarity_ref, cfg.rarity_min, cfg.rarity_max)
+    if cfg.tod_novel > 0:  # new for its time of day: not discounted for being common at other hours
+        factor = np.where(novel, np.maximum(factor, cfg.tod_novel), factor)
+    adj = top * factor
     # records: a severity well below the largest recent one of its kind is old news. Severities are
     # in spreads of the model in use: when seasonality switches on or off the records are rescaled
     # to the new model's spread (keeping their size in the series' units); restarting them instead
@@ -241,7 +246,7 @@ def _calibrate(cfg: DetectorConfig, s: np.ndarray, R: np.ndarray, rows: np.ndarr
 
 
 def _routine(cfg: DetectorConfig, s: np.ndarray, E: np.ndarray, rows: np.ndarray, t: np.ndarray, x: np.ndarray,
-             m: _Model, new: np.ndarray) -> np.ndarray:
+             m: _Model, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Readings whose deviation from the slow level this time of day has seen before (``routine.py``), for a
     series with a time of day at all: its daily profile explains at least a little (``tod_gain``), in use or not.
     A rush hour's jam, and the level shift its tail would raise, are then routine; a jam at noon is not."""
@@ -250,9 +255,10 @@ def _routine(cfg: DetectorConfig, s: np.ndarray, E: np.ndarray, rows: np.ndarray
         new_rows(E, rows[start])
         s[start, TOD_DAY] = 0.0
         s[start, TOD_SCALE] = scale_for(x[start], s[start, DHI] - s[start, DLO])
-    seen, s[:, TOD_DAY], s[:, TOD_SCALE] = routine_step(E, rows, t, x - s[:, LS], cfg.tod_margin * m.sigma,
-                                                        s[:, TOD_DAY], s[:, TOD_SCALE], cfg.tod_shrink)
-    return seen & ~new & (s[:, AESD] < cfg.tod_gain * s[:, AER])
+    seen, outside, s[:, TOD_DAY], s[:, TOD_SCALE] = routine_step(E, rows, t, x - s[:, LS], cfg.tod_margin * m.sigma,
+                                                               s[:, TOD_DAY], s[:, TOD_SCALE], cfg.tod_shrink)
+    daily = ~new & (s[:, AESD] < cfg.tod_gain * s[:, AER])
+    return seen & daily, np.where(daily, outside / m.sigma, np.nan)
 
 
 def _var_before(cfg: DetectorConfig, s: np.ndarray) -> np.ndarray:
@@ -323,9 +329,11 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     lim_f = cfg.huber_k * m.sigma
     level_now = m.level + cfg.level_alpha * np.clip(m.err, -lim_f, lim_f)
     routine = np.zeros(len(rows), dtype=bool)
+    outside = np.full(len(rows), np.nan)
     if cfg.tod_bins > 0 and tod is not None and tod.shape[2] > 0:
-        routine = _routine(cfg, s, tod, rows, t, x, m, new)
-    kind, raw = _calibrate(cfg, s, R, rows, sev, m, level_now, dt, warm, routine)
+        routine, outside = _routine(cfg, s, tod, rows, t, x, m, new)
+    novel = outside > cfg.tod_novel_margin
+    kind, raw = _calibrate(cfg, s, R, rows, sev, m, level_now, dt, warm, routine, novel)
     record, raw = _range_record(cfg, s, x, m, kind, raw, warm)
 
     re_nov = np.zeros(len(rows))
@@ -368,6 +376,10 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
     refire = raw > cfg.refire_ratio * s[:, ALERT]
     if cfg.young_refire_z > 0:
         refire |= _young_refire(cfg, s, m, carry["sm"], n, t, days, hi - lo)
+    if cfg.tod_refire_gap > 0:  # new for its time of day, long after the finding that opened the hold
+        again = ((outside > cfg.tod_refire_margin) & (n - (s[:, HOLD] - cfg.hold) >= cfg.tod_refire_gap)
+                 & (np.abs(m.err) >= cfg.tod_refire_range * (hi - lo)))
+        refire |= again & (carry["burst_dom"] | (not cfg.tod_refire_burst))
     fired = (raw >= cfg.fire_level) & (~holding | refire | record)
     score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
     # the range forgets slowly, so a series that settled down can raise records again

@@ -42,7 +42,8 @@ def _weekend(day: np.ndarray) -> np.ndarray:
 
 
 def routine_step(E: np.ndarray, rows: np.ndarray, t: np.ndarray, dev: np.ndarray, margin: np.ndarray,
-                 day_now: np.ndarray, scale: np.ndarray, shrink: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 day_now: np.ndarray, scale: np.ndarray,
+                 shrink: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Whether each reading's deviation ``dev`` is routine for its time of day; learns it.
 
     Args:
@@ -53,7 +54,8 @@ def routine_step(E: np.ndarray, rows: np.ndarray, t: np.ndarray, dev: np.ndarray
         shrink: share of the gap to a calmer day's extremes the envelope closes per day.
 
     Returns:
-        (routine, day, scale): the mask, and each series' collecting day and storage unit after this reading.
+        (routine, outside, day, scale): the mask; how far the deviation lies outside the envelope (series units,
+        0 inside, NaN where no earlier day was seen at this time of day); each series' collecting day and unit.
     """
     bins = E.shape[2] // 2
     day = np.floor(t / DAY) + 1.0
@@ -88,7 +90,8 @@ def routine_step(E: np.ndarray, rows: np.ndarray, t: np.ndarray, dev: np.ndarray
     lo = np.fmin.reduce(E[r2, ENV_LO, cols].astype(np.float32), axis=1)
     hi = np.fmax.reduce(E[r2, ENV_HI, cols].astype(np.float32), axis=1)
     routine = (u >= lo - m) & (u <= hi + m)  # False where no earlier day was seen (NaN bounds)
+    outside = np.maximum(np.maximum(lo - u, u - hi), 0.0) * scale  # NaN bounds stay NaN
     cell = b + half
     E[rows, DAY_LO, cell] = _store(np.fmin(E[rows, DAY_LO, cell].astype(np.float32), u))
     E[rows, DAY_HI, cell] = _store(np.fmax(E[rows, DAY_HI, cell].astype(np.float32), u))
-    return routine, day, scale
+    return routine, outside, day, scale

@@ -36,8 +36,9 @@ class _Feed:
         self.scale = routine.scale_for(np.array([50.0]), np.array([100.0]))
 
     def __call__(self, t: float, dev: float, margin: float = 1.0) -> bool:
-        seen, self.day, self.scale = routine.routine_step(self.E, np.array([0]), np.array([t]), np.array([dev]),
-                                                          np.array([margin]), self.day, self.scale, 0.1)
+        seen, outside, self.day, self.scale = routine.routine_step(
+            self.E, np.array([0]), np.array([t]), np.array([dev]), np.array([margin]), self.day, self.scale, 0.1)
+        self.outside = float(outside[0])
         return bool(seen[0])
 
 
