@@ -10,6 +10,7 @@ are not given back: a gap in a sequence is harmless, a reused id is not.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -31,17 +32,22 @@ _SCALARS = ("replayed", "_pruned_at", "next_alert_id", "next_incident_id", "sile
 class Checkpoint:
     """The engine's state at one moment; O(alerts + incidents) to take (a step already walks them all)."""
 
-    __slots__ = ("_alerts", "_by_device", "_dicts", "_engine", "_incidents", "_scalars")
+    __slots__ = ("_alerts", "_dicts", "_engine", "_incidents", "_scalars")
 
     def __init__(self, engine: AlertEngine) -> None:
         self._engine = engine
-        self._dicts = {name: dict(getattr(engine, name)) for name in _DICTS}
-        self._scalars = {name: getattr(engine, name) for name in _SCALARS}
-        self._by_device = {dev: list(ids) for dev, ids in engine._by_device.items()}
-        self._alerts = [(a, _alert_values(a)) for a in engine.alerts.values()]
-        # an incident's members list and escalation dict are changed in place: their contents are kept too
-        self._incidents = [(i, _incident_values(i), list(i.members), dict(i.escalation))
-                           for i in engine.incidents.values()]
+        paused = gc.isenabled()
+        gc.disable()  # tens of thousands of young tuples: no collection (a full one walks the heap) meanwhile
+        try:
+            self._dicts = {name: dict(getattr(engine, name)) for name in _DICTS}
+            self._scalars = {name: getattr(engine, name) for name in _SCALARS}
+            self._alerts = [(a, _alert_values(a)) for a in engine.alerts.values()]
+            # an incident's members list and escalation dict are changed in place: their contents are kept too
+            self._incidents = [(i, _incident_values(i), list(i.members), dict(i.escalation))
+                               for i in engine.incidents.values()]
+        finally:
+            if paused:
+                gc.enable()
 
     def restore(self) -> None:
         """Put the engine back as it was when this checkpoint was taken."""
@@ -57,7 +63,10 @@ class Checkpoint:
             setattr(engine, name, dict(saved))
         for name, value in self._scalars.items():
             setattr(engine, name, value)
-        engine._by_device = {dev: list(ids) for dev, ids in self._by_device.items()}
+        # the per-device index, rebuilt from the alerts held (it is only appended to and pruned of forgotten ids)
+        engine._by_device = {}
+        for alert in engine.alerts.values():
+            engine._index(alert)
 
 
 def _set(obj: Any, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
