@@ -61,8 +61,29 @@ class Signal:
     for_s: float | None = None  # how long it must hold before it fires, when not the rule's ``for_s``
 
 
+class Undo:
+    """While an engine step runs (ioc/alerts/checkpoint.py), the fields of each alert and incident as they were
+    before its first change: id -> (the record, ``save(record)``)."""
+
+    log: dict[int, tuple[Any, Any]] | None = None
+    save: Any = None
+
+
+class _Undoable:
+    """Base of the records a step changes by assignment (an in-place change of a field's dict or list is not
+    noted: incidents' members and escalation are kept whole by the checkpoint; alerts' evidence is replaced)."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        log = Undo.log
+        if log is not None and id(self) not in log:
+            log[id(self)] = Undo.save(self)
+        object.__setattr__(self, name, value)
+
+
 @dataclass(slots=True)
-class Alert:
+class Alert(_Undoable):
     """One condition on one thing (device, district), from first firing to closing."""
 
     id: int
@@ -109,7 +130,7 @@ class Alert:
 
 
 @dataclass(slots=True)
-class Incident:
+class Incident(_Undoable):
     """Alerts that share a cause (e.g. every BTS of one district on battery)."""
 
     id: int

@@ -121,9 +121,10 @@ class Stepping:
 
     def _apply(self, signals: list[Signal], now: datetime) -> Changes:
         """Signals, silences found and timers through the engine; if it raises, engine and liveness are undone."""
-        saved, stalled, quiet = checkpoint(self.engine), self._stalled, self._quiet
-        overdue = self.liveness.overdue(now, self.since)
+        stalled, quiet, overdue = self._stalled, self._quiet, []
+        saved = checkpoint(self.engine)
         try:
+            overdue = self.liveness.overdue(now, self.since)
             if len(overdue) > max(5, self.config.stalled_share * len(self.liveness.devices)):
                 # Most of the city fell quiet at once: that is our input stalling (ingest backlog, broker
                 # link), not the devices. Judge them again once messages flow.
@@ -143,6 +144,7 @@ class Stepping:
             self.liveness.unmark(d for d, _, _ in overdue)  # found silent again by the retry
             self._stalled, self._quiet = stalled, quiet
             raise
+        saved.close()
         self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
         return ch
 
