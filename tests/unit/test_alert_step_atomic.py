@@ -16,7 +16,7 @@ import pytest
 from ingest.records import DeviceEvent, ParsedMessage
 from ioc.alerts.checkpoint import checkpoint
 from ioc.alerts.config import AlertsConfig
-from ioc.alerts.model import Severity, Signal
+from ioc.alerts.model import Changes, Severity, Signal
 from ioc.alerts.stage import AlertStage
 from ioc.cluster.ids import IdReserve
 from ioc.geo import City
@@ -115,3 +115,21 @@ def test_a_restored_checkpoint_is_the_engine_before_the_step_same_objects() -> N
     assert engine.incidents == {inc.id: inc} and engine.alerts == {alert.id: alert}
     assert engine.by_key == {alert.key: alert} and not engine.pending
     assert inc == before_inc and alert == before_alert and engine.incidents[inc.id] is inc
+
+
+def test_a_change_to_a_held_alert_in_a_failed_step_is_undone_then_stored_by_the_retry() -> None:
+    stage = _stage([1])
+    now = datetime.now(UTC)
+    stage.on_parsed(_event("dev-a", now))
+    stage.step(now)
+    stage._unsaved = Changes()  # stored
+    (alert,) = stage.engine.by_key.values()
+    assert alert.severity is Severity.MAJOR
+    stage.position = lambda: 2
+    stage._signals.append(Signal(alert.rule, alert.key, True, now, device_id="dev-a", severity=Severity.CRITICAL))
+    stage._signals.append(Signal("device_event", "door_open:x", True, now.replace(tzinfo=None)))  # raises
+    stage._step_safely(now)
+    assert alert.severity is Severity.CRITICAL and stage._unsaved.alerts.get(alert.id) is alert  # not lost
+    (inc,) = stage.engine.incidents.values()
+    assert inc.severity is Severity.CRITICAL and stage._unsaved.incidents.get(inc.id) is inc
+    assert [s.key for s, _ in stage._refused] == ["door_open:x"] and stage._step_seq == 2
