@@ -82,7 +82,7 @@ def test_an_engine_that_raises_without_any_input_keeps_every_signal_unacked() ->
     now = datetime.now(UTC)
     stage.on_parsed(_event("dev-a", now))
 
-    def broken_tick(at: datetime) -> None:
+    def broken_tick(at: datetime) -> Changes:
         raise TypeError("can't compare offset-naive and offset-aware datetimes")
 
     stage.engine.tick = broken_tick  # type: ignore[method-assign]
