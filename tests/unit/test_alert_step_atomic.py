@@ -85,7 +85,7 @@ def test_an_engine_that_raises_without_any_input_keeps_every_signal_unacked() ->
     def broken_tick(at: datetime) -> Changes:
         raise TypeError("can't compare offset-naive and offset-aware datetimes")
 
-    stage.engine.tick = broken_tick  # type: ignore[method-assign]
+    stage.engine.tick = broken_tick  # type: ignore[method-assign, assignment]
     stage._step_safely(now)
     assert stage.step_failing is not None and "TypeError" in stage.step_failing[1]
     assert not stage.engine.by_key and not stage._unsaved and not stage._refused  # observe undone
