@@ -21,6 +21,7 @@ from ioc.alerts.config import AlertsConfig
 from ioc.alerts.stage import AlertStage
 from ioc.cluster.brain import BrainInput, tie_acks
 from ioc.cluster.config import ClusterConfig
+from ioc.cluster.ids import IdReserve
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from ioc.settings import Settings
@@ -44,6 +45,10 @@ class Leader:
 
     def __init__(self, settings: Settings, pool: Any, city: City, device: str, store: bool) -> None:
         self.stage = AlertStage(LiveHub(city.district_of), pool, city, AlertsConfig())
+        # ids from the database's sequences, as the brain draws them: ids of the engine's own numbering would be
+        # ahead of the sequences, and a later brain on this database would draw them again (and overwrite our rows)
+        self.stage.ids = IdReserve()
+        self.stage.engine.id_source = self.stage.ids
         self.gate = asyncio.Event()  # the flush transaction waits for it (a slow store)
         self.gate.set()
 
