@@ -249,7 +249,9 @@ def _routine(cfg: DetectorConfig, s: np.ndarray, E: np.ndarray, rows: np.ndarray
              m: _Model, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Readings whose deviation from the slow level this time of day has seen before (``routine.py``), for a
     series with a time of day at all: its daily profile explains at least a little (``tod_gain``), in use or not.
-    A rush hour's jam, and the level shift its tail would raise, are then routine; a jam at noon is not."""
+    A rush hour's jam, and the level shift its tail would raise, are then routine; a jam at noon is not.
+    Also returns how many spreads outside every earlier day's envelope each reading lies (NaN: no time of day,
+    or no earlier day seen at this hour), for the novelty of the ninth round."""
     start = new | (s[:, TOD_SCALE] <= 0)  # a new series, or one restored from before the envelopes
     if start.any():
         new_rows(E, rows[start])
