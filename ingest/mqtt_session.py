@@ -115,10 +115,6 @@ class MqttSession:
         self._again = False  # a read is queued for the next turn of the loop (the budget was spent)
         self._generation = 0
         self._connected = asyncio.Event()
-        # Set at the SUBACK of this connection: until then a message published elsewhere may reach the broker
-        # before our SUBSCRIBE, and a new session never gets it (CONNACK alone does not mean subscribed).
-        self._subscribed = asyncio.Event()
-        self._subacks_due = 0  # SUBACKs this connection still waits for (one SUBSCRIBE per filter)
         self._lost = asyncio.Event()
         self._stopping = False
         self._was_stable = False  # set 10 s after a connect that held; resets the reconnect backoff
@@ -136,8 +132,8 @@ class MqttSession:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the session is connected and the broker has answered its SUBSCRIBE (SUBACK), refused or not."""
-        await asyncio.wait_for(self._subscribed.wait(), timeout)
+        """Wait until the session is connected and subscribed."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
 
     def ack(self, mid: int, generation: int, qos: int = 1) -> bool:
         """Acknowledge a message if it came over the current connection; False if it is stale."""
@@ -320,10 +316,6 @@ class MqttSession:
             return
         self._generation += 1
         self._was_stable = False
-        self._subscribed.clear()
-        self._subacks_due = len(self.options.subscriptions)
-        if not self._subacks_due:
-            self._subscribed.set()
         for topic in self.options.subscriptions:
             client.subscribe(topic, qos=self.options.qos)
         logger.info("MQTT connected to %s:%s as %s (session present: %s, generation %d)",
@@ -341,9 +333,6 @@ class MqttSession:
         # that is connected and receives nothing: say so loudly, and let health checks see it.
         refused = [str(rc) for rc in reason_codes if rc.is_failure]
         self.refused_subscriptions = refused
-        self._subacks_due -= 1
-        if self._subacks_due <= 0:
-            self._subscribed.set()
         if refused:
             logger.error("MQTT broker refused the subscription %s: %s", self.options.subscriptions, ", ".join(refused))
 
@@ -354,7 +343,6 @@ class MqttSession:
                        properties: Any) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        self._subscribed.clear()
         self._lost.set()
         if was:
             logger.warning("MQTT connection lost: %s", reason)
