@@ -22,7 +22,10 @@ class MqttConfig(BaseModel):
         7 * 24 * 3600, ge=0, description="How long the broker keeps the session (and queued messages) offline.")
     keepalive_s: int = Field(30, ge=5, le=600)
     reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_max_s: float = Field(
+        5.0, gt=0, description="Longest wait between reconnection attempts. Short on purpose: Mosquitto 2.0 does not "
+        "restore shared subscriptions ($share/...) after its restart, so until a worker of the group re-subscribes "
+        "the broker acknowledges devices' messages and drops them (docs/ha.md, 'Broker restarts').")
     username: str | None = None
     password: str | None = None
     ca_file: str | None = Field(

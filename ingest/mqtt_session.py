@@ -115,6 +115,10 @@ class MqttSession:
         self._again = False  # a read is queued for the next turn of the loop (the budget was spent)
         self._generation = 0
         self._connected = asyncio.Event()
+        # Set at the SUBACK of this connection: until then a message published elsewhere may reach the broker
+        # before our SUBSCRIBE, and a new session never gets it (CONNACK alone does not mean subscribed).
+        self._subscribed = asyncio.Event()
+        self._subacks_due = 0  # SUBACKs this connection still waits for (one SUBSCRIBE per filter)
         self._lost = asyncio.Event()
         self._stopping = False
         self._was_stable = False  # set 10 s after a connect that held; resets the reconnect backoff
@@ -132,8 +136,8 @@ class MqttSession:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        """Wait until the session is connected and subscribed."""
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        """Wait until the session is connected and the broker has answered its SUBSCRIBE (SUBACK), refused or not."""
+        await asyncio.wait_for(self._subscribed.wait(), timeout)
 
     def ack(self, mid: int, generation: int, qos: int = 1) -> bool:
         """Acknowledge a message if it came over the current connection; False if it is stale."""
@@ -316,6 +320,10 @@ class MqttSession:
             return
         self._generation += 1
         self._was_stable = False
+        self._subscribed.clear()
+        self._subacks_due = len(self.options.subscriptions)
+        if not self._subacks_due:
+            self._subscribed.set()
         for topic in self.options.subscriptions:
             client.subscribe(topic, qos=self.options.qos)
         logger.info("MQTT connected to %s:%s as %s (session present: %s, generation %d)",
@@ -333,8 +341,16 @@ class MqttSession:
         # that is connected and receives nothing: say so loudly, and let health checks see it.
         refused = [str(rc) for rc in reason_codes if rc.is_failure]
         self.refused_subscriptions = refused
+        self._subacks_due -= 1
         if refused:
             logger.error("MQTT broker refused the subscription %s: %s", self.options.subscriptions, ", ".join(refused))
+        elif self._subacks_due <= 0:
+            # Only from here on does the broker route messages to this session (a new session, or a shared
+            # subscription Mosquitto 2.0 did not restore after its restart): supervisors and tests wait for it.
+            logger.info("MQTT subscribed to %s (generation %d)", ", ".join(self.options.subscriptions),
+                        self._generation)
+        if self._subacks_due <= 0:
+            self._subscribed.set()
 
     def _mark_stable(self, generation: int) -> None:
         self._was_stable = generation == self._generation and self._connected.is_set()
@@ -343,6 +359,7 @@ class MqttSession:
                        properties: Any) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
         self._lost.set()
         if was:
             logger.warning("MQTT connection lost: %s", reason)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,10 +31,24 @@ persistent_client_expiration 14d
 """
 
 
+#: Listening ports for test services come from below Linux's ephemeral range (32768-60999 by default).
+#: A port the kernel hands out for bind(0) is in that range, and between our check and the service's own
+#: bind any outgoing connection (to PostgreSQL, Mosquitto, ...) may take it as its source port: an API
+#: replica then failed with "address already in use". Ports below the range are never used that way.
+_TEST_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port on 127.0.0.1 nothing listens on, outside the ephemeral range (see ``_TEST_PORTS``)."""
+    for _ in range(200):
+        port = random.choice(_TEST_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for a test service")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "") -> None:
@@ -129,11 +144,28 @@ class IngestProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start the worker; with ``wait``, return once the broker has answered its SUBSCRIBE.
+
+        Until then the broker routes nothing to it: a fresh share group does not exist yet, so a reading
+        published before the SUBACK is acknowledged to its device and dropped ("no matching subscribers").
+        """
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             cmd = [sys.executable, *self.python_args, "-m", "ioc.cli", "ingest", "--client-id", self.client_id]
             self.proc = subprocess.Popen(cmd,
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_subscribed(offset)
+
+    def wait_subscribed(self, offset: int = 0, timeout: float = 60.0) -> None:
+        """Wait for the SUBACK (subscribed, or refused: then the test sees the refusal) logged after ``offset``."""
+        def answered() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"ioc ingest exited: {self.log.read_bytes()[offset:][-2000:]!r}")
+            text = self.log.read_bytes()[offset:]
+            return b"MQTT subscribed to" in text or b"refused the subscription" in text
+        wait_until(answered, timeout, 0.05, what=f"ingest {self.client_id} subscribed")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
