@@ -206,7 +206,21 @@ def test_province_cluster_under_scheduled_incidents(artifacts: Path) -> None:
         for inc in feed.incidents:
             wait_for(lambda inc=inc: matching_incidents(dsn, inc), 90, 0.5, what=f"an incident for {inc.kind} {inc.id}")
         acked = reading_keys(messages)
-        wait_for(lambda: len(acked - stored_keys(dsn, feed)) == 0, 60, 0.5, what="every acknowledged reading stored")
+        try:
+            wait_for(lambda: not acked - stored_keys(dsn, feed), 60, 0.5, what="every acknowledged reading stored")
+        except TimeoutError:
+            missing = sorted(acked - stored_keys(dsn, feed), key=lambda k: k[2])
+            devices = sorted({d for d, _, _ in missing})
+            kept = db_fetch(dsn, "SELECT topic, reason, detail FROM quarantine WHERE topic LIKE $1",
+                            f"%{feed.city.scenario.id_prefix}%")
+            near = db_fetch(dsn, "SELECT device_id, metric, ts FROM telemetry WHERE device_id = ANY($1) ORDER BY ts "
+                            "LIMIT 20", devices)
+            lines = [f"{d} {m} {k / 1000 - feed.t0:.1f}" for d, m, k in missing]
+            (artifacts / "lost.txt").write_text("\n".join([*lines, "quarantined:", *map(str, kept),
+                                                           "stored:", *map(str, near)]))
+            raise AssertionError(f"{len(missing)} of {len(acked)} acknowledged readings not stored, e.g. "
+                                 f"{[(d, m, round(k / 1000 - feed.t0, 1)) for d, m, k in missing[:8]]} "
+                                 "(device, metric, seconds after the fleet started)") from None
         time.sleep(3)  # a few more leader ticks over the repeated inputs: a duplicate incident would show now
         per_truth = {i: matching_incidents(dsn, inc) for i, inc in truth.items()}
         ours = set().union(*per_truth.values())

@@ -8,7 +8,6 @@ import contextlib
 import email
 import email.policy
 import json
-import socket
 import ssl
 import threading
 import time
@@ -31,16 +30,11 @@ from storage import notifications as outbox
 from storage.config import StorageConfig
 from storage.db import create_pool
 from tests.conftest import BASE_DSN, create_database, drop_database
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.integration
 
 SECRET = "test-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
