@@ -40,8 +40,8 @@ errors = RateLimitedLog(logger)
 
 FINDINGS = Counter("ioc_analytics_findings", "Findings raised", ["type"])
 SNAPSHOTS_SKIPPED = Counter("ioc_analytics_snapshots_skipped", "Snapshots not analysed: camera shards busy")
-SNAPSHOTS_REPEATED = Counter("ioc_analytics_snapshots_repeated", "Snapshots not analysed: no newer than the "
-                             "camera's last one (a redelivery)")
+SNAPSHOTS_REPEATED = Counter("ioc_analytics_snapshots_repeated", "Snapshots not analysed: a copy of a picture the "
+                             "camera's analyser took lately, or no newer than its last one (a redelivery)")
 SNAPSHOTS_REFUSED = Counter("ioc_analytics_snapshots_refused", "Snapshots not decoded: picture beyond the size caps")
 SHARD_REBUILDS = Counter("ioc_analytics_shard_rebuilds", "Camera shard processes found dead and rebuilt")
 __all__ = ["SERIES_SCOPE", "STALE_STATE_NAME", "STATE_NAME", "AnalyticsStage"]  # the names moved keep their home
@@ -104,6 +104,9 @@ class AnalyticsStage(StageState):
         # handed to on_parsed; ``handed`` the highest one whose findings went to ``on_findings`` (the detectors
         # ran past it and no snapshot of it is still being analysed).
         self.position: Callable[[], int] = lambda: 0
+        # Whether the message handed to on_parsed was sent before (MQTT DUP: redelivered after a reconnection,
+        # or to the next leader after a takeover); its snapshots may be copies of pictures analysed already.
+        self.redelivered: Callable[[], bool] = lambda: False
         self.handed = 0
         # (input sequence, shard, generation) -> snapshots of that message being analysed in that shard
         self._analysing: dict[tuple[int, int, int], int] = {}
@@ -202,16 +205,19 @@ class AnalyticsStage(StageState):
             elif isinstance(rec, Snapshot):
                 # The input is at least once (the broker redelivers after a reconnection or a restart): a picture
                 # analysed already would read as frozen at once (the same bytes as the last one), and the analyser
-                # takes pictures in time order only.
+                # takes pictures in time order only. A snapshot is stamped when received, so a redelivered copy
+                # comes with a newer time: the analyser knows its recent pictures (CameraAnalyser.replayed).
                 last = self._last_snapshot.get(rec.device_id)
                 digest = hash(rec.jpeg)
                 if last is not None and (rec.ts < last[0] or (rec.ts == last[0] and digest == last[1])):
                     SNAPSHOTS_REPEATED.inc()
                     continue
-                self.stale.snapshot(rec.device_id, rec.ts)
+                again = self.redelivered()  # the broker sent this message before: perhaps a copy analysed already
+                if not again:  # a copy the broker sent before is no new arrival
+                    self.stale.snapshot(rec.device_id, rec.ts)
                 if not self._shards:
                     self._last_snapshot[rec.device_id] = (rec.ts, digest)
-                    self._camera_result(rec.device_id, rec.ts, self._analyse_inline(rec))
+                    self._camera_result(rec.device_id, rec.ts, self._analyse_inline(rec, again))
                     continue
                 shard = self._shard_of(rec.device_id)
                 if self._shard_dead(shard):  # skipped (counted) until its process is back
@@ -223,7 +229,7 @@ class AnalyticsStage(StageState):
                     continue
                 try:
                     fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], camera_shards.analyse,
-                                                                     rec.device_id, rec.jpeg, rec.ts)
+                                                                     rec.device_id, rec.jpeg, rec.ts, again)
                 except BrokenProcessPool:
                     SNAPSHOTS_SKIPPED.inc()
                     self._start_rebuild(shard)
@@ -235,12 +241,16 @@ class AnalyticsStage(StageState):
                 fut.add_done_callback(functools.partial(self._camera_done, rec.device_id, shard,
                                                         self._generation[shard], rec.ts, key[0]))
 
-    def _analyse_inline(self, rec: Snapshot) -> tuple[str, float, float, int, list[Finding]] | None:
+    def _analyse_inline(self, rec: Snapshot, redelivered: bool = False
+                        ) -> tuple[str, float, float, int, list[Finding]] | None:
         from analytics.camera.analyser import CameraAnalyser
 
         analyser = self._inline.get(rec.device_id)
         if analyser is None:
             analyser = self._inline[rec.device_id] = CameraAnalyser(rec.device_id)
+        elif analyser.replayed(rec.jpeg, redelivered):
+            SNAPSHOTS_REPEATED.inc()
+            return None
         try:
             res = analyser.analyse(rec.jpeg, rec.ts)
         except ImageTooLarge as err:
@@ -272,6 +282,9 @@ class AnalyticsStage(StageState):
             return
         except Exception:
             logger.exception("camera analysis of %s failed", device_id)
+            return
+        if result is None:  # a copy of a picture the shard analysed lately (camera_shards.analyse)
+            SNAPSHOTS_REPEATED.inc()
             return
         self._camera_result(device_id, ts, result)
 

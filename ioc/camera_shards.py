@@ -55,13 +55,17 @@ def shard_init() -> None:
     cv2.setNumThreads(1)
 
 
-def analyse(device_id: str, jpeg: bytes, ts: datetime) -> tuple[str, float, float, int, list[Finding]]:
-    """In a shard process: run this camera's analyser on one snapshot."""
+def analyse(device_id: str, jpeg: bytes, ts: datetime, redelivered: bool = False
+            ) -> tuple[str, float, float, int, list[Finding]] | None:
+    """In a shard process: run this camera's analyser on one snapshot. None: a copy of a picture it analysed
+    lately (``redelivered``: the broker sent it before; see ``CameraAnalyser.replayed``), not analysed again."""
     from analytics.camera.analyser import CameraAnalyser
 
     analyser = _analysers.get(device_id)
     if analyser is None:
         analyser = _analysers[device_id] = CameraAnalyser(device_id)
+    elif analyser.replayed(jpeg, redelivered):
+        return None
     res = analyser.analyse(jpeg, ts)
     _unsaved.add(device_id)
     return res.label, float(res.confidence), float(res.activity), int(res.objects), list(res.findings)

@@ -85,6 +85,7 @@ class CameraAnalyser:
         self.ref: Ref | None = None
         self.prev: Measures | None = None
         self.prev_hash = b""
+        self.digests = b""  # digests (8 bytes each, oldest first) of the last _RECENT pictures analysed
         self.freeze = FreezeTracker()
         self.spreads = _spreads()
         self.align: Alignment | None = None  # last candidate re-pointing
@@ -112,10 +113,26 @@ class CameraAnalyser:
         if dec is None:
             f = self._finding("black", 1.0, ts, index, "Snapshot does not decode as a JPEG.", {})
             return SnapshotResult(index, ts, "black", 1.0, 0.0, 0, [f])
-        digest = hashlib.blake2b(jpeg, digest_size=8).digest()
+        digest = _digest(jpeg)
         same_bytes = digest == self.prev_hash
         self.prev_hash = digest
+        self.digests = (self.digests + digest)[-_DIGEST * _RECENT:]
         return self.analyse_measures(measure(*dec), ts, index, same_bytes)
+
+    def replayed(self, jpeg: bytes, redelivered: bool = False) -> bool:
+        """Whether ``jpeg`` is a copy of a picture analysed lately, not to be analysed again.
+
+        The input is at least once: after a reconnection, or to the next leader after a takeover, the broker
+        sends again what was not acknowledged, marked as sent before (``redelivered``: MQTT DUP). Stamped when
+        received, such a copy of the camera's last picture would look like the camera re-sending it, a frozen
+        stream at once. Unmarked, the same bytes as the last picture are the camera's own (a stalled stream);
+        an earlier picture again is a replay either way (a camera does not go back to an older picture).
+        """
+        digest = _digest(jpeg)
+        if digest == self.prev_hash:
+            return redelivered
+        rec = self.digests
+        return any(rec[i:i + _DIGEST] == digest for i in range(0, len(rec), _DIGEST))
 
     def analyse_measures(self, m: Measures, ts: datetime, index: int, same_bytes: bool = False) -> SnapshotResult:
         """Analyse an already-measured snapshot (used by :meth:`analyse`)."""
@@ -433,7 +450,13 @@ class CameraAnalyser:
         return Finding(self.device_id, "snapshot", ts, kind, float(conf), text, {"index": index, **detail})
 
 
-_STATE_KEYS = ("n_seen", "n_learned", "ready", "ref", "prev", "prev_hash", "freeze", "spreads", "align", "cover_rate",
-               "occ_mask", "streak", "last_label", "last_gain", "exposure", "noise_recent", "noise_q", "jitter",
-               "jitter_wait")
+def _digest(jpeg: bytes) -> bytes:
+    return hashlib.blake2b(jpeg, digest_size=_DIGEST).digest()
+
+
+_DIGEST = 8  # bytes of a picture's digest
+_RECENT = 64  # pictures whose digests are kept (replayed): five minutes of snapshots every 5 s
+_STATE_KEYS = ("n_seen", "n_learned", "ready", "ref", "prev", "prev_hash", "digests", "freeze", "spreads", "align",
+               "cover_rate", "occ_mask", "streak", "last_label", "last_gain", "exposure", "noise_recent", "noise_q",
+               "jitter", "jitter_wait")
 _JITTER_CAP = 9.0  # square thumbnail px: one big jolt teaches no more than a 3-pixel one

@@ -82,12 +82,14 @@ class BrainInput:
         self.session = MqttSession(options, self._on_message)
         self.lag_s: float | None = None
         self.seq = 0  # sequence number of the last message handed to the stages
+        self.redelivered = False  # the message being handed to the stages was sent to this session before (DUP)
         self.settled: Callable[[], int] = settled or (lambda: self.seq)
         self._unacked: deque[tuple[int, int, int, int]] = deque()  # (seq, mid, connection generation, qos)
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         now = datetime.now(UTC)
         self.seq += 1  # on the event loop, before the sinks: the stages read it as their position
+        self.redelivered = bool(message.dup)  # ... and this (the analytics stage: a copy of a snapshot analysed?)
         # The ingest's own handler: parse, caps, every sink under the catch-all (never raises).
         parsed = handle_message(message, now, self.guard, self.sinks, stores=False)
         stamps = [r.ts for r in parsed.records if getattr(r, "ts", None) is not None]
@@ -163,6 +165,7 @@ def tie_acks(brain_input: BrainInput, analytics: AnalyticsStage | None, alerts: 
 
     if analytics is not None:
         analytics.position = position
+        analytics.redelivered = lambda: brain_input.redelivered
     if alerts is not None:
         alerts.position = covered
         brain_input.settled = lambda: alerts.stored_seq
