@@ -211,8 +211,8 @@ def test_province_cluster_under_scheduled_incidents(artifacts: Path) -> None:
         except TimeoutError:
             missing = sorted(acked - stored_keys(dsn, feed), key=lambda k: k[2])
             devices = sorted({d for d, _, _ in missing})
-            kept = db_fetch(dsn, "SELECT topic, reason, detail FROM quarantine WHERE topic LIKE $1",
-                            f"%{feed.city.scenario.id_prefix}%")
+            # every row: a message quarantined by the writer is named "(message on telemetry)", not by its topic
+            kept = db_fetch(dsn, "SELECT topic, reason, detail FROM quarantine")
             near = db_fetch(dsn, "SELECT device_id, metric, ts FROM telemetry WHERE device_id = ANY($1) ORDER BY ts "
                             "LIMIT 20", devices)
             lines = [f"{d} {m} {k / 1000 - feed.t0:.1f}" for d, m, k in missing]
