@@ -54,7 +54,18 @@ LIVE_INCIDENTS = Gauge("ioc_incidents_live", "Open or acknowledged incidents")
 LIVENESS_STATE = "alerts_liveness"  # analytics_state row: device arrivals, so a restart still sees silence
 LIVENESS_EVERY_S = 300.0
 STALL_S = 30.0  # change sets unstored this long: /readyz says not ready
-_MAX_SIGNALS = 200_000  # bound on signals waiting for a tick (a storm is summarised by dedupe keys anyway)
+# Signals waiting for a step (none is taken while no ids can be reserved, or while every step raises). Unacked
+# messages alone do not bound them: the broker sends up to the Receive Maximum unacked (20,000 by default) and
+# QoS 0 without limit, and a message can carry 1,000 readings, each with findings. (Before, with a plain drop at
+# 200,000: 2,000 alarms with 100 findings each, read while no step could run, left 19 alarms acked and never
+# stored.) So the brain stops reading while ``HOLD_SIGNALS`` wait, reads again at half (ioc/cluster/brain.py).
+# ``MAX_SIGNALS`` stays the hard bound on memory (findings of messages read before the pause come in bursts): a
+# signal beyond it is dropped, but the acked position never passes its message (``lost_after``), and the brain
+# has the broker send that message and every later one again (tests/integration/test_alert_queue_bound.py).
+HOLD_SIGNALS = 50_000
+MAX_SIGNALS = 200_000
+SIGNALS_DROPPED = Counter("ioc_alert_signals_dropped", "Alert signals dropped at the queue's bound (their input is "
+                          "not acked: the brain has the broker redeliver it)")
 
 
 class AlertStage(Stepping):
@@ -95,6 +106,12 @@ class AlertStage(Stepping):
         self.position: Callable[[], int] = lambda: 0
         self.stored_seq = 0
         self._step_seq = 0
+        self.hold_signals, self.max_signals = HOLD_SIGNALS, MAX_SIGNALS
+        #: a signal was dropped at ``max_signals``: no ack past this position until the input is redelivered (set
+        #: only when the acks wait for this stage, ``tie_acks``; an embedded ingest worker acks on its own)
+        self.lost_after: int | None = None
+        self.held_acks = False
+        self.dropped = 0
         self._flushing = asyncio.Lock()  # one flush at a time: a set stored by a later one covers the earlier
 
     def _district_name(self, code: str | None) -> str | None:
@@ -134,10 +151,38 @@ class AlertStage(Stepping):
         self._add(rules.from_health(device_id, label, confidence, ts, self._info))
 
     def _add(self, signals: list[Signal]) -> None:
-        if len(self._signals) < _MAX_SIGNALS:
+        if len(self._signals) < self.max_signals:
             self._signals.extend(signals)
-        else:
-            logger.error("alert signal queue full; dropping %d signals", len(signals))
+            return
+        if not signals:
+            return
+        self.dropped += len(signals)
+        SIGNALS_DROPPED.inc(len(signals))
+        if not self.held_acks:
+            logger.error("alert signal queue full (%d); dropping %d signals", len(self._signals), len(signals))
+            return
+        # Their message is the current position at most (a finding's is after the position handed over): nothing
+        # from the one before it on is acked until the broker has sent it again (``redelivering``).
+        lost = self.position() - 1
+        if self.lost_after is None:
+            logger.error("alert signal queue full (%d); dropping signals: input after %d is held for redelivery",
+                         len(self._signals), lost)
+        self.lost_after = lost if self.lost_after is None else min(self.lost_after, lost)
+
+    # --- back-pressure on the brain's input (ioc/cluster/brain.py) --------------------------------------
+
+    def backlogged(self) -> bool:
+        """Stop reading input: ``hold_signals`` wait for a step, or input was dropped and waits for redelivery."""
+        return self.lost_after is not None or len(self._signals) >= self.hold_signals
+
+    def has_room(self) -> bool:
+        """Input may be read again (or redelivered): the signals waiting are down to half of ``hold_signals``."""
+        return len(self._signals) <= self.hold_signals // 2
+
+    def redelivering(self) -> None:
+        """The input after ``lost_after`` is being sent again by the broker (a new connection; nothing of the old
+        one is acked any more): positions may be stored past it again."""
+        self.lost_after = None
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -236,6 +281,8 @@ class AlertStage(Stepping):
             if self._refused:
                 await self._set_aside_signals()
             if not self._unsaved and not self._refused:  # every step up to ``seq`` stored (failures stay held)
+                if self.lost_after is not None:  # a dropped signal: never past its message
+                    seq = min(seq, self.lost_after)
                 self.stored_seq = max(self.stored_seq, seq)
             return ch
 
@@ -272,6 +319,9 @@ class AlertStage(Stepping):
     def health_problems(self) -> list[str]:
         """Changes waiting for the database too long make the process not ready (empty: healthy)."""
         problems = []
+        if self.lost_after is not None:
+            problems.append(f"alerts: {self.dropped} signals dropped at the queue's bound ({self.max_signals}); "
+                            f"the input after {self.lost_after} waits to be redelivered")
         if self._stalled:  # e.g. the input's subscription silently receives nothing, or the broker link hangs
             problems.append(f"alerts: input stalled, {self._quiet} of {len(self.liveness.devices)} devices quiet at "
                             "once (silence alerts held back)")

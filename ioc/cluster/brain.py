@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 from analytics.findings import Finding
 from ingest.contract import SUBSCRIPTION
 from ingest.guard import MetricNameGuard
-from ingest.mqtt_session import MqttSession
+from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.records import ParsedMessage
 from ingest.worker import handle_message
 from ioc.alerts.model import Changes
@@ -65,6 +65,15 @@ class BrainInput:
     its detectors ran past it, and the alert stage reports the sequence its last committed flush covered
     (see ``AlertStage.stored_seq``). Every message up to it is acknowledged; a leader killed before its flush
     leaves the rest at the broker for the next leader.
+
+    Back-pressure: reading stops once more than ``max_unacked`` messages wait for their ack (the Receive Maximum
+    the broker is asked for, enforced here too) or while the stages want no more (``hold``: the alert stage's queue of
+    signals), and resumes at half / once ``has_room``. If a stage had to drop input anyway (``lost``: nothing
+    after that sequence may be acked), the connection is replaced once everything before it is acked: the broker
+    sends the rest again, and the stage is told (``redelivering``). The unacked bound (``window``) becomes half
+    of what was unacked at each such redelivery (what a burst of findings handed over after the pause can add
+    shrinks with it, so the drops end) and doubles back towards ``max_unacked`` each time a window's worth is
+    stored.
     """
 
     def __init__(self, settings: Settings, sinks: tuple[Sink, ...],
@@ -85,6 +94,15 @@ class BrainInput:
         self.redelivered = False  # the message being handed to the stages was sent to this session before (DUP)
         self.settled: Callable[[], int] = settled or (lambda: self.seq)
         self._unacked: deque[tuple[int, int, int, int]] = deque()  # (seq, mid, connection generation, qos)
+        self.max_unacked = self.window = max(1, options.receive_maximum)
+        self._widen_at = 0  # the window doubles once the stages have stored up to this sequence
+        self.hold: Callable[[], bool] = lambda: False
+        self.has_room: Callable[[], bool] = lambda: True
+        self.lost: Callable[[], int | None] = lambda: None
+        self.redelivering: Callable[[], None] = lambda: None
+        self.held = False  # reading paused for back-pressure
+        self.redeliveries = 0
+        self._draining = False
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         now = datetime.now(UTC)
@@ -97,6 +115,12 @@ class BrainInput:
             self.lag_s = max(0.0, (now - max(stamps)).total_seconds())
         if message.qos:
             self._unacked.append((self.seq, message.mid, generation, message.qos))
+        # past the window (a broker that honours the Receive Maximum never sends more), or the stages are full:
+        # paused within this packet, paho reads no further one (MqttSession._read_budget)
+        if not self.held and (len(self._unacked) > self.window or self.hold()):
+            self.held = True
+            self.session.pause_reading(f"brain back-pressure: {len(self._unacked)} messages unacked, stages "
+                                       f"{'full' if self.hold() else 'ready'}")
 
     def ack_settled(self) -> int:
         """Acknowledge every message whose effects are stored (up to the settled watermark); returns how many."""
@@ -111,7 +135,11 @@ class BrainInput:
     async def run(self) -> None:
         acker = asyncio.create_task(self._ack_loop())
         try:
-            await self.session.run()
+            while True:
+                session = self.session
+                await session.run()
+                if self.session is session:  # stopped, not replaced for a redelivery
+                    break
         finally:
             acker.cancel()
 
@@ -119,10 +147,47 @@ class BrainInput:
         while True:
             await asyncio.sleep(ACK_EVERY_S)
             self.ack_settled()
+            await self.flow()
+
+    async def flow(self) -> None:
+        """After an ack pass: read again once the stages have room, or have input a stage dropped sent again."""
+        if self._draining:
+            return
+        lost = self.lost()
+        if lost is not None:
+            if self.settled() >= lost and self.has_room():
+                await self._redeliver(lost)
+            return
+        if self.window < self.max_unacked and self.settled() >= self._widen_at:
+            self.window = min(self.max_unacked, 2 * self.window)
+            self._widen_at = self.seq + self.window
+        if self.held and len(self._unacked) <= self.window // 2 and self.has_room() and not self.hold():
+            self.held = False
+            self.session.resume_reading()
+
+    def _new_session(self, options: SessionOptions) -> MqttSession:
+        return MqttSession(options, self._on_message)
+
+    async def _redeliver(self, lost: int) -> None:
+        """A new connection of the same session: the broker sends again every message not acked (all after
+        ``lost``). Nothing unacked of the old connection is acked any more, so the stages may store past it."""
+        old = self.session
+        logger.warning("brain input: a stage dropped input after message %d; reconnecting so the broker sends the "
+                       "%d messages not acked again", lost, len(self._unacked))
+        old.pause_reading("redelivery")
+        await old.stop()  # a clean DISCONNECT: the broker keeps the session and what it did not get acks for
+        self.window = max(1, min(self.window, len(self._unacked)) // 2)  # half of what was read: less to hand over
+        self._unacked.clear()
+        self.session = self._new_session(old.options)
+        self.held = False
+        self.redeliveries += 1
+        self._widen_at = self.seq + self.window
+        self.redelivering()
 
     async def drain(self, timeout_s: float = 3.0) -> None:
         """Stop reading, then ack as the stages settle what came in (at most ``timeout_s``): a clean handover
         leaves the next leader nothing to analyse twice. Whatever is not settled by then stays at the broker."""
+        self._draining = True
         self.session.pause_reading("shutdown")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -169,6 +234,9 @@ def tie_acks(brain_input: BrainInput, analytics: AnalyticsStage | None, alerts: 
     if alerts is not None:
         alerts.position = covered
         brain_input.settled = lambda: alerts.stored_seq
+        brain_input.hold, brain_input.has_room = alerts.backlogged, alerts.has_room
+        brain_input.lost, brain_input.redelivering = lambda: alerts.lost_after, alerts.redelivering
+        alerts.held_acks = True
     elif analytics is not None:
         brain_input.settled = lambda: analytics.handed
     return brain_input
