@@ -26,7 +26,7 @@ from ingest.backoff import Backoff
 from ingest.batch import Batch, Pending, RegistryCache, build_rows, quarantine_row
 from ingest.config import IngestConfig
 from ingest.contract import CHANNELS
-from ingest.errors import Failure, classify
+from ingest.errors import UNKNOWN_ERROR_RETRIES, Failure, judge, terminate_unless_server_error
 from ingest.guard import MetricNameGuard
 from ingest.latest import LatestValues
 from ingest.mqtt_session import MqttSession, SessionOptions
@@ -242,26 +242,40 @@ class IngestWorker:
             self._ack_in_order()
 
     async def _commit(self, messages: list[Pending]) -> None:
-        """Commit ``messages`` (retrying transient failures); bisect on refused data."""
+        """Commit ``messages`` (retrying transient failures); bisect on refused data.
+
+        A failure not clearly about the data (anything but SQLSTATE classes 22 and 23) is retried, not counted,
+        while the database does not answer a probe (:func:`ingest.errors.judge`): a connection broken by a server
+        shutdown mid-COPY once quarantined a good message. While it answers, such a failure is retried
+        :data:`ingest.errors.UNKNOWN_ERROR_RETRIES` times (a client error that is no database error: not at
+        all), then the batch is bisected down to the message that causes it.
+        """
         assert self._pool is not None
         backoff = Backoff(self.config.retry_min_s, self.config.retry_max_s)
-        attempts = 0
+        attempts = 0  # failures that count toward the poison limit
         while True:
             try:
                 rows = build_rows(messages, self.registry, self.config.quarantine_payload_bytes)
                 async with self._pool.acquire() as conn:
-                    await write_batch(conn, rows, self.config.write_method)
+                    try:
+                        await write_batch(conn, rows, self.config.write_method)
+                    except Exception as err:  # the pool must not hand out a connection in an unknown state
+                        terminate_unless_server_error(conn, err)
+                        raise
             except Exception as err:
-                attempts += 1
                 self.last_db_error = clean_text(f"{type(err).__name__}: {err}", limit=200)
-                if classify(err, attempts) is Failure.PERMANENT:
+                verdict, counted = await judge(err, attempts + 1, self._pool)
+                attempts += counted
+                if verdict is Failure.PERMANENT:
                     m.DB_ERRORS.labels("permanent").inc()
                     await self._bisect(messages, err)
                     return
                 m.DB_ERRORS.labels("transient").inc()
                 delay = backoff.next_delay()
-                logger.warning("batch of %d messages not committed (%s: %s); retry in %.1fs",
-                               len(messages), type(err).__name__, err, delay)
+                logger.warning("batch of %d messages not committed (%s: %s)%s; retry in %.1fs",
+                               len(messages), type(err).__name__, err,
+                               f" [{attempts} of {UNKNOWN_ERROR_RETRIES} tries while the database answers]"
+                               if counted else "", delay)
                 await asyncio.sleep(delay)
                 continue
             self._committed(messages, rows)
@@ -278,7 +292,7 @@ class IngestWorker:
         payload = b"".join(_record_bytes(msg.parsed))
         refused = isinstance(err, asyncpg.PostgresError)
         reason = Reason.DB_REJECTED if refused else Reason.INTERNAL_ERROR
-        what = "database refused the rows" if refused else "building the rows raised"
+        what = "database refused the rows" if refused else "building or writing the rows raised"
         rejection = Rejection(f"(message on {msg.channel})", msg.received_at, reason,
                               clean_text(f"{what}: {type(err).__name__}: {err}", limit=2000), payload)
         m.quarantined(reason.value).inc()
