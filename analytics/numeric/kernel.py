@@ -28,9 +28,9 @@ from analytics.numeric.routine import new_rows, routine_step, scale_for
 (
     N, T_FIRST, T_LAST, DT_EW, X_LAST, L0, L1, L2, LB, LS, AE0, AE1, AE2, RES, CP, CN, VS,
     REP, RUN, ANCHOR, QLO, HOLD, ALERT, MODE, AEB, M_SPIKE, M_SHIFT, M_VAR, M_OTHER, SM, M_PAT,
-    AER, AESD, AESW, QHI, DLO, DHI, TOD_DAY, HKIND, T_EXT, N_EXT, TOD_SCALE,
-) = range(42)
-N_COLS = 42
+    AER, AESD, AESW, QHI, DLO, DHI, TOD_DAY, HKIND, T_EXT, N_EXT, TOD_SCALE, LAST_HOT,
+) = range(43)
+N_COLS = 43
 # record column per type code: a severity is judged against the largest recent one of its group
 _RECORD_COL = np.array([M_OTHER, M_SPIKE, M_SPIKE, M_SHIFT, M_VAR, M_VAR, M_OTHER, M_OTHER, M_PAT])
 
@@ -382,7 +382,15 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
         again = ((outside > cfg.tod_refire_margin) & (n - (s[:, HOLD] - cfg.hold) >= cfg.tod_refire_gap)
                  & (np.abs(m.err) >= cfg.tod_refire_range * (hi - lo)))
         refire |= again & (carry["burst_dom"] | (not cfg.tod_refire_burst))
+    candidate = np.zeros(len(rows), dtype=bool)
+    if cfg.calm_refire > 0:  # a new excursion after a long calm spell: a new episode, whatever the hold says
+        calm = n - s[:, LAST_HOT] >= cfg.calm_refire
+        big = np.abs(m.err) >= cfg.calm_range * (hi - lo)
+        candidate = calm & big & (carry["burst_dom"] | (not cfg.calm_burst))
+        refire |= candidate & (np.abs(carry["sm"]) >= cfg.calm_sm)
     fired = (raw >= cfg.fire_level) & (~holding | refire | record)
+    # the calm spell ends at a raised reading, unless it is the new excursion still building up; a finding ends it
+    s[:, LAST_HOT] = np.where(((raw >= cfg.calm_level) & ~candidate) | fired, n, s[:, LAST_HOT])
     score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
     # the range forgets slowly, so a series that settled down can raise records again
     fade = _fade(cfg.range_tau_s, dt)
