@@ -382,15 +382,16 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
         again = ((outside > cfg.tod_refire_margin) & (n - (s[:, HOLD] - cfg.hold) >= cfg.tod_refire_gap)
                  & (np.abs(m.err) >= cfg.tod_refire_range * (hi - lo)))
         refire |= again & (carry["burst_dom"] | (not cfg.tod_refire_burst))
-    candidate = np.zeros(len(rows), dtype=bool)
+    candidate = None
     if cfg.calm_refire > 0:  # a new excursion after a long calm spell: a new episode, whatever the hold says
         calm = n - s[:, LAST_HOT] >= cfg.calm_refire
         big = np.abs(m.err) >= cfg.calm_range * (hi - lo)
         candidate = calm & big & (carry["burst_dom"] | (not cfg.calm_burst))
         refire |= candidate & (np.abs(carry["sm"]) >= cfg.calm_sm)
     fired = (raw >= cfg.fire_level) & (~holding | refire | record)
-    # the calm spell ends at a raised reading, unless it is the new excursion still building up; a finding ends it
-    s[:, LAST_HOT] = np.where(((raw >= cfg.calm_level) & ~candidate) | fired, n, s[:, LAST_HOT])
+    if candidate is not None:
+        # the calm spell ends at a raised reading, unless it is the new excursion building up; a finding ends it
+        s[:, LAST_HOT] = np.where(((raw >= cfg.calm_level) & ~candidate) | fired, n, s[:, LAST_HOT])
     score = np.where(holding & ~fired, raw * cfg.hold_damp, raw)
     # the range forgets slowly, so a series that settled down can raise records again
     fade = _fade(cfg.range_tau_s, dt)
