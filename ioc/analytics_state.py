@@ -13,12 +13,14 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from analytics.camera.stale import StaleMonitor
 from analytics.numeric import episodes, save_tiers
 from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
+from ingest.backoff import Backoff
+from ingest.errors import always_transient, database_answers
 from ioc import camera_shards
 from storage.writes import (
     FindingRow,
@@ -35,6 +37,22 @@ logger = logging.getLogger("ioc.analytics_stage")  # the stage's log, as before 
 STATE_NAME = "numeric_monitor"  # the whole monitor in one analytics_state row: read once from older deployments
 SERIES_SCOPE = "numeric"  # series_state rows of the numeric monitor, one per device
 STALE_STATE_NAME = "camera_stale"  # snapshot arrivals per camera (StaleMonitor)
+T = TypeVar("T")
+
+
+async def read_until_answered(pool: Any, read: Callable[[], Awaitable[T]], what: str) -> T:
+    """``read()``, retried with backoff for as long as its failure is the database's (away, busy, or not answering
+    a probe); any other failure is raised."""
+    backoff = Backoff(0.5, 5.0)
+    while True:
+        try:
+            return await read()
+        except Exception as err:
+            if not (always_transient(err) or not await database_answers(pool)):
+                raise
+            delay = backoff.next_delay()
+            logger.warning("%s not read yet (%s); retrying in %.1f s", what, err, delay)
+            await asyncio.sleep(delay)
 
 
 class StageState:
@@ -60,19 +78,18 @@ class StageState:
     async def load(self) -> None:
         """Restore the learned state, if any: the numeric monitor's, device by device (a restart does not relearn
         a week) and each camera's reference scene (a camera re-pointed while the service was down is still
-        reported). Call before feeding the stage."""
+        reported). Call before feeding the stage.
+
+        While the database cannot be read this waits and retries: a new leader or worker that learned afresh
+        instead would overwrite weeks of learned state with its first saves (a takeover often comes with trouble
+        in the database). Only a state this version cannot decode is given up (learned afresh)."""
         try:
-            state: bytes | None = None
-            memory: bytes | None = None
-            series: list[tuple[str, bytes]] = []
-            async with self.pool.acquire(timeout=5) as conn:
-                if self.numeric:
-                    series = await load_series_states(conn, self.series_scope)
-                    if not series:  # saved whole before migration 0010: read once, saved per device from then on
-                        state = await load_state(conn, STATE_NAME)
-                    memory = await load_state(conn, episodes.state_name(self.series_scope))
-                stale = await load_state(conn, STALE_STATE_NAME)
-                cameras = await load_states(conn, camera_shards.CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
+            series, state, memory, stale, cameras = await read_until_answered(self.pool, self._read_saved,
+                                                                              "saved detector state")
+        except Exception as err:  # the database answers, the rows do not read: as undecodable state
+            logger.warning("detector state not read (%s); learning from scratch", err)
+            return
+        try:
             if series:
                 restored = await asyncio.to_thread(self._restore, series)
                 logger.info("numeric detector state restored: %d of %d devices, %d series (%d bytes)", restored,
@@ -97,6 +114,23 @@ class StageState:
             logger.info("camera analysers restored: %d of %d saved", restored, len(cameras))
         except Exception as err:
             logger.warning("camera analysers not restored (%s); cameras learn their scenes afresh", err)
+
+    async def _read_saved(self) -> tuple[list[tuple[str, bytes]], bytes | None, bytes | None, bytes | None,
+                                         list[tuple[str, bytes]]]:
+        """The saved rows, undecoded: (device series, an older whole-monitor blob, episode memory, camera arrivals,
+        camera scenes)."""
+        state: bytes | None = None
+        memory: bytes | None = None
+        series: list[tuple[str, bytes]] = []
+        async with self.pool.acquire(timeout=5) as conn:
+            if self.numeric:
+                series = await load_series_states(conn, self.series_scope)
+                if not series:  # saved whole before migration 0010: read once, saved per device from then on
+                    state = await load_state(conn, STATE_NAME)
+                memory = await load_state(conn, episodes.state_name(self.series_scope))
+            stale = await load_state(conn, STALE_STATE_NAME)
+            cameras = await load_states(conn, camera_shards.CAMERA_STATE_PREFIX, self.camera_state_max_age_s)
+        return series, state, memory, stale, cameras
 
     def _restore(self, items: list[tuple[str, bytes]]) -> int:
         with self._lock:

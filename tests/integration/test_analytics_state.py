@@ -21,6 +21,8 @@ from ioc.camera_shards import CAMERA_STATE_PREFIX
 from ioc.live.hub import LiveHub
 from storage.config import StorageConfig
 from storage.db import create_pool
+from tests.conftest import create_database
+from tests.support.services import private_postgres
 from tests.unit.test_camera_analyser import T0, Road, jpeg, warp
 
 pytestmark = pytest.mark.integration
@@ -126,3 +128,34 @@ async def test_restart_after_downtime_reports_only_the_camera_that_stays_dark(da
         assert not [f for f in found if f.type == "silence"]
     finally:
         await pool.close()
+
+
+async def test_a_stage_loading_while_the_database_is_stopped_waits_and_restores_rather_than_learning_afresh() -> None:
+    """A takeover often comes with trouble in the database: a new leader that learned from scratch would overwrite
+    weeks of saved state with its first saves. It waits for the database instead, then restores."""
+    sensor = f"tr-{uuid.uuid4().hex[:8]}"
+    with private_postgres() as pg:
+        dsn = await create_database(pg.dsn)
+        pool = await create_pool(dsn, StorageConfig(), max_size=2)
+        try:
+            first = AnalyticsStage(LiveHub(), pool, camera_processes=0)
+            start = datetime.now(UTC) - timedelta(hours=2)
+            for i in range(24):
+                first.on_parsed(ParsedMessage([Reading(sensor, "traffic", start + timedelta(minutes=5 * i),
+                                                       {"speed_kmh": 48.0 + i % 3})], []))
+            first.step(start + timedelta(hours=2))
+            await first.save()
+            first.close()
+            learned = len(first.monitor.table)
+
+            await asyncio.to_thread(pg.stop)
+            second = AnalyticsStage(LiveHub(), pool, camera_processes=0)
+            loading = asyncio.create_task(second.load())
+            await asyncio.sleep(3.0)
+            assert not loading.done()  # still waiting for the database, not learning afresh
+            await asyncio.to_thread(pg.start)
+            await asyncio.wait_for(loading, 60)
+            assert len(second.monitor.table) == learned > 0
+            second.close()
+        finally:
+            await pool.close()
