@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+
+from ingest.backoff import Backoff
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Failure(Enum):
@@ -111,3 +118,18 @@ def terminate_unless_server_error(conn: Any, err: BaseException) -> None:
     if not isinstance(err, asyncpg.PostgresError):
         with contextlib.suppress(Exception):
             conn.terminate()
+
+
+async def read_until_answered(pool: Any, read: Callable[[], Awaitable[T]], what: str) -> T:
+    """``read()``, retried with backoff for as long as its failure is the database's (away, busy, or not answering
+    a probe); any other failure is raised."""
+    backoff = Backoff(0.5, 5.0)
+    while True:
+        try:
+            return await read()
+        except Exception as err:
+            if not (always_transient(err) or not await database_answers(pool)):
+                raise
+            delay = backoff.next_delay()
+            logger.warning("%s not read yet (%s); retrying in %.1f s", what, err, delay)
+            await asyncio.sleep(delay)

@@ -13,14 +13,13 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from analytics.camera.stale import StaleMonitor
 from analytics.numeric import episodes, save_tiers
 from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
-from ingest.backoff import Backoff
-from ingest.errors import always_transient, database_answers
+from ingest.errors import read_until_answered
 from ioc import camera_shards
 from storage.writes import (
     FindingRow,
@@ -37,22 +36,6 @@ logger = logging.getLogger("ioc.analytics_stage")  # the stage's log, as before 
 STATE_NAME = "numeric_monitor"  # the whole monitor in one analytics_state row: read once from older deployments
 SERIES_SCOPE = "numeric"  # series_state rows of the numeric monitor, one per device
 STALE_STATE_NAME = "camera_stale"  # snapshot arrivals per camera (StaleMonitor)
-T = TypeVar("T")
-
-
-async def read_until_answered(pool: Any, read: Callable[[], Awaitable[T]], what: str) -> T:
-    """``read()``, retried with backoff for as long as its failure is the database's (away, busy, or not answering
-    a probe); any other failure is raised."""
-    backoff = Backoff(0.5, 5.0)
-    while True:
-        try:
-            return await read()
-        except Exception as err:
-            if not (always_transient(err) or not await database_answers(pool)):
-                raise
-            delay = backoff.next_delay()
-            logger.warning("%s not read yet (%s); retrying in %.1f s", what, err, delay)
-            await asyncio.sleep(delay)
 
 
 class StageState:

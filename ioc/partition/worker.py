@@ -45,6 +45,7 @@ from analytics.findings import Finding
 from analytics.numeric import episodes, save_tiers
 from analytics.numeric.device_state import encode_devices, restore_devices
 from analytics.numeric.monitor import NumericMonitor
+from ingest.errors import read_until_answered
 from ioc.analytics_isolation import Isolation, ingest_apart
 from ioc.partition.findings import encode_findings, findings_subject
 from ioc.partition.stream import STREAM, decode_rows, ensure_stream, subject
@@ -271,11 +272,16 @@ class PartitionWorker:
         (read once: the next save writes it per device)."""
         monitor = NumericMonitor(ranges=self.ranges)
         name = state_name(self.stream, p)
-        try:
+
+        async def read() -> tuple[Any, bytes | None, bytes | None]:
             async with self._pool.acquire() as conn:  # type: ignore[union-attr]
                 items = await load_series_states(conn, name)
                 blob = None if items else await load_state(conn, name)
-                memory = await load_state(conn, episodes.state_name(name))
+                return items, blob, await load_state(conn, episodes.state_name(name))
+
+        try:
+            # while the database is away, wait: learning afresh would overwrite the saved state with the first saves
+            items, blob, memory = await read_until_answered(self._pool, read, f"partition {p}'s saved state")
             if items:
                 restored = await asyncio.to_thread(restore_devices, monitor, items)
                 logger.info("partition %d: state of %d of %d devices restored", p, restored, len(items))
