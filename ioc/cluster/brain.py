@@ -37,6 +37,7 @@ from ioc.cluster.actions import ActionWorker
 from ioc.cluster.ids import IdReserve
 from ioc.cluster.lease import Lease
 from ioc.cluster.sync import findings_payloads, health_payloads
+from ioc.partition.findings import FindingsInput, tie_findings
 from ioc.settings import Settings
 from storage import cluster as sql
 from storage.db import create_pool
@@ -258,6 +259,7 @@ class Brain:
         self.stage_pool: Any = None
         self.actions: ActionWorker | None = None
         self.input: BrainInput | None = None
+        self.findings: FindingsInput | None = None  # the partition workers' findings (NATS), while leading
         self._tasks: list[asyncio.Task[Any]] = []
         self._labels: dict[str, str] = {}  # camera health label last told to the other replicas
         self._health: dict[str, dict[str, Any]] = {}  # label changes waiting to be told
@@ -362,12 +364,16 @@ class Brain:
             self._tasks += [asyncio.create_task(alerts.run(), name="alerts"),
                             asyncio.create_task(dispatcher.run(), name="notifications"),
                             asyncio.create_task(self.actions.run(), name="cluster-actions")]
-        if settings.partition.nats_url and self.alerts is not None:
-            # numeric analytics runs on `ioc analytics-worker`s: their findings come over the stream
-            self._tasks.append(asyncio.create_task(self._partition_findings(self.alerts), name="partition-findings"))
         if self.own_input:
             self.input = tie_acks(BrainInput(settings, tuple(sinks)), self.analytics, self.alerts)
             self._tasks.append(asyncio.create_task(self.input.run(), name="brain-input"))
+        if settings.partition.nats_url and self.alerts is not None:
+            # numeric analytics runs on `ioc analytics-worker`s: their findings come over the stream, acked once
+            # the alert step covering them is stored (after tie_acks: the stage steps at a joint position)
+            findings = self.findings = tie_findings(FindingsInput(None, settings.partition.stream,
+                                                                  self._findings_to(self.alerts)),
+                                                    self.alerts, self.input)
+            self._tasks.append(asyncio.create_task(self._partition_findings(findings), name="partition-findings"))
         for task in self._tasks:  # a stage that ends on its own is a bug: say so, never silently
             task.add_done_callback(_task_ended)
         state.analytics, state.alerts = self.analytics, self.alerts
@@ -380,33 +386,37 @@ class Brain:
         except Exception as err:  # run() keeps trying before it starts
             logger.warning("alert engine state not restored yet: %s", err)
 
-    async def _partition_findings(self, alerts: AlertStage) -> None:
-        """While leading: findings of the partition workers to the alert stage and the live hub."""
-        import nats
-
-        from ioc.partition.findings import consume_findings
-        from ioc.partition.stream import ensure_stream
-
-        cfg, hub = self.settings.partition, self.state.hub
-        assert cfg.nats_url is not None
+    def _findings_to(self, alerts: AlertStage) -> Callable[[list[Finding]], None]:
+        hub = self.state.hub
 
         def deliver(findings: list[Finding]) -> None:
             alerts.on_findings(findings)
             for f in findings:
                 hub.emit_finding(f)
 
+        return deliver
+
+    async def _partition_findings(self, findings: FindingsInput) -> None:
+        """While leading: findings of the partition workers to the alert stage and the live hub."""
+        import nats
+
+        from ioc.partition.stream import ensure_stream
+
+        cfg = self.settings.partition
+        assert cfg.nats_url is not None
         while True:  # the stream server may come later or restart: keep trying while leading
             try:
                 nc = await nats.connect(cfg.nats_url, name=f"ioc-brain-{self.process_id}")
                 try:
-                    js = nc.jetstream()
+                    js = findings.js = nc.jetstream()
                     await ensure_stream(js, cfg.stream, cfg.max_age_s)
-                    await consume_findings(js, cfg.stream, deliver, asyncio.Event())
+                    await findings.run()
                 finally:
                     await nc.close()
             except asyncio.CancelledError:
                 raise
-            except Exception as err:
+            except Exception as err:  # what was handed over stays pending at the stream (redelivered after its
+                # ack_wait, to this consumer again: the stage may then see a finding twice, the same alert)
                 logger.warning("partition findings not read (%s); retrying", err)
                 await asyncio.sleep(2.0)
 
@@ -441,7 +451,7 @@ class Brain:
         self._tasks.clear()
         self.analytics = self.alerts = None
         self.dispatcher = self.actions = None
-        self.input = None
+        self.input = self.findings = None
         self.epoch = None
         logger.warning("brain stopped (epoch %d, %s)", epoch, "clean shutdown" if clean else "lease lost")
 
