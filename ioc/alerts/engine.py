@@ -20,6 +20,7 @@ from typing import Any
 
 from ioc.alerts import correlate, escalation, rules
 from ioc.alerts.escalation import Policy, Shift
+from ioc.alerts.incident_index import IncidentIndex
 from ioc.alerts.model import LIVE, Alert, AuditEntry, Changes, Incident, Page, Severity, Signal, State, rank
 from ioc.alerts.officer import OfficerActions
 from ioc.alerts.silences import Silence, silencing
@@ -59,6 +60,9 @@ class AlertEngine(OfficerActions):
         self._dirty: dict[int, Incident] = {}
         # incident id -> (who resolved its latest alert, note, that alert, how many of its alerts resolved)
         self._resolving: dict[int, tuple[str, str, Alert, int]] = {}
+        # Correlation's lookups for the call in progress (built by its first new alert, dropped at its end):
+        # a new alert no longer scans every incident held (a 12,000-alert burst made that quadratic).
+        self._incidents_indexed: IncidentIndex | None = None
         # active, waiting for for_s: key -> (first seen, first signal time, latest signal)
         self.pending: dict[str, tuple[datetime, datetime, Signal]] = {}
         self.incidents: dict[int, Incident] = {}
@@ -84,6 +88,7 @@ class AlertEngine(OfficerActions):
 
         ``resolved``: the last resolution time of each dedupe key (from every stored alert, closed ones too).
         """
+        self._incidents_indexed = None
         for key, ts in (resolved or {}).items():
             self._mark_resolved(key, ts)
         for inc in incidents:
@@ -109,6 +114,11 @@ class AlertEngine(OfficerActions):
             return self.next_alert_id - 1
         self.next_incident_id += 1
         return self.next_incident_id - 1
+
+    def _incident_index(self) -> IncidentIndex:
+        if self._incidents_indexed is None:
+            self._incidents_indexed = IncidentIndex(self.incidents, self.alerts, self.config.correlation)
+        return self._incidents_indexed
 
     def _index(self, alert: Alert) -> None:
         if alert.device_id is not None:
@@ -153,7 +163,7 @@ class AlertEngine(OfficerActions):
 
     def observe(self, signals: Iterable[Signal], now: datetime) -> Changes:
         """Apply signals; fires, updates and clears alerts and pages what must be paged."""
-        ch = Changes()
+        ch, self._incidents_indexed = Changes(), None
         for sig in signals:
             alert = self.by_key.get(sig.key)
             if not sig.active:
@@ -170,6 +180,7 @@ class AlertEngine(OfficerActions):
             else:
                 since, first_ts, _ = self.pending.get(sig.key, (now, sig.ts, sig))
                 self.pending[sig.key] = (since, first_ts, sig)
+        self._incidents_indexed = None
         self._settle(now, ch)
         self._escalate(now, ch)
         return ch
@@ -207,14 +218,15 @@ class AlertEngine(OfficerActions):
                       evidence=dict(sig.evidence))
         self.alerts[alert.id] = self.by_key[alert.key] = alert
         self._index(alert)
-        live = [i for i in self.incidents.values() if i.live]
         road = self.road_of(alert.lat, alert.lon) if alert.category == "traffic" else None
-        cfg = self.config.correlation
-        device_incidents = {a.incident_id for a in self._device_alerts(alert.device_id)
+        cfg, index = self.config.correlation, self._incident_index()
+        device_alerts = self._device_alerts(alert.device_id)
+        device_incidents = {a.incident_id for a in device_alerts
                             if a.incident_id is not None and correlate.same_device_recent(alert, a, cfg)}
-        inc = correlate.choose_incident(alert, live, self.alerts, cfg, road, device_incidents)
+        inc = index.choose(alert, road, device_incidents)  # = correlate.choose_incident over the live incidents
         if inc is None and spec.opens_incident:
-            inc = self._reopen(alert, road, now, ch)
+            held = {a.incident_id for a in device_alerts if a.incident_id is not None}
+            inc = self._reopen(alert, road, now, ch, held)
             if inc is not None:
                 self._adopt(inc, alert, ch)
         if inc is None and not spec.opens_incident:
@@ -224,12 +236,14 @@ class AlertEngine(OfficerActions):
             inc = Incident(self._new_id("incident"), correlate.group_key(alert, road), alert.category, alert.severity,
                            State.OPEN, alert.title, alert.started_at, now, district=alert.district)
             self.incidents[inc.id] = inc
+            index.opened(inc)
             ch.audit.append(AuditEntry(now, "incident_opened", "system", inc.id, alert.id, inc.title))
             self._adopt(inc, alert, ch)
         elif correlate.inhibits(inc, alert):
             alert.suppressed = f"inhibited:{inc.id}"
         alert.incident_id = inc.id
         inc.members.append(alert.id)
+        index.joined(inc, alert)
         if rank(alert.severity) > rank(inc.severity):
             inc.severity = alert.severity
         inc.updated_at = now
@@ -242,7 +256,8 @@ class AlertEngine(OfficerActions):
                                    {"rule": alert.rule, "severity": alert.severity.value,
                                     "suppressed": alert.suppressed}))
 
-    def _reopen(self, alert: Alert, road: str | None, now: datetime, ch: Changes) -> Incident | None:
+    def _reopen(self, alert: Alert, road: str | None, now: datetime, ch: Changes,
+                device_incidents: set[int]) -> Incident | None:
         """The recently resolved incident of the same problem, reopened for ``alert``; None if there is none.
 
         A device that flaps slower than its rule's hysteresis is one incident with its history, not a new one
@@ -251,14 +266,10 @@ class AlertEngine(OfficerActions):
         starts escalation again.
         """
         within = min(self.config.reopen_within_s, self.config.close_after_s)
-        key = correlate.group_key(alert, road)
-        recent = [inc for inc in self.incidents.values()
-                  if inc.state == State.RESOLVED and inc.resolved_at is not None
-                  and (now - inc.resolved_at).total_seconds() <= within
-                  and (inc.group_key == key or self._had_device(inc, alert.device_id))]
-        if not recent:
+        # the latest to resolve within ``within`` of the same group key, or holding an alert of the device
+        best = self._incident_index().reopen_candidate(alert, road, device_incidents, now, within)
+        if best is None:
             return None
-        best = max(recent, key=lambda inc: inc.resolved_at or now)  # the latest to resolve
         away = (now - (best.resolved_at or now)).total_seconds()
         times = int(best.escalation.get("reopened", 0)) + 1
         best.resolved_at = None
@@ -291,17 +302,19 @@ class AlertEngine(OfficerActions):
             if other is not alert and other.live and other.incident_id is None:
                 other.incident_id = inc.id
                 inc.members.append(other.id)
+                self._incident_index().joined(inc, other)
                 ch.alerts[other.id] = other
 
     # --- time ----------------------------------------------------------------------------------------------
 
     def tick(self, now: datetime) -> Changes:
         """Advance timers: pending alerts fire, cleared ones resolve, resolved ones close, pages go out."""
-        ch = Changes()
+        ch, self._incidents_indexed = Changes(), None
         for key, (since, first_ts, sig) in list(self.pending.items()):
             if (now - since).total_seconds() >= _hold_s(sig):
                 del self.pending[key]
                 self._fire(replace(sig, ts=min(first_ts, sig.ts)), now, ch)  # it started when first seen
+        self._incidents_indexed = None
         for alert in list(self.by_key.values()):
             spec = rules.spec(alert.rule)
             cleared = alert.clearing_since is not None and (
