@@ -123,6 +123,24 @@ async def consumer(js: Any, stream: str) -> tuple[int, int]:
     return info.num_ack_pending, info.ack_floor.stream_seq
 
 
+async def all_acked(js: Any, stream: str, sent: int, timeout: float) -> None:
+    """Wait until the brain's consumer has acked every message up to ``sent`` and holds none pending."""
+    deadline = time.monotonic() + timeout
+    while await consumer(js, stream) != (0, sent):
+        assert time.monotonic() < deadline, await consumer(js, stream)
+        await asyncio.sleep(0.1)
+
+
+async def close_all(leaders: list[Any], js: Any, stream: str, nc: Any, pool: Any) -> None:
+    """Teardown: kill every leader still running, then the stream, the NATS connection and the pool."""
+    for leader in leaders:
+        if leader.tasks and not all(t.done() for t in leader.tasks):
+            await leader.kill()
+    await js.delete_stream(stream)
+    await nc.close()
+    await pool.close()
+
+
 async def alerts_per_device(pool: Any, devices: list[str]) -> dict[str, int]:
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT device_id, count(*) AS n FROM alerts WHERE device_id = ANY($1) "
@@ -172,10 +190,7 @@ async def test_a_finding_is_acked_only_once_its_alert_is_stored(database_url: st
         leaders.append(second)
         await second.start()
         await until(lambda: set(devices) <= second.keys(), 30, "the findings delivered again to the next leader")
-        deadline = time.monotonic() + 30
-        while await consumer(js, stream) != (0, sent):
-            assert time.monotonic() < deadline, await consumer(js, stream)
-            await asyncio.sleep(0.1)
+        await all_acked(js, stream, sent, 30)
         assert await alerts_per_device(pool, devices) == dict.fromkeys(devices, 1)
         await second.kill()
 
@@ -186,12 +201,7 @@ async def test_a_finding_is_acked_only_once_its_alert_is_stored(database_url: st
         assert third.handed == []
         await third.kill()
     finally:
-        for leader in leaders:
-            if leader.tasks and not all(t.done() for t in leader.tasks):
-                await leader.kill()
-        await js.delete_stream(stream)
-        await nc.close()
-        await pool.close()
+        await close_all(leaders, js, stream, nc, pool)
 
 
 async def test_a_finding_stored_but_not_acked_is_not_alerted_twice(database_url: str) -> None:
@@ -218,20 +228,12 @@ async def test_a_finding_stored_but_not_acked_is_not_alerted_twice(database_url:
         leaders.append(second)
         await second.start()
         await until(lambda: len(second.handed) == len(devices), 30, "the findings delivered again")
-        deadline = time.monotonic() + 30
-        while await consumer(js, stream) != (0, sent):
-            assert time.monotonic() < deadline, await consumer(js, stream)
-            await asyncio.sleep(0.1)
+        await all_acked(js, stream, sent, 30)
         await asyncio.sleep(1.0)  # a step or two more
         assert await alerts_per_device(pool, devices) == dict.fromkeys(devices, 1)
         await second.kill()
     finally:
-        for leader in leaders:
-            if leader.tasks and not all(t.done() for t in leader.tasks):
-                await leader.kill()
-        await js.delete_stream(stream)
-        await nc.close()
-        await pool.close()
+        await close_all(leaders, js, stream, nc, pool)
 
 
 async def test_a_stopping_leader_gives_back_what_it_has_not_stored(database_url: str) -> None:
@@ -252,19 +254,11 @@ async def test_a_stopping_leader_gives_back_what_it_has_not_stored(database_url:
         leaders.append(second)
         await second.start()
         await until(lambda: len(second.handed) == len(devices), 10, "the findings given back, at once")
-        deadline = time.monotonic() + 30
-        while await consumer(js, stream) != (0, sent):
-            assert time.monotonic() < deadline, await consumer(js, stream)
-            await asyncio.sleep(0.1)
+        await all_acked(js, stream, sent, 30)
         assert await alerts_per_device(pool, devices) == dict.fromkeys(devices, 1)
         await second.stop()
     finally:
-        for leader in leaders:
-            if leader.tasks and not all(t.done() for t in leader.tasks):
-                await leader.kill()
-        await js.delete_stream(stream)
-        await nc.close()
-        await pool.close()
+        await close_all(leaders, js, stream, nc, pool)
 
 
 async def test_a_full_stage_stops_the_fetching_instead_of_dropping(database_url: str) -> None:
@@ -283,10 +277,7 @@ async def test_a_full_stage_stops_the_fetching_instead_of_dropping(database_url:
         assert len(leader.handed) == 4 and leader.stage.dropped == 0
         assert (await consumer(js, stream))[1] == 0
         leader.start_steps()
-        deadline = time.monotonic() + 60
-        while await consumer(js, stream) != (0, sent):
-            assert time.monotonic() < deadline, await consumer(js, stream)
-            await asyncio.sleep(0.1)
+        await all_acked(js, stream, sent, 60)
         wait = time.monotonic() + 30
         while await alerts_per_device(pool, devices) != dict.fromkeys(devices, 1):
             assert time.monotonic() < wait, "every finding's alert stored"
