@@ -9,7 +9,6 @@ the same client id gets the alarm again from the broker, stores it and acks it; 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,7 @@ from ioc.settings import Settings
 from storage.config import StorageConfig
 from storage.db import create_pool
 from tests.support.mqtt import Publisher, iso, unique_id
+from tests.support.tasks import cancel_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -76,11 +76,7 @@ class Leader:
 
     async def kill(self) -> None:
         """Stop without another flush or ack (what a SIGKILL leaves: the broker keeps what was not acked)."""
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self.tasks)
         await self.input.stop()
 
 

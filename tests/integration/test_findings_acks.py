@@ -33,6 +33,7 @@ from storage.db import create_pool
 from tests.conftest import own_database
 from tests.support.auth import make_token_sync
 from tests.support.cluster import RoleProcess, cluster_env, db_fetch, unique_lease, wait_for
+from tests.support.tasks import cancel_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -100,11 +101,7 @@ class Leader:
 
     async def stop(self) -> None:
         """A leader stopping (lease lost, or shutting down): its tasks are cancelled, the connection still up."""
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self.tasks)
         await self.nc.close()
 
     async def kill(self) -> None:
