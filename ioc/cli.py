@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ioc.diagnostics import install_stack_dumps
 from ioc.settings import Settings
 
 logger = logging.getLogger("ioc")
@@ -294,6 +295,7 @@ _COMMANDS |= {"users": _cmd_users, "tokens": _cmd_tokens}
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ioc`` command."""
     args = build_parser().parse_args(argv)
+    install_stack_dumps()  # kill -USR1 <pid>: what a stuck command is doing
     settings = Settings()
     _setup_logging(args.log_level or settings.log_level)
     try:
