@@ -53,7 +53,8 @@ async def test_readings_that_waited_out_a_stall_are_coalesced_and_the_newest_sho
     offset_of = dict(zip(devices, OFFSETS, strict=True))
     hub = LiveHub()
     in_order_age: list[float] = []  # how old each reading handled in order was (sent -> handled)
-    late: list[int] = []
+    late: list[int] = []  # this test's readings handled as late
+    late_any: list[int] = []  # ... and any device's (the broker is shared: shed and superseded count them all)
     last_sent: dict[str, int] = {}
 
     def on_time(parsed: ParsedMessage) -> None:
@@ -63,6 +64,7 @@ async def test_readings_that_waited_out_a_stall_are_coalesced_and_the_newest_sho
 
     def set_aside(parsed: ParsedMessage) -> None:
         late.extend(1 for r in parsed.records if r.device_id.startswith(prefix))
+        late_any.extend(1 for _ in parsed.records)
 
     listener = LiveListener(settings, (hub.on_parsed, on_time), (hub.on_parsed_late, set_aside))
     task = asyncio.create_task(listener.run())
@@ -92,8 +94,9 @@ async def test_readings_that_waited_out_a_stall_are_coalesced_and_the_newest_sho
     assert stats["intake_stalls"] >= 1 and stats["intake_stall_s"] >= STALL_S * 0.9, stats
     # the backlog's newest per device shown as its state (a coalesced ``device`` frame) once caught up, unless a
     # fresh reading read after it superseded it; every device's newest value is shown either way (the wait above)
-    assert sum(f.type == "device" for f in hub.ring) == len(late)
-    assert len(late) + stats["intake_superseded"] >= stats["intake_shed"], stats
+    # (only this test's devices: the broker is shared, and another process's devices may be in the ring too)
+    assert sum(f.type == "device" and f.device_id.startswith(prefix) for f in hub.ring) == len(late)
+    assert len(late_any) + stats["intake_superseded"] >= stats["intake_shed"], stats
     # no reading reached the screens as a reading after waiting out the stall (without the stamps' evidence
     # the backlog counted as fresh: readings up to 2 s old went out in order)
     assert max(in_order_age) < 0.5, sorted(in_order_age)[-5:]
@@ -112,7 +115,7 @@ async def test_snapshots_without_a_stamp_are_aged_by_the_stall_itself(mqtt_port:
     sent_at: dict[bytes, float] = {}  # picture -> when it was sent
     last_sent: dict[str, bytes] = {}
     in_order_age: list[float] = []
-    late: dict[str, bytes] = {}
+    late: list[str] = []  # any device's message handled as late, once per catch-up (a loaded machine has several)
     shown: dict[str, bytes] = {}  # the newest picture each camera's screens got, in order or set aside
 
     def on_time(parsed: ParsedMessage) -> None:
@@ -124,8 +127,9 @@ async def test_snapshots_without_a_stamp_are_aged_by_the_stall_itself(mqtt_port:
 
     def set_aside(parsed: ParsedMessage) -> None:
         for r in parsed.records:
+            late.append(r.device_id)  # shed and superseded count every device on the shared broker
             if isinstance(r, Snapshot) and r.device_id in cameras:
-                late[r.device_id] = shown[r.device_id] = r.jpeg
+                shown[r.device_id] = r.jpeg
 
     listener = LiveListener(settings, (on_time,), (set_aside,))
     task = asyncio.create_task(listener.run())
