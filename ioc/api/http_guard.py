@@ -58,15 +58,20 @@ WS_MAX_BYTES = 1024 * 1024
 WS_MAX_QUEUE = 4
 
 
+#: Seconds a stopping server waits for open requests and connections before cutting them.
+SHUTDOWN_GRACE_S = 10
+
+
 def uvicorn_bounds(limits: ConnectionLimits | None = None) -> dict[str, Any]:
     """uvicorn settings for ``ioc serve`` and the demo: the HTTP protocol with bounded heads and connection counts
     (the defaults when ``limits`` is None), the WebSocket protocol with bounded control frames
-    (:mod:`ioc.api.ws_guard`) and the WebSocket message bounds."""
+    (:mod:`ioc.api.ws_guard`), the WebSocket message bounds, and a bounded graceful shutdown (a request or screen
+    still open after SHUTDOWN_GRACE_S is cut, so SIGTERM or Ctrl-C always stops the server)."""
     if limits is None:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         limits = ConnectionLimits.for_files(PER_ADDRESS, TOTAL, (), soft)
     return {"http": http_protocol(limits), "ws": ws_protocol(), "ws_max_size": WS_MAX_BYTES,
-            "ws_max_queue": WS_MAX_QUEUE}
+            "ws_max_queue": WS_MAX_QUEUE, "timeout_graceful_shutdown": SHUTDOWN_GRACE_S}
 
 
 def raise_open_files_limit() -> tuple[int, int]:
