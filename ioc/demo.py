@@ -34,11 +34,13 @@ def simulator_command(mqtt_url: str, data_dir: Path, options: list[str]) -> list
     """The simulator child process (its own process: it must not compete with the API for the GIL).
 
     Without options it runs the bundled live-demo scenario in real time until stopped, writing its
-    ground truth next to the demo's data so a run can be scored afterwards.
+    ground truth next to the demo's data so a run can be scored afterwards; every device reports within its
+    first 5 s (not over its period, up to a minute), so the wall's map is full at once.
     """
     if not options:
         options = ["--scenario", str(LIVE_DEMO_SCENARIO), "--duration", "0",
-                   "--ground-truth", str(data_dir / "ground-truth.jsonl"), "--report-every", "60"]
+                   "--ground-truth", str(data_dir / "ground-truth.jsonl"), "--report-every", "60",
+                   "--first-report-within", "5"]
     return [sys.executable, "-m", "simulators", "--mqtt-url", mqtt_url, *options]
 
 

@@ -66,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--no-snapshots", action="store_true", help="do not send camera snapshots")
     r.add_argument("--no-offline-on-exit", action="store_true", help="leave devices 'online' when the run ends")
     r.add_argument("--retain-expiry", type=int, help="MQTT 5 expiry (s) of retained statuses and wills")
+    r.add_argument("--first-report-within", type=float, metavar="S",
+                   help="every device's first reading within S simulated seconds (default: over one period)")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between progress lines")
 
     o = parser.add_argument_group("outputs")
@@ -105,7 +107,7 @@ def options_from_args(args: argparse.Namespace, mqtt_url: str, tls: TlsOptions |
                       duration_s=args.duration or None, ts_format=args.ts_format,
                       ground_truth=args.ground_truth or None, offline_on_exit=not args.no_offline_on_exit,
                       retain_expiry_s=args.retain_expiry, report_every_s=args.report_every,
-                      snapshots=not args.no_snapshots)
+                      snapshots=not args.no_snapshots, first_report_within_s=args.first_report_within)
 
 
 def run(args: argparse.Namespace, mqtt_url: str, tls: TlsOptions | None = None) -> int:

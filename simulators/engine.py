@@ -48,6 +48,7 @@ class SimOptions:
     retain_expiry_s: int | None = None  # MQTT 5 expiry on retained statuses and wills
     report_every_s: float = 5.0
     snapshots: bool = True
+    first_report_within_s: float | None = None  # FleetOptions.first_report_within_s
     max_outstanding: int = 2000
     tls: TlsOptions | None = None  # CA / client certificate files for an mqtts:// URL
 
@@ -280,7 +281,8 @@ def _run_shard(city: City, options: SimOptions, incidents: list[Incident], shard
     transport = make_transport(options, shard)
     fleet = Fleet(city, devices, incidents, FleetOptions(wills=transport.has_wills, ts_format=options.ts_format,
                                                          offline_on_exit=options.offline_on_exit,
-                                                         snapshots=options.snapshots))
+                                                         snapshots=options.snapshots,
+                                                         first_report_within_s=options.first_report_within_s))
     transport.connect([d.id for d in devices], {d.id: d.kind for d in devices})
     wall_start = ready_cb()
     if options.speed == 1.0 and options.start is None:

@@ -61,6 +61,9 @@ class FleetOptions:
     offline_on_exit: bool = True
     position_every: int = 100  # send lat/lon on the first reading and then every N readings
     snapshots: bool = True
+    #: first readings spread over this many simulated seconds (None: over one reporting period, the even load a
+    #: real fleet has; a demo sets a few seconds so every device is on the map at once)
+    first_report_within_s: float | None = None
 
 
 class _State:
@@ -112,7 +115,10 @@ class Fleet:
         for idx, st in enumerate(self.states):
             # Spread first readings over one period so the load is even, not a thundering herd.
             phase = models.device_rng(self.city.scenario.seed, f"phase:{st.dev.id}")
-            self._push(t0 + phase.random() * self.intervals[st.dev.kind], idx, "telemetry")
+            spread = self.intervals[st.dev.kind]
+            if self.options.first_report_within_s is not None:
+                spread = min(spread, self.options.first_report_within_s)
+            self._push(t0 + phase.random() * spread, idx, "telemetry")
             if st.dev.kind == "camera" and self.options.snapshots:
                 self._push(t0 + phase.random() * self.snapshot_s, idx, "snapshot")
             out.append(self._status(st, t0, "online", "boot"))

@@ -78,3 +78,20 @@ def test_same_seed_same_messages() -> None:
     assert a == b
     c = [(m.topic, m.payload) for m in _run(_scenario(seed=10), t0)]
     assert a != c
+
+
+@pytest.mark.parametrize("within", [None, 5.0])
+def test_first_readings_spread_over_one_period_or_within_the_limit(within: float | None) -> None:
+    city = build_city(Scenario(seed=3, scale="tiny", intervals=Intervals(bts_s=60, traffic_s=30, camera_s=60)))
+    t0 = 1_700_000_000.0
+    fleet = Fleet(city, city.devices, [], FleetOptions(first_report_within_s=within))
+    fleet.start(t0)
+    first: dict[str, float] = {}
+    for out in fleet.advance(t0 + 61):
+        if isinstance(out, Message) and out.channel == "telemetry":
+            first.setdefault(out.device_id, orjson.loads(out.payload)["ts"] / 1000 - t0)
+    assert len(first) == len(city.devices)  # every device reported in its first period
+    if within is None:
+        assert max(first.values()) > 20  # the even load of a real fleet: spread over the periods
+    else:
+        assert max(first.values()) <= within
