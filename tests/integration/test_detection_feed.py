@@ -30,7 +30,7 @@ from tests.support.services import ServeProcess
 
 pytestmark = pytest.mark.integration
 
-ACCIDENT_AT, COVER_AT = 20, 40  # seconds after the live run starts
+ACCIDENT_AT, COVER_AT = 10, 20  # seconds after the live run starts
 
 
 def scenario(prefix: str) -> dict[str, Any]:
