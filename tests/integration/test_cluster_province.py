@@ -2,7 +2,7 @@
 
 3 ingest workers (one share group), 2 API replicas and 2 brain candidates on a private PostgreSQL and a
 private persistent Mosquitto. The simulator's fleet (a tiny Hải Phòng: 6 BTS, 3 cameras, 6 traffic
-sensors, unique ids) runs in real time in this process with five labelled incidents in about 90 s; during
+sensors, unique ids) runs in real time in this process with five labelled incidents in about 70 s; during
 it the leader is SIGKILLed in the middle of the first incident, an ingest worker is SIGKILLed, the broker
 is restarted and PostgreSQL is stopped for 20 s. A webhook receiver in the test gets the pages.
 
@@ -50,17 +50,17 @@ from tests.support.services import IngestProcess, private_postgres
 
 pytestmark = pytest.mark.integration
 
-RUN_S = 95.0  # real seconds the fleet publishes
+RUN_S = 72.0  # real seconds the fleet publishes
 #: The scheduled incidents (seconds after the fleet starts) and when the test breaks things:
-#: 15 power lost in HB -> leader SIGKILLed once it is an incident (~20), 30 a traffic sensor drops off,
-#: 40 an ingest worker SIGKILLed, 45 a camera goes black, 50 broker restart, 60-80 PostgreSQL down,
-#: 65 power lost in TN (while the database is down), 80 another sensor drops off.
+#: 10 power lost in HB -> leader SIGKILLed once it is an incident (~15), 20 a traffic sensor drops off,
+#: 25 an ingest worker SIGKILLed, 30 a camera goes black, 35 broker restart, 40-60 PostgreSQL down,
+#: 45 power lost in TN (while the database is down), 60 another sensor drops off.
 INCIDENTS: list[dict[str, Any]] = [
-    {"kind": "power_outage", "district": "HB", "at": 15, "duration_s": 900, "params": {"autonomy_h": 8}},
-    {"kind": "device_silent", "device": "AD-TRF-0001", "at": 30, "duration_s": 900, "params": {"disconnect": True}},
-    {"kind": "camera_fault", "device": "LC-CAM-0001", "at": 45, "duration_s": 900, "params": {"mode": "black"}},
-    {"kind": "power_outage", "district": "TN", "at": 65, "duration_s": 900, "params": {"autonomy_h": 8}},
-    {"kind": "device_silent", "device": "KA-TRF-0001", "at": 80, "duration_s": 900, "params": {"disconnect": True}},
+    {"kind": "power_outage", "district": "HB", "at": 10, "duration_s": 900, "params": {"autonomy_h": 8}},
+    {"kind": "device_silent", "device": "AD-TRF-0001", "at": 20, "duration_s": 900, "params": {"disconnect": True}},
+    {"kind": "camera_fault", "device": "LC-CAM-0001", "at": 30, "duration_s": 900, "params": {"mode": "black"}},
+    {"kind": "power_outage", "district": "TN", "at": 45, "duration_s": 900, "params": {"autonomy_h": 8}},
+    {"kind": "device_silent", "device": "KA-TRF-0001", "at": 60, "duration_s": 900, "params": {"disconnect": True}},
 ]
 #: Alert categories that show each kind of ground-truth incident (a BTS offline in an outage joins it).
 CATEGORIES = {"power_outage": ["power", "offline"], "device_silent": ["offline"], "camera_fault": ["camera"]}
@@ -187,18 +187,18 @@ def test_province_cluster_under_scheduled_incidents(artifacts: Path) -> None:
         _leader(dsn, name, brains).kill()
         killed = next(b for b in brains if b.proc is not None and b.proc.poll() is not None)
 
-        feed.at(40)
+        feed.at(25)
         workers[0].kill()
         time.sleep(3)
         workers[0].start()  # as its supervisor would: it resumes its session and stores what it held unacked
 
-        feed.at(50)
+        feed.at(35)
         broker.stop()
         broker.start()
 
-        feed.at(60)
+        feed.at(40)
         pg.stop()  # 20 s without the database: nothing acked is lost, alarms wait at the broker
-        feed.at(80)
+        feed.at(60)
         pg.start()
         killed.start(wait=False)  # back as a standby, as its supervisor would do
 
