@@ -13,15 +13,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from analytics.findings import Finding
 from ingest.backoff import Backoff
-from ingest.errors import Failure, classify
-from ingest.metrics import HANDLER_ERRORS
 from ingest.records import DeviceEvent, ParsedMessage, Reading, Snapshot, StatusUpdate
 from ioc.alerts import rules
 from ioc.alerts.config import AlertsConfig
@@ -35,13 +32,13 @@ from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
 from ioc.alerts.silences import Silence
 from ioc.alerts.stepping import Stepping
+from ioc.alerts.storing import Storing, drop_connection
 from ioc.cluster.ids import IdReserve
 from ioc.geo import City
 from ioc.live.hub import LiveHub
 from storage import alerts as store
 from storage import cluster as cluster_sql
 from storage import notifications as outbox
-from storage.set_aside import set_aside
 from storage.writes import load_state, save_state
 
 logger = logging.getLogger(__name__)
@@ -49,7 +46,6 @@ logger = logging.getLogger(__name__)
 ALERTS_FIRED = Counter("ioc_alerts_fired", "Alerts fired", ["rule", "severity"])
 PAGES = Counter("ioc_alert_pages", "Incident pages (one per firing/escalation/resolution, before fan-out)",
                 ["reason"])
-SET_ASIDE = Counter("ioc_set_aside", "Pieces of change sets set aside because the data was refused", ["stage"])
 LIVE_INCIDENTS = Gauge("ioc_incidents_live", "Open or acknowledged incidents")
 LIVENESS_STATE = "alerts_liveness"  # analytics_state row: device arrivals, so a restart still sees silence
 LIVENESS_EVERY_S = 300.0
@@ -68,7 +64,7 @@ SIGNALS_DROPPED = Counter("ioc_alert_signals_dropped", "Alert signals dropped at
                           "not acked: the brain has the broker redeliver it)")
 
 
-class AlertStage(Stepping):
+class AlertStage(Stepping, Storing):
     """One alert engine per deployment, beside the live hub (in the API process)."""
 
     def __init__(self, hub: LiveHub, pool: Any, city: City, config: AlertsConfig) -> None:
@@ -291,17 +287,23 @@ class AlertStage(Stepping):
         if not ch:
             return None
         try:
-            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
-                if self.guard is not None:
-                    await self.guard(conn, ch)
-                await store.save_changes(
-                    conn, [self._incident_row(i) for i in ch.incidents.values()],
-                    [a.to_dict(raw=True) for a in ch.alerts.values()],
-                    [(e.ts, e.incident_id, e.alert_id, e.action, e.actor, e.note, e.detail) for e in ch.audit])
-                rows = [row for page in ch.pages for row in self._page_rows(page)]
-                if rows:
-                    await outbox.enqueue(conn, rows)
-                await cluster_sql.finish_actions(conn, ch.actions)  # their results, with their effect
+            async with self.pool.acquire(timeout=5) as conn:
+                try:
+                    async with conn.transaction():
+                        if self.guard is not None:
+                            await self.guard(conn, ch)
+                        await store.save_changes(
+                            conn, [self._incident_row(i) for i in ch.incidents.values()],
+                            [a.to_dict(raw=True) for a in ch.alerts.values()],
+                            [(e.ts, e.incident_id, e.alert_id, e.action, e.actor, e.note, e.detail)
+                             for e in ch.audit])
+                        rows = [row for page in ch.pages for row in self._page_rows(page)]
+                        if rows:
+                            await outbox.enqueue(conn, rows)
+                        await cluster_sql.finish_actions(conn, ch.actions)  # their results, with their effect
+                except Exception as err:
+                    drop_connection(conn, err)
+                    raise
         except Exception as err:
             if not await self._flush_failed(ch, err):
                 return None
@@ -334,72 +336,6 @@ class AlertStage(Stepping):
             problems.append(f"alerts: incident changes not stored for {waited:.0f} s ({len(self._unsaved.incidents)} "
                             f"incidents, {len(self._unsaved.pages)} pages waiting)")
         return problems
-
-    async def _flush_failed(self, ch: Changes, err: Exception) -> bool:
-        """A change set was not stored. True when it was dealt with (stored piecewise, refused pieces set aside).
-
-        While the database is away the set is kept and retried next tick (the engine's memory is the truth). But
-        when the data itself is refused (a value PostgreSQL will never take), retrying it for ever would hold every
-        later incident change and page behind it: the set is stored piece by piece instead, and each refused piece
-        goes to the ``set_aside`` table with its error, for admins (``GET /api/set-aside``).
-        """
-        self._flush_attempts += 1
-        if self.flush_failing_since is None:
-            self.flush_failing_since = datetime.now(UTC)
-        if _fenced(err) or classify(err, self._flush_attempts) is Failure.TRANSIENT:
-            logger.warning("alert changes not stored yet (%s); retrying next tick", err)
-            ch.merge(self._unsaved)
-            self._unsaved = ch
-            return False
-        HANDLER_ERRORS.labels("alert_flush").inc()
-        logger.error("alert change set refused (%s: %s); storing it piece by piece", type(err).__name__, err)
-        try:
-            await self._store_piecewise(ch)
-        except Exception as again:  # the database went away meanwhile: whole set retried next tick
-            logger.warning("alert changes not stored yet (%s); retrying next tick", again)
-            ch.merge(self._unsaved)
-            self._unsaved = ch
-            return False
-        return True
-
-    async def _store_piecewise(self, ch: Changes) -> None:
-        """Each incident, alert, audit entry and page in its own transaction; refused ones set aside."""
-        save = store.save_changes
-        # (what, write, the piece as data, what the replicas are told changed)
-        pieces: list[tuple[str, Callable[[Any], Awaitable[Any]], Any, Changes]] = []
-        for inc in ch.incidents.values():
-            row = self._incident_row(inc)
-            pieces.append((f"incident {inc.id}", partial(save, incidents=[row], alerts=[], audit=[]), row,
-                           Changes(incidents={inc.id: inc})))
-        for a in ch.alerts.values():
-            arow = a.to_dict(raw=True)
-            pieces.append((f"alert {a.id}", partial(save, incidents=[], alerts=[arow], audit=[]), arow,
-                           Changes(alerts={a.id: a})))
-        for e in ch.audit:
-            entry = (e.ts, e.incident_id, e.alert_id, e.action, e.actor, e.note, e.detail)
-            pieces.append((f"audit {e.action} of incident {e.incident_id}",
-                           partial(save, incidents=[], alerts=[], audit=[entry]), entry, Changes()))
-        for page in ch.pages:
-            rows = self._page_rows(page)
-            if rows:
-                pieces.append((f"page {page.reason} of incident {page.incident_id}",
-                               partial(outbox.enqueue, rows=rows), rows, Changes()))
-        if ch.actions:  # the results of officers' actions go with the first piece (their effect is in the set)
-            pieces.insert(0, ("officers' actions", partial(cluster_sql.finish_actions, done=ch.actions),
-                              {str(k): v[1] for k, v in ch.actions.items()}, Changes()))
-        async with self.pool.acquire(timeout=5) as conn:
-            for what, write, doc, told in pieces:
-                try:
-                    async with conn.transaction():
-                        if self.guard is not None:  # the lease's fence, and a NOTIFY to the other replicas
-                            await self.guard(conn, told)
-                        await write(conn)
-                except Exception as err:
-                    if _fenced(err) or classify(err) is Failure.TRANSIENT:
-                        raise
-                    SET_ASIDE.labels("alerts").inc()
-                    logger.error("alert change set aside: %s (%s: %s)", what, type(err).__name__, err)
-                    await set_aside(conn, "alerts", what, err, self._flush_attempts, doc)
 
     async def act(self, action: str, incident_id: int, actor: str, note: str | None = None,
                   assignee: str | None = None, action_id: int | None = None, epoch: int | None = None) -> Incident:
@@ -481,11 +417,6 @@ class AlertStage(Stepping):
         """Live incidents for the feed's snapshot on connect: the ``hub.snapshot_incidents`` most severe."""
         live, limit = self.engine.live_incidents(), self.hub.snapshot_incidents
         return snapshot_section([self.feed_view(i) for i in live[:limit]], len(live), limit)
-
-
-def _fenced(err: BaseException) -> bool:
-    """A write refused because this process lost the lease (ioc/cluster): never set aside, never retried here."""
-    return type(err).__name__ == "FencedError"
 
 
 def _member(a: Alert) -> dict[str, Any]:
