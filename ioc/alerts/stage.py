@@ -30,6 +30,7 @@ from ioc.alerts.liveness import Liveness
 from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
+from ioc.alerts.pacing import FLUSH_RETRY_MAX_S, STEP_RETRY_MAX_S, Retry
 from ioc.alerts.silences import Silence
 from ioc.alerts.stepping import Stepping
 from ioc.alerts.storing import Storing, drop_connection
@@ -109,6 +110,9 @@ class AlertStage(Stepping, Storing):
         self.held_acks = False
         self.dropped = 0
         self._flushing = asyncio.Lock()  # one flush at a time: a set stored by a later one covers the earlier
+        # retries of a step that keeps raising, and of change sets the database does not take, back off
+        self.step_retry = Retry(config.tick_s, STEP_RETRY_MAX_S)
+        self.flush_retry = Retry(config.tick_s, FLUSH_RETRY_MAX_S)
 
     def _district_name(self, code: str | None) -> str | None:
         district = self.city.get(code) if code else None
@@ -203,7 +207,7 @@ class AlertStage(Stepping, Storing):
         self.loaded = True
         logger.info("alert engine: %d live incidents restored", len(self.engine.live_incidents()))
 
-    async def reload_config(self) -> None:
+    async def reload_config(self, periodic: bool = False) -> None:
         """Re-read silences, roster and policies (after an API change, and periodically)."""
         now = datetime.now(UTC)
         async with self.pool.acquire(timeout=10) as conn:
@@ -216,6 +220,8 @@ class AlertStage(Stepping, Storing):
                                        p["channels"]) for p in policies if usable_policy(p)]
         async with self._lock:
             self._unsaved.merge(self.engine.set_silences([Silence(**s) for s in silences], now))
+        if not periodic:  # a change (an admin's fix?): a step that keeps raising is tried again at once
+            self.step_retry.succeeded()
 
     async def run(self) -> None:
         """Apply signals and advance timers every tick; store, push, page."""
@@ -230,19 +236,34 @@ class AlertStage(Stepping, Storing):
         last_reload = last_saved = loop.time()
         while True:
             await asyncio.sleep(self.config.tick_s)
-            if await self._reserve_ids():
-                async with self._lock:
-                    self._step_safely(datetime.now(UTC))
-            await self.flush()
+            await self._tick()
             if loop.time() - last_reload >= self.config.reload_s:
                 last_reload = loop.time()
                 try:
-                    await self.reload_config()
+                    await self.reload_config(periodic=True)
                 except Exception as err:
                     logger.warning("alert configuration not reloaded: %s", err)
             if loop.time() - last_saved >= self.liveness_every_s:
                 last_saved = loop.time()
                 await self.save()
+
+    async def _tick(self) -> None:
+        """Step (unless every step raises and its retry waits), then store (unless the database's retry waits)."""
+        if self.step_retry.due() and await self._reserve_ids():
+            async with self._lock:
+                waiting = len(self._signals)  # the step never awaits: nothing arrives meanwhile
+                self._step_safely(datetime.now(UTC))
+                if self.step_failing is not None and len(self._signals) >= waiting:  # nothing applied
+                    logger.warning("alert step raised again (%d signals wait); next try in %.1f s",
+                                   len(self._signals), self.step_retry.failed())
+                else:
+                    self.step_retry.succeeded()
+        if not self._held() or self.flush_retry.due():
+            await self.flush()
+            if self._held():
+                self.flush_retry.failed()
+            else:
+                self.flush_retry.succeeded()
 
     async def _reserve_ids(self) -> bool:
         """Hold enough database ids for the next step (each new alert and incident takes one); False: wait."""
@@ -276,11 +297,15 @@ class AlertStage(Stepping, Storing):
             ch = await self._flush()
             if self._refused:
                 await self._set_aside_signals()
-            if not self._unsaved and not self._refused:  # every step up to ``seq`` stored (failures stay held)
+            if not self._held():  # every step up to ``seq`` stored (failures stay held)
                 if self.lost_after is not None:  # a dropped signal: never past its message
                     seq = min(seq, self.lost_after)
                 self.stored_seq = max(self.stored_seq, seq)
             return ch
+
+    def _held(self) -> bool:
+        """Something waits for the database before the position may pass it."""
+        return bool(self._unsaved or self._refused)
 
     async def _flush(self) -> Changes | None:
         ch, self._unsaved = self._unsaved, Changes()
