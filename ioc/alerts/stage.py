@@ -30,6 +30,7 @@ from ioc.alerts.liveness import Liveness
 from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
+from ioc.alerts.oversize import MESSAGE_SIGNALS, refusal, set_aside_messages
 from ioc.alerts.pacing import FLUSH_RETRY_MAX_S, STEP_RETRY_MAX_S, Retry
 from ioc.alerts.silences import Silence
 from ioc.alerts.stepping import Stepping
@@ -103,7 +104,8 @@ class AlertStage(Stepping, Storing):
         self.position: Callable[[], int] = lambda: 0
         self.stored_seq = 0
         self._step_seq = 0
-        self.hold_signals, self.max_signals = HOLD_SIGNALS, MAX_SIGNALS
+        self.hold_signals, self.max_signals, self.message_signals = HOLD_SIGNALS, MAX_SIGNALS, MESSAGE_SIGNALS
+        self._refused_messages: list[tuple[str, str, dict[str, Any]]] = []  # set aside before their ack
         #: a signal was dropped at ``max_signals``: no ack past this position until the input is redelivered (set
         #: only when the acks wait for this stage, ``tie_acks``; an embedded ingest worker acks on its own)
         self.lost_after: int | None = None
@@ -125,23 +127,36 @@ class AlertStage(Stepping, Storing):
     # --- inputs (event loop, cheap) ----------------------------------------------------------------------
 
     def on_parsed(self, parsed: ParsedMessage) -> None:
-        """Ingest sink: device states and alarms, readings that may clear live alerts, arrival times."""
-        now = self.clock()
+        """Ingest sink: device states and alarms, readings that may clear live alerts, arrival times.
+
+        A message yielding more than ``message_signals`` is refused whole (:mod:`ioc.alerts.oversize`): set aside
+        with a summary before its ack, instead of being dropped at the queue's bound and sent again for ever.
+        """
+        now, cap = self.clock(), self.message_signals
+        signals: list[Signal] = []
         for rec in parsed.records:
             if isinstance(rec, StatusUpdate):
                 self.liveness.state(rec.device_id, rec.state)
-                self._add(rules.from_status(rec, self._info))
+                if len(signals) <= cap:
+                    signals += rules.from_status(rec, self._info)
                 continue
-            if self.liveness.arrived(rec.device_id, now):
-                self._add([rules.silent_over(rec.device_id, rec.ts, self._info)])
+            arrived = self.liveness.arrived(rec.device_id, now)
+            if len(signals) > cap:  # refused: no more signals are built (memory), arrivals still count
+                continue
+            if arrived:
+                signals.append(rules.silent_over(rec.device_id, rec.ts, self._info))
             if isinstance(rec, Reading):
                 if rec.device_id in self._live_devices:
-                    self._add(rules.clears_from_reading(rec, self.engine.live_evidence, self._info))
+                    signals += rules.clears_from_reading(rec, self.engine.live_evidence, self._info)
             elif isinstance(rec, Snapshot):
                 if rec.device_id in self._live_devices:
-                    self._add(rules.snapshots_back(rec.device_id, rec.ts, self.engine.live_evidence, self._info))
+                    signals += rules.snapshots_back(rec.device_id, rec.ts, self.engine.live_evidence, self._info)
             elif isinstance(rec, DeviceEvent):
-                self._add(rules.from_event(rec, self._info))
+                signals += rules.from_event(rec, self._info)
+        if len(signals) > cap:
+            self._refused_messages.append(refusal(parsed, signals, cap, self.position()))
+            return
+        self._add(signals)
 
     def on_findings(self, findings: list[Finding]) -> None:
         for f in findings:
@@ -297,6 +312,10 @@ class AlertStage(Stepping, Storing):
             ch = await self._flush()
             if self._refused:
                 await self._set_aside_signals()
+            if self._refused_messages:
+                refused = self._refused_messages
+                if await set_aside_messages(self.pool, refused):
+                    self._refused_messages = self._refused_messages[len(refused):]
             if not self._held():  # every step up to ``seq`` stored (failures stay held)
                 if self.lost_after is not None:  # a dropped signal: never past its message
                     seq = min(seq, self.lost_after)
@@ -305,7 +324,7 @@ class AlertStage(Stepping, Storing):
 
     def _held(self) -> bool:
         """Something waits for the database before the position may pass it."""
-        return bool(self._unsaved or self._refused)
+        return bool(self._unsaved or self._refused or self._refused_messages)
 
     async def _flush(self) -> Changes | None:
         ch, self._unsaved = self._unsaved, Changes()
