@@ -188,6 +188,22 @@ class MqttSession:
         finally:
             misc.cancel()
 
+    def reconnect(self, why: str) -> None:
+        """Drop the connection now and connect again (:meth:`run` does, after the shortest backoff).
+
+        The broker keeps the session (a clean DISCONNECT) and sends every message it holds unacked again, marked
+        DUP. Nothing read on the old connection is acked any more: its generation is stale from here on. For a
+        consumer whose stage dropped input it had not acked (``IngestWorker``'s ack gate). Not connected: nothing
+        to do (the next connection gets the unacked messages anyway).
+        """
+        if self._sock is None or not self._connected.is_set():
+            return
+        logger.warning("MQTT reconnecting so the broker sends the unacked messages again (%s)", why)
+        self._connected.clear()  # ack() refuses the old connection's messages from now on, before any write
+        self._was_stable = True  # a reconnection chosen here, not a flapping link: no growing backoff
+        self._client.disconnect()
+        self._flush_writes()
+
     async def stop(self) -> None:
         """Disconnect cleanly (the broker keeps the session and unacked messages)."""
         self._stopping = True

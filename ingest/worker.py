@@ -5,7 +5,9 @@ Guarantees:
 * at most ``max_pending_messages`` unacknowledged messages are held; beyond that the socket is not read;
 * database outages are retried with backoff forever; data the database refuses is bisected down to the
   single message, which is quarantined with the database's reason;
-* redeliveries are harmless: every insert is idempotent (see :mod:`storage.writes`).
+* redeliveries are harmless: every insert is idempotent (see :mod:`storage.writes`);
+* with an ack gate (:mod:`ingest.ack_gate`: the brain's stages in embedded mode) a message is acked only once
+  they have also stored what it caused; input they had to drop is sent again by the broker (a reconnection).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncpg
 import paho.mqtt.client as mqtt
 
 from ingest import metrics as m
+from ingest.ack_gate import AckGate
 from ingest.backoff import Backoff
 from ingest.batch import Batch, Pending, RegistryCache, build_rows, quarantine_row
 from ingest.config import IngestConfig
@@ -53,6 +56,8 @@ ParsedSink = Callable[[ParsedMessage], None]
 #: (1.1 of 6.3 s, benchmarks.ingest_bench). The worker makes almost no cyclic garbage (its largest source,
 #: paho's topic matcher, is gone: ingest/paho_speedups.py), so full collections every 100 are enough.
 GC_FULL_EVERY = 100
+#: With an ack gate: how often the acks held for the stages are looked at again (as the brain's ACK_EVERY_S).
+GATE_EVERY_S = 0.25
 
 
 class IngestWorker:
@@ -82,11 +87,14 @@ class IngestWorker:
         self.latest = LatestValues()
         #: Awaited with each committed batch's messages before they are acked (the analytics stream).
         self.after_commit: Callable[[list[ParsedMessage]], Awaitable[None]] | None = None
+        #: Set before :meth:`run`: acks also wait for the stages the sinks feed (:mod:`ingest.ack_gate`).
+        self.gate: AckGate | None = None
         self._pool: asyncpg.Pool | None = None
         self._open = Batch()
         self._open_since = 0.0
         self._sealed: asyncio.Queue[Batch] = asyncio.Queue()
         self._order: deque[Batch] = deque()
+        self._order_seq: deque[int] = deque()  # the gate's sequence of each batch's last message
         self._pending = 0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
@@ -110,6 +118,8 @@ class IngestWorker:
         if self.maintenance_interval_s:
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="ingest-maintenance"))
             tasks.append(asyncio.create_task(self._rollup_loop(), name="ingest-rollups"))
+        if self.gate is not None:
+            tasks.append(asyncio.create_task(self._gate_loop(self.gate), name="ingest-ack-gate"))
         session_task = asyncio.create_task(self.session.run(), name="mqtt-session")
         self.ready.set()
         try:
@@ -162,6 +172,9 @@ class IngestWorker:
 
     def _on_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
         received_at = datetime.now(UTC)
+        gate = self.gate
+        if gate is not None:  # before the sinks: the stages read its sequence and DUP flag as this message's
+            gate.received(bool(message.dup))
         parsed = handle_message(message, received_at, self.guard, self.sinks)
         if parsed.rejections:
             self.quarantine_budget.apply(parsed.rejections, self.config.quarantine_payload_bytes)
@@ -174,10 +187,15 @@ class IngestWorker:
         self._pending += 1
         if len(self._open.messages) >= self.config.batch_max_messages:
             self._seal()
-        if self._pending >= self.config.max_pending_messages:
-            self.session.pause_reading()
+        if self._pending >= self._limit() or (gate is not None and gate.hold()):
+            self.session.pause_reading("back-pressure" if self._pending >= self._limit() else "stages full")
             self._paused_at = self._paused_at or time.monotonic()
             m.PAUSED.set(1)
+
+    def _limit(self) -> int:
+        """Unacked messages at most: the configured bound, or the gate's window after a redelivery."""
+        bound = self.config.max_pending_messages
+        return bound if self.gate is None else min(bound, self.gate.window)
 
     def _seal(self) -> None:
         if self._flush_handle is not None:
@@ -193,6 +211,7 @@ class IngestWorker:
             m.PENDING.set(self._pending)
             batch, self._open = self._open, Batch()
             self._order.append(batch)
+            self._order_seq.append(self.gate.seq if self.gate is not None else 0)
             self._sealed.put_nowait(batch)
 
     def _on_connection_change(self, connected: bool) -> None:
@@ -340,8 +359,16 @@ class IngestWorker:
     def _ack_in_order(self) -> None:
         # MQTT wants PUBACKs in receive order; batches may finish out of order with several writers.
         released = 0
+        settled = self.gate.settled() if self.gate is not None else None
+        generation = self.session.generation
         while self._order and self._order[0].done:
+            # With a gate, also once the stages stored what the batch caused; a batch of an earlier connection
+            # is let go at once (its acks are stale: the broker sends it again anyway)
+            if settled is not None and self._order_seq[0] > settled and \
+                    self._order[0].messages[-1].generation == generation:
+                break
             batch = self._order.popleft()
+            self._order_seq.popleft()
             for msg in batch.messages:
                 if not self.session.ack(msg.mid, msg.generation, msg.qos) and msg.qos:
                     m.ACKS_SKIPPED.inc()
@@ -350,10 +377,39 @@ class IngestWorker:
             self._pending -= released
             self._progress_at = time.monotonic()
             m.PENDING.set(self._pending)
-            if self._pending <= self.config.max_pending_messages // 2:
-                self.session.resume_reading()
-                self._paused_at = None
-                m.PAUSED.set(0)
+            self._resume_if_room()
+
+    def _resume_if_room(self) -> None:
+        if self._pending > self._limit() // 2 or self._stopped.is_set():
+            return  # (stopping: the drain paused reading for good)
+        if self.gate is not None and (self.gate.hold() or not self.gate.has_room()):
+            return
+        self.session.resume_reading()
+        self._paused_at = None
+        m.PAUSED.set(0)
+
+    async def _gate_loop(self, gate: AckGate) -> None:
+        """Acks held for the stages, as they store; a stage that dropped input has the broker send it again."""
+        while True:
+            await asyncio.sleep(GATE_EVERY_S)
+            gate.sync()
+            self._ack_in_order()
+            lost = gate.lost()
+            if lost is None:
+                gate.widen()
+                if self._paused_at is not None:
+                    self._resume_if_room()
+                continue
+            # every batch up to the lost message acked (the one holding it is not), the stages with room again:
+            # the rest comes again on a new connection of this session
+            acked_up_to_lost = not self._order_seq or self._order_seq[0] > lost
+            if gate.settled() >= lost and acked_up_to_lost and gate.has_room() and not self._stopped.is_set():
+                logger.warning("ingest: a stage dropped input after message %d; the broker is made to send the %d "
+                               "messages not acked again", lost, self._pending)
+                gate.narrowed(self._pending)
+                self.session.reconnect("a stage dropped input")
+                gate.redelivering()  # the old connection's messages are acked no more: positions may pass them
+                self._resume_if_room()
 
     # --- housekeeping --------------------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
             from ioc.services import build_worker
 
             app.state.worker = build_worker(settings, sinks=sinks)
+            app.state.worker.gate = node.ingest_gate  # acks after the brain's stages stored (as its own session's)
             worker_task = asyncio.create_task(app.state.worker.run(), name="embedded-ingest")
         elif settings.live.listen_mqtt and role != "brain":
             listener = app.state.listener = LiveListener(settings, sinks, late_sinks=(hub.on_parsed_late,))

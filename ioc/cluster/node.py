@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from ingest.records import ParsedMessage
 from ioc.cluster.brain import Brain
+from ioc.cluster.embedded import EmbeddedGate
 from ioc.cluster.sync import ReplicaSync
 from ioc.live.client import LAG_EDGES
 from ioc.settings import Settings
@@ -73,6 +74,12 @@ class Node:
             # the broker queues everything for it until the session expires; brain candidates keep it for the next.
             self.brain = Brain(state, settings, self.process_id, own_input=not embedded_ingest,
                                feed_hub=role == "brain" and not embedded_ingest, discard_session=role == "all")
+        # Embedded ingest: the worker's acks wait for the brain's stages as the brain session's would
+        # (ioc/cluster/embedded.py); the app sets it on the worker.
+        self.ingest_gate: EmbeddedGate | None = None
+        if embedded_ingest and self.brain is not None:
+            self.ingest_gate = EmbeddedGate(self.brain, settings.ingest.max_pending_messages,
+                                            alerts=not settings.partition.nats_url)
         self._tasks: list[asyncio.Task[Any]] = []
         self.live_lag_s: float | None = None  # this process's own live feed (the screens' input)
         self._live_at: float | None = None  # monotonic time of its last timed message
