@@ -19,6 +19,7 @@ import websockets
 
 from tests.conftest import ingest_env
 from tests.support.auth import bearer, make_token_sync
+from tests.support.cluster import db_fetch
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import ServeProcess, wait_until
 
@@ -53,10 +54,14 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(database_url: str) -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
+    # The session's database outlives this test: the page of the hand resolution (queued as the service stopped)
+    # would be retried against this closed port by every later brain on it, up to its 20 attempts.
+    db_fetch(database_url, "UPDATE notifications SET status = 'dropped', last_error = 'test over' "
+             "WHERE target = $1 AND status = 'pending'", r.url)
 
 
 AUTH: dict[str, str] = {}  # an officer's API token named "an" (set per test): the audit trail says "token:an"

@@ -1,4 +1,8 @@
-"""High availability with real processes: two brain candidates and API replicas on one database and the real broker.
+"""High availability with real processes: two brain candidates and API replicas on one database and a real broker.
+
+The module has a database and a Mosquitto of its own. On the shared ones a brain restored every live incident and
+retried every pending page earlier tests had left, and its session took all of ``ioc/v1/#`` (retained statuses of
+other runs, any other publisher's traffic) into a queue the shared broker caps at its default 1000 messages.
 
 * SIGKILL the leader during an incident: the standby takes over within 15 s, an alarm published while no
   brain was running is still analysed (the brain's persistent session), no incident is opened twice and
@@ -25,14 +29,29 @@ import websockets
 from ioc.cluster.config import ClusterConfig
 from ioc.cluster.lease import Lease
 from storage.cluster import FencedError, take_token
+from tests.conftest import own_database
 from tests.support.auth import make_token_sync
 from tests.support.cluster import RoleProcess, cluster_env, db_fetch, lease, unique_lease, wait_for
 from tests.support.mqtt import Publisher, iso, unique_id
+from tests.support.services import private_mosquitto
 
 pytestmark = pytest.mark.integration
 
 FAILOVER_S = 15.0
 HOOK = "http://127.0.0.1:9/ha-test-hook"  # nothing listens: pages stay in the outbox, where they are counted
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """This module's own database: no live incident or pending page of another test is restored with it."""
+    yield from own_database()
+
+
+@pytest.fixture(scope="module")
+def mqtt_port() -> Iterator[int]:
+    """This module's own broker (the project's queue limits): only its alarms reach the brains' sessions."""
+    with private_mosquitto() as port:
+        yield port
 
 
 def _pid(holder: str) -> int:
@@ -83,7 +102,7 @@ def cluster(database_url: str, mqtt_port: int, artifacts: Path) -> Iterator[Clus
         while (left := [line for p in procs for line in p.leftovers()]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not left, f"left running after the test: {left}"
-        # The session's database outlives this test: later tests' dispatchers must not retry these pages.
+        # The module's database outlives this test: later tests' dispatchers must not retry these pages.
         db_fetch(database_url, "UPDATE notifications SET status = 'dropped', last_error = 'test over' "
                  "WHERE target = $1 AND status = 'pending'", HOOK)
 
