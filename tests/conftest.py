@@ -73,13 +73,19 @@ def mqtt_port() -> int:
 
 
 def ingest_env(database_url: str, mqtt_port: int, **extra: str) -> dict[str, str]:
-    """Environment for an ``ioc ingest`` child: its own share group, short-lived broker session."""
+    """Environment for an ``ioc ingest`` (or ``ioc serve``) child: its own share group, short-lived broker session,
+    and a brain session of its own. (The brain's session is named after the database and persists so that the next
+    leader resumes it; on the shared test database every test's server resumed the earlier tests' session and was
+    handed up to 1,000 of their queued messages.) Processes started from one environment share it, as a cluster."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOC_")}
+    tag = uuid.uuid4().hex[:8]
     env.update({
         "IOC_DATABASE_URL": database_url,
         "IOC_MQTT_URL": f"mqtt://127.0.0.1:{mqtt_port}",
-        "IOC_MQTT__SHARE_GROUP": f"test-{uuid.uuid4().hex[:8]}",
+        "IOC_MQTT__SHARE_GROUP": f"test-{tag}",
         "IOC_MQTT__SESSION_EXPIRY_S": "300",
+        "IOC_CLUSTER__BRAIN_CLIENT_ID": f"ioc-brain-test-{tag}",
+        "IOC_CLUSTER__BRAIN_SESSION_EXPIRY_S": "300",
         "IOC_LOG_LEVEL": "INFO",
     })
     env.update(extra)
