@@ -10,8 +10,9 @@ The failures are injected into the store function; the database is a private clu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -83,11 +84,9 @@ async def _rows(dsn: str, device: str) -> tuple[int, int]:
         await conn.close()
 
 
-@pytest.mark.parametrize("make_error", [_internal_client_error, _unknown_client_error],
-                         ids=["internal-client-error", "unknown-client-error"])
-async def test_a_client_error_while_postgres_is_stopped_is_held_and_stored_once_it_is_back(
-        make_error: Callable[[], Exception], monkeypatch: pytest.MonkeyPatch) -> None:
-    device = f"BTS-{uuid.uuid4().hex[:8]}"
+@contextlib.asynccontextmanager
+async def _stage_on_private_postgres() -> AsyncIterator[tuple[AlertStage, PrivatePostgres, str]]:
+    """An alert stage, loaded, on a database of a private PostgreSQL (which the test may stop): (stage, pg, dsn)."""
     with private_postgres() as pg:
         dsn = await create_database(pg.dsn)
         pool = await create_pool(dsn, StorageConfig(), max_size=2)
@@ -95,23 +94,37 @@ async def test_a_client_error_while_postgres_is_stopped_is_held_and_stored_once_
             city = City.load()
             stage = AlertStage(LiveHub(city.district_of), pool, city, AlertsConfig())
             await stage.load()
-            faults = FaultyStore(device, make_error, stop=pg)
-            monkeypatch.setattr(storage.alerts, "save_changes", faults)
-            _offline(stage, device, datetime.now(UTC))
-            for _ in range(3):  # ticks of the outage: the first fails with the client error, then no connection
-                await stage.flush()
-            assert faults.calls == 1 and stage._unsaved, "the change set is held while the database is away"
-            faults.failing = False
-            await asyncio.to_thread(pg.start)
-            for _ in range(50):
-                await stage.flush()
-                if not stage._unsaved:
-                    break
-                await asyncio.sleep(0.1)
-            assert await _rows(dsn, device) == (1, 0), "the alert stored once the database is back, nothing set aside"
-            assert stage.flush_failing_since is None
+            yield stage, pg, dsn
         finally:
             await pool.close()
+
+
+async def _flush_until_stored(stage: AlertStage) -> None:
+    """Ticks of a database that came back: flush until nothing waits (at most 50, 0.1 s apart)."""
+    for _ in range(50):
+        await stage.flush()
+        if not stage._unsaved:
+            return
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("make_error", [_internal_client_error, _unknown_client_error],
+                         ids=["internal-client-error", "unknown-client-error"])
+async def test_a_client_error_while_postgres_is_stopped_is_held_and_stored_once_it_is_back(
+        make_error: Callable[[], Exception], monkeypatch: pytest.MonkeyPatch) -> None:
+    device = f"BTS-{uuid.uuid4().hex[:8]}"
+    async with _stage_on_private_postgres() as (stage, pg, dsn):
+        faults = FaultyStore(device, make_error, stop=pg)
+        monkeypatch.setattr(storage.alerts, "save_changes", faults)
+        _offline(stage, device, datetime.now(UTC))
+        for _ in range(3):  # ticks of the outage: the first fails with the client error, then no connection
+            await stage.flush()
+        assert faults.calls == 1 and stage._unsaved, "the change set is held while the database is away"
+        faults.failing = False
+        await asyncio.to_thread(pg.start)
+        await _flush_until_stored(stage)
+        assert await _rows(dsn, device) == (1, 0), "the alert stored once the database is back, nothing set aside"
+        assert stage.flush_failing_since is None
 
 
 async def test_an_internal_client_error_while_postgres_answers_is_set_aside_after_its_retries(
@@ -120,38 +133,30 @@ async def test_an_internal_client_error_while_postgres_answers_is_set_aside_afte
     aside after ``UNKNOWN_ERROR_RETRIES`` tries; a later change of another device is stored. Before, the piece was
     retried for ever (each try classed it transient again) and held every later change behind it."""
     poison, good = f"BTS-{uuid.uuid4().hex[:8]}", f"BTS-{uuid.uuid4().hex[:8]}"
-    with private_postgres() as pg:
-        dsn = await create_database(pg.dsn)
-        pool = await create_pool(dsn, StorageConfig(), max_size=2)
-        try:
-            city = City.load()
-            stage = AlertStage(LiveHub(city.district_of), pool, city, AlertsConfig())
-            await stage.load()
-            faults = FaultyStore(poison, _internal_client_error, stop=None)
-            monkeypatch.setattr(storage.alerts, "save_changes", faults)
-            now = datetime.now(UTC)
-            _offline(stage, poison, now)
-            for _ in range(2 * UNKNOWN_ERROR_RETRIES + 2):
-                await stage.flush()
-                if not stage._unsaved:
-                    break
-            assert not stage._unsaved, "the refused piece must not wait in front of later changes"
-            _offline(stage, good, now + timedelta(seconds=900))
+    async with _stage_on_private_postgres() as (stage, _pg, dsn):
+        faults = FaultyStore(poison, _internal_client_error, stop=None)
+        monkeypatch.setattr(storage.alerts, "save_changes", faults)
+        now = datetime.now(UTC)
+        _offline(stage, poison, now)
+        for _ in range(2 * UNKNOWN_ERROR_RETRIES + 2):
             await stage.flush()
-            assert not stage._unsaved
-            assert (await _rows(dsn, good))[0] == 1 and (await _rows(dsn, poison))[0] == 0
-            conn = await asyncpg.connect(dsn, timeout=5)
-            try:
-                rows = await conn.fetch("SELECT what, error FROM set_aside WHERE stage = 'alerts' ORDER BY id")
-            finally:
-                await conn.close()
-            # the alert, then its audit entries (they refer to it: refused by the foreign key)
-            assert rows[0]["what"].startswith("alert ") and "InternalClientError" in rows[0]["error"]
-            assert all("ForeignKeyViolation" in r["error"] for r in rows[1:])
-            # the whole set until its tries (the database answering) pass the limit, then the alert alone, once
-            assert faults.calls == UNKNOWN_ERROR_RETRIES + 2
+            if not stage._unsaved:
+                break
+        assert not stage._unsaved, "the refused piece must not wait in front of later changes"
+        _offline(stage, good, now + timedelta(seconds=900))
+        await stage.flush()
+        assert not stage._unsaved
+        assert (await _rows(dsn, good))[0] == 1 and (await _rows(dsn, poison))[0] == 0
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            rows = await conn.fetch("SELECT what, error FROM set_aside WHERE stage = 'alerts' ORDER BY id")
         finally:
-            await pool.close()
+            await conn.close()
+        # the alert, then its audit entries (they refer to it: refused by the foreign key)
+        assert rows[0]["what"].startswith("alert ") and "InternalClientError" in rows[0]["error"]
+        assert all("ForeignKeyViolation" in r["error"] for r in rows[1:])
+        # the whole set until its tries (the database answering) pass the limit, then the alert alone, once
+        assert faults.calls == UNKNOWN_ERROR_RETRIES + 2
 
 
 class OutageMidPieces:
@@ -177,32 +182,20 @@ async def test_an_outage_while_storing_piece_by_piece_stores_each_piece_once(mon
     """Before, the whole set was held again: the pieces stored before the outage were written twice (an audit entry
     of the incident twice). Now only the pieces not stored yet are held."""
     device = f"BTS-{uuid.uuid4().hex[:8]}"
-    with private_postgres() as pg:
-        dsn = await create_database(pg.dsn)
-        pool = await create_pool(dsn, StorageConfig(), max_size=2)
+    async with _stage_on_private_postgres() as (stage, pg, dsn):
+        monkeypatch.setattr(storage.alerts, "save_changes", OutageMidPieces(pg))
+        _offline(stage, device, datetime.now(UTC))
+        await stage.flush()
+        assert stage._unsaved, "the pieces not stored yet are held while the database is away"
+        await asyncio.to_thread(pg.start)
+        await _flush_until_stored(stage)
+        conn = await asyncpg.connect(dsn, timeout=5)
         try:
-            city = City.load()
-            stage = AlertStage(LiveHub(city.district_of), pool, city, AlertsConfig())
-            await stage.load()
-            monkeypatch.setattr(storage.alerts, "save_changes", OutageMidPieces(pg))
-            _offline(stage, device, datetime.now(UTC))
-            await stage.flush()
-            assert stage._unsaved, "the pieces not stored yet are held while the database is away"
-            await asyncio.to_thread(pg.start)
-            for _ in range(50):
-                await stage.flush()
-                if not stage._unsaved:
-                    break
-                await asyncio.sleep(0.1)
-            conn = await asyncpg.connect(dsn, timeout=5)
-            try:
-                actions = [r["action"] for r in await conn.fetch(
-                    "SELECT action FROM alert_events ORDER BY id")]
-                aside = await conn.fetchval("SELECT count(*) FROM set_aside")
-            finally:
-                await conn.close()
-            assert {"alert_opened", "incident_opened"} <= set(actions) and aside == 0
-            assert len(actions) == len(set(actions)), f"each audit entry once: {actions}"
-            assert await _rows(dsn, device) == (1, 0)
+            actions = [r["action"] for r in await conn.fetch(
+                "SELECT action FROM alert_events ORDER BY id")]
+            aside = await conn.fetchval("SELECT count(*) FROM set_aside")
         finally:
-            await pool.close()
+            await conn.close()
+        assert {"alert_opened", "incident_opened"} <= set(actions) and aside == 0
+        assert len(actions) == len(set(actions)), f"each audit entry once: {actions}"
+        assert await _rows(dsn, device) == (1, 0)
