@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +280,7 @@ class ServeProcess(ServiceProcess):
 
 
 @contextlib.contextmanager
-def api_on_seeded_database(mqtt_port: int, seed: Callable[[str], Awaitable[None]],
+def api_on_seeded_database(mqtt_port: int, seed: Callable[[str], Coroutine[Any, Any, None]],
                            name: str) -> Iterator[tuple[ServiceProcess, str]]:
     """An API-only ``ioc serve`` on a database of its own, filled by ``seed(dsn)`` first (a storm's rows stay
     there); the log goes to ``artifacts/<name>/serve.log``. Yields the process and the database's DSN."""
