@@ -13,11 +13,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from pydantic import ValidationError
 
 from ingest.metrics import HANDLER_ERRORS
-from ioc.api.deps import PoolDep, Role, recheck, requires, websocket_origin, websocket_slot
+from ioc.api.deps import PoolDep, Role, connection_principal, recheck, requires, websocket_origin, websocket_slot
 from ioc.api.edge import bad_text_in_message
 from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.api.models import ApiTime
 from ioc.api.routes_alerts import ActionRequest
+from ioc.api.ws_credentials import watch_of
 from ioc.auth.service import client_address
 from ioc.cluster import actions as cluster_actions
 from ioc.live.client import LAG_EDGES
@@ -34,7 +35,7 @@ async def live_feed(ws: WebSocket) -> None:
     """Subscribe with query parameters (``kinds``, ``devices``, ``districts``, ``bbox``, ``types``,
     ``resume_from`` + ``epoch``) or a ``{"type": "subscribe", ...}`` message. See docs/live-feed.md.
     Authenticated at the handshake (session cookie, ``Authorization: Bearer`` or ``?token=``); actions need
-    the officer role."""
+    the officer role. Closed with 4401 once the credential no longer holds (ioc/api/ws_credentials.py)."""
     hub: LiveHub = ws.app.state.hub
     async with websocket_slot(ws):
         await _live_feed(ws, hub)
@@ -54,6 +55,9 @@ async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
     began = time.perf_counter()
     client = hub.attach(sub, resume, ws.query_params.get("epoch"))
     budget.charge(time.perf_counter() - began)
+    principal = connection_principal(ws)
+    watch = watch_of(ws)
+    screen = watch.add(ws, client, principal, Role.VIEWER) if principal is not None else None
     sender = asyncio.create_task(_send_loop(ws, client, hub))
     try:
         while True:
@@ -74,6 +78,8 @@ async def _live_feed(ws: WebSocket, hub: LiveHub) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        if screen is not None:
+            watch.remove(screen)
         hub.detach(client)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

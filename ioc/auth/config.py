@@ -35,6 +35,9 @@ class AuthConfig(BaseModel):
                                         "name (password spraying).")
     action_rate: str = Field("120/minute", description="State-changing requests and WebSocket actions per caller.")
     ws_per_client: int = Field(32, gt=0, description="Open /ws/live connections per client address.")
+    ws_recheck_s: float = Field(20.0, gt=0, description="An open /ws/live whose credential no longer holds "
+                                "(revoked, logged out, disabled, expired, role too low) is closed (4401) within "
+                                "this long: its distinct credentials are looked up again, in one query per kind.")
     connections_per_client: int = Field(256, gt=0, description="Open TCP connections (HTTP and WebSocket) per "
                                         "client address; more are answered 429 at once and closed.")
     connections_max: int = Field(8192, gt=0, description="Open TCP connections in all (at most half the "

@@ -52,15 +52,12 @@ class Authenticator:
         return principal
 
     async def _identify(self, conn: HTTPConnection) -> Principal | None:
-        bearer = _bearer(conn)
-        if bearer is None and (conn.scope["type"] == "websocket" or conn.url.path in PAGE_PATHS):
-            bearer = conn.query_params.get("token") or None
-        if bearer is not None:
-            return await self._from_bearer(conn, bearer)
-        sid = conn.cookies.get(SESSION_COOKIE)
-        if sid:
+        kind, value = presented(conn) or ("", "")
+        if kind == "bearer":
+            return await self._from_bearer(conn, value)
+        if kind == "session":
             async with _pool(conn).acquire() as db:
-                return await store.session_principal(db, sid)  # an ended session is simply anonymous
+                return await store.session_principal(db, value)  # an ended session is simply anonymous
         return None
 
     async def _from_bearer(self, conn: HTTPConnection, bearer: str) -> Principal:
@@ -84,6 +81,18 @@ class Authenticator:
     def cookie_secure(self, conn: HTTPConnection) -> bool:
         mode = self.config.cookie_secure
         return mode == "always" or (mode == "auto" and conn.url.scheme in ("https", "wss"))
+
+
+def presented(conn: HTTPConnection) -> tuple[str, str] | None:
+    """The credential a request or WebSocket presents, the one :meth:`Authenticator.identify` reads:
+    ``("bearer", value)``, ``("session", cookie value)`` or ``None``."""
+    bearer = _bearer(conn)
+    if bearer is None and (conn.scope["type"] == "websocket" or conn.url.path in PAGE_PATHS):
+        bearer = conn.query_params.get("token") or None
+    if bearer is not None:
+        return "bearer", bearer
+    sid = conn.cookies.get(SESSION_COOKIE)
+    return ("session", sid) if sid else None
 
 
 def _bearer(conn: HTTPConnection) -> str | None:

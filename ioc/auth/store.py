@@ -184,5 +184,24 @@ async def session_principal(conn: Any, sid: str) -> Principal | None:
                      session_id=row["id"], csrf=row["csrf_token"])
 
 
+async def live_token_roles(conn: Any, digests: list[bytes]) -> dict[bytes, Role]:
+    """The role of each of these API tokens (by digest) that still holds; one query, nothing written."""
+    rows = await conn.fetch("SELECT token_hash, role FROM auth_tokens WHERE token_hash = ANY($1::bytea[]) "
+                            "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())", digests)
+    return {bytes(r["token_hash"]): Role.parse(r["role"]) for r in rows}
+
+
+async def live_session_roles(conn: Any, digests: list[bytes]) -> dict[bytes, Role]:
+    """The role of each of these sessions (by digest) that still holds, as :func:`session_principal` decides it
+    (user not disabled; a wall's token not revoked or expired); one query, nothing written."""
+    rows = await conn.fetch(
+        "SELECT s.token_hash, coalesce(u.role, t.role) AS role FROM auth_sessions s "
+        "LEFT JOIN auth_users u ON u.id = s.user_id LEFT JOIN auth_tokens t ON t.id = s.api_token_id "
+        "WHERE s.token_hash = ANY($1::bytea[]) AND s.revoked_at IS NULL AND s.expires_at > now() "
+        "AND CASE WHEN s.user_id IS NOT NULL THEN u.disabled IS FALSE "
+        "ELSE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) END", digests)
+    return {bytes(r["token_hash"]): Role.parse(r["role"]) for r in rows if r["role"] is not None}
+
+
 async def end_session(conn: Any, session_id: int) -> None:
     await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = $1", session_id)
