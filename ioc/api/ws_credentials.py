@@ -4,7 +4,10 @@ Each screen is registered under the credential it presented at the handshake (th
 session cookie; an OIDC JWT by its ``exp``). Every ``IOC_AUTH__WS_RECHECK_S`` one task per process looks up the
 *distinct* credentials again, one query per kind (a hundred wall screens sharing one viewer token cost one row),
 and closes the screens of those revoked, expired, logged out, of a disabled user, or whose role fell below the
-feed's. Replicas share only the database, so each one's recheck sees a revocation made through any of them.
+feed's. Replicas share only the database, so each one's recheck sees a revocation made through any of them;
+and the store announces each revocation, logout, password, role or disabled change (NOTIFY
+``store.CHANGED_CHANNEL`` on commit), which each replica's watch LISTENs for on a connection of its own and
+answers with a recheck at once. The timer stays: it covers an announcement lost while that connection was down.
 A JWT's screens are closed at its ``exp`` (plus the leeway the handshake allows) by a timer, with no lookup.
 
 A recheck that cannot answer (database down, slow, pool closed) closes nothing: the screens stay and it is tried
@@ -21,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import jwt
 from fastapi import WebSocket
 
@@ -38,6 +42,8 @@ CLOSE_CODE = 4401
 #: Credentials looked up in one query, and how long one recheck may take before it counts as unanswered.
 _BATCH = 1000
 _CLOSE_TIMEOUT_S = 5.0
+#: After an announcement, wait this long so that a burst of changes is read in one recheck.
+_ANNOUNCED_PAUSE_S = 0.05
 
 
 @dataclass(eq=False)
@@ -64,6 +70,9 @@ class CredentialWatch:
         self.unanswered = 0  # lookups that failed (database unreachable): nothing closed
         self.closed = 0  # screens closed for their credential
         self._task: asyncio.Task[None] | None = None
+        self._poke = asyncio.Event()  # a change announced (or the last screen gone)
+        self._listen: Any = None  # the LISTEN connection, while screens are watched
+        self.announced = 0
         self._closing: set[asyncio.Task[None]] = set()
 
     def add(self, ws: WebSocket, client: ClientSession, principal: Principal, needs: Role) -> Screen:
@@ -93,6 +102,8 @@ class CredentialWatch:
                 held.discard(screen)
                 if not held:
                     del self.by_key[screen.key]
+                    if not self.by_key:
+                        self._poke.set()  # the task ends now (and closes its LISTEN connection)
 
     def close(self, screen: Screen, reason: str) -> None:
         """Stop the screen's frames at once and close its socket in a task of its own (a stalled socket
@@ -116,14 +127,61 @@ class CredentialWatch:
 
     async def _run(self) -> None:
         # Ends when no watched screen is left (a new one starts it again): nothing to stop at shutdown.
-        while self.by_key:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.recheck()
-            except Exception:  # a recheck that cannot answer keeps every screen and is tried again
-                self.unanswered += 1
-                logger.warning("live-feed credential recheck failed; screens kept, retried in %g s",
-                               self.interval_s, exc_info=True)
+        try:
+            while self.by_key:
+                await self._ensure_listening()
+                try:
+                    async with asyncio.timeout(self.interval_s):
+                        await self._poke.wait()
+                    await asyncio.sleep(_ANNOUNCED_PAUSE_S)
+                except TimeoutError:
+                    pass
+                self._poke.clear()
+                try:
+                    await self.recheck()
+                except Exception:  # a recheck that cannot answer keeps every screen and is tried again
+                    self.unanswered += 1
+                    logger.warning("live-feed credential recheck failed; screens kept, retried in %g s",
+                                   self.interval_s, exc_info=True)
+        finally:
+            # Given up before the first await, so that a screen added meanwhile starts a task (and a LISTEN
+            # connection) of its own.
+            if self._task is asyncio.current_task():
+                self._task = None
+            await self._unlisten()
+
+    @property
+    def listening(self) -> bool:
+        """Following the announcements (its LISTEN connection is open)."""
+        return self._listen is not None and not self._listen.is_closed()
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self.announced += 1
+        self._poke.set()
+
+    async def _ensure_listening(self) -> None:
+        """Best effort: without the connection, revocations wait for the timer."""
+        if self.listening:
+            return
+        await self._unlisten()
+        node = getattr(self._state, "node", None)
+        dsn = getattr(getattr(node, "settings", None), "database_url", None)
+        if not dsn:
+            return
+        try:
+            conn = await asyncpg.connect(dsn, timeout=min(self.interval_s, 5.0))
+            await conn.add_listener(store.CHANGED_CHANNEL, self._on_notify)
+        except Exception as err:  # the database unreachable: the timer goes on, the next loop tries again
+            logger.info("live-feed credential announcements not followed (%s); rechecking every %g s",
+                        type(err).__name__, self.interval_s)
+            return
+        self._listen = conn
+
+    async def _unlisten(self) -> None:
+        conn, self._listen = self._listen, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
 
     async def recheck(self) -> None:
         """Look the distinct credentials up again and close the screens of those that no longer hold."""

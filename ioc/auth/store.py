@@ -12,6 +12,8 @@ from ioc.auth.model import Principal, Role
 
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 _TOUCH_EVERY = timedelta(minutes=1)  # last_used / last_seen are written at most this often per credential
+#: NOTIFYed (on commit) when a credential may have stopped holding: every replica rechecks its open live feeds.
+CHANGED_CHANNEL = "ioc_auth_changed"
 
 
 class AuthStoreError(ValueError):
@@ -65,6 +67,7 @@ async def set_password(conn: Any, username: str, password: str) -> None:
         if uid is None:
             raise AuthStoreError(f"no user {username!r}")
         await _end_sessions(conn, uid)
+        await announce(conn)
 
 
 async def rehash_password(conn: Any, user_id: int, password: str) -> None:
@@ -80,6 +83,7 @@ async def set_disabled(conn: Any, username: str, disabled: bool) -> None:
             raise AuthStoreError(f"no user {username!r}")
         if disabled:
             await _end_sessions(conn, uid)
+        await announce(conn)
 
 
 async def set_role(conn: Any, username: str, role: Role) -> None:
@@ -87,10 +91,17 @@ async def set_role(conn: Any, username: str, role: Role) -> None:
                               check_username(username), Role.parse(role.label).label)
     if uid is None:
         raise AuthStoreError(f"no user {username!r}")
+    await announce(conn)
 
 
 async def note_login(conn: Any, user_id: int) -> None:
     await conn.execute("UPDATE auth_users SET last_login_at = now() WHERE id = $1", user_id)
+
+
+async def announce(conn: Any) -> None:
+    """Tell every replica (LISTEN ``CHANGED_CHANNEL``) that a credential may have stopped holding; delivered when
+    the caller's transaction commits."""
+    await conn.execute("SELECT pg_notify($1, '')", CHANGED_CHANNEL)
 
 
 async def _end_sessions(conn: Any, user_id: int) -> None:
@@ -129,6 +140,7 @@ async def revoke_token(conn: Any, token_id: int) -> bool:
                                    "RETURNING id", token_id)
         await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE api_token_id = $1 "
                            "AND revoked_at IS NULL", token_id)
+        await announce(conn)
     return done is not None
 
 
@@ -204,4 +216,6 @@ async def live_session_roles(conn: Any, digests: list[bytes]) -> dict[bytes, Rol
 
 
 async def end_session(conn: Any, session_id: int) -> None:
-    await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = $1", session_id)
+    async with conn.transaction():
+        await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE id = $1", session_id)
+        await announce(conn)

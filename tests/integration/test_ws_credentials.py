@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from ioc.api.ws_credentials import CLOSE_CODE, CredentialWatch
 from ioc.auth import oidc, store
 from ioc.auth import secrets as sec
+from ioc.auth.model import Role
 from ioc.auth.service import CSRF_COOKIE, SESSION_COOKIE
 from tests.conftest import create_database
 from tests.integration.test_auth_hardening import app_with
@@ -183,3 +184,49 @@ async def test_screens_stay_open_while_the_database_does_not_answer() -> None:
             finally:
                 await conn.close()
             assert await closed_with(screen, 3 * RECHECK_S + 3) == CLOSE_CODE
+
+
+async def test_an_announced_revocation_closes_at_once_on_every_replica(database_url: str) -> None:
+    """Two replicas (two apps on one database), recheck timer 60 s: a token revoked through one replica's API
+    closes its screens on both within a second (NOTIFY); a role lowered below what a screen needs closes it."""
+    wall, admin = await make_token(database_url, "viewer"), await make_token(database_url, "admin")
+    officer, officer_pw = await make_user(database_url, "officer")
+    async with (app_with(database_url, ws_recheck_s=60) as one, serve(one) as port1,
+                app_with(database_url, ws_recheck_s=60) as two, serve(two) as port2):
+        feed1, feed2 = f"ws://127.0.0.1:{port1}{FEED}&token=", f"ws://127.0.0.1:{port2}{FEED}&token="
+        connect, _ = await session_feed(port2, officer, officer_pw)
+        async with (websockets.connect(feed1 + wall) as a, websockets.connect(feed2 + wall) as b,
+                    connect as duty):
+            async with asyncio.timeout(5):
+                while not (watch(one).listening and watch(two).listening):
+                    await asyncio.sleep(0.02)
+            token_id = await asyncpg_fetchval(database_url, "SELECT id FROM auth_tokens WHERE token_hash = $1",
+                                              sec.digest(wall))
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port1}",
+                                         headers={"Authorization": f"Bearer {admin}"}) as api:
+                began = time.monotonic()
+                assert (await api.delete(f"/api/auth/tokens/{token_id}")).status_code == 200
+            assert await closed_with(a, 2) == CLOSE_CODE and await closed_with(b, 2) == CLOSE_CODE
+            took = time.monotonic() - began
+            assert took < 1.5, took
+            print(f"announced revocation: both replicas' screens closed {took * 1000:.0f} ms after the DELETE")
+            assert watch(one).announced >= 1 and watch(two).announced >= 1
+            assert await still_open(duty)
+            # The feed needs a viewer, the lowest role a user holds: pretend this screen needs an officer.
+            for screen in watch(two).screens:
+                screen.needs = Role.OFFICER
+            conn = await asyncpg.connect(database_url)
+            try:
+                await store.set_role(conn, officer, Role.VIEWER)
+            finally:
+                await conn.close()
+            assert await closed_with(duty, 2) == CLOSE_CODE
+            assert duty.close_reason == "needs the officer role; now viewer"
+
+
+async def asyncpg_fetchval(dsn: str, sql: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
