@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -56,7 +56,6 @@ class Screen:
     key: tuple[str, bytes] | None  # ("token" | "session", digest); None: a JWT, closed by its timer
     timer: asyncio.TimerHandle | None = None
     closing: str | None = None  # the reason, once it is being closed
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class CredentialWatch:
@@ -123,7 +122,6 @@ class CredentialWatch:
         with contextlib.suppress(Exception):  # already gone, or a socket that takes nothing: it ends on its own
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 await screen.ws.close(code=CLOSE_CODE, reason=reason)
-        screen.done.set()
 
     async def _run(self) -> None:
         # Ends when no watched screen is left (a new one starts it again): nothing to stop at shutdown.
