@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from analytics.numeric.bank import SeriesBank
 from analytics.numeric.config import DetectorConfig
+from tests.unit.numeric_support import Road, SharedRuns
 
 pytestmark = pytest.mark.unit
 
@@ -30,11 +30,32 @@ def _flat_road(days: int, incidents: list[tuple[float, int]], seed: int = 3) -> 
     return ts, x
 
 
-def _fired(cfg: DetectorConfig, ts: np.ndarray, x: np.ndarray) -> list[int]:
-    bank = SeriesBank(cfg, capacity=1)
-    rows = bank.add(1)
-    bank.declare(rows, float(x.min()), float(x.max()))  # as ``ioc detect`` declares a file's range
-    return [k for k in range(len(ts)) if bank.update(rows, ts[k:k + 1], x[k:k + 1]).fired[0]]
+FIRST, SECOND = 3.0, 3.6  # 17 hours apart: inside the first finding's hold (400 readings)
+
+
+def _declared(ts: np.ndarray, x: np.ndarray) -> Road:
+    return Road(ts, x, (float(x.min()), float(x.max())))  # as ``ioc detect`` declares a file's range
+
+
+def _small_dip() -> Road:
+    """One collapse, then a dip of a fifth of the range after a calm spell."""
+    ts, x = _flat_road(5, [(FIRST, 12)])
+    k0 = int(SECOND * DAY_ROWS)
+    x[k0: k0 + 12] = 55.0 - 0.2 * (x.max() - x.min())
+    return _declared(ts, x)
+
+
+# each road runs once per configuration, all of a configuration's roads side by side in one bank
+RUNS = SharedRuns(
+    {"two": lambda: _declared(*_flat_road(6, [(FIRST, 12), (SECOND, 12)])),
+     # after the first collapse the road keeps collapsing every 2 hours
+     "disturbed": lambda: _declared(*_flat_road(5, [(3.0 + k / 12, 6) for k in range(12)])),
+     "small": _small_dip},
+    {OFF: ("two",), ON: ("two", "disturbed", "small")})
+
+
+def _fired(cfg: DetectorConfig, road: str) -> list[int]:
+    return RUNS.run(cfg, road).fired_at()
 
 
 def _raised(fired: list[int], day: float) -> bool:
@@ -43,25 +64,18 @@ def _raised(fired: list[int], day: float) -> bool:
 
 
 def test_the_next_collapse_after_a_calm_spell_breaks_through_the_hold() -> None:
-    first, second = 3.0, 3.6  # 17 hours apart: inside the first finding's hold (400 readings)
-    ts, x = _flat_road(6, [(first, 12), (second, 12)])
-    off = _fired(OFF, ts, x)
-    assert _raised(off, first) and not _raised(off, second)
-    on = _fired(ON, ts, x)
-    assert _raised(on, first) and _raised(on, second)
+    off = _fired(OFF, "two")
+    assert _raised(off, FIRST) and not _raised(off, SECOND)
+    on = _fired(ON, "two")
+    assert _raised(on, FIRST) and _raised(on, SECOND)
 
 
 def test_a_disturbed_spell_is_one_episode() -> None:
     # after the first collapse the road keeps collapsing every 2 hours: never calm for 6 hours, one finding
-    bursts = [(3.0 + k / 12, 6) for k in range(12)]
-    ts, x = _flat_road(5, bursts)
-    on = [k for k in _fired(ON, ts, x) if 3 * DAY_ROWS <= k < 4 * DAY_ROWS]
+    on = [k for k in _fired(ON, "disturbed") if 3 * DAY_ROWS <= k < 4 * DAY_ROWS]
     assert len(on) == 1
 
 
 def test_calm_refire_needs_a_large_deviation() -> None:
     # a dip of a fifth of the range after a calm spell stays inside the hold (the range test: 0.25)
-    ts, x = _flat_road(5, [(3.0, 12)])
-    k0 = int(3.6 * DAY_ROWS)
-    x[k0: k0 + 12] = 55.0 - 0.2 * (x.max() - x.min())
-    assert not _raised(_fired(ON, ts, x), 3.6)
+    assert not _raised(_fired(ON, "small"), SECOND)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from analytics.numeric import routine
-from analytics.numeric.bank import SeriesBank
 from analytics.numeric.config import DetectorConfig
+from tests.unit.numeric_support import Road, SharedRuns
 
 pytestmark = pytest.mark.unit
 
@@ -35,12 +35,26 @@ def _road(days: int, incidents: list[float], jam_depth: float = 0.45, incident_d
     return ts, x
 
 
-def _fired(cfg: DetectorConfig, ts: np.ndarray, x: np.ndarray,
-           declared: tuple[float, float] = (0.0, 130.0)) -> list[int]:
-    bank = SeriesBank(cfg, capacity=1)
-    rows = bank.add(1)
-    bank.declare(rows, *declared)
-    return [k for k in range(len(ts)) if bank.update(rows, ts[k:k + 1], x[k:k + 1]).fired[0]]
+FIRST, SECOND = 7.42, 8.0  # Thursday 10:05, Friday 00:00: within the first finding's hold (400 readings)
+
+
+def _refire_road() -> Road:
+    ts, x = _road(12, [FIRST, SECOND], incident_depth=0.3)
+    return Road(ts, x, (float(x.min()), float(x.max())))  # as ``ioc detect`` declares a file's range
+
+
+DEFAULT = DetectorConfig()
+# every road is run once per configuration, all of a configuration's roads side by side in one bank
+RUNS = SharedRuns(
+    {"noon-8.5": lambda: Road(*_road(12, [8.5], jam_depth=0.3, incident_depth=0.5), (0.0, 130.0)),
+     "noon-9.5": lambda: Road(*_road(12, [9.5], jam_depth=0.2, incident_depth=0.5), (0.0, 130.0)),
+     "rush": lambda: Road(*_road(12, [], jam_depth=0.3), (0.0, 130.0)),
+     "refire": _refire_road},
+    {DEFAULT: ("noon-8.5", "noon-9.5", "rush", "refire"), NO_NOVEL: ("noon-8.5", "noon-9.5"), REFIRE: ("refire",)})
+
+
+def _fired(cfg: DetectorConfig, road: str) -> list[int]:
+    return RUNS.run(cfg, road).fired_at()
 
 
 def _raised(fired: list[int], day: float) -> bool:
@@ -69,26 +83,21 @@ def test_outside_measures_how_far_a_deviation_lies_beyond_every_earlier_day_at_t
     assert np.isnan(feed(saturday, -25.0)[1])
 
 
-@pytest.mark.parametrize(("day", "jam_depth"), [(8.5, 0.3), (9.5, 0.2)])
-def test_a_collapse_at_noon_is_raised_on_a_road_whose_rush_hours_jam_deeper(day: float, jam_depth: float) -> None:
+@pytest.mark.parametrize(("day", "road"), [(8.5, "noon-8.5"), (9.5, "noon-9.5")])
+def test_a_collapse_at_noon_is_raised_on_a_road_whose_rush_hours_jam_deeper(day: float, road: str) -> None:
     # the rush hours reach large severities every weekday, so without the time of day a collapse at noon
-    # (shallower than the jams) looks everyday to the rarity histogram and is not raised
-    ts, x = _road(12, [day], jam_depth=jam_depth, incident_depth=0.5)
-    assert _raised(_fired(DetectorConfig(), ts, x), day)
-    assert not _raised(_fired(NO_NOVEL, ts, x), day)
+    # (shallower than the jams: 0.5 against 0.3 and 0.2) looks everyday to the rarity histogram and is not raised
+    assert _raised(_fired(DEFAULT, road), day)
+    assert not _raised(_fired(NO_NOVEL, road), day)
 
 
 def test_rush_hours_still_raise_no_more_than_a_finding_or_two() -> None:
-    ts, x = _road(12, [], jam_depth=0.3)
-    late = [k for k in _fired(DetectorConfig(), ts, x) if k >= 4 * DAY_ROWS]
+    late = [k for k in _fired(DEFAULT, "rush") if k >= 4 * DAY_ROWS]
     assert len(late) <= 1
 
 
 def test_the_next_incident_hours_later_breaks_through_the_first_ones_hold_with_the_refire() -> None:
-    first, second = 7.42, 8.0  # Thursday 10:05, Friday 00:00: within the first finding's hold (400 readings)
-    ts, x = _road(12, [first, second], incident_depth=0.3)
-    span = (float(x.min()), float(x.max()))  # as ``ioc detect`` declares a file's range: a collapse is 40 % of it
-    default = _fired(DetectorConfig(), ts, x, span)
-    assert _raised(default, first) and not _raised(default, second)
-    refire = _fired(REFIRE, ts, x, span)
-    assert _raised(refire, first) and _raised(refire, second)
+    default = _fired(DEFAULT, "refire")  # declared: the file's range, so a collapse is 40 % of it
+    assert _raised(default, FIRST) and not _raised(default, SECOND)
+    refire = _fired(REFIRE, "refire")
+    assert _raised(refire, FIRST) and _raised(refire, SECOND)

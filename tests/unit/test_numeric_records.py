@@ -9,6 +9,7 @@ from analytics.numeric.bank import SeriesBank
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.kernel import QHI, TYPES
 from analytics.numeric.monitor import NumericMonitor
+from tests.unit.numeric_support import Road, SharedRuns
 
 pytestmark = pytest.mark.unit
 
@@ -23,30 +24,36 @@ def _daily(seed: int, n: int = N) -> tuple[np.ndarray, np.ndarray]:
     return t, 50.0 + 10.0 * np.sin(2 * np.pi * (t % 86400) / 86400) + rng.normal(0.0, 1.0, n)
 
 
-def _fired(x: np.ndarray, t: np.ndarray, config: DetectorConfig | None = None) -> list[tuple[int, str, bool]]:
-    bank = SeriesBank(config)
-    bank.add(1)
-    out = []
-    for i in range(len(x)):
-        res = bank.update(np.array([0]), t[i : i + 1], x[i : i + 1])
-        if res.fired[0]:
-            out.append((i, TYPES[int(res.kind[0])], bool(res.record[0])))
-    return out
-
-
-def test_a_record_high_raises_even_while_an_earlier_alert_holds() -> None:
+def _high() -> Road:
     t, x = _daily(1)
     x[1000] += 18.0  # a spike: the first finding, which starts a hold of many readings
     x[1100] += 60.0  # far beyond anything seen: raised although the hold is still on
-    fired = _fired(x, t)
+    return Road(t, x)
+
+
+def _low() -> Road:
+    t, x = _daily(2)
+    x[1200] -= 60.0
+    return Road(t, x)
+
+
+DEFAULT = DetectorConfig()
+RUNS = SharedRuns({"high": _high, "low": _low}, {DEFAULT: ("high", "low")})  # both side by side, run once
+
+
+def _shared(road: str) -> list[tuple[int, str, bool]]:
+    res = RUNS.run(DEFAULT, road)
+    return [(i, TYPES[int(res.kind[i])], bool(res.record[i])) for i in res.fired_at()]
+
+
+def test_a_record_high_raises_even_while_an_earlier_alert_holds() -> None:
+    fired = _shared("high")
     assert [(i, k) for i, k, _ in fired if i >= 900] == [(1000, "spike"), (1100, "spike")]
     assert [rec for i, _, rec in fired if i == 1100] == [True]
 
 
 def test_a_record_low_is_a_dip() -> None:
-    t, x = _daily(2)
-    x[1200] -= 60.0
-    assert [(i, k, rec) for i, k, rec in _fired(x, t) if i >= 900] == [(1200, "dip", True)]
+    assert [(i, k, rec) for i, k, rec in _shared("low") if i >= 900] == [(1200, "dip", True)]
 
 
 def test_the_covered_range_fades_so_records_return() -> None:

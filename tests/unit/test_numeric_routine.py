@@ -12,6 +12,7 @@ import pytest
 from analytics.numeric import kernel, routine
 from analytics.numeric.bank import SeriesBank
 from analytics.numeric.config import DetectorConfig
+from tests.unit.numeric_support import Road, SharedRuns
 
 pytestmark = pytest.mark.unit
 
@@ -108,30 +109,40 @@ def _rush_road(days: int, incident_day: float | None = None, seed: int = 5) -> t
     return ts, x
 
 
-def _findings(cfg: DetectorConfig, ts: np.ndarray, x: np.ndarray) -> list[int]:
-    bank = SeriesBank(cfg, capacity=1)
-    rows = bank.add(1)
-    bank.declare(rows, 0.0, 130.0)
-    return [k for k in range(len(ts)) if bank.update(rows, ts[k:k + 1], x[k:k + 1]).fired[0]]
+INCIDENT = 9.5  # Saturday 12:00 (day 9 after a Thursday)
 
 
-def test_a_road_stops_raising_its_rush_hours_and_still_raises_an_incident_at_noon() -> None:
-    days, incident = 12, 9.5  # the incident: Saturday 12:00 (day 9 after a Thursday)
-    ts, x = _rush_road(days, incident)
-    k0 = int(incident * DAY_ROWS)
-    on, off = _findings(DetectorConfig(), ts, x), _findings(OFF, ts, x)
-    rush = [k for k in range(3 * DAY_ROWS, len(ts)) if not k0 <= k < k0 + 24]
-    assert len([k for k in off if k in rush]) > len([k for k in on if k in rush])
-    assert [k for k in on if k0 <= k < k0 + 24]  # the incident is raised
-
-
-def test_a_series_without_a_time_of_day_is_judged_as_before() -> None:
+def _flat() -> Road:
+    """A series without a time of day: noise around 50, a 5-hour rise on day 5."""
     rng = np.random.default_rng(2)
     n = 8 * DAY_ROWS
     ts = T0 + STEP * np.arange(n)
     x = 50.0 + rng.normal(0, 1.0, n)
     x[5 * DAY_ROWS: 5 * DAY_ROWS + 60] += 6.0
-    assert _findings(DetectorConfig(), ts, x) == _findings(OFF, ts, x)
+    return Road(ts, x, (0.0, 130.0))
+
+
+DEFAULT = DetectorConfig()
+# each road runs once per configuration, both roads side by side in one bank
+RUNS = SharedRuns({"rush": lambda: Road(*_rush_road(12, INCIDENT), (0.0, 130.0)), "flat": _flat},
+                  {DEFAULT: ("rush", "flat"), OFF: ("rush", "flat")})
+
+
+def _findings(cfg: DetectorConfig, road: str) -> list[int]:
+    return RUNS.run(cfg, road).fired_at()
+
+
+def test_a_road_stops_raising_its_rush_hours_and_still_raises_an_incident_at_noon() -> None:
+    n = len(RUNS.road("rush").ts)
+    k0 = int(INCIDENT * DAY_ROWS)
+    on, off = _findings(DEFAULT, "rush"), _findings(OFF, "rush")
+    rush = [k for k in range(3 * DAY_ROWS, n) if not k0 <= k < k0 + 24]
+    assert len([k for k in off if k in rush]) > len([k for k in on if k in rush])
+    assert [k for k in on if k0 <= k < k0 + 24]  # the incident is raised
+
+
+def test_a_series_without_a_time_of_day_is_judged_as_before() -> None:
+    assert _findings(DEFAULT, "flat") == _findings(OFF, "flat")
 
 
 def test_a_state_saved_before_the_envelopes_restores_and_starts_them() -> None:
