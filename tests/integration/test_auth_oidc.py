@@ -23,7 +23,7 @@ from ioc.auth import oidc
 from ioc.auth.config import AuthConfig
 from ioc.settings import Settings
 from tests.integration.test_auth_routes import call, routes, serve, ws_status
-from tests.support.auth import client_for
+from tests.support.auth import client_for, jwks_server
 
 oidc_provider_mock = pytest.importorskip("oidc_provider_mock")
 pytestmark = pytest.mark.integration
@@ -134,41 +134,20 @@ async def test_jwks_is_cached_and_refetched_for_a_new_key_id() -> None:
     """Key rotation (the mock provider keeps one key, so this one serves a JWKS of its own): the set is
     fetched once, fetched again when a token names a key id it does not hold, and a made-up key id cannot
     make the verifier hammer the provider (cooldown)."""
-    import http.server
-    import threading
-
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from jwt.algorithms import RSAAlgorithm
 
     keys = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in ("k1", "k2")}
     published = ["k1"]
     fetches: list[str] = []
-
-    class Jwks(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            fetches.append(self.path)
-            doc = {"keys": [{**json.loads(RSAAlgorithm.to_jwk(keys[k].public_key())), "kid": k, "use": "sig",
-                             "alg": "RS256"} for k in published]}
-            body = json.dumps(doc).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     issuer = "https://sso.example/realms/ioc"
-    verifier = oidc.OidcVerifier(AuthConfig(oidc_issuer=issuer, oidc_audience="ioc", oidc_jwks_refresh_s=1,
-                                            oidc_jwks_url=f"http://127.0.0.1:{server.server_address[1]}/jwks"))
 
     def token(kid: str) -> str:
         claims = {"iss": issuer, "aud": "ioc", "sub": "u1", "exp": int(time.time()) + 60, "roles": ["viewer"]}
         return jwt.encode(claims, keys.get(kid, keys["k1"]), algorithm="RS256", headers={"kid": kid})
 
-    try:
+    with jwks_server(lambda: {k: keys[k] for k in published}, fetches) as jwks_url:
+        verifier = oidc.OidcVerifier(AuthConfig(oidc_issuer=issuer, oidc_audience="ioc", oidc_jwks_refresh_s=1,
+                                                oidc_jwks_url=jwks_url))
         assert (await verifier.verify(token("k1"))).role.label == "viewer"
         assert (await verifier.verify(token("k1"))).name == "u1"
         assert len(fetches) == 1  # cached
@@ -180,8 +159,6 @@ async def test_jwks_is_cached_and_refetched_for_a_new_key_id() -> None:
             with pytest.raises(oidc.AuthError):
                 await verifier.verify(token("made-up"))
         assert len(fetches) <= 3  # at most one more fetch within the cooldown
-    finally:
-        server.shutdown()
 
 
 async def test_every_viewer_route_refuses_a_caller_without_a_role(oidc_app: FastAPI, provider: Provider) -> None:

@@ -5,9 +5,7 @@ database does not answer (ioc/api/ws_credentials.py)."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +25,7 @@ from ioc.auth.service import CSRF_COOKIE, SESSION_COOKIE
 from tests.conftest import create_database
 from tests.integration.test_auth_hardening import app_with
 from tests.integration.test_auth_routes import serve
-from tests.support.auth import login, make_token, make_user
+from tests.support.auth import jwks_server, login, make_token, make_user
 from tests.support.services import private_postgres
 
 pytestmark = pytest.mark.integration
@@ -117,28 +115,10 @@ async def test_a_disabled_or_logged_out_user_s_screen_is_closed(database_url: st
 def jwks() -> Iterator[tuple[str, Any]]:
     """A JWKS of one key served on a local port: (its URL, the private key)."""
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from jwt.algorithms import RSAAlgorithm
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    body = json.dumps({"keys": [{**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": "k1", "use": "sig",
-                                 "alg": "RS256"}]}).encode()
-
-    class Jwks(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/jwks", key
-    finally:
-        server.shutdown()
+    with jwks_server(lambda: {"k1": key}) as url:
+        yield url, key
 
 
 async def test_a_jwt_screen_closes_at_its_exp_without_a_lookup(database_url: str, jwks: tuple[str, Any],

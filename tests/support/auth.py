@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -87,3 +87,35 @@ async def client_for(app: Any, token: str | None = None) -> AsyncIterator[httpx.
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ioc",
                                  headers=headers) as client:
         yield client
+
+
+@contextmanager
+def jwks_server(keys: Callable[[], dict[str, Any]], fetches: list[str] | None = None) -> Iterator[str]:
+    """An OpenID provider's key set served on a local port; yields its URL. ``keys()`` gives the private keys
+    published now, by key id (read at each fetch: a test may rotate them); each fetch's path goes to ``fetches``."""
+    import http.server
+    import json
+    import threading
+
+    from jwt.algorithms import RSAAlgorithm
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if fetches is not None:
+                fetches.append(self.path)
+            body = json.dumps({"keys": [{**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": kid,
+                                         "use": "sig", "alg": "RS256"} for kid, key in keys().items()]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/jwks"
+    finally:
+        server.shutdown()
