@@ -42,6 +42,7 @@ from storage.db import create_pool
 from tests.conftest import own_database
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import private_mosquitto
+from tests.support.tasks import until
 
 pytestmark = pytest.mark.integration
 
@@ -295,13 +296,6 @@ async def test_a_dropped_signal_is_never_acked_the_broker_sends_its_message_agai
         assert rig.stage.health_problems() == []
     finally:
         await pool.close()
-
-
-async def until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_on_mosquitto_alarms_dropped_at_the_bound_come_again_and_are_stored_before_their_ack(

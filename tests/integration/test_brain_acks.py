@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,17 +26,9 @@ from ioc.settings import Settings
 from storage.config import StorageConfig
 from storage.db import create_pool
 from tests.support.mqtt import Publisher, iso, unique_id
-from tests.support.tasks import cancel_and_wait
+from tests.support.tasks import cancel_and_wait, until
 
 pytestmark = pytest.mark.integration
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class Leader:

@@ -12,10 +12,11 @@ traffic, which this worker would also read.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,22 +35,18 @@ from ioc.settings import Settings
 from tests.conftest import own_database
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import private_mosquitto
+from tests.support.tasks import until
 from tests.unit.test_camera_analyser import Road, jpeg
 
 pytestmark = pytest.mark.integration
+#: The waits here poll every 20 ms (short states: a picture in flight, the reconnection).
+until_soon = functools.partial(until, every=0.02)
 
 
 @pytest.fixture(scope="module")
 def database_url() -> Iterator[str]:
     """This module's own database: the alarms below leave open alerts that later tests' incidents would join."""
     yield from own_database()
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def embedded_settings(database_url: str, port: int) -> Settings:
@@ -62,7 +59,7 @@ def embedded_settings(database_url: str, port: int) -> Settings:
 async def leading(app: Any) -> None:
     await app.state.worker.ready.wait()
     await app.state.worker.session.wait_connected(30)
-    await until(lambda: app.state.alerts is not None and app.state.alerts.loaded, 20, "the brain leading")
+    await until_soon(lambda: app.state.alerts is not None and app.state.alerts.loaded, 20, "the brain leading")
 
 
 def drop_link(session: Any) -> None:
@@ -95,9 +92,9 @@ async def test_a_snapshot_redelivered_after_a_reconnection_is_not_judged_frozen(
             hub.set_health = record
             for i, data in enumerate(frames):  # one at a time: the shard takes at most 32 in flight
                 pub.publish(topic, data)
-                await until(lambda i=i: len(labels) > i, 10, f"picture {i} analysed")  # type: ignore[misc]
+                await until_soon(lambda i=i: len(labels) > i, 10, f"picture {i} analysed")  # type: ignore[misc]
             assert "freeze" not in labels, labels
-            await until(lambda: worker._pending == 0, 10, "every picture acked")
+            await until_soon(lambda: worker._pending == 0, 10, "every picture acked")
             conn = await asyncpg.connect(database_url)
             try:
                 async with conn.transaction():
@@ -105,21 +102,21 @@ async def test_a_snapshot_redelivered_after_a_reconnection_is_not_judged_frozen(
                     repeated = SNAPSHOTS_REPEATED._value.get()
                     last = jpeg(road.frame(40))
                     pub.publish(topic, last)
-                    await until(lambda: len(labels) == len(frames) + 1, 10, "the last picture analysed")
+                    await until_soon(lambda: len(labels) == len(frames) + 1, 10, "the last picture analysed")
                     assert labels[-1] == "ok"
                     generation = worker.session.generation
                     drop_link(worker.session)
-                    await until(lambda: worker.session.generation > generation, 10, "the worker reconnected")
-                    await until(lambda: SNAPSHOTS_REPEATED._value.get() > repeated or len(labels) > len(frames) + 1,
-                                10, "the copy sent again handled")
+                    await until_soon(lambda: worker.session.generation > generation, 10, "the worker reconnected")
+                    await until_soon(lambda: SNAPSHOTS_REPEATED._value.get() > repeated
+                                     or len(labels) > len(frames) + 1, 10, "the copy sent again handled")
                     await asyncio.sleep(0.3)  # a verdict on the copy would come now
                     assert labels[len(frames) + 1:] == [], "the redelivered copy was analysed as a new picture"
                     assert SNAPSHOTS_REPEATED._value.get() == repeated + 1
             finally:
                 await conn.close()
-            await until(lambda: worker._pending == 0, 10, "the picture and its copy acked")
+            await until_soon(lambda: worker._pending == 0, 10, "the picture and its copy acked")
             pub.publish(topic, jpeg(road.frame(41)))  # the camera goes on: judged as before
-            await until(lambda: len(labels) == len(frames) + 2, 10, "the next picture analysed")
+            await until_soon(lambda: len(labels) == len(frames) + 2, 10, "the next picture analysed")
             assert labels[-1] == "ok", labels[-3:]
         pub.close()
 
@@ -159,14 +156,14 @@ async def test_alarms_dropped_at_the_alert_queue_bound_come_again_and_are_stored
                 for topic, payload in alarms(tag, count):
                     pub.publish(topic, payload)
                 pub.wait_all()
-                await until(lambda: stage.dropped > 0, 10, "a signal dropped at the bound")
+                await until_soon(lambda: stage.dropped > 0, 10, "a signal dropped at the bound")
                 await asyncio.sleep(0.5)
             deadline = time.monotonic() + 20
             while len(stored := await stored_alerts(database_url, tag)) < count and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             assert len(stored) == count, f"{count - len(stored)} alarms not stored"
             assert set(stored.values()) == {1}
-            await until(lambda: worker._pending == 0 and stage.lost_after is None, 10, "every message acked")
+            await until_soon(lambda: worker._pending == 0 and stage.lost_after is None, 10, "every message acked")
             assert worker.gate.redeliveries >= 1
         pub.close()
         assert left_at_broker(port, settings.mqtt.client_id) == []

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from storage.db import create_pool
 from tests.conftest import own_database
 from tests.support.auth import make_token_sync
 from tests.support.cluster import RoleProcess, cluster_env, db_fetch, unique_lease, wait_for
-from tests.support.tasks import cancel_and_wait
+from tests.support.tasks import cancel_and_wait, until
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +45,6 @@ def database_url() -> Iterator[str]:
     yield from own_database()
 
 NATS_URL = "nats://127.0.0.1:4222"
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def mains_lost(device: str) -> Finding:

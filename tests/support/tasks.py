@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]]) -> None:
@@ -15,3 +16,11 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def until(check: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> None:
+    """Poll ``check()`` every ``every`` s until it is true; an AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(every)
