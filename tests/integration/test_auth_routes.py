@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from ioc.api.deps import Role, declared_role, iter_routes
+from ioc.api.ws_credentials import CredentialWatch
 from tests.support.auth import bearer, client_for, make_token
 from tests.support.services import free_port
 
@@ -135,7 +136,14 @@ async def action_result(ws: Any, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_websocket_handshake_origin_and_action_roles(api_app: FastAPI, tokens: dict[Role, str],
-                                                          database_url: str) -> None:
+                                                          database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # This test is about the lookup each action makes. The feed's own recheck (tests/integration/
+    # test_ws_credentials.py) closes a revoked screen too, whenever it runs (its timer, or any credential change
+    # announced on the shared database): it raced the last action here (closed 4401 first, in a CI run).
+    async def no_recheck(self: CredentialWatch) -> None:
+        return None
+
+    monkeypatch.setattr(CredentialWatch, "recheck", no_recheck)
     async with serve(api_app) as port:
         url = f"ws://127.0.0.1:{port}/ws/live?types=incident"
         assert await ws_status(url) == 401
