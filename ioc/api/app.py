@@ -31,6 +31,7 @@ from ioc.api import (
 from ioc.api.deps import require_access
 from ioc.api.edge import check_request_text
 from ioc.api.errors import COMMON_RESPONSES, widen_validation_error
+from ioc.api.redact import install_log_filter
 from ioc.auth.service import Authenticator
 from ioc.cluster.node import Node, Role
 from ioc.geo import City
@@ -106,6 +107,7 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
                   dependencies=[Depends(require_access), Depends(check_request_text)],
                   responses=COMMON_RESPONSES)
     widen_validation_error(app)
+    install_log_filter()  # wall links and feeds carry ?token=: uvicorn would log it with every request line
     app.state.auth = Authenticator(settings.auth)
     hardening.install(app, settings.auth)
     app.include_router(routes_health.router)

@@ -17,6 +17,7 @@ from ioc.alerts.stage import AlertStage
 from ioc.api.deps import CurrentPrincipal, PoolDep, Principal, Role, requires
 from ioc.api.heavy import ANY_DOC, ANY_ROWS, heavy_slot, json_model
 from ioc.api.models import ApiTime
+from ioc.api.redact import redact_urls, site_of
 from ioc.cluster import actions, views
 from storage import alerts as store
 from storage import cluster as cluster_sql
@@ -336,6 +337,9 @@ async def list_notifications(request: Request, pool: PoolDep, status: str | None
     async with heavy_slot(request, limit):
         async with pool.acquire() as conn:
             rows = await outbox.list_notifications(conn, limit, status=status, incident_id=incident_id)
+        for row in rows:  # a webhook's URL is its password: the answer names its site only, errors quoting it too
+            row["target"] = site_of(row["target"]) if row["channel"] == "webhook" else row["target"]
+            row["last_error"] = row["last_error"] and redact_urls(row["last_error"])
         return await json_model(rows, ANY_ROWS)
 
 

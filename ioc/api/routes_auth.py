@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ioc.api.deps import PoolDep, Principal, Role, requires
@@ -60,8 +62,18 @@ def _auth(request: Request) -> Authenticator:
 
 @router.get("/login", include_in_schema=False, dependencies=[requires(Role.PUBLIC)])
 async def login_page(request: Request) -> Response:
-    """The login page (a form posting to /api/auth/login)."""
+    """The login page (a form posting to /api/auth/login); its ``?next=`` must be a path on this site."""
+    if not all(local_path(n) for n in request.query_params.getlist("next")):
+        return RedirectResponse("/login", status_code=303)  # a link made to send people elsewhere after logging in
     return serve_page("login.html", request)
+
+
+def local_path(target: str) -> bool:
+    """True when a browser reads ``target`` as a path on this site. Browsers drop tabs and newlines from a URL and
+    read ``\\`` as ``/``, so ``/<TAB>/evil`` and ``/\\evil`` are ``//evil``: another site."""
+    cleaned = re.sub(r"[\t\n\r]", "", target).replace("\\", "/")
+    return (cleaned.startswith("/") and not cleaned.startswith("//")
+            and not any(ord(c) < 0x20 or c == "\x7f" for c in cleaned))
 
 
 @router.post("/api/auth/login", dependencies=[requires(Role.PUBLIC)])

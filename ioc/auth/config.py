@@ -33,6 +33,8 @@ class AuthConfig(BaseModel):
     login_rate: str = Field("10/minute", description="Login attempts per client address and user name.")
     login_rate_per_address: str = Field("60/minute", description="Login attempts per client address, any user "
                                         "name (password spraying).")
+    login_rate_per_account: str = Field("10/minute", description="Login attempts per user name from any address "
+                                        "(one account guessed at from many addresses).")
     action_rate: str = Field("120/minute", description="State-changing requests and WebSocket actions per caller.")
     ws_per_client: int = Field(32, gt=0, description="Open /ws/live connections per client address.")
     ws_recheck_s: float = Field(20.0, gt=0, description="An open /ws/live whose credential no longer holds "
@@ -70,6 +72,17 @@ class AuthConfig(BaseModel):
     oidc_algorithms: list[str] = ["RS256", "ES256", "PS256", "EdDSA"]
     oidc_jwks_refresh_s: float = Field(30.0, ge=0, description="An unknown key id refetches the JWKS at most "
                                        "this often.")
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        # Only public-key signatures: with HS* anyone holding the provider's public key (its JWKS is public) could
+        # sign tokens, and "none" signs nothing.
+        refused = [a for a in value if a.lower() == "none" or a.upper().startswith("HS")]
+        if refused or not value:
+            raise ValueError(f"IOC_AUTH__OIDC_ALGORITHMS: {refused or 'an empty list'} refused; use public-key "
+                             "algorithms (RS256, ES256, PS256, EdDSA)")
+        return value
 
     @field_validator("connections_proxies")
     @classmethod

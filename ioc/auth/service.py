@@ -39,6 +39,7 @@ class Authenticator:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._login_rate: RateLimitItem = parse(config.login_rate)
         self._login_address_rate: RateLimitItem = parse(config.login_rate_per_address)
+        self._login_account_rate: RateLimitItem = parse(config.login_rate_per_account)
         self._action_rate: RateLimitItem = parse(config.action_rate)
         self.ws_open: dict[str, int] = {}
 
@@ -72,8 +73,12 @@ class Authenticator:
         raise AuthError("unrecognised bearer token")
 
     def allow_login(self, client: str, username: str) -> bool:
+        """Per address, per address and account, and per account from anywhere; the account as the login looks it
+        up (``" Admin "`` is ``admin``), known or not, so that a refusal tells nothing about which names exist."""
+        account = username.strip().lower()[:64]
         return (self._limiter.hit(self._login_address_rate, "login-address", client)
-                and self._limiter.hit(self._login_rate, "login", client, username.lower()[:64]))
+                and self._limiter.hit(self._login_rate, "login", client, account)
+                and self._limiter.hit(self._login_account_rate, "login-account", account))
 
     def allow_action(self, principal: Principal) -> bool:
         return self._limiter.hit(self._action_rate, "action", principal.via, principal.name)
