@@ -38,6 +38,10 @@ MAX_FUTURE_SECONDS: Final = 300.0
 MAX_IMAGE_WIDTH: Final = 8192
 MAX_IMAGE_HEIGHT: Final = 8192
 MAX_IMAGE_PIXELS: Final = 4096 * 4096
+#: Scans (SOS markers) a snapshot may hold: each scan is a pass of the decoder over every block of the picture,
+#: whatever few bytes it takes, so 460 KB of repeated empty scans held a camera shard 2 minutes (4096x4096, 10-30 ms
+#: a scan; 4 MiB: over 20 minutes). Baseline JPEGs have 1 (or one per component), libjpeg's progressive ones 6-10.
+MAX_JPEG_SCANS: Final = 32
 #: Distinct metric names one device may use (per ingest process): beyond it readings are quarantined, so a device
 #: cannot grow the live state, the detectors and the series count without bound.
 MAX_METRICS_PER_DEVICE: Final = 128

@@ -296,6 +296,11 @@ def _parse_snapshot(topic: str, device_id: str, kind: str, payload: bytes,
         return _reject(topic, received_at, payload, Reason.IMAGE_TOO_LARGE,
                        f"snapshot header says {width}x{height} pixels; the limits are {c.MAX_IMAGE_WIDTH}x"
                        f"{c.MAX_IMAGE_HEIGHT} and {c.MAX_IMAGE_PIXELS:,} pixels (checked before any decode)")
+    scans = jpeg_scans(payload)
+    if scans > c.MAX_JPEG_SCANS:
+        return _reject(topic, received_at, payload, Reason.IMAGE_TOO_LARGE,
+                       f"snapshot holds {scans} scans; the limit is {c.MAX_JPEG_SCANS} (each is a decoding pass over "
+                       "the whole picture; checked before any decode)")
     return ParsedMessage([Snapshot(device_id, kind, received_at, payload, width, height)], [])
 
 
@@ -322,6 +327,12 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         pos += 2 + seg_len
     return None
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans a JPEG holds at most: its SOS markers (0xFFDA). Entropy-coded data cannot hold that pair (a
+    0xFF there is followed by 0x00 or a restart marker), so only metadata (APPn, comments) can add to the count."""
+    return data.count(b"\xff\xda")
 
 
 def _item_bytes(item: Any) -> bytes:

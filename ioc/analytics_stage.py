@@ -32,6 +32,7 @@ from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc import camera_shards
 from ioc.analytics_isolation import Isolation, ingest_apart
 from ioc.analytics_state import SERIES_SCOPE, STALE_STATE_NAME, STATE_NAME, StageState
+from ioc.camera_watch import ShardWatch, kill_processes
 from ioc.live.hub import LiveHub
 from storage.writes import FindingRow, load_states, write_findings
 
@@ -44,6 +45,10 @@ SNAPSHOTS_REPEATED = Counter("ioc_analytics_snapshots_repeated", "Snapshots not 
                              "camera's analyser took lately, or no newer than its last one (a redelivery)")
 SNAPSHOTS_REFUSED = Counter("ioc_analytics_snapshots_refused", "Snapshots not decoded: picture beyond the size caps")
 SHARD_REBUILDS = Counter("ioc_analytics_shard_rebuilds", "Camera shard processes found dead and rebuilt")
+SNAPSHOTS_STUCK = Counter("ioc_analytics_snapshots_stuck", "Snapshots analysed for longer than the bound: their shard "
+                          "was stopped and rebuilt, their camera set apart (ioc/camera_watch.py)")
+SNAPSHOTS_APART = Counter("ioc_analytics_snapshots_apart", "Snapshots not analysed: their camera's picture stalled a "
+                          "shard lately")
 __all__ = ["SERIES_SCOPE", "STALE_STATE_NAME", "STATE_NAME", "AnalyticsStage"]  # the names moved keep their home
 
 class AnalyticsStage(StageState):
@@ -85,6 +90,7 @@ class AnalyticsStage(StageState):
         self._last_rebuild = [float("-inf")] * camera_processes
         self._rebuild_delay = [0.0] * camera_processes
         self._inline: dict[str, Any] = {}  # camera analysers of the inline mode
+        self.watch = ShardWatch(camera_processes)  # a shard stuck on one snapshot is stopped and rebuilt
         self.dropped_readings = 0  # readings a detector raised on (per device), not analysed
         self.isolation = Isolation()  # devices whose readings raised: run on their own for a while
         # False: the numeric detectors run on `ioc analytics-worker`s (ioc/partition); cameras stay here.
@@ -166,6 +172,7 @@ class AnalyticsStage(StageState):
             await asyncio.to_thread(self._shards[shard].shutdown, wait=True, cancel_futures=True)
             new = self._shards[shard] = self._new_shard()
             self._generation[shard] += 1
+            self.watch.reset(shard)
             self._inflight[shard] = 0
             for key in [k for k in self._analysing if k[1] == shard]:  # died with the old process: no findings
                 del self._analysing[key]
@@ -219,6 +226,9 @@ class AnalyticsStage(StageState):
                     self._last_snapshot[rec.device_id] = (rec.ts, digest)
                     self._camera_result(rec.device_id, rec.ts, self._analyse_inline(rec, again))
                     continue
+                if self.watch.apart(rec.device_id):  # its picture stalled a shard lately
+                    SNAPSHOTS_APART.inc()
+                    continue
                 shard = self._shard_of(rec.device_id)
                 if self._shard_dead(shard):  # skipped (counted) until its process is back
                     SNAPSHOTS_SKIPPED.inc()
@@ -236,10 +246,27 @@ class AnalyticsStage(StageState):
                     continue
                 self._last_snapshot[rec.device_id] = (rec.ts, digest)  # analysed: a copy of it is not (skipped: it is)
                 self._inflight[shard] += 1
+                self.watch.submitted(shard, rec.device_id, fut)
                 key = (self.position(), shard, self._generation[shard])
                 self._analysing[key] = self._analysing.get(key, 0) + 1
                 fut.add_done_callback(functools.partial(self._camera_done, rec.device_id, shard,
                                                         self._generation[shard], rec.ts, key[0]))
+
+    def watch_shards(self) -> None:
+        """Rebuild a shard that died (even idle) or has been busy with one snapshot too long (``self.watch``)."""
+        for shard, device_id, busy in self.watch.stuck():
+            if self._shard_dead(shard):
+                continue
+            SNAPSHOTS_STUCK.inc()
+            self.watch.set_apart(device_id)
+            logger.error("camera shard %d: a snapshot of %s analysed for %.0f s; the shard is stopped and rebuilt, "
+                         "the camera's snapshots are not analysed for %.0f s", shard, device_id, busy,
+                         self.watch.apart_s)
+            kill_processes(self._shards[shard])
+            self._start_rebuild(shard)
+        for shard in range(len(self._shards)):
+            if self._shard_dead(shard):
+                self._start_rebuild(shard)
 
     def _analyse_inline(self, rec: Snapshot, redelivered: bool = False
                         ) -> tuple[str, float, float, int, list[Finding]] | None:
@@ -269,6 +296,7 @@ class AnalyticsStage(StageState):
             self._analysing[key] = left
         if generation == self._generation[shard]:  # else counted by a dead executor: reset at the rebuild
             self._inflight[shard] -= 1
+            self.watch.finished(shard)
         if fut.cancelled():  # the shard was shut down with it queued
             return
         try:
@@ -333,10 +361,8 @@ class AnalyticsStage(StageState):
                     # Off the event loop: a big flush must not hold up the live feed's senders. Only this
                     # task touches the monitor, one call at a time, so the thread needs no lock.
                     self._raise(await self._detect_safely(devices, readings))
+                self.watch_shards()
                 self.handed = min(taken, min(self._analysing, default=(taken + 1,))[0] - 1)
-                for shard in range(len(self._shards)):  # a shard that died idle is rebuilt too
-                    if self._shard_dead(shard):
-                        self._start_rebuild(shard)
                 now = loop.time()
                 if now - last_silence >= self.silence_every_s:
                     last_silence = now

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest import contract
-from ingest.parse import jpeg_size
+from ingest.parse import jpeg_scans, jpeg_size
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -108,7 +108,7 @@ def decode_work(buf: bytes) -> tuple[U8, int, int] | None:
 
     Raises:
         ImageTooLarge: the header claims a picture beyond the contract's caps (a few KB can claim
-            30000x30000 pixels: gigabytes and seconds to decode).
+            30000x30000 pixels: gigabytes and seconds to decode), or it holds more scans than they allow.
     """
     head = jpeg_header(buf)
     # Both header readers (the ingest's strict one, this lenient one) must agree it is small enough.
@@ -119,6 +119,9 @@ def decode_work(buf: bytes) -> tuple[U8, int, int] | None:
         if w > contract.MAX_IMAGE_WIDTH or h > contract.MAX_IMAGE_HEIGHT or w * h > contract.MAX_IMAGE_PIXELS:
             raise ImageTooLarge(f"picture claims {w}x{h} pixels; the limit is {contract.MAX_IMAGE_WIDTH}x"
                                 f"{contract.MAX_IMAGE_HEIGHT} and {contract.MAX_IMAGE_PIXELS} pixels")
+    scans = jpeg_scans(buf)
+    if scans > contract.MAX_JPEG_SCANS:  # each scan is a pass over every block: 4 MB of them took 20 minutes
+        raise ImageTooLarge(f"picture holds {scans} scans; the limit is {contract.MAX_JPEG_SCANS}")
     f = 1
     if head is not None:
         while head.width / (2 * f) >= WORK_MIN_W and f < 8:

@@ -1,0 +1,80 @@
+"""Camera shards that stop answering: a snapshot analysed for too long stops its shard, and its camera is set apart.
+
+A camera shard analyses its snapshots one at a time, in native code (libjpeg, OpenCV) that cannot be interrupted.
+One picture that takes minutes (a JPEG of thousands of empty scans took 2 minutes for 460 KB, before
+``MAX_JPEG_SCANS``; any other input class that makes a decoder spin the same way) held up every camera of its
+shard, and in embedded mode every ack behind it, so ingest stopped reading. Whatever the cause, a snapshot that a
+shard has been working on for longer than ``stuck_s`` ends the shard's process: the stage rebuilds it as it
+rebuilds a dead one (its cameras' saved scenes restored), and that camera's snapshots are not analysed for
+``apart_s`` (a camera sending such a picture every few seconds would otherwise stop its shard again and again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+#: A snapshot normally takes 10-100 ms; a shard's queue holds at most 32 (``max_inflight_per_shard``). Counted
+#: from when the shard could start on it: the previous snapshot's end, or its own submission.
+SNAPSHOT_STUCK_S = 30.0
+#: How long a camera whose snapshot stalled its shard is left out of the analysis.
+APART_S = 600.0
+
+
+class ShardWatch:
+    """Per shard, the snapshots submitted and not yet done (oldest first); the cameras set apart."""
+
+    def __init__(self, shards: int, stuck_s: float = SNAPSHOT_STUCK_S, apart_s: float = APART_S) -> None:
+        self.stuck_s, self.apart_s = stuck_s, apart_s
+        self._queued: list[deque[tuple[float, str, asyncio.Future[Any]]]] = [deque() for _ in range(shards)]
+        self._free_at = [0.0] * shards  # when the shard last finished a snapshot
+        self._apart: dict[str, float] = {}  # camera -> until when (monotonic) its snapshots are skipped
+
+    def submitted(self, shard: int, device_id: str, fut: asyncio.Future[Any], now: float | None = None) -> None:
+        """A snapshot of ``device_id`` was handed to ``shard``."""
+        self._queued[shard].append((time.monotonic() if now is None else now, device_id, fut))
+
+    def finished(self, shard: int, now: float | None = None) -> None:
+        """A snapshot of ``shard`` is done (a result, an error): the next one starts now."""
+        self._free_at[shard] = time.monotonic() if now is None else now
+
+    def reset(self, shard: int) -> None:
+        """The shard's process was replaced: what it held is gone."""
+        self._queued[shard].clear()
+
+    def stuck(self, now: float | None = None) -> list[tuple[int, str, float]]:
+        """(shard, camera, seconds) of each shard working on one snapshot for longer than ``stuck_s``."""
+        now = time.monotonic() if now is None else now
+        out = []
+        for shard, queue in enumerate(self._queued):
+            while queue and queue[0][2].done():
+                queue.popleft()
+            if queue:
+                busy = now - max(queue[0][0], self._free_at[shard])
+                if busy > self.stuck_s:
+                    out.append((shard, queue[0][1], busy))
+        return out
+
+    def set_apart(self, device_id: str, now: float | None = None) -> None:
+        """Leave ``device_id``'s snapshots out for ``apart_s``."""
+        self._apart[device_id] = (time.monotonic() if now is None else now) + self.apart_s
+
+    def apart(self, device_id: str, now: float | None = None) -> bool:
+        """Whether ``device_id``'s snapshots are left out now."""
+        until = self._apart.get(device_id)
+        if until is None:
+            return False
+        if (time.monotonic() if now is None else now) < until:
+            return True
+        del self._apart[device_id]
+        return False
+
+
+def kill_processes(executor: Any) -> int:
+    """SIGKILL the worker processes of a ``ProcessPoolExecutor`` (it then reports itself broken); how many."""
+    procs = list((getattr(executor, "_processes", None) or {}).values())
+    for proc in procs:
+        proc.kill()
+    return len(procs)

@@ -1,0 +1,261 @@
+"""Red-team classes through the running service, each followed by good input that must still be handled.
+
+* Through a real ``ioc serve --ingest`` (one camera shard, real Mosquitto and PostgreSQL): a snapshot of 12,000
+  empty scans (462 KB claiming 4096x4096; each scan is a decoding pass over the whole picture) held the camera shard
+  for minutes before ``MAX_JPEG_SCANS``: another camera's picture sent after it was not analysed within 60 s, and as
+  the embedded ingest's acks wait for the stages, readiness said "4 messages received, none committed for 60 s".
+  With it: the good picture, reading and alarm that follow are analysed, stored, shown and alerted, the bomb is
+  quarantined with its reason. Classes that held and had no test send alongside: payloads exactly at and one byte
+  over both size limits, one device id on three kinds, retained QoS 2 messages, a batch spanning 1,000 days,
+  readings going back in time and repeating a timestamp, and events whose detail fills the payload limit.
+* On the analytics stage with a real shard process: a shard that stops answering mid-snapshot (SIGSTOP, as a
+  decoder spinning in native code) is stopped and rebuilt after the bound (``ioc/camera_watch.py``), the acks it
+  held go on, its other cameras are analysed again, and the camera whose picture stalled it is set apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import cv2
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from ingest import contract as c
+from ingest.records import ParsedMessage, Snapshot
+from ioc.analytics_stage import SNAPSHOTS_APART, SNAPSHOTS_STUCK, AnalyticsStage
+from ioc.live.hub import LiveHub
+from storage.config import StorageConfig
+from storage.db import create_pool
+from tests.conftest import ingest_env, own_database
+from tests.integration.test_camera_shard_rebuild import camera_on, feed
+from tests.support.auth import make_token_sync
+from tests.support.corpus import now_ms
+from tests.support.mqtt import Publisher, unique_id
+from tests.support.services import ServeProcess, wait_until
+from tests.unit.test_camera_analyser import T0, Road, jpeg
+from tests.unit.test_hostile_redteam import scan_bomb
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """A database of its own: the alarms raised here stay open."""
+    yield from own_database()
+
+
+def _scene(shift: int) -> bytes:
+    img = np.zeros((360, 640, 3), np.uint8)
+    cv2.rectangle(img, (50, 200), (590, 330), (90, 90, 90), -1)
+    cv2.circle(img, (320, 120), 60, (30, 160, 220), -1)
+    return jpeg(np.roll(img, shift, axis=1))
+
+
+def _padded_json(size: int, ts: int) -> bytes:
+    head = b'{"ts": %d, "metrics": {"speed_kmh": 1}, "pad": "' % ts
+    return head + b"x" * (size - len(head) - 2) + b'"}'
+
+
+def _padded_jpeg(size: int) -> bytes:
+    """A real picture grown to ``size`` bytes with comment segments."""
+    pic = jpeg(np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8), 90)
+    out, need = bytearray(pic[:2]), size - len(pic)
+    while need > 0:
+        body = min(need - 4, 65533)
+        out += b"\xff\xfe" + (body + 2).to_bytes(2, "big") + b"c" * body
+        need -= body + 4
+    out += pic[2:]
+    assert len(out) == size
+    return bytes(out)
+
+
+def hostile(tag: str) -> tuple[list[tuple[str, bytes, int, bool]], dict[str, str]]:
+    """(topic, payload, qos, retain) of each hostile message, and topic -> the quarantine reason it must get."""
+    ts, day = now_ms(), 86_400_000
+    detail = {f"k{i}": [i, {"a": "v"}] for i in range(9000)}  # ~230 KB: fills the event's payload limit
+    msgs: list[tuple[str, bytes, int, bool]] = [
+        (f"ioc/v1/camera/{tag}-bomb/snapshot", scan_bomb(12_000), 1, False),
+        (f"ioc/v1/traffic/{tag}-at/telemetry", _padded_json(c.MAX_JSON_BYTES, ts), 1, False),
+        (f"ioc/v1/traffic/{tag}-over/telemetry", _padded_json(c.MAX_JSON_BYTES + 1, ts), 1, False),
+        (f"ioc/v1/camera/{tag}-jat/snapshot", _padded_jpeg(c.MAX_SNAPSHOT_BYTES), 1, False),
+        (f"ioc/v1/camera/{tag}-jover/snapshot", _padded_jpeg(c.MAX_SNAPSHOT_BYTES + 1), 1, False),
+        # one id on every kind: stored under the id (the first kind seen names it), nothing stops
+        (f"ioc/v1/camera/{tag}-kind/snapshot", _scene(7), 1, False),
+        (f"ioc/v1/bts/{tag}-kind/telemetry", json.dumps({"ts": ts, "metrics": {"battery_pct": 5}}).encode(), 1, False),
+        (f"ioc/v1/traffic/{tag}-kind/event", json.dumps({"ts": ts, "type": "door_open"}).encode(), 1, False),
+        (f"ioc/v1/bts/{tag}-kind/status", b'{"state": "offline"}', 2, True),
+        (f"ioc/v1/camera/{tag}-ret/snapshot", _scene(9), 2, True),
+        (f"ioc/v1/traffic/{tag}-ret/telemetry", json.dumps({"ts": ts, "metrics": {"a": 1}}).encode(), 2, True),
+        (
+            f"ioc/v1/traffic/{tag}-days/telemetry",
+            json.dumps([{"ts": ts - k * day, "metrics": {"speed_kmh": k % 90}} for k in range(1000)]).encode(),
+            1,
+            False,
+        ),
+    ]
+    msgs += [
+        (
+            f"ioc/v1/traffic/{tag}-back/telemetry",
+            json.dumps({"ts": ts - k * 60_000, "metrics": {"speed_kmh": 50 + k % 7}}).encode(),
+            1,
+            False,
+        )
+        for k in range(100)
+    ]
+    msgs += [
+        (f"ioc/v1/traffic/{tag}-same/telemetry", json.dumps({"ts": ts, "metrics": {"speed_kmh": k}}).encode(), 1, False)
+        for k in range(20)
+    ]
+    msgs += [
+        (
+            f"ioc/v1/bts/{tag}-d{i}/event",
+            json.dumps({"ts": ts, "type": "door_open", "severity": "critical", "detail": detail}).encode(),
+            1,
+            False,
+        )
+        for i in range(3)
+    ]
+    refused = {
+        f"ioc/v1/camera/{tag}-bomb/snapshot": "image_too_large",
+        f"ioc/v1/traffic/{tag}-over/telemetry": "too_large",
+        f"ioc/v1/camera/{tag}-jover/snapshot": "too_large",
+    }
+    return msgs, refused
+
+
+async def test_a_snapshot_of_thousands_of_scans_stops_nothing_nor_do_the_other_classes(
+    database_url: str, mqtt_port: int, artifacts: Path
+) -> None:
+    tag = unique_id("redteam")
+    good, cam, alarm = f"{tag}-good", f"{tag}-cam", f"{tag}-alarm"
+    env = ingest_env(
+        database_url,
+        mqtt_port,
+        IOC_MQTT__CLIENT_ID=f"redteam-{uuid.uuid4().hex[:6]}",
+        IOC_ANALYTICS__CAMERA_PROCESSES="1",
+        IOC_TEST_ADMIN_TOKEN=make_token_sync(database_url, "admin"),
+    )
+    msgs, refused = hostile(tag)
+    log_path = artifacts / "serve.log"
+    log_from = log_path.stat().st_size if log_path.exists() else 0
+    with ServeProcess(env, log_path) as srv:
+        headers = srv.auth_headers()
+        async with websockets.connect(
+            srv.ws_url("/ws/live") + f"?devices={good}", additional_headers=headers, max_size=None
+        ) as screen:
+            await asyncio.wait_for(screen.recv(), 10)  # the snapshot
+            pub = Publisher(mqtt_port)
+            try:
+                for topic, payload, qos, retain in msgs:
+                    pub.publish(topic, payload, qos=qos, retain=retain)
+                pub.wait_all()
+                sent = time.monotonic()
+                pub.publish(f"ioc/v1/camera/{cam}/snapshot", _scene(1))
+                pub.publish(f"ioc/v1/traffic/{good}/telemetry", {"ts": now_ms(), "metrics": {"speed_kmh": 42}})
+                pub.publish(f"ioc/v1/bts/{alarm}/event", {"ts": now_ms(), "type": "door_open", "severity": "critical"})
+                pub.wait_all()
+                for topic, _, _, retain in msgs:  # no retained message left on the shared broker
+                    if retain:
+                        pub.publish(topic, b"", qos=1, retain=True)
+                pub.wait_all()
+            finally:
+                pub.close()
+
+            async def on_screen() -> bool:
+                while True:
+                    frames: Any = json.loads(await screen.recv())
+                    for f in frames if isinstance(frames, list) else [frames]:
+                        if f.get("type") == "reading" and f.get("device_id") == good:
+                            return True
+
+            await asyncio.wait_for(on_screen(), 20)
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=10) as api:
+
+                async def handled() -> list[str]:
+                    missing = []
+                    if not await conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", good):
+                        missing.append("the good reading stored")
+                    if not (await api.get("/api/alerts", params={"device_id": alarm})).json():
+                        missing.append("the alarm's alert")
+                    async with websockets.connect(
+                        srv.ws_url("/ws/live") + f"?devices={cam}", additional_headers=headers, max_size=None
+                    ) as ws:
+                        first: Any = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                        snap = first[0] if isinstance(first, list) else first
+                        if not any((d.get("health") or {}).get("ts") for d in snap["devices"] if d["device_id"] == cam):
+                            missing.append("the good camera's picture analysed")
+                    return missing
+
+                missing = await handled()
+                while missing and time.monotonic() - sent < 20:
+                    await asyncio.sleep(0.3)
+                    missing = await handled()
+                assert not missing, f"not within 20 s of the hostile messages: {missing}"
+            rows = await conn.fetch("SELECT topic, reason FROM quarantine WHERE topic LIKE $1", f"%{tag}%")
+            # clearing a retained message (below) reaches current subscribers as an empty message: refused as such
+            cleared = {t: "not_jpeg" if t.endswith("snapshot") else "not_json" for t, _, _, retain in msgs if retain}
+            assert {r["topic"]: r["reason"] for r in rows} == refused | cleared
+            assert await conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", f"{tag}-days") == 1000
+            assert await conn.fetchval("SELECT count(*) FROM telemetry WHERE device_id = $1", f"{tag}-back") == 100
+            assert await conn.fetchval("SELECT count(*) FROM alerts WHERE device_id LIKE $1", f"{tag}-d%") == 3
+        finally:
+            await conn.close()
+        wait_until(lambda: srv.get("/readyz").get("status") == "ready", 20, 0.2, what="ready after the hostile input")
+    log = log_path.read_bytes()[log_from:].decode(errors="replace")
+    assert "Traceback" not in log and "brain task" not in log and "alert engine step raised" not in log
+
+
+async def test_a_shard_that_stops_answering_mid_snapshot_is_rebuilt_and_its_camera_set_apart(database_url: str) -> None:
+    pool = await create_pool(database_url, StorageConfig(), max_size=2)
+    stage = AnalyticsStage(LiveHub(), pool, camera_processes=1)
+    labels: dict[str, list[str]] = {}
+    stage.on_health = lambda dev, label, conf, ts: labels.setdefault(dev, []).append(label)
+    seq = 0
+    stage.position = lambda: seq
+    road = Road(6)
+    frame = jpeg(road.frame(0))
+    calm, stalling = camera_on(stage, 0), camera_on(stage, 0)
+    loop = asyncio.get_running_loop()
+    try:
+        assert await feed(stage, labels, calm, frame, 1) == ["ok"]  # the shard's process is up
+        stage.watch.stuck_s = 1.0
+        stuck, apart = SNAPSHOTS_STUCK._value.get(), SNAPSHOTS_APART._value.get()
+        os.kill(next(iter(stage._shards[0]._processes)), signal.SIGSTOP)  # spins: never answers
+        seq = 1
+        stage.on_parsed(ParsedMessage([Snapshot(stalling, "camera", T0, frame, 640, 360)], []))
+        stage.watch_shards()
+        stage.handed = min(seq, min(stage._analysing, default=(seq + 1,))[0] - 1)
+        assert stage.handed == 0  # the stalled snapshot holds the acks
+        deadline = loop.time() + 30
+        while stage.health_problems() or stage._analysing or SNAPSHOTS_STUCK._value.get() == stuck:
+            assert loop.time() < deadline, f"stalled shard not rebuilt: {stage.health_problems()}"
+            stage.watch_shards()
+            await asyncio.sleep(0.1)
+        assert SNAPSHOTS_STUCK._value.get() == stuck + 1
+        # the acks go on, the shard's other camera is analysed again, the stalling camera is left out a while
+        assert min(stage._analysing, default=(seq + 1,))[0] - 1 >= seq
+        assert await feed(stage, labels, calm, jpeg(road.frame(1)), 1, timeout_s=30) == ["ok"]
+        stage.on_parsed(ParsedMessage([Snapshot(stalling, "camera", T0 + timedelta(seconds=5), frame, 640, 360)], []))
+        assert SNAPSHOTS_APART._value.get() == apart + 1
+        assert stalling not in labels
+    finally:
+        for pid in list(stage._shards[0]._processes):
+            os.kill(pid, signal.SIGCONT)
+        stage.close()
+        await pool.close()

@@ -1,0 +1,100 @@
+"""Red-team classes on the parser, the camera decoder and the shard watch, without services.
+
+A JPEG's cost to decode is not its size: each scan is a pass over every block of the picture, whatever few bytes
+it takes, so 460 KB of repeated empty scans (a 4096x4096 header) held a camera shard for minutes. Such pictures are
+refused before any decode, at the ingest and again in the decoder; whatever else makes a shard spin is stopped by
+the shard watch (``ioc/camera_watch.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import cv2
+import numpy as np
+import pytest
+
+from analytics.camera.features import ImageTooLarge, decode_work
+from ingest import contract as c
+from ingest.parse import jpeg_scans, parse_message
+from ingest.records import Reason, Snapshot
+from ioc.camera_watch import ShardWatch
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+TOPIC = "ioc/v1/camera/cam-1/snapshot"
+
+
+def _segments(buf: bytes) -> list[tuple[int, bytes]]:
+    """A JPEG's segments after SOI, each scan with its entropy-coded data."""
+    out, i = [], 2
+    while i < len(buf):
+        marker = buf[i + 1]
+        if marker == 0xD9:
+            break
+        end = i + 2 + int.from_bytes(buf[i + 2 : i + 4], "big")
+        if marker == 0xDA:  # entropy-coded data runs to the next marker that is not stuffing or a restart
+            while buf[end] != 0xFF or buf[end + 1] == 0 or 0xD0 <= buf[end + 1] <= 0xD7:
+                end += 1
+        out.append((marker, buf[i:end]))
+        i = end
+    return out
+
+
+def scan_bomb(scans: int, width: int = 4096, height: int = 4096) -> bytes:
+    """A valid progressive JPEG of a flat picture with its last (tiny, empty) scan repeated up to ``scans``."""
+    flat = np.full((height, width), 128, np.uint8)
+    ok, enc = cv2.imencode(".jpg", flat, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    segs = _segments(enc.tobytes())
+    own = [s for m, s in segs if m == 0xDA]
+    assert len(own) <= scans
+    return b"\xff\xd8" + b"".join(s for _, s in segs) + own[-1] * (scans - len(own)) + b"\xff\xd9"
+
+
+def test_a_jpeg_of_many_scans_is_refused_with_its_reason_and_one_at_the_limit_is_taken() -> None:
+    at, over = scan_bomb(c.MAX_JPEG_SCANS), scan_bomb(c.MAX_JPEG_SCANS + 1)
+    assert jpeg_scans(at) == c.MAX_JPEG_SCANS
+    taken = parse_message(TOPIC, at, NOW)
+    assert not taken.rejections and isinstance(taken.records[0], Snapshot)
+    refused = parse_message(TOPIC, over, NOW)
+    assert not refused.records
+    assert refused.rejections[0].reason is Reason.IMAGE_TOO_LARGE
+    assert f"{c.MAX_JPEG_SCANS + 1} scans" in refused.rejections[0].detail
+    # the decoder refuses it too (second line), before decoding anything
+    with pytest.raises(ImageTooLarge, match="scans"):
+        decode_work(scan_bomb(2000))
+    assert decode_work(at) is not None
+
+
+def test_ordinary_pictures_are_far_below_the_scan_limit() -> None:
+    img = np.random.default_rng(3).integers(0, 255, (360, 640, 3), dtype=np.uint8)
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_OPTIMIZE, 1]):
+        for pic in (img, img[:, :, 0]):
+            buf = cv2.imencode(".jpg", pic, params)[1].tobytes()
+            assert jpeg_scans(buf) <= 10
+            assert not parse_message(TOPIC, buf, NOW).rejections
+
+
+async def test_the_shard_watch_names_a_shard_busy_too_long_with_one_snapshot() -> None:
+    loop = asyncio.get_running_loop()
+    watch = ShardWatch(2, stuck_s=30.0, apart_s=600.0)
+    first, second, other = loop.create_future(), loop.create_future(), loop.create_future()
+    watch.submitted(0, "cam-a", first, now=0.0)
+    watch.submitted(0, "cam-b", second, now=0.0)
+    watch.submitted(1, "cam-c", other, now=0.0)
+    assert watch.stuck(now=29.0) == []
+    first.set_result(None)
+    watch.finished(0, now=25.0)  # cam-b's turn began at 25 s, not at its submission
+    other.set_result(None)
+    watch.finished(1, now=1.0)
+    assert watch.stuck(now=40.0) == []
+    assert watch.stuck(now=56.0) == [(0, "cam-b", 31.0)]
+    watch.reset(0)  # the shard's process was replaced
+    assert watch.stuck(now=100.0) == []
+    watch.set_apart("cam-b", now=56.0)
+    assert watch.apart("cam-b", now=600.0) and not watch.apart("cam-a", now=600.0)
+    assert not watch.apart("cam-b", now=657.0)
+    second.cancel()
