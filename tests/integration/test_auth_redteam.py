@@ -6,8 +6,13 @@ URLs stay out of the server's logs; webhook URLs (bearer secrets) do not leak fr
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import io
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,10 +23,12 @@ import httpx
 import jwt
 import pytest
 import uvicorn
+import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
+from ioc.auth import secrets as sec
 from ioc.auth import store
 from ioc.auth.model import Role
 from ioc.auth.service import SESSION_COOKIE
@@ -64,11 +71,6 @@ def unsigned(doc: dict[str, Any]) -> str:
 
 def hs256_with_the_public_key(key: rsa.RSAPrivateKey) -> str:
     """The classic key-confusion forgery: HMAC keyed with the provider's public key (which anyone can fetch)."""
-    import base64
-    import hashlib
-    import hmac
-    import json
-
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def b64(raw: bytes) -> str:
@@ -117,9 +119,6 @@ async def bad_credentials(database_url: str, key: rsa.RSAPrivateKey) -> dict[str
 
 
 def _edited(token: str) -> str:
-    import base64
-    import json
-
     head, body, sig = token.split(".")
     doc = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     doc["roles"] = ["admin"]
@@ -170,8 +169,6 @@ async def test_every_protected_route_refuses_every_bad_credential(
 
 @contextlib.asynccontextmanager
 async def _running(server: uvicorn.Server) -> AsyncIterator[None]:
-    import asyncio
-
     task = asyncio.create_task(server.serve())
     while not server.started:
         assert not task.done(), task
@@ -246,8 +243,6 @@ async def test_the_login_page_sends_nobody_off_site(api_app: FastAPI) -> None:
 async def test_credentials_in_urls_stay_out_of_the_logs(database_url: str) -> None:
     """A wall link (``/?token=``) and a feed opened with ``?token=``: the server's access and error logs show
     the request without the secret (logs are shipped, kept and read by more people than the wall's owner)."""
-    import websockets
-
     token = await make_token(database_url, "viewer")
     async with app_with(database_url) as app:
         port = free_port()
@@ -297,3 +292,99 @@ async def test_webhook_urls_do_not_leak_from_the_outbox(api_app: FastAPI, databa
             assert "s3cr3t" not in text and "k3y" not in text and "t0k" not in text, row
             assert row["target"].startswith("https://hooks.example.vn/"), row
             assert "404 Not Found" in row["last_error"], row
+
+
+async def test_the_feed_recheck_and_the_request_path_agree_on_every_credential(database_url: str) -> None:
+    """Two lookups decide whether a credential holds: each request's (``store.token_principal`` /
+    ``session_principal``) and the live feed's batch recheck (``store.live_token_roles`` / ``live_session_roles``).
+    They must agree on every state a credential can be in, role included, or a screen outlives what a request
+    would refuse."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        tokens: dict[str, str] = {}
+        for state, role, days in (
+            ("active", Role.OFFICER, 1.0),
+            ("expired", Role.VIEWER, 1e-9),
+            ("revoked", Role.ADMIN, 1.0),
+            ("walls", Role.VIEWER, 1.0),
+            ("walls-revoked", Role.VIEWER, 1.0),
+            ("walls-expiring", Role.VIEWER, 1e-9),
+        ):
+            tokens[state], row = await store.create_token(conn, f"agree-{state}", role, days)
+            if state == "revoked":
+                await store.revoke_token(conn, row["id"])
+        sessions: dict[str, str] = {}
+        for state in ("active", "demoted", "disabled", "logged-out", "password-changed", "expired"):
+            user, _ = await make_user(database_url, "supervisor")
+            uid = (await store.user_for_login(conn, user) or {})["id"]
+            sessions[state], _ = await store.create_session(conn, 1e-9 if state == "expired" else 1, user_id=uid)
+            if state == "demoted":
+                await store.set_role(conn, user, Role.VIEWER)
+            elif state == "disabled":
+                await store.set_disabled(conn, user, True)
+            elif state == "logged-out":
+                await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE user_id = $1", uid)
+            elif state == "password-changed":
+                await store.set_password(conn, user, sec.new_password())
+        for state in ("walls", "walls-revoked", "walls-expiring"):
+            row = await conn.fetchrow("SELECT id FROM auth_tokens WHERE name = $1", f"agree-{state}")
+            sessions[state], _ = await store.create_session(conn, 1, token_id=row["id"])
+            if state == "walls-revoked":
+                await store.revoke_token(conn, row["id"])
+        await asyncio.sleep(0.01)  # past the 1e-9-day expiries
+        batch_tokens = await store.live_token_roles(conn, [sec.digest(t) for t in tokens.values()])
+        batch_sessions = await store.live_session_roles(conn, [sec.digest(s) for s in sessions.values()])
+        verdicts = {}
+        for state, secret in tokens.items():
+            one = await store.token_principal(conn, secret)
+            verdicts[f"token {state}"] = (one and one.role, batch_tokens.get(sec.digest(secret)))
+        for state, sid in sessions.items():
+            one = await store.session_principal(conn, sid)
+            verdicts[f"session {state}"] = (one and one.role, batch_sessions.get(sec.digest(sid)))
+    finally:
+        await conn.close()
+    assert all(request == feed for request, feed in verdicts.values()), verdicts
+    held = {name for name, (request, _) in verdicts.items() if request is not None}
+    assert held == {"token active", "token walls", "session active", "session demoted", "session walls"}, verdicts
+    assert verdicts["session demoted"][0] is Role.VIEWER
+
+
+async def test_no_answer_holds_a_password_hash_or_another_credential(api_app: FastAPI, database_url: str) -> None:
+    """Every GET route, read by an admin (who sees the most): no password hash, no API token or session secret,
+    not their digests, not another session's CSRF token; the token list shows a prefix only."""
+    user, password = await make_user(database_url, "officer")
+    secret = await make_token(database_url, "viewer", "redteam-secret-holder")
+    async with client_for(api_app) as browser:
+        other_csrf = await login(browser, user, password)
+        other_sid = browser.cookies[SESSION_COOKIE]
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored_hash = await conn.fetchval("SELECT password_hash FROM auth_users WHERE username = $1", user)
+    finally:
+        await conn.close()
+    needles = {
+        "password hash": stored_hash,
+        "argon2": "$argon2",
+        "token": secret,
+        "token body": secret[12:],
+        "session": other_sid,
+        "other csrf": other_csrf,
+    }
+    for value in (secret, other_sid):
+        digest = sec.digest(value)
+        needles[f"digest of {value[:6]}"] = digest.hex()
+        needles[f"b64 digest of {value[:6]}"] = base64.b64encode(digest).decode()
+    read = 0
+    async with client_for(api_app, await make_token(database_url, "admin")) as admin:
+        for method, path, _role in routes(api_app):
+            if method != "GET":
+                continue
+            resp = await call(admin, method, path)
+            text = resp.text + " ".join(f"{k}: {v}" for k, v in resp.headers.items())
+            leaked = [name for name, needle in needles.items() if needle and needle in text]
+            assert not leaked, (path, leaked)
+            read += 1
+        listed = (await admin.get("/api/auth/tokens")).json()
+        mine = next(t for t in listed if t["name"] == "redteam-secret-holder")
+        assert mine["prefix"] == secret[:12] and "token" not in mine and "token_hash" not in mine
+    assert read > 30
