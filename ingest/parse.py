@@ -304,8 +304,15 @@ def _parse_snapshot(topic: str, device_id: str, kind: str, payload: bytes,
     return ParsedMessage([Snapshot(device_id, kind, received_at, payload, width, height)], [])
 
 
+#: Marker codes that carry no length: a stuffed zero, TEM, restarts, SOI, EOI. Before the frame header libjpeg
+#: skips them and scans on for the next marker, so a walker that took their next two bytes as a length could be led
+#: to a small frame header while the decoder reads a 30000x30000 one (3 KB: 6.5 s and 1.8 GB to decode).
+_NO_LENGTH = frozenset({0x00, 0x01, *range(0xD0, 0xDA)})
+
+
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Return (width, height) from a JPEG's frame header, or None if ``data`` is not a complete JPEG."""
+    """Return (width, height) from a JPEG's frame header, or None if ``data`` is not a complete JPEG whose segments
+    before that header all follow one another by their lengths (as the decoder then reads the same header)."""
     if len(data) < 128 or data[:3] != b"\xff\xd8\xff" or b"\xff\xd9" not in data[-32:]:
         return None
     pos, end = 2, len(data)
@@ -316,6 +323,8 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
+        if marker in _NO_LENGTH:  # the decoder reads on past these, not by a length: it could see another frame
+            return None
         seg_len = int.from_bytes(data[pos + 2:pos + 4], "big")
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if pos + 9 > end:

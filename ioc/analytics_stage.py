@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -123,7 +124,9 @@ class AnalyticsStage(StageState):
     @staticmethod
     def _new_shard() -> ProcessPoolExecutor:
         # spawn, not fork: a forked worker would inherit the API's listening socket and keep the port
-        # after the server stops.
+        # after the server stops. A spawned process starts with this environment: the decoder's own size bounds.
+        for name, value in camera_shards.DECODER_LIMITS.items():
+            os.environ.setdefault(name, value)
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=camera_shards.shard_init)
 

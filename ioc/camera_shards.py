@@ -14,10 +14,20 @@ from datetime import datetime
 from typing import Any
 
 from analytics.findings import Finding
+from ingest.contract import MAX_IMAGE_HEIGHT, MAX_IMAGE_PIXELS, MAX_IMAGE_WIDTH
 
 logger = logging.getLogger(__name__)
 
 CAMERA_STATE_PREFIX = "camera:"  # one saved state per camera: shard counts may differ between runs
+#: OpenCV's own check of a picture's size, made by the decoder from the header it reads itself, before decoding
+#: (imgcodecs' validateInputImageSize; its defaults allow 1 G pixels). Read once, when the library loads: given to
+#: the shard processes in their environment, so they refuse a picture beyond the contract's caps whatever the
+#: header readers of the ingest and ``decode_work`` made of its bytes.
+DECODER_LIMITS = {
+    "OPENCV_IO_MAX_IMAGE_WIDTH": str(MAX_IMAGE_WIDTH),
+    "OPENCV_IO_MAX_IMAGE_HEIGHT": str(MAX_IMAGE_HEIGHT),
+    "OPENCV_IO_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
+}
 
 
 def shard_of(device_id: str, shards: int) -> int:

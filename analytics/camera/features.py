@@ -83,7 +83,7 @@ def jpeg_header(buf: bytes) -> JpegHeader | None:
         if m == 0xFF:
             i += 1
             continue
-        if m == 0x01 or 0xD0 <= m <= 0xD8:
+        if m in (0x00, 0x01) or 0xD0 <= m <= 0xD8:  # no length: libjpeg discards a stuffed zero and scans on
             i += 2
             continue
         length = (buf[i + 2] << 8) | buf[i + 3]

@@ -46,7 +46,7 @@ from tests.support.corpus import now_ms
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import ServeProcess, wait_until
 from tests.unit.test_camera_analyser import T0, Road, jpeg
-from tests.unit.test_hostile_redteam import scan_bomb
+from tests.unit.test_hostile_redteam import hidden_frame, scan_bomb
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,7 @@ def hostile(tag: str) -> tuple[list[tuple[str, bytes, int, bool]], dict[str, str
     detail = {f"k{i}": [i, {"a": "v"}] for i in range(9000)}  # ~230 KB: fills the event's payload limit
     msgs: list[tuple[str, bytes, int, bool]] = [
         (f"ioc/v1/camera/{tag}-bomb/snapshot", scan_bomb(12_000), 1, False),
+        (f"ioc/v1/camera/{tag}-hidden/snapshot", hidden_frame(30000, 30000), 1, False),  # stored as 64x48 before
         (f"ioc/v1/traffic/{tag}-at/telemetry", _padded_json(c.MAX_JSON_BYTES, ts), 1, False),
         (f"ioc/v1/traffic/{tag}-over/telemetry", _padded_json(c.MAX_JSON_BYTES + 1, ts), 1, False),
         (f"ioc/v1/camera/{tag}-jat/snapshot", _padded_jpeg(c.MAX_SNAPSHOT_BYTES), 1, False),
@@ -130,6 +131,7 @@ def hostile(tag: str) -> tuple[list[tuple[str, bytes, int, bool]], dict[str, str
     ]
     refused = {
         f"ioc/v1/camera/{tag}-bomb/snapshot": "image_too_large",
+        f"ioc/v1/camera/{tag}-hidden/snapshot": "not_jpeg",
         f"ioc/v1/traffic/{tag}-over/telemetry": "too_large",
         f"ioc/v1/camera/{tag}-jover/snapshot": "too_large",
     }
@@ -259,3 +261,26 @@ async def test_a_shard_that_stops_answering_mid_snapshot_is_rebuilt_and_its_came
             os.kill(pid, signal.SIGCONT)
         stage.close()
         await pool.close()
+
+
+def decode_raw(data: bytes) -> str:
+    """In a shard process: what OpenCV itself makes of ``data`` (the shape, or its error), no header reader first.
+    Decoded in full, as ``decode_work`` does a picture whose header it read as small (OpenCV checks the size it
+    decodes at)."""
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error as err:
+        return f"refused: {err}"
+    return f"decoded {None if img is None else img.shape}"
+
+
+def test_the_camera_shards_decoder_refuses_pictures_beyond_the_caps_by_itself() -> None:
+    """The third line: whatever the header readers made of a JPEG's bytes, the shard's decoder reads its own frame
+    header and refuses a picture past the contract's caps (OpenCV's defaults: 1 G pixels)."""
+    shard = AnalyticsStage._new_shard()
+    try:
+        assert shard.submit(decode_raw, hidden_frame(30000, 30000)).result(60).startswith("refused")
+        assert shard.submit(decode_raw, hidden_frame(c.MAX_IMAGE_WIDTH + 8, 64)).result(60).startswith("refused")
+        assert shard.submit(decode_raw, _scene(0)).result(60) == "decoded (360, 640)"
+    finally:
+        shard.shutdown()

@@ -98,3 +98,37 @@ async def test_the_shard_watch_names_a_shard_busy_too_long_with_one_snapshot() -
     assert watch.apart("cam-b", now=600.0) and not watch.apart("cam-a", now=600.0)
     assert not watch.apart("cam-b", now=657.0)
     second.cancel()
+
+
+def hidden_frame(width: int, height: int, lead: bytes = b"\xff\x00") -> bytes:
+    """A small real JPEG with a frame header of ``width`` x ``height`` put before its own, hidden from a walker that
+    reads ``lead`` (a stuffed zero, or a marker that has no length) as a segment with a length: the decoder skips
+    ``lead`` and what follows up to the next marker, then an APP1 segment that holds the small frame header, and
+    reads the large one first."""
+    small = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (48, 64), dtype=np.uint8))[1].tobytes()
+    segs = _segments(small)
+    at = next(k for k, (m, _) in enumerate(segs) if m == 0xC0)
+    own = segs[at][1]
+    large = bytearray(own)
+    large[5:7], large[7:9] = height.to_bytes(2, "big"), width.to_bytes(2, "big")
+    app1 = b"\xff\xe1" + (len(own) + 6).to_bytes(2, "big") + b"\x00\x00" + own + b"\x00\x00"
+    # a walker that takes the two bytes after ``lead`` as a length lands on the small frame header inside APP1
+    hide = lead + (8).to_bytes(2, "big") + app1 + bytes(large)
+    before = b"".join(s for _, s in segs[:at])
+    return b"\xff\xd8" + before + hide + b"".join(s for _, s in segs[at + 1 :]) + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("lead", [b"\xff\x00", b"\xff\x01", b"\xff\xd0", b"\xff\xff\x00"])
+def test_a_frame_header_hidden_from_the_header_readers_is_refused_before_decoding(
+    lead: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bomb = hidden_frame(30000, 30000, lead)  # 3 KB; decoded, 30000x30000: 6.5 s and 1.8 GB (the small one: 64x48)
+    refused = parse_message(TOPIC, bomb, NOW)
+    assert not refused.records and refused.rejections[0].reason is Reason.NOT_JPEG
+
+    def no_decode(*args: object) -> None:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(ImageTooLarge, match="30000x30000"):
+        decode_work(bomb)
