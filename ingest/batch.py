@@ -22,6 +22,7 @@ class Pending:
     channel: str
     received_at: datetime
     parsed: ParsedMessage
+    size: int = 0  # payload bytes held until the ack
 
 
 @dataclass(slots=True)

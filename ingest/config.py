@@ -43,6 +43,9 @@ class IngestConfig(BaseModel):
     batch_max_delay_ms: int = Field(50, ge=1, description="...or when its oldest message is this old.")
     max_pending_messages: int = Field(
         20000, ge=1, description="Unacknowledged messages held in memory; reading pauses above this bound.")
+    max_pending_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="Payload bytes of unacknowledged messages held in memory; "
+        "reading pauses above this bound too (the message bound alone let 20,000 snapshots of 4 MiB be held).")
     writers: int = Field(2, ge=1, le=16, description="Batches committed concurrently (acks stay in order).")
     write_method: Literal["copy", "unnest"] = Field(
         "copy", description="copy: COPY into a staging table (fast); unnest: array INSERT (no COPY support).")

@@ -96,6 +96,7 @@ class IngestWorker:
         self._order: deque[Batch] = deque()
         self._order_seq: deque[int] = deque()  # the gate's sequence of each batch's last message
         self._pending = 0
+        self._pending_bytes = 0  # payload bytes of the unacked messages
         self._flush_handle: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self.ready = asyncio.Event()
@@ -183,12 +184,15 @@ class IngestWorker:
             self._open_since = time.monotonic()
             self._flush_handle = asyncio.get_running_loop().call_later(
                 self.config.batch_max_delay_ms / 1000, self._seal)
-        self._open.messages.append(Pending(message.mid, message.qos, generation, channel, received_at, parsed))
+        size = len(message.payload)
+        self._open.messages.append(Pending(message.mid, message.qos, generation, channel, received_at, parsed, size))
         self._pending += 1
+        self._pending_bytes += size
         if len(self._open.messages) >= self.config.batch_max_messages:
             self._seal()
-        if self._pending >= self._limit() or (gate is not None and gate.hold()):
-            self.session.pause_reading("back-pressure" if self._pending >= self._limit() else "stages full")
+        full = self._pending >= self._limit() or self._pending_bytes >= self.config.max_pending_bytes
+        if full or (gate is not None and gate.hold()):
+            self.session.pause_reading("back-pressure" if full else "stages full")
             self._paused_at = self._paused_at or time.monotonic()
             m.PAUSED.set(1)
 
@@ -372,6 +376,7 @@ class IngestWorker:
             for msg in batch.messages:
                 if not self.session.ack(msg.mid, msg.generation, msg.qos) and msg.qos:
                     m.ACKS_SKIPPED.inc()
+                self._pending_bytes -= msg.size
             released += len(batch.messages)
         if released:
             self._pending -= released
@@ -380,7 +385,8 @@ class IngestWorker:
             self._resume_if_room()
 
     def _resume_if_room(self) -> None:
-        if self._pending > self._limit() // 2 or self._stopped.is_set():
+        if self._pending > self._limit() // 2 or self._pending_bytes > self.config.max_pending_bytes // 2 or \
+                self._stopped.is_set():
             return  # (stopping: the drain paused reading for good)
         if self.gate is not None and (self.gate.hold() or not self.gate.has_room()):
             return

@@ -132,3 +132,32 @@ def test_a_frame_header_hidden_from_the_header_readers_is_refused_before_decodin
     monkeypatch.setattr(cv2, "imdecode", no_decode)
     with pytest.raises(ImageTooLarge, match="30000x30000"):
         decode_work(bomb)
+
+
+async def test_ingest_stops_reading_when_the_unacked_payloads_pass_their_byte_bound() -> None:
+    """A device flooding 4 MiB snapshots while commits lag: the message bound alone (20,000) let the worker hold
+    80 GB; reading now pauses at ``max_pending_bytes`` and resumes once the acks bring it under half."""
+    import paho.mqtt.client as mqtt
+
+    from ingest.config import IngestConfig
+    from ingest.mqtt_session import SessionOptions
+    from ingest.worker import IngestWorker
+    from storage.config import StorageConfig
+
+    opts = SessionOptions(host="127.0.0.1", port=1, client_id="t", subscriptions=("ioc/v1/#",))
+    worker = IngestWorker("postgresql://unused", opts, IngestConfig(max_pending_bytes=8 << 20), StorageConfig())
+    picture = cv2.imencode(".jpg", np.full((48, 64), 100, np.uint8))[1].tobytes()
+    big = picture[:2] + (b"\xff\xfe\xff\xff" + b"c" * 65533) * 16 + picture[2:]  # 16 comments: 1 MiB
+    for mid in range(1, 8):
+        msg = mqtt.MQTTMessage(mid=mid, topic=b"ioc/v1/camera/cam-1/snapshot")
+        msg.payload, msg.qos = big, 1
+        worker._on_message(msg, 0)
+        assert worker.session._reading, f"paused after {mid} messages of 1 MiB"
+    msg = mqtt.MQTTMessage(mid=8, topic=b"ioc/v1/camera/cam-1/snapshot")
+    msg.payload, msg.qos = big, 1
+    worker._on_message(msg, 0)  # 8 MiB held: the socket is not read any more
+    assert not worker.session._reading and worker._pending == 8
+    worker._seal()
+    worker._order[0].done = True  # committed: acked, the bytes are let go
+    worker._ack_in_order()
+    assert worker.session._reading and worker._pending == 0 and worker._pending_bytes == 0
