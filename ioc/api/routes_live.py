@@ -187,7 +187,13 @@ def _by_edge(counts: list[int]) -> dict[str, int]:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return None if value in (None, "") else int(value)
+    """``resume_from`` as an integer; anything else (a list, an object, 1e400, "x") is the client's error."""
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise FilterError("resume_from must be an integer") from None
 
 
 @router.get("/api/live/stats", dependencies=[requires(Role.VIEWER)])

@@ -185,6 +185,22 @@ async def test_a_snapshot_of_thousands_of_scans_stops_nothing_nor_do_the_other_c
 
             await asyncio.wait_for(on_screen(), 20)
 
+            # a screen's messages with fields of the wrong JSON type: each an error frame with its reason (a list or
+            # an object as resume_from raised TypeError: a stack trace in the log for every such message)
+            for wrong in ([1], {"a": 1}, "x", 1e300, True):
+                await screen.send(json.dumps({"type": "subscribe", "devices": [good], "resume_from": wrong}))
+            await screen.send(json.dumps({"type": "ping"}))
+            answers: list[Any] = []
+            while not any(f.get("type") == "pong" for f in answers):
+                frames = json.loads(await asyncio.wait_for(screen.recv(), 10))
+                answers += frames if isinstance(frames, list) else [frames]
+            errors = [f["detail"] for f in answers if f.get("type") == "error"]
+            assert errors == ["resume_from must be an integer"] * 3, errors
+        async with websockets.connect(
+            srv.ws_url("/ws/live") + "?resume_from=1e5&epoch=x", additional_headers=headers, max_size=None
+        ) as refused_screen:
+            assert json.loads(await asyncio.wait_for(refused_screen.recv(), 10))["type"] == "error"
+
         conn = await asyncpg.connect(database_url)
         try:
             async with httpx.AsyncClient(base_url=srv.url, headers=headers, timeout=10) as api:
@@ -221,6 +237,7 @@ async def test_a_snapshot_of_thousands_of_scans_stops_nothing_nor_do_the_other_c
         wait_until(lambda: srv.get("/readyz").get("status") == "ready", 20, 0.2, what="ready after the hostile input")
     log = log_path.read_bytes()[log_from:].decode(errors="replace")
     assert "Traceback" not in log and "brain task" not in log and "alert engine step raised" not in log
+    assert "WebSocket message handling raised" not in log
 
 
 async def test_a_shard_that_stops_answering_mid_snapshot_is_rebuilt_and_its_camera_set_apart(database_url: str) -> None:
