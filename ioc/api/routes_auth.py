@@ -18,7 +18,7 @@ from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.api.routes_wall import serve_page
 from ioc.auth import secrets as sec
 from ioc.auth import store
-from ioc.auth.service import CSRF_COOKIE, SESSION_COOKIE, Authenticator, client_address
+from ioc.auth.service import CSRF_COOKIE, DEVICE_COOKIE, SESSION_COOKIE, Authenticator, client_address
 
 logger = logging.getLogger(__name__)
 AccountsLimit = Annotated[int, Query(ge=1, le=10_000)]
@@ -83,7 +83,12 @@ async def login(request: Request, response: Response, pool: PoolDep, body: Login
     origin = request.headers.get("origin")
     if origin and not _same_origin(request, origin) and origin not in auth.config.cors_origins:
         raise HTTPException(403, "login from another site refused")
-    if not auth.allow_login(client_address(request), body.username):
+    if not auth.allow_login_from(client_address(request)):
+        raise HTTPException(429, "too many login attempts; wait a minute")
+    device = request.cookies.get(DEVICE_COOKIE) or None
+    async with pool.acquire() as conn:
+        known = device is not None and await store.known_device(conn, device[:128], body.username)
+    if not auth.allow_login(client_address(request), body.username, known_device=known):
         raise HTTPException(429, "too many login attempts; wait a minute")
     async with pool.acquire() as conn:
         user = await store.user_for_login(conn, body.username)
@@ -104,7 +109,12 @@ async def login(request: Request, response: Response, pool: PoolDep, body: Login
             await store.rehash_password(conn, user["id"], body.password)
         await store.note_login(conn, user["id"])
         sid, csrf = await store.create_session(conn, auth.config.session_hours, user_id=user["id"])
+        days = auth.config.login_device_days
+        remembered = await store.remember_device(conn, user["id"], days) if days > 0 and not known else None
     set_session_cookies(request, response, sid, csrf)
+    if remembered is not None:  # sent back to the login route alone, never readable by a script
+        response.set_cookie(DEVICE_COOKIE, remembered, max_age=int(days * 86400), path="/api/auth/login",
+                            httponly=True, secure=auth.cookie_secure(request), samesite="strict")
     logger.info("login: %s (%s) from %s", user["username"], user["role"], client_address(request))
     return {"name": user["username"], "display_name": user["display_name"], "role": user["role"], "csrf": csrf}
 

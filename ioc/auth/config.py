@@ -34,7 +34,10 @@ class AuthConfig(BaseModel):
     login_rate_per_address: str = Field("60/minute", description="Login attempts per client address, any user "
                                         "name (password spraying).")
     login_rate_per_account: str = Field("10/minute", description="Login attempts per user name from any address "
-                                        "(one account guessed at from many addresses).")
+                                        "(one account guessed at from many addresses); a browser the user logged "
+                                        "in from before (device cookie) is not held by it.")
+    login_device_days: float = Field(90.0, ge=0, description="A successful login marks its browser as the user's "
+                                     "(HttpOnly cookie for the login route only) for this long; 0: never.")
     action_rate: str = Field("120/minute", description="State-changing requests and WebSocket actions per caller.")
     ws_per_client: int = Field(32, gt=0, description="Open /ws/live connections per client address.")
     ws_recheck_s: float = Field(20.0, gt=0, description="An open /ws/live whose credential no longer holds "

@@ -24,6 +24,7 @@ from ioc.auth.secrets import TOKEN_PREFIX
 logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "ioc_session"
+DEVICE_COOKIE = "ioc_device"  # a browser the user logged in from before (login route only)
 CSRF_COOKIE = "ioc_csrf"
 CSRF_HEADER = "x-csrf-token"
 PAGE_PATHS = frozenset({"/", "/ops"})
@@ -72,13 +73,18 @@ class Authenticator:
             return await self.oidc.verify(bearer)
         raise AuthError("unrecognised bearer token")
 
-    def allow_login(self, client: str, username: str) -> bool:
-        """Per address, per address and account, and per account from anywhere; the account as the login looks it
-        up (``" Admin "`` is ``admin``), known or not, so that a refusal tells nothing about which names exist."""
+    def allow_login_from(self, client: str) -> bool:
+        """Per address, any user name (password spraying): checked first, before anything is looked up."""
+        return self._limiter.hit(self._login_address_rate, "login-address", client)
+
+    def allow_login(self, client: str, username: str, known_device: bool = False) -> bool:
+        """Per address and account, and per account from anywhere; the account as the login looks it up (``" Admin
+        "`` is ``admin``), known or not, so that a refusal tells nothing about which names exist. A browser the
+        user logged in from before (``known_device``) is not held by the per-account limit: someone hammering an
+        officer's name from elsewhere does not lock the officer out (OWASP's device cookies)."""
         account = username.strip().lower()[:64]
-        return (self._limiter.hit(self._login_address_rate, "login-address", client)
-                and self._limiter.hit(self._login_rate, "login", client, account)
-                and self._limiter.hit(self._login_account_rate, "login-account", account))
+        return (self._limiter.hit(self._login_rate, "login", client, account)
+                and (known_device or self._limiter.hit(self._login_account_rate, "login-account", account)))
 
     def allow_action(self, principal: Principal) -> bool:
         return self._limiter.hit(self._action_rate, "action", principal.via, principal.name)

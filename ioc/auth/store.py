@@ -1,4 +1,4 @@
-"""SQL for users, API tokens and browser sessions (tables of migration 0007)."""
+"""SQL for users, API tokens and browser sessions (tables of migration 0007), and known devices (0015)."""
 
 from __future__ import annotations
 
@@ -107,6 +107,27 @@ async def announce(conn: Any) -> None:
 async def _end_sessions(conn: Any, user_id: int) -> None:
     await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
                        user_id)
+    await conn.execute("DELETE FROM auth_devices WHERE user_id = $1", user_id)  # a new password, new devices
+
+
+# --- known devices (migration 0015) -----------------------------------------------------------------------
+
+async def remember_device(conn: Any, user_id: int, days: float) -> str:
+    """A device cookie's value for a browser ``user_id`` just logged in from (its digest is stored)."""
+    secret = sec.new_session_id()
+    await conn.execute("DELETE FROM auth_devices WHERE expires_at < now()")
+    await conn.execute("INSERT INTO auth_devices (token_hash, user_id, expires_at) "
+                       "VALUES ($1, $2, now() + make_interval(secs => $3))", sec.digest(secret), user_id,
+                       days * 86400.0)
+    return secret
+
+
+async def known_device(conn: Any, secret: str, username: str) -> bool:
+    """Whether a device cookie is one this user name's user logged in with (and it has not expired)."""
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM auth_devices d JOIN auth_users u ON u.id = d.user_id "
+        "WHERE d.token_hash = $1 AND u.username = $2 AND d.expires_at > now())",
+        sec.digest(secret), username.strip().lower()))
 
 
 # --- API tokens -------------------------------------------------------------------------------------------

@@ -220,6 +220,44 @@ async def test_logins_are_limited_per_account_whatever_the_address(database_url:
         assert await attempt("203.0.113.9", other, other_password) == 200
 
 
+async def test_a_browser_the_user_logged_in_from_is_not_held_by_the_account_limit(database_url: str) -> None:
+    """The price of the per-account limit: someone hammering an officer's user name from elsewhere would hold the
+    officer's own login too. A browser the officer logged in from before (its device cookie, HttpOnly, sent to the
+    login route alone) is not held by it; the cookie proves nothing else."""
+    user, password = await make_user(database_url, "officer")
+    async with app_with(database_url, login_rate_per_account="3/minute") as app:
+
+        def browser(address: str) -> httpx.AsyncClient:
+            return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(address, 40000)),
+                                     base_url="http://ioc")
+
+        async def login(client: httpx.AsyncClient, username: str, pw: str) -> int:
+            return (await client.post("/api/auth/login", json={"username": username, "password": pw})).status_code
+
+        async with browser("10.20.0.5") as officer, browser("203.0.113.7") as stranger:
+            first = await officer.post("/api/auth/login", json={"username": user, "password": password})
+            assert first.status_code == 200
+            cookie = next(h for h in first.headers.get_list("set-cookie") if h.startswith("ioc_device="))
+            assert "HttpOnly" in cookie and "Path=/api/auth/login" in cookie and "SameSite=strict" in cookie
+            codes = []
+            for i in range(4):  # the hammering, from many addresses
+                async with browser(f"198.51.100.{i}") as bot:
+                    resp = await bot.post("/api/auth/login", json={"username": user, "password": "guess"})
+                    codes.append(resp.status_code)
+            assert codes == [401, 401, 429, 429], codes
+            again = await stranger.post("/api/auth/login", json={"username": user, "password": password})
+            assert again.status_code == 429  # a browser the officer never used is held, right password or not
+            assert (await login(officer, user, "guess")) == 401  # the cookie does not stand for the password
+            assert (await login(officer, user, password)) == 200
+            stranger.cookies.set("ioc_device", "made-up", domain="ioc", path="/api/auth/login")
+            assert (await login(stranger, user, password)) == 429
+            other, other_password = await make_user(database_url, "viewer")  # the cookie is one user's, not any
+            for i in range(3):
+                async with browser(f"198.51.100.{10 + i}") as bot:
+                    await bot.post("/api/auth/login", json={"username": other, "password": "guess"})
+            assert (await login(officer, other, other_password)) == 429
+
+
 async def test_the_login_page_sends_nobody_off_site(api_app: FastAPI) -> None:
     """``/login?next=`` is where the page goes after logging in: an address a browser reads as another site
     (``//evil``, ``/\\evil``, ``/<TAB>/evil``: browsers drop tabs and newlines from URLs) is dropped."""
