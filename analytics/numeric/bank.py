@@ -110,20 +110,28 @@ class SeriesBank:
         ok = np.isfinite(values) & np.isfinite(ts)
         if m == 0 or not ok.any():
             return out
-        idx = np.flatnonzero(ok)
-        r = rows[idx]
-        # occurrence rank of each reading within its series: round k holds each series once
-        order = np.argsort(r, kind="stable")
-        rs = r[order]
-        start = np.r_[True, rs[1:] != rs[:-1]]
-        first_pos = np.maximum.accumulate(np.where(start, np.arange(len(rs)), 0))
-        rank = np.empty(len(rs), dtype=np.intp)
-        rank[order] = np.arange(len(rs)) - first_pos
-        for k in range(int(rank.max()) + 1):
-            sel = idx[rank == k]
+        idx = np.flatnonzero(ok) if not ok.all() else None  # None: every reading
+        r = rows if idx is None else rows[idx]
+        if len(r) == 1 or bool((r[1:] > r[:-1]).all()):  # ascending rows, one reading per series (the usual batch)
+            rounds = [idx]
+        else:  # occurrence rank of each reading within its series: round k holds each series once
+            order = np.argsort(r, kind="stable")
+            rs = r[order]
+            start = np.empty(len(rs), dtype=bool)
+            start[0] = True
+            np.not_equal(rs[1:], rs[:-1], out=start[1:])
+            first_pos = np.maximum.accumulate(np.where(start, np.arange(len(rs)), 0))
+            rank = np.empty(len(rs), dtype=np.intp)
+            rank[order] = np.arange(len(rs)) - first_pos
+            at = np.arange(m) if idx is None else idx
+            rounds = [at[rank == k] for k in range(int(rank.max()) + 1)]
+        for sel in rounds:
             res = kernel.step(self.config, self.F, self.D, self.W, self.R, self.Hb, self.Q, self.S,
-                              rows[sel], ts[sel], values[sel], (self.Ew, self.Ec, self.Ep, self.Ek),
-                              (self.Aa, self.Awn, self.Aar, self.Ac, self.Au), self.Lk, self.En)
+                              *((rows, ts, values) if sel is None else (rows[sel], ts[sel], values[sel])),
+                              (self.Ew, self.Ec, self.Ep, self.Ek), (self.Aa, self.Awn, self.Aar, self.Ac, self.Au),
+                              self.Lk, self.En)
+            if sel is None:  # the step's own arrays, as the fields' types
+                return StepResult(*(np.asarray(getattr(res, f), dtype=getattr(out, f).dtype) for f in RESULT_FIELDS))
             for name in RESULT_FIELDS:
                 getattr(out, name)[sel] = getattr(res, name)
         return out

@@ -52,24 +52,27 @@ def entropy_step(E: np.ndarray, C: np.ndarray, P: np.ndarray, K: np.ndarray, row
         return out
     jr = rows[judge]
     ph = c[judge] / w  # (m, nb)
-    hyp = P[jr]  # (m, slots, nb)
     cnt = K[jr]  # (m, slots)
+    used = cnt > 0
+    # only the hypotheses in use are compared (an empty slot's statistic is infinite whatever its terms): the
+    # same elementwise terms and the same sum over the bins, per pair of window and hypothesis
+    wi, si = np.nonzero(used)
+    pu = ph[wi]
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(ph[:, None, :] > 0, ph[:, None, :] * np.log(ph[:, None, :] / np.maximum(hyp, 1e-12)), 0.0)
-    stat = 2.0 * w * terms.sum(axis=2)
-    stat = np.where(cnt > 0, stat, np.inf)
+        terms = np.where(pu > 0, pu * np.log(pu / np.maximum(P[jr[wi], si], 1e-12)), 0.0)
+    su = 2.0 * w * terms.sum(axis=1)
+    stat = np.full(cnt.shape, np.inf, dtype=su.dtype)
+    stat[wi, si] = su
     best = np.argmin(stat, axis=1)
     mr = np.arange(len(jr))
-    first = ~(cnt > 0).any(axis=1)  # the first window is the first hypothesis, not a novelty
+    first = ~used.any(axis=1)  # the first window is the first hypothesis, not a novelty
     agree = stat[mr, best] < threshold(nb)
     cnt[mr[agree], best[agree]] += 1.0
     new = ~agree
     if new.any():
         slot = np.argmin(cnt[new], axis=1)  # an empty slot (count 0) or the least-used hypothesis
-        nr = mr[new]
-        hyp[nr, slot] = ph[new]
-        cnt[nr, slot] = 1.0
-    P[jr] = hyp
+        P[jr[new], slot] = ph[new]
+        cnt[mr[new], slot] = 1.0
     K[jr] = cnt
     out[judge] = (new & ~first).astype(np.float64)
     return out

@@ -16,13 +16,14 @@ from analytics.numeric.bank import SeriesBank
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.explain import duration, explain, label
 from analytics.numeric.rules import MAINS, DomainRules, infer_kind, utc
-from analytics.numeric.table import SeriesTable
+from analytics.numeric.table import SeriesTable, sorted_unique
 from ingest.contract import METRIC_RANGES
 
 logger = logging.getLogger(__name__)
 
 #: Readings are held within ±this before the detectors see them (the stored reading is untouched).
 MAX_MAGNITUDE = 1e12
+_UNSEEN = object()
 
 
 class Reading(NamedTuple):
@@ -111,13 +112,23 @@ class NumericMonitor:
 
     def ingest(self, readings: Iterable[Reading | tuple[str, str, datetime | float, float]]) -> list[Finding]:
         """Score and learn a batch of readings (any order, any devices); returns the findings."""
-        rows, ts, vals = [], [], []
-        keys = self.table.keys
-        for dev, metric, t, v in readings:
-            row = keys.get((dev, metric))
-            rows.append(self.register(dev, metric) if row is None else row)
-            ts.append(epoch(t))
-            vals.append(v)
+        items = readings if isinstance(readings, list | tuple) else list(readings)
+        if not items:
+            return []
+        devs, metrics, times, vals = zip(*items, strict=True)
+        pairs = list(zip(devs, metrics, strict=True))
+        rows = list(map(self.table.keys.get, pairs))  # one C loop; new series (None) are registered in order
+        if None in rows:
+            keys = self.table.keys
+            for i, row in enumerate(rows):
+                if row is None:
+                    row = keys.get(pairs[i])  # registered by an earlier reading of this batch
+                    rows[i] = self.register(*pairs[i]) if row is None else row
+        ts, last, e = [], _UNSEEN, 0.0
+        for t in times:  # the readings of one record share their time object: converted once
+            if t is not last:
+                last, e = t, epoch(t)
+            ts.append(e)
         return self.ingest_arrays(np.array(rows, dtype=np.intp), np.array(ts), np.array(vals, dtype=float))
 
     def ingest_arrays(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray) -> list[Finding]:
@@ -133,7 +144,7 @@ class NumericMonitor:
         before = save_tiers.watch(self.bank.F, self.table, rows)
         res = self.bank.update(rows, ts, values)
         self._remember(rows, ts, values, res)
-        self.dirty.update(np.unique(self.table.dev[rows]).tolist())
+        self.dirty.update(sorted_unique(self.table.dev[rows]).tolist())
         out = self._bank_findings(rows, ts, values, res)
         ruled = self.rules.apply(self.table, rows, ts) + self.rules.frozen(self.table, self.bank.F, rows)
         hit = {(f.device_id, f.series) for f in ruled}
@@ -147,13 +158,19 @@ class NumericMonitor:
 
     def _remember(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray, res: kernel.StepResult) -> None:
         f = self.table.f
-        last = np.r_[rows[1:] != rows[:-1], True]
-        li = np.flatnonzero(last)
-        ur = rows[li]
-        prev_in = np.r_[False, rows[1:] == rows[:-1]][li]
-        pi = np.maximum(li - 1, 0)
-        f["prev_v"][ur] = np.where(prev_in, values[pi], f["last_v"][ur])
-        f["prev_ts"][ur] = np.where(prev_in, ts[pi], f["last_ts"][ur])
+        li: np.ndarray | slice
+        same = rows[1:] == rows[:-1]  # rows are sorted: a series' readings are adjacent
+        if not same.any():  # one reading per series (the usual batch)
+            ur, li = rows, slice(None)
+            f["prev_v"][ur] = f["last_v"][ur]
+            f["prev_ts"][ur] = f["last_ts"][ur]
+        else:
+            li = np.flatnonzero(np.append(~same, True))
+            ur = rows[li]
+            prev_in = np.insert(same, 0, False)[li]
+            pi = np.maximum(li - 1, 0)
+            f["prev_v"][ur] = np.where(prev_in, values[pi], f["last_v"][ur])
+            f["prev_ts"][ur] = np.where(prev_in, ts[pi], f["last_ts"][ur])
         f["last_v"][ur], f["last_ts"][ur] = values[li], ts[li]
         f["last_exp"][ur], f["last_sd"][ur] = res.expected[li], res.spread[li]
         f["n"][ur] = self.bank.F[ur, kernel.N]

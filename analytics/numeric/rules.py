@@ -11,12 +11,13 @@ from analytics.findings import Finding
 from analytics.numeric import kernel
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.explain import label, num, slot, value
-from analytics.numeric.table import KIND_CODES, SeriesTable
+from analytics.numeric.table import KIND_CODES, RULE_METRIC_CODES, SeriesTable, sorted_unique
 
 SPEED, OCCUPANCY, MAINS, BATTERY, AVAILABILITY = "speed_kmh", "occupancy_pct", "mains_power", "battery_pct", \
     "availability_pct"
 TRAFFIC_METRICS = frozenset({SPEED, OCCUPANCY, "flow_veh_h"})
 BTS_METRICS = frozenset({MAINS, BATTERY, AVAILABILITY})
+_SPEED, _OCCUPANCY, _MAINS, _AVAILABILITY = (RULE_METRIC_CODES[m] for m in (SPEED, OCCUPANCY, MAINS, AVAILABILITY))
 
 
 def utc(ts: float) -> datetime:
@@ -53,15 +54,16 @@ class DomainRules:
     def apply(self, table: SeriesTable, rows: np.ndarray, ts: np.ndarray) -> list[Finding]:
         """Findings of the rules for the series rows just updated (table facts already current)."""
         out: list[Finding] = []
-        touched = np.unique(rows)
-        metrics = [table.metrics[r] for r in touched]
-        speed_rows = {int(r) if m == SPEED else int(table.partner[r])
-                      for r, m in zip(touched, metrics, strict=True) if m in (SPEED, OCCUPANCY)}
+        touched = sorted_unique(rows)
+        code = table.mcode[touched]
+        # the same rows in the same order as a scan of every touched row's metric name: the same sets and lists
+        pick = (code == _SPEED) | (code == _OCCUPANCY)
+        speed_rows = {r if c == _SPEED else p for r, c, p in zip(touched[pick].tolist(), code[pick].tolist(),
+                                                                  table.partner[touched[pick]].tolist(), strict=True)}
         out += self._speed_collapse(table, [r for r in speed_rows if r >= 0])
-        out += self._mains(table, [int(r) for r, m in zip(touched, metrics, strict=True) if m == MAINS])
-        out += self._availability(table, [int(r) for r, m in zip(touched, metrics, strict=True)
-                                          if m == AVAILABILITY])
-        groups = {int(table.grp[r]) for r in touched if table.grp[r] >= 0}
+        out += self._mains(table, touched[code == _MAINS].tolist())
+        out += self._availability(table, touched[code == _AVAILABILITY].tolist())
+        groups = {g for g in table.grp[touched].tolist() if g >= 0}
         out += self.groups(table, groups, float(ts.max()) if len(ts) else 0.0)
         return out
 
@@ -149,25 +151,24 @@ class DomainRules:
         cfg, n = self.cfg, len(table)
         if n == 0 or len(rows) == 0:
             return []
-        F = F[:n]
-        lively = (F[:, kernel.REP] < cfg.frozen_rep) & (F[:, kernel.N] >= cfg.warmup)
-        still = lively & (F[:, kernel.RUN] >= cfg.frozen_run)
-        ndev = len(table.device_kind)
-        dev = table.dev[:n]
-        n_lively = np.bincount(dev[lively], minlength=ndev)
-        n_still = np.bincount(dev[still], minlength=ndev)
+        touched = sorted_unique(table.dev[rows])
+        mine_all, at = table.rows_of(touched)  # every series of the touched devices (not only those just read)
+        lively = (F[mine_all, kernel.REP] < cfg.frozen_rep) & (F[mine_all, kernel.N] >= cfg.warmup)
+        still = lively & (F[mine_all, kernel.RUN] >= cfg.frozen_run)
+        n_lively = np.bincount(at[lively], minlength=len(touched))
+        n_still = np.bincount(at[still], minlength=len(touched))
         out: list[Finding] = []
-        touched = np.unique(dev[rows])
-        hit = n_still[touched] >= np.maximum(cfg.frozen_min_series, n_lively[touched])
+        hit = n_still >= np.maximum(cfg.frozen_min_series, n_lively)
         if self.frozen_active:  # moving again: the next freeze is new (and the device's saved state must say so)
             ended = self.frozen_active.intersection(touched[~hit].tolist())
             self.frozen_active -= ended
             self.frozen_ended |= ended
-        for d in touched[hit].tolist():
+        for k in np.flatnonzero(hit).tolist():
+            d = int(touched[k])
             if d in self.frozen_active:
                 continue
             self.frozen_active.add(d)
-            mine = np.flatnonzero(still & (dev == d))
+            mine = mine_all[still & (at == k)]  # ascending rows
             r = int(mine[np.argmin(F[mine, kernel.REP])])  # the one that changes most often speaks for all
             names = ", ".join(label(table.metrics[int(i)]) for i in mine)
             run = int(F[mine, kernel.RUN].min()) + 1

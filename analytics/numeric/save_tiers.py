@@ -22,7 +22,7 @@ import numpy as np
 
 from analytics.numeric import kernel
 from analytics.numeric.config import DetectorConfig
-from analytics.numeric.table import SeriesTable
+from analytics.numeric.table import SeriesTable, sorted_unique
 
 if TYPE_CHECKING:  # monitor.py imports this module
     from analytics.numeric.monitor import NumericMonitor
@@ -87,9 +87,9 @@ def _facts(table: SeriesTable, rows: np.ndarray) -> np.ndarray:
 
 def watch(F: np.ndarray, table: SeriesTable, rows: np.ndarray) -> Before:
     """Copy what :func:`consequential` compares, for the series of ``rows``, before they are stepped."""
-    ur = np.unique(rows)
-    return Before(ur, F[ur][:, _HOLD_COLS], F[ur, kernel.N] < F[ur, kernel.HOLD], F[ur][:, _RECORD_COLS],
-                  table.silent[ur].copy(), _facts(table, ur))
+    ur = sorted_unique(rows)
+    return Before(ur, F[ur[:, None], _HOLD_COLS], F[ur, kernel.N] < F[ur, kernel.HOLD], F[ur[:, None], _RECORD_COLS],
+                  table.silent[ur], _facts(table, ur))
 
 
 def consequential(before: Before, F: np.ndarray, table: SeriesTable, cfg: DetectorConfig, marks: Marks,
@@ -104,11 +104,11 @@ def consequential(before: Before, F: np.ndarray, table: SeriesTable, cfg: Detect
     ur = before.rows
     if len(ur) == 0:
         return []
-    rec = F[ur][:, _RECORD_COLS]
+    rec = F[ur[:, None], _RECORD_COLS]
     step, level = _cusum(F, ur, cfg)
     moved = (
         np.isin(ur, hit)
-        | (F[ur][:, _HOLD_COLS] != before.hold).any(axis=1)
+        | (F[ur[:, None], _HOLD_COLS] != before.hold).any(axis=1)
         | ((F[ur, kernel.N] < F[ur, kernel.HOLD]) != before.holding)
         | marks.rise(ur, step, level)
         | ((rec > before.records * (1.0 + RECORD_RISE)) & (rec >= RECORD_MIN)).any(axis=1)

@@ -6,8 +6,20 @@ import numpy as np
 
 # float columns kept per series for the domain and group rules
 KIND_CODES = {"traffic": 1, "bts": 2}
+#: metrics the domain rules read, by code (``SeriesTable.mcode``; 0: any other metric)
+RULE_METRIC_CODES = {"speed_kmh": 1, "occupancy_pct": 2, "mains_power": 3, "availability_pct": 4}
 FLOAT_COLS = ("last_v", "last_exp", "last_sd", "last_ts", "prev_v", "prev_ts", "flag_ts", "rule_until",
               "n", "first_ts")
+
+
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` (1-D integers), without its sort or hash when ``a`` is already in ascending order."""
+    if len(a) == 0 or not bool((a[1:] >= a[:-1]).all()):
+        return np.unique(a)
+    keep = np.empty(len(a), dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
 
 
 class SeriesTable:
@@ -26,6 +38,8 @@ class SeriesTable:
         self.partner = np.zeros(0, dtype=np.intp)
         self.silent = np.zeros(0, dtype=bool)
         self.kcode = np.zeros(0, dtype=np.int8)
+        self.mcode = np.zeros(0, dtype=np.int8)
+        self._by_dev: tuple[int, np.ndarray, np.ndarray] | None = None  # rows grouped by device (rows_of)
         self.f = {name: np.zeros(0) for name in FLOAT_COLS}
         self.device_kind: list[str] = []
         self.device_group: list[int] = []
@@ -46,7 +60,7 @@ class SeriesTable:
 
         self.dev, self.grp = grow(self.dev, -1), grow(self.grp, -1)
         self.partner, self.silent = grow(self.partner, -1), grow(self.silent, False)
-        self.kcode = grow(self.kcode, 0)
+        self.kcode, self.mcode = grow(self.kcode, 0), grow(self.mcode, 0)
         self.f = {k: grow(v, np.nan if k != "n" else 0.0) for k, v in self.f.items()}
 
     def device(self, device_id: str, kind: str = "", group: str = "") -> int:
@@ -79,6 +93,7 @@ class SeriesTable:
         self.dev[row] = d
         self.grp[row] = self.device_group[d]
         self.kcode[row] = KIND_CODES.get(self.device_kind[d], 0)
+        self.mcode[row] = RULE_METRIC_CODES.get(metric, 0)
         # pair metrics read together by the domain rules
         pairs = {"speed_kmh": "occupancy_pct", "occupancy_pct": "speed_kmh",
                  "mains_power": "battery_pct", "battery_pct": "mains_power"}
@@ -87,6 +102,20 @@ class SeriesTable:
             self.partner[row] = other
             self.partner[other] = row
         return row
+
+    def rows_of(self, devices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every row of each of ``devices`` (device indices, distinct), grouped by device in the order given and
+        ascending within a device; and the position in ``devices`` of each row's device."""
+        n = len(self)
+        if self._by_dev is None or self._by_dev[0] != n:  # rows are only ever appended: rebuilt when one was
+            dev = self.dev[:n]
+            counts = np.bincount(dev, minlength=len(self.device_kind))
+            self._by_dev = (n, np.argsort(dev, kind="stable"), np.r_[0, np.cumsum(counts)])
+        _, order, start = self._by_dev
+        first, k = start[devices], start[devices + 1] - start[devices]
+        pos = np.repeat(np.arange(len(devices)), k)
+        ends = np.cumsum(k)
+        return order[np.repeat(first - ends + k, k) + np.arange(int(ends[-1]) if len(k) else 0)], pos
 
     def kind_of(self, row: int) -> str:
         """Device kind of a series row ('' when unknown)."""
