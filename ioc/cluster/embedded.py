@@ -36,17 +36,44 @@ class EmbeddedGate(AckGate):
     def __init__(self, brain: Brain, max_unacked: int, alerts: bool = True) -> None:
         self.brain, self.tie_alerts = brain, alerts
         self._tied: tuple[AnalyticsStage | None, AlertStage | None] = (None, None)
+        # Stages lost mid-flight (the lease, not a clean stop): nothing after this sequence is acked until stages
+        # of this process store it, sent again by the broker; None: nothing held
+        self.held_after: int | None = None
         super().__init__(max_unacked)
 
     def sync(self) -> None:
-        """Tie to the brain's current stages (new ones at each takeover); untie once they are gone."""
+        """Tie to the brain's current stages (new ones at each takeover); untie once they are gone.
+
+        Stages that go away without a clean stop leave what they were handed and had not stored: it stays unacked
+        (the acks after it too: they go in order) until this process leads again, and then the next stages have
+        the broker send it again (their ``lost_after``, as after a drop). While another process leads, the hold is
+        let go: that leader never reads this worker's messages (docs/ha.md).
+        """
         analytics, alerts = self.brain.analytics, self.brain.alerts
         if analytics is self._tied[0] and alerts is self._tied[1]:
+            if self.held_after is not None and alerts is None and self.brain.lease.elsewhere:
+                logger.error("embedded ingest: another process leads; the messages after %d its stages had not "
+                             "stored are acked (their alerts are lost)", self.held_after)
+                self.held_after = None
+                self.reset()
             return
+        old = self._tied[1] if self.tie_alerts else None
+        if old is not None and not self.brain.lease.stopping:
+            lost = self.lost()
+            stored = self.settled() if lost is None else min(self.settled(), lost)
+            if stored < self.seq:
+                self.held_after = stored if self.held_after is None else min(self.held_after, stored)
+                logger.warning("embedded ingest: stages stopped without storing past message %d; the %d after it "
+                               "are held for the next stages of this process", stored, self.seq - stored)
         self._tied = (analytics, alerts)
         self.reset()  # the stages gone (or replaced): nothing waits for the old ones' watermarks
+        held = self.held_after
+        if held is not None:
+            self.settled = lambda: held
         if analytics is not None or alerts is not None:
             # BrainInput's attributes that tie_acks reads and sets are AckGate's (same names, same meaning)
             tie_acks(cast(BrainInput, self), analytics, alerts if self.tie_alerts else None)
+            if held is not None and alerts is not None and self.tie_alerts:
+                alerts.lost_after, self.held_after = held, None  # the worker reconnects once it is acked up to it
             logger.info("embedded ingest: acks tied to the brain's stages (%s)",
                         ", ".join(n for n, s in (("analytics", analytics), ("alerts", alerts)) if s is not None))

@@ -50,6 +50,8 @@ class Lease:
         self._stopping = False
         self.takeovers = 0
         self._told_schema = False
+        #: The last try found the lease held by another process, valid (not this one: it leads elsewhere).
+        self.elsewhere = False
 
     @property
     def stopping(self) -> bool:
@@ -139,6 +141,7 @@ class Lease:
             logger.debug("lease %r not acquired: %s", self.name, err)
             await self._drop_conn()
             return
+        self.elsewhere = epoch is None
         if epoch is None:
             return
         self.epoch, self._deadline = int(epoch), sent + self.config.lease_ttl_s

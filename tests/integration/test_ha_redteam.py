@@ -1,0 +1,155 @@
+"""HA red team: a process that loses its lease mid-flight (real Mosquitto and PostgreSQL).
+
+Embedded ingest (``ioc serve --ingest``, the demo): the worker's acks wait for the brain's stages
+(ioc/cluster/embedded.py). When the lease went away under them, the gate was untied and acked everything its
+worker had committed, also what the stages had been handed and not stored: those alarms were never alerts.
+The app runs in this process (its lifespan, as ``ioc serve --ingest`` runs it) on a private broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ioc.api.app import create_app
+from ioc.cluster.config import ClusterConfig
+from ioc.settings import Settings
+from tests.conftest import own_database
+from tests.integration.test_embedded_ingest_acks import (
+    alarms,
+    embedded_settings,
+    leading,
+    left_at_broker,
+    stored_alerts,
+)
+from tests.support.mqtt import Publisher
+from tests.support.services import private_mosquitto
+from tests.support.tasks import until
+
+pytestmark = pytest.mark.integration
+until_soon = functools.partial(until, every=0.02)
+COUNT = 6
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    yield from own_database()
+
+
+def fast_lease(database_url: str, port: int) -> Settings:
+    """Embedded settings with a lease that is renewed and taken quickly (the test waits less)."""
+    settings = embedded_settings(database_url, port)
+    settings.cluster = ClusterConfig(lease_ttl_s=3.0, renew_every_s=0.5, acquire_every_s=0.2)
+    return settings
+
+
+async def lease_sql(database_url: str, sql: str, *args: Any) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def alerts_within(database_url: str, tag: str, timeout: float) -> dict[str, int]:
+    """The tag's stored alerts per device, once all COUNT are there or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while len(stored := await stored_alerts(database_url, tag)) < COUNT and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return stored
+
+
+async def alarms_held_by_the_stage(app: Any, pub: Publisher, tag: str) -> None:
+    """Publish COUNT alarms while the alert step waits: committed by the worker, handed to the stage, not stored."""
+    worker = app.state.worker
+    for topic, payload in alarms(tag, COUNT):
+        pub.publish(topic, payload)
+    pub.wait_all()
+    await until_soon(
+        lambda: worker._pending == COUNT and all(b.done for b in worker._order),
+        10,
+        "the alarms committed, their acks waiting for the stage",
+    )
+
+
+async def test_alarms_handed_to_stages_that_lose_the_lease_are_alerts_under_the_next_epoch(database_url: str) -> None:
+    """The lease row is freed under the leader (an operator, a restored backup: the renewal is refused) while its
+    alert step waits with 6 alarms committed by the worker and not stored. The process steps down and, alone,
+    takes the lease again: the 6 alarms must come again to its new stages and be alerts, once each, and the
+    broker must hold nothing for the worker's session. (Before: all 6 acked at the step-down, no alert.)"""
+    tag = uuid.uuid4().hex[:8]
+    with private_mosquitto() as port:
+        settings = fast_lease(database_url, port)
+        app = create_app(settings, embed_ingest=True)
+        pub = Publisher(port)
+        async with app.router.lifespan_context(app):
+            await leading(app)
+            worker, brain, stage = app.state.worker, app.state.node.brain, app.state.alerts
+            epoch = brain.epoch
+            async with stage._lock:  # the step waits: nothing of the alarms is stored
+                await alarms_held_by_the_stage(app, pub, tag)
+                await lease_sql(
+                    database_url,
+                    "UPDATE cluster_lease SET holder = NULL, expires_at = now() WHERE name = $1",
+                    settings.cluster.lease_name,
+                )
+                await until_soon(
+                    lambda: (
+                        brain.epoch is not None
+                        and brain.epoch > epoch
+                        and app.state.alerts is not None
+                        and app.state.alerts is not stage
+                    ),
+                    15,
+                    "the lease lost and taken again",
+                )
+            stored = await alerts_within(database_url, tag, 10.0)
+            assert len(stored) == COUNT, f"{COUNT - len(stored)} of {COUNT} alarms acked and never alerts"
+            assert set(stored.values()) == {1}
+            await until_soon(lambda: worker._pending == 0, 10, "every message acked")
+            assert worker.gate.redeliveries == 1  # the broker sent them again, to the stages of epoch + 1
+        pub.close()
+        assert left_at_broker(port, settings.mqtt.client_id) == []
+
+
+async def test_a_process_whose_lease_another_takes_lets_its_hold_go(database_url: str) -> None:
+    """The same, but another process takes the lease (a row naming it, valid 4 s): its leader never reads this
+    worker's messages, so holding them would only stall this worker's ingest. The hold is let go once the lease
+    is seen held elsewhere (the alarms are acked without alerts: the documented limit of several embedded
+    processes), and the worker reads and acks again while the other leads."""
+    tag = uuid.uuid4().hex[:8]
+    with private_mosquitto() as port:
+        settings = fast_lease(database_url, port)
+        app = create_app(settings, embed_ingest=True)
+        pub = Publisher(port)
+        async with app.router.lifespan_context(app):
+            await leading(app)
+            worker, brain, stage = app.state.worker, app.state.node.brain, app.state.alerts
+            async with stage._lock:
+                await alarms_held_by_the_stage(app, pub, tag)
+                await lease_sql(
+                    database_url,
+                    "UPDATE cluster_lease SET holder = 'another-process', "
+                    "epoch = epoch + 1, expires_at = now() + interval '4 s' WHERE name = $1",
+                    settings.cluster.lease_name,
+                )
+                await until_soon(lambda: brain.epoch is None and brain.lease.elsewhere, 5, "another process leading")
+            await until_soon(lambda: worker._pending == 0, 3, "the held messages let go while another leads")
+            assert brain.epoch is None
+            for topic, payload in alarms(tag + "b", 2):
+                pub.publish(topic, payload)
+            pub.wait_all()
+            await until_soon(
+                lambda: worker._pending == 0 and worker.session.messages_in >= COUNT + 2,
+                3,
+                "later messages stored and acked while another leads",
+            )
+            await until_soon(lambda: brain.epoch is not None, 10, "the lease taken again once it expired")
+        pub.close()
