@@ -1,4 +1,4 @@
-"""WebSocket control frames bounded per connection, below the app (which never sees pings or pongs).
+"""WebSocket control frames and a message's fragments bounded per connection, below the app (which sees neither).
 
 uvicorn answers every ping with a pong at once, written whatever the transport's buffer holds: a screen sending
 pings as fast as its link took them and never reading the pongs grew the server by what it sent (300 MB of pings:
@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 #: Ping and pong frames a connection may send at once, and a second over time.
 CONTROL_BURST = 50
 CONTROL_RATE = 10.0
+#: Frames one message may come in. Every frame costs the event loop its parsing, whatever it carries: a message sent
+#: as 1-byte fragments (13 MB of frames before the 1 MiB message bound ended it) held another client's API call 3.5 s.
+#: Browsers send a message as one frame; libraries fragment only when asked to. Past it: closed with 1009.
+MAX_FRAGMENTS = 256
 
 
 def ws_protocol() -> Any:
@@ -36,6 +40,7 @@ def ws_protocol() -> Any:
         _tokens = float(CONTROL_BURST)
         _tokens_at = 0.0
         _flooded = False
+        _fragments = 0  # frames of the message being received
 
         def _control_frame(self) -> bool:
             """Charge one control frame; False (and the connection closing with 1008) past the budget."""
@@ -48,16 +53,39 @@ def ws_protocol() -> Any:
             if self._tokens >= 1:
                 self._tokens -= 1
                 return True
+            self._refuse(1008, "too many control frames",
+                         f"more than {CONTROL_BURST} control frames at once or {CONTROL_RATE:g} a second")
+            return False
+
+        def _refuse(self, code: int, reason: str, why: str) -> None:
+            """Close the connection with ``code`` (once): frames it sends are no longer handled."""
             self._flooded = True
-            logger.warning("WebSocket from %s closed: more than %d control frames at once or %g a second",
-                           self.client, CONTROL_BURST, CONTROL_RATE)
+            logger.warning("WebSocket from %s closed: %s", self.client, why)
             try:
-                self.conn.send_close(1008, "too many control frames")
+                self.conn.send_close(code, reason)
             except Exception:  # already closing: the transport is closed below all the same
                 self.transport.close()
-                return False
+                return
             self.handle_parser_exception()  # tells the app, writes the close frame, closes the transport
-            return False
+
+        def handle_text(self, event: Any) -> None:
+            self._fragments = 1
+            if not self._flooded:
+                super().handle_text(event)
+
+        def handle_bytes(self, event: Any) -> None:
+            self._fragments = 1
+            if not self._flooded:
+                super().handle_bytes(event)
+
+        def handle_cont(self, event: Any) -> None:
+            if self._flooded:
+                return
+            self._fragments += 1
+            if self._fragments > MAX_FRAGMENTS:
+                self._refuse(1009, "message in too many frames", f"a message in more than {MAX_FRAGMENTS} frames")
+                return
+            super().handle_cont(event)
 
         def handle_ping(self) -> None:
             if self._control_frame():

@@ -16,9 +16,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ import websockets
 from ingest import contract as c
 from ingest.records import ParsedMessage, Snapshot
 from ioc.analytics_stage import SNAPSHOTS_APART, SNAPSHOTS_STUCK, AnalyticsStage
+from ioc.api import ws_guard
 from ioc.live.hub import LiveHub
 from storage.config import StorageConfig
 from storage.db import create_pool
@@ -43,6 +46,7 @@ from tests.conftest import ingest_env, own_database
 from tests.integration.test_camera_shard_rebuild import camera_on, feed
 from tests.support.auth import make_token_sync
 from tests.support.corpus import now_ms
+from tests.support.guarded_uvicorn import serve_guarded
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import ServeProcess, wait_until
 from tests.unit.test_camera_analyser import T0, Road, jpeg
@@ -301,3 +305,70 @@ def test_the_camera_shards_decoder_refuses_pictures_beyond_the_caps_by_itself() 
         assert shard.submit(decode_raw, _scene(0)).result(60) == "decoded (360, 640)"
     finally:
         shard.shutdown()
+
+
+def _frame(opcode: int, payload: bytes, fin: bool) -> bytes:
+    """One masked client frame (payloads under 126 bytes)."""
+    mask = os.urandom(4)
+    return (
+        bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)])
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
+
+
+def _fragments(port: int, pieces: list[bytes]) -> tuple[float, bytes]:
+    """Upgrade, send one text message in ``pieces`` (a frame each), then read until closed or 5 s: (seconds, read)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1024)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    wire = b"".join(_frame(1 if i == 0 else 0, p, i == len(pieces) - 1) for i, p in enumerate(pieces))
+    began, read = time.monotonic(), head.split(b"\r\n\r\n", 1)[1]
+    try:
+        sock.sendall(wire)
+        while chunk := sock.recv(65536):
+            read += chunk
+            if read[:1] == b"\x81" and len(read) >= 2 + read[1]:  # the echo, whole
+                break
+    except OSError:  # reset: closed by the server while we sent
+        pass
+    finally:
+        sock.close()
+    return time.monotonic() - began, read
+
+
+async def test_a_message_in_countless_fragments_closes_its_connection_and_no_other() -> None:
+    """Each WebSocket frame costs the event loop its parsing, whatever it carries: one message sent as 1-byte
+    fragments (13 MB of them before the 1 MiB message bound closed it) held another client's API call 3.5 s.
+    A message may come in ``MAX_FRAGMENTS`` frames; past them its connection is closed with 1009."""
+    ends: list[Any] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                ends.append(message.get("code"))
+                return
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+    async with serve_guarded(app) as port:
+        took, read = await asyncio.to_thread(_fragments, port, [b'{"a":', b" 1", b"}"] + [b" "] * 20)
+        assert read.startswith(b"\x81") and read[2:].startswith(b'{"a": 1}'), read[:40]  # a few: taken whole
+        took, read = await asyncio.to_thread(_fragments, port, [b"["] + [b" "] * (4 * ws_guard.MAX_FRAGMENTS))
+        assert read[:1] == b"\x88" and int.from_bytes(read[2:4], "big") == 1009, read[:40]
+        assert took < 5
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as other:
+            await other.send("served")
+            assert await asyncio.wait_for(other.recv(), 5) == "served"
+    assert 1009 in ends, ends  # the app is told
