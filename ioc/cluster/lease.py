@@ -25,6 +25,15 @@ logger = logging.getLogger(__name__)
 
 Callback = Callable[[int], Awaitable[None]]
 
+#: A missing lease row (deleted by hand, a table recreated) comes back above every epoch the brain recorded: the
+#: action worker and the dispatcher judge rows by "taken by an older epoch", so an epoch that went back to 1
+#: left an officer's action taken by epoch 5 pending for good, and older claims held (tests/integration/
+#: test_ha_redteam.py). Only evaluated when the row is missing.
+RECREATE = (
+    "INSERT INTO cluster_lease (name, epoch) SELECT $1, greatest(0, (SELECT max(epoch) FROM cluster_actions), "
+    "(SELECT max(claim_epoch) FROM notifications)) WHERE NOT EXISTS (SELECT 1 FROM cluster_lease WHERE name = $1) "
+    "ON CONFLICT DO NOTHING")
+
 
 class Lease:
     """Competes for, holds and renews one lease; calls back on gain and on loss.
@@ -129,6 +138,7 @@ class Lease:
         sent = time.monotonic()
         try:
             conn = await self._connect()
+            await conn.execute(RECREATE, self.name)
             epoch = await sql.try_acquire(conn, self.name, self.holder, self.config.lease_ttl_s)
         except asyncpg.UndefinedTableError:
             if not self._told_schema:

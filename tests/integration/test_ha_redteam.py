@@ -13,15 +13,26 @@ import functools
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
 import pytest
 
+from ioc.alerts.model import Changes
 from ioc.api.app import create_app
+from ioc.cluster import actions
 from ioc.cluster.config import ClusterConfig
+from ioc.geo import City
 from ioc.settings import Settings
+from storage.config import StorageConfig
+from storage.db import create_pool
 from tests.conftest import own_database
+from tests.integration.test_cluster_actions import _alarm as alarm
+from tests.integration.test_cluster_actions import _lease as lease_of
+from tests.integration.test_cluster_actions import _observe as observe
+from tests.integration.test_cluster_actions import _stage as stage_of
 from tests.integration.test_embedded_ingest_acks import (
     alarms,
     embedded_settings,
@@ -153,3 +164,49 @@ async def test_a_process_whose_lease_another_takes_lets_its_hold_go(database_url
             )
             await until_soon(lambda: brain.epoch is not None, 10, "the lease taken again once it expired")
         pub.close()
+
+
+async def test_an_action_taken_before_the_lease_row_vanished_is_applied_by_the_next_leader(database_url: str) -> None:
+    """The lease row is deleted (an operator clearing a "stuck" lease) while the leader of epoch 5 has taken an
+    officer's acknowledgement and not stored it. The row comes back at epoch 0, so the next leader led epoch 1,
+    and its action worker took the action, taken by epoch 5, for one of its own (``epoch >= mine``): never
+    applied, the officer answered 503. Epochs must never go back: the next leader's epoch is above 5."""
+    cfg = ClusterConfig(lease_name=f"redteam-{uuid.uuid4().hex[:8]}", lease_ttl_s=30.0, renew_every_s=1.0)
+    pool = await create_pool(database_url, StorageConfig(), max_size=4)
+    city = City.load()
+    old, new = lease_of(database_url, cfg, "old"), lease_of(database_url, cfg, "new")
+    device = f"BTS-{uuid.uuid4().hex[:8]}"
+    try:
+        await lease_sql(database_url, "INSERT INTO cluster_lease (name, epoch) VALUES ($1, 4)", cfg.lease_name)
+        assert await old.acquire_once() and old.epoch == 5  # four leaders before it
+        first = await stage_of(pool, city, old)
+        await observe(first, [alarm(device, datetime.now(UTC))])
+        (inc,) = [i for i in first.engine.incidents.values() if device in first.incident_view(i)["devices"]]
+        fenced = first.guard
+        assert fenced is not None
+
+        async def row_deleted_then_fenced(conn: Any, ch: Changes) -> None:
+            if ch.actions:  # applied in memory, not stored: the row vanishes and another process leads
+                await lease_sql(database_url, "DELETE FROM cluster_lease WHERE name = $1", cfg.lease_name)
+                assert await new.acquire_once()
+            await fenced(conn, ch)
+
+        first.guard = row_deleted_then_fenced
+        replica = SimpleNamespace(
+            alerts=None, pool=pool, process_id="api-redteam", cluster=ClusterConfig(action_timeout_s=15.0)
+        )
+        answer = asyncio.create_task(actions.apply(replica, "ack", inc.id, "officer-an", "on my way"))
+        w_old = actions.ActionWorker(database_url, pool, first, int(old.epoch or 0))
+        while not await w_old.run_once():
+            await asyncio.sleep(0.05)
+        assert new.epoch is not None and new.epoch > 5, f"epoch went back to {new.epoch}"
+        second = await stage_of(pool, city, new)
+        w_new = actions.ActionWorker(database_url, pool, second, new.epoch)
+        assert await w_new.run_once() == 1, "the action taken by the lost epoch is not taken again"
+        view = await asyncio.wait_for(answer, 15)
+        assert view["state"] == "acknowledged"
+        await second.act("resolve", inc.id, "officer-an", "test over")
+    finally:
+        await old.close()
+        await new.close()
+        await pool.close()
