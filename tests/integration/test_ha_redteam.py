@@ -28,7 +28,7 @@ from ioc.geo import City
 from ioc.settings import Settings
 from storage.config import StorageConfig
 from storage.db import create_pool
-from tests.conftest import own_database
+from tests.conftest import create_database, own_database
 from tests.integration.test_cluster_actions import _alarm as alarm
 from tests.integration.test_cluster_actions import _lease as lease_of
 from tests.integration.test_cluster_actions import _observe as observe
@@ -41,7 +41,7 @@ from tests.integration.test_embedded_ingest_acks import (
     stored_alerts,
 )
 from tests.support.mqtt import Publisher
-from tests.support.services import private_mosquitto
+from tests.support.services import private_mosquitto, private_postgres
 from tests.support.tasks import until
 
 pytestmark = pytest.mark.integration
@@ -210,3 +210,33 @@ async def test_an_action_taken_before_the_lease_row_vanished_is_applied_by_the_n
         await old.close()
         await new.close()
         await pool.close()
+
+
+async def test_alarms_in_flight_when_the_database_restarts_under_an_embedded_leader_are_alerts(
+    database_url: str,
+) -> None:
+    """PostgreSQL (a private one) stops for longer than the lease's life while 6 alarms are committed and the
+    alert step has not stored them: the lone process cannot renew, steps down, and takes the lease again once the
+    database is back. The 6 alarms must be alerts once each, nothing left at the broker."""
+    tag = uuid.uuid4().hex[:8]
+    with private_postgres() as pg, private_mosquitto() as port:
+        dsn = await create_database(pg.dsn)
+        settings = fast_lease(dsn, port)
+        app = create_app(settings, embed_ingest=True)
+        pub = Publisher(port)
+        async with app.router.lifespan_context(app):
+            await leading(app)
+            worker, brain, stage = app.state.worker, app.state.node.brain, app.state.alerts
+            epoch = brain.epoch
+            async with stage._lock:
+                await alarms_held_by_the_stage(app, pub, tag)
+                await asyncio.to_thread(pg.stop)
+            await until(lambda: brain.epoch is None, 10, "the leader stepped down: the lease not renewed")
+            await asyncio.to_thread(pg.start)
+            await until(lambda: brain.epoch is not None and brain.epoch > epoch, 15, "the lease taken again")
+            stored = await alerts_within(dsn, tag, 10.0)
+            assert len(stored) == COUNT, f"{COUNT - len(stored)} of {COUNT} alarms acked and never alerts"
+            assert set(stored.values()) == {1}
+            await until_soon(lambda: worker._pending == 0, 10, "every message acked")
+        pub.close()
+        assert left_at_broker(port, settings.mqtt.client_id) == []
