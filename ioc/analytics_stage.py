@@ -299,7 +299,6 @@ class AnalyticsStage(StageState):
             self._analysing[key] = left
         if generation == self._generation[shard]:  # else counted by a dead executor: reset at the rebuild
             self._inflight[shard] -= 1
-            self.watch.finished(shard)
         if fut.cancelled():  # the shard was shut down with it queued
             return
         try:

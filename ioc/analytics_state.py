@@ -21,6 +21,7 @@ from analytics.numeric.device_state import gather, pack, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ingest.errors import read_until_answered
 from ioc import camera_shards
+from ioc.camera_watch import ShardWatch
 from storage.writes import (
     FindingRow,
     load_series_states,
@@ -51,12 +52,19 @@ class StageState:
     camera_state_max_age_s: float
     guard: Callable[[Any, list[FindingRow] | None], Awaitable[None]] | None
     _shards: list[ProcessPoolExecutor]
+    watch: ShardWatch
     _lock: threading.Lock
     _save_lock: asyncio.Lock
     _received: bool
 
     def _shard_dead(self, shard: int) -> bool:
         raise NotImplementedError  # the stage's
+
+    def _shard_job(self, shard: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run one of the stage's own jobs on a camera shard, known to the shard watch (never judged stuck)."""
+        fut = asyncio.get_running_loop().run_in_executor(self._shards[shard], fn, *args)
+        self.watch.submitted(shard, None, fut)
+        return fut
 
     async def load(self) -> None:
         """Restore the learned state, if any: the numeric monitor's, device by device (a restart does not relearn
@@ -90,10 +98,9 @@ class StageState:
         if not cameras or not self._shards:
             return
         per_shard = camera_shards.split_saved(cameras, len(self._shards))
-        loop = asyncio.get_running_loop()
         try:
-            restored = sum(await asyncio.gather(*(loop.run_in_executor(shard, camera_shards.import_states, items)
-                                                  for shard, items in zip(self._shards, per_shard, strict=True))))
+            restored = sum(await asyncio.gather(*(self._shard_job(i, camera_shards.import_states, items)
+                                                  for i, items in enumerate(per_shard))))
             logger.info("camera analysers restored: %d of %d saved", restored, len(cameras))
         except Exception as err:
             logger.warning("camera analysers not restored (%s); cameras learn their scenes afresh", err)
@@ -174,10 +181,9 @@ class StageState:
             await self._save_cameras()
 
     async def _save_cameras(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            parts = await asyncio.gather(*(loop.run_in_executor(shard, camera_shards.export_states)
-                                           for i, shard in enumerate(self._shards) if not self._shard_dead(i)))
+            parts = await asyncio.gather(*(self._shard_job(i, camera_shards.export_states)
+                                           for i in range(len(self._shards)) if not self._shard_dead(i)))
             rows = camera_shards.scene_rows(parts)
             if rows:
                 async with self.pool.acquire(timeout=5) as conn, conn.transaction():

@@ -28,13 +28,16 @@ class ShardWatch:
 
     def __init__(self, shards: int, stuck_s: float = SNAPSHOT_STUCK_S, apart_s: float = APART_S) -> None:
         self.stuck_s, self.apart_s = stuck_s, apart_s
-        self._queued: list[deque[tuple[float, str, asyncio.Future[Any]]]] = [deque() for _ in range(shards)]
+        self._queued: list[deque[tuple[float, str | None, asyncio.Future[Any]]]] = [deque() for _ in range(shards)]
         self._free_at = [0.0] * shards  # when the shard last finished a snapshot
         self._apart: dict[str, float] = {}  # camera -> until when (monotonic) its snapshots are skipped
 
-    def submitted(self, shard: int, device_id: str, fut: asyncio.Future[Any], now: float | None = None) -> None:
-        """A snapshot of ``device_id`` was handed to ``shard``."""
+    def submitted(self, shard: int, device_id: str | None, fut: asyncio.Future[Any], now: float | None = None) -> None:
+        """A snapshot of ``device_id`` was handed to ``shard``; ``None``: one of the stage's own jobs (saving or
+        restoring scenes: as long as the cameras are many, never judged; what waits behind it is judged from its end).
+        """
         self._queued[shard].append((time.monotonic() if now is None else now, device_id, fut))
+        fut.add_done_callback(lambda _: self.finished(shard))
 
     def finished(self, shard: int, now: float | None = None) -> None:
         """A snapshot of ``shard`` is done (a result, an error): the next one starts now."""
@@ -51,10 +54,10 @@ class ShardWatch:
         for shard, queue in enumerate(self._queued):
             while queue and queue[0][2].done():
                 queue.popleft()
-            if queue:
+            if queue and queue[0][1] is not None:
                 busy = now - max(queue[0][0], self._free_at[shard])
                 if busy > self.stuck_s:
-                    out.append((shard, queue[0][1], busy))
+                    out.append((shard, str(queue[0][1]), busy))
         return out
 
     def set_apart(self, device_id: str, now: float | None = None) -> None:

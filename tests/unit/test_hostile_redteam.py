@@ -9,6 +9,7 @@ the shard watch (``ioc/camera_watch.py``).
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import cv2
@@ -98,6 +99,16 @@ async def test_the_shard_watch_names_a_shard_busy_too_long_with_one_snapshot() -
     assert watch.apart("cam-b", now=600.0) and not watch.apart("cam-a", now=600.0)
     assert not watch.apart("cam-b", now=657.0)
     second.cancel()
+    # the stage's own jobs (saving the scenes of thousands of cameras may take long) are never judged
+    saving, behind = loop.create_future(), loop.create_future()
+    watch.submitted(1, None, saving, now=1000.0)
+    watch.submitted(1, "cam-c", behind, now=1000.0)
+    assert watch.stuck(now=2000.0) == []
+    saving.set_result([])
+    await asyncio.sleep(0)  # its end is noted as it comes: the camera behind it is judged from there
+    assert watch.stuck(now=time.monotonic() + 29) == []
+    assert [s for s, _, _ in watch.stuck(now=time.monotonic() + 31)] == [1]
+    behind.cancel()
 
 
 def hidden_frame(width: int, height: int, lead: bytes = b"\xff\x00") -> bytes:
