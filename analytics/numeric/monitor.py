@@ -16,7 +16,7 @@ from analytics.numeric.bank import SeriesBank
 from analytics.numeric.config import DetectorConfig
 from analytics.numeric.explain import duration, explain, label
 from analytics.numeric.rules import MAINS, DomainRules, infer_kind, utc
-from analytics.numeric.table import SeriesTable, sorted_unique
+from analytics.numeric.table import SeriesTable
 from ingest.contract import METRIC_RANGES
 
 logger = logging.getLogger(__name__)
@@ -144,13 +144,14 @@ class NumericMonitor:
         before = save_tiers.watch(self.bank.F, self.table, rows)
         res = self.bank.update(rows, ts, values)
         self._remember(rows, ts, values, res)
-        self.dirty.update(sorted_unique(self.table.dev[rows]).tolist())
+        self.dirty.update(self.table.devices_of(rows).tolist())
         out = self._bank_findings(rows, ts, values, res)
         ruled = self.rules.apply(self.table, rows, ts) + self.rules.frozen(self.table, self.bank.F, rows)
         hit = {(f.device_id, f.series) for f in ruled}
         ruled_rows = [self.table.keys.get((f.device_id, f.series), -1) for f in ruled]
         self.urgent.update(save_tiers.consequential(before, self.bank.F, self.table, self.config, self.marks,
-                                                    np.r_[rows[res.fired | res.record], ruled_rows]))
+                                                    np.concatenate([rows[res.fired | res.record],
+                                                                    np.array(ruled_rows, dtype=np.intp)])))
         if self.rules.frozen_ended:  # an episode's end is saved as soon as its start was
             self.urgent |= self.rules.frozen_ended
             self.rules.frozen_ended = set()

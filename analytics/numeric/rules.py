@@ -151,7 +151,7 @@ class DomainRules:
         cfg, n = self.cfg, len(table)
         if n == 0 or len(rows) == 0:
             return []
-        touched = sorted_unique(table.dev[rows])
+        touched = table.devices_of(rows)
         mine_all, at = table.rows_of(touched)  # every series of the touched devices (not only those just read)
         lively = (F[mine_all, kernel.REP] < cfg.frozen_rep) & (F[mine_all, kernel.N] >= cfg.warmup)
         still = lively & (F[mine_all, kernel.RUN] >= cfg.frozen_run)
@@ -190,17 +190,22 @@ class DomainRules:
         lately = np.flatnonzero(flag >= now - 4 * cfg.rule_window_s)
         recent = flag[lately] >= now - cfg.rule_window_s
         grp, kcode, dev = table.grp[:n][lately], table.kcode[:n][lately], table.dev[:n][lately]
+        flagged = set(grp.tolist())
+        of_kind = {kind: kcode == code for kind, code in KIND_CODES.items()}
         for g in groups:
-            members = grp == g
+            members = grp == g if g in flagged else None  # None: no series of the group flagged lately
             for kind, ftype, what in (("bts", "group_outage", "BTS failing"),
                                       ("traffic", "group_slowdown", "traffic sensors slowing")):
-                is_kind = members & (kcode == KIND_CODES[kind])
-                if not is_kind.any():
+                is_kind = None if members is None else members & of_kind[kind]
+                if is_kind is None or not is_kind.any():
                     if (g, kind) in self.group_active:  # over once all have been back for a while
                         self.group_active.discard((g, kind))
                         self.group_changes += 1
                     continue
-                hit_devs = np.unique(dev[is_kind & recent])
+                flagged_now = dev[is_kind & recent]
+                if len(flagged_now) < cfg.group_min_devices:  # fewer series, so fewer devices, than needed
+                    continue
+                hit_devs = np.unique(flagged_now)
                 hit = len(hit_devs)
                 if hit < cfg.group_min_devices:
                     continue

@@ -107,7 +107,7 @@ def consequential(before: Before, F: np.ndarray, table: SeriesTable, cfg: Detect
     rec = F[ur[:, None], _RECORD_COLS]
     step, level = _cusum(F, ur, cfg)
     moved = (
-        np.isin(ur, hit)
+        (np.isin(ur, hit) if len(hit) else np.zeros(len(ur), dtype=bool))
         | (F[ur[:, None], _HOLD_COLS] != before.hold).any(axis=1)
         | ((F[ur, kernel.N] < F[ur, kernel.HOLD]) != before.holding)
         | marks.rise(ur, step, level)
@@ -115,7 +115,7 @@ def consequential(before: Before, F: np.ndarray, table: SeriesTable, cfg: Detect
         | (table.silent[ur] != before.silent)
         | ~_same(_facts(table, ur), before.facts).all(axis=1)
     )
-    return np.unique(table.dev[ur[moved]]).tolist()
+    return table.devices_of(ur[moved]).tolist()
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -103,6 +103,12 @@ class SeriesTable:
             self.partner[other] = row
         return row
 
+    def devices_of(self, rows: np.ndarray) -> np.ndarray:
+        """``np.unique(self.dev[rows])``: the devices of ``rows``, ascending."""
+        seen = np.zeros(len(self.device_kind), dtype=bool)
+        seen[self.dev[rows]] = True
+        return np.flatnonzero(seen)
+
     def rows_of(self, devices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every row of each of ``devices`` (device indices, distinct), grouped by device in the order given and
         ascending within a device; and the position in ``devices`` of each row's device."""
