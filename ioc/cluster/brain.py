@@ -429,7 +429,7 @@ class Brain:
                 await self.input.drain()  # no longer renewed while stopping)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.input.stop(), 2)
-            if clean and self.discard_session:
+            if clean and self.discard_session and not await self._candidate_beside():
                 await asyncio.to_thread(self.input.discard)
         if clean:
             if self.alerts is not None:
@@ -454,6 +454,19 @@ class Brain:
         self.input = self.findings = None
         self.epoch = None
         logger.warning("brain stopped (epoch %d, %s)", epoch, "clean shutdown" if clean else "lease lost")
+
+
+    async def _candidate_beside(self) -> bool:
+        """Another candidate for this lease is alive (heartbeat within three of ours): it resumes the brain session,
+        so a lone ``all`` process's discard must not end it (what was not settled would be lost with it)."""
+        try:
+            async with self.state.pool.acquire(timeout=2) as conn:
+                rows = await sql.members(conn, 3 * self.settings.cluster.heartbeat_s)
+        except Exception as err:  # unsure: keep the session (it expires on its own) rather than lose its messages
+            logger.warning("brain candidates not read (%s); the brain session is kept", err)
+            return True
+        return any(r["process_id"] != self.process_id and r["role"] in ("brain", "all")
+                   and (r["detail"] or {}).get("lease") == self.lease.name for r in rows)
 
 
 def _task_ended(task: asyncio.Task[Any]) -> None:

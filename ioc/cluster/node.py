@@ -71,7 +71,8 @@ class Node:
         if role in ("brain", "all") and (settings.alerts.enabled or settings.analytics.enabled):
             # In "all" the hub has its own feed (the plain live subscription or the embedded worker).
             # A lone "all" process (demo, tests, a small site) ends its broker session at a clean shutdown, else
-            # the broker queues everything for it until the session expires; brain candidates keep it for the next.
+            # the broker queues everything for it until the session expires; brain candidates keep it for the next,
+            # and so does an "all" process with another candidate for its lease alive (Brain._candidate_beside).
             self.brain = Brain(state, settings, self.process_id, own_input=not embedded_ingest,
                                feed_hub=role == "brain" and not embedded_ingest, discard_session=role == "all")
         # Embedded ingest: the worker's acks wait for the brain's stages as the brain session's would
@@ -138,7 +139,7 @@ class Node:
             detail["live_input_lag_s"] = self.live_lag_s
             detail["live_last_message_age_s"] = round(time.monotonic() - self._live_at, 3)
         if brain is not None:
-            detail["takeovers"] = brain.lease.takeovers
+            detail["takeovers"], detail["lease"] = brain.lease.takeovers, brain.lease.name
             if brain.actions is not None:
                 detail["actions_applied"] = brain.actions.applied
         async with self.state.pool.acquire(timeout=5) as conn:

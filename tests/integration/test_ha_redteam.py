@@ -69,10 +69,10 @@ async def lease_sql(database_url: str, sql: str, *args: Any) -> None:
         await conn.close()
 
 
-async def alerts_within(database_url: str, tag: str, timeout: float) -> dict[str, int]:
-    """The tag's stored alerts per device, once all COUNT are there or after ``timeout``."""
+async def alerts_within(database_url: str, tag: str, timeout: float, count: int = COUNT) -> dict[str, int]:
+    """The tag's stored alerts per device, once all ``count`` are there or after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while len(stored := await stored_alerts(database_url, tag)) < COUNT and time.monotonic() < deadline:
+    while len(stored := await stored_alerts(database_url, tag)) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     return stored
 
@@ -240,3 +240,42 @@ async def test_alarms_in_flight_when_the_database_restarts_under_an_embedded_lea
             await until_soon(lambda: worker._pending == 0, 10, "every message acked")
         pub.close()
         assert left_at_broker(port, settings.mqtt.client_id) == []
+
+
+async def test_a_clean_handover_between_two_all_processes_keeps_the_brain_session(database_url: str) -> None:
+    """Two ``ioc serve`` processes of the default role ``all`` (no embedded ingest: the brain's own session). The
+    leader stops cleanly while 3 alarms it read are not stored (its alert step waits): it acks what settles in
+    3 s and leaves the rest at the broker for the next leader. But a lone ``all`` process ends its broker session
+    at a clean stop, and so did this one with a standby beside it: the standby started a fresh session and the 3
+    alarms were never alerts. With another candidate alive for the same lease, the session is kept."""
+    tag = uuid.uuid4().hex[:8]
+    with private_mosquitto() as port:
+        settings = fast_lease(database_url, port)
+        settings.cluster = ClusterConfig(
+            lease_name=f"all-{tag}", lease_ttl_s=3.0, renew_every_s=0.5, acquire_every_s=0.2, heartbeat_s=0.5
+        )
+        pub = Publisher(port)
+        first, second = create_app(settings, role="all"), create_app(settings, role="all")
+        leading_cm: Any = first.router.lifespan_context(first)
+        await leading_cm.__aenter__()  # the leader; its stop below is the clean handover
+        try:
+            await until(lambda: first.state.alerts is not None and first.state.alerts.loaded, 20, "the leader")
+            brain = first.state.node.brain
+            await until(lambda: brain.input is not None and brain.input.session.is_connected, 10, "its session")
+            async with second.router.lifespan_context(second):
+                stage = first.state.alerts
+                await stage._lock.acquire()  # the step waits: the alarms stay unstored through the drain
+                for topic, payload in alarms(tag, 3):
+                    pub.publish(topic, payload)
+                pub.wait_all()
+                await until_soon(lambda: brain.input.seq >= 3, 10, "the alarms read by the leader")
+                await asyncio.sleep(1.0)  # both heartbeats written
+                cm, leading_cm = leading_cm, None
+                await cm.__aexit__(None, None, None)
+                await until(lambda: second.state.alerts is not None and second.state.alerts.loaded, 10, "takeover")
+                stored = await alerts_within(database_url, tag, 10.0, count=3)
+                assert len(stored) == 3, f"{3 - len(stored)} of 3 alarms read by the old leader never alerts"
+        finally:
+            if leading_cm is not None:
+                await leading_cm.__aexit__(None, None, None)
+        pub.close()
