@@ -46,10 +46,10 @@ SNAPSHOTS_REPEATED = Counter("ioc_analytics_snapshots_repeated", "Snapshots not 
                              "camera's analyser took lately, or no newer than its last one (a redelivery)")
 SNAPSHOTS_REFUSED = Counter("ioc_analytics_snapshots_refused", "Snapshots not decoded: picture beyond the size caps")
 SHARD_REBUILDS = Counter("ioc_analytics_shard_rebuilds", "Camera shard processes found dead and rebuilt")
-SNAPSHOTS_STUCK = Counter("ioc_analytics_snapshots_stuck", "Snapshots analysed for longer than the bound: their shard "
-                          "was stopped and rebuilt, their camera set apart (ioc/camera_watch.py)")
-SNAPSHOTS_APART = Counter("ioc_analytics_snapshots_apart", "Snapshots not analysed: their camera's picture stalled a "
-                          "shard lately")
+SNAPSHOTS_STUCK = Counter("ioc_analytics_snapshots_stuck", "Snapshots analysed for longer than the bound, or at a "
+                          "second death of their shard: their camera set apart (ioc/camera_watch.py)")
+SNAPSHOTS_APART = Counter("ioc_analytics_snapshots_apart", "Snapshots not analysed: their camera's pictures stalled "
+                          "or crashed a shard lately")
 __all__ = ["SERIES_SCOPE", "STALE_STATE_NAME", "STATE_NAME", "AnalyticsStage"]  # the names moved keep their home
 
 class AnalyticsStage(StageState):
@@ -162,6 +162,11 @@ class AnalyticsStage(StageState):
         """Replace a dead shard's executor (in a task on the running loop), once."""
         if shard not in self._rebuilding:
             logger.error("camera shard %d: its process died; rebuilding it", shard)
+            again = self.watch.died(shard)
+            if again is not None:
+                SNAPSHOTS_STUCK.inc()
+                logger.error("camera %s: its snapshot was being analysed at two deaths of shard %d; its snapshots "
+                             "are not analysed for %.0f s", again, shard, self.watch.apart_s)
             self._rebuilding[shard] = asyncio.get_running_loop().create_task(self._rebuild(shard))
 
     async def _rebuild(self, shard: int) -> None:

@@ -7,6 +7,9 @@ shard, and in embedded mode every ack behind it, so ingest stopped reading. What
 shard has been working on for longer than ``stuck_s`` ends the shard's process: the stage rebuilds it as it
 rebuilds a dead one (its cameras' saved scenes restored), and that camera's snapshots are not analysed for
 ``apart_s`` (a camera sending such a picture every few seconds would otherwise stop its shard again and again).
+A shard whose process dies (a crash in native code, the OOM killer) is rebuilt by the stage; a camera whose
+snapshot was being analysed at two deaths of its shard within ``apart_s`` is set apart too (one death may be
+anyone's: the OOM killer picks by size).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 #: A snapshot normally takes 10-100 ms; a shard's queue holds at most 32 (``max_inflight_per_shard``). Counted
@@ -31,6 +35,7 @@ class ShardWatch:
         self._queued: list[deque[tuple[float, str | None, asyncio.Future[Any]]]] = [deque() for _ in range(shards)]
         self._free_at = [0.0] * shards  # when the shard last finished a snapshot
         self._apart: dict[str, float] = {}  # camera -> until when (monotonic) its snapshots are skipped
+        self._died_on: dict[str, float] = {}  # camera -> when its snapshot was being analysed as its shard died
 
     def submitted(self, shard: int, device_id: str | None, fut: asyncio.Future[Any], now: float | None = None) -> None:
         """A snapshot of ``device_id`` was handed to ``shard``; ``None``: one of the stage's own jobs (saving or
@@ -59,6 +64,27 @@ class ShardWatch:
                 if busy > self.stuck_s:
                     out.append((shard, str(queue[0][1]), busy))
         return out
+
+    def died(self, shard: int, now: float | None = None) -> str | None:
+        """``shard``'s process died: the camera whose snapshot it was analysing, if that is the second time within
+        ``apart_s`` (then set apart), else None."""
+        now = time.monotonic() if now is None else now
+        for _, device_id, fut in self._queued[shard]:
+            if device_id is None or (
+                fut.done() and (fut.cancelled() or not isinstance(fut.exception(), BrokenProcessPool))
+            ):
+                continue  # the stage's own job, or a snapshot done before the death
+            if self.apart(device_id, now):
+                return None  # set apart already (stopped by the watch for being stuck)
+            before = self._died_on.get(device_id)
+            self._died_on[device_id] = now
+            if len(self._died_on) > 10_000:  # bounded: the oldest go first
+                del self._died_on[next(iter(self._died_on))]
+            if before is not None and now - before < self.apart_s:
+                self.set_apart(device_id, now)
+                return device_id
+            return None
+        return None
 
     def set_apart(self, device_id: str, now: float | None = None) -> None:
         """Leave ``device_id``'s snapshots out for ``apart_s``."""

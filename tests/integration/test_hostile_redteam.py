@@ -372,3 +372,51 @@ async def test_a_message_in_countless_fragments_closes_its_connection_and_no_oth
             await other.send("served")
             assert await asyncio.wait_for(other.recv(), 5) == "served"
     assert 1009 in ends, ends  # the app is told
+
+
+async def test_a_camera_in_flight_at_two_deaths_of_its_shard_is_set_apart(database_url: str) -> None:
+    """A picture that crashes the decoder would have its shard rebuilt again and again (a growing pause up to 60 s,
+    every camera of the shard skipped meanwhile). Its camera is set apart at the second death it was in flight at;
+    one death alone (the OOM killer may pick a shard for its size) sets no one apart."""
+    pool = await create_pool(database_url, StorageConfig(), max_size=2)
+    stage = AnalyticsStage(LiveHub(), pool, camera_processes=1)
+    labels: dict[str, list[str]] = {}
+    stage.on_health = lambda dev, label, conf, ts: labels.setdefault(dev, []).append(label)
+    road = Road(6)
+    calm, crasher = camera_on(stage, 0), camera_on(stage, 0)
+    loop = asyncio.get_running_loop()
+
+    async def crash_with(at: int) -> None:
+        """The crasher's picture stamped ``at`` s after T0 is in flight when the shard's process dies."""
+        pid = next(iter(stage._shards[0]._processes))
+        os.kill(pid, signal.SIGSTOP)
+        stage.on_parsed(
+            ParsedMessage(
+                [Snapshot(crasher, "camera", T0 + timedelta(seconds=at), jpeg(road.frame(at % 40)), 640, 360)], []
+            )
+        )
+        os.kill(pid, signal.SIGKILL)
+        deadline = loop.time() + 30
+        while not stage.health_problems():
+            assert loop.time() < deadline, "dead shard not noticed"
+            stage.watch_shards()
+            await asyncio.sleep(0.05)
+        while stage.health_problems():
+            assert loop.time() < deadline, f"dead shard not rebuilt: {stage.health_problems()}"
+            stage.watch_shards()  # as the stage's loop does each second
+            await asyncio.sleep(0.05)
+
+    try:
+        assert await feed(stage, labels, calm, jpeg(road.frame(0)), 1) == ["ok"]
+        apart = SNAPSHOTS_APART._value.get()
+        await crash_with(5)
+        assert await feed(stage, labels, crasher, jpeg(road.frame(2)), 1, timeout_s=30)  # one death: still analysed
+        await crash_with(20_000)  # after the picture feed() stamped T0 + 10,000 s
+        assert await feed(stage, labels, calm, jpeg(road.frame(4)), 1, timeout_s=30) == ["ok"]
+        stage.on_parsed(
+            ParsedMessage([Snapshot(crasher, "camera", T0 + timedelta(days=2), jpeg(road.frame(5)), 640, 360)], [])
+        )
+        assert SNAPSHOTS_APART._value.get() == apart + 1
+    finally:
+        stage.close()
+        await pool.close()

@@ -172,3 +172,29 @@ async def test_ingest_stops_reading_when_the_unacked_payloads_pass_their_byte_bo
     worker._order[0].done = True  # committed: acked, the bytes are let go
     worker._ack_in_order()
     assert worker.session._reading and worker._pending == 0 and worker._pending_bytes == 0
+
+
+async def test_the_shard_watch_sets_apart_a_camera_in_flight_at_two_deaths_of_its_shard() -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    loop = asyncio.get_running_loop()
+    watch = ShardWatch(1, apart_s=600.0)
+
+    def death(now: float, *done_first: str) -> str | None:
+        for cam in done_first:  # analysed before the death
+            ok = loop.create_future()
+            ok.set_result(None)
+            watch.submitted(0, cam, ok, now=now)
+        watch.submitted(0, None, loop.create_future(), now=now)  # the stage's own job: never blamed
+        lost = loop.create_future()
+        lost.set_exception(BrokenProcessPool("died"))
+        watch.submitted(0, "cam-x", lost, now=now)
+        found = watch.died(0, now=now)
+        watch.reset(0)
+        return found
+
+    assert death(0.0, "cam-a") is None  # once: anyone's
+    assert not watch.apart("cam-x", now=1.0)
+    assert death(700.0, "cam-b") is None  # again, but more than apart_s later
+    assert death(800.0) == "cam-x" and watch.apart("cam-x", now=801.0)
+    assert not watch.apart("cam-a", now=801.0) and not watch.apart("cam-b", now=801.0)
