@@ -204,11 +204,16 @@ class MqttSession:
         self._client.disconnect()
         self._flush_writes()
 
-    async def stop(self) -> None:
-        """Disconnect cleanly (the broker keeps the session and unacked messages)."""
+    async def stop(self, session_expiry_s: int | None = None) -> None:
+        """Disconnect cleanly (the broker keeps the session and unacked messages); ``session_expiry_s``: for how
+        long from now, when not as long as the connection asked for (MQTT 5 sets it at the DISCONNECT)."""
         self._stopping = True
         if self._sock is not None:
-            self._client.disconnect()
+            props = None
+            if session_expiry_s is not None and self.options.session_expiry_s > 0:  # 0 at CONNECT may not grow
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = session_expiry_s
+            self._client.disconnect(properties=props)
             self._flush_writes()
         self._lost.set()
 

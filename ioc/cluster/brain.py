@@ -197,8 +197,8 @@ class BrainInput:
             await asyncio.sleep(0.1)
         self.ack_settled()
 
-    async def stop(self) -> None:
-        await self.session.stop()
+    async def stop(self, session_expiry_s: int | None = None) -> None:
+        await self.session.stop(session_expiry_s)
 
     def discard(self) -> None:
         """End the broker session for good (blocking: run it in a thread). For a lone ``all`` process at a clean
@@ -427,9 +427,14 @@ class Brain:
         if self.input is not None:
             if clean:  # the stages still run: they settle what came in, and it is acked (bounded: the lease is
                 await self.input.drain()  # no longer renewed while stopping)
+            # A lone ``all`` process: nobody resumes its session while it is down, so the broker keeps queueing
+            # for it only for the restart grace (an upgrade, a reboot: the alarms meanwhile are analysed when it is
+            # back), not for the hour a standby's handover needs; a grace of 0 ends the session at once.
+            lone = clean and self.discard_session and not await self._candidate_beside()
+            grace = self.settings.cluster.brain_restart_grace_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.input.stop(), 2)
-            if clean and self.discard_session and not await self._candidate_beside():
+                await asyncio.wait_for(self.input.stop(grace if lone and grace > 0 else None), 2)
+            if lone and grace == 0:
                 await asyncio.to_thread(self.input.discard)
         if clean:
             if self.alerts is not None:

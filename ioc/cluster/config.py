@@ -25,6 +25,9 @@ class ClusterConfig(BaseModel):
                                              "queue (default ioc-brain-<database name>-<lease name>).")
     brain_session_expiry_s: int = Field(3600, ge=0, description="How long the broker keeps the brain's queue "
                                         "while no candidate is connected.")
+    brain_restart_grace_s: int = Field(600, ge=0, description="A lone `ioc serve` (role all) stopping cleanly: how "
+                                       "long the broker still keeps the brain's queue, so that the alarms of a "
+                                       "restart are analysed when it is back (0: the queue ends at the stop).")
     resync_s: float = Field(30.0, gt=0, description="How often a replica reloads live incidents from the database "
                             "(besides every NOTIFY).")
 

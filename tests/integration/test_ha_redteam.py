@@ -279,3 +279,57 @@ async def test_a_clean_handover_between_two_all_processes_keeps_the_brain_sessio
             if leading_cm is not None:
                 await leading_cm.__aexit__(None, None, None)
         pub.close()
+
+
+async def test_alarms_published_while_a_lone_all_process_restarts_are_alerts(database_url: str) -> None:
+    """A lone ``ioc serve`` (role ``all``, ingest elsewhere) is stopped cleanly and started again, as for an upgrade.
+    It used to end the brain's broker session at the stop (nobody would resume it, and the broker would queue
+    for it an hour), so the 3 alarms published while it was down were stored by ingest and never alerts. It now
+    leaves the session to expire after ``brain_restart_grace_s``: the restarted process resumes it."""
+    tag = uuid.uuid4().hex[:8]
+    with private_mosquitto() as port:
+        settings = fast_lease(database_url, port)
+        settings.cluster = ClusterConfig(
+            lease_name=f"lone-{tag}", lease_ttl_s=3.0, renew_every_s=0.5, acquire_every_s=0.2, heartbeat_s=0.5
+        )
+        pub = Publisher(port)
+        before = create_app(settings, role="all")
+        async with before.router.lifespan_context(before):
+            await until(lambda: before.state.alerts is not None and before.state.alerts.loaded, 20, "the leader")
+            brain = before.state.node.brain
+            await until(lambda: brain.input is not None and brain.input.session.is_connected, 10, "its session")
+        for topic, payload in alarms(tag, 3):  # nobody reads the brain's topics now
+            pub.publish(topic, payload)
+        pub.wait_all()
+        after = create_app(settings, role="all")
+        async with after.router.lifespan_context(after):
+            await until(lambda: after.state.alerts is not None and after.state.alerts.loaded, 20, "back")
+            stored = await alerts_within(database_url, tag, 10.0, count=3)
+            assert len(stored) == 3, f"{3 - len(stored)} of 3 alarms published during the restart never alerts"
+        pub.close()
+
+
+async def test_a_lone_all_process_leaves_no_queue_past_its_restart_grace(database_url: str) -> None:
+    """The other side of the grace: a lone process that does not come back within it leaves the broker nothing
+    to queue for it (the expiry set at the DISCONNECT holds; the connection asked for an hour)."""
+    tag = uuid.uuid4().hex[:8]
+    with private_mosquitto() as port:
+        settings = fast_lease(database_url, port)
+        settings.cluster = ClusterConfig(lease_name=f"gone-{tag}", lease_ttl_s=3.0, renew_every_s=0.5,
+                                         acquire_every_s=0.2, heartbeat_s=0.5, brain_restart_grace_s=1)
+        pub = Publisher(port)
+        before = create_app(settings, role="all")
+        async with before.router.lifespan_context(before):
+            await until(lambda: before.state.alerts is not None and before.state.alerts.loaded, 20, "the leader")
+            brain = before.state.node.brain
+            await until(lambda: brain.input is not None and brain.input.session.is_connected, 10, "its session")
+        await asyncio.sleep(3.0)  # past the grace
+        for topic, payload in alarms(tag, 3):
+            pub.publish(topic, payload)
+        pub.wait_all()
+        after = create_app(settings, role="all")
+        async with after.router.lifespan_context(after):
+            await until(lambda: after.state.alerts is not None and after.state.alerts.loaded, 20, "back")
+            stored = await alerts_within(database_url, tag, 3.0, count=3)
+            assert not stored, f"{len(stored)} alarms queued for a session past its grace"
+        pub.close()
