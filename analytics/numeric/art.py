@@ -135,6 +135,11 @@ def _features(w: np.ndarray, haar_odd: bool = False) -> np.ndarray:
     return np.concatenate([f, 1.0 - f], axis=1).astype(np.float32)
 
 
+def _pair_sum(a: np.ndarray) -> np.ndarray:
+    """``a[:, :, (DIM - 1, COMP - 1)].sum(axis=2)`` without the copy: the reduction's own order, from 0."""
+    return (0.0 + a[:, :, DIM - 1]) + a[:, :, COMP - 1]
+
+
 def _match(s_all: np.ndarray, w: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: np.ndarray, rows_all: np.ndarray,
            ready: np.ndarray, trend: int, haar_odd: bool = False, merge: int = 0) -> np.ndarray:
     """Fuzzy-ART match of the window, learning, vigilance adaptation and the anomaly score."""
@@ -154,8 +159,8 @@ def _match(s_all: np.ndarray, w: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: n
     em = np.minimum(x[:, None, :], cat)
     nw = np.maximum(cat.sum(axis=2), 1e-3)
     fs = em.sum(axis=2) / nw
-    e_idx = (DIM - 1, COMP - 1)  # the latest value and its complement
-    es = em[:, :, e_idx].sum(axis=2) / np.maximum(cat[:, :, e_idx].sum(axis=2), 1e-9)
+    # the latest value and its complement, summed as a reduction over the two does: 0 + first + second
+    es = (_pair_sum(em) / np.maximum(_pair_sum(cat), 1e-9))
     match = np.where(use > 0, fs ** 3 * es ** 2, -1.0)
     best = np.argmax(match, axis=1)
     sim = np.where(empty, 1.0, match[ar, best])
@@ -165,7 +170,11 @@ def _match(s_all: np.ndarray, w: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: n
     rub = np.where(probation, RHO0, s[:, RUB])
     # learn: every category above the upper vigilance shrinks to include the window (fast commit)
     learn = (match >= rub[:, None]) & (use > 0)
-    cat = np.where(learn[:, :, None], em, cat)
+    if q:
+        cat = np.where(learn[:, :, None], em, cat)
+    else:  # float categories are written in place, only those that change (learned, merged or committed)
+        li, lk = np.nonzero(learn)
+        C[rows[li], lk] = em[li, lk]
     use = np.where(learn, dsi[:, None], use)
     # no category resonates: the window becomes a new one (the least recently used slot when full)
     commit = ~learn.any(axis=1)
@@ -173,14 +182,15 @@ def _match(s_all: np.ndarray, w: np.ndarray, Ar: np.ndarray, C: np.ndarray, U: n
         mg = commit & (use > 0).all(axis=1)
         if merge == 2:  # ... unless the window is novel (below the lower vigilance): that one gets a slot
             mg &= sim >= rlb
-        cat[ar[mg], best[mg]] = em[ar[mg], best[mg]]
+        (cat if q else C)[ar[mg] if q else rows[mg], best[mg]] = em[ar[mg], best[mg]]
         use[ar[mg], best[mg]] = dsi[mg]
         commit &= ~mg
     slot = np.argmin(use, axis=1)
     cr = ar[commit]
-    cat[cr, slot[commit]] = x[commit]
+    (cat if q else C)[cr if q else rows[commit], slot[commit]] = x[commit]
     use[cr, slot[commit]] = dsi[commit]
-    C[rows] = np.rint(cat * QCAT).astype(np.uint8) if q else cat
+    if q:
+        C[rows] = np.rint(cat * QCAT).astype(np.uint8)
     U[rows] = use
     mismatch = (sim < rlb) & ~empty
     # memory of recent matches: the vigilances follow them
