@@ -9,10 +9,11 @@ The app runs in this process (its lifespan, as ``ioc serve --ingest`` runs it) o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -90,6 +91,45 @@ async def alarms_held_by_the_stage(app: Any, pub: Publisher, tag: str) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def embedded_leader(database_url: str, port: int) -> AsyncIterator[tuple[Any, Publisher, Settings]]:
+    """``ioc serve --ingest`` in this process on the private broker, leading; a publisher to it."""
+    settings = fast_lease(database_url, port)
+    app = create_app(settings, embed_ingest=True)
+    pub = Publisher(port)
+    try:
+        async with app.router.lifespan_context(app):
+            await leading(app)
+            yield app, pub, settings
+    finally:
+        pub.close()
+
+
+def lone_all_settings(database_url: str, port: int, lease: str, **cluster: Any) -> Settings:
+    settings = fast_lease(database_url, port)
+    settings.cluster = ClusterConfig(lease_name=lease, lease_ttl_s=3.0, renew_every_s=0.5, acquire_every_s=0.2,
+                                     heartbeat_s=0.5, **cluster)
+    return settings
+
+
+async def run_lone_all(settings: Settings) -> None:
+    """Start an ``ioc serve`` of role ``all`` (ingest elsewhere), wait until it leads with its brain session
+    connected, and stop it cleanly."""
+    app = create_app(settings, role="all")
+    async with app.router.lifespan_context(app):
+        await until(lambda: app.state.alerts is not None and app.state.alerts.loaded, 20, "the leader")
+        brain = app.state.node.brain
+        await until(lambda: brain.input is not None and brain.input.session.is_connected, 10, "its session")
+
+
+async def alerts_after_a_start(settings: Settings, database_url: str, tag: str, timeout: float) -> dict[str, int]:
+    """Start an ``ioc serve`` of role ``all`` again: the tag's alerts once its stages lead (within ``timeout``)."""
+    app = create_app(settings, role="all")
+    async with app.router.lifespan_context(app):
+        await until(lambda: app.state.alerts is not None and app.state.alerts.loaded, 20, "back")
+        return await alerts_within(database_url, tag, timeout, count=3)
+
+
 async def test_alarms_handed_to_stages_that_lose_the_lease_are_alerts_under_the_next_epoch(database_url: str) -> None:
     """The lease row is freed under the leader (an operator, a restored backup: the renewal is refused) while its
     alert step waits with 6 alarms committed by the worker and not stored. The process steps down and, alone,
@@ -97,11 +137,7 @@ async def test_alarms_handed_to_stages_that_lose_the_lease_are_alerts_under_the_
     broker must hold nothing for the worker's session. (Before: all 6 acked at the step-down, no alert.)"""
     tag = uuid.uuid4().hex[:8]
     with private_mosquitto() as port:
-        settings = fast_lease(database_url, port)
-        app = create_app(settings, embed_ingest=True)
-        pub = Publisher(port)
-        async with app.router.lifespan_context(app):
-            await leading(app)
+        async with embedded_leader(database_url, port) as (app, pub, settings):
             worker, brain, stage = app.state.worker, app.state.node.brain, app.state.alerts
             epoch = brain.epoch
             async with stage._lock:  # the step waits: nothing of the alarms is stored
@@ -126,7 +162,6 @@ async def test_alarms_handed_to_stages_that_lose_the_lease_are_alerts_under_the_
             assert set(stored.values()) == {1}
             await until_soon(lambda: worker._pending == 0, 10, "every message acked")
             assert worker.gate.redeliveries == 1  # the broker sent them again, to the stages of epoch + 1
-        pub.close()
         assert left_at_broker(port, settings.mqtt.client_id) == []
 
 
@@ -137,11 +172,7 @@ async def test_a_process_whose_lease_another_takes_lets_its_hold_go(database_url
     processes), and the worker reads and acks again while the other leads."""
     tag = uuid.uuid4().hex[:8]
     with private_mosquitto() as port:
-        settings = fast_lease(database_url, port)
-        app = create_app(settings, embed_ingest=True)
-        pub = Publisher(port)
-        async with app.router.lifespan_context(app):
-            await leading(app)
+        async with embedded_leader(database_url, port) as (app, pub, settings):
             worker, brain, stage = app.state.worker, app.state.node.brain, app.state.alerts
             async with stage._lock:
                 await alarms_held_by_the_stage(app, pub, tag)
@@ -163,7 +194,6 @@ async def test_a_process_whose_lease_another_takes_lets_its_hold_go(database_url
                 "later messages stored and acked while another leads",
             )
             await until_soon(lambda: brain.epoch is not None, 10, "the lease taken again once it expired")
-        pub.close()
 
 
 async def test_an_action_taken_before_the_lease_row_vanished_is_applied_by_the_next_leader(database_url: str) -> None:
@@ -250,10 +280,7 @@ async def test_a_clean_handover_between_two_all_processes_keeps_the_brain_sessio
     alarms were never alerts. With another candidate alive for the same lease, the session is kept."""
     tag = uuid.uuid4().hex[:8]
     with private_mosquitto() as port:
-        settings = fast_lease(database_url, port)
-        settings.cluster = ClusterConfig(
-            lease_name=f"all-{tag}", lease_ttl_s=3.0, renew_every_s=0.5, acquire_every_s=0.2, heartbeat_s=0.5
-        )
+        settings = lone_all_settings(database_url, port, f"all-{tag}")
         pub = Publisher(port)
         first, second = create_app(settings, role="all"), create_app(settings, role="all")
         leading_cm: Any = first.router.lifespan_context(first)
@@ -288,25 +315,14 @@ async def test_alarms_published_while_a_lone_all_process_restarts_are_alerts(dat
     leaves the session to expire after ``brain_restart_grace_s``: the restarted process resumes it."""
     tag = uuid.uuid4().hex[:8]
     with private_mosquitto() as port:
-        settings = fast_lease(database_url, port)
-        settings.cluster = ClusterConfig(
-            lease_name=f"lone-{tag}", lease_ttl_s=3.0, renew_every_s=0.5, acquire_every_s=0.2, heartbeat_s=0.5
-        )
-        pub = Publisher(port)
-        before = create_app(settings, role="all")
-        async with before.router.lifespan_context(before):
-            await until(lambda: before.state.alerts is not None and before.state.alerts.loaded, 20, "the leader")
-            brain = before.state.node.brain
-            await until(lambda: brain.input is not None and brain.input.session.is_connected, 10, "its session")
-        for topic, payload in alarms(tag, 3):  # nobody reads the brain's topics now
-            pub.publish(topic, payload)
-        pub.wait_all()
-        after = create_app(settings, role="all")
-        async with after.router.lifespan_context(after):
-            await until(lambda: after.state.alerts is not None and after.state.alerts.loaded, 20, "back")
-            stored = await alerts_within(database_url, tag, 10.0, count=3)
-            assert len(stored) == 3, f"{3 - len(stored)} of 3 alarms published during the restart never alerts"
-        pub.close()
+        settings = lone_all_settings(database_url, port, f"lone-{tag}")
+        await run_lone_all(settings)
+        with contextlib.closing(Publisher(port)) as pub:  # nobody reads the brain's topics now
+            for topic, payload in alarms(tag, 3):
+                pub.publish(topic, payload)
+            pub.wait_all()
+        stored = await alerts_after_a_start(settings, database_url, tag, 10.0)
+        assert len(stored) == 3, f"{3 - len(stored)} of 3 alarms published during the restart never alerts"
 
 
 async def test_a_lone_all_process_leaves_no_queue_past_its_restart_grace(database_url: str) -> None:
@@ -314,22 +330,12 @@ async def test_a_lone_all_process_leaves_no_queue_past_its_restart_grace(databas
     to queue for it (the expiry set at the DISCONNECT holds; the connection asked for an hour)."""
     tag = uuid.uuid4().hex[:8]
     with private_mosquitto() as port:
-        settings = fast_lease(database_url, port)
-        settings.cluster = ClusterConfig(lease_name=f"gone-{tag}", lease_ttl_s=3.0, renew_every_s=0.5,
-                                         acquire_every_s=0.2, heartbeat_s=0.5, brain_restart_grace_s=1)
-        pub = Publisher(port)
-        before = create_app(settings, role="all")
-        async with before.router.lifespan_context(before):
-            await until(lambda: before.state.alerts is not None and before.state.alerts.loaded, 20, "the leader")
-            brain = before.state.node.brain
-            await until(lambda: brain.input is not None and brain.input.session.is_connected, 10, "its session")
+        settings = lone_all_settings(database_url, port, f"gone-{tag}", brain_restart_grace_s=1)
+        await run_lone_all(settings)
         await asyncio.sleep(3.0)  # past the grace
-        for topic, payload in alarms(tag, 3):
-            pub.publish(topic, payload)
-        pub.wait_all()
-        after = create_app(settings, role="all")
-        async with after.router.lifespan_context(after):
-            await until(lambda: after.state.alerts is not None and after.state.alerts.loaded, 20, "back")
-            stored = await alerts_within(database_url, tag, 3.0, count=3)
-            assert not stored, f"{len(stored)} alarms queued for a session past its grace"
-        pub.close()
+        with contextlib.closing(Publisher(port)) as pub:
+            for topic, payload in alarms(tag, 3):
+                pub.publish(topic, payload)
+            pub.wait_all()
+        stored = await alerts_after_a_start(settings, database_url, tag, 3.0)
+        assert not stored, f"{len(stored)} alarms queued for a session past its grace"
