@@ -28,7 +28,7 @@ def stages() -> tuple[AnalyticsStage, AlertStage]:
 
 
 def test_the_gate_is_tied_to_the_leading_brains_stages_and_untied_when_they_stop() -> None:
-    brain: Any = SimpleNamespace(analytics=None, alerts=None)
+    brain: Any = SimpleNamespace(analytics=None, alerts=None, lease=SimpleNamespace(stopping=False, elsewhere=False))
     gate = EmbeddedGate(brain, 100)
     gate.received(False)
     assert gate.settled() == 1 and gate.lost() is None and not gate.hold()  # standby: acks after the commit
@@ -48,18 +48,31 @@ def test_the_gate_is_tied_to_the_leading_brains_stages_and_untied_when_they_stop
     gate.redelivering()
     assert alerts.lost_after is None
 
-    again = stages()  # a new epoch: new stages, tied afresh
+    alerts.stored_seq = gate.seq
+    again = stages()  # a new epoch: new stages, tied afresh (the old ones had stored everything)
     brain.analytics, brain.alerts = again
     gate.sync()
-    assert again[0].position() == gate.seq and gate.settled() == 0
+    assert again[0].position() == gate.seq and gate.settled() == 0 and again[1].lost_after is None
 
-    brain.analytics = brain.alerts = None  # the lease lost: nothing waits for stages that are gone
+    again[0].handed = again[1].stored_seq = gate.seq  # they store what came so far
+    gate.received(False)  # handed to the stages, not stored: the lease lost under them
+    brain.analytics = brain.alerts = None
+    gate.sync()
+    assert gate.settled() == gate.seq - 1  # held for this process's next stages (test_ha_redteam.py)
+    brain.lease.elsewhere = True  # another process leads: it never reads this worker's messages
     gate.sync()
     assert gate.settled() == gate.seq and gate.lost() is None and not gate.hold() and gate.has_room()
 
+    brain.lease.elsewhere, brain.lease.stopping = False, True
+    brain.analytics, brain.alerts = stages()
+    gate.received(False)
+    brain.analytics = brain.alerts = None  # a clean stop: the acks follow the commit again
+    gate.sync()
+    assert gate.settled() == gate.seq and gate.lost() is None and not gate.hold()
+
 
 def test_the_window_halves_at_a_redelivery_and_doubles_back_as_it_is_stored() -> None:
-    brain: Any = SimpleNamespace(analytics=None, alerts=None)
+    brain: Any = SimpleNamespace(analytics=None, alerts=None, lease=SimpleNamespace(stopping=False, elsewhere=False))
     gate = EmbeddedGate(brain, 100)
     for _ in range(40):
         gate.received(False)
