@@ -3,15 +3,20 @@ body cap, the login redirect of the pages, and /docs behind a setting. Installed
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import logging
+import re
+from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -54,12 +59,40 @@ def install(app: FastAPI, config: AuthConfig) -> None:
 
         @app.get("/docs", include_in_schema=False, dependencies=[requires(role)])
         async def docs() -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title + " - API")
+            return swagger_page(app.title + " - API")
+
+        @app.get("/docs/assets/{name}", include_in_schema=False, dependencies=[requires(role)])
+        async def docs_asset(name: str) -> FileResponse:
+            if name not in DOCS_ASSETS:
+                raise StarletteHTTPException(404, "no such asset")
+            return FileResponse(DOCS_ASSET_DIR / name, headers={"cache-control": "max-age=86400"})
+
+
+# Swagger UI's own files, shipped in a wheel (fastapi-offline): /docs works in a control room cut off from the
+# internet, and its page gets a CSP like the others (its one inline script allowed by its hash).
+DOCS_ASSET_DIR = Path(str(resources.files("fastapi_offline") / "static"))
+DOCS_ASSETS = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"})
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+
+
+def swagger_page(title: str) -> HTMLResponse:
+    """The Swagger UI page on the self-hosted assets, with a CSP that allows only its own inline script."""
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title=title,
+                               swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                               swagger_css_url="/docs/assets/swagger-ui.css",
+                               swagger_favicon_url="/docs/assets/favicon.png")
+    body = bytes(page.body).decode()
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(m.encode()).digest()).decode()}'"
+                      for m in _INLINE_SCRIPT.findall(body))
+    page.headers["content-security-policy"] = (
+        f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    return page
 
 
 class SecurityHeaders:
-    """Headers on every HTTP response; the CSP (no inline script or style, no framing) on HTML pages
-    except the Swagger UI, which loads its assets from a CDN."""
+    """Headers on every HTTP response; the CSP (no inline script or style, no framing) on HTML pages (the
+    Swagger UI page brings its own, :func:`swagger_page`)."""
 
     def __init__(self, app: ASGIApp, csp: str) -> None:
         self.app, self.csp = app, csp.encode()
@@ -68,7 +101,6 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        docs = scope["path"] == "/docs"
 
         async def sender(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -77,7 +109,7 @@ class SecurityHeaders:
                 extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
                          (b"x-frame-options", b"DENY"), (b"cross-origin-opener-policy", b"same-origin")]
                 ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-                if ctype.startswith(b"text/html") and not docs:
+                if ctype.startswith(b"text/html"):  # a page that brings its own CSP keeps it
                     extra.append((b"content-security-policy", self.csp))
                 headers += [(k, v) for k, v in extra if k not in names]
                 message = {**message, "headers": headers}
