@@ -198,7 +198,7 @@ def input_cost(messages: int = 20_000) -> str:
 
     from benchmarks.ingest_bench import _restamp, province_messages
     from ingest.guard import MetricNameGuard
-    from ingest.worker import handle_message
+    from ingest.handling import handle_message
     from ioc.geo import DEFAULT_CITY_FILE, City
     from ioc.live.hub import LiveHub
 

@@ -31,9 +31,9 @@ from ingest.config import IngestConfig
 from ingest.contract import CHANNELS
 from ingest.errors import UNKNOWN_ERROR_RETRIES, Failure, judge, terminate_unless_server_error
 from ingest.guard import MetricNameGuard
+from ingest.handling import ParsedSink, handle_message
 from ingest.latest import LatestValues
 from ingest.mqtt_session import MqttSession, SessionOptions
-from ingest.parse import internal_error, parse_message
 from ingest.quarantine_budget import QuarantineBudget
 from ingest.records import ParsedMessage, Reading, Reason, Rejection
 from ingest.text import clean_text
@@ -46,7 +46,6 @@ from storage.writes import BatchRows, write_batch
 logger = logging.getLogger(__name__)
 errors = m.RateLimitedLog(logger)
 
-ParsedSink = Callable[[ParsedMessage], None]
 
 
 #: Young-generation collections between two full garbage collections (Python's default: 10). Every message
@@ -458,42 +457,6 @@ class IngestWorker:
                     await refresh_recent(conn, Backend.POSTGRES, datetime.now(UTC), lookback)
             except Exception as err:
                 logger.warning("rollup refresh failed: %s", err)
-
-
-def handle_message(message: mqtt.MQTTMessage, received_at: datetime, guard: MetricNameGuard,
-                   sinks: tuple[ParsedSink, ...], stores: bool = True) -> ParsedMessage:
-    """Parse one MQTT message and hand it to the sinks; never raises.
-
-    The structural rule of ingest: whatever raises while handling one message (parsing, the caps, any
-    sink: live hub, analytics, alerts) adds an ``internal_error`` rejection with the exception text to
-    that message, so it lands in the quarantine, and the session goes on. Records that parsed are still
-    stored: a sink's failure does not cost the data. ``stores`` is False for processes that only follow the
-    broker (live listener, brain): they count nothing as quarantined, the ingest workers do.
-    """
-    topic, payload = "(topic not decoded)", b""
-    try:
-        topic = message._topic.decode("utf-8", "replace")
-        payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
-        parsed = guard.apply(parse_message(topic, payload, received_at, retained=bool(message.retain)), topic)
-    except Exception as err:
-        m.HANDLER_ERRORS.labels("parse").inc()
-        errors.log("handling a message on %r raised; quarantined as internal_error", topic[:200])
-        parsed = internal_error(topic, payload, received_at, "parsing", err)
-    if stores:
-        for rej in parsed.rejections:
-            m.quarantined(rej.reason.value).inc()
-    for sink in sinks:
-        try:
-            sink(parsed)
-        except Exception as err:  # a consumer's bug must never stop ingest, and the message says so
-            m.HANDLER_ERRORS.labels("sink").inc()
-            if stores:
-                m.quarantined("internal_error").inc()
-            errors.log("ingest sink %r raised on a message on %r; quarantined as internal_error",
-                       getattr(sink, "__qualname__", sink), topic[:200])
-            where = f"sink {getattr(sink, '__qualname__', type(sink).__name__)}"
-            parsed.rejections.extend(internal_error(topic, payload, received_at, where, err).rejections)
-    return parsed
 
 
 def _channel_label(topic: bytes) -> str:

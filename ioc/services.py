@@ -9,8 +9,9 @@ import signal
 import asyncpg
 
 from ingest.contract import SUBSCRIPTION
+from ingest.handling import ParsedSink
 from ingest.mqtt_session import SessionOptions
-from ingest.worker import IngestWorker, ParsedSink
+from ingest.worker import IngestWorker
 from ioc.settings import Settings
 from storage.db import Backend
 from storage.maintenance import run_maintenance

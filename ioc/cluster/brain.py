@@ -26,9 +26,9 @@ from paho.mqtt.properties import Properties
 from analytics.findings import Finding
 from ingest.contract import SUBSCRIPTION
 from ingest.guard import MetricNameGuard
+from ingest.handling import handle_message
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.records import ParsedMessage
-from ingest.worker import handle_message
 from ioc.alerts.model import Changes
 from ioc.alerts.notify.dispatcher import NotificationDispatcher
 from ioc.alerts.stage import AlertStage

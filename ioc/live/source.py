@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 
 from ingest.contract import SUBSCRIPTION
 from ingest.guard import MetricNameGuard
+from ingest.handling import handle_message
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.records import ParsedMessage
-from ingest.worker import handle_message
 from ioc.live.intake import LiveIntake
 from ioc.settings import Settings
 
