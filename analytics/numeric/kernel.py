@@ -19,6 +19,7 @@ import numpy as np
 
 from analytics.numeric.art import WIN, art_step
 from analytics.numeric.config import DetectorConfig
+from analytics.numeric.context import context_distance
 from analytics.numeric.entropy import entropy_step
 from analytics.numeric.likelihood import likelihood_step
 from analytics.numeric.novelty import novelty
@@ -119,31 +120,6 @@ def _rarity(R: np.ndarray, rows: np.ndarray, sev: np.ndarray, decay: float) -> n
     return -np.log10(p)
 
 
-def _context(Hb: np.ndarray, rows: np.ndarray, v: np.ndarray, dim: int, judged: np.ndarray) -> np.ndarray:
-    """Distance from the latest ``dim`` values to their nearest earlier subsequence; appends ``v``.
-
-    Computed where ``judged`` (0 elsewhere: a series whose history is not full yet is not judged on it)."""
-    hb = Hb[rows]
-    hb[:, :-1] = hb[:, 1:]
-    hb[:, -1] = v
-    Hb[rows] = hb
-    out = np.zeros(len(rows), dtype=hb.dtype)
-    if not judged.all():
-        if not judged.any():
-            return out
-        hb = hb[judged]
-    h = hb.shape[1]
-    m = h - 2 * dim + 1  # candidate windows that end before the current one starts
-    # one 2-D pass per lag instead of a 3-D temporary, in place: the same sums, several times faster
-    d2 = np.square(hb[:, :m] - hb[:, h - dim : h - dim + 1])
-    tmp = np.empty_like(d2)
-    for k in range(1, dim):
-        np.subtract(hb[:, k : k + m], hb[:, h - dim + k : h - dim + k + 1], out=tmp)
-        d2 += np.square(tmp, out=tmp)
-    out[judged] = np.sqrt(d2.min(axis=1) / dim)
-    return out
-
-
 def _predict(cfg: DetectorConfig, s: np.ndarray, D: np.ndarray, W: np.ndarray, rows: np.ndarray,
              t: np.ndarray, x: np.ndarray, days: np.ndarray) -> _Model:
     """Residuals of the no-season, daily and weekly models, and the model in use."""
@@ -205,7 +181,7 @@ def _severities(cfg: DetectorConfig, s: np.ndarray, Hb: np.ndarray, rows: np.nda
     sev[:, DRIFT] = np.where(n > 3 * cfg.warmup, np.abs(s[:, LB] - s[:, ANCHOR]) / sigma_b / cfg.drift_z, 0.0)
     sigma_c = np.maximum(MAD_TO_SIGMA * s[:, AE0], m.floor)
     full = n > Hb.shape[1]
-    nn = _context(Hb, rows, (x - s[:, LB]).astype(np.float32), cfg.context_dim, full)
+    nn = context_distance(Hb, rows, (x - s[:, LB]).astype(np.float32), cfg.context_dim, full)
     sev[:, PATTERN] = np.where(full, nn / sigma_c / cfg.context_z, 0.0)
     carry = {"sm": sm, "cp": cp, "cn": cn, "vs": vs, "run": run, "same": same, "sigma_b": sigma_b,
              "baseline": baseline, "burst_dom": burst_dom}
