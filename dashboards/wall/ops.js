@@ -8,11 +8,11 @@ import { IncidentView } from "./ops-incident.js";
 import { AlertList, IncidentList } from "./ops-lists.js";
 import { SilenceView } from "./ops-silences.js";
 import { DeviceStore, IncidentStore } from "./store.js";
-import { $, getJson, goLogin, loadUiSettings, sendJson, setText } from "./util.js";
+import { $, decodeSafe, getJson, goLogin, loadUiSettings, sendJson, setText } from "./util.js";
 
 const ROUTES = [
   [/^#\/incidents\/(\d+)$/, (m) => new IncidentView(Number(m[1]))],
-  [/^#\/devices\/(.+)$/, (m) => new DeviceView(decodeURIComponent(m[1]))],
+  [/^#\/devices\/(.+)$/, (m) => new DeviceView(decodeSafe(m[1]))],
   [/^#\/alerts$/, () => new AlertList()],
   [/^#\/silences$/, () => new SilenceView()],
   [/^#\/incidents$/, () => new IncidentList()],

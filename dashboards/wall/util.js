@@ -44,10 +44,20 @@ export class HttpError extends Error {
   }
 }
 
+/** decodeURIComponent that never throws: a link's malformed escape (`%E0%A4%A`) stays as written instead of
+ * stopping the page that reads it. */
+export function decodeSafe(s) {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
 /** The session's CSRF token (a readable cookie set at login); sent with every state-changing request. */
 export function csrfToken() {
   const m = document.cookie.match(/(?:^|;\s*)ioc_csrf=([^;]+)/);
-  return m ? decodeURIComponent(m[1]) : "";
+  return m ? decodeSafe(m[1]) : "";
 }
 
 /** Off to the login page, coming back here afterwards. */

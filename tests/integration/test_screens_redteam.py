@@ -231,6 +231,48 @@ def test_an_incident_flood_leaves_the_wall_responsive(server: Server, browser: A
     assert not errors, errors
 
 
+HOSTILE_HASHES = [
+    "#/devices/%E0%A4%A",  # not UTF-8 when decoded: decodeURIComponent throws
+    "#/devices/%3Cimg%20src%3Dx%20onerror%3Dwindow.__pwned%3D1%3E",
+    "#/devices/" + "W" * 5000,
+    "#/silences?device_id=%3Cimg%20src%3Dx%20onerror%3Dwindow.__pwned%3D1%3E&reason=%3C%2Fscript%3E%E0%A4%A",
+    "#/incidents/99999999999999999999999",
+    "#/incidents?q=%3Csvg%20onload%3Dwindow.__pwned%3D1%3E&district=%E0%A4%A&severity=%7B%7B1%7D%7D",
+]
+
+
+def test_hostile_addresses_leave_the_pages_working(server: Server, browser: Any) -> None:
+    """What a link can carry (the fragment, ``?lang=``, ``?tz=``), opened first or followed: nothing runs, no page
+    error, and the incident list works afterwards."""
+    errors: list[str] = []
+    ops = open_page(browser, errors)
+    ops.goto(f"{server.url}/login?next=%2Fops%3Flang%3Den")
+    ops.fill("#username", "an")
+    ops.fill("#password", server.officer)
+    ops.click("#login-submit")
+    wait_js(ops, "window.__ops && window.__ops.connected", hook="__ops")
+    for hostile in HOSTILE_HASHES:
+        for first in (True, False):  # the page opened on it, and the address changed under a running page
+            if first:
+                ops.goto(f"{server.url}/ops?lang=en&tz=%3C%2Fscript%3E{hostile}")
+            else:
+                ops.evaluate("h => { location.hash = h; }", hostile)
+            ops.wait_for_timeout(200)
+            assert_inert(ops, hostile, texts=False)
+            ops.evaluate("location.hash = '#/incidents'")
+            wait_js(
+                ops,
+                "window.__ops.connected && window.__ops.view === 'IncidentList' && window.__ops.ready",
+                5,
+                hook="__ops",
+            )
+    wall = open_page(browser, errors, width=1366, height=768)
+    wall.goto(f"{server.url}/?token={server.viewer}&lang=%3Cimg%20src%3Dx%3E&tz=%E0%A4%A")
+    wait_js(wall, "window.__ioc && window.__ioc.connected")
+    assert_inert(wall, "wall with hostile parameters", texts=False)
+    assert not errors, errors
+
+
 def test_pages_carry_a_csp_without_inline_script(server: Server, browser: Any) -> None:
     pages = ["/", "/ops", "/login", "/wall/index.html", "/wall/ops.html", "/wall/login.html", "/nowhere"]
     for path in pages:
