@@ -250,9 +250,11 @@ export function makeI18n(lang, timeZone = DEFAULT_TIME_ZONE) {
   } };
   const numbers = [0, 1, 2].map((d) => new Intl.NumberFormat(locale, { maximumFractionDigits: d, minimumFractionDigits: 0 }));
   const fixed1 = new Intl.NumberFormat(locale, { maximumFractionDigits: 1, minimumFractionDigits: 1 });
-  const t = (key, vars) => fmt(key in T ? T[key][li] : key, vars);
+  // Own entries only: a device may name a metric "constructor" or "toString", which every object inherits.
+  const own = (dict, key) => (Object.hasOwn(dict, key) ? dict[key] : undefined);
+  const t = (key, vars) => fmt(own(T, key)?.[li] ?? String(key), vars);
   const term = (prefix, key) => {
-    const entry = TERMS[`${prefix}_${key}`];
+    const entry = own(TERMS, `${prefix}_${key}`);
     return entry ? entry[li] : String(key ?? "").replace(/[_.]+/g, " ");
   };
   const age = (seconds) => {
@@ -273,9 +275,9 @@ export function makeI18n(lang, timeZone = DEFAULT_TIME_ZONE) {
     rule: (rule) => term("rule", rule),
     category: (cat) => term("cat", cat),
     action: (action) => term("act", action),
-    metric: (name) => (METRICS[name] ? METRICS[name][li] : String(name ?? "")),
+    metric: (name) => own(METRICS, name)?.[li] ?? String(name ?? ""),
     unit: (name) => {
-      const parts = (METRICS[name]?.[2] ?? "").split("|"); // "vi|en" where the unit is a word
+      const parts = (own(METRICS, name)?.[2] ?? "").split("|"); // "vi|en" where the unit is a word
       return parts[Math.min(li, parts.length - 1)];
     },
     time: (ms) => clock.format(ms),

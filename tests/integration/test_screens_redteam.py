@@ -39,6 +39,7 @@ XSS = (
 )
 # zero-width characters, a combining stack, emoji and right-to-left letters
 ODD = "z\u200b\u200c\u200d\ufeff" + "Z" + "\u0336\u0337\u0338" * 40 + " 🚨🔥 \u05e9\u05dc\u05d5\u05dd"
+PROTO_NAMES = ("constructor", "toString", "valueOf", "hasOwnProperty")
 LONG = "W" * 1900  # one unbroken word, as long as a note may be
 LOGS = Path(__file__).resolve().parents[2] / "artifacts" / "test_screens_redteam"
 PROBE = """(texts) => ({
@@ -135,6 +136,11 @@ def test_hostile_text_shows_as_text_and_stops_nothing(server: Server, browser: A
         server.api(f"/api/officers/x{tag}", {"name": "<b>" + XSS[:40]}, "PUT")
         publish_event(pub, "bts", bad, "door_open", "critical", note=XSS, odd=ODD, long=LONG)
         publish_event(pub, "bts", long_id, "door_open", "critical", note=LONG)
+        # names the contract allows that are also the names of every JS object's own members
+        pub.publish(
+            f"ioc/v1/bts/{long_id}/telemetry",
+            {"ts": int(1000 * time.time()), "seq": 9, "metrics": {k: 1.0 for k in PROTO_NAMES}},
+        )
         pub.publish(
             f"ioc/v1/bts/{bad}/status",
             {"ts": int(1000 * time.time()), "state": "degraded", "reason": XSS + ODD + LONG[:400]},
@@ -185,6 +191,12 @@ def test_hostile_text_shows_as_text_and_stops_nothing(server: Server, browser: A
             wait_js(ops, f"location.hash === '{hashpath}' && window.__ops.ready", hook="__ops")
             ops.wait_for_timeout(300)  # lists fill after ready
             assert_inert(ops, hashpath)
+        ops.evaluate(f"location.hash = '#/devices/{long_id}'")
+        wait_js(ops, "document.querySelectorAll('table.latest tr').length >= 7", hook="__ops")
+        shown = ops.eval_on_selector_all(
+            "table.latest tr", "rs => rs.map(r => [r.dataset.metric, r.cells[0].innerText])"
+        )
+        assert all(name == label for name, label in shown if name in PROTO_NAMES), shown
         ops.evaluate(f"location.hash = '#/incidents/{incident_of(long_id)}'")
         wait_js(ops, "window.__ops.view === 'IncidentView' && window.__ops.ready", hook="__ops")
         ops.wait_for_timeout(300)
