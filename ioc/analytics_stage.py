@@ -33,7 +33,7 @@ from ingest.records import ParsedMessage, Reading, Snapshot
 from ioc import camera_shards
 from ioc.analytics_isolation import Isolation, ingest_apart
 from ioc.analytics_state import SERIES_SCOPE, STALE_STATE_NAME, STATE_NAME, StageState
-from ioc.camera_watch import ShardWatch, kill_processes
+from ioc.camera_watch import ShardWatch, kill_processes, stop_executor
 from ioc.live.hub import LiveHub
 from storage.writes import FindingRow, load_states, write_findings
 
@@ -177,7 +177,7 @@ class AnalyticsStage(StageState):
             recent = loop.time() - self._last_rebuild[shard] < 120.0
             self._rebuild_delay[shard] = min(60.0, max(1.0, 2 * self._rebuild_delay[shard])) if recent else 0.0
             await asyncio.sleep(self._rebuild_delay[shard])
-            await asyncio.to_thread(self._shards[shard].shutdown, wait=True, cancel_futures=True)
+            await asyncio.to_thread(stop_executor, self._shards[shard], 1.0)  # dead: nothing to wait for
             new = self._shards[shard] = self._new_shard()
             self._generation[shard] += 1
             self.watch.reset(shard)
@@ -410,9 +410,10 @@ class AnalyticsStage(StageState):
         self._pending_rows.clear()
 
     def close(self) -> None:
-        """Stop the camera worker processes (waits for them to exit)."""
-        for shard in self._shards:
-            shard.shutdown(wait=True, cancel_futures=True)
+        """Stop the camera worker processes (at most about 7 s each: see ``stop_executor``)."""
+        for index, shard in enumerate(self._shards):
+            if not stop_executor(shard):
+                logger.error("camera shard %d did not stop", index)
 
     def _detect(self, devices: list[tuple[str, str, str]],
                 readings: list[tuple[str, str, datetime, float]]) -> list[Finding]:

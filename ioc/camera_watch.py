@@ -15,6 +15,7 @@ anyone's: the OOM killer picks by size).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
@@ -107,3 +108,31 @@ def kill_processes(executor: Any) -> int:
     for proc in procs:
         proc.kill()
     return len(procs)
+
+
+def stop_executor(executor: Any, wait_s: float = 5.0) -> bool:
+    """Shut a ``ProcessPoolExecutor`` down within about ``wait_s`` (+ 2 s), whatever state its workers are in;
+    whether its manager thread ended.
+
+    Its workers get ``wait_s`` to finish and exit; then they are killed. A worker that died while a snapshot was
+    being written to it leaves the call queue's feeder thread blocked on a full pipe that nobody reads, and the
+    executor's manager thread waits for that thread forever: ``shutdown(wait=True)`` never returned, nor did the
+    interpreter's exit (CPython gh-94777, fixed in 3.11.5; Debian 12 ships 3.11.2). As that fix does, closing this
+    process's read end of the pipe makes the blocked write fail, and the thread ends.
+    """
+    manager = getattr(executor, "_executor_manager_thread", None)
+    call_queue = getattr(executor, "_call_queue", None)
+    procs = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    if manager is None:
+        return True
+    manager.join(wait_s)
+    if manager.is_alive():
+        for proc in procs:
+            proc.kill()
+        reader = getattr(call_queue, "_reader", None)
+        if reader is not None:
+            with contextlib.suppress(OSError):
+                reader.close()
+        manager.join(2.0)
+    return not manager.is_alive()
