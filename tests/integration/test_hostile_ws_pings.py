@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from ioc.api import ws_guard
-from tests.support.guarded_uvicorn import serve_guarded
+from tests.support.guarded_uvicorn import echo_websocket_app, serve_guarded
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,7 @@ async def server() -> AsyncIterator[tuple[int, list[Any]]]:
     disconnect codes the app was told."""
 
     ends: list[Any] = []
-
-    async def app(scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "websocket":
-            return
-        await receive()
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                ends.append((message.get("code"), message.get("reason")))
-                return
-            await send({"type": "websocket.send", "text": message.get("text") or ""})
+    app = echo_websocket_app(ends)
 
     async with serve_guarded(app) as port:
         yield port, ends

@@ -121,6 +121,14 @@ def assert_inert(page: Any, where: str, texts: bool = True) -> None:
     )
 
 
+def officer_logs_in(page: Any, server: Server, next_quoted: str) -> None:
+    """The officer logs in through the login page, which then goes to ``next_quoted`` (already %-encoded)."""
+    page.goto(f"{server.url}/login?next={next_quoted}")
+    page.fill("#username", "an")
+    page.fill("#password", server.officer)
+    page.click("#login-submit")
+
+
 def test_hostile_text_shows_as_text_and_stops_nothing(server: Server, browser: Any) -> None:
     tag = uuid.uuid4().hex[:4]
     bad, good = f"RB-LC-{tag}", f"RG-HB-{tag}"
@@ -176,10 +184,7 @@ def test_hostile_text_shows_as_text_and_stops_nothing(server: Server, browser: A
 
         # the operator pages: incident (evidence, timeline, assignee), lists, device, silences
         ops = open_page(browser, errors)
-        ops.goto(f"{server.url}/login?next=%2Fops%3Flang%3Den%23%2Fincidents%2F{inc}")
-        ops.fill("#username", "an")
-        ops.fill("#password", server.officer)
-        ops.click("#login-submit")
+        officer_logs_in(ops, server, f"%2Fops%3Flang%3Den%23%2Fincidents%2F{inc}")
         wait_js(ops, "window.__ops && window.__ops.view === 'IncidentView' && window.__ops.ready", hook="__ops")
         wait_js(ops, "document.querySelector('.evidence table.kv') != null", hook="__ops")
         text = ops.inner_text("body")
@@ -258,10 +263,7 @@ def test_hostile_addresses_leave_the_pages_working(server: Server, browser: Any)
     error, and the incident list works afterwards."""
     errors: list[str] = []
     ops = open_page(browser, errors)
-    ops.goto(f"{server.url}/login?next=%2Fops%3Flang%3Den")
-    ops.fill("#username", "an")
-    ops.fill("#password", server.officer)
-    ops.click("#login-submit")
+    officer_logs_in(ops, server, "%2Fops%3Flang%3Den")
     wait_js(ops, "window.__ops && window.__ops.connected", hook="__ops")
     for hostile in HOSTILE_HASHES:
         for first in (True, False):  # the page opened on it, and the address changed under a running page

@@ -28,3 +28,21 @@ async def serve_guarded(app: Any) -> AsyncIterator[int]:
     finally:
         srv.should_exit = srv.force_exit = True
         await asyncio.wait_for(serving, 15)
+
+
+def echo_websocket_app(ends: list[Any]) -> Any:
+    """An ASGI app whose WebSocket echoes text frames; each disconnect's (code, reason) is appended to ``ends``."""
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                ends.append((message.get("code"), message.get("reason")))
+                return
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+    return app
