@@ -70,9 +70,9 @@ class Node:
         self.brain: Brain | None = None
         if role in ("brain", "all") and (settings.alerts.enabled or settings.analytics.enabled):
             # In "all" the hub has its own feed (the plain live subscription or the embedded worker).
-            # A lone "all" process (demo, tests, a small site) ends its broker session at a clean shutdown, else
-            # the broker queues everything for it until the session expires; brain candidates keep it for the next,
-            # and so does an "all" process with another candidate for its lease alive (Brain._candidate_beside).
+            # A lone "all" process (demo, tests, a small site) leaves its broker session only the restart grace
+            # (IOC_CLUSTER__BRAIN_RESTART_GRACE_S) at a clean shutdown, not the hour brain candidates keep it for the
+            # next; an "all" process with another candidate for its lease alive keeps it (Brain._candidate_beside).
             self.brain = Brain(state, settings, self.process_id, own_input=not embedded_ingest,
                                feed_hub=role == "brain" and not embedded_ingest, discard_session=role == "all")
         # Embedded ingest: the worker's acks wait for the brain's stages as the brain session's would
