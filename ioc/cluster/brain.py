@@ -202,7 +202,7 @@ class BrainInput:
 
     def discard(self) -> None:
         """End the broker session for good (blocking: run it in a thread). For a lone ``all`` process at a clean
-        shutdown: nobody resumes the session, and the broker would otherwise queue every message for it."""
+        shutdown with no restart grace (``brain_restart_grace_s = 0``): the broker would otherwise queue for it."""
         opts = self.session.options
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=mqtt.MQTTv5)
         if opts.username:
