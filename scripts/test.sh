@@ -7,4 +7,4 @@ scripts/services.sh
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 mypy
-python -m pytest -m "unit or integration" -q -p no:cacheprovider "$@"
+python -m pytest -m "unit or integration" -q -p no:cacheprovider --durations=25 "$@"
