@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 
 from ingest import metrics as m
 from ingest.guard import MetricNameGuard
+from ingest.kinds import DeviceKinds
 from ingest.parse import internal_error, parse_message
 from ingest.records import ParsedMessage
 
@@ -24,27 +25,33 @@ ParsedSink = Callable[[ParsedMessage], None]
 
 
 def handle_message(message: mqtt.MQTTMessage, received_at: datetime, guard: MetricNameGuard,
-                   sinks: tuple[ParsedSink, ...], stores: bool = True) -> ParsedMessage:
+                   sinks: tuple[ParsedSink, ...], stores: bool = True,
+                   kinds: DeviceKinds | None = None) -> ParsedMessage:
     """Parse one MQTT message and hand it to the sinks; never raises.
 
     The structural rule of ingest: whatever raises while handling one message (parsing, the caps, any
     sink: live hub, analytics, alerts) adds an ``internal_error`` rejection with the exception text to
     that message, so it lands in the quarantine, and the session goes on. Records that parsed are still
     stored: a sink's failure does not cost the data. ``stores`` is False for processes that only follow the
-    broker (live listener, brain): they count nothing as quarantined, the ingest workers do.
+    broker (live listener, brain): they count nothing as quarantined, the ingest workers do. ``kinds`` refuses a
+    message of a known device under another kind (:mod:`ingest.kinds`) before the caps and the sinks.
     """
     topic, payload = "(topic not decoded)", b""
     try:
         topic = message._topic.decode("utf-8", "replace")
         payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
-        parsed = guard.apply(parse_message(topic, payload, received_at, retained=bool(message.retain)), topic)
+        parsed = parse_message(topic, payload, received_at, retained=bool(message.retain))
+        if kinds is not None:  # before the caps: a refused message adds no metric name to the device's
+            parsed = kinds.check(parsed, topic, received_at, payload)
+        parsed = guard.apply(parsed, topic)
     except Exception as err:
         m.HANDLER_ERRORS.labels("parse").inc()
         errors.log("handling a message on %r raised; quarantined as internal_error", topic[:200])
         parsed = internal_error(topic, payload, received_at, "parsing", err)
     if stores:
         for rej in parsed.rejections:
-            m.quarantined(rej.reason.value).inc()
+            if rej.held is None:  # held records are counted once the registry decided (ingest/kinds.py)
+                m.quarantined(rej.reason.value).inc()
     for sink in sinks:
         try:
             sink(parsed)

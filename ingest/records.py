@@ -27,6 +27,8 @@ class Reason(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     TOO_MANY_METRICS = "too_many_metrics"
     TOO_MANY_EVENT_TYPES = "too_many_event_types"
+    KIND_CONFLICT = "kind_conflict"
+    """The device is in the registry under another kind than the message's topic says (ingest/kinds.py)."""
     DB_REJECTED = "db_rejected"
     INTERNAL_ERROR = "internal_error"
     """Handling the message raised where nothing should: kept here with the exception, the session goes on."""
@@ -92,6 +94,9 @@ class Rejection:
     payload: bytes
     item_index: int | None = None
     keep_bytes: int | None = None  # keep at most this much of the payload (a device over its quarantine budget)
+    #: A new device's records refused under the kind it was first seen with here, held for the registry's decision
+    #: at the ingest's commit (ingest/kinds.py): stored after all if the registry gives the device their kind.
+    held: list[Record] | None = None
 
 
 Record = Reading | StatusUpdate | DeviceEvent | Snapshot

@@ -32,6 +32,7 @@ from ingest.contract import CHANNELS
 from ingest.errors import UNKNOWN_ERROR_RETRIES, Failure, judge, terminate_unless_server_error
 from ingest.guard import MetricNameGuard
 from ingest.handling import ParsedSink, handle_message
+from ingest.kinds import DeviceKinds
 from ingest.latest import LatestValues
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.quarantine_budget import QuarantineBudget
@@ -39,6 +40,7 @@ from ingest.records import ParsedMessage, Reading, Reason, Rejection
 from ingest.text import clean_text
 from storage.config import StorageConfig
 from storage.db import Backend, SchemaNotReady, create_pool, read_backend
+from storage.kinds import claim_kinds
 from storage.maintenance import run_maintenance
 from storage.rollups import refresh_recent
 from storage.writes import BatchRows, write_batch
@@ -82,6 +84,7 @@ class IngestWorker:
         self.session = MqttSession(session, self._on_message, self._on_connection_change)
         self.registry = RegistryCache(config.registry_touch_s)
         self.guard = MetricNameGuard()
+        self.kinds = DeviceKinds()  # the registry's kinds: a known device's message under another is refused
         self.quarantine_budget = QuarantineBudget(config.quarantine_bytes_per_device_min)
         self.latest = LatestValues()
         #: Awaited with each committed batch's messages before they are acked (the analytics stream).
@@ -115,6 +118,7 @@ class IngestWorker:
         tasks = [asyncio.create_task(self._writer(i), name=f"ingest-writer-{i}")
                  for i in range(self.config.writers)]
         tasks.append(asyncio.create_task(self._latest_loop(), name="ingest-latest"))
+        tasks.append(asyncio.create_task(self.kinds.run(self._pool), name="ingest-kinds"))
         if self.maintenance_interval_s:
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="ingest-maintenance"))
             tasks.append(asyncio.create_task(self._rollup_loop(), name="ingest-rollups"))
@@ -147,6 +151,7 @@ class IngestWorker:
                                          max_size=self.config.writers + 1)
                 async with pool.acquire() as conn:
                     backend = await read_backend(conn)
+                    await self.kinds.load(conn)  # before the first message: a known device's kind is fixed
                 logger.info("database ready (%s backend, %s writes)", backend.value, self.config.write_method)
                 return pool
             except SchemaNotReady:
@@ -175,7 +180,7 @@ class IngestWorker:
         gate = self.gate
         if gate is not None:  # before the sinks: the stages read its sequence and DUP flag as this message's
             gate.received(bool(message.dup))
-        parsed = handle_message(message, received_at, self.guard, self.sinks)
+        parsed = handle_message(message, received_at, self.guard, self.sinks, kinds=self.kinds)
         if parsed.rejections:
             self.quarantine_budget.apply(parsed.rejections, self.config.quarantine_payload_bytes)
         channel = _channel_label(message._topic)
@@ -276,11 +281,19 @@ class IngestWorker:
         backoff = Backoff(self.config.retry_min_s, self.config.retry_max_s)
         attempts = 0  # failures that count toward the poison limit
         while True:
+            claimed: dict[str, str] = {}
             try:
-                rows = build_rows(messages, self.registry, self.config.quarantine_payload_bytes)
+                claims = self.kinds.claims((msg.received_at, msg.parsed) for msg in messages)
                 async with self._pool.acquire() as conn:
                     try:
-                        await write_batch(conn, rows, self.config.write_method)
+                        if claims:  # devices new to the registry (as this process knows it): it decides their kind
+                            async with conn.transaction():
+                                claimed = await claim_kinds(conn, claims)
+                                rows = self._rows(messages, claimed)
+                                await write_batch(conn, rows, self.config.write_method)
+                        else:
+                            rows = self._rows(messages, claimed)
+                            await write_batch(conn, rows, self.config.write_method)
                     except Exception as err:  # the pool must not hand out a connection in an unknown state
                         terminate_unless_server_error(conn, err)
                         raise
@@ -300,8 +313,16 @@ class IngestWorker:
                                if counted else "", delay)
                 await asyncio.sleep(delay)
                 continue
+            self.kinds.learn(claimed)
             self._committed(messages, rows)
             return
+
+    def _rows(self, messages: list[Pending], claimed: dict[str, str]) -> BatchRows:
+        """The batch's rows, each message held to its device's registry kind first (ingest/kinds.py)."""
+        refused = self.kinds.settle(((msg.channel, msg.received_at, msg.parsed) for msg in messages), claimed)
+        if refused:
+            m.quarantined(Reason.KIND_CONFLICT.value).inc(refused)
+        return build_rows(messages, self.registry, self.config.quarantine_payload_bytes)
 
     async def _bisect(self, messages: list[Pending], err: BaseException) -> None:
         if len(messages) > 1:

@@ -175,7 +175,7 @@ def _cmd_pki(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     from ioc.provision.commands import run_devices
 
-    return run_devices(args)
+    return run_devices(args, settings.database_url)
 
 
 def _cmd_users(args: argparse.Namespace, settings: Settings) -> int:

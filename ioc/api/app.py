@@ -84,6 +84,7 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
             worker_task = asyncio.create_task(app.state.worker.run(), name="embedded-ingest")
         elif settings.live.listen_mqtt and role != "brain":
             listener = app.state.listener = LiveListener(settings, sinks, late_sinks=(hub.on_parsed_late,))
+            tasks.append(asyncio.create_task(listener.kinds.run(app.state.pool), name="live-kinds"))
             tasks.append(asyncio.create_task(listener.run(), name="live-mqtt"))
         tasks.append(asyncio.create_task(health.watch(app.state), name="health"))
         try:

@@ -27,6 +27,7 @@ from analytics.findings import Finding
 from ingest.contract import SUBSCRIPTION
 from ingest.guard import MetricNameGuard
 from ingest.handling import handle_message
+from ingest.kinds import DeviceKinds
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.records import ParsedMessage
 from ioc.alerts.model import Changes
@@ -89,6 +90,7 @@ class BrainInput:
             session_expiry_s=cfg.brain_session_expiry_s)
         self.sinks = sinks
         self.guard = MetricNameGuard()
+        self.kinds = DeviceKinds()  # the registry's kinds (the brain loads them before reading, then keeps them)
         self.session = MqttSession(options, self._on_message)
         self.lag_s: float | None = None
         self.seq = 0  # sequence number of the last message handed to the stages
@@ -110,7 +112,7 @@ class BrainInput:
         self.seq += 1  # on the event loop, before the sinks: the stages read it as their position
         self.redelivered = bool(message.dup)  # ... and this (the analytics stage: a copy of a snapshot analysed?)
         # The ingest's own handler: parse, caps, every sink under the catch-all (never raises).
-        parsed = handle_message(message, now, self.guard, self.sinks, stores=False)
+        parsed = handle_message(message, now, self.guard, self.sinks, stores=False, kinds=self.kinds)
         stamps = [r.ts for r in parsed.records if getattr(r, "ts", None) is not None]
         if stamps:
             self.lag_s = max(0.0, (now - max(stamps)).total_seconds())
@@ -366,7 +368,13 @@ class Brain:
                             asyncio.create_task(self.actions.run(), name="cluster-actions")]
         if self.own_input:
             self.input = tie_acks(BrainInput(settings, tuple(sinks)), self.analytics, self.alerts)
-            self._tasks.append(asyncio.create_task(self.input.run(), name="brain-input"))
+            try:  # the registry's kinds before the first message (else the next round of kinds.run loads them)
+                async with pool.acquire(timeout=10) as conn:
+                    await self.input.kinds.load(conn)
+            except Exception as err:
+                logger.warning("device kinds not loaded yet (%s)", err)
+            self._tasks += [asyncio.create_task(self.input.kinds.run(pool), name="brain-kinds"),
+                            asyncio.create_task(self.input.run(), name="brain-input")]
         if settings.partition.nats_url and self.alerts is not None:
             # numeric analytics runs on `ioc analytics-worker`s: their findings come over the stream, acked once
             # the alert step covering them is stored (after tie_acks: the stage steps at a joint position)

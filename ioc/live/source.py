@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from ingest.contract import SUBSCRIPTION
 from ingest.guard import MetricNameGuard
 from ingest.handling import handle_message
+from ingest.kinds import DeviceKinds
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.records import ParsedMessage
 from ioc.live.intake import LiveIntake
@@ -38,6 +39,7 @@ class LiveListener:
         # ``on_parsed_late`` on a served replica; by default the same sinks
         self.late_sinks = sinks if late_sinks is None else late_sinks
         self.guard = MetricNameGuard()
+        self.kinds = DeviceKinds()  # the registry's kinds, kept current by ``kinds.run`` (the app starts it)
         user, password = settings.mqtt_credentials
         self.session = MqttSession(SessionOptions(
             host=settings.mqtt_host, port=settings.mqtt_port, client_id=f"ioc-live-{uuid.uuid4().hex[:8]}",
@@ -68,7 +70,8 @@ class LiveListener:
     def _handle(self, message: mqtt.MQTTMessage, late: bool) -> None:
         # The ingest's own handler: parse, caps, sinks, each error caught (the ingest workers quarantine the
         # message; here it is only counted and logged, since this process stores nothing).
-        handle_message(message, datetime.now(UTC), self.guard, self.late_sinks if late else self.sinks, stores=False)
+        handle_message(message, datetime.now(UTC), self.guard, self.late_sinks if late else self.sinks, stores=False,
+                       kinds=self.kinds)
 
     async def run(self) -> None:
         watch = asyncio.create_task(self.intake.watch())  # sees stalls of the loop (ioc/live/backlog.py)

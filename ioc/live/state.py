@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ingest.contract import KINDS
 from ingest.records import Reading, Record, Snapshot, StatusUpdate
 
 
@@ -47,6 +48,10 @@ class DeviceTable:
         dev = self.devices.get(device_id)
         if dev is None:
             dev = self.devices[device_id] = DeviceState(device_id, kind)
+        elif dev.kind != kind and kind in KINDS:
+            # records reach the hub under their device's registry kind only (ingest/kinds.py): another kind here is
+            # the registry's change (``ioc devices set-kind``) or the end of a new id's race between two kinds
+            dev.kind = kind
         return dev
 
     def apply(self, rec: Record, received_at: datetime) -> tuple[DeviceState, bool, bool]:

@@ -49,6 +49,13 @@ def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
     rm.add_argument("device_ids", nargs="*", metavar="ID", help="device ids")
     rm.add_argument("--csv", type=Path, help="CSV with a header row naming device_id")
     _file_args(rm)
+    kind = sub.add_parser("set-kind", help="change devices' kind in the registry (IOC_DATABASE_URL): re-provisioned "
+                          "as another kind", description="A device's kind is fixed in the registry once known: "
+                          "messages under another kind are quarantined (kind_conflict). After re-provisioning its "
+                          "broker account as another kind (remove, provision), set it here; the running processes "
+                          "follow within seconds. Its history stays under its id.")
+    kind.add_argument("kind", help="camera, bts or traffic")
+    kind.add_argument("device_ids", nargs="+", metavar="ID", help="device ids")
     svc = sub.add_parser("services", help="new passwords for the IOC's service accounts, as .env lines")
     svc.add_argument("--out", type=Path, required=True, help="file for the .env lines (must not exist; 0600)")
     svc.add_argument("--simulator", action="store_true", help="also the simulator account (test/demo brokers only)")
@@ -89,10 +96,12 @@ def run_pki(args: argparse.Namespace) -> int:
     return 2
 
 
-def run_devices(args: argparse.Namespace) -> int:
-    """Run ``ioc devices ...``."""
+def run_devices(args: argparse.Namespace, database_url: str | None = None) -> int:
+    """Run ``ioc devices ...`` (``set-kind`` writes to the registry at ``database_url``)."""
     if args.devices_command == "remove":
         return _remove(args)
+    if args.devices_command == "set-kind":
+        return _set_kind(args, database_url)
     if args.out.exists():
         return _fail(f"{args.out} exists: credentials are written once, choose a new file")
     try:
@@ -124,6 +133,40 @@ def _remove(args: argparse.Namespace) -> int:
     print(f"{len(removed)} device account(s) removed" + (f"; not found: {', '.join(missing[:20])}" if missing else ""))
     if removed:
         print("reload the broker to apply: docker compose kill -s HUP mosquitto (or kill -HUP <pid>)")
+    return 0 if not missing else 1
+
+
+def _set_kind(args: argparse.Namespace, database_url: str | None) -> int:
+    import asyncio
+
+    import asyncpg
+
+    from storage.kinds import set_kind
+
+    try:
+        ids = [accounts.check_device(args.kind, d).device_id for d in args.device_ids]
+    except accounts.ProvisionError as err:
+        return _fail(str(err))
+    if not database_url:
+        return _fail("set IOC_DATABASE_URL: the registry is in the database")
+
+    async def run() -> dict[str, str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await set_kind(conn, ids, args.kind.strip())
+        finally:
+            await conn.close()
+
+    try:
+        before = asyncio.run(run())
+    except (OSError, asyncpg.PostgresError) as err:
+        return _fail(f"registry not changed: {err}")
+    for device_id in ids:
+        if device_id in before:
+            print(f"{device_id}: {before[device_id]} -> {args.kind.strip()}")
+    missing = [d for d in ids if d not in before]
+    if missing:
+        print(f"not in the registry (a new device takes the kind of its first message): {', '.join(missing[:20])}")
     return 0 if not missing else 1
 
 
