@@ -4,7 +4,9 @@ The alert engine enqueues rows in the same transaction as the change they report
 due rows with ``FOR UPDATE SKIP LOCKED`` and a lease (``next_attempt`` moved forward), so several
 processes share the outbox and the claims of one that dies are retried when the lease ends. Delivery
 is therefore at least once; receivers dedupe on the notification id. Every outcome guards on
-``status = 'pending'`` so a row superseded meanwhile is never revived.
+``status = 'pending'`` so a row superseded meanwhile is never revived, and, given the dispatcher's
+:data:`Claim`, on that claim still being the row's: a claim taken back (by the next leader, or after its
+lease) leaves the row to its new claimant.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ _COLS = ("id, created_at, incident_id, channel, target, reason, subject, body, s
          "last_error, sent_at")
 #: Longest last_error kept; a receiver's error page must not bloat the table.
 MAX_ERROR = 1000
+#: A claim as its dispatcher knows it: (the claiming leader's epoch or None, the ``next_attempt`` the claim set).
+#: Any later claim, release, retry or deferral of the row changes one of them.
+Claim = tuple[int | None, datetime]
+_CLAIMED = " AND claim_epoch IS NOT DISTINCT FROM ${}::int8 AND next_attempt = ${}::timestamptz"
+
+
+def _claimed(claim: Claim | None, first: int) -> tuple[str, tuple[Any, ...]]:
+    """The SQL condition "still under this claim" (nothing without a claim) with its parameters from ``$first``."""
+    return ("", ()) if claim is None else (_CLAIMED.format(first, first + 1), claim)
 
 
 @dataclass(slots=True)
@@ -79,8 +90,9 @@ async def release_stale_claims(conn: Any, epoch: int, now: datetime) -> int:
 
     A leader holding ``epoch`` is the only one that can claim any more (claims are fenced), so an older
     epoch's claim belongs to a leader that died or was fenced between its claim and the send: without this
-    its pages would wait out the claim's lease. A paused old leader that wakes and sends anyway makes that
-    page arrive twice under one notification id, which receivers drop (delivery is at least once).
+    its pages would wait out the claim's lease. A paused old leader that wakes finds its claim gone (and its
+    fence refusing) before it sends (:func:`still_claimed`); one that was already sending makes that page
+    arrive twice under one notification id, which receivers drop (delivery is at least once).
     """
     result = await conn.execute(
         "UPDATE notifications SET next_attempt = $2, claim_epoch = NULL "
@@ -88,27 +100,38 @@ async def release_stale_claims(conn: Any, epoch: int, now: datetime) -> int:
     return int(result.split()[-1])
 
 
-async def mark_sent(conn: Any, notification_id: int, now: datetime) -> bool:
-    """Record a successful attempt; False if the row was no longer pending."""
+async def still_claimed(conn: Any, notification_id: int, claim: Claim) -> bool:
+    """True while the row is pending under ``claim`` (checked just before sending it)."""
+    cond, args = _claimed(claim, 2)
+    return bool(await conn.fetchval(
+        f"SELECT true FROM notifications WHERE id = $1 AND status = 'pending'{cond}", notification_id, *args))
+
+
+async def mark_sent(conn: Any, notification_id: int, now: datetime, claim: Claim | None = None) -> bool:
+    """Record a successful attempt; False if the row was no longer pending (or no longer under ``claim``)."""
+    cond, args = _claimed(claim, 3)
     result = await conn.execute(
         "UPDATE notifications SET status = 'sent', attempts = attempts + 1, sent_at = $2, last_error = NULL "
-        "WHERE id = $1 AND status = 'pending'", notification_id, now)
+        f"WHERE id = $1 AND status = 'pending'{cond}", notification_id, now, *args)
     return bool(result.endswith(" 1"))
 
 
-async def mark_retry(conn: Any, notification_id: int, next_attempt: datetime, error: str) -> bool:
-    """Record a failed attempt and when to try again; False if the row was no longer pending."""
+async def mark_retry(conn: Any, notification_id: int, next_attempt: datetime, error: str,
+                     claim: Claim | None = None) -> bool:
+    """Record a failed attempt and when to try again; False if the row was no longer pending (or under ``claim``)."""
+    cond, args = _claimed(claim, 4)
     result = await conn.execute(
         "UPDATE notifications SET attempts = attempts + 1, next_attempt = $2, last_error = $3, claim_epoch = NULL "
-        "WHERE id = $1 AND status = 'pending'", notification_id, next_attempt, error[:MAX_ERROR])
+        f"WHERE id = $1 AND status = 'pending'{cond}", notification_id, next_attempt, error[:MAX_ERROR], *args)
     return bool(result.endswith(" 1"))
 
 
-async def mark_failed(conn: Any, notification_id: int, error: str) -> bool:
+async def mark_failed(conn: Any, notification_id: int, error: str, claim: Claim | None = None) -> bool:
     """Record a last failed attempt: the row stays, status 'failed', for operators to see."""
+    cond, args = _claimed(claim, 3)
     result = await conn.execute(
         "UPDATE notifications SET status = 'failed', attempts = attempts + 1, last_error = $2 "
-        "WHERE id = $1 AND status = 'pending'", notification_id, error[:MAX_ERROR])
+        f"WHERE id = $1 AND status = 'pending'{cond}", notification_id, error[:MAX_ERROR], *args)
     return bool(result.endswith(" 1"))
 
 
@@ -120,12 +143,13 @@ async def mark_dropped(conn: Any, notification_ids: list[int], reason: str) -> i
     return int(result.split()[-1])
 
 
-async def defer(conn: Any, notification_ids: list[int], next_attempt: datetime) -> int:
-    """Postpone pending rows without counting an attempt (rate limited); returns how many."""
+async def defer(conn: Any, notification_ids: list[int], next_attempt: datetime, claim: Claim | None = None) -> int:
+    """Postpone pending rows (still under ``claim``) without counting an attempt (rate limited); returns how many."""
+    cond, args = _claimed(claim, 3)
     result = await conn.execute(
         "UPDATE notifications SET next_attempt = $2, claim_epoch = NULL WHERE id = ANY($1::int8[]) "
-        "AND status = 'pending'",
-        notification_ids, next_attempt)
+        f"AND status = 'pending'{cond}",
+        notification_ids, next_attempt, *args)
     return int(result.split()[-1])
 
 

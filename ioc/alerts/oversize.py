@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import Counter
 
 from ingest.records import ParsedMessage
-from ioc.alerts.model import Signal
+from ioc.alerts.model import Changes, Signal
 from storage.set_aside import set_aside
 
 logger = logging.getLogger("ioc.alerts.stage")
@@ -47,10 +48,14 @@ def refusal(parsed: ParsedMessage, signals: list[Signal], cap: int, position: in
     return what, why, doc
 
 
-async def set_aside_messages(pool: Any, refused: list[tuple[str, str, dict[str, Any]]]) -> bool:
-    """Store the refused messages' rows in one transaction; False when the database did not take them (retried)."""
+async def set_aside_messages(pool: Any, refused: list[tuple[str, str, dict[str, Any]]],
+                             guard: Callable[[Any, Changes], Awaitable[None]] | None = None) -> bool:
+    """Store the refused messages' rows in one transaction, behind the stage's ``guard`` (the lease's fence); False
+    when the database did not take them, or the fence refused them (retried, or the stage is being stopped)."""
     try:
         async with pool.acquire(timeout=5) as conn, conn.transaction():
+            if guard is not None:
+                await guard(conn, Changes())
             for what, why, doc in refused:
                 await set_aside(conn, "alerts", what, why, 1, doc)
     except Exception as err:

@@ -314,7 +314,7 @@ class AlertStage(Stepping, Storing):
                 await self._set_aside_signals()
             if self._refused_messages:
                 refused = self._refused_messages
-                if await set_aside_messages(self.pool, refused):
+                if await set_aside_messages(self.pool, refused, self.guard):
                     self._refused_messages = self._refused_messages[len(refused):]
             if not self._held():  # every step up to ``seq`` stored (failures stay held)
                 if self.lost_after is not None:  # a dropped signal: never past its message

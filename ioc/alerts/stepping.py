@@ -10,7 +10,7 @@ queued and the acked position does not pass them; signals that no step can apply
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +38,7 @@ class Stepping:
     liveness: Liveness
     config: AlertsConfig
     pool: Any
+    guard: Callable[[Any, Changes], Awaitable[None]] | None
     since: datetime | None
     position: Callable[[], int]
     step_failing: tuple[datetime, str] | None
@@ -149,10 +150,16 @@ class Stepping:
         return ch
 
     async def _set_aside_signals(self) -> None:
-        """Keep the signals no step could apply in ``set_aside`` (with their error) before their input is acked."""
+        """Keep the signals no step could apply in ``set_aside`` (with their error) before their input is acked.
+
+        Fenced like every write of the stage: a process that lost its lease writes no row (the next leader, handed
+        the same input again, sets its own aside).
+        """
         refused = self._refused
         try:
             async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                if self.guard is not None:
+                    await self.guard(conn, Changes())
                 for sig, error in refused:
                     await set_aside(conn, "alerts", f"signal {sig.key}", error, 1, _signal_doc(sig))
         except Exception as err:

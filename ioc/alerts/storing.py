@@ -144,8 +144,10 @@ class Storing:
                 if await self._verdict(err) is Failure.TRANSIENT:
                     logger.warning("alert changes not stored yet (%s: %s); retrying", type(err).__name__, err)
                     return self._rest(pieces, n)
-                try:
-                    async with self.pool.acquire(timeout=5) as conn:  # a fresh one: the failed one may be gone
+                try:  # a fresh connection (the failed one may be gone), fenced like the piece
+                    async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                        if self.guard is not None:
+                            await self.guard(conn, Changes())
                         await set_aside(conn, "alerts", piece.what, err, self._flush_attempts, piece.doc)
                 except Exception as again:
                     logger.warning("alert change not set aside yet (%s); retrying", again)

@@ -165,14 +165,13 @@ class ActionWorker:
         for row in pending:
             if row["epoch"] is not None and row["epoch"] >= self.epoch:
                 continue  # ours: applied, its result is stored with its effect
-            async with self.pool.acquire(timeout=5) as conn:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                await self._fenced(conn)  # an expiry too: a deposed leader decides nothing
                 if row["epoch"] is None and row["age_s"] > self.expire_after_s:
                     await sql.fail_unclaimed(conn, row["id"], "expired: no leader took it in time")
                     continue
-                async with conn.transaction():
-                    await self._fenced(conn)
-                    if not await sql.claim_action(conn, row["id"], self.epoch):
-                        continue  # finished meanwhile (or failed by its replica's timeout)
+                if not await sql.claim_action(conn, row["id"], self.epoch):
+                    continue  # finished meanwhile (or failed by its replica's timeout)
             if row["epoch"] is not None:
                 logger.warning("action %d taken by epoch %d was not stored; applying it now", row["id"], row["epoch"])
             taken += 1

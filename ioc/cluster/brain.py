@@ -314,7 +314,8 @@ class Brain:
                 continue
             changed, self._health = self._health, {}
             try:
-                async with (self.stage_pool or self.state.pool).acquire(timeout=5) as conn:
+                async with (self.stage_pool or self.state.pool).acquire(timeout=5) as conn, conn.transaction():
+                    await self.lease.fence(conn)  # a deposed leader's labels are stale: the walls follow the new one
                     for doc in health_payloads(self.process_id, changed):
                         await sql.notify(conn, sql.CHANNEL_HEALTH, doc)
             except Exception as err:  # screens elsewhere miss a label change; the next change is sent again

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from ioc.cluster.config import ClusterConfig
 from storage import cluster as sql
@@ -24,6 +25,9 @@ from storage.cluster import FencedError
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[int], Awaitable[None]]
+
+REFUSED = Counter("ioc_cluster_writes_fenced", "Writes of a stateful stage refused by the lease's fence (this "
+                  "process no longer leads)")
 
 #: A missing lease row (deleted by hand, a table recreated) comes back above every epoch the brain recorded: the
 #: action worker and the dispatcher judge rows by "taken by an older epoch", so an epoch that went back to 1
@@ -61,6 +65,7 @@ class Lease:
         self._told_schema = False
         #: The last try found the lease held by another process, valid (not this one: it leads elsewhere).
         self.elsewhere = False
+        self.refused = 0  # writes refused by the fence
 
     @property
     def stopping(self) -> bool:
@@ -78,11 +83,13 @@ class Lease:
             FencedError: the lease is not ours (any more); the stages are being stopped.
         """
         epoch = self.epoch
-        if epoch is None:
-            raise FencedError(f"{self.holder} does not hold lease {self.name!r}")
         try:
+            if epoch is None:
+                raise FencedError(f"{self.holder} does not hold lease {self.name!r}")
             await sql.check_epoch(conn, self.name, self.holder, epoch)
         except FencedError:
+            self.refused += 1
+            REFUSED.inc()
             self.lose("a write was fenced")
             raise
 

@@ -51,6 +51,8 @@ class Receiver:
 
     def __init__(self, port: int = 0, status: int = 200) -> None:
         self.status = status
+        #: When set, called with each request's headers (lower-case names) for its status; it may block.
+        self.answer: Callable[[dict[str, str]], int] | None = None
         self.reply_headers: dict[str, str] = {}
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         receiver = self
@@ -59,7 +61,9 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests.append((self.path, dict(self.headers.items()), body))
-                self.send_response(receiver.status)
+                answer = receiver.answer
+                heads = {k.lower(): v for k, v in self.headers.items()}
+                self.send_response(receiver.status if answer is None else answer(heads))
                 for name, value in receiver.reply_headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", "2")

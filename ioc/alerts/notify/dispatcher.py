@@ -4,6 +4,12 @@ Outcomes: sent; a transient failure is retried with exponential backoff and jitt
 ``max_attempts``, then 'failed'; a permanent failure (4xx, SMTP 5xx) is 'failed' at once. A
 rate-limited notification is deferred, not dropped; when too many wait for one target, older ones of
 the same incident are 'dropped' as superseded. Every row keeps its attempts and last error.
+
+Under a leader (ioc/cluster) every write is fenced by its lease's epoch: the claim, the check just before each
+send that the row is still under this pass's claim (a leader paused after its claim finds the next leader took
+the row back, and sends nothing), the rate-limit token, and every outcome. A refused write stops the pass and
+is counted (``ioc_notifications_fenced``); a page already on its way when the lease was lost is sent again by
+the next leader under the same notification id, which receivers drop.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from ioc.alerts.notify.render import Rendered
 from ioc.alerts.notify.webhook import DeliveryError, send_webhook
 from storage import cluster as cluster_sql
 from storage import notifications as outbox
-from storage.notifications import NotificationRow
+from storage.cluster import FencedError
+from storage.notifications import Claim, NotificationRow
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,10 @@ DEFERRED = Counter("ioc_notifications_deferred", "Notifications postponed by the
 SUPERSEDED = Counter("ioc_notifications_superseded", "Waiting notifications dropped for a newer one of the "
                      "same incident", ["channel"])
 PENDING = Gauge("ioc_notifications_pending", "Notifications waiting in the outbox")
+FENCED = Counter("ioc_notifications_fenced", "Dispatcher writes refused because this process no longer leads "
+                 "(claim, send: the page not sent, outcome: a delivery or failure not recorded)", ["what"])
+LOST_CLAIMS = Counter("ioc_notifications_claims_lost", "Claimed notifications not sent because their claim was "
+                      "taken back meanwhile (by the next leader, or after the claim's lease)")
 
 CHANNELS = ("email", "webhook")
 #: Longest pause after the database failed a pass; the outbox is durable, so waiting loses nothing.
@@ -103,6 +114,7 @@ class NotificationDispatcher:
         # (a leader killed between claim and send would otherwise hold those pages back for the claim's lease).
         self.epoch: int | None = None
         self._stale_released = False
+        self.fenced = 0  # writes refused by the fence (this process no longer leads)
 
     async def run(self) -> None:
         """Send due notifications every ``poll_s`` until cancelled; database outages only pause it."""
@@ -115,6 +127,10 @@ class NotificationDispatcher:
                     processed = await self.send_once()
                     pause = self._config.poll_s
                     outage.reset()
+                except FencedError as exc:  # the lease is lost: the brain stops this task
+                    processed = 0
+                    pause = outage.next_delay()
+                    logger.warning("notification pass refused: %s", exc)
                 except _OUTAGE_ERRORS as exc:
                     processed = 0
                     pause = outage.next_delay()
@@ -143,8 +159,7 @@ class NotificationDispatcher:
             Exception: whatever the database raised (the notifications stay in the outbox).
         """
         async with self._pool.acquire() as conn, conn.transaction():
-            if self.guard is not None:
-                await self.guard(conn)
+            await self._fence(conn, "claim")
             if self.epoch is not None and not self._stale_released:
                 released = await outbox.release_stale_claims(conn, self.epoch, _dt(self._clock()))
                 if released:
@@ -165,26 +180,54 @@ class NotificationDispatcher:
                 raise result
         return len(rows)
 
+    async def _fence(self, conn: Any, what: str) -> None:
+        """The lease's fence, first in a write transaction; a refusal is counted and raised."""
+        if self.guard is None:
+            return
+        try:
+            await self.guard(conn)
+        except FencedError:
+            self.fenced += 1
+            FENCED.labels(what).inc()
+            raise
+
+    def _claim(self, row: dict[str, Any]) -> Claim:
+        return self.epoch, row["next_attempt"]
+
     async def _send_group(self, key: Key, rows: list[dict[str, Any]]) -> None:
         for index, row in enumerate(rows):
             now = self._clock()
-            wait = await self._take_token(key, now)
+            wait = await self._turn(key, row, now)
+            if wait is None:
+                continue
             if wait > 0:
                 await self._hold_back(key, rows[index:], now + wait)
                 return
             await self._deliver(row)
 
-    async def _take_token(self, key: Key, now: float) -> float:
-        if not self.shared_limits:
-            return self._limiter.acquire(key, now)
-        async with self._pool.acquire() as conn:
+    async def _turn(self, key: Key, row: dict[str, Any], now: float) -> float | None:
+        """Just before sending ``row``: under the fence, is it still under this pass's claim (None: no, skip it),
+        and may its target receive now (0.0) or in how many seconds (the rate limit's token)?
+
+        A claim is taken back by the next leader's first pass (or by any dispatcher after the claim's lease): a
+        process that was paused since its claim must not send what another now sends.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, "send")
+            if not await outbox.still_claimed(conn, row["id"], self._claim(row)):
+                LOST_CLAIMS.inc()
+                logger.warning("notification %s not sent: its claim was taken back meanwhile", row["id"])
+                return None
+            if not self.shared_limits:
+                return self._limiter.acquire(key, now)
             return await cluster_sql.take_token(conn, key[0], key[1], self._limiter.rate_per_s, self._limiter.burst)
 
     async def _hold_back(self, key: Key, rows: list[dict[str, Any]], until: float) -> None:
         channel, target = key
         async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, "outcome")
             dropped = await outbox.supersede(conn, channel, target, self._config.coalesce_after)
-            deferred = await outbox.defer(conn, [r["id"] for r in rows], _dt(until))
+            deferred = await outbox.defer(conn, [r["id"] for r in rows], _dt(until), self._claim(rows[0]))
         DEFERRED.labels(channel).inc(deferred)
         SUPERSEDED.labels(channel).inc(dropped)
         logger.info("rate limit for %s %s: %d deferred to %s, %d superseded", channel, target, deferred,
@@ -217,9 +260,15 @@ class NotificationDispatcher:
         attempt = int(row["attempts"]) + 1
         error = await self._attempt(row)
         if error is None:
-            async with self._pool.acquire() as conn:
-                await outbox.mark_sent(conn, nid, _dt(self._clock()))
             SENT.labels(channel).inc()
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await self._fence(conn, "outcome")
+                    await outbox.mark_sent(conn, nid, _dt(self._clock()), self._claim(row))
+            except FencedError:
+                logger.warning("notification %s was delivered as this process lost its lease: not recorded, the "
+                               "next leader sends it again under the same id (receivers drop the repeat)", nid)
+                raise
             logger.info("notification %s (%s) sent by %s to %s, attempt %d", nid, row["reason"], channel, target,
                         attempt)
             return
@@ -228,14 +277,16 @@ class NotificationDispatcher:
             delay = backoff_delay(attempt, self._config.retry_base_s, self._config.retry_max_s, self._rng)
             if error.retry_after:
                 delay = max(delay, min(error.retry_after, self._config.retry_max_s))
-            async with self._pool.acquire() as conn:
-                await outbox.mark_retry(conn, nid, _dt(self._clock() + delay), error.message)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, "outcome")
+                await outbox.mark_retry(conn, nid, _dt(self._clock() + delay), error.message, self._claim(row))
             logger.warning("notification %s by %s to %s failed (attempt %d/%d, retry in %.1f s): %s", nid, channel,
                            target, attempt, self._config.max_attempts, delay, error.message)
             return
         message = error.message if not error.transient else f"gave up after {attempt} attempts: {error.message}"
-        async with self._pool.acquire() as conn:
-            await outbox.mark_failed(conn, nid, message)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn, "outcome")
+            await outbox.mark_failed(conn, nid, message, self._claim(row))
         logger.error("notification %s by %s to %s failed for good: %s", nid, channel, target, message)
 
     def _http(self) -> httpx.AsyncClient:
