@@ -39,6 +39,7 @@ const T = {
   city_speed: ["Tốc độ TB toàn thành phố", "City mean speed"],
   open_incidents: ["Sự cố đang mở", "Open incidents"],
   no_incidents: ["Không có sự cố đang mở", "No open incidents"],
+  newest_critical: ["Báo động mới nhất", "Newest alarm"],
   no_events: ["Chưa có sự kiện", "No events yet"],
   no_cameras: ["Chưa có camera", "No cameras yet"],
   no_image: ["Chưa có ảnh", "No image yet"],

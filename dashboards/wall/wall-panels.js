@@ -6,7 +6,8 @@ import { grade } from "./store.js";
 import { $, el, parseTs, setText } from "./util.js";
 
 export class WallPanels {
-  constructor({ i18n, devices, incidents, events, city, now, maxCams = 12, shownIncidents = 40, shownEvents = 40 }) {
+  constructor({ i18n, devices, incidents, events, city, now, maxCams = 12, shownIncidents = 40, shownEvents = 40,
+    newestSlots = 3 }) {
     this.i18n = i18n;
     this.devices = devices;
     this.incidents = incidents;
@@ -14,6 +15,8 @@ export class WallPanels {
     this.city = city; // set once /api/city arrives
     this.now = now;
     this.shownIncidents = shownIncidents;
+    this.newestSlots = newestSlots; // rows kept for the newest unacknowledged critical incidents (queueRows)
+    this.fit = 4; // incident rows the panel shows whole, measured at each render (4: a guess before the first)
     this.shownEvents = shownEvents;
     this.rendered = { incidents: -1, events: -1, eventsAt: 0 };
     this.eventsEveryMs = 2000; // an alarm storm must not re-lay the list many times a second
@@ -35,6 +38,8 @@ export class WallPanels {
     $("counts").replaceChildren(...["online", "degraded", "offline", "unknown"].map((s) => el("span",
       { class: "c", dataset: { state: s } }, el("i", { class: "swatch", style: `background:${COLORS[s]}` }), el("b"), t(s))));
     this.buildCams(maxCams);
+    // A resized panel holds another number of rows: choose the pinned ones again (queueRows).
+    new ResizeObserver(() => { this.rendered.incidents = -1; }).observe($("incidents"));
     // An incident on the wall opens on the operator's screen (one listener for the list, not one per row).
     $("incidents").addEventListener("click", (ev) => {
       const row = ev.target.closest(".inc[data-id]");
@@ -90,7 +95,17 @@ export class WallPanels {
       this.rendered.incidents = this.incidents.version;
       const items = this.incidents.sorted();
       if (!items.length) list.replaceChildren(el("li", { class: "empty", text: t("no_incidents") }));
-      else list.replaceChildren(...items.slice(0, this.shownIncidents).map((inc) => this.incidentRow(inc)));
+      else {
+        // Two passes at most: the rows the panel holds are known once rows are laid out (a first render, a
+        // resize, a 4K wall); pins chosen for too many rows are chosen again for the rows that fit.
+        for (let pass = 0; pass < 2; pass++) {
+          const fit = this.fit;
+          const { rows, pinned } = this.queueRows(items, fit);
+          list.replaceChildren(...rows.map((inc) => this.incidentRow(inc, pinned.has(inc))));
+          this.fit = this.fitRows(list);
+          if (this.fit >= fit) break;
+        }
+      }
       const n = this.incidents.liveCount();
       setText($("incidents-sub"), n ? String(n) : "");
       const badge = $("inc-count");
@@ -103,7 +118,39 @@ export class WallPanels {
     for (const age of list.querySelectorAll(".age")) setText(age, this.i18n.age((at - Number(age.dataset.ts)) / 1000));
   }
 
-  incidentRow(inc) {
+  /** The queue's rows: most severe first, then oldest (what has waited longest), except that the newest open
+   * (unacknowledged) critical incidents that order would leave out of the `fit` rows the panel shows are pinned on
+   * top (at most `newestSlots`, never half the panel): a new critical alarm behind 1,700 old ones is on the wall at
+   * once, not only counted. An acknowledged one leaves the pins to the next newest. */
+  queueRows(items, fit) {
+    const k = Math.min(this.newestSlots, Math.max(1, Math.floor(fit / 2)));
+    const fresh = [];
+    items.forEach((inc, at) => {
+      if (inc.endedAt == null && inc.state === "open" && inc.severity === "critical") fresh.push([inc, at]);
+    });
+    const started = (inc) => parseTs(inc.started_at) ?? inc.arrived;
+    fresh.sort((a, b) => started(b[0]) - started(a[0]) || b[0].id - a[0].id);
+    // One row of slack: a pinned headline of two lines may push the last row of the usual order out of sight.
+    const pinned = new Set(fresh.slice(0, k).filter(([, at]) => at >= fit - k - 1).map(([inc]) => inc));
+    if (!pinned.size) return { rows: items.slice(0, this.shownIncidents), pinned };
+    const rows = [...pinned];
+    for (const inc of items) {
+      if (rows.length >= this.shownIncidents) break;
+      if (!pinned.has(inc)) rows.push(inc);
+    }
+    return { rows, pinned };
+  }
+
+  /** How many incident rows the panel shows whole (all of them when nothing is cut off). */
+  fitRows(list) {
+    const rows = list.querySelectorAll(".inc");
+    const bottom = list.getBoundingClientRect().bottom + 1;
+    let n = 0;
+    while (n < rows.length && rows[n].getBoundingClientRect().bottom <= bottom) n++;
+    return n < rows.length ? Math.max(1, n) : this.shownIncidents;
+  }
+
+  incidentRow(inc, pinned = false) {
     const { i18n } = this;
     const { t } = i18n;
     const started = parseTs(inc.started_at) ?? inc.arrived;
@@ -116,8 +163,9 @@ export class WallPanels {
     if (inc.state === "acknowledged" && inc.acked_by) state = t("acked_by", { who: inc.acked_by });
     if (inc.assignee) where.push(t("assigned_to", { who: inc.assignee }));
     if (inc.escalation?.reopened) where.push(t("reopened_n", { n: inc.escalation.reopened }));  // it keeps coming back
+    if (pinned) state = `${t("newest_critical")} · ${state}`;
     const li = el("li", {
-      class: `inc${Date.now() - inc.changed < 3000 ? " new" : ""}${inc.endedAt != null ? " ended" : ""}`,
+      class: `inc${Date.now() - inc.changed < 3000 ? " new" : ""}${inc.endedAt != null ? " ended" : ""}${pinned ? " pinned" : ""}`,
       dataset: { sev: inc.severity, state: inc.state, id: String(inc.id) },
     },
     el("span", { class: "bar" }),

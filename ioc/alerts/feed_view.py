@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from ioc.alerts.model import LIVE, Alert, Incident, rank
+
+T = TypeVar("T")
+# Beyond the snapshot's most severe (then oldest) incidents: the newest unacknowledged critical ones. A backlog of
+# thousands of old critical incidents filled the snapshot and a new critical alarm was left out of a screen that
+# (re)connected after it: counted, never shown.
+SNAPSHOT_NEWEST_CRITICAL = 10
 
 
 def _keep_key(a: Alert) -> tuple[bool, int, Any, int]:
@@ -40,8 +46,15 @@ def bounded_view(inc: Incident, members: list[Alert], limit: int, district_name:
     return {**inc.to_dict(), "district_name": district_name, "members": [member(a) for a in kept], **counts}
 
 
+def newest_critical(rest: Iterable[T], is_open_critical: Callable[[T], bool], started: Callable[[T], Any],
+                    n: int = SNAPSHOT_NEWEST_CRITICAL) -> list[T]:
+    """The ``n`` newest of ``rest`` (the live incidents a snapshot's cut left out) that are open (unacknowledged)
+    and critical, newest first: a screen must show a new critical alarm whatever the backlog before it."""
+    return heapq.nlargest(n, (i for i in rest if is_open_critical(i)), key=started)
+
+
 def snapshot_section(views: Iterable[dict[str, Any]], total: int, limit: int) -> dict[str, Any]:
-    """The snapshot's incident fields: the first ``limit`` of ``views`` (already most severe first), how many are
-    live in all and whether some were left out."""
+    """The snapshot's incident fields: the first ``limit`` of ``views`` (already most severe first, then the newest
+    critical ones the cut left out), how many are live in all and whether some were left out."""
     shown = list(views)[:limit]
     return {"incidents": shown, "incidents_total": total, "incidents_truncated": total > len(shown)}

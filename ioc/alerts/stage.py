@@ -24,10 +24,10 @@ from ioc.alerts import rules
 from ioc.alerts.config import AlertsConfig
 from ioc.alerts.engine import AlertEngine, EngineConfig
 from ioc.alerts.escalation import Policy, Shift, on_duty, usable_policy
-from ioc.alerts.feed_view import bounded_view, snapshot_section
+from ioc.alerts.feed_view import bounded_view, newest_critical, snapshot_section
 from ioc.alerts.from_rows import alert_from_row, incident_from_row
 from ioc.alerts.liveness import Liveness
-from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal
+from ioc.alerts.model import Alert, Changes, Incident, Page, Severity, Signal, State
 from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
 from ioc.alerts.oversize import MESSAGE_SIGNALS, refusal, set_aside_messages
@@ -458,9 +458,12 @@ class AlertStage(Stepping, Storing):
             self.hub.emit_alert("alert", a.id, a.district, a.to_dict(), device_id=a.device_id)
 
     def snapshot(self) -> dict[str, Any]:
-        """Live incidents for the feed's snapshot on connect: the ``hub.snapshot_incidents`` most severe."""
+        """Live incidents for the feed's snapshot on connect: the ``hub.snapshot_incidents`` most severe, then the
+        newest unacknowledged critical ones left out (:func:`newest_critical`)."""
         live, limit = self.engine.live_incidents(), self.hub.snapshot_incidents
-        return snapshot_section([self.feed_view(i) for i in live[:limit]], len(live), limit)
+        extra = newest_critical(live[limit:], lambda i: i.state == State.OPEN and i.severity == Severity.CRITICAL,
+                                lambda i: (i.started_at, i.id))
+        return snapshot_section([self.feed_view(i) for i in live[:limit] + extra], len(live), limit + len(extra))
 
 
 def _member(a: Alert) -> dict[str, Any]:

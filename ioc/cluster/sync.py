@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from analytics.findings import Finding
+from ioc.alerts.feed_view import newest_critical
 from ioc.alerts.from_rows import alert_from_row
 from ioc.alerts.model import LIVE, rank
 from ioc.cluster.views import DistrictName, bounded_views, incident_rows, live_rows, off_loop
@@ -52,15 +53,23 @@ class ReplicaSync:
 
     def snapshot(self) -> dict[str, Any]:
         """Live incidents for the feed's snapshot on connect (the hub's ``snapshot_extra``): the
-        ``hub.snapshot_incidents`` most severe (then oldest), each encoded once per change and joined here, with
+        ``hub.snapshot_incidents`` most severe (then oldest) and the newest unacknowledged critical ones left out
+        (:func:`newest_critical`), each encoded once per change and joined here, with
         ``incidents_total`` and ``incidents_truncated``. Kept until the live set changes."""
         limit = self.hub.snapshot_incidents
         if self._section is None or self._section[0] != limit:
             ids = heapq.nsmallest(limit, self._keys, key=self._keys.__getitem__)
+            chosen = set(ids)
+            ids += newest_critical((i for i in self._keys if i not in chosen), self._open_critical,
+                                   lambda i: (self._keys[i][1], i))
             joined = "[" + ",".join(self._texts[i] for i in ids) + "]"
             self._section = (limit, {"incidents": orjson.Fragment(joined), "incidents_total": len(self.live),
                                      "incidents_truncated": len(self.live) > len(ids)})
         return self._section[1]
+
+    def _open_critical(self, incident_id: int) -> bool:
+        view = self.live[incident_id]
+        return view.get("state") == "open" and view.get("severity") == "critical"
 
     def _keep(self, row: dict[str, Any], view: dict[str, Any], text: str) -> None:
         self.live[view["id"]], self._texts[view["id"]] = view, text

@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 import websockets
 
+from ioc.alerts.feed_view import SNAPSHOT_NEWEST_CRITICAL
 from tests.support.auth import make_token_sync, make_user_sync
 from tests.support.services import ServiceProcess, api_on_seeded_database
 
@@ -250,8 +251,13 @@ def test_a_connecting_screen_gets_a_bounded_snapshot_and_capped_updates(storm: t
     srv, dsn = storm
     snap, size, _ = asyncio.run(_snapshot(srv, viewer))
     assert size < 400_000, size
-    incidents = snap["incidents"]
-    assert len(incidents) == 200 and snap["incidents_total"] == SMALL + 1 and snap["incidents_truncated"] is True
+    # the 200 most severe (then oldest), then the newest open critical ones they left out (newest first)
+    incidents, newest = snap["incidents"][:200], snap["incidents"][200:]
+    assert len(newest) == SNAPSHOT_NEWEST_CRITICAL
+    assert snap["incidents_total"] == SMALL + 1 and snap["incidents_truncated"] is True
+    assert {(i["severity"], i["state"]) for i in newest} == {("critical", "open")} and newest[0]["id"] == SMALL
+    assert [i["started_at"] for i in newest] == sorted((i["started_at"] for i in newest), reverse=True)
+    assert not {i["id"] for i in newest} & {i["id"] for i in incidents}
     ranks = ["critical", "major", "minor", "warning", "info"]
     assert [ranks.index(i["severity"]) for i in incidents] == sorted(ranks.index(i["severity"]) for i in incidents)
     big = incidents[0]
@@ -313,7 +319,7 @@ def test_the_operator_page_shows_n_of_m_for_the_storms_incident(storm: tuple[Ser
         wait_js(page, "document.querySelector('#members-more').dataset.shown === '1000'", 20, hook="__ops")
         assert page.locator("table.members tbody tr").count() == 1000
         assert "MEMBER ALERTS · 1,000 / 20,000" in page.inner_text(".cols")  # an uppercase heading
-        # the wall: 200 incidents in its snapshot, 3,001 live
+        # the wall: 210 incidents in its snapshot, 3,001 live
         wall = pages.open("wall-storm")
         log_in(wall, srv.url, name, password, "/?lang=en")
         wait_js(wall, f"window.__ioc.incidents === {SMALL + 1}", 20)

@@ -67,3 +67,31 @@ def test_the_stage_pushes_and_snapshots_capped_views() -> None:
 def test_snapshot_section_says_what_it_left_out() -> None:
     assert snapshot_section([{"id": 1}], 1, 5) == {"incidents": [{"id": 1}], "incidents_total": 1,
                                                   "incidents_truncated": False}
+
+
+def test_snapshots_add_the_newest_unacknowledged_critical_incidents_the_cut_left_out() -> None:
+    """A backlog of old critical incidents fills the snapshot's cut; the newest open critical ones ride beyond it
+    (acknowledged ones and lesser severities do not), on the leader's stage and on a replica alike."""
+    from ioc.alerts.feed_view import SNAPSHOT_NEWEST_CRITICAL
+    from ioc.cluster.sync import ReplicaSync
+
+    city = City.load()
+    hub = LiveHub(city.district_of)
+    hub.snapshot_incidents = 5
+    stage = AlertStage(hub, None, city, AlertsConfig())
+    replica = ReplicaSync("", None, hub, lambda _code: None, "p")
+    n = 40
+    for i in range(1, n + 1):
+        sev = Severity.MAJOR if i == n - 1 else Severity.CRITICAL
+        state = State.ACKNOWLEDGED if i == n - 2 else State.OPEN
+        inc = Incident(i, f"g{i}", "power", sev, state, f"i{i}", T0 + timedelta(minutes=i), T0)
+        stage.engine.incidents[i] = inc
+        view = inc.to_dict()
+        replica._keep({"severity": sev.value, "started_at": inc.started_at, "id": i}, view,
+                      orjson.dumps(view).decode())
+    newest = [n, *range(n - 3, n - 3 - SNAPSHOT_NEWEST_CRITICAL + 1, -1)]
+    snap = stage.snapshot()
+    assert [i["id"] for i in snap["incidents"]] == [1, 2, 3, 4, 5, *newest]
+    assert snap["incidents_total"] == n and snap["incidents_truncated"] is True
+    section = replica.snapshot()
+    assert [i["id"] for i in orjson.loads(orjson.dumps(section))["incidents"]] == [1, 2, 3, 4, 5, *newest]
