@@ -199,11 +199,18 @@ async def sizes(conn: Any, *, incident_id: int | None = None, alert_id: int | No
     return None if row is None else (int(row["alerts"]), int(row["members"]), int(row["events"]))
 
 
+# Who an audit entry's actor is (ioc.auth.model.Principal.actor): the engine ("system"), an API token or a wall's
+# session ("token:NAME"), an OIDC caller ("oidc:NAME") or a local user (a bare user name, which holds no colon).
+# Entries written before actors were qualified name OIDC callers bare: they read as "user".
+ACTOR_VIA = ("CASE WHEN actor = 'system' THEN 'system' WHEN actor LIKE 'token:%' THEN 'token' "
+             "WHEN actor LIKE 'oidc:%' THEN 'oidc' ELSE 'user' END AS actor_via")
+
+
 async def history(conn: Any, *, incident_id: int | None = None, alert_id: int | None = None,
                   limit: int = 1000) -> list[dict[str, Any]]:
     """Audit entries of an incident (including its alerts') or of one alert, oldest first."""
     rows = await conn.fetch(
-        "SELECT id, ts, incident_id, alert_id, action, actor, note, detail FROM alert_events "
+        "SELECT id, ts, incident_id, alert_id, action, actor, " + ACTOR_VIA + ", note, detail FROM alert_events "
         "WHERE ($1::bigint IS NULL OR incident_id = $1) AND ($2::bigint IS NULL OR alert_id = $2) "
         "ORDER BY ts, id LIMIT $3", incident_id, alert_id, limit)
     return [_parse(r, "detail") for r in rows]
@@ -215,8 +222,8 @@ async def history_page(conn: Any, *, incident_id: int | None = None, alert_id: i
     timeline's latest page, then older ones), and how many there are in all."""
     where = "($1::bigint IS NULL OR incident_id = $1) AND ($2::bigint IS NULL OR alert_id = $2)"
     rows = await conn.fetch(
-        "SELECT * FROM (SELECT id, ts, incident_id, alert_id, action, actor, note, detail FROM alert_events "
-        f"WHERE {where} ORDER BY ts DESC, id DESC LIMIT $3 OFFSET $4) e ORDER BY ts, id",
+        "SELECT * FROM (SELECT id, ts, incident_id, alert_id, action, actor, " + ACTOR_VIA + ", note, detail "
+        f"FROM alert_events WHERE {where} ORDER BY ts DESC, id DESC LIMIT $3 OFFSET $4) e ORDER BY ts, id",
         incident_id, alert_id, limit, offset)
     entries = [_parse(r, "detail") for r in rows]
     if offset == 0 and len(entries) < limit:

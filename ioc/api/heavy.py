@@ -109,7 +109,7 @@ async def heavy_slot(request: Request, rows: int) -> AsyncIterator[None]:
         return
     gate = _gate(limits.at_once)
     principal = connection_principal(request)
-    caller = f"user:{principal.name}" if principal else f"address:{request.client.host if request.client else '?'}"
+    caller = f"user:{principal.actor}" if principal else f"address:{request.client.host if request.client else '?'}"
     if gate.by_caller[caller] >= limits.per_caller:
         raise _refuse(429, f"you already have {limits.per_caller} large answers in progress; retry later")
     if gate.waiting >= limits.waiting:

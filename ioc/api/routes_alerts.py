@@ -242,7 +242,7 @@ async def act_on_incident(request: Request, incident_id: int, action: str, body:
         raise HTTPException(422, "a comment needs a note")
     # Applied by the leader, wherever it runs (this process, or another through the database: ioc/cluster).
     try:
-        return await actions.apply(request.app.state, action, incident_id, me.name, body.note, body.assignee)
+        return await actions.apply(request.app.state, action, incident_id, me.actor, body.note, body.assignee)
     except actions.ActionFailed as err:
         raise HTTPException(err.status, str(err)) from None
 
@@ -367,7 +367,7 @@ async def create_silence(request: Request, pool: PoolDep, body: SilenceCreate,
         raise HTTPException(422, "ends_at must be after starts_at")
     _check_silence_length(request, me, starts, body.ends_at)
     async with pool.acquire() as conn:
-        row = await store.create_silence(conn, matchers, starts, body.ends_at, body.reason, me.name)
+        row = await store.create_silence(conn, matchers, starts, body.ends_at, body.reason, me.actor)
     await _reload(request)
     return row
 

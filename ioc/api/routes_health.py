@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ioc.api.deps import PoolDep, Role, requires
+from ioc.api.deps import PoolDep, Role, connection_principal, requires
 from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.health import pipeline_problems
 from storage.db import SchemaNotReady, read_backend
@@ -25,7 +25,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", dependencies=[requires(Role.PUBLIC)])
 async def readyz(request: Request) -> JSONResponse:
-    """Ready to serve: the database answers and is migrated (and the embedded ingest, if any, runs)."""
+    """Ready to serve: the database answers and is migrated (and the embedded ingest, if any, runs).
+
+    Anyone gets ``{"status": "ready"}`` (200) or ``{"status": "not ready"}`` (503): what a load balancer or a
+    probe needs. What is wrong (``checks``, ``problems``: database errors, broker state, stalled stages) is for
+    signed-in viewers and above (a session, an API token such as a monitoring system's viewer token, OIDC): it
+    tells an outsider how the system is built and when it is weak."""
     checks: dict[str, str] = {}
     pool = request.app.state.pool
     try:
@@ -42,8 +47,11 @@ async def readyz(request: Request) -> JSONResponse:
     problems = pipeline_problems(request.app.state)
     ok = (checks["database"] in ("timescaledb", "postgres") and checks.get("mqtt", "connected") == "connected"
           and not problems)
-    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks, "problems": problems},
-                        status_code=200 if ok else 503)
+    body: dict[str, Any] = {"status": "ready" if ok else "not ready"}
+    me = connection_principal(request)  # identified by the route's role check; None if anonymous or refused
+    if me is not None and me.role >= Role.VIEWER:
+        body.update(checks=checks, problems=problems)
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/api/set-aside", dependencies=[requires(Role.ADMIN)], response_model=list[dict[str, Any]])

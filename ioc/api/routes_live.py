@@ -151,7 +151,7 @@ async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) 
         if action == "comment" and not body.note:
             raise ValueError("a comment needs a note")
         # Applied by the leader, wherever it runs (ioc/cluster/actions.py).
-        inc = await cluster_actions.apply(ws.app.state, action, incident_id, me.name, body.note, body.assignee)
+        inc = await cluster_actions.apply(ws.app.state, action, incident_id, me.actor, body.note, body.assignee)
         client.push_control(encode({"type": "action_result", "ref": ref, "ok": True, "incident_id": inc["id"],
                                     "state": inc["state"]}))
     except cluster_actions.ActionFailed as err:

@@ -192,17 +192,21 @@ class CredentialWatch:
         roles: dict[tuple[str, bytes], Role] = {}
         async with asyncio.timeout(max(self.interval_s, 5.0)):
             async with pool.acquire() as conn:
-                for kind, lookup in (("token", store.live_token_roles), ("session", store.live_session_roles)):
+                auth = getattr(self._state, "auth", None)
+                idle_s = auth.config.idle_timeout_min * 60.0 if auth is not None else 0.0
+                for kind in ("token", "session"):
                     digests = [d for k, d in keys if k == kind]
                     for at in range(0, len(digests), _BATCH):
-                        found = await lookup(conn, digests[at:at + _BATCH])
+                        batch = digests[at:at + _BATCH]
+                        found = await (store.live_token_roles(conn, batch) if kind == "token"
+                                       else store.live_session_roles(conn, batch, idle_s))
                         roles.update(((kind, d), role) for d, role in found.items())
         self.rechecks += 1
         for key in keys:
             role = roles.get(key)
             for screen in list(self.by_key.get(key, ())):
                 if role is None:
-                    self.close(screen, "credential no longer valid (revoked, expired, logged out or disabled)")
+                    self.close(screen, "credential no longer valid (revoked, expired, idle, logged out or disabled)")
                 elif role < screen.needs:
                     self.close(screen, f"needs the {screen.needs.label} role; now {role.label}")
 

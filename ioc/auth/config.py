@@ -18,6 +18,9 @@ class AuthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     session_hours: float = Field(12.0, gt=0, description="A browser session expires this long after login.")
+    idle_timeout_min: float = Field(60.0, ge=0, description="A person's browser session unused (no request, no "
+                                    "live-feed handshake) this long has ended, and its open live feeds close; "
+                                    "0: no idle limit. A wall's session (opened with an API token) never idles out.")
     cookie_secure: Literal["auto", "always", "never"] = Field(
         "auto", description="Secure flag on the session cookie: auto = when the request came over HTTPS.")
     cookie_samesite: Literal["lax", "strict"] = "lax"

@@ -33,7 +33,8 @@ class Role(IntEnum):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the name recorded in the audit trail, the role, and the credential used."""
+    """Who is calling: the name (as the caller's credential gives it), the role, and the credential used; the
+    audit trail records :attr:`actor`."""
 
     name: str
     role: Role
@@ -43,8 +44,20 @@ class Principal:
     session_id: int | None = None
     csrf: str | None = None  # the session's CSRF token (cookie sessions only)
 
+    @property
+    def actor(self) -> str:
+        """The name the audit trail records (actions, acknowledgements, silences), unambiguous across credential
+        kinds: a local user as the user name (no colon allowed), an API token or a wall's session as
+        ``token:NAME``, an OIDC caller as ``oidc:NAME``. An OIDC ``preferred_username`` equal to a local user's
+        name (or to ``system``, the engine's) no longer reads as that user; the audit API says which kind
+        (``actor_via``)."""
+        return f"{OIDC_ACTOR}{self.name}" if self.via == "oidc" else self.name
+
     def public(self) -> dict[str, object]:
-        return {"name": self.name, "role": self.role.label, "via": self.via}
+        return {"name": self.name, "role": self.role.label, "via": self.via, "actor": self.actor}
+
+
+OIDC_ACTOR = "oidc:"  # storage/alerts.py ACTOR_VIA reads the prefixes back as the audit entry's actor_via
 
 
 class AuthError(Exception):

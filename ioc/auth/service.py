@@ -59,7 +59,8 @@ class Authenticator:
             return await self._from_bearer(conn, value)
         if kind == "session":
             async with _pool(conn).acquire() as db:
-                return await store.session_principal(db, value)  # an ended session is simply anonymous
+                # an ended session (idle too, if a person's) is simply anonymous
+                return await store.session_principal(db, value, self.config.idle_timeout_min * 60.0)
         return None
 
     async def _from_bearer(self, conn: HTTPConnection, bearer: str) -> Principal:

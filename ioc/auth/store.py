@@ -32,6 +32,8 @@ def check_username(username: str) -> str:
 async def create_user(conn: Any, username: str, role: Role, password: str,
                       display_name: str | None = None) -> dict[str, Any]:
     name = check_username(username)
+    if name == "system":  # the alert engine's name in the audit trail
+        raise AuthStoreError("the user name 'system' is reserved (the alert engine's, in the audit trail)")
     shown = check_text(display_name or name, field="display name")[:200]
     password_hash = sec.hash_password(password)
     try:
@@ -192,14 +194,24 @@ async def create_session(conn: Any, hours: float, *, user_id: int | None = None,
     return sid, csrf
 
 
-async def session_principal(conn: Any, sid: str) -> Principal | None:
+# A person's session unused for ``idle_s`` seconds has ended (0: no idle limit). A wall's session (opened with an API
+# token) never idles out: the wall polls all day and nobody touches it. "Used" is any request or live-feed handshake
+# with the cookie (last_seen_at, written at most once a minute), not an open feed alone.
+_NOT_IDLE = ("(s.user_id IS NULL OR $2::float8 <= 0 "
+             "OR s.last_seen_at > now() - make_interval(secs => $2::float8))")
+
+
+async def session_principal(conn: Any, sid: str, idle_s: float = 0.0) -> Principal | None:
+    """The caller of a session cookie, ``None`` when the session has ended (logged out, expired, idle for
+    ``idle_s`` seconds if a user's, user disabled, a wall's token revoked)."""
     row = await conn.fetchrow(
         "SELECT s.id, s.csrf_token, s.last_seen_at, s.user_id, s.api_token_id, "
         "       u.username, u.role AS user_role, u.disabled, t.name AS token_name, t.role AS token_role, "
         "       t.revoked_at AS token_revoked, t.expires_at AS token_expires "
         "FROM auth_sessions s LEFT JOIN auth_users u ON u.id = s.user_id "
         "LEFT JOIN auth_tokens t ON t.id = s.api_token_id "
-        "WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()", sec.digest(sid))
+        f"WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND {_NOT_IDLE}",
+        sec.digest(sid), idle_s)
     if row is None:
         return None
     now = datetime.now(UTC)
@@ -224,15 +236,16 @@ async def live_token_roles(conn: Any, digests: list[bytes]) -> dict[bytes, Role]
     return {bytes(r["token_hash"]): Role.parse(r["role"]) for r in rows}
 
 
-async def live_session_roles(conn: Any, digests: list[bytes]) -> dict[bytes, Role]:
+async def live_session_roles(conn: Any, digests: list[bytes], idle_s: float = 0.0) -> dict[bytes, Role]:
     """The role of each of these sessions (by digest) that still holds, as :func:`session_principal` decides it
-    (user not disabled; a wall's token not revoked or expired); one query, nothing written."""
+    (user not disabled nor idle for ``idle_s``; a wall's token not revoked or expired); one query, nothing
+    written: an open feed does not keep its session in use."""
     rows = await conn.fetch(
         "SELECT s.token_hash, coalesce(u.role, t.role) AS role FROM auth_sessions s "
         "LEFT JOIN auth_users u ON u.id = s.user_id LEFT JOIN auth_tokens t ON t.id = s.api_token_id "
         "WHERE s.token_hash = ANY($1::bytea[]) AND s.revoked_at IS NULL AND s.expires_at > now() "
-        "AND CASE WHEN s.user_id IS NOT NULL THEN u.disabled IS FALSE "
-        "ELSE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) END", digests)
+        f"AND {_NOT_IDLE} AND CASE WHEN s.user_id IS NOT NULL THEN u.disabled IS FALSE "
+        "ELSE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) END", digests, idle_s)
     return {bytes(r["token_hash"]): Role.parse(r["role"]) for r in rows if r["role"] is not None}
 
 
