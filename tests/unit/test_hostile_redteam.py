@@ -100,10 +100,12 @@ async def test_the_shard_watch_names_a_shard_busy_too_long_with_one_snapshot() -
     assert not watch.apart("cam-b", now=657.0)
     second.cancel()
     # the stage's own jobs (saving the scenes of thousands of cameras may take long) are never judged
+    # (times below the monotonic clock's: on a machine up for less than 1,000 s, fixed stamps lay ahead of it)
     saving, behind = loop.create_future(), loop.create_future()
-    watch.submitted(1, None, saving, now=1000.0)
-    watch.submitted(1, "cam-c", behind, now=1000.0)
-    assert watch.stuck(now=2000.0) == []
+    t0 = time.monotonic() - 1000.0
+    watch.submitted(1, None, saving, now=t0)
+    watch.submitted(1, "cam-c", behind, now=t0)
+    assert watch.stuck(now=t0 + 1000.0) == []
     saving.set_result([])
     await asyncio.sleep(0)  # its end is noted as it comes: the camera behind it is judged from there
     assert watch.stuck(now=time.monotonic() + 29) == []
