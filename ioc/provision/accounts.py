@@ -74,6 +74,11 @@ SERVICE_ACCOUNTS: dict[str, ServiceAccount] = {a.username: a for a in (
                    "the device simulator: write as any device. Test and demo brokers only"),
 )}
 PRODUCTION_SERVICES = ("ioc-ingest", "ioc-live", "ioc-brain")
+#: Client ids (and account names) of the IOC's own processes start with this; no device id may, because on the
+#: device listener a device's client id is its id (``use_username_as_clientid``) and client ids are broker-wide.
+SERVICE_PREFIX = "ioc-"
+#: The .env variable compose reads the ingest workers' shared-subscription group from (docs/broker-security.md).
+SHARE_GROUP_ENV = "IOC_MQTT_INGEST_SHARE_GROUP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,9 @@ def check_device(kind: str, device_id: str) -> Device:
         raise ProvisionError(f"device id {device_id!r} must match {DEVICE_ID_RE.pattern}")
     if device_id in SERVICE_ACCOUNTS:
         raise ProvisionError(f"{device_id!r} is a service account name")
+    if device_id.lower().startswith(SERVICE_PREFIX):
+        raise ProvisionError(f"device id {device_id!r} starts with {SERVICE_PREFIX!r}, reserved for the IOC's "
+                             "own client ids")
     return Device(kind, device_id)
 
 
@@ -327,9 +335,23 @@ def write_credentials_csv(path: Path, created: list[tuple[Device, str]], broker_
         raise ProvisionError(f"{path} exists: credentials are written once, choose a new file") from None
 
 
-def write_service_env(path: Path, passwords: dict[str, str]) -> None:
-    """Write service passwords as .env lines (0600, once) for compose."""
+def new_share_group() -> str:
+    """A shared-subscription group name no device can guess.
+
+    Mosquitto's ACL file cannot refuse a subscription (it checks reads when it delivers), so a device that
+    subscribes to ``$share/<the ingest's group>/...`` joins the group, is handed its turn of the messages, and the
+    broker then drops each one its ACL denies: gone, though the broker acknowledged it to the device that sent it.
+    A group named with 96 random bits cannot be joined by a device that does not know it.
+    """
+    return f"ioc-ingest-{secrets.token_hex(12)}"
+
+
+def write_service_env(path: Path, passwords: dict[str, str], share_group: str | None = None) -> None:
+    """Write service passwords (and the ingest workers' share group, if given) as .env lines (0600, once)."""
     lines = [f"# {SERVICE_ACCOUNTS[u].note}\n{SERVICE_ACCOUNTS[u].env}={p}\n" for u, p in passwords.items()]
+    if share_group:
+        lines.append(f"# ingest workers' shared-subscription group: a secret, keep it when rotating passwords\n"
+                     f"{SHARE_GROUP_ENV}={share_group}\n")
     try:
         _write_private(path, "".join(lines), exclusive=True)
     except FileExistsError:

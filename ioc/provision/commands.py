@@ -60,12 +60,13 @@ def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
     svc.add_argument("--out", type=Path, required=True, help="file for the .env lines (must not exist; 0600)")
     svc.add_argument("--simulator", action="store_true", help="also the simulator account (test/demo brokers only)")
     svc.add_argument("--only", action="append", choices=sorted(accounts.SERVICE_ACCOUNTS), help="just these")
-    _file_args(svc)
+    _file_args(svc, "passwd-services")
 
 
-def _file_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--passwd", type=Path, default=DEFAULT_BROKER_DIR / "passwd",
-                        help="Mosquitto password file (default deploy/mosquitto/passwd)")
+def _file_args(parser: argparse.ArgumentParser, passwd: str = "passwd") -> None:
+    parser.add_argument("--passwd", type=Path, default=DEFAULT_BROKER_DIR / passwd,
+                        help=f"Mosquitto password file (default deploy/mosquitto/{passwd}"
+                        + (": the service listener's" if passwd != "passwd" else ": the device listener's") + ")")
     parser.add_argument("--acl", type=Path, default=DEFAULT_BROKER_DIR / "acl",
                         help="Mosquitto ACL file (default deploy/mosquitto/acl)")
 
@@ -109,10 +110,15 @@ def run_devices(args: argparse.Namespace, database_url: str | None = None) -> in
             return _provision(args)
         if args.devices_command == "services":
             names = args.only or [*accounts.PRODUCTION_SERVICES, *(["ioc-simulator"] if args.simulator else [])]
+            # A new ingest account gets a secret share group; a rotation keeps the group (a worker's persistent
+            # session stays subscribed to its old group, and would get every message twice).
+            group = (accounts.new_share_group() if "ioc-ingest" in names
+                     and "ioc-ingest" not in accounts.read_password_file(args.passwd) else None)
             passwords = accounts.provision_services(names, args.passwd, args.acl)
-            accounts.write_service_env(args.out, passwords)
+            accounts.write_service_env(args.out, passwords, group)
             print(f"{len(passwords)} service account(s) ({', '.join(passwords)}) -> {args.passwd}; "
-                  f"passwords as .env lines in {args.out}. Reload the broker (SIGHUP).")
+                  f"passwords{' and the ingest share group' if group else ''} as .env lines in {args.out}. "
+                  "Reload the broker (SIGHUP).")
             return 0
     except (accounts.ProvisionError, OSError) as err:
         return _fail(str(err))

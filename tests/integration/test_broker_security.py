@@ -30,8 +30,8 @@ from simulators.engine import SimOptions, Simulator
 from simulators.scenario import Intervals, Scenario
 from tests.conftest import ingest_env
 from tests.support.mqtt import iso
-from tests.support.secure_broker import Client, SecureBroker, secure_mosquitto
-from tests.support.services import MOSQUITTO, IngestProcess, free_port, port_open, wait_until
+from tests.support.secure_broker import Client, SecureBroker, secure_mosquitto, shipped_mosquitto
+from tests.support.services import IngestProcess, free_port, port_open, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -289,57 +289,29 @@ def test_demo_broker_has_a_tls_listener(broker_dir: Path) -> None:
         services.stop()
 
 
-def test_shipped_broker_config_runs(broker_dir: Path) -> None:
+def test_shipped_broker_config_runs() -> None:
     """deploy/mosquitto/mosquitto.conf + acl, with only paths and ports changed, on a real Mosquitto: devices
-    over TLS, anonymous refused, and the compose health check command works."""
-    tmp_path = broker_dir
-    root = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
-    store, _ = pki.init_pki(tmp_path / "certs", ["localhost", "127.0.0.1"])
+    over TLS on theirs, services on theirs, anonymous refused, and the compose health check command works."""
     dev = accounts.Device("bts", f"SEC-SHIP-{uuid.uuid4().hex[:6]}")
-    acl = tmp_path / "acl"
-    acl.write_text((root / "acl").read_text())
-    passwords = accounts.provision_services(["ioc-ingest"], tmp_path / "passwd", acl)
-    passwords.update({d.device_id: p for d, p in accounts.provision([dev], tmp_path / "passwd", acl).created})
-    tls_port, plain_port = free_port(), free_port()
-    conf = (root / "mosquitto.conf").read_text()
-    conf = (conf.replace("/mosquitto/config/certs/", f"{tmp_path}/certs/").replace("/mosquitto/config/", f"{tmp_path}/")
-            .replace("/mosquitto/data/", f"{tmp_path}/data/").replace("listener 8883", f"listener {tls_port}")
-            .replace("listener 1883 127.0.0.1", f"listener {plain_port} 127.0.0.1")
-            .replace("log_dest stdout", f"log_dest file {tmp_path}/mosquitto.log"))
-    (tmp_path / "data").mkdir()
-    (tmp_path / "mosquitto.conf").write_text(conf)
-    _chown_for_broker(tmp_path)
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: port_open(tls_port) and port_open(plain_port), 10, what="shipped broker")
-        tls = TlsOptions(str(store.ca_cert))
-        c = Client(tls_port, dev.device_id, passwords[dev.device_id], tls)
-        try:
-            rc = c.connect()
-            assert rc is not None and not rc.is_failure, rc
-        finally:
-            c.close()
-        anon = Client(tls_port, tls=tls)
+    with shipped_mosquitto([dev]) as shipped:
+        for user, port in ((dev.device_id, shipped.device_port), ("ioc-ingest", shipped.service_port)):
+            c = Client(port, user, shipped.passwords[user], shipped.tls)
+            try:
+                rc = c.connect()
+                assert rc is not None and not rc.is_failure, (user, rc)
+            finally:
+                c.close()
+        anon = Client(shipped.device_port, tls=shipped.tls)
         try:
             rc = anon.connect()
             assert rc is not None and rc.is_failure, rc
         finally:
             anon.close()
         # compose.yaml's health check, run for real (the ingest account may read the broker's uptime).
-        health = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(plain_port), "-u", "ioc-ingest",
-                                 "-P", passwords["ioc-ingest"], "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"],
-                                capture_output=True, text=True, timeout=20)
+        health = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(shipped.plain_port), "-u",
+                                 "ioc-ingest", "-P", shipped.passwords["ioc-ingest"], "-t", "$SYS/broker/uptime",
+                                 "-C", "1", "-W", "5"], capture_output=True, text=True, timeout=20)
         assert health.returncode == 0 and "seconds" in health.stdout, health
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
-def _chown_for_broker(root: Path) -> None:
-    if os.geteuid() == 0 and shutil.which("mosquitto"):
-        for path in [root, *root.rglob("*")]:
-            shutil.chown(path, "mosquitto")
 
 
 async def test_session_reads_everything_over_tls(broker: SecureBroker) -> None:

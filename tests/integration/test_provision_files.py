@@ -74,9 +74,17 @@ def test_service_accounts_env(tmp_path: Path) -> None:
     assert run("devices", "services", "--out", str(out), "--passwd", str(tmp_path / "pw"),
                "--acl", str(tmp_path / "acl")) == 0
     names = [line.split("=")[0] for line in out.read_text().splitlines() if not line.startswith("#")]
-    assert names == ["IOC_MQTT_INGEST_PASSWORD", "IOC_MQTT_LIVE_PASSWORD", "IOC_MQTT_BRAIN_PASSWORD"]
+    # A new ingest account comes with a secret share group (tests/integration/test_broker_front_door.py).
+    assert names == ["IOC_MQTT_INGEST_PASSWORD", "IOC_MQTT_LIVE_PASSWORD", "IOC_MQTT_BRAIN_PASSWORD",
+                     accounts.SHARE_GROUP_ENV]
     assert mode(out) == 0o600
     assert set(accounts.read_password_file(tmp_path / "pw")) == {"ioc-ingest", "ioc-live", "ioc-brain"}
+    again = tmp_path / "svc2.env"  # a rotation keeps the group: workers' sessions stay subscribed to it
+    assert run("devices", "services", "--out", str(again), "--passwd", str(tmp_path / "pw"),
+               "--acl", str(tmp_path / "acl")) == 0
+    assert accounts.SHARE_GROUP_ENV not in again.read_text()
+    with pytest.raises(accounts.ProvisionError, match="reserved"):
+        accounts.check_device("camera", "ioc-ingest-host1")  # a device's client id is its id: not a service's
 
 
 def test_pki_init_and_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -181,3 +181,62 @@ class Client:
         with contextlib.suppress(Exception):
             self.client.disconnect()
         self.client.loop_stop()
+
+
+@dataclass
+class ShippedBroker:
+    """deploy/mosquitto/mosquitto.conf + acl running with only paths and ports changed."""
+
+    root: Path
+    device_port: int  # the published listener (8883 in compose)
+    service_port: int  # the services' listener (8884 in compose; the device port under a one-listener config)
+    plain_port: int  # the loopback listener of the health check (1883 in compose)
+    passwords: dict[str, str]
+    pki: pki.Pki
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def tls(self) -> TlsOptions:
+        return TlsOptions(str(self.pki.ca_cert))
+
+    def log(self) -> str:
+        path = self.root / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@contextlib.contextmanager
+def shipped_mosquitto(devices: list[accounts.Device]) -> Iterator[ShippedBroker]:
+    """Start the shipped broker config on free ports in a temporary folder, with accounts made by this code: the
+    service accounts in the file the config gives the service listener (passwd-services), devices in passwd."""
+    shipped = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
+    root = Path(tempfile.mkdtemp(prefix="ioc-shipped-mqtt-"))
+    root.chmod(0o755)
+    try:
+        conf = (shipped / "mosquitto.conf").read_text()
+        store, _ = pki.init_pki(root / "certs", ["localhost", "127.0.0.1"])
+        acl = root / "acl"
+        acl.write_text((shipped / "acl").read_text())
+        service_file = root / ("passwd-services" if "/passwd-services" in conf else "passwd")
+        passwords = accounts.provision_services(SERVICES, service_file, acl)
+        passwords.update({d.device_id: p for d, p in accounts.provision(devices, root / "passwd", acl).created})
+        device_port, plain_port = free_port(), free_port()
+        service_port = free_port() if "listener 8884" in conf else device_port
+        conf = (conf.replace("/mosquitto/config/certs/", f"{root}/certs/").replace("/mosquitto/config/", f"{root}/")
+                .replace("/mosquitto/data/", f"{root}/data/").replace("listener 8883", f"listener {device_port}")
+                .replace("listener 8884", f"listener {service_port}")
+                .replace("listener 1883 127.0.0.1", f"listener {plain_port} 127.0.0.1")
+                .replace("log_dest stdout", f"log_dest file {root}/mosquitto.log"))
+        (root / "data").mkdir()
+        (root / "mosquitto.conf").write_text(conf)
+        _broker_owns(root)
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: all(port_open(p) for p in (device_port, service_port, plain_port)), 10,
+                       what="shipped broker")
+            yield ShippedBroker(root, device_port, service_port, plain_port, passwords, store, proc)
+        finally:
+            proc.terminate()
+            proc.wait(5)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

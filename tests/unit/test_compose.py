@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel
 
 from ioc.cli import build_parser
-from ioc.provision.accounts import SERVICE_ACCOUNTS, service_acl
+from ioc.provision.accounts import SERVICE_ACCOUNTS, SHARE_GROUP_ENV, service_acl
 from ioc.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -21,10 +21,11 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 # Files the operator creates from the documented steps (deploy/mosquitto/README.md), never committed.
-OPERATOR_FILES = {"deploy/mosquitto/passwd", "deploy/mosquitto/certs", "deploy/mosquitto/certs/ca.crt"}
+OPERATOR_FILES = {"deploy/mosquitto/passwd", "deploy/mosquitto/passwd-services", "deploy/mosquitto/certs",
+                  "deploy/mosquitto/certs/ca.crt"}
 # Variables compose itself substitutes (secrets from .env); the IOC never reads them.
 COMPOSE_SECRETS = {"IOC_DB_PASSWORD", "IOC_GRAFANA_PASSWORD", "IOC_NATS_PASSWORD",
-                   *(a.env for a in SERVICE_ACCOUNTS.values())}
+                   SHARE_GROUP_ENV, *(a.env for a in SERVICE_ACCOUNTS.values())}
 
 
 def setting_names(model: type[BaseModel] = Settings, prefix: str = "IOC_") -> set[str]:
@@ -279,6 +280,39 @@ def test_shipped_broker_is_tls_only_for_the_network() -> None:
     published = [p for p in COMPOSE["services"]["mosquitto"].get("ports", [])]
     assert all(str(p).split(":")[-1] in {str(port) for port, (_, tls) in listeners.items() if tls}
                for p in published), published
+
+
+def listener_options() -> dict[int, dict[str, str]]:
+    """port -> {option: value} of the shipped mosquitto.conf's listeners."""
+    options: dict[int, dict[str, str]] = {}
+    port = None
+    for line in (ROOT / "deploy/mosquitto/mosquitto.conf").read_text().splitlines():
+        words = line.split(None, 1)
+        if words[:1] == ["listener"]:
+            port = int(words[1].split()[0])
+            options[port] = {}
+        elif port is not None and len(words) == 2 and not words[0].startswith("#"):
+            options[port][words[0]] = words[1].strip()
+    return options
+
+
+def test_devices_cannot_reach_the_services_listener() -> None:
+    """The published (device) listener ties each client id to its account; the services dial a listener only the
+    service accounts log in on (docs/broker-security.md, "What a hostile device can do")."""
+    options = listener_options()
+    conf = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
+    assert re.search(r"^per_listener_settings true$", conf, re.M)
+    published = {int(str(p).split(":")[-1]) for p in COMPOSE["services"]["mosquitto"].get("ports", [])}
+    for port in published:
+        assert options[port].get("use_username_as_clientid") == "true", port
+    for name, service in COMPOSE["services"].items():
+        env = {**COMPOSE["x-ioc-env"], **service_env(service)} if service.get("build") else {}
+        url = env.get("IOC_MQTT_URL")
+        if url:
+            port = urlsplit(substituted(url)).port
+            assert port not in published, f"{name} dials the device listener"
+            assert options[port]["password_file"].endswith("/passwd-services"), name
+            assert "use_username_as_clientid" not in options[port], name
 
 
 def test_shipped_acl_is_what_provisioning_writes() -> None:
