@@ -53,6 +53,9 @@ class SessionOptions:
     tls: TlsOptions | None = None  # set: MQTT over TLS (mqtts://)
     # Packets handled per turn of the event loop before the loop's other work runs (keeps the API responsive).
     packets_per_turn: int = 1000
+    # Filters a resumed session may still hold from an older configuration (a share group since renamed): dropped
+    # after the new SUBSCRIBE, else the broker keeps feeding the session from both and every message comes twice.
+    unsubscribe: tuple[str, ...] = ()
 
 
 MessageHandler = Callable[[mqtt.MQTTMessage, int], None]
@@ -347,6 +350,8 @@ class MqttSession:
             self._subscribed.set()
         for topic in self.options.subscriptions:
             client.subscribe(topic, qos=self.options.qos)
+        if flags.session_present and self.options.unsubscribe:
+            client.unsubscribe(list(self.options.unsubscribe))  # what was queued under them stays in the session
         logger.info("MQTT connected to %s:%s as %s (session present: %s, generation %d)",
                     self.options.host, self.options.port, self.options.client_id,
                     flags.session_present, self._generation)

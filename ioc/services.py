@@ -19,18 +19,24 @@ from storage.migrate import upgrade
 
 logger = logging.getLogger(__name__)
 
+#: The ingest workers' share group before `ioc devices services` made it a secret (any device could join it).
+LEGACY_SHARE_GROUP = "ioc-ingest"
+
 
 def session_options(settings: Settings, client_id: str | None = None) -> SessionOptions:
     """MQTT session options for an ingest worker."""
     mq = settings.mqtt
     topic = f"$share/{mq.share_group}/{SUBSCRIPTION}" if mq.share_group else SUBSCRIPTION
+    # Workers moved off the old, guessable group (docs/broker-security.md) leave it from their resumed session.
+    legacy = f"$share/{LEGACY_SHARE_GROUP}/{SUBSCRIPTION}"
     user, password = settings.mqtt_credentials
     return SessionOptions(
         host=settings.mqtt_host, port=settings.mqtt_port, client_id=client_id or mq.client_id,
         subscriptions=(topic,), keepalive_s=mq.keepalive_s, session_expiry_s=mq.session_expiry_s,
         reconnect_min_s=mq.reconnect_min_s, reconnect_max_s=mq.reconnect_max_s,
         username=user, password=password, tls=settings.mqtt_tls,
-        receive_maximum=min(65535, settings.ingest.max_pending_messages))
+        receive_maximum=min(65535, settings.ingest.max_pending_messages),
+        unsubscribe=(legacy,) if topic != legacy else ())
 
 
 def build_worker(settings: Settings, sinks: tuple[ParsedSink, ...] = (),

@@ -22,6 +22,8 @@ from paho.mqtt.properties import Properties
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ioc.cli import main as ioc_main
 from ioc.provision import accounts
+from ioc.services import LEGACY_SHARE_GROUP, session_options
+from ioc.settings import Settings
 from tests.conftest import ingest_env
 from tests.integration.test_broker_security import _rows, telemetry
 from tests.support.secure_broker import ShippedBroker, shipped_mosquitto
@@ -201,3 +203,49 @@ def test_device_cannot_log_in_on_the_service_listener_and_health_check_works(bro
                              "-P", broker.passwords["ioc-ingest"], "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"],
                             capture_output=True, text=True, timeout=20)
     assert health.returncode == 0 and "seconds" in health.stdout, health
+
+
+async def test_worker_moved_to_a_secret_group_leaves_the_old_one(broker: ShippedBroker) -> None:
+    """A deployment from before the secret group: each worker's persistent session is subscribed to
+    ``$share/ioc-ingest/...``. Given the secret group, the worker drops the old one from its resumed session, so it
+    gets each reading once, not once per group (before: 100 readings arrived 200 times)."""
+    client_id = f"ioc-ingest-fd3-{TAG}"
+    got: list[int] = []
+    session: MqttSession | None = None
+
+    def on_message(message: mqtt.MQTTMessage, generation: int) -> None:
+        got.append(message.mid)
+        assert session is not None
+        session.ack(message.mid, generation)
+
+    settings = Settings(mqtt_url=f"mqtts://ioc-ingest:{broker.passwords['ioc-ingest']}@localhost:{broker.service_port}")
+    settings.mqtt.ca_file = str(broker.pki.ca_cert)
+    settings.mqtt.session_expiry_s = 300
+    for group in (LEGACY_SHARE_GROUP, accounts.new_share_group()):  # the worker before, then after the upgrade
+        settings.mqtt.share_group = group
+        session = MqttSession(session_options(settings, client_id), on_message)
+        task = asyncio.create_task(session.run())
+        await session.wait_connected(15)
+        if group != LEGACY_SHARE_GROUP:
+            break
+        await session.stop()
+        await asyncio.wait_for(task, 10)
+    assert session is not None
+    try:
+        await asyncio.sleep(0.3)  # the UNSUBSCRIBE follows the SUBSCRIBE on the same connection
+        victim, _ = await asyncio.to_thread(_client, broker, VICTIM.device_id, "v", broker.device_port)
+
+        def publish() -> None:
+            for seq in range(100):
+                victim.publish(f"{VICTIM.topic_prefix}/telemetry", telemetry(seq), qos=1).wait_for_publish(10)
+            victim.disconnect()
+            victim.loop_stop()
+
+        await asyncio.to_thread(publish)
+        deadline = time.monotonic() + 3
+        while len(got) < 200 and time.monotonic() < deadline:  # wait for copies that should not come
+            await asyncio.sleep(0.05)
+    finally:
+        await session.stop(session_expiry_s=0)
+        await asyncio.wait_for(task, 10)
+    assert len(got) == 100, f"the worker got {len(got)} messages for 100 readings"
