@@ -249,3 +249,21 @@ async def test_worker_moved_to_a_secret_group_leaves_the_old_one(broker: Shipped
         await session.stop(session_expiry_s=0)
         await asyncio.wait_for(task, 10)
     assert len(got) == 100, f"the worker got {len(got)} messages for 100 readings"
+
+
+def test_one_connection_per_device_account(broker: ShippedBroker) -> None:
+    """Ten connections with one device's credentials and ten client ids: the broker keeps one (each new one closes
+    the previous, all under the account's id). Before: all ten stayed connected."""
+    clients = []
+    try:
+        for i in range(10):
+            c, rec = _client(broker, EVIL.device_id, f"many-{i}-{TAG}", broker.device_port)
+            c.reconnect_delay_set(30, 60)  # a closed one stays closed: count what the broker keeps
+            clients.append((c, rec))
+        time.sleep(0.5)
+        assert all(rec["connack"] is not None and not rec["connack"].is_failure for _, rec in clients)
+        assert sum(c.is_connected() for c, _ in clients) == 1, [rec for _, rec in clients]
+    finally:
+        for c, _ in clients:
+            c.disconnect()
+            c.loop_stop()
