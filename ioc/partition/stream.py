@@ -12,11 +12,20 @@ device whose district is not known yet (no position) goes by its own id.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from ingest.contract import (
+    DEVICE_ID_RE,
+    MAX_BATCH_ITEMS,
+    MAX_METRICS_PER_READING,
+    METRIC_NAME_RE,
+)
+from ingest.text import find_bad_text
 
 STREAM = "IOC_READINGS"
 
@@ -62,13 +71,67 @@ def encode_rows(rows: list[Row]) -> bytes:
 
 
 def decode_rows(data: bytes) -> list[Row]:
-    """The rows of a stream message; rows that do not have the expected shape are skipped."""
-    out = []
-    for item in orjson.loads(data):
-        if (isinstance(item, list) and len(item) == 6 and all(isinstance(v, str) for v in item[:4])
-                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in item[4:])):
+    """The rows of a stream message that keep the readings' contract; the others are left out."""
+    return decode_message(data).rows
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A stream message read: its rows, the items refused (with why), or why the whole message was refused."""
+
+    rows: list[Row]
+    refused: list[Any]
+    reason: str | None = None
+
+
+#: Items of one message at most: far beyond what one ingest batch puts on one partition (MAX_BATCH_ITEMS records
+#: of at most MAX_METRICS_PER_READING readings each), so a larger message was not put there by an ingest worker.
+MAX_ROWS = MAX_BATCH_ITEMS * MAX_METRICS_PER_READING
+#: Epoch seconds of 3000-01-01: a time past it cannot become a finding's timestamp.
+MAX_TS = 32_503_680_000.0
+
+
+def _refusal(item: Any) -> str | None:
+    """Why one item of a message is not a reading (the ingest contract, ingest/contract.py), or None."""
+    if not (isinstance(item, list) and len(item) == 6):
+        return "not a [device, kind, district, metric, ts, value] array"
+    device_id, kind, district, metric, ts, value = item
+    if not (isinstance(device_id, str) and DEVICE_ID_RE.fullmatch(device_id)):
+        return "device id outside the contract"
+    if not (isinstance(metric, str) and METRIC_NAME_RE.fullmatch(metric)):
+        return "metric name outside the contract"
+    for name, text in (("kind", kind), ("district", district)):
+        if not isinstance(text, str) or len(text) > 128 or find_bad_text(text):
+            return f"{name} is not a short clean text"
+    for name, number in (("ts", ts), ("value", value)):
+        if not isinstance(number, int | float) or isinstance(number, bool) or not math.isfinite(number):
+            return f"{name} is not a finite number"
+    if not 0 <= ts < MAX_TS:
+        return "ts is not a time (epoch seconds)"
+    return None
+
+
+def decode_message(data: bytes) -> Decoded:
+    """Read one stream message; never raises. Items that break the readings' contract (text PostgreSQL refuses
+    in a device id, a 65-bit timestamp, ...) are refused one by one: stored, they would fail every save of the
+    partition's state and every commit of its findings for ever."""
+    try:
+        items = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        return Decoded([], [], f"not JSON ({err})")
+    if not isinstance(items, list):
+        return Decoded([], [], f"not an array of readings (a JSON {type(items).__name__})")
+    if len(items) > MAX_ROWS:
+        return Decoded([], [], f"{len(items)} items, more than the {MAX_ROWS} one ingest batch can hold")
+    out, refused, reasons = [], [], set()
+    for item in items:
+        why = _refusal(item)
+        if why is None:
             out.append(Row(item[0], item[1], item[2], item[3], float(item[4]), float(item[5])))
-    return out
+        else:
+            refused.append(item)
+            reasons.add(why)
+    return Decoded(out, refused, "; ".join(sorted(reasons)) if reasons else None)
 
 
 class Publisher:

@@ -12,7 +12,10 @@ Every write of a partition (findings, learned state) starts its transaction with
 the commit), so a worker that lost a partition can never write for it again; findings go to the brain only
 after that commit, and readings are acknowledged only after it (or, for a batch that found nothing, while
 the worker's own clock says the lease is still valid). A worker that finds a partition lost stops
-processing it at once and saves nothing for it.
+processing it at once and saves nothing for it; one that gives a partition back lets the batch in hand end
+first (commit and acks, its leases renewed meanwhile), so what it saves is exactly what was acknowledged.
+A stream message that is not readings is set apart (``set_aside``, with its reason) and terminated on the
+stream, so it cannot hold its partition.
 
 A partition's readings are read from a durable JetStream pull consumer named after the partition, so its
 next owner resumes where the last acknowledgement stopped. Each partition has its own
@@ -48,14 +51,22 @@ from analytics.numeric.monitor import NumericMonitor
 from ingest.errors import read_until_answered
 from ioc.analytics_isolation import Isolation, ingest_apart
 from ioc.partition.findings import encode_findings, findings_subject
-from ioc.partition.stream import STREAM, decode_rows, ensure_stream, subject
+from ioc.partition.stream import STREAM, decode_message, ensure_stream, subject
 from storage import cluster as sql
 from storage.cluster import FencedError
+from storage.set_aside import set_aside
 from storage.writes import FindingRow, load_series_states, load_state, save_series_states, save_state, write_findings
 
 logger = logging.getLogger(__name__)
 
 ACK_WAIT_S = 10.0
+#: A partition given back finishes the batch in hand first (its commit and acks), for at most this long: what is
+#: saved for the next owner is then exactly what was acknowledged (nothing learned twice, nothing left in flight).
+GIVE_BACK_S = 5.0
+#: The set_aside stage of stream messages that are not readings (kept with the reason, /api/set-aside).
+SET_ASIDE_STAGE = "analytics-partition"
+#: A set-aside message's text is cut here (its size is kept).
+SET_ASIDE_BYTES = 64 * 1024
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
@@ -63,9 +74,15 @@ def state_name(stream: str, partition: int) -> str:
     return f"numeric:{stream}:p{partition}"
 
 
+Aside = tuple[str, str, int, dict[str, Any]]  # what, why, deliveries, the refused payload
+
+
 async def _commit(conn: asyncpg.Connection, scope: str, findings: list[FindingRow] | None = None,
-                  states: list[tuple[str, bytes]] | None = None, memory: episodes.Pending | None = None) -> None:
+                  states: list[tuple[str, bytes]] | None = None, memory: episodes.Pending | None = None,
+                  aside: list[Aside] | None = None) -> None:
     """The writes of one fenced transaction of a partition."""
+    for what, why, attempts, doc in aside or ():
+        await set_aside(conn, SET_ASIDE_STAGE, what, why, attempts, doc)
     if findings:
         await write_findings(conn, findings)
     if states:
@@ -114,6 +131,8 @@ class PartitionWorker:
         self.fenced = 0  # writes refused because the partition had been taken over
         self.isolation = Isolation()  # devices whose readings make the detectors raise (ioc/analytics_isolation.py)
         self.dropped = 0  # their readings, not analysed
+        self.set_apart = 0  # stream messages (or some of their items) that are not readings: kept in set_aside
+        self._leaving: dict[int, asyncio.Task[None]] = {}  # given back: the pump ends its batch, then the save
         self._stopped = asyncio.Event()
         self._lease_conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
@@ -151,13 +170,17 @@ class PartitionWorker:
                         await self._release(p, "its lease ran out while the database was unreachable")
                 if time.monotonic() - last_log >= 10:
                     last_log = time.monotonic()
-                    logger.info("partitions %s: %d readings analysed, %d findings", sorted(self.tasks),
-                                self.processed, self.findings)
+                    logger.info("partitions %s: %d readings analysed, %d findings, %d messages set apart",
+                                sorted(self.tasks), self.processed, self.findings, self.set_apart)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), self.rebalance_s)
         finally:
             for p in list(self.tasks):
-                await self._release(p)
+                self._hand_back(p)
+            while self._leaving:  # renewing the leases meanwhile: a big batch may outlast one
+                await asyncio.wait(list(self._leaving.values()), timeout=self.rebalance_s)
+                with contextlib.suppress(*_DB_ERRORS):
+                    await self._renew()
             with contextlib.suppress(*_DB_ERRORS):
                 await sql.member_leave(await self._conn(), self._member_prefix, self.holder)
             await self._drop_conn()
@@ -183,35 +206,64 @@ class PartitionWorker:
     async def _rebalance(self) -> None:
         """Renew what we hold (stop what was taken over), then take free partitions up to a fair share."""
         conn = await self._conn()
-        sent = time.monotonic()
-        still = await sql.renew_held(conn, self.holder, {lease_name(self.stream, p): e for p, e in self.epochs.items()},
-                                     self.lease_ttl_s)
-        for p in list(self.epochs):
-            if lease_name(self.stream, p) in still:
-                self._valid_until[p] = sent + self.lease_ttl_s
-            else:
-                await self._release(p, "taken over by another worker")
+        await self._renew()
         for p, task in list(self.tasks.items()):  # a consumer that failed is restarted by taking it again
             if task.done():  # gives it back (a fenced save, refused if it was taken over meanwhile)
                 logger.warning("partition %d consumer ended (%r); releasing it", p, task.exception())
                 await self._release(p)
         members = await self._beat()
         fair = math.ceil(self.partitions / max(1, members))
-        while len(self.tasks) > fair:
-            await self._release(max(self.tasks))
+        for p in sorted(self.tasks)[fair:]:
+            self._hand_back(p)
         if len(self.tasks) >= fair:
             return
         sent = time.monotonic()
-        free = [lease_name(self.stream, p) for p in range(self.partitions) if p not in self.tasks]
+        free = [lease_name(self.stream, p) for p in range(self.partitions) if p not in self.tasks
+                and p not in self._leaving]
         taken = await sql.take_free(conn, free, self.holder, self.lease_ttl_s, fair - len(self.tasks))
         for name, epoch in taken.items():
             p = int(name.rsplit(":", 1)[1])
             self.epochs[p], self._valid_until[p] = epoch, sent + self.lease_ttl_s
             self.tasks[p] = asyncio.create_task(self._consume(p, epoch), name=f"partition-{p}")
 
-    async def _release(self, p: int, lost: str | None = None) -> None:
-        """Stop processing ``p``; give it back (saving its state, fenced) unless it was ``lost``."""
+    async def _renew(self) -> None:
+        """Renew the leases we hold (those being given back too); stop what was taken over."""
+        sent = time.monotonic()
+        still = await sql.renew_held(await self._conn(), self.holder,
+                                     {lease_name(self.stream, p): e for p, e in self.epochs.items()}, self.lease_ttl_s)
+        for p in list(self.epochs):
+            if lease_name(self.stream, p) in still:
+                self._valid_until[p] = sent + self.lease_ttl_s
+            else:
+                await self._release(p, "taken over by another worker")
+
+    def _hand_back(self, p: int) -> None:
+        """Give ``p`` back in the background: the lease loop goes on renewing while its batch ends."""
         task = self.tasks.pop(p, None)
+        if task is not None and p not in self._leaving:
+            self._leaving[p] = asyncio.create_task(self._wind_down(p, task), name=f"give-back-{p}")
+
+    async def _wind_down(self, p: int, task: asyncio.Task[None]) -> None:
+        """Let the pump of ``p`` finish the batch in hand (commit and acks), then save and release it.
+
+        Cancelled mid-batch, the save held readings not acknowledged yet (the next owner was given them again
+        and learned them twice) and ran beside the detectors' thread still analysing them. A batch that does not
+        end within ``GIVE_BACK_S`` (or while we still hold the lease) is cancelled and nothing is saved.
+        """
+        try:
+            deadline = time.monotonic() + GIVE_BACK_S
+            while not task.done() and self.holds(p) and time.monotonic() < deadline:
+                await asyncio.wait({task}, timeout=0.05)
+            if task.done():
+                await self._release(p, task=task)
+            else:
+                await self._release(p, "its batch did not end while the lease was ours", task=task)
+        finally:
+            self._leaving.pop(p, None)
+
+    async def _release(self, p: int, lost: str | None = None, task: asyncio.Task[None] | None = None) -> None:
+        """Stop processing ``p`` (cancelling its pump); give it back (saving its state, fenced) unless ``lost``."""
+        task = task or self.tasks.pop(p, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -316,7 +368,7 @@ class PartitionWorker:
 
     async def _pump(self, p: int, epoch: int, monitor: NumericMonitor, sub: Any, known: dict[str, str]) -> None:
         last_save = time.monotonic()
-        while True:
+        while p not in self._leaving:
             if not self.holds(p):
                 raise PartitionLost("its lease ran out on this worker's clock (paused or cut off)")
             try:
@@ -326,7 +378,7 @@ class PartitionWorker:
             if msgs:
                 if not self.holds(p):  # woke up (SIGCONT) with a batch: leave it unacknowledged for the new owner
                     raise PartitionLost("its lease ran out on this worker's clock (paused or cut off)")
-                rows = [r for m in msgs for r in decode_rows(m.data)]
+                rows, aside, poison = self._decode(p, msgs)
                 for r in rows:
                     # again when its district becomes known (a device first placed by its own id may hash to
                     # its district's partition): else it never joined its district's group here
@@ -342,25 +394,57 @@ class PartitionWorker:
                     self.dropped += sum(failed.values())
                     logger.warning("partition %d: detectors raised on %s; their readings were not analysed", p,
                                    ", ".join(sorted(failed)[:5]))
-                if found:
+                if found or aside:
                     # a group episode's start (or end) commits with the findings: a SIGKILL right after them
                     # does not make the next owner raise the group finding again
-                    memory = episodes.pending(monitor)
-                    await self._fenced(p, epoch, partial(_commit, scope=state_name(self.stream, p),
+                    memory = episodes.pending(monitor) if found else None
+                    await self._fenced(p, epoch, partial(_commit, scope=state_name(self.stream, p), aside=aside,
                                                          findings=[_row(f) for f in found], memory=memory))
                     if memory is not None:
                         episodes.done(memory)
+                    self.set_apart += len(aside)
+                if found:
                     # on to the alert brain (ioc/partition/findings.py) after the fenced commit, before the acks
                     await self._js.publish(findings_subject(self.stream), encode_findings(found), stream=self.stream)
                     self.findings += len(found)
                 elif not self.holds(p):
                     raise PartitionLost("its lease ran out while the batch was analysed")
                 for m in msgs:  # after the findings are committed: a crash before this replays them
-                    await m.ack()
+                    # a message that is no readings at all is kept in set_aside: never delivered again
+                    await (m.term() if id(m) in poison else m.ack())
                 self.processed += len(rows)
             if time.monotonic() - last_save >= self.state_every_s:
                 last_save = time.monotonic()
                 await self._save(p, epoch, monitor, now=last_save)
+
+    def _decode(self, p: int, msgs: list[Any]) -> tuple[list[Any], list[Aside], set[int]]:
+        """The readings of a batch; what is not readings set apart with its reason (an item refused, or a whole
+        message: ``poison``, the ids of messages to terminate rather than acknowledge). Raising here left the
+        batch unacknowledged: redelivered after ``ACK_WAIT_S`` and raising again, the partition's consumer
+        restarting for ever, every message fetched with it late by ``ACK_WAIT_S`` each time."""
+        rows: list[Any] = []
+        aside: list[Aside] = []
+        poison: set[int] = set()
+        for m in msgs:
+            decoded = decode_message(m.data)
+            rows += decoded.rows
+            if decoded.reason is None:
+                continue
+            try:
+                meta = m.metadata
+                where, attempts = f"{m.subject} #{meta.sequence.stream}", int(meta.num_delivered)
+            except Exception:  # no JetStream metadata (not expected): still kept
+                where, attempts = str(m.subject), 1
+            doc: dict[str, Any] = {"subject": m.subject, "size": len(m.data)}
+            if decoded.rows or decoded.refused:
+                doc["refused"] = decoded.refused[:100]
+                doc["refused_count"] = len(decoded.refused)
+            else:
+                poison.add(id(m))
+                doc["data"] = m.data[:SET_ASIDE_BYTES].decode("utf-8", "replace")
+            aside.append((where, decoded.reason, attempts, doc))
+            logger.warning("partition %d: stream message %s set apart: %s", p, where, decoded.reason[:200])
+        return rows, aside, poison
 
 
 def _row(f: Finding) -> FindingRow:
