@@ -61,6 +61,9 @@ def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
     svc.add_argument("--simulator", action="store_true", help="also the simulator account (test/demo brokers only)")
     svc.add_argument("--only", action="append", choices=sorted(accounts.SERVICE_ACCOUNTS), help="just these")
     _file_args(svc, "passwd-services")
+    svc.add_argument("--device-passwd", type=Path, default=DEFAULT_BROKER_DIR / "passwd",
+                     help="the device listener's password file, created empty if missing (Mosquitto will not start "
+                     "without it; default deploy/mosquitto/passwd)")
 
 
 def _file_args(parser: argparse.ArgumentParser, passwd: str = "passwd") -> None:
@@ -115,6 +118,8 @@ def run_devices(args: argparse.Namespace, database_url: str | None = None) -> in
             group = (accounts.new_share_group() if "ioc-ingest" in names
                      and "ioc-ingest" not in accounts.read_password_file(args.passwd) else None)
             passwords = accounts.provision_services(names, args.passwd, args.acl)
+            if not args.device_passwd.exists():
+                accounts.write_password_file(args.device_passwd, {})
             accounts.write_service_env(args.out, passwords, group)
             print(f"{len(passwords)} service account(s) ({', '.join(passwords)}) -> {args.passwd}; "
                   f"passwords{' and the ingest share group' if group else ''} as .env lines in {args.out}. "

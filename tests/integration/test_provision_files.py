@@ -72,7 +72,8 @@ def test_passwd_written_by_us_is_read_by_mosquitto_passwd(tmp_path: Path) -> Non
 def test_service_accounts_env(tmp_path: Path) -> None:
     out = tmp_path / "svc.env"
     assert run("devices", "services", "--out", str(out), "--passwd", str(tmp_path / "pw"),
-               "--acl", str(tmp_path / "acl")) == 0
+               "--acl", str(tmp_path / "acl"), "--device-passwd", str(tmp_path / "devices")) == 0
+    assert (tmp_path / "devices").read_text() == "" and mode(tmp_path / "devices") == 0o600  # the broker needs it
     names = [line.split("=")[0] for line in out.read_text().splitlines() if not line.startswith("#")]
     # A new ingest account comes with a secret share group (tests/integration/test_broker_front_door.py).
     assert names == ["IOC_MQTT_INGEST_PASSWORD", "IOC_MQTT_LIVE_PASSWORD", "IOC_MQTT_BRAIN_PASSWORD",
@@ -81,7 +82,7 @@ def test_service_accounts_env(tmp_path: Path) -> None:
     assert set(accounts.read_password_file(tmp_path / "pw")) == {"ioc-ingest", "ioc-live", "ioc-brain"}
     again = tmp_path / "svc2.env"  # a rotation keeps the group: workers' sessions stay subscribed to it
     assert run("devices", "services", "--out", str(again), "--passwd", str(tmp_path / "pw"),
-               "--acl", str(tmp_path / "acl")) == 0
+               "--acl", str(tmp_path / "acl"), "--device-passwd", str(tmp_path / "devices")) == 0
     assert accounts.SHARE_GROUP_ENV not in again.read_text()
     with pytest.raises(accounts.ProvisionError, match="reserved"):
         accounts.check_device("camera", "ioc-ingest-host1")  # a device's client id is its id: not a service's

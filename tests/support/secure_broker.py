@@ -219,6 +219,7 @@ def shipped_mosquitto(devices: list[accounts.Device]) -> Iterator[ShippedBroker]
         service_file = root / ("passwd-services" if "/passwd-services" in conf else "passwd")
         passwords = accounts.provision_services(SERVICES, service_file, acl)
         passwords.update({d.device_id: p for d, p in accounts.provision(devices, root / "passwd", acl).created})
+        (root / "passwd").touch()  # no devices yet: an empty file (Mosquitto refuses to start without it)
         device_port, plain_port = free_port(), free_port()
         service_port = free_port() if "listener 8884" in conf else device_port
         conf = (conf.replace("/mosquitto/config/certs/", f"{root}/certs/").replace("/mosquitto/config/", f"{root}/")
