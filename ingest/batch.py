@@ -100,8 +100,8 @@ def build_rows(messages: list[Pending], registry: RegistryCache, quarantine_limi
                 if agg.status is None or rec.ts >= agg.status.ts:
                     agg.status = rec
             elif isinstance(rec, DeviceEvent):
-                rows.events.append((rec.ts, rec.device_id, rec.type, rec.severity,
-                                    orjson.dumps(rec.detail).decode(), msg.received_at))
+                detail = rec.stored_detail if rec.stored_detail is not None else orjson.dumps(rec.detail).decode()
+                rows.events.append((rec.ts, rec.device_id, rec.type, rec.severity, detail, msg.received_at))
             elif isinstance(rec, Snapshot):
                 digest = hashlib.sha256(rec.jpeg).digest()
                 key = (rec.device_id, digest)

@@ -13,6 +13,7 @@ from datetime import datetime
 import paho.mqtt.client as mqtt
 
 from ingest import metrics as m
+from ingest.device_rate import DeviceRate
 from ingest.guard import MetricNameGuard
 from ingest.kinds import DeviceKinds
 from ingest.parse import internal_error, parse_message
@@ -26,7 +27,7 @@ ParsedSink = Callable[[ParsedMessage], None]
 
 def handle_message(message: mqtt.MQTTMessage, received_at: datetime, guard: MetricNameGuard,
                    sinks: tuple[ParsedSink, ...], stores: bool = True,
-                   kinds: DeviceKinds | None = None) -> ParsedMessage:
+                   kinds: DeviceKinds | None = None, rate: DeviceRate | None = None) -> ParsedMessage:
     """Parse one MQTT message and hand it to the sinks; never raises.
 
     The structural rule of ingest: whatever raises while handling one message (parsing, the caps, any
@@ -34,16 +35,22 @@ def handle_message(message: mqtt.MQTTMessage, received_at: datetime, guard: Metr
     that message, so it lands in the quarantine, and the session goes on. Records that parsed are still
     stored: a sink's failure does not cost the data. ``stores`` is False for processes that only follow the
     broker (live listener, brain): they count nothing as quarantined, the ingest workers do. ``kinds`` refuses a
-    message of a known device under another kind (:mod:`ingest.kinds`) before the caps and the sinks.
+    message of a known device under another kind (:mod:`ingest.kinds`) before the caps and the sinks. ``rate``
+    quarantines, unparsed, a message its device cannot pay for (:mod:`ingest.device_rate`).
     """
     topic, payload = "(topic not decoded)", b""
     try:
         topic = message._topic.decode("utf-8", "replace")
         payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload)
-        parsed = parse_message(topic, payload, received_at, retained=bool(message.retain))
-        if kinds is not None:  # before the caps: a refused message adds no metric name to the device's
-            parsed = kinds.check(parsed, topic, received_at, payload)
-        parsed = guard.apply(parsed, topic)
+        # Over its device's rate: quarantined unparsed; the sinks are still told (a stage's acks count every message).
+        over = rate.check(topic, payload, received_at) if rate is not None else None
+        if over is not None:
+            parsed = over
+        else:
+            parsed = parse_message(topic, payload, received_at, retained=bool(message.retain))
+            if kinds is not None:  # before the caps: a refused message adds no metric name to the device's
+                parsed = kinds.check(parsed, topic, received_at, payload)
+            parsed = guard.apply(parsed, topic)
     except Exception as err:
         m.HANDLER_ERRORS.labels("parse").inc()
         errors.log("handling a message on %r raised; quarantined as internal_error", topic[:200])

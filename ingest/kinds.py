@@ -213,5 +213,6 @@ def _doc(rec: Record) -> dict[str, Any]:
     if isinstance(rec, StatusUpdate):
         return {"ts": rec.ts, "state": rec.state, "reason": rec.reason}
     if isinstance(rec, DeviceEvent):
-        return {"ts": rec.ts, "type": rec.type, "severity": rec.severity, "detail": rec.detail}
+        detail = rec.detail if rec.stored_detail is None else orjson.Fragment(rec.stored_detail)  # whole, not the view
+        return {"ts": rec.ts, "type": rec.type, "severity": rec.severity, "detail": detail}
     return {"ts": rec.ts, "snapshot_bytes": len(rec.jpeg)}

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ingest import contract as c
+from ingest.detail import bound_detail
 from ingest.records import (
     DeviceEvent,
     ParsedMessage,
@@ -24,7 +25,7 @@ from ingest.records import (
     Snapshot,
     StatusUpdate,
 )
-from ingest.text import clean_json, clean_text
+from ingest.text import clean_text
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -100,7 +101,7 @@ def _parse_message(topic: str, payload: bytes, received_at: datetime, retained: 
         if channel == "status":
             record: Record = _status(device_id, kind, doc, received_at, retained)
         else:
-            record = _event(device_id, kind, doc, received_at)
+            record = _event(device_id, kind, doc, received_at, len(payload))
     except ItemError as err:
         return _reject(topic, received_at, payload, err.reason, err.detail)
     return ParsedMessage([record], [])
@@ -265,7 +266,7 @@ def _status(device_id: str, kind: str, doc: Any, received_at: datetime, retained
                         ts_from_device=has_ts or not retained)
 
 
-def _event(device_id: str, kind: str, doc: Any, received_at: datetime) -> DeviceEvent:
+def _event(device_id: str, kind: str, doc: Any, received_at: datetime, size: int) -> DeviceEvent:
     if not isinstance(doc, dict):
         raise ItemError(Reason.BAD_SHAPE, f"event must be a JSON object, got {_type_name(doc)}")
     etype = doc.get("type")
@@ -277,9 +278,9 @@ def _event(device_id: str, kind: str, doc: Any, received_at: datetime) -> Device
     detail = doc.get("detail", {})
     if not isinstance(detail, dict):
         raise ItemError(Reason.BAD_SHAPE, "'detail' must be an object")
-    detail = clean_json(detail)
     ts = _timestamp(doc.get("ts"), received_at, required=True)
-    return DeviceEvent(device_id, kind, ts, etype, severity, detail)
+    view, stored = bound_detail(detail, size)  # a large detail: stored whole, carried on bounded (ingest/detail.py)
+    return DeviceEvent(device_id, kind, ts, etype, severity, view, stored)
 
 
 def _parse_snapshot(topic: str, device_id: str, kind: str, payload: bytes,

@@ -23,9 +23,13 @@ MAX_KEYS = 100_000
 CUT = Counter("ioc_quarantine_payload_cut", "Quarantined payloads cut to their head: the device's budget spent")
 
 
+#: The one key of every topic outside the contract.
+OUTSIDE_CONTRACT = "(outside the contract)"
+
+
 def device_key(topic: str) -> str:
     parts = topic.split("/", 4)
-    return "/".join(parts[:4]) if len(parts) >= 4 and parts[0] == "ioc" else "(outside the contract)"
+    return "/".join(parts[:4]) if len(parts) >= 4 and parts[0] == "ioc" else OUTSIDE_CONTRACT
 
 
 class QuarantineBudget:

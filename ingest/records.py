@@ -29,6 +29,8 @@ class Reason(StrEnum):
     TOO_MANY_EVENT_TYPES = "too_many_event_types"
     KIND_CONFLICT = "kind_conflict"
     """The device is in the registry under another kind than the message's topic says (ingest/kinds.py)."""
+    DEVICE_RATE = "device_rate"
+    """The device sent more bytes than its share (ingest/device_rate.py): kept here unparsed."""
     DB_REJECTED = "db_rejected"
     INTERNAL_ERROR = "internal_error"
     """Handling the message raised where nothing should: kept here with the exception, the session goes on."""
@@ -69,6 +71,8 @@ class DeviceEvent:
     type: str
     severity: str
     detail: dict[str, Any] = field(default_factory=dict)
+    #: The whole detail as JSON text when ``detail`` holds a bounded view of it (ingest/detail.py): stored instead.
+    stored_detail: str | None = None
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from ingest.backoff import Backoff
 from ingest.batch import Batch, Pending, RegistryCache, build_rows, quarantine_row
 from ingest.config import IngestConfig
 from ingest.contract import CHANNELS
+from ingest.device_rate import DeviceRate
 from ingest.errors import UNKNOWN_ERROR_RETRIES, Failure, judge, terminate_unless_server_error
 from ingest.guard import MetricNameGuard
 from ingest.handling import ParsedSink, handle_message
@@ -84,6 +85,7 @@ class IngestWorker:
         self.session = MqttSession(session, self._on_message, self._on_connection_change)
         self.registry = RegistryCache(config.registry_touch_s)
         self.guard = MetricNameGuard()
+        self.rate = DeviceRate(config.device_bytes_per_s, config.device_burst_bytes)
         self.kinds = DeviceKinds()  # the registry's kinds: a known device's message under another is refused
         self.quarantine_budget = QuarantineBudget(config.quarantine_bytes_per_device_min)
         self.latest = LatestValues()
@@ -180,7 +182,7 @@ class IngestWorker:
         gate = self.gate
         if gate is not None:  # before the sinks: the stages read its sequence and DUP flag as this message's
             gate.received(bool(message.dup))
-        parsed = handle_message(message, received_at, self.guard, self.sinks, kinds=self.kinds)
+        parsed = handle_message(message, received_at, self.guard, self.sinks, kinds=self.kinds, rate=self.rate)
         if parsed.rejections:
             self.quarantine_budget.apply(parsed.rejections, self.config.quarantine_payload_bytes)
         channel = _channel_label(message._topic)

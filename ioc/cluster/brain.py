@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 
 from analytics.findings import Finding
 from ingest.contract import SUBSCRIPTION
+from ingest.device_rate import DeviceRate
 from ingest.guard import MetricNameGuard
 from ingest.handling import handle_message
 from ingest.kinds import DeviceKinds
@@ -90,6 +91,7 @@ class BrainInput:
             session_expiry_s=cfg.brain_session_expiry_s)
         self.sinks = sinks
         self.guard = MetricNameGuard()
+        self.rate = DeviceRate(settings.ingest.device_bytes_per_s, settings.ingest.device_burst_bytes)
         self.kinds = DeviceKinds()  # the registry's kinds (the brain loads them before reading, then keeps them)
         self.session = MqttSession(options, self._on_message)
         self.lag_s: float | None = None
@@ -112,7 +114,7 @@ class BrainInput:
         self.seq += 1  # on the event loop, before the sinks: the stages read it as their position
         self.redelivered = bool(message.dup)  # ... and this (the analytics stage: a copy of a snapshot analysed?)
         # The ingest's own handler: parse, caps, every sink under the catch-all (never raises).
-        parsed = handle_message(message, now, self.guard, self.sinks, stores=False, kinds=self.kinds)
+        parsed = handle_message(message, now, self.guard, self.sinks, stores=False, kinds=self.kinds, rate=self.rate)
         stamps = [r.ts for r in parsed.records if getattr(r, "ts", None) is not None]
         if stamps:
             self.lag_s = max(0.0, (now - max(stamps)).total_seconds())

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import paho.mqtt.client as mqtt
 
 from ingest.contract import SUBSCRIPTION
+from ingest.device_rate import DeviceRate
 from ingest.guard import MetricNameGuard
 from ingest.handling import handle_message
 from ingest.kinds import DeviceKinds
@@ -39,6 +40,7 @@ class LiveListener:
         # ``on_parsed_late`` on a served replica; by default the same sinks
         self.late_sinks = sinks if late_sinks is None else late_sinks
         self.guard = MetricNameGuard()
+        self.rate = DeviceRate(settings.ingest.device_bytes_per_s, settings.ingest.device_burst_bytes)
         self.kinds = DeviceKinds()  # the registry's kinds, kept current by ``kinds.run`` (the app starts it)
         user, password = settings.mqtt_credentials
         self.session = MqttSession(SessionOptions(
@@ -71,7 +73,7 @@ class LiveListener:
         # The ingest's own handler: parse, caps, sinks, each error caught (the ingest workers quarantine the
         # message; here it is only counted and logged, since this process stores nothing).
         handle_message(message, datetime.now(UTC), self.guard, self.late_sinks if late else self.sinks, stores=False,
-                       kinds=self.kinds)
+                       kinds=self.kinds, rate=self.rate)
 
     async def run(self) -> None:
         watch = asyncio.create_task(self.intake.watch())  # sees stalls of the loop (ioc/live/backlog.py)
