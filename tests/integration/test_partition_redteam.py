@@ -44,7 +44,7 @@ T0 = 1_796_000_000.0
 def _env(database_url: str, stream: str, partitions: int) -> dict[str, str]:
     return ingest_env(database_url, 1883, IOC_PARTITION__NATS_URL=NATS_URL, IOC_PARTITION__STREAM=stream,
                       IOC_PARTITION__PARTITIONS=str(partitions), IOC_PARTITION__REBALANCE_S="0.3",
-                      IOC_PARTITION__LEASE_TTL_S="2")
+                      IOC_PARTITION__LEASE_TTL_S="10")
 
 
 def _start(env: dict[str, str], log: Path, wid: str) -> subprocess.Popen[bytes]:
