@@ -52,6 +52,8 @@ def _replace(match: re.Match[str]) -> str:
 def clean_json_text(text: str) -> str:
     """JSON text (as orjson writes it) with every character the text rule refuses replaced by U+FFFD, as
     :func:`ingest.text.clean_json` does to the document's keys and strings."""
+    if text.isascii() and "\\" not in text and "\x7f" not in text:  # the usual case, without a regex's pass
+        return text
     return _REFUSED_IN_JSON.sub(_replace, text) if _REFUSED_HINT.search(text) else text
 
 
