@@ -30,8 +30,9 @@ LC = (20.845, 106.69)
 
 @pytest.fixture
 def server(database_url: str, mqtt_port: int, artifacts: Path) -> Iterator[ServeProcess]:
+    # One device id stands for a busy district here (500 wide readings a second, 12 MB): no device share.
     env = ingest_env(database_url, mqtt_port, IOC_MQTT__CLIENT_ID=f"live-{uuid.uuid4().hex[:6]}",
-                     IOC_LIVE__CLIENT_QUEUE="500", IOC_LIVE__REGISTRY_SYNC_S="0.5")
+                     IOC_LIVE__CLIENT_QUEUE="500", IOC_LIVE__REGISTRY_SYNC_S="0.5", IOC_INGEST__DEVICE_BYTES_PER_S="0")
     with ServeProcess(env, artifacts / "serve.log") as srv:
         AUTH.update(bearer(make_token_sync(database_url, "viewer")))
         yield srv
