@@ -96,14 +96,19 @@ class DetectorConfig:
     discounted for being common at other hours: its rarity factor is at least ``tod_novel``. A road whose rush
     hours jam reaches large severities daily, so its rarity histogram used to discount a collapse at noon as
     everyday. Dev +0.80, LOCO +0.81, short +2.44 over four offsets; simulated traffic +5.6, rough road data +8."""
-    calm_refire: int = 0
-    calm_level: float = 0.3
-    calm_range: float = 0.4
+    calm_refire: int = 72
+    calm_level: float = 0.5
+    calm_range: float = 0.25
     calm_burst: bool = True
     calm_sm: float = 0.0
-    """Calm refire (tenth round of #17; 0: off): after at least ``calm_refire`` readings whose raw score stayed below
-    ``calm_level``, a burst deviating by ``calm_range`` of the declared (else covered) range breaks through a hold: the
-    episode that opened it is over, this is the next incident."""
+    calm_daily: bool = True
+    calm_slow: float = 0.15
+    """Calm refire (tenth round of #17, on since the thirteenth; 0: off): after at least ``calm_refire`` readings whose
+    raw score stayed below ``calm_level``, a burst deviating by ``calm_range`` of the declared (else covered) range
+    breaks through a hold: the episode that opened it is over, this is the next incident. Only for a series whose
+    daily model is in use (``calm_daily``: a series of bursts without a time of day has such excursions by nature),
+    and only when the reading is as far (``calm_slow`` of the range) from the slow one-day level the same way, so a
+    daily profile that learned yesterday's incident does not make an ordinary reading look like a new one."""
     tod_refire_gap: int = 0
     tod_refire_margin: float = 5.0
     tod_refire_range: float = 0.4

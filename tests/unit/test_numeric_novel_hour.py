@@ -17,7 +17,8 @@ T0 = 1_767_225_600.0  # a Thursday, 00:00 UTC
 STEP = 300.0
 DAY_ROWS = 288
 NO_NOVEL = dataclasses.replace(DetectorConfig(), tod_novel=0.0)
-REFIRE = dataclasses.replace(DetectorConfig(), tod_refire_gap=144)
+NO_REFIRE = dataclasses.replace(DetectorConfig(), calm_refire=0)  # the calm refire (on) catches this road too
+REFIRE = dataclasses.replace(NO_REFIRE, tod_refire_gap=144)
 
 
 def _road(days: int, incidents: list[float], jam_depth: float = 0.45, incident_depth: float = 0.45,
@@ -50,7 +51,8 @@ RUNS = SharedRuns(
      "noon-9.5": lambda: Road(*_road(12, [9.5], jam_depth=0.2, incident_depth=0.5), (0.0, 130.0)),
      "rush": lambda: Road(*_road(12, [], jam_depth=0.3), (0.0, 130.0)),
      "refire": _refire_road},
-    {DEFAULT: ("noon-8.5", "noon-9.5", "rush", "refire"), NO_NOVEL: ("noon-8.5", "noon-9.5"), REFIRE: ("refire",)})
+    {DEFAULT: ("noon-8.5", "noon-9.5", "rush", "refire"), NO_NOVEL: ("noon-8.5", "noon-9.5"), REFIRE: ("refire",),
+     NO_REFIRE: ("refire",)})
 
 
 def _fired(cfg: DetectorConfig, road: str) -> list[int]:
@@ -97,7 +99,10 @@ def test_rush_hours_still_raise_no_more_than_a_finding_or_two() -> None:
 
 
 def test_the_next_incident_hours_later_breaks_through_the_first_ones_hold_with_the_refire() -> None:
-    default = _fired(DEFAULT, "refire")  # declared: the file's range, so a collapse is 40 % of it
-    assert _raised(default, FIRST) and not _raised(default, SECOND)
+    held = _fired(NO_REFIRE, "refire")  # declared: the file's range, so a collapse is 40 % of it
+    assert _raised(held, FIRST) and not _raised(held, SECOND)
     refire = _fired(REFIRE, "refire")
     assert _raised(refire, FIRST) and _raised(refire, SECOND)
+    # the default's calm refire: the road was calm for 14 hours before the second incident
+    default = _fired(DEFAULT, "refire")
+    assert _raised(default, FIRST) and _raised(default, SECOND)

@@ -19,8 +19,8 @@ OFF = dataclasses.replace(DetectorConfig(), young_days=0.0)
 
 
 # measured against the default of its round, before the time-of-day routine (which now catches the first
-# of the refire test's incidents by itself)
-BASE = dataclasses.replace(DetectorConfig(), tod_bins=0)
+# of the refire test's incidents by itself) and the calm refire (which catches some of the later ones)
+BASE = dataclasses.replace(DetectorConfig(), tod_bins=0, calm_refire=0)
 REFIRE = dataclasses.replace(BASE, young_refire_z=8.0)
 BURST_REFIRE = dataclasses.replace(DetectorConfig(), young_refire_z=8.0)
 UNBOUNDED = dataclasses.replace(BURST_REFIRE, young_refire_max=100)
