@@ -17,13 +17,12 @@ A detail that fits in the view anyway is carried whole, as smaller payloads' det
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 import orjson
 
-from ingest.text import clean_json, clean_text
+from ingest.text import clean_json, clean_scalar, clean_text
 
 #: Payloads up to this many bytes have their detail cleaned and carried whole; a view holds about this much.
 VIEW_BYTES = 16 * 1024
@@ -115,10 +114,4 @@ class _View:
                     break
                 out.append(self.value(item, depth + 1))
             return out
-        if doc is None or isinstance(doc, bool):
-            return doc
-        if isinstance(doc, int):
-            return doc if -(2**63) <= doc < 2**64 else str(doc)
-        if isinstance(doc, float):
-            return doc if math.isfinite(doc) else None
-        return clean_text(str(doc))
+        return clean_scalar(doc)

@@ -87,6 +87,11 @@ def clean_json(doc: Any, *, depth: int = 0) -> Any:
         return {clean_text(str(k), multiline=True): clean_json(v, depth=depth + 1) for k, v in doc.items()}
     if isinstance(doc, list | tuple):
         return [clean_json(v, depth=depth + 1) for v in doc]
+    return clean_scalar(doc)
+
+
+def clean_scalar(doc: Any) -> Any:
+    """A value that is not a container, as ``clean_json`` keeps it (strings on one line)."""
     if doc is None or isinstance(doc, bool):
         return doc
     if isinstance(doc, int):

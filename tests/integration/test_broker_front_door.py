@@ -79,6 +79,15 @@ def _publish_acked(c: mqtt.Client, topic: str, payload: bytes) -> None:
         time.sleep(0.05)
 
 
+def _victim_publishes(b: ShippedBroker, count: int) -> None:
+    """The honest device sends ``count`` telemetry readings (QoS 1, each acknowledged), then leaves."""
+    victim, _ = _client(b, VICTIM.device_id, "v", b.device_port)
+    for seq in range(count):
+        victim.publish(f"{VICTIM.topic_prefix}/telemetry", telemetry(seq), qos=1).wait_for_publish(10)
+    victim.disconnect()
+    victim.loop_stop()
+
+
 def _hijack(b: ShippedBroker, client_ids: list[str], stop: threading.Event, tries: list[str]) -> None:
     """The hostile device: connects again and again under others' client ids, on every port it can reach, with a
     persistent session (clean_start false) and a subscription to everything."""
@@ -170,15 +179,7 @@ async def test_device_cannot_join_the_ingest_share_group(broker: ShippedBroker, 
             c.subscribe(f"$share/{name}/ioc/v1/#", qos=1)
             thieves.append((c, rec))
         await asyncio.sleep(0.3)
-        victim, _ = await asyncio.to_thread(_client, broker, VICTIM.device_id, "v", broker.device_port)
-
-        def publish() -> None:
-            for seq in range(200):
-                victim.publish(f"{VICTIM.topic_prefix}/telemetry", telemetry(seq), qos=1).wait_for_publish(10)
-            victim.disconnect()
-            victim.loop_stop()
-
-        await asyncio.to_thread(publish)
+        await asyncio.to_thread(_victim_publishes, broker, 200)
         deadline = time.monotonic() + 5
         while len(got) < 200 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -233,15 +234,7 @@ async def test_worker_moved_to_a_secret_group_leaves_the_old_one(broker: Shipped
     assert session is not None
     try:
         await asyncio.sleep(0.3)  # the UNSUBSCRIBE follows the SUBSCRIBE on the same connection
-        victim, _ = await asyncio.to_thread(_client, broker, VICTIM.device_id, "v", broker.device_port)
-
-        def publish() -> None:
-            for seq in range(100):
-                victim.publish(f"{VICTIM.topic_prefix}/telemetry", telemetry(seq), qos=1).wait_for_publish(10)
-            victim.disconnect()
-            victim.loop_stop()
-
-        await asyncio.to_thread(publish)
+        await asyncio.to_thread(_victim_publishes, broker, 100)
         deadline = time.monotonic() + 3
         while len(got) < 200 and time.monotonic() < deadline:  # wait for copies that should not come
             await asyncio.sleep(0.05)
