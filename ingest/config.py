@@ -62,13 +62,14 @@ class IngestConfig(BaseModel):
         "burst of as much too); over it a rejection keeps its first 256 bytes, its reason, length and hash "
         "(ingest/quarantine_budget.py).")
     device_bytes_per_s: int = Field(
-        64 * 1024, ge=0, description="Each device's share of a process's event loop: message bytes a second (a "
+        256 * 1024, ge=0, description="Each device's share of a process's event loop: message bytes a second (a "
         "message costs 256 plus its bytes, a snapshot a 64th of its bytes); a message its device cannot pay for is "
         "quarantined unparsed, reason device_rate (ingest/device_rate.py). 0: no bound. Applied by every process "
         "that reads the devices' messages (ingest workers, brain, live listener).")
     device_burst_bytes: int = Field(
-        4 * 1024 * 1024, ge=0, description="...and what a device may send at once (its bucket when full; at least "
-        "the largest message, 256 KiB and 256).")
+        16 * 1024 * 1024, ge=0, description="...and what a device may send at once (its bucket when full; at least "
+        "the largest message, 256 KiB and 256): room for a store-and-forward device's backlog uploaded at once (a "
+        "traffic sensor's 30-second readings of several weeks).")
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics of `ioc ingest` on this port.")
     stall_s: float = Field(30.0, gt=0, description="Messages waiting this long with none committed (or reading "
                            "paused, or the broker link down) make the process not ready: /readyz answers 503.")

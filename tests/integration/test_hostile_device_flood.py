@@ -101,7 +101,7 @@ async def test_one_device_flooding_large_events_delays_no_other_alarm_and_loses_
                     break
                 await asyncio.sleep(0.2)
             assert stored + sum(kept.values()) == FLOOD and set(kept) == {"device_rate"}, (stored, kept)
-            assert stored >= 10  # the share's burst (4 MiB) takes the first ones whole
+            assert stored >= 10  # the share's burst (16 MiB) takes the first ones whole
             # stored whole; the alert carries a bounded view of it, with a marker
             assert await conn.fetchval("SELECT count(*) FROM device_events WHERE device_id = $1 AND "
                                        "detail ? 'k8999'", flood) == stored

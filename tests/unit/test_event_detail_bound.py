@@ -126,6 +126,12 @@ def test_the_default_share_never_touches_a_normal_device_nor_its_backlog() -> No
     # a BTS's readings every 10 s for 20 hours, all delivered at once after an outage
     assert all(rate.check("ioc/v1/bts/B/telemetry", reading, T0) is None for _ in range(20 * 360))
     assert (len(reading) + MESSAGE_COST) * 20 * 360 < cfg.device_burst_bytes
+    # a store-and-forward traffic sensor uploading two weeks of its 30-second readings at once, in batches of 1,000
+    # (4.8 MB), after two weeks without a link: stored, not quarantined
+    gateway = DeviceRate(cfg.device_bytes_per_s, cfg.device_burst_bytes)
+    metrics = {name: 1.0 for name in c.METRICS["traffic"]}
+    batch = orjson.dumps([{"ts": 1_700_000_000_000 + 30_000 * k, "metrics": metrics} for k in range(1000)])
+    assert all(gateway.check("ioc/v1/traffic/T/telemetry", batch, T0) is None for _ in range(2 * 7 * 2880 // 1000))
 
 
 def test_handle_message_tells_the_sinks_of_a_message_over_the_share_with_no_records() -> None:
