@@ -371,15 +371,15 @@ def step(cfg: DetectorConfig, F: np.ndarray, D: np.ndarray, W: np.ndarray, R: np
         refire |= again & (carry["burst_dom"] | (not cfg.tod_refire_burst))
     candidate = None
     if cfg.calm_refire > 0:  # a new excursion after a long calm spell: a new episode, whatever the hold says
-        calm = n - s[:, LAST_HOT] >= cfg.calm_refire
-        big = np.abs(m.err) >= cfg.calm_range * (hi - lo)
-        candidate = calm & big & (carry["burst_dom"] | (not cfg.calm_burst))
-        if cfg.calm_daily:  # a series with a time of day; bursts are the nature of one without
-            candidate &= m.mode >= 1
-        if cfg.calm_slow > 0:  # away from the slow level too: not a daily profile that learned yesterday's incident
-            slow = x - s[:, LS]
-            candidate &= (np.abs(slow) >= cfg.calm_slow * (hi - lo)) & (np.sign(slow) == np.sign(m.err))
-        refire |= candidate & (np.abs(carry["sm"]) >= cfg.calm_sm)
+        candidate = np.abs(m.err) >= cfg.calm_range * (hi - lo)
+        if candidate.any():  # rare (a quarter of the range off the model): the other tests only then
+            candidate &= (n - s[:, LAST_HOT] >= cfg.calm_refire) & (carry["burst_dom"] | (not cfg.calm_burst))
+            if cfg.calm_daily:  # a series with a time of day; bursts are the nature of one without
+                candidate &= m.mode >= 1
+            if cfg.calm_slow > 0:  # away from the slow level too: not a daily profile that learned yesterday's incident
+                slow = x - s[:, LS]
+                candidate &= (np.abs(slow) >= cfg.calm_slow * (hi - lo)) & (np.sign(slow) == np.sign(m.err))
+            refire |= candidate & (np.abs(carry["sm"]) >= cfg.calm_sm)
     fired = (raw >= cfg.fire_level) & (~holding | refire | record)
     if candidate is not None:
         # the calm spell ends at a raised reading, unless it is the new excursion building up; a finding ends it
