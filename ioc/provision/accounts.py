@@ -293,7 +293,7 @@ def provision(devices: Iterable[Device], passwd: Path, acl: Path, rotate: bool =
 def remove(device_ids: Iterable[str], passwd: Path, acl: Path) -> list[str]:
     """Delete devices' accounts and ACL blocks (revocation of a lost or retired device); returns those found.
 
-    The broker applies it on reload (SIGHUP); a device still connected keeps its connection until then.
+    The broker applies it on reload (SIGHUP), which also closes the device's open connection (Mosquitto 2.0.11).
     """
     wanted = set(device_ids) - set(SERVICE_ACCOUNTS)
     users = read_password_file(passwd)
@@ -346,9 +346,12 @@ def new_share_group() -> str:
     return f"ioc-ingest-{secrets.token_hex(12)}"
 
 
-def write_service_env(path: Path, passwords: dict[str, str], share_group: str | None = None) -> None:
-    """Write service passwords (and the ingest workers' share group, if given) as .env lines (0600, once)."""
+def write_service_env(path: Path, passwords: dict[str, str], share_group: str | None = None,
+                      extra: Iterable[tuple[str, str, str]] = ()) -> None:
+    """Write service passwords (the ingest workers' share group, ``extra`` (comment, variable, value)s, if given)
+    as .env lines (0600, once)."""
     lines = [f"# {SERVICE_ACCOUNTS[u].note}\n{SERVICE_ACCOUNTS[u].env}={p}\n" for u, p in passwords.items()]
+    lines += [f"# {note}\n{var}={value}\n" for note, var, value in extra]
     if share_group:
         lines.append(f"# ingest workers' shared-subscription group: a secret, keep it when rotating passwords\n"
                      f"{SHARE_GROUP_ENV}={share_group}\n")

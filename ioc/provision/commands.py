@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 from pathlib import Path
 
-from ioc.provision import accounts, pki
+from ingest.tls import TlsOptions
+from ioc.provision import accounts, dynsec, pki
 
 DEFAULT_BROKER_DIR = Path("deploy/mosquitto")
+DEFAULT_DYNSEC = DEFAULT_BROKER_DIR / "dynsec" / "dynamic-security.json"
 
 
 def add_pki_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,23 +35,29 @@ def add_pki_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
-    """``ioc devices provision|services``."""
+    """``ioc devices provision|remove|migrate|set-kind|services``."""
     sub = parser.add_subparsers(dest="devices_command", required=True)
     prov = sub.add_parser("provision", help="broker accounts + ACLs for one device (KIND ID) or a CSV of them",
                           description="Each device gets its own account (username = device id, random password) "
-                          "and may publish only under ioc/v1/<kind>/<id>/. New credentials are written once to "
-                          "--out (mode 0600). Reload the broker afterwards (SIGHUP).")
+                          "and may publish only on ioc/v1/<kind>/<id>/<channel>, and subscribe to nothing. New "
+                          "credentials are written once to --out (mode 0600). The accounts go to the running "
+                          "broker with --admin-url, else to the plugin's file (broker stopped).")
     prov.add_argument("kind", nargs="?", help="camera, bts or traffic")
     prov.add_argument("device_id", nargs="?", help="the device id (its MQTT username)")
     prov.add_argument("--csv", type=Path, help="bulk: CSV with a header row and columns kind,device_id[,...]")
-    _file_args(prov)
+    _store_args(prov)
     prov.add_argument("--out", type=Path, required=True, help="CSV to write the new credentials to (must not exist)")
     prov.add_argument("--rotate", action="store_true", help="new passwords for devices that already have an account")
     prov.add_argument("--broker-url", help="written next to each credential, e.g. mqtts://broker.example.vn:8883")
     rm = sub.add_parser("remove", help="delete devices' accounts and ACL blocks (lost, stolen or retired devices)")
     rm.add_argument("device_ids", nargs="*", metavar="ID", help="device ids")
     rm.add_argument("--csv", type=Path, help="CSV with a header row naming device_id")
-    _file_args(rm)
+    _store_args(rm)
+    mig = sub.add_parser("migrate", help="move device accounts from the password and ACL files into the "
+                         "dynamic-security plugin's file, passwords unchanged (broker stopped)")
+    _file_args(mig)
+    mig.add_argument("--dynsec", type=Path, default=DEFAULT_DYNSEC,
+                     help=f"the plugin's file (default {DEFAULT_DYNSEC})")
     kind = sub.add_parser("set-kind", help="change devices' kind in the registry (IOC_DATABASE_URL): re-provisioned "
                           "as another kind", description="A device's kind is fixed in the registry once known: "
                           "messages under another kind are quarantined (kind_conflict). After re-provisioning its "
@@ -61,9 +70,26 @@ def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
     svc.add_argument("--simulator", action="store_true", help="also the simulator account (test/demo brokers only)")
     svc.add_argument("--only", action="append", choices=sorted(accounts.SERVICE_ACCOUNTS), help="just these")
     _file_args(svc, "passwd-services")
-    svc.add_argument("--device-passwd", type=Path, default=DEFAULT_BROKER_DIR / "passwd",
-                     help="the device listener's password file, created empty if missing (Mosquitto will not start "
-                     "without it; default deploy/mosquitto/passwd)")
+    svc.add_argument("--dynsec", type=Path, default=DEFAULT_DYNSEC,
+                     help="the dynamic-security plugin's file (the device listener's accounts), created with the "
+                     f"ioc-admin account if missing; its password goes to --out (default {DEFAULT_DYNSEC})")
+    svc.add_argument("--device-passwd", type=Path,
+                     help="also create this password file empty if missing (a device listener configured with one)")
+
+
+def _store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--admin-url", default=os.environ.get("IOC_MQTT_ADMIN_URL"),
+                        help="a running broker's device listener, e.g. mqtts://broker.example.vn:8883 (default "
+                        f"$IOC_MQTT_ADMIN_URL): changes apply at once. Account {dynsec.ADMIN}, password from the URL "
+                        f"or ${dynsec.ADMIN_ENV}")
+    parser.add_argument("--ca-file", default=os.environ.get("IOC_MQTT__CA_FILE"),
+                        help="CA of the broker's certificate for --admin-url (default $IOC_MQTT__CA_FILE, else "
+                        "deploy/mosquitto/certs/ca.crt if present)")
+    parser.add_argument("--dynsec", type=Path, default=DEFAULT_DYNSEC,
+                        help=f"without --admin-url: the plugin's file, for a stopped broker (default {DEFAULT_DYNSEC})")
+    parser.add_argument("--passwd", type=Path, help="instead: a Mosquitto password file (a device listener still "
+                        "configured with password_file/acl_file; it cannot limit subscriptions)")
+    parser.add_argument("--acl", type=Path, help="with --passwd: its ACL file (default deploy/mosquitto/acl)")
 
 
 def _file_args(parser: argparse.ArgumentParser, passwd: str = "passwd") -> None:
@@ -106,6 +132,8 @@ def run_devices(args: argparse.Namespace, database_url: str | None = None) -> in
         return _remove(args)
     if args.devices_command == "set-kind":
         return _set_kind(args, database_url)
+    if args.devices_command == "migrate":
+        return _migrate(args)
     if args.out.exists():
         return _fail(f"{args.out} exists: credentials are written once, choose a new file")
     try:
@@ -118,12 +146,18 @@ def run_devices(args: argparse.Namespace, database_url: str | None = None) -> in
             group = (accounts.new_share_group() if "ioc-ingest" in names
                      and "ioc-ingest" not in accounts.read_password_file(args.passwd) else None)
             passwords = accounts.provision_services(names, args.passwd, args.acl)
-            if not args.device_passwd.exists():
+            if args.device_passwd and not args.device_passwd.exists():
                 accounts.write_password_file(args.device_passwd, {})
-            accounts.write_service_env(args.out, passwords, group)
+            admin = dynsec.init_file(args.dynsec)
+            extra = [(f"the device listener's admin account ({dynsec.ADMIN}, dynamic-security plugin): `ioc devices "
+                      "provision|remove --admin-url`", dynsec.ADMIN_ENV, admin)] if admin else []
+            accounts.write_service_env(args.out, passwords, group, extra)
             print(f"{len(passwords)} service account(s) ({', '.join(passwords)}) -> {args.passwd}; "
                   f"passwords{' and the ingest share group' if group else ''} as .env lines in {args.out}. "
                   "Reload the broker (SIGHUP).")
+            if admin:
+                print(f"created {args.dynsec} (the device accounts' store) with the {dynsec.ADMIN} account; its "
+                      f"password is {dynsec.ADMIN_ENV} in {args.out}")
             return 0
     except (accounts.ProvisionError, OSError) as err:
         return _fail(str(err))
@@ -139,12 +173,52 @@ def _remove(args: argparse.Namespace) -> int:
         ids += [row["device_id"].strip() for row in reader if (row.get("device_id") or "").strip()]
     if not ids:
         return _fail("give device ids or --csv FILE")
-    removed = accounts.remove(ids, args.passwd, args.acl)
+    try:
+        if args.admin_url:
+            with _admin(args) as admin:
+                removed = admin.remove(ids)
+        elif args.passwd or args.acl:
+            removed = accounts.remove(ids, *_legacy_files(args))
+        else:
+            removed = dynsec.remove_file(ids, args.dynsec)
+    except (accounts.ProvisionError, OSError) as err:
+        return _fail(str(err))
     missing = sorted(set(ids) - set(removed))
     print(f"{len(removed)} device account(s) removed" + (f"; not found: {', '.join(missing[:20])}" if missing else ""))
     if removed:
-        print("reload the broker to apply: docker compose kill -s HUP mosquitto (or kill -HUP <pid>)")
+        print(_applied(args, "their open connections were closed"))
     return 0 if not missing else 1
+
+
+def _legacy_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    return args.passwd or DEFAULT_BROKER_DIR / "passwd", args.acl or DEFAULT_BROKER_DIR / "acl"
+
+
+def _admin(args: argparse.Namespace) -> dynsec.DynsecAdmin:
+    ca = args.ca_file or (str(DEFAULT_BROKER_DIR / "certs" / "ca.crt")
+                          if (DEFAULT_BROKER_DIR / "certs" / "ca.crt").exists() else None)
+    return dynsec.DynsecAdmin(args.admin_url, TlsOptions(ca), os.environ.get(dynsec.ADMIN_ENV))
+
+
+def _applied(args: argparse.Namespace, online: str) -> str:
+    """How the change reaches the broker."""
+    if args.admin_url:
+        return f"applied on the running broker; {online}"
+    if args.passwd or args.acl:
+        return "reload the broker to apply: docker compose kill -s HUP mosquitto (or kill -HUP <pid>)"
+    return (f"written to {args.dynsec}: the broker reads it when it starts (on a running broker use --admin-url: it "
+            "rewrites the file on its next change and this edit is lost)")
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    try:
+        devices = accounts.read_acl_devices(args.acl.read_text() if args.acl.exists() else "")
+        added = dynsec.import_password_file(accounts.read_password_file(args.passwd), devices, args.dynsec)
+    except (accounts.ProvisionError, OSError) as err:
+        return _fail(str(err))
+    print(f"{added} device account(s) moved to {args.dynsec}, passwords unchanged; start the broker with the shipped "
+          f"mosquitto.conf (the device listener reads the plugin's file), then {args.passwd} can go")
+    return 0
 
 
 def _set_kind(args: argparse.Namespace, database_url: str | None) -> int:
@@ -190,12 +264,19 @@ def _provision(args: argparse.Namespace) -> int:
         devices = [accounts.check_device(args.kind, args.device_id)]
     else:
         return _fail("give KIND ID (e.g. camera HP-CAM-0001) or --csv FILE")
-    result = accounts.provision(devices, args.passwd, args.acl, rotate=args.rotate)
+    if args.admin_url:
+        with _admin(args) as admin:
+            result = admin.provision(devices, rotate=args.rotate)
+    elif args.passwd or args.acl:
+        result = accounts.provision(devices, *_legacy_files(args), rotate=args.rotate)
+    else:
+        result = dynsec.provision_file(devices, args.dynsec, rotate=args.rotate)
     if result.created:
+        # Written even when the broker has them already: losing the only copy of new passwords is worse.
         accounts.write_credentials_csv(args.out, result.created, args.broker_url)
     print(f"{len(result.created)} account(s) {'given new passwords' if args.rotate else 'created'}, "
           f"{len(result.kept)} already provisioned and kept (--rotate replaces their passwords)")
     if result.created:
-        print(f"credentials: {args.out} (0600, shown nowhere else); password file {args.passwd}, ACL {args.acl}")
-        print("reload the broker to apply: docker compose kill -s HUP mosquitto (or kill -HUP <pid>)")
+        print(f"credentials: {args.out} (0600, shown nowhere else)")
+        print(_applied(args, "a device given a new password was disconnected"))
     return 0

@@ -153,7 +153,7 @@ async def test_device_cannot_join_the_ingest_share_group(broker: ShippedBroker, 
     """
     out = tmp_path / "svc.env"
     assert ioc_main(["devices", "services", "--out", str(out), "--passwd", str(tmp_path / "pw"),
-                     "--acl", str(tmp_path / "acl"), "--device-passwd", str(tmp_path / "devices")]) == 0
+                     "--acl", str(tmp_path / "acl"), "--dynsec", str(tmp_path / "dynsec.json")]) == 0
     env = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line and line[0] != "#")
     group = env.get(accounts.SHARE_GROUP_ENV, "ioc-ingest")  # compose's fallback when the line is missing
     got: list[str] = []

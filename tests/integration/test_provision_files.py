@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ioc.cli import main
-from ioc.provision import accounts
+from ioc.provision import accounts, dynsec
 
 pytestmark = pytest.mark.integration
 
@@ -71,19 +71,21 @@ def test_passwd_written_by_us_is_read_by_mosquitto_passwd(tmp_path: Path) -> Non
 
 def test_service_accounts_env(tmp_path: Path) -> None:
     out = tmp_path / "svc.env"
-    assert run("devices", "services", "--out", str(out), "--passwd", str(tmp_path / "pw"),
-               "--acl", str(tmp_path / "acl"), "--device-passwd", str(tmp_path / "devices")) == 0
-    assert (tmp_path / "devices").read_text() == "" and mode(tmp_path / "devices") == 0o600  # the broker needs it
+    files = ["--passwd", str(tmp_path / "pw"), "--acl", str(tmp_path / "acl"), "--dynsec", str(tmp_path / "ds.json")]
+    assert run("devices", "services", "--out", str(out), *files, "--device-passwd", str(tmp_path / "devices")) == 0
+    assert (tmp_path / "devices").read_text() == "" and mode(tmp_path / "devices") == 0o600  # asked for
     names = [line.split("=")[0] for line in out.read_text().splitlines() if not line.startswith("#")]
-    # A new ingest account comes with a secret share group (tests/integration/test_broker_front_door.py).
+    # A new ingest account comes with a secret share group (tests/integration/test_broker_front_door.py), a new
+    # device store (the dynamic-security plugin's file) with its admin account.
     assert names == ["IOC_MQTT_INGEST_PASSWORD", "IOC_MQTT_LIVE_PASSWORD", "IOC_MQTT_BRAIN_PASSWORD",
-                     accounts.SHARE_GROUP_ENV]
-    assert mode(out) == 0o600
+                     dynsec.ADMIN_ENV, accounts.SHARE_GROUP_ENV]
+    assert mode(out) == mode(tmp_path / "ds.json") == 0o600
     assert set(accounts.read_password_file(tmp_path / "pw")) == {"ioc-ingest", "ioc-live", "ioc-brain"}
-    again = tmp_path / "svc2.env"  # a rotation keeps the group: workers' sessions stay subscribed to it
-    assert run("devices", "services", "--out", str(again), "--passwd", str(tmp_path / "pw"),
-               "--acl", str(tmp_path / "acl"), "--device-passwd", str(tmp_path / "devices")) == 0
-    assert accounts.SHARE_GROUP_ENV not in again.read_text()
+    store = (tmp_path / "ds.json").read_text()
+    again = tmp_path / "svc2.env"  # a rotation keeps the group (workers' sessions stay subscribed to it) and store
+    assert run("devices", "services", "--out", str(again), *files) == 0
+    assert accounts.SHARE_GROUP_ENV not in again.read_text() and dynsec.ADMIN_ENV not in again.read_text()
+    assert (tmp_path / "ds.json").read_text() == store
     with pytest.raises(accounts.ProvisionError, match="reserved"):
         accounts.check_device("camera", "ioc-ingest-host1")  # a device's client id is its id: not a service's
 

@@ -24,10 +24,22 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.tls import TlsOptions
-from ioc.provision import accounts, pki
+from ioc.provision import accounts, dynsec, pki
 from tests.support.services import BROKER_LIMITS, MOSQUITTO, free_port, port_open, wait_until
 
 SERVICES = ("ioc-ingest", "ioc-live", "ioc-brain", "ioc-simulator")
+#: Where the eclipse-mosquitto image keeps the dynamic-security plugin, and where the shipped config keeps its file.
+IMAGE_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"
+DYNSEC_FILE = "/mosquitto/dynsec/dynamic-security.json"
+
+
+def dynsec_plugin() -> str:
+    """This machine's dynamic-security plugin (Debian's path, else the image's)."""
+    for path in ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                 "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so", IMAGE_PLUGIN):
+        if Path(path).exists():
+            return path
+    return IMAGE_PLUGIN
 
 
 @dataclass
@@ -207,7 +219,9 @@ class ShippedBroker:
 @contextlib.contextmanager
 def shipped_mosquitto(devices: list[accounts.Device]) -> Iterator[ShippedBroker]:
     """Start the shipped broker config on free ports in a temporary folder, with accounts made by this code: the
-    service accounts in the file the config gives the service listener (passwd-services), devices in passwd."""
+    service accounts in the file the config gives the service listener (passwd-services), devices in the
+    dynamic-security plugin's file (in passwd under a config without the plugin); ``passwords['ioc-admin']`` is the
+    plugin's admin account."""
     shipped = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
     root = Path(tempfile.mkdtemp(prefix="ioc-shipped-mqtt-"))
     root.chmod(0o755)
@@ -218,11 +232,18 @@ def shipped_mosquitto(devices: list[accounts.Device]) -> Iterator[ShippedBroker]
         acl.write_text((shipped / "acl").read_text())
         service_file = root / ("passwd-services" if "/passwd-services" in conf else "passwd")
         passwords = accounts.provision_services(SERVICES, service_file, acl)
-        passwords.update({d.device_id: p for d, p in accounts.provision(devices, root / "passwd", acl).created})
+        if DYNSEC_FILE in conf:  # devices in the dynamic-security plugin, its admin account too
+            (root / "dynsec").mkdir()
+            passwords[dynsec.ADMIN] = dynsec.init_file(root / "dynsec" / "dynamic-security.json") or ""
+            created = dynsec.provision_file(devices, root / "dynsec" / "dynamic-security.json").created
+        else:
+            created = accounts.provision(devices, root / "passwd", acl).created
+        passwords.update({d.device_id: p for d, p in created})
         (root / "passwd").touch()  # no devices yet: an empty file (Mosquitto refuses to start without it)
         device_port, plain_port = free_port(), free_port()
         service_port = free_port() if "listener 8884" in conf else device_port
         conf = (conf.replace("/mosquitto/config/certs/", f"{root}/certs/").replace("/mosquitto/config/", f"{root}/")
+                .replace("/mosquitto/dynsec/", f"{root}/dynsec/").replace(IMAGE_PLUGIN, dynsec_plugin())
                 .replace("/mosquitto/data/", f"{root}/data/").replace("listener 8883", f"listener {device_port}")
                 .replace("listener 8884", f"listener {service_port}")
                 .replace("listener 1883 127.0.0.1", f"listener {plain_port} 127.0.0.1")
