@@ -14,6 +14,9 @@ from ioc.provision import accounts, dynsec, pki
 
 DEFAULT_BROKER_DIR = Path("deploy/mosquitto")
 DEFAULT_DYNSEC = DEFAULT_BROKER_DIR / "dynsec" / "dynamic-security.json"
+ONLINE_MANY = 50  # devices per online run past which the plugin's file rewrites add up (docs/broker-security.md)
+_ADMIN_NOTE = (f"the device listener's admin account ({dynsec.ADMIN}, dynamic-security plugin): "
+               "`ioc devices provision|remove --admin-url`")
 
 
 def add_pki_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +60,9 @@ def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
                          "dynamic-security plugin's file, passwords unchanged (broker stopped)")
     _file_args(mig)
     mig.add_argument("--dynsec", type=Path, default=DEFAULT_DYNSEC,
-                     help=f"the plugin's file (default {DEFAULT_DYNSEC})")
+                     help=f"the plugin's file (default {DEFAULT_DYNSEC}); created if missing, with --out")
+    mig.add_argument("--out", type=Path, help="when the plugin's file is created: its admin password goes here as a "
+                     ".env line (must not exist; 0600)")
     kind = sub.add_parser("set-kind", help="change devices' kind in the registry (IOC_DATABASE_URL): re-provisioned "
                           "as another kind", description="A device's kind is fixed in the registry once known: "
                           "messages under another kind are quarantined (kind_conflict). After re-provisioning its "
@@ -149,8 +154,7 @@ def run_devices(args: argparse.Namespace, database_url: str | None = None) -> in
             if args.device_passwd and not args.device_passwd.exists():
                 accounts.write_password_file(args.device_passwd, {})
             admin = dynsec.init_file(args.dynsec)
-            extra = [(f"the device listener's admin account ({dynsec.ADMIN}, dynamic-security plugin): `ioc devices "
-                      "provision|remove --admin-url`", dynsec.ADMIN_ENV, admin)] if admin else []
+            extra = [(_ADMIN_NOTE, dynsec.ADMIN_ENV, admin)] if admin else []
             accounts.write_service_env(args.out, passwords, group, extra)
             print(f"{len(passwords)} service account(s) ({', '.join(passwords)}) -> {args.passwd}; "
                   f"passwords{' and the ingest share group' if group else ''} as .env lines in {args.out}. "
@@ -212,6 +216,12 @@ def _applied(args: argparse.Namespace, online: str) -> str:
 
 def _migrate(args: argparse.Namespace) -> int:
     try:
+        if not args.dynsec.exists():
+            if not args.out or args.out.exists():
+                return _fail(f"{args.dynsec} is missing: give --out (a new file) for its admin account's password")
+            accounts.write_service_env(args.out, {}, extra=[(_ADMIN_NOTE, dynsec.ADMIN_ENV,
+                                                            dynsec.init_file(args.dynsec) or "")])
+            print(f"created {args.dynsec} with the {dynsec.ADMIN} account; its password: {args.out}")
         devices = accounts.read_acl_devices(args.acl.read_text() if args.acl.exists() else "")
         added = dynsec.import_password_file(accounts.read_password_file(args.passwd), devices, args.dynsec)
     except (accounts.ProvisionError, OSError) as err:
@@ -265,6 +275,10 @@ def _provision(args: argparse.Namespace) -> int:
     else:
         return _fail("give KIND ID (e.g. camera HP-CAM-0001) or --csv FILE")
     if args.admin_url:
+        if len(devices) > ONLINE_MANY:
+            print(f"note: {len(devices)} devices on a running broker: each change makes it rewrite its whole file "
+                  "while other clients wait; a province's list goes faster through --dynsec with the broker stopped "
+                  "(docs/broker-security.md)", file=sys.stderr)
         with _admin(args) as admin:
             result = admin.provision(devices, rotate=args.rotate)
     elif args.passwd or args.acl:

@@ -70,9 +70,11 @@ def test_migrate_keeps_device_passwords(tmp_path: Path) -> None:
     pw, acl, store = tmp_path / "passwd", tmp_path / "acl", tmp_path / "ds.json"
     created = accounts.provision([accounts.Device("traffic", "HP-TR-1"), accounts.Device("bts", "HP-BTS-2")], pw, acl)
     accounts.provision_services(["ioc-ingest"], pw, acl)  # a service account in the same file is not a device
-    dynsec.init_file(store)
     args = ["devices", "migrate", "--passwd", str(pw), "--acl", str(acl), "--dynsec", str(store)]
-    assert main(args) == 0
+    assert main(args) == 2 and not store.exists()  # a new plugin file needs somewhere to put the admin's password
+    assert main([*args, "--out", str(tmp_path / "admin.env")]) == 0
+    admin = (tmp_path / "admin.env").read_text().split(f"{dynsec.ADMIN_ENV}=")[1].strip()
+    assert login(json.loads(store.read_text()), dynsec.ADMIN, admin)
     config = json.loads(store.read_text())
     assert dynsec.file_devices(config) == {"HP-TR-1": "traffic", "HP-BTS-2": "bts"}
     assert all(login(config, dev.device_id, password) for dev, password in created.created)
