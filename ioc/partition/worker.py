@@ -17,8 +17,11 @@ first (commit and acks, its leases renewed meanwhile), so what it saves is exact
 A stream message that is not readings is set apart (``set_aside``, with its reason) and terminated on the
 stream, so it cannot hold its partition.
 
-A partition's readings are read from a durable JetStream pull consumer named after the partition, so its
-next owner resumes where the last acknowledgement stopped. Each partition has its own
+A partition's readings are read from a durable JetStream pull consumer named after the partition. Every save
+also writes the partition's position (replay.py): its next owner, or this worker after a failure mid-batch
+(given back unsaved), learns again from the stream what the saved state has not, each reading once; a batch
+is bounded by readings and time (``BATCH_ROWS``, ``BATCH_S``) and decoded off the event loop that renews the
+leases (batch.py). Each partition has its own
 :class:`NumericMonitor`, whose learned state is saved in the brain's two tiers (analytics/numeric/save_tiers.py):
 every ``state_every_s`` (15 s) the devices with a consequential change, every other changed device once per
 ``full_every_s`` (300 s) at its own slot, and everything changed when the partition is given back; one
@@ -49,13 +52,15 @@ from analytics.numeric import episodes, save_tiers
 from analytics.numeric.device_state import encode_devices, restore_devices
 from analytics.numeric.monitor import NumericMonitor
 from ingest.errors import read_until_answered
-from ioc.analytics_isolation import Isolation, ingest_apart
+from ioc.analytics_isolation import Isolation
+from ioc.partition import replay
+from ioc.partition.batch import Analysed, Aside, analyse
 from ioc.partition.findings import encode_findings, findings_subject
-from ioc.partition.stream import STREAM, decode_message, ensure_stream, subject
+from ioc.partition.stream import STREAM, ensure_stream, subject
 from storage import cluster as sql
 from storage.cluster import FencedError
 from storage.set_aside import set_aside
-from storage.writes import FindingRow, load_series_states, load_state, save_series_states, save_state, write_findings
+from storage.writes import FindingRow, load_series_states, load_state, save_series_states, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -65,30 +70,32 @@ ACK_WAIT_S = 10.0
 GIVE_BACK_S = 5.0
 #: The set_aside stage of stream messages that are not readings (kept with the reason, /api/set-aside).
 SET_ASIDE_STAGE = "analytics-partition"
-#: A set-aside message's text is cut here (its size is kept).
-SET_ASIDE_BYTES = 64 * 1024
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+#: Readings analysed in one batch at most, and at most what the last batches' pace analyses in ``BATCH_S`` (or a
+#: quarter of the lease): the messages fetched follow from the readings per message seen. 256 messages of 600
+#: readings were ~150,000 readings; decoded on the event loop they kept the lease from being renewed.
+BATCH_ROWS = 20_000
+BATCH_S = 1.0
 
 
 def state_name(stream: str, partition: int) -> str:
     return f"numeric:{stream}:p{partition}"
 
 
-Aside = tuple[str, str, int, dict[str, Any]]  # what, why, deliveries, the refused payload
-
-
 async def _commit(conn: asyncpg.Connection, scope: str, findings: list[FindingRow] | None = None,
                   states: list[tuple[str, bytes]] | None = None, memory: episodes.Pending | None = None,
-                  aside: list[Aside] | None = None) -> None:
-    """The writes of one fenced transaction of a partition."""
+                  aside: list[Aside] | None = None, position: bytes | None = None) -> set[replay.FindingKey]:
+    """The writes of one fenced transaction of a partition; returns the findings stored now (not before)."""
     for what, why, attempts, doc in aside or ():
         await set_aside(conn, SET_ASIDE_STAGE, what, why, attempts, doc)
-    if findings:
-        await write_findings(conn, findings)
+    stored = await replay.store_findings(conn, findings) if findings else set()
     if states:
         await save_series_states(conn, scope, states)
     if memory is not None:
         await save_state(conn, episodes.state_name(scope), memory.data)
+    if position is not None:  # with the states it describes
+        await save_state(conn, replay.position_name(scope), position)
+    return stored
 
 
 def lease_name(stream: str, partition: int) -> str:
@@ -124,6 +131,8 @@ class PartitionWorker:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.monitors: dict[int, NumericMonitor] = {}
         self.plans: dict[int, save_tiers.SavePlan] = {}  # partition -> when its quiet devices are due
+        self.positions: dict[int, replay.Position] = {}  # partition -> what its saved state learned (replay.py)
+        self._in_batch: set[int] = set()  # partitions whose detectors ran over a batch not yet committed and acked
         self.epochs: dict[int, int] = {}  # partition -> the epoch we hold it under
         self._valid_until: dict[int, float] = {}  # monotonic: past it we no longer trust we hold the partition
         self.processed = 0
@@ -210,7 +219,9 @@ class PartitionWorker:
         for p, task in list(self.tasks.items()):  # a consumer that failed is restarted by taking it again
             if task.done():  # gives it back (a fenced save, refused if it was taken over meanwhile)
                 logger.warning("partition %d consumer ended (%r); releasing it", p, task.exception())
-                await self._release(p)
+                # ended after its detectors ran over a batch (its commit, publish or acks failed): that batch is
+                # in the monitor, not in the saved position; the next owner learns it again from the position
+                await self._release(p, save=p not in self._in_batch)
         members = await self._beat()
         fair = math.ceil(self.partitions / max(1, members))
         for p in sorted(self.tasks)[fair:]:
@@ -261,27 +272,32 @@ class PartitionWorker:
         finally:
             self._leaving.pop(p, None)
 
-    async def _release(self, p: int, lost: str | None = None, task: asyncio.Task[None] | None = None) -> None:
-        """Stop processing ``p`` (cancelling its pump); give it back (saving its state, fenced) unless ``lost``."""
+    async def _release(self, p: int, lost: str | None = None, task: asyncio.Task[None] | None = None,
+                       save: bool = True) -> None:
+        """Stop processing ``p`` (cancelling its pump); give it back (saving its state, fenced, if ``save``)
+        unless ``lost``."""
         task = task or self.tasks.pop(p, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        monitor = self.monitors.pop(p, None)
+        monitor = self.monitors.pop(p, None) if save else None
+        self.monitors.pop(p, None)
+        position = self.positions.pop(p, None)
+        self._in_batch.discard(p)
         self.plans.pop(p, None)
         epoch = self.epochs.pop(p, None)
         self._valid_until.pop(p, None)
         if lost is not None:
             logger.warning("partition %d (epoch %s) lost: %s; stopped without writing", p, epoch, lost)
             return
-        if monitor is not None and epoch is not None:
-            await self._save(p, epoch, monitor)
+        if monitor is not None and epoch is not None and position is not None:
+            await self._save(p, epoch, monitor, position=position)
         if epoch is not None:
             with contextlib.suppress(*_DB_ERRORS):
                 await sql.release(await self._conn(), lease_name(self.stream, p), self.holder, epoch)
 
-    async def _fenced(self, p: int, epoch: int, write: Any) -> None:
+    async def _fenced(self, p: int, epoch: int, write: Any) -> Any:
         """Run ``write(conn)`` in a transaction that first checks we still hold ``p`` under ``epoch``.
 
         Raises:
@@ -291,25 +307,31 @@ class PartitionWorker:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await sql.check_epoch(conn, lease_name(self.stream, p), self.holder, epoch)
-                await write(conn)
+                return await write(conn)
         except FencedError as err:
             self.fenced += 1
             self._valid_until[p] = 0.0
             raise PartitionLost(str(err)) from None
 
-    async def _save(self, p: int, epoch: int, monitor: NumericMonitor, now: float | None = None) -> None:
+    async def _save(self, p: int, epoch: int, monitor: NumericMonitor, now: float | None = None,
+                    position: replay.Position | None = None) -> None:
         """Write the devices that learned something since the last save (with ``now``, the monotonic time of a
         periodic pass: only those due then, ``self.plans``), one ``series_state`` row each (scope: the
-        partition), inside the fenced transaction; a refused save keeps them marked for the next one."""
+        partition), and the partition's position (what those rows learned; ``self.positions`` unless given),
+        inside the fenced transaction; a refused save keeps them marked for the next one."""
         # the pump awaits this (or has stopped): nothing else touches the monitor meanwhile
+        position = position or self.positions[p]
         names, dirty = save_tiers.take(monitor, self.plans.get(p), now)
         memory = episodes.pending(monitor)
-        if not dirty and memory is None:
+        index = monitor.table.device_idx
+        doc, done = position.save([names[d] for d in dirty], lambda d: index.get(d) in monitor.dirty)
+        if not dirty and memory is None and doc is None:
             return
         try:
             states = await asyncio.to_thread(encode_devices, monitor, [names[d] for d in sorted(dirty)])
             await self._fenced(p, epoch, partial(_commit, scope=state_name(self.stream, p), states=states,
-                                                 memory=memory))
+                                                 memory=memory, position=doc))
+            done()
             if memory is not None:
                 episodes.done(memory)
         except asyncio.CancelledError:  # the partition is being given back: its hand-over save takes them
@@ -319,21 +341,22 @@ class PartitionWorker:
             save_tiers.untake(monitor, dirty)
             logger.warning("partition %d: detector state not saved (%s)", p, err)
 
-    async def _restore(self, p: int) -> NumericMonitor:
+    async def _restore(self, p: int) -> tuple[NumericMonitor, replay.Position]:
         """The partition's learned state: its devices' rows, or a whole-partition blob saved by an older version
-        (read once: the next save writes it per device)."""
+        (read once: the next save writes it per device), and the position they learned to (replay.py)."""
         monitor = NumericMonitor(ranges=self.ranges)
         name = state_name(self.stream, p)
 
-        async def read() -> tuple[Any, bytes | None, bytes | None]:
+        async def read() -> tuple[Any, bytes | None, bytes | None, bytes | None]:
             async with self._pool.acquire() as conn:  # type: ignore[union-attr]
                 items = await load_series_states(conn, name)
                 blob = None if items else await load_state(conn, name)
-                return items, blob, await load_state(conn, episodes.state_name(name))
+                return (items, blob, await load_state(conn, episodes.state_name(name)),
+                        await load_state(conn, replay.position_name(name)))
 
         try:
             # while the database is away, wait: learning afresh would overwrite the saved state with the first saves
-            items, blob, memory = await read_until_answered(self._pool, read, f"partition {p}'s saved state")
+            items, blob, memory, doc = await read_until_answered(self._pool, read, f"partition {p}'s saved state")
             if items:
                 restored = await asyncio.to_thread(restore_devices, monitor, items)
                 logger.info("partition %d: state of %d of %d devices restored", p, restored, len(items))
@@ -341,110 +364,118 @@ class PartitionWorker:
                 monitor = NumericMonitor.from_state(blob, ranges=self.ranges)
             if memory:
                 logger.info("partition %d: %d group episodes ongoing", p, episodes.restore(monitor, memory))
+            return monitor, replay.Position.load(doc, bool(items or blob))
         except Exception as err:  # a state this version cannot read: learn afresh rather than stop
             logger.warning("partition %d: saved detector state not restored (%s)", p, err)
-            monitor = NumericMonitor(ranges=self.ranges)
-        return monitor
+            return NumericMonitor(ranges=self.ranges), replay.Position(legacy=True)
+
+    async def _subscribe(self, p: int, position: replay.Position) -> Any:
+        """The partition's durable pull consumer, made again to start right after the saved position when its
+        acknowledgements went past it or messages are in flight to a previous owner (replay.start_config)."""
+        from nats.js.errors import NotFoundError
+
+        durable = f"{self.stream}-analytics-p{p}"
+        last = (await self._js.stream_info(self.stream)).state.last_seq
+        if position.beyond(last):
+            logger.warning("partition %d: saved position beyond the stream's last message %d (a new stream): "
+                           "not used", p, last)
+            position.forget()
+        try:
+            info = await self._js.consumer_info(self.stream, durable)
+        except NotFoundError:
+            info = None
+        stale, config = replay.start_config(position, info, ACK_WAIT_S)
+        if stale:
+            logger.info("partition %d: learning again from stream message %d (acknowledged up to %d, %d in flight)",
+                        p, position.floor + 1, info.ack_floor.stream_seq if info.ack_floor else 0,
+                        info.num_ack_pending or 0)
+            await self._js.delete_consumer(self.stream, durable)
+        return await self._js.pull_subscribe(subject(self.stream, p), durable=durable, stream=self.stream,
+                                             config=config)
 
     async def _consume(self, p: int, epoch: int) -> None:
         assert self._pool is not None
-        monitor = await self._restore(p)
-        self.monitors[p] = monitor
+        monitor, position = await self._restore(p)
+        self.monitors[p], self.positions[p] = monitor, position
         self.plans[p] = save_tiers.SavePlan(self.full_every_s)
         known: dict[str, str] = {}  # device -> the district (group) it was declared with
         logger.info("partition %d taken, epoch %d (%d series learned before)", p, epoch, monitor.bank.size)
-        from nats.js.api import ConsumerConfig
-
-        # A batch delivered to a worker that then gave the partition away is redelivered after ack_wait.
-        sub = await self._js.pull_subscribe(subject(self.stream, p), durable=f"{self.stream}-analytics-p{p}",
-                                            stream=self.stream, config=ConsumerConfig(ack_wait=ACK_WAIT_S))
+        sub = await self._subscribe(p, position)
         try:
-            await self._pump(p, epoch, monitor, sub, known)
+            await self._pump(p, epoch, monitor, position, sub, known)
         except PartitionLost as err:
             logger.warning("partition %d (epoch %d) lost: %s; stopped", p, epoch, err)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _pump(self, p: int, epoch: int, monitor: NumericMonitor, sub: Any, known: dict[str, str]) -> None:
+    async def _pump(self, p: int, epoch: int, monitor: NumericMonitor, position: replay.Position, sub: Any,
+                    known: dict[str, str]) -> None:
         last_save = time.monotonic()
+        target_s = min(BATCH_S, self.lease_ttl_s / 4)
+        budget, per_msg = float(BATCH_ROWS), BATCH_ROWS / 16  # readings per batch; per message (a guess at first)
         while p not in self._leaving:
             if not self.holds(p):
                 raise PartitionLost("its lease ran out on this worker's clock (paused or cut off)")
             try:
-                msgs = await sub.fetch(self.batch, timeout=1.0)
+                msgs = await sub.fetch(max(1, min(self.batch, int(budget / per_msg))), timeout=1.0)
             except TimeoutError:
                 msgs = []
             if msgs:
                 if not self.holds(p):  # woke up (SIGCONT) with a batch: leave it unacknowledged for the new owner
                     raise PartitionLost("its lease ran out on this worker's clock (paused or cut off)")
-                rows, aside, poison = self._decode(p, msgs)
-                for r in rows:
-                    # again when its district becomes known (a device first placed by its own id may hash to
-                    # its district's partition): else it never joined its district's group here
-                    if known.get(r.device_id) != r.district and (r.district or r.device_id not in known):
-                        known[r.device_id] = r.district
-                        monitor.set_device(r.device_id, r.kind, r.district)
-                # never raises: a device whose readings make the detectors raise is set apart (else the batch,
-                # unacknowledged, came back and raised for ever: the whole partition stuck)
-                found, failed = await asyncio.to_thread(ingest_apart, monitor.ingest,
-                                                        [(r.device_id, r.metric, r.ts, r.value) for r in rows],
-                                                        self.isolation)
-                if failed:
-                    self.dropped += sum(failed.values())
+                started = time.monotonic()
+                done = await asyncio.to_thread(analyse, p, msgs, monitor, known, position, self.isolation)
+                # learned, not committed nor acknowledged: a failure from here on gives the partition back unsaved
+                self._in_batch.add(p)
+                position.applied(done.first, done.last, done.devices)
+                per_msg = max(1.0, done.read / len(msgs))
+                budget = min(BATCH_ROWS, max(100.0, done.read / max(time.monotonic() - started, 1e-3) * target_s))
+                if done.failed:
+                    self.dropped += sum(done.failed.values())
                     logger.warning("partition %d: detectors raised on %s; their readings were not analysed", p,
-                                   ", ".join(sorted(failed)[:5]))
-                if found or aside:
-                    # a group episode's start (or end) commits with the findings: a SIGKILL right after them
-                    # does not make the next owner raise the group finding again
-                    memory = episodes.pending(monitor) if found else None
-                    await self._fenced(p, epoch, partial(_commit, scope=state_name(self.stream, p), aside=aside,
-                                                         findings=[_row(f) for f in found], memory=memory))
-                    if memory is not None:
-                        episodes.done(memory)
-                    self.set_apart += len(aside)
-                if found:
-                    # on to the alert brain (ioc/partition/findings.py) after the fenced commit, before the acks
-                    await self._js.publish(findings_subject(self.stream), encode_findings(found), stream=self.stream)
-                    self.findings += len(found)
-                elif not self.holds(p):
-                    raise PartitionLost("its lease ran out while the batch was analysed")
-                for m in msgs:  # after the findings are committed: a crash before this replays them
-                    # a message that is no readings at all is kept in set_aside: never delivered again
-                    await (m.term() if id(m) in poison else m.ack())
-                self.processed += len(rows)
+                                   ", ".join(sorted(done.failed)[:5]))
+                await self._finish(p, epoch, monitor, position, msgs, done)
+                self._in_batch.discard(p)
             if time.monotonic() - last_save >= self.state_every_s:
                 last_save = time.monotonic()
-                await self._save(p, epoch, monitor, now=last_save)
+                await self._save(p, epoch, monitor, now=last_save, position=position)
 
-    def _decode(self, p: int, msgs: list[Any]) -> tuple[list[Any], list[Aside], set[int]]:
-        """The readings of a batch; what is not readings set apart with its reason (an item refused, or a whole
-        message: ``poison``, the ids of messages to terminate rather than acknowledge). Raising here left the
-        batch unacknowledged: redelivered after ``ACK_WAIT_S`` and raising again, the partition's consumer
-        restarting for ever, every message fetched with it late by ``ACK_WAIT_S`` each time."""
-        rows: list[Any] = []
-        aside: list[Aside] = []
-        poison: set[int] = set()
-        for m in msgs:
-            decoded = decode_message(m.data)
-            rows += decoded.rows
-            if decoded.reason is None:
-                continue
-            try:
-                meta = m.metadata
-                where, attempts = f"{m.subject} #{meta.sequence.stream}", int(meta.num_delivered)
-            except Exception:  # no JetStream metadata (not expected): still kept
-                where, attempts = str(m.subject), 1
-            doc: dict[str, Any] = {"subject": m.subject, "size": len(m.data)}
-            if decoded.rows or decoded.refused:
-                doc["refused"] = decoded.refused[:100]
-                doc["refused_count"] = len(decoded.refused)
-            else:
-                poison.add(id(m))
-                doc["data"] = m.data[:SET_ASIDE_BYTES].decode("utf-8", "replace")
-            aside.append((where, decoded.reason, attempts, doc))
-            logger.warning("partition %d: stream message %s set apart: %s", p, where, decoded.reason[:200])
-        return rows, aside, poison
+    async def _finish(self, p: int, epoch: int, monitor: NumericMonitor, position: replay.Position,
+                      msgs: list[Any], done: Analysed) -> None:
+        """Commit a batch's findings and set-apart items (fenced), send the findings stored now to the brain,
+        acknowledge its messages."""
+        if done.found or done.aside:
+            # a group episode's start (or end) commits with the findings, and so does the state of the devices
+            # that raised them (their episodes) with the position: a replay after a SIGKILL does not raise them
+            # again (at other times: a rule's finding takes its batch's last reading time)
+            memory = episodes.pending(monitor) if done.found else None
+            index = monitor.table.device_idx
+            names = sorted({f.device_id for f in done.found if f.device_id in index})
+            taken = {index[d] for d in names}
+            monitor.dirty -= taken  # learned up to this batch: saved here (a failure saves nothing: in_batch)
+            monitor.urgent -= taken
+            states = await asyncio.to_thread(encode_devices, monitor, names) if names else None
+            doc, moved = position.save(names, lambda d: index.get(d) in monitor.dirty) if names else (None, None)
+            stored = await self._fenced(p, epoch, partial(_commit, scope=state_name(self.stream, p),
+                                                          aside=done.aside, memory=memory, states=states,
+                                                          findings=[_row(f) for f in done.found], position=doc))
+            if moved is not None:
+                moved()
+            if memory is not None:
+                episodes.done(memory)
+            self.set_apart += len(done.aside)
+            # a finding raised again by a replay (stored before) is not sent again
+            new = [f for f in done.found if replay.finding_key(f.ts, f.device_id, f.series, f.type) in stored]
+            if new:  # on to the alert brain (ioc/partition/findings.py) after the fenced commit, before the acks
+                await self._js.publish(findings_subject(self.stream), encode_findings(new), stream=self.stream)
+                self.findings += len(new)
+        elif not self.holds(p):
+            raise PartitionLost("its lease ran out while the batch was analysed")
+        for m in msgs:  # after the findings are committed: a crash before this replays them
+            # a message that is no readings at all is kept in set_aside: never delivered again
+            await (m.term() if id(m) in done.poison else m.ack())
+        self.processed += done.learned
 
 
 def _row(f: Finding) -> FindingRow:
