@@ -335,6 +335,7 @@ class AlertEngine(OfficerActions):
                 self._resuppress(inc, now, ch)
             elif inc.state == State.RESOLVED and inc.resolved_at and inc.resolved_at <= close_before:
                 inc.state, inc.closed_at = State.CLOSED, now
+                self._close_members(inc, now, "system", "closed with its incident", ch)
                 ch.incidents[inc.id] = inc
                 ch.audit.append(AuditEntry(now, "incident_closed", "system", inc.id))
             if inc.state == State.CLOSED:
@@ -345,6 +346,17 @@ class AlertEngine(OfficerActions):
             self.resolved = {k: ts for k, ts in self.resolved.items() if ts > horizon}
         self._escalate(now, ch)
         return ch
+
+    def _close_members(self, inc: Incident, now: datetime, actor: str, note: str, ch: Changes) -> None:
+        """The members of an incident being closed close with it: a live one (a legacy row's, under a resolved
+        incident) resolves first, so none is left open under a closed incident nor held in memory for good."""
+        for m in inc.members:
+            a = self.alerts.get(m)
+            if a is not None and a.live:
+                self._resolve_alert(a, now, actor, note, ch)
+            if a is not None and a.state == State.RESOLVED:
+                a.state, a.closed_at = State.CLOSED, now
+                ch.alerts[a.id] = a
 
     def _forget(self, inc: Incident) -> None:
         if all(self.alerts[m].state == State.CLOSED for m in inc.members if m in self.alerts):
@@ -385,12 +397,15 @@ class AlertEngine(OfficerActions):
             actor, note, last, count = resolving[inc.id]
             if count > 1:  # titled as when only its last alert was live (as when retitled after each resolution)
                 inc.title = correlate.title_of(inc, [last], self.district_name(inc.district))
-            inc.state, inc.resolved_at = State.RESOLVED, now
-            paged = bool(inc.escalation.get("paged"))
-            escalation.stop(inc, "resolved")
-            ch.audit.append(AuditEntry(now, "incident_resolved", actor, inc.id, None, note))
-            if paged and self.config.notify_resolved:
-                ch.pages.append(Page(inc.id, "resolved", None, ("webhook",), now))
+            self._resolve_incident(inc, now, actor, note, ch)
+
+    def _resolve_incident(self, inc: Incident, now: datetime, actor: str, note: str | None, ch: Changes) -> None:
+        inc.state, inc.resolved_at = State.RESOLVED, now
+        paged = bool(inc.escalation.get("paged"))
+        escalation.stop(inc, "resolved")
+        ch.audit.append(AuditEntry(now, "incident_resolved", actor, inc.id, None, note))
+        if paged and self.config.notify_resolved:
+            ch.pages.append(Page(inc.id, "resolved", None, ("webhook",), now))
 
     def _resuppress(self, inc: Incident, now: datetime, ch: Changes) -> None:
         """Re-evaluate silences on live members; an incident is quiet when every live member is."""

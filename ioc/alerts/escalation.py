@@ -127,9 +127,15 @@ def validate_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def usable_policy(row: dict[str, Any]) -> bool:
     """A stored policy whose steps no longer validate (stored before the API refused them: NaN, 1e308) is left out
-    with a warning: kept, it made every tick's escalation raise and nothing was judged."""
+    with a warning: kept, it made every tick's escalation raise and nothing was judged. So is one for a severity
+    the engine does not know, or whose channels are not a list of names (a hand edit's): its severity kept the
+    engine from loading at all (found by tests/integration/test_action_fuzz.py)."""
     try:
         validate_steps(row["steps"])
+        Severity(row["min_severity"])
+        channels = row["channels"]
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise ValueError(f"channels {channels!r} are not a list of names")
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         logger.warning("escalation policy %r not used: %s", row.get("id"), err)
         return False

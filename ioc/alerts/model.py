@@ -19,11 +19,12 @@ class Severity(StrEnum):
 
 
 _RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.MINOR: 2, Severity.MAJOR: 3, Severity.CRITICAL: 4}
+_RANK_BY_NAME: dict[str, int] = {s.value: n for s, n in _RANK.items()}
 
 
 def rank(severity: str) -> int:
-    """0 (info) .. 4 (critical)."""
-    return _RANK[Severity(severity)]
+    """0 (info) .. 4 (critical); -1 for a severity the engine does not know (a legacy row's), as the views' SQL."""
+    return _RANK_BY_NAME.get(severity, -1)
 
 
 class State(StrEnum):

@@ -24,6 +24,12 @@ class OfficerActions:
     def _settle(self, now: datetime, ch: Changes) -> None:
         raise NotImplementedError  # the engine's
 
+    def _resolve_incident(self, inc: Incident, now: datetime, actor: str, note: str | None, ch: Changes) -> None:
+        raise NotImplementedError  # the engine's
+
+    def _close_members(self, inc: Incident, now: datetime, actor: str, note: str, ch: Changes) -> None:
+        raise NotImplementedError  # the engine's
+
     def _forget(self, inc: Incident) -> None:
         raise NotImplementedError  # the engine's
 
@@ -70,7 +76,8 @@ class OfficerActions:
         return ch
 
     def resolve(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
-        """Resolve by hand: every live member resolves (a condition still present will fire anew)."""
+        """Resolve by hand: every live member resolves (a condition still present will fire anew), then the
+        incident, also when no member was live (a legacy or hand-made incident: it answered 503 before)."""
         inc, ch = self.incident(incident_id), Changes()
         if not inc.live:
             raise AlertError(f"incident {incident_id} is already {inc.state.value}")
@@ -79,18 +86,20 @@ class OfficerActions:
             if a is not None and a.live:
                 self._resolve_alert(a, now, actor, note or "resolved by hand", ch)
         self._settle(now, ch)
+        if inc.live:  # no live member to resolve it through
+            inc.updated_at = now
+            self._resolve_incident(inc, now, actor, note, ch)
+            ch.incidents[inc.id] = inc
         return ch
 
     def close(self, incident_id: int, actor: str, note: str | None, now: datetime) -> Changes:
+        """Close a resolved incident and its members; a member still live (a legacy row's: the engine resolves
+        members first) resolves on the way, so none is left open under a closed incident."""
         inc, ch = self.incident(incident_id), Changes()
         if inc.state != State.RESOLVED:
             raise AlertError(f"incident {incident_id} is {inc.state.value}; resolve it first")
         inc.state, inc.closed_at, inc.updated_at = State.CLOSED, now, now
-        for m in inc.members:
-            a = self.alerts.get(m)
-            if a is not None and a.state == State.RESOLVED:
-                a.state, a.closed_at = State.CLOSED, now
-                ch.alerts[a.id] = a
+        self._close_members(inc, now, actor, note or "closed with its incident", ch)
         ch.incidents[inc.id] = inc
         ch.audit.append(AuditEntry(now, "closed", actor, inc.id, None, note))
         self._forget(inc)

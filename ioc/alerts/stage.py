@@ -32,7 +32,7 @@ from ioc.alerts.notify.dispatcher import notification_rows, targets_for
 from ioc.alerts.notify.render import render
 from ioc.alerts.oversize import MESSAGE_SIGNALS, refusal, set_aside_messages
 from ioc.alerts.pacing import FLUSH_RETRY_MAX_S, STEP_RETRY_MAX_S, Retry
-from ioc.alerts.silences import Silence
+from ioc.alerts.silences import usable_silence
 from ioc.alerts.stepping import Stepping
 from ioc.alerts.storing import Storing, drop_connection
 from ioc.cluster.ids import IdReserve
@@ -88,6 +88,8 @@ class AlertStage(Stepping, Storing):
         self._quiet = 0
         #: since when (and why) every tick's step raises: the engine judges nothing meanwhile (None: it works)
         self.step_failing: tuple[datetime, str] | None = None
+        #: since when (and why) loading the engine's state fails: no action is applied meanwhile (None: it loaded)
+        self.load_failing: tuple[datetime, str] | None = None
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # replays set simulated time
         self.loaded = False  # the engine numbers rows itself: it must not run before it knows the last ids
         # Set when started against the database: silence is counted from then (the downtime was ours).
@@ -234,7 +236,8 @@ class AlertStage(Stepping, Storing):
         self.engine.policies = [Policy(p["id"], p["name"], Severity(p["min_severity"]), p["steps"], p["repeat"],
                                        p["channels"]) for p in policies if usable_policy(p)]
         async with self._lock:
-            self._unsaved.merge(self.engine.set_silences([Silence(**s) for s in silences], now))
+            usable = [sil for sil in map(usable_silence, silences) if sil is not None]
+            self._unsaved.merge(self.engine.set_silences(usable, now))
         if not periodic:  # a change (an admin's fix?): a step that keeps raising is tried again at once
             self.step_retry.succeeded()
 
@@ -247,7 +250,10 @@ class AlertStage(Stepping, Storing):
                 await self.load()
             except Exception as err:
                 logger.warning("alert engine waiting for the database: %s", err)
+                first = self.load_failing[0] if self.load_failing else datetime.now(UTC)
+                self.load_failing = (first, f"{type(err).__name__}: {err}"[:200])
                 await waiting.sleep()
+        self.load_failing = None
         last_reload = last_saved = loop.time()
         while True:
             await asyncio.sleep(self.config.tick_s)
@@ -374,6 +380,9 @@ class AlertStage(Stepping, Storing):
         if self.step_failing is not None and (datetime.now(UTC) - self.step_failing[0]).total_seconds() > 5:
             problems.append(f"alerts: the engine's step raises on every tick since {self.step_failing[0]:%H:%M:%S} "
                             f"({self.step_failing[1]}); nothing is judged")
+        if self.load_failing is not None and (datetime.now(UTC) - self.load_failing[0]).total_seconds() > 5:
+            problems.append(f"alerts: the engine's state does not load since {self.load_failing[0]:%H:%M:%S} "
+                            f"({self.load_failing[1]}); no action is applied, nothing is judged")
         since = self.flush_failing_since
         waited = (datetime.now(UTC) - since).total_seconds() if since is not None else 0.0
         if waited > STALL_S:
@@ -408,7 +417,8 @@ class AlertStage(Stepping, Storing):
                 ch = self.engine.close(incident_id, actor, note, now)
             else:
                 raise ValueError(f"unknown action {action!r}")
-            inc = ch.incidents[incident_id]
+            # an action that changed no incident row answers with the incident as held (not a KeyError: a 503)
+            inc = ch.incidents.get(incident_id) or self.engine.incident(incident_id)
             if action_id is not None:
                 ch.actions[action_id] = (epoch, self.view_of(inc))
             self._unsaved.merge(ch)
