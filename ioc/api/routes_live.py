@@ -142,8 +142,8 @@ async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) 
         if not ws.app.state.auth.allow_action(me):
             raise PermissionError("too many actions; slow down")
         action = str(doc.get("action"))
-        if action not in ("ack", "assign", "comment", "resolve", "close"):
-            raise ValueError("action must be ack, assign, comment, resolve or close")
+        if action not in cluster_actions.ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(cluster_actions.ACTIONS)}")
         body = ActionRequest.model_validate({k: v for k, v in doc.items() if k in ActionRequest.model_fields})
         incident_id = doc.get("incident_id")
         if not isinstance(incident_id, int) or isinstance(incident_id, bool):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Literal, get_args
 
 import asyncpg
 
@@ -24,7 +24,8 @@ from storage import cluster as sql
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("ack", "assign", "comment", "resolve", "close")
+Action = Literal["ack", "assign", "comment", "resolve", "close"]
+ACTIONS: tuple[str, ...] = get_args(Action)
 
 
 class ActionFailed(Exception):
