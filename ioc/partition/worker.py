@@ -219,9 +219,7 @@ class PartitionWorker:
         for p, task in list(self.tasks.items()):  # a consumer that failed is restarted by taking it again
             if task.done():  # gives it back (a fenced save, refused if it was taken over meanwhile)
                 logger.warning("partition %d consumer ended (%r); releasing it", p, task.exception())
-                # ended after its detectors ran over a batch (its commit, publish or acks failed): that batch is
-                # in the monitor, not in the saved position; the next owner learns it again from the position
-                await self._release(p, save=p not in self._in_batch)
+                await self._release(p)
         members = await self._beat()
         fair = math.ceil(self.partitions / max(1, members))
         for p in sorted(self.tasks)[fair:]:
@@ -272,19 +270,19 @@ class PartitionWorker:
         finally:
             self._leaving.pop(p, None)
 
-    async def _release(self, p: int, lost: str | None = None, task: asyncio.Task[None] | None = None,
-                       save: bool = True) -> None:
-        """Stop processing ``p`` (cancelling its pump); give it back (saving its state, fenced, if ``save``)
-        unless ``lost``."""
+    async def _release(self, p: int, lost: str | None = None, task: asyncio.Task[None] | None = None) -> None:
+        """Stop processing ``p`` (cancelling its pump); give it back (saving its state, fenced) unless ``lost``."""
         task = task or self.tasks.pop(p, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        monitor = self.monitors.pop(p, None) if save else None
-        self.monitors.pop(p, None)
+        monitor = self.monitors.pop(p, None)
         position = self.positions.pop(p, None)
-        self._in_batch.discard(p)
+        if p in self._in_batch:  # its pump ended after its detectors ran over a batch (its commit, publish or acks
+            # failed): the batch is in the monitor, not in the saved position; learned again from the stream
+            self._in_batch.discard(p)
+            monitor = None
         self.plans.pop(p, None)
         epoch = self.epochs.pop(p, None)
         self._valid_until.pop(p, None)
