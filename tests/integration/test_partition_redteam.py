@@ -26,6 +26,7 @@ import asyncpg
 import nats
 import orjson
 import pytest
+from nats.js.errors import NotFoundError
 
 from analytics.numeric import kernel
 from analytics.numeric.device_state import restore_devices
@@ -70,9 +71,13 @@ async def _held(conn: asyncpg.Connection, stream: str, partitions: int) -> dict[
 
 
 async def _settled(js: Any, stream: str, partitions: int) -> bool:
-    """Every message of every partition acknowledged (or terminated)."""
+    """Every message of every partition acknowledged (or terminated). A consumer not there yet (the worker creates
+    it after taking the lease, and recreates it to replay from its saved position) is not settled."""
     for p in range(partitions):
-        info = await js.consumer_info(stream, f"{stream}-analytics-p{p}")
+        try:
+            info = await js.consumer_info(stream, f"{stream}-analytics-p{p}")
+        except NotFoundError:
+            return False
         if info.num_pending or info.num_ack_pending:
             return False
     return True
