@@ -14,7 +14,8 @@ pytestmark = pytest.mark.unit
 
 
 
-@pytest.mark.parametrize(("name", "topic", "payload", "reason"), malformed_cases(), ids=lambda v: str(v)[:30])
+# Ids are the cases' names: a payload holds the clock, and pytest-xdist's workers must collect the same ids.
+@pytest.mark.parametrize(("name", "topic", "payload", "reason"), [pytest.param(*c, id=c[0]) for c in malformed_cases()])
 def test_malformed_payload_is_rejected_with_its_reason(name: str, topic: str, payload: bytes, reason: str) -> None:
     parsed = parse_message(topic.format(dev="D1"), payload, datetime.now(UTC))
     assert parsed.records == []
@@ -89,7 +90,7 @@ def test_snapshot_is_validated_and_sized() -> None:
     assert isinstance(snap, Snapshot) and (snap.width, snap.height, snap.ts) == (80, 60, now)
 
 
-@pytest.mark.parametrize(("name", "topic", "payload"), hostile_accepted_cases(), ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize(("name", "topic", "payload"), [pytest.param(*c, id=c[0]) for c in hostile_accepted_cases()])
 def test_hostile_text_is_kept_made_safe(name: str, topic: str, payload: bytes) -> None:
     """NUL, controls, lone surrogates and bidi overrides in device text are replaced, the record kept."""
     from ingest.records import DeviceEvent, StatusUpdate
