@@ -219,6 +219,10 @@ class AlertError(Exception):
     """An operator action that cannot be applied (unknown id, wrong state)."""
 
 
+class ActionUndone(Exception):
+    """An operator action raised unexpectedly half way and was undone: the engine is as before, nothing stored."""
+
+
 def iso(ts: datetime | None) -> str | None:
     """RFC 3339 with Z, or None."""
     return ts.isoformat().replace("+00:00", "Z") if ts else None

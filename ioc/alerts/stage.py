@@ -236,8 +236,7 @@ class AlertStage(Stepping, Storing):
         self.engine.policies = [Policy(p["id"], p["name"], Severity(p["min_severity"]), p["steps"], p["repeat"],
                                        p["channels"]) for p in policies if usable_policy(p)]
         async with self._lock:
-            usable = [sil for sil in map(usable_silence, silences) if sil is not None]
-            self._unsaved.merge(self.engine.set_silences(usable, now))
+            self._set_silences([sil for sil in map(usable_silence, silences) if sil is not None], now)
         if not periodic:  # a change (an admin's fix?): a step that keeps raising is tried again at once
             self.step_retry.succeeded()
 
@@ -399,29 +398,14 @@ class AlertStage(Stepping, Storing):
 
         Raises:
             AlertError: refused (unknown incident, wrong state); nothing changed.
+            ActionUndone: the engine raised half way; undone, nothing changed (the engine keeps serving).
             OSError: applied, but not stored yet (the database is away): stored with the next flush.
         """
         if not self.loaded:
             raise OSError("the alert engine is still loading its state from the database")
+        apply = self._action(action, incident_id, actor, note, assignee)
         async with self._lock:
-            now = datetime.now(UTC)
-            if action == "ack":
-                ch = self.engine.acknowledge(incident_id, actor, note, now)
-            elif action == "assign":
-                ch = self.engine.assign(incident_id, assignee, actor, now)
-            elif action == "comment":
-                ch = self.engine.comment(incident_id, actor, note or "", now)
-            elif action == "resolve":
-                ch = self.engine.resolve(incident_id, actor, note, now)
-            elif action == "close":
-                ch = self.engine.close(incident_id, actor, note, now)
-            else:
-                raise ValueError(f"unknown action {action!r}")
-            # an action that changed no incident row answers with the incident as held (not a KeyError: a 503)
-            inc = ch.incidents.get(incident_id) or self.engine.incident(incident_id)
-            if action_id is not None:
-                ch.actions[action_id] = (epoch, self.view_of(inc))
-            self._unsaved.merge(ch)
+            inc = self._apply_action(apply, incident_id, action_id, epoch)
         if await self.flush() is None and self._unsaved:
             raise OSError("the action is applied but not stored yet (database unavailable); it will be retried")
         return inc

@@ -5,13 +5,16 @@ memory whose changes were never returned: a retry sees them as existing and stor
 behind them are acked. So each step is undone when it raises (:mod:`ioc.alerts.checkpoint`), its signals stay
 queued and the acked position does not pass them; signals that no step can apply are set aside with their error
 (table ``set_aside``) before their input is acked.
+
+Officers' actions and silence changes are all or nothing the same way (:meth:`Stepping._apply_action`): one that
+raises half way is undone, so memory never holds a change that is not on its way to the database.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
@@ -22,7 +25,8 @@ from ioc.alerts.checkpoint import checkpoint
 from ioc.alerts.config import AlertsConfig
 from ioc.alerts.engine import AlertEngine
 from ioc.alerts.liveness import Liveness
-from ioc.alerts.model import Changes, Signal
+from ioc.alerts.model import ActionUndone, AlertError, Changes, Incident, Signal
+from ioc.alerts.silences import Silence
 from ioc.cluster.ids import IdsExhausted
 from storage.set_aside import set_aside
 
@@ -50,6 +54,7 @@ class Stepping:
     _quiet: int
     _live_devices: set[str]
     _info: Callable[[str], tuple[str | None, str | None, float | None, float | None]]
+    view_of: Callable[[Incident], dict[str, Any]]
 
     def _step_safely(self, now: datetime) -> None:
         """One tick's :meth:`step`; never raises, never loses a signal.
@@ -148,6 +153,70 @@ class Stepping:
         saved.close()
         self._live_devices = {a.device_id for a in self.engine.by_key.values() if a.device_id}
         return ch
+
+    def _action(self, action: str, incident_id: int, actor: str, note: str | None,
+                assignee: str | None) -> Callable[[datetime], Changes]:
+        """The engine call an action makes, given the time (unknown action: ValueError, before anything)."""
+        engine = self.engine
+        calls: dict[str, Callable[[datetime], Changes]] = {
+            "ack": lambda now: engine.acknowledge(incident_id, actor, note, now),
+            "assign": lambda now: engine.assign(incident_id, assignee, actor, now),
+            "comment": lambda now: engine.comment(incident_id, actor, note or "", now),
+            "resolve": lambda now: engine.resolve(incident_id, actor, note, now),
+            "close": lambda now: engine.close(incident_id, actor, note, now)}
+        if action not in calls:
+            raise ValueError(f"unknown action {action!r}")
+        return calls[action]
+
+    def _apply_action(self, apply: Callable[[datetime], Changes], incident_id: int, action_id: int | None,
+                      epoch: int | None) -> Incident:
+        """Apply an action to the engine, all or nothing (under ``_lock``): its changes join ``_unsaved``.
+
+        The single point every action goes through: a checkpoint of the incident, its members' incidents and the
+        engine's indexes (:mod:`ioc.alerts.checkpoint`) is restored if anything raises before its changes are
+        kept, so memory never holds a change that is not on its way to the database (a restart reverted it, and
+        meanwhile screens and later actions saw it). Synchronous: no other step or action runs in between.
+        """
+        engine = self.engine
+        held = engine.incidents.get(incident_id)
+        scope = [] if held is None else [held]
+        for m in held.members if held is not None else ():
+            owner = engine.incidents.get(getattr(engine.alerts.get(m), "incident_id", None) or -1)
+            if owner is not None:
+                scope.append(owner)
+        saved = checkpoint(engine, scope)
+        try:
+            ch = apply(datetime.now(UTC))
+            # an action that changed no incident row answers with the incident as held (not a KeyError: a 503)
+            inc = ch.incidents.get(incident_id) or engine.incident(incident_id)
+            if action_id is not None:
+                ch.actions[action_id] = (epoch, self.view_of(inc))
+        except AlertError:
+            saved.restore()  # refusals come before any change; undone all the same should one come later
+            raise
+        except Exception as err:
+            saved.restore()
+            HANDLER_ERRORS.labels("alert_action").inc()
+            logger.exception("officer's action on incident %s raised; undone", incident_id)
+            raise ActionUndone(f"{type(err).__name__}: {err}"[:300]) from err
+        except BaseException:
+            saved.restore()
+            raise
+        saved.close()
+        self._unsaved.merge(ch)
+        return inc
+
+    def _set_silences(self, silences: list[Silence], now: datetime) -> None:
+        """Replace the engine's silences (under ``_lock``), all or nothing like a step: re-evaluating every live
+        incident may raise half way, after some were re-silenced in memory only."""
+        saved = checkpoint(self.engine)
+        try:
+            ch = self.engine.set_silences(silences, now)
+        except BaseException:
+            saved.restore()
+            raise
+        saved.close()
+        self._unsaved.merge(ch)
 
     async def _set_aside_signals(self) -> None:
         """Keep the signals no step could apply in ``set_aside`` (with their error) before their input is acked.

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 
 import asyncpg
 
-from ioc.alerts.model import AlertError, Changes
+from ioc.alerts.model import ActionUndone, AlertError, Changes
 from ioc.alerts.stage import AlertStage
 from storage import cluster as sql
 
@@ -29,11 +29,16 @@ ACTIONS: tuple[str, ...] = get_args(Action)
 
 
 class ActionFailed(Exception):
-    """The action was refused (``status`` 404, 409) or could not be applied (503)."""
+    """The action was refused (``status`` 404, 409) or could not be applied (503).
 
-    def __init__(self, status: int, message: str) -> None:
+    ``final``: nothing of it is applied nor waits to be stored, so the failure is its outcome (a 503 by default
+    is an action applied but not stored yet: stored, with its result, once the database takes it).
+    """
+
+    def __init__(self, status: int, message: str, final: bool | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.final = status != 503 if final is None else final
 
 
 async def apply_local(stage: AlertStage, action: str, incident_id: int, actor: str, note: str | None,
@@ -47,6 +52,9 @@ async def apply_local(stage: AlertStage, action: str, incident_id: int, actor: s
         inc = await stage.act(action, incident_id, actor, note, assignee, action_id=action_id, epoch=epoch)
     except AlertError as err:
         raise ActionFailed(409 if incident_id in stage.engine.incidents else 404, str(err)) from None
+    except ActionUndone as err:  # the engine failed: not the caller's (422), nor applied and held (503 pending)
+        raise ActionFailed(503, f"the action was not applied: the engine failed on it ({err}); nothing changed",
+                           final=True) from None
     except ValueError as err:
         raise ActionFailed(422, str(err)) from None
     except OSError as err:  # kept with the stage's unsaved changes: stored (with its result) when the database is back
@@ -202,7 +210,7 @@ class ActionWorker:
         try:
             out = await apply_local(self.stage, action, incident_id, actor, note, assignee, action_id, self.epoch)
         except ActionFailed as err:
-            if err.status != 503:  # refused: nothing changed, the refusal is the outcome
+            if err.final:  # refused or undone: nothing changed, the failure is the outcome
                 await self._refuse(action_id, err)
             raise
         except Exception as err:
