@@ -1,9 +1,17 @@
-"""Shared fixtures: a migrated database per test session on the real PostgreSQL, the real Mosquitto."""
+"""Shared fixtures: a migrated database per test session on the real PostgreSQL, the real Mosquitto.
+
+Under pytest-xdist (``scripts/test.sh`` runs ``-n 2 --dist loadfile``) each worker has its own session database
+and its own Mosquitto (see ``pytest_configure``); NATS streams, leases, devices, roles and databases are named
+uniquely by the tests themselves.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +24,77 @@ from ioc.services import db_upgrade
 from ioc.settings import Settings
 
 BASE_DSN = os.environ.get("IOC_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-MQTT_URL = os.environ.get("IOC_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+MQTT_URL = os.environ.get("IOC_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")  # a worker's own broker: pytest_configure
+
+_worker_services = contextlib.ExitStack()
+_LOCK_DIR: str | None = None  # set in an xdist worker: where the run's serial lock lives (_turn)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """An xdist worker gets a Mosquitto of its own, with the shared broker's settings (Mosquitto's defaults).
+
+    The topic tree is fixed (``ioc/v1/#``) and every ingest worker, live feed and brain subscribes to all of it:
+    on one broker, a test's processes would take in the other worker's readings (rows, quarantine, incidents and
+    load the test did not make). ``IOC_MQTT_URL`` is set too, so ``Settings()`` made in the test process reach it.
+    An explicit ``IOC_TEST_MQTT_URL`` is kept as it is.
+    """
+    global MQTT_URL, _LOCK_DIR
+    _LOCK_DIR = os.environ.get("IOC_TEST_LOCK_DIR") if os.environ.get("PYTEST_XDIST_WORKER") else None
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        if getattr(config.option, "numprocesses", None):  # the controller: a folder for the workers' locks (_turn)
+            os.environ["IOC_TEST_LOCK_DIR"] = _worker_services.enter_context(
+                tempfile.TemporaryDirectory(prefix="ioc-test-locks-"))
+        return
+    if "IOC_TEST_MQTT_URL" in os.environ:
+        return
+    from tests.support.services import private_mosquitto
+
+    port = _worker_services.enter_context(private_mosquitto(limits=""))
+    MQTT_URL = os.environ["IOC_TEST_MQTT_URL"] = os.environ["IOC_MQTT_URL"] = f"mqtt://127.0.0.1:{port}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _worker_services.close()
+
+
+#: The longest files (about a minute or more on a 2-core machine), handed out first under xdist
+#: (``--no-loadscope-reorder``: files go in collection order) so that the run does not end on one of them.
+LONG_FILES = ("test_detection_feed", "test_cluster_province", "test_wall_ui", "test_partition_redteam",
+              "test_numeric_rules", "test_numeric_routine", "test_cluster_outages", "test_auth_hardening",
+              "test_numeric_young", "test_numeric_novel_hour", "test_ingest_faults", "test_action_fuzz")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker (each sorts its identical collection the same way)
+        rank = {name: i for i, name in enumerate(LONG_FILES)}
+        items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest keep their order
+
+
+@contextlib.contextmanager
+def _turn(alone: bool) -> Iterator[None]:
+    """Under xdist, a test marked ``serial`` (timing bounds meant for a machine busy with that test alone) holds
+    the run's lock exclusively, every other test shares it: the other worker waits meanwhile. A gate taken
+    briefly before the lock keeps a waiting serial test from being starved by the other worker's next tests."""
+    if _LOCK_DIR is None:
+        yield
+        return
+    with open(os.path.join(_LOCK_DIR, "gate"), "a") as gate, open(os.path.join(_LOCK_DIR, "lock"), "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Around a test's setup, call and teardown (module fixtures included): its turn (``_turn``)."""
+    with _turn(item.get_closest_marker("serial") is not None):
+        return (yield)
 
 
 def with_database(dsn: str, name: str) -> str:

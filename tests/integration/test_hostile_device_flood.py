@@ -29,7 +29,7 @@ from tests.support.corpus import now_ms
 from tests.support.mqtt import Publisher, unique_id
 from tests.support.services import ServeProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # timing bounds: alone under xdist (tests/conftest.py)
 
 FLOOD = 150
 #: Before, the alarm came ~9 s after this flood (each event ~60 ms); now well under a second.

@@ -25,7 +25,7 @@ from tests.conftest import ingest_env
 from tests.support.auth import make_token_sync
 from tests.support.services import ServeProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # timing bounds: alone under xdist (tests/conftest.py)
 
 ROWS = 60_000
 DEVICE = f"heavy-{uuid.uuid4().hex[:6]}"

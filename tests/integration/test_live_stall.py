@@ -19,7 +19,7 @@ from ioc.settings import Settings
 from tests.support.corpus import small_jpeg
 from tests.support.mqtt import Publisher, iso, unique_id
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # timing bounds: alone under xdist (tests/conftest.py)
 
 STALL_S, BEFORE_S, AFTER_S, PERIOD_S = 2.0, 1.0, 1.0, 0.02
 #: The devices' clocks, never trusted, learned: hours behind to minutes ahead (more is refused by the parser).

@@ -22,7 +22,7 @@ from ioc.partition.worker import PartitionWorker, lease_name
 from tests.integration.test_partition_exactly_once import _const, _learned, _settled, _step
 from tests.integration.test_partitioned_analytics import NATS_URL, until_async
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # timing bounds: alone under xdist (tests/conftest.py)
 
 
 async def _epoch(conn: asyncpg.Connection, stream: str) -> int:

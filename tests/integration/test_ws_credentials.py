@@ -28,7 +28,7 @@ from tests.integration.test_auth_routes import serve
 from tests.support.auth import jwks_server, login, make_token, make_user
 from tests.support.services import private_postgres
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # timing bounds: alone under xdist (tests/conftest.py)
 
 RECHECK_S = 0.3
 FEED = "/ws/live?types=status"

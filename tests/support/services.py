@@ -38,10 +38,22 @@ persistent_client_expiration 14d
 _TEST_PORTS = range(20000, 32768)
 
 
+def _worker_ports() -> range:
+    """This pytest-xdist worker's own slice of ``_TEST_PORTS`` (all of it outside xdist): two workers drawing from
+    one range could both pick a port between one's check and its service's bind."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(worker[2:]) < int(count)):
+        return _TEST_PORTS
+    size = len(_TEST_PORTS) // int(count)
+    start = _TEST_PORTS.start + int(worker[2:]) * size
+    return range(start, start + size)
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 nothing listens on, outside the ephemeral range (see ``_TEST_PORTS``)."""
+    ports = _worker_ports()
     for _ in range(200):
-        port = random.choice(_TEST_PORTS)
+        port = random.choice(ports)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -68,12 +80,13 @@ def port_open(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def private_mosquitto() -> Iterator[int]:
-    """A Mosquitto broker with the project's queue limits on a free port; yields the port."""
+def private_mosquitto(limits: str = BROKER_LIMITS) -> Iterator[int]:
+    """A Mosquitto broker with the project's queue limits (or ``limits``: "" for Mosquitto's defaults, as on the
+    shared test broker) on a free port; yields the port."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="ioc-mqtt-") as tmp:
         conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{BROKER_LIMITS}")
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{limits}")
         proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_until(lambda: port_open(port), 10, what="mosquitto")
