@@ -18,7 +18,7 @@ import websockets
 
 from tests.support.services import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # timing bounds: alone under xdist (tests/conftest.py)
 
 
 async def test_demo_serves_live_frames_within_30s_and_stops_cleanly(tmp_path: Path, artifacts: Path) -> None:
