@@ -67,7 +67,7 @@ class IngestConfig(BaseModel):
         "quarantined unparsed, reason device_rate (ingest/device_rate.py). 0: no bound. Applied by every process "
         "that reads the devices' messages (ingest workers, brain, live listener).")
     device_burst_bytes: int = Field(
-        16 * 1024 * 1024, ge=0, description="...and what a device may send at once (its bucket when full; at least "
+        8 * 1024 * 1024, ge=0, description="...and what a device may send at once (its bucket when full; at least "
         "the largest message, 256 KiB and 256): room for a store-and-forward device's backlog uploaded at once (a "
         "traffic sensor's 30-second readings of several weeks).")
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics of `ioc ingest` on this port.")

@@ -9,10 +9,10 @@ them) has a bucket of ``IOC_INGEST__DEVICE_BYTES_PER_S`` bytes a second, holding
 them, as its picture is decoded off the event loop); one the bucket cannot pay is not parsed but quarantined with
 reason ``device_rate`` (kept: its reason, length, hash and, within the device's quarantine budget, its payload).
 
-The defaults (256 KiB a second, bursts of 16 MiB) are far above what a device sends (a BTS, a camera or a traffic
+The defaults (256 KiB a second, bursts of 8 MiB) are far above what a device sends (a BTS, a camera or a traffic
 sensor: a few messages of a few hundred bytes a second) and hold the backlog a store-and-forward device uploads at
 once after weeks without a link (two weeks of a traffic sensor's 30-second readings: 4.8 MB); they bound what one
-device takes of a loop to about 3 s at once and a few per cent after.
+device takes of a loop to about 1.5 s at once and a few per cent after.
 """
 
 from __future__ import annotations
