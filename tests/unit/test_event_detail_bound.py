@@ -41,10 +41,8 @@ def _full() -> dict[str, object]:
 def test_a_detail_filling_the_payload_is_stored_whole_and_carried_bounded_with_a_marker() -> None:
     payload = _event(_full())
     assert c.MAX_JSON_BYTES - 40_000 < len(payload) <= c.MAX_JSON_BYTES
-    started = time.perf_counter()
-    rec = parse_message(TOPIC, payload, T0).records[0]
+    rec = parse_message(TOPIC, payload, T0).records[0]  # its cost (~10 ms) is measured by the flood test's figures
     assert isinstance(rec, DeviceEvent)
-    assert time.perf_counter() - started < 0.5  # ~10 ms (was ~30 ms; the bound is for a shared machine)
     assert rec.stored_detail is not None and orjson.loads(rec.stored_detail) == _full()
     marker = rec.detail[TRUNCATED]
     assert marker["detail_bytes"] == len(rec.stored_detail.encode()) and marker["whole_in"] == "device_events"
