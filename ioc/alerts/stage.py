@@ -92,6 +92,9 @@ class AlertStage(Stepping, Storing):
         self.load_failing: tuple[datetime, str] | None = None
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # replays set simulated time
         self.loaded = False  # the engine numbers rows itself: it must not run before it knows the last ids
+        #: an API change to silences, roster or policies is stored but not yet applied (its reload failed):
+        #: the next tick tries again instead of waiting for the periodic reload
+        self.reload_wanted = False
         # Set when started against the database: silence is counted from then (the downtime was ours).
         # None in replays, which drive the stage in simulated time.
         self.since: datetime | None = None
@@ -237,6 +240,7 @@ class AlertStage(Stepping, Storing):
                                        p["channels"]) for p in policies if usable_policy(p)]
         async with self._lock:
             self._set_silences([sil for sil in map(usable_silence, silences) if sil is not None], now)
+        self.reload_wanted = False
         if not periodic:  # a change (an admin's fix?): a step that keeps raising is tried again at once
             self.step_retry.succeeded()
 
@@ -257,10 +261,10 @@ class AlertStage(Stepping, Storing):
         while True:
             await asyncio.sleep(self.config.tick_s)
             await self._tick()
-            if loop.time() - last_reload >= self.config.reload_s:
+            if self.reload_wanted or loop.time() - last_reload >= self.config.reload_s:
                 last_reload = loop.time()
                 try:
-                    await self.reload_config(periodic=True)
+                    await self.reload_config(periodic=not self.reload_wanted)
                 except Exception as err:
                     logger.warning("alert configuration not reloaded: %s", err)
             if loop.time() - last_saved >= self.liveness_every_s:

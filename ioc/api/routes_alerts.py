@@ -143,11 +143,20 @@ def _check_silence_length(request: Request, me: Principal, starts: datetime, end
 
 
 async def _reload(request: Request) -> None:
-    if request.app.state.alerts is not None:
-        await request.app.state.alerts.reload_config()
-    else:  # the leader runs elsewhere: tell it (ioc/cluster/actions.py re-reads at once)
-        async with request.app.state.pool.acquire() as conn:
-            await cluster_sql.notify(conn, cluster_sql.CHANNEL_CONFIG, {"origin": request.app.state.process_id})
+    """Apply a stored change to silences, roster or policies now. The change is committed before this runs, so
+    a failure here (the database blinked, the pool was exhausted) must not answer as if nothing was stored: it
+    is logged and applied later (the engine's next tick here, else the leader's periodic reload)."""
+    try:
+        if request.app.state.alerts is not None:
+            await request.app.state.alerts.reload_config()
+        else:  # the leader runs elsewhere: tell it (ioc/cluster/actions.py re-reads at once)
+            async with request.app.state.pool.acquire() as conn:
+                await cluster_sql.notify(conn, cluster_sql.CHANNEL_CONFIG, {"origin": request.app.state.process_id})
+    except Exception as err:
+        if request.app.state.alerts is not None:
+            request.app.state.alerts.reload_wanted = True
+        logger.warning("alert configuration stored but not applied yet (%s: %s); retried on the next tick",
+                       type(err).__name__, err)
 
 
 # --- incidents and alerts ------------------------------------------------------------------------------
