@@ -61,7 +61,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 #: (``--no-loadscope-reorder``: files go in collection order) so that the run does not end on one of them.
 LONG_FILES = ("test_detection_feed", "test_cluster_province", "test_wall_ui", "test_partition_redteam",
               "test_numeric_rules", "test_numeric_routine", "test_cluster_outages", "test_auth_hardening",
-              "test_numeric_young", "test_numeric_novel_hour", "test_ingest_faults", "test_action_fuzz")
+              "test_numeric_young", "test_numeric_novel_hour", "test_ingest_faults", "test_action_fuzz",
+              "test_action_fuzz_replica")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
