@@ -113,9 +113,12 @@ def _cmd_camera_check(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     from analytics.numeric.batch import detect_path
 
-    count = detect_path(args.path, args.out, progress=not args.quiet)
+    refused: list[str] = []
+    count = detect_path(args.path, args.out, progress=not args.quiet, refused=refused)
     print(f"{count} file(s) scored -> {args.out}")
-    return 0
+    for reason in refused:
+        print(f"refused: {reason}", file=sys.stderr)
+    return 1 if refused else 0
 
 
 def _cmd_history(args: argparse.Namespace, settings: Settings) -> int:

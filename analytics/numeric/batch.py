@@ -25,20 +25,50 @@ class _Series:
     values: np.ndarray
 
 
+class UnreadableFile(ValueError):
+    """A CSV ``ioc detect`` cannot score at all (not UTF-8 text, not CSV, no ``timestamp``/``value`` columns)."""
+
+
+def _stamp(text: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time (naive: UTC), NaN when unreadable (scored as missing)."""
+    try:
+        return float(np.datetime64(text.strip().replace("Z", ""), "ms").astype(np.int64)) / 1000.0
+    except (ValueError, TypeError, OverflowError):
+        return float("nan")
+
+
 def _read(path: Path, rel: Path) -> _Series:
+    """One ``timestamp,value`` file. A row whose time or value cannot be read (or is not finite) is kept in the
+    output and scored as missing (0), as the live pipeline ignores such readings; a file that cannot be read as
+    CSV text at all raises :class:`UnreadableFile` with the reason."""
     stamps: list[str] = []
     vals: list[float] = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            stamps.append(row["timestamp"])
-            try:
-                vals.append(float(row["value"]))
-            except (TypeError, ValueError):
-                vals.append(float("nan"))
-    # naive timestamps are taken as UTC; numpy parses ISO 8601 with a space or a 'T'
-    ts = np.array([s.strip().replace("Z", "") for s in stamps], dtype="datetime64[ms]")
-    return _Series(rel, stamps, ts.astype(np.int64) / 1000.0, np.array(vals, dtype=np.float64))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"timestamp", "value"} <= set(reader.fieldnames):
+                raise UnreadableFile(f"{rel}: needs a header with columns timestamp,value "
+                                     f"(found {(reader.fieldnames or [])[:5]})")
+            for row in reader:
+                stamps.append(row["timestamp"] if isinstance(row["timestamp"], str) else "")
+                try:
+                    vals.append(float(row["value"]))
+                except (TypeError, ValueError):
+                    vals.append(float("nan"))
+    except UnicodeDecodeError as err:
+        raise UnreadableFile(f"{rel}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise UnreadableFile(f"{rel}: not readable as CSV ({err})") from None
+    values = np.array(vals, dtype=np.float64)
+    values[~np.isfinite(values)] = np.nan  # 1e400, inf: no physical reading (the live contract refuses them)
+    try:  # naive timestamps are taken as UTC; numpy parses ISO 8601 with a space or a 'T'
+        ts = np.array([s.strip().replace("Z", "") for s in stamps], dtype="datetime64[ms]").astype(np.int64) / 1000.0
+    except (ValueError, TypeError, OverflowError):  # some row's time is unreadable: find which, row by row
+        ts = np.array([_stamp(s) for s in stamps], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(ts))
+        logger.warning("%s: %d row(s) with an unreadable timestamp (first at data row %d: %r), scored as missing",
+                       rel, len(bad), int(bad[0]) + 1, stamps[int(bad[0])][:40])
+    return _Series(rel, stamps, ts, values)
 
 
 def score_series(ts: list[np.ndarray], values: list[np.ndarray], ranges: list[tuple[float, float]] | None = None,
@@ -70,7 +100,8 @@ def score_series(ts: list[np.ndarray], values: list[np.ndarray], ranges: list[tu
     return scores, kinds
 
 
-def detect_path(src: Path, out: Path, progress: bool = True, config: DetectorConfig | None = None) -> int:
+def detect_path(src: Path, out: Path, progress: bool = True, config: DetectorConfig | None = None,
+                refused: list[str] | None = None) -> int:
     """Run the default detectors over one CSV or a directory of CSVs (recursively).
 
     Each file is one series. All series share one ``SeriesBank`` and are fed row by row (row k
@@ -85,13 +116,21 @@ def detect_path(src: Path, out: Path, progress: bool = True, config: DetectorCon
             file: ``out/<name>``) with columns ``timestamp,value,anomaly_score,type``.
         progress: show a tqdm progress bar.
         config: detector configuration; defaults to ``DetectorConfig()`` (do not tune per file).
+        refused: when given, collects the reason of every file that could not be read (and was skipped).
 
     Returns:
         Number of files written.
     """
     src, out = Path(src), Path(out)
     files = sorted(src.rglob("*.csv")) if src.is_dir() else [src]
-    series = [_read(f, f.relative_to(src) if src.is_dir() else Path(f.name)) for f in files]
+    series: list[_Series] = []
+    for file in files:  # one unreadable file is refused with its reason; the others are still scored
+        try:
+            series.append(_read(file, file.relative_to(src) if src.is_dir() else Path(file.name)))
+        except (UnreadableFile, OSError) as err:
+            logger.error("refused: %s", err)
+            if refused is not None:
+                refused.append(str(err))
     if not series:
         logger.warning("no CSV files under %s", src)
         return 0
