@@ -3,8 +3,8 @@
 Each sub-folder of ``src`` is one camera, holding ``<index>.jpg`` snapshots in time order. Every
 sequence is fed, in order and without looking ahead, to the same :class:`CameraAnalyser` (default
 config) the live pipeline uses. A snapshot whose header claims a picture beyond the device contract
-(:class:`ImageTooLarge`) is not decoded: it is labelled ``black`` (no picture to show), logged, and the
-check goes on.
+(:class:`ImageTooLarge`), or that cannot be read, is not decoded: it is labelled ``black`` (no picture to
+show), logged, and the check goes on.
 """
 
 from __future__ import annotations
@@ -60,9 +60,13 @@ def check_dir(src: Path, out_csv: Path, progress: bool = True, config: CameraCon
             for k, (idx, path) in enumerate(frames):
                 try:
                     res = an.analyse(path.read_bytes(), _T0 + k * _STEP)
-                except ImageTooLarge as err:
-                    # refused before any decode, as live; the sequence goes on with the next snapshot
+                except (ImageTooLarge, OSError) as err:
+                    # refused before any decode, as live (or not readable: a dangling link, no permission);
+                    # the sequence goes on with the next snapshot
                     logger.warning("camera check: %s not analysed: %s", path, err)
+                    w.writerow([seq_dir.name, idx, "black", "0.0000"])
+                except Exception:  # a fault of ours on one snapshot must not end the other cameras' check
+                    logger.exception("camera check: %s not analysed", path)
                     w.writerow([seq_dir.name, idx, "black", "0.0000"])
                 else:
                     w.writerow([seq_dir.name, idx, res.label, f"{res.activity:.4f}"])

@@ -124,3 +124,23 @@ def test_the_folder_check_labels_a_bomb_and_goes_on(tmp_path: Path) -> None:
     rows = list(csv.reader(out.open()))[1:]
     assert [r[1] for r in rows] == ["0", "1", "2", "3"]
     assert [r[2] for r in rows] == ["ok", "black", "ok", "ok"]
+
+
+def test_the_folder_check_goes_on_past_a_snapshot_it_cannot_read(tmp_path: Path) -> None:
+    """A dangling link (or a file without read permission) ended the whole check with a traceback."""
+    from analytics.camera.batch import check_dir
+
+    road = Road(3)
+    seq = tmp_path / "cam"
+    seq.mkdir()
+    for i in (0, 2):
+        (seq / f"{i}.jpg").write_bytes(jpeg(road.frame(i)))
+    (seq / "1.jpg").symlink_to(tmp_path / "gone.jpg")
+    other = tmp_path / "cam2"
+    other.mkdir()
+    (other / "0.jpg").write_bytes(jpeg(road.frame(0)))
+    out = tmp_path / "det.csv"
+    assert check_dir(tmp_path, out, progress=False) == 4
+    rows = list(csv.reader(out.open()))[1:]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("cam", "0", "ok"), ("cam", "1", "black"), ("cam", "2", "ok"),
+                                                  ("cam2", "0", "ok")]
