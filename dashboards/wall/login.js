@@ -30,3 +30,14 @@ form.addEventListener("submit", async (ev) => {
   form.password.value = "";
   form.password.focus();
 });
+
+// The login through the province's identity provider (SSO), offered when the server has it configured.
+fetch("/api/auth/sso", { credentials: "same-origin" }).then((resp) => (resp.ok ? resp.json() : null)).then((doc) => {
+  if (!doc || !doc.enabled) return;
+  const link = document.createElement("a");
+  link.id = "sso-login";
+  link.className = "button";
+  link.href = `${doc.login}?next=${encodeURIComponent(nextPage())}`;
+  link.textContent = "Đăng nhập qua SSO / Log in with SSO";
+  form.insertBefore(link, error);
+}).catch(() => {});

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 DEFAULT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
                "connect-src 'self'; worker-src 'self' blob:; font-src 'self'; object-src 'none'; "
@@ -78,6 +78,15 @@ class AuthConfig(BaseModel):
     oidc_algorithms: list[str] = ["RS256", "ES256", "PS256", "EdDSA"]
     oidc_jwks_refresh_s: float = Field(30.0, ge=0, description="An unknown key id refetches the JWKS at most "
                                        "this often.")
+    oidc_client_id: str | None = Field(None, description="This app's client id at the provider, for the pages' "
+                                       "login through it (SSO, /auth/sso/login; the login page shows the button); "
+                                       "unset: bearer JWTs only. The audience defaults to it.")
+    oidc_client_secret: SecretStr | None = Field(None, description="That client's secret (a confidential client); "
+                                                 "it also signs the login flow's short-lived cookie.")
+    oidc_redirect_base: str | None = Field(None, description="The pages' public base URL, e.g. "
+                                           "https://ioc.example.gov.vn (behind a proxy): the provider sends people "
+                                           "back to it + /auth/sso/callback; default: the request's own.")
+    oidc_scopes: str = Field("openid profile email", description="Scopes the SSO login asks for.")
 
     @field_validator("oidc_algorithms")
     @classmethod
@@ -89,6 +98,12 @@ class AuthConfig(BaseModel):
             raise ValueError(f"IOC_AUTH__OIDC_ALGORITHMS: {refused or 'an empty list'} refused; use public-key "
                              "algorithms (RS256, ES256, PS256, EdDSA)")
         return value
+
+    @model_validator(mode="after")
+    def _audience_is_the_client(self) -> AuthConfig:
+        if self.oidc_client_id and not self.oidc_audience:
+            self.oidc_audience = self.oidc_client_id
+        return self
 
     @field_validator("connections_proxies")
     @classmethod

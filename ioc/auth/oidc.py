@@ -2,7 +2,8 @@
 
 The signature is checked against the provider's JWKS (fetched from its discovery document unless set,
 cached, refetched when a token names an unknown key id, at most every ``oidc_jwks_refresh_s``); then issuer,
-audience and expiry. The role comes from a claim through ``oidc_role_map``.
+audience and expiry. The role comes from a claim through ``oidc_role_map``. The pages' login through the provider
+(:mod:`ioc.auth.sso`) checks its ID tokens here too, so both give a person the same role and name.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ class OidcVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The caller of a bearer JWT, or :class:`AuthError`."""
+        claims = await self.claims(token, str(self.config.oidc_audience), what="bearer token")
+        return Principal(name=self.name_of(claims), role=self.role_of(claims), via="oidc")
+
+    async def claims(self, token: str, audience: str, require: tuple[str, ...] = (),
+                     what: str = "token") -> dict[str, Any]:
+        """The claims of a JWT the provider signed for ``audience`` (signature, issuer, audience, expiry checked;
+        ``require``: more claims that must be present), or :class:`AuthError` naming ``what`` was refused."""
         client = await self._client()
         try:
             kid = jwt.get_unverified_header(token).get("kid")
@@ -64,24 +72,27 @@ class OidcVerifier:
                 keys = [await asyncio.to_thread(client.get_signing_key, kid)]
             else:  # no key id (small providers with one key): try the set's signing keys
                 keys = await asyncio.to_thread(client.get_signing_keys)
-            claims = self._decode(token, keys)
+            return self._decode(token, keys, audience, require)
         except (jwt.PyJWTError, jwt.PyJWKClientError) as err:
-            raise AuthError(f"invalid bearer token: {err}") from None
-        name = str(claims.get(self.config.oidc_name_claim) or claims.get("email") or claims["sub"])[:64]
-        return Principal(name=name, role=self.role_of(claims), via="oidc")
+            raise AuthError(f"invalid {what}: {err}") from None
 
-    def _decode(self, token: str, keys: list[jwt.PyJWK]) -> dict[str, Any]:
+    def _decode(self, token: str, keys: list[jwt.PyJWK], audience: str,
+                require: tuple[str, ...]) -> dict[str, Any]:
         error: jwt.PyJWTError = jwt.InvalidSignatureError("no signing key")
         for key in keys:
             try:
                 claims: dict[str, Any] = jwt.decode(
-                    token, key.key, algorithms=self.config.oidc_algorithms, audience=self.config.oidc_audience,
+                    token, key.key, algorithms=self.config.oidc_algorithms, audience=audience,
                     issuer=[self.issuer, self.issuer + "/"], leeway=LEEWAY_S,
-                    options={"require": ["exp", "iss", "aud", "sub"]})
+                    options={"require": ["exp", "iss", "aud", "sub", *require]})
                 return claims
             except jwt.InvalidSignatureError as err:
                 error = err
         raise error
+
+    def name_of(self, claims: dict[str, Any]) -> str:
+        """The caller's name in the audit trail (``oidc:`` goes before it): the name claim, else email, else sub."""
+        return str(claims.get(self.config.oidc_name_claim) or claims.get("email") or claims["sub"])[:64]
 
     def role_of(self, claims: dict[str, Any]) -> Role:
         """The highest role any value of the role claim maps to; ``PUBLIC`` (no access) when none does."""

@@ -1,4 +1,5 @@
-"""SQL for users, API tokens and browser sessions (tables of migration 0007), and known devices (0015)."""
+"""SQL for users, API tokens and browser sessions (tables of migration 0007), known devices (0015), and the
+sessions of people logged in through the OpenID Connect provider (0016)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from ingest.text import check_text
 from ioc.auth import secrets as sec
-from ioc.auth.model import Principal, Role
+from ioc.auth.model import OIDC_ACTOR, Principal, Role
 
 USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 _TOUCH_EVERY = timedelta(minutes=1)  # last_used / last_seen are written at most this often per credential
@@ -181,23 +182,25 @@ async def token_principal(conn: Any, secret: str) -> Principal | None:
 
 # --- browser sessions -------------------------------------------------------------------------------------
 
-async def create_session(conn: Any, hours: float, *, user_id: int | None = None,
-                         token_id: int | None = None) -> tuple[str, str]:
-    """A new session for a user (or for an API token exchanged by a wall): returns (cookie value, CSRF token)."""
+async def create_session(conn: Any, hours: float, *, user_id: int | None = None, token_id: int | None = None,
+                         oidc: tuple[str, Role] | None = None) -> tuple[str, str]:
+    """A new session for a user, an API token exchanged by a wall, or a person the OpenID Connect provider logged in
+    (``oidc``: their name and mapped role, kept for the session's life): returns (cookie value, CSRF token)."""
     sid, csrf = sec.new_session_id(), sec.new_csrf()
     # Sessions that ended a week ago are of no use, not even to an audit: each login sweeps them away.
     await conn.execute("DELETE FROM auth_sessions WHERE least(expires_at, coalesce(revoked_at, expires_at)) "
                        "< now() - interval '7 days'")
-    await conn.execute("INSERT INTO auth_sessions (token_hash, csrf_token, user_id, api_token_id, expires_at) "
-                       "VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
-                       sec.digest(sid), csrf, user_id, token_id, hours * 3600.0)
+    oidc_name, oidc_role = (oidc[0], Role.parse(oidc[1].label).label) if oidc else (None, None)
+    await conn.execute("INSERT INTO auth_sessions (token_hash, csrf_token, user_id, api_token_id, oidc_name, "
+                       "oidc_role, expires_at) VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+                       sec.digest(sid), csrf, user_id, token_id, oidc_name, oidc_role, hours * 3600.0)
     return sid, csrf
 
 
 # A person's session unused for ``idle_s`` seconds has ended (0: no idle limit). A wall's session (opened with an API
 # token) never idles out: the wall polls all day and nobody touches it. "Used" is any request or live-feed handshake
 # with the cookie (last_seen_at, written at most once a minute), not an open feed alone.
-_NOT_IDLE = ("(s.user_id IS NULL OR $2::float8 <= 0 "
+_NOT_IDLE = ("(s.api_token_id IS NOT NULL OR $2::float8 <= 0 "
              "OR s.last_seen_at > now() - make_interval(secs => $2::float8))")
 
 
@@ -205,7 +208,7 @@ async def session_principal(conn: Any, sid: str, idle_s: float = 0.0) -> Princip
     """The caller of a session cookie, ``None`` when the session has ended (logged out, expired, idle for
     ``idle_s`` seconds if a user's, user disabled, a wall's token revoked)."""
     row = await conn.fetchrow(
-        "SELECT s.id, s.csrf_token, s.last_seen_at, s.user_id, s.api_token_id, "
+        "SELECT s.id, s.csrf_token, s.last_seen_at, s.user_id, s.api_token_id, s.oidc_name, s.oidc_role, "
         "       u.username, u.role AS user_role, u.disabled, t.name AS token_name, t.role AS token_role, "
         "       t.revoked_at AS token_revoked, t.expires_at AS token_expires "
         "FROM auth_sessions s LEFT JOIN auth_users u ON u.id = s.user_id "
@@ -219,6 +222,8 @@ async def session_principal(conn: Any, sid: str, idle_s: float = 0.0) -> Princip
         if row["disabled"]:
             return None
         name, role, uid, tid = row["username"], row["user_role"], row["user_id"], None
+    elif row["oidc_name"] is not None:  # the audit trail's actor is oidc:NAME, as for the provider's bearer JWTs
+        name, role, uid, tid = f"{OIDC_ACTOR}{row['oidc_name']}", row["oidc_role"], None, None
     else:
         if row["token_revoked"] is not None or (row["token_expires"] and row["token_expires"] <= now):
             return None
@@ -241,11 +246,12 @@ async def live_session_roles(conn: Any, digests: list[bytes], idle_s: float = 0.
     (user not disabled nor idle for ``idle_s``; a wall's token not revoked or expired); one query, nothing
     written: an open feed does not keep its session in use."""
     rows = await conn.fetch(
-        "SELECT s.token_hash, coalesce(u.role, t.role) AS role FROM auth_sessions s "
+        "SELECT s.token_hash, coalesce(u.role, t.role, s.oidc_role) AS role FROM auth_sessions s "
         "LEFT JOIN auth_users u ON u.id = s.user_id LEFT JOIN auth_tokens t ON t.id = s.api_token_id "
         "WHERE s.token_hash = ANY($1::bytea[]) AND s.revoked_at IS NULL AND s.expires_at > now() "
         f"AND {_NOT_IDLE} AND CASE WHEN s.user_id IS NOT NULL THEN u.disabled IS FALSE "
-        "ELSE t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) END", digests, idle_s)
+        "WHEN s.api_token_id IS NOT NULL THEN t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) "
+        "ELSE TRUE END", digests, idle_s)
     return {bytes(r["token_hash"]): Role.parse(r["role"]) for r in rows if r["role"] is not None}
 
 

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.integration
 
 # Anyone may call these; everything else needs a credential.
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/login"), ("GET", "/wall/{name}"),
-          ("POST", "/api/auth/login")}
+          ("POST", "/api/auth/login"), ("GET", "/api/auth/sso"), ("GET", "/auth/sso/login"),
+          ("GET", "/auth/sso/callback")}
 SAMPLE = {"action": "ack", "name": "ops.css"}
 WS_ACTION = {"type": "action", "action": "comment", "incident_id": 999_999_999, "note": "test", "ref": "t"}
 
