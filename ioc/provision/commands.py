@@ -110,6 +110,16 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _csv_text(path: Path) -> str:
+    """A CSV file's text; a file that is not UTF-8 (a spreadsheet saved as UTF-16 or a legacy code page) is a
+    clear error naming it, not a traceback."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise accounts.ProvisionError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                                      "save it as CSV UTF-8") from None
+
+
 def run_pki(args: argparse.Namespace) -> int:
     """Run ``ioc pki ...``."""
     try:
@@ -171,7 +181,10 @@ def run_devices(args: argparse.Namespace, database_url: str | None = None) -> in
 def _remove(args: argparse.Namespace) -> int:
     ids = list(args.device_ids)
     if args.csv:
-        reader = csv.DictReader(io.StringIO(args.csv.read_text(encoding="utf-8-sig")))
+        try:
+            reader = csv.DictReader(io.StringIO(_csv_text(args.csv)))
+        except (accounts.ProvisionError, OSError) as err:
+            return _fail(str(err))
         if "device_id" not in (reader.fieldnames or []):
             return _fail("the CSV needs a header row naming device_id")
         ids += [row["device_id"].strip() for row in reader if (row.get("device_id") or "").strip()]
@@ -269,7 +282,7 @@ def _provision(args: argparse.Namespace) -> int:
     if args.csv and (args.kind or args.device_id):
         return _fail("give either KIND ID or --csv, not both")
     if args.csv:
-        devices = accounts.read_device_csv(args.csv.read_text(encoding="utf-8-sig"))
+        devices = accounts.read_device_csv(_csv_text(args.csv))
     elif args.kind and args.device_id:
         devices = [accounts.check_device(args.kind, args.device_id)]
     else:

@@ -134,3 +134,17 @@ def test_simulator_broker_url() -> None:
     assert (b.host, b.port, b.username, b.tls) == ("mosquitto", 8883, "ioc-simulator", TlsOptions("/run/ca.crt"))
     assert Broker.from_url("mqtts://h").tls == TlsOptions()  # the system's CA store
     assert Broker.from_url("mqtt://h", TlsOptions("/ca")).tls is None
+
+
+@pytest.mark.parametrize("command", ["provision", "remove"])
+def test_a_device_csv_that_is_not_utf8_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        command: str) -> None:
+    """A spreadsheet saved as UTF-16 ended ``ioc devices provision --csv`` with a UnicodeDecodeError traceback."""
+    from ioc import cli
+
+    sheet = tmp_path / "devices.csv"
+    sheet.write_bytes("kind,device_id\nbts,HD-BTS-1\n".encode("utf-16"))
+    args = ["devices", command, "--csv", str(sheet), "--dynsec", str(tmp_path / "dynsec.json")]
+    assert cli.main(args + (["--out", str(tmp_path / "creds.txt")] if command == "provision" else [])) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    assert not (tmp_path / "creds.txt").exists()
