@@ -127,6 +127,44 @@ def seed(mqtt_url: str, server: ServeProcess, headers: dict[str, str]) -> dict[s
     return ids
 
 
+class Heartbeat:
+    """The seeded devices keep reporting (telemetry every ``every_s``) while the fuzz runs: a run of several
+    minutes otherwise leaves all of them quiet at once, which the alert stage rightly reads as a stalled input
+    (/readyz 503), and the final check would blame the hostile requests for it."""
+
+    def __init__(self, mqtt_url: str, ids: dict[str, list[str]], every_s: float = 15.0) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        import paho.mqtt.client as mqtt
+
+        parts = urlsplit(mqtt_url)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"api-fuzz-hb-{uuid.uuid4().hex[:6]}")
+        self.client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+        self.client.loop_start()
+        self.ids, self.every_s, self.stop_event = ids, every_s, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        metrics = {"traffic": {"speed_kmh": 42.0, "flow_veh_h": 900}, "bts": {"availability_pct": 99.5,
+                                                                              "mains_power": 1},
+                   "camera": {"fps": 12.0, "bitrate_kbps": 2048}}
+        seq = 100
+        while not self.stop_event.wait(self.every_s):
+            seq += 1
+            for kind, devices in self.ids.items():
+                for dev in devices:
+                    doc = {"ts": int(time.time() * 1000), "seq": seq, "metrics": metrics[kind]}
+                    self.client.publish(f"ioc/v1/{kind}/{dev}/telemetry", json.dumps(doc), qos=1)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(5)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def _items(doc: Any) -> list[dict[str, Any]]:
     if isinstance(doc, list):
         return doc
@@ -222,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     per_op: dict[str, OpStats] = defaultdict(OpStats)
     hostile_sent, hostile_failures = 0, ["(not run)"]
+    heartbeat: Heartbeat | None = None
     try:
         server.start()
         known = seed(MQTT_URL, server, headers)
+        heartbeat = Heartbeat(MQTT_URL, known)
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=headers)
         session = requests.Session()
         session.headers.update(headers)
@@ -257,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                                                          lambda op: bool(SELF_PROTECT.search(op.path)))
             hostile_failures += still_judges(MQTT_URL, server.url, session)
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         server.stop()
         asyncio.run(drop_database(BASE_DSN, dsn))
     took = time.monotonic() - started
