@@ -321,3 +321,17 @@ async def test_the_provider_saying_no_is_shown(site: Site) -> None:
         done = await browser.get(denied.headers["location"])
     assert done.status_code == 403 and "access_denied" in done.text, done.text
     assert session_of(done) is None
+
+
+async def test_with_strict_cookies_a_page_of_our_own_moves_on(database_url: str, issuer: str) -> None:
+    """A Strict session cookie set at the end of a redirect chain begun at the provider's site may not go with
+    that chain's next request: the callback answers a page that navigates onward (same-site) instead."""
+    async with (running(database_url, issuer, cookie_samesite="strict") as site,
+                httpx.AsyncClient(timeout=15) as browser):
+        sub, name = site.user("strict", roles=["viewer"])
+        started = await begin(browser, site, sub, next_path="/ops#/alerts")
+        done = await browser.get(started.callback_url)
+        assert done.status_code == 200 and '<meta http-equiv="refresh" content="0;url=/ops#/alerts">' in done.text
+        assert session_of(done) and "samesite=strict" in done.headers["set-cookie"].lower()
+        me = await browser.get(f"{site.base}/api/auth/me")
+        assert me.status_code == 200 and me.json()["actor"] == f"oidc:{name}", me.text
