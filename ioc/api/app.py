@@ -110,7 +110,8 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
                   responses=COMMON_RESPONSES)
     widen_validation_error(app)
     install_log_filter()  # wall links and feeds carry ?token=: uvicorn would log it with every request line
-    app.state.auth = Authenticator(settings.auth)
+    # rate limits counted in PostgreSQL across replicas (the pool exists once the lifespan has started)
+    app.state.auth = Authenticator(settings.auth, pool_of=lambda: getattr(app.state, "pool", None))
     hardening.install(app, settings.auth)
     app.include_router(routes_health.router)
     app.include_router(routes_auth.router)

@@ -39,7 +39,7 @@ async def require_access(connection: HTTPConnection) -> Principal | None:
     if principal.role < needed:
         raise HTTPException(403, f"needs the {needed.label} role; you are {principal.role.label}"
                             + ("" if declared is not None else " (this route declares no role)"))
-    guard_state_change(connection, principal)
+    await guard_state_change(connection, principal)
     return principal
 
 
@@ -76,14 +76,14 @@ def requires(role: Role) -> DependsParam:
             raise HTTPException(401, "log in or present a token", headers=_UNAUTHORIZED)
         if principal.role < role:
             raise HTTPException(403, f"needs the {role.label} role; you are {principal.role.label}")
-        guard_state_change(connection, principal)
+        await guard_state_change(connection, principal)
         return principal
 
     check.required_role = role  # type: ignore[attr-defined]  # read by the route-enumeration test
     return Depends(check)
 
 
-def guard_state_change(connection: HTTPConnection, principal: Principal) -> None:
+async def guard_state_change(connection: HTTPConnection, principal: Principal) -> None:
     """A state-changing HTTP request (POST, PUT, PATCH, DELETE) on a cookie session needs the session's CSRF token
     in ``X-CSRF-Token``, and every one counts against the caller's action rate. Run by :func:`require_access` for
     every authenticated route, declared role or not, and by :func:`requires`; once per request."""
@@ -93,7 +93,7 @@ def guard_state_change(connection: HTTPConnection, principal: Principal) -> None
         return
     if principal.via == "session" and not _csrf_ok(connection, principal):
         raise HTTPException(403, "missing or wrong X-CSRF-Token header")
-    if not connection.app.state.auth.allow_action(principal):
+    if not await connection.app.state.auth.allow_action(principal):
         raise HTTPException(429, "too many requests; slow down")
     connection.scope[_GUARDED_SCOPE_KEY] = True
 

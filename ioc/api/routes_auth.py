@@ -83,12 +83,12 @@ async def login(request: Request, response: Response, pool: PoolDep, body: Login
     origin = request.headers.get("origin")
     if origin and not _same_origin(request, origin) and origin not in auth.config.cors_origins:
         raise HTTPException(403, "login from another site refused")
-    if not auth.allow_login_from(client_address(request)):
+    if not await auth.allow_login_from(client_address(request)):
         raise HTTPException(429, "too many login attempts; wait a minute")
     device = request.cookies.get(DEVICE_COOKIE) or None
     async with pool.acquire() as conn:
         known = device is not None and await store.known_device(conn, device[:128], body.username)
-    if not auth.allow_login(client_address(request), body.username, known_device=known):
+    if not await auth.allow_login(client_address(request), body.username, known_device=known):
         raise HTTPException(429, "too many login attempts; wait a minute")
     async with pool.acquire() as conn:
         user = await store.user_for_login(conn, body.username)

@@ -139,7 +139,7 @@ async def _ws_action(ws: WebSocket, client: ClientSession, doc: dict[str, Any]) 
             raise PermissionError("your session or token is no longer valid; log in again")
         if me.role < Role.OFFICER:
             raise PermissionError(f"actions need the officer role; you are {me.role.label}")
-        if not ws.app.state.auth.allow_action(me):
+        if not await ws.app.state.auth.allow_action(me):
             raise PermissionError("too many actions; slow down")
         action = str(doc.get("action"))
         if action not in cluster_actions.ACTIONS:

@@ -8,11 +8,10 @@ WebSocket handshake and on the page routes (a wall display's link, exchanged at 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from starlette.requests import HTTPConnection
 
 from ioc.auth import store
@@ -20,6 +19,7 @@ from ioc.auth.config import AuthConfig
 from ioc.auth.model import AuthError, Principal
 from ioc.auth.oidc import OidcVerifier
 from ioc.auth.secrets import TOKEN_PREFIX
+from ioc.auth.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,14 @@ PRINCIPAL_SCOPE_KEY = "ioc.principal"
 
 
 class Authenticator:
-    """Resolves credentials (cached on the request scope) and holds the rate limiters."""
+    """Resolves credentials (cached on the request scope) and holds the rate limiters: counted in PostgreSQL
+    across replicas when ``pool_of`` gives the app's pool, else (and while that fails) per process
+    (ioc/auth/throttle.py)."""
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, pool_of: Callable[[], Any] | None = None) -> None:
         self.config = config
         self.oidc = OidcVerifier(config) if config.oidc_issuer else None
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.throttle = Throttle(pool_of)
         self._login_rate: RateLimitItem = parse(config.login_rate)
         self._login_address_rate: RateLimitItem = parse(config.login_rate_per_address)
         self._login_account_rate: RateLimitItem = parse(config.login_rate_per_account)
@@ -74,21 +76,22 @@ class Authenticator:
             return await self.oidc.verify(bearer)
         raise AuthError("unrecognised bearer token")
 
-    def allow_login_from(self, client: str) -> bool:
+    async def allow_login_from(self, client: str) -> bool:
         """Per address, any user name (password spraying): checked first, before anything is looked up."""
-        return self._limiter.hit(self._login_address_rate, "login-address", client)
+        return await self.throttle.hit("login-address", self._login_address_rate, client)
 
-    def allow_login(self, client: str, username: str, known_device: bool = False) -> bool:
+    async def allow_login(self, client: str, username: str, known_device: bool = False) -> bool:
         """Per address and account, and per account from anywhere; the account as the login looks it up (``" Admin
         "`` is ``admin``), known or not, so that a refusal tells nothing about which names exist. A browser the
         user logged in from before (``known_device``) is not held by the per-account limit: someone hammering an
         officer's name from elsewhere does not lock the officer out (OWASP's device cookies)."""
         account = username.strip().lower()[:64]
-        return (self._limiter.hit(self._login_rate, "login", client, account)
-                and (known_device or self._limiter.hit(self._login_account_rate, "login-account", account)))
+        return (await self.throttle.hit("login", self._login_rate, client, account)
+                and (known_device or await self.throttle.hit("login-account", self._login_account_rate, account)))
 
-    def allow_action(self, principal: Principal) -> bool:
-        return self._limiter.hit(self._action_rate, "action", principal.via, principal.name)
+    async def allow_action(self, principal: Principal) -> bool:
+        """State-changing requests and WebSocket actions per caller (its kind of credential and name)."""
+        return await self.throttle.hit("action", self._action_rate, principal.via, principal.name)
 
     def cookie_secure(self, conn: HTTPConnection) -> bool:
         mode = self.config.cookie_secure
