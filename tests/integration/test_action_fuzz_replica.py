@@ -14,30 +14,20 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from tests.conftest import ingest_env, own_database
+from tests.integration.test_action_fuzz import Served, _db
 from tests.support.action_fuzz import Fuzz, machine, seed_odd_states, write_operations
 from tests.support.auth import make_token
 from tests.support.services import ServiceProcess
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Replica:
-    url: str
-    dsn: str
-    tokens: dict[str, str]
-    odd: dict[str, list[int]]
 
 
 class ApiReplica(ServiceProcess):
@@ -46,19 +36,8 @@ class ApiReplica(ServiceProcess):
     ready_path = "/healthz"
 
 
-def _db(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
-    async def run() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return [dict(r) for r in await conn.fetch(sql, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
 @pytest.fixture(scope="module")
-def replica(mqtt_port: int) -> Iterator[Replica]:
+def replica(mqtt_port: int) -> Iterator[Served]:
     dsn_iter = own_database()  # odd rows of its own: they must not reach other tests' engines
     dsn = next(dsn_iter)
     tag = uuid.uuid4().hex[:6]
@@ -81,7 +60,7 @@ def replica(mqtt_port: int) -> Iterator[Replica]:
                 break
             time.sleep(0.3)
         assert r.status_code == 404, r.text  # applied by the leader: no such incident
-        yield Replica(api.url, dsn, tokens, odd)
+        yield Served(api.url, dsn, tokens, odd)
     finally:  # killed: the database is dropped next (a clean stop waits seconds for the brain's session)
         for proc in (api, leader):
             if proc.proc is not None:
@@ -90,12 +69,12 @@ def replica(mqtt_port: int) -> Iterator[Replica]:
         next(dsn_iter, None)
 
 
-def test_the_fuzz_through_an_api_replica_finds_nothing(replica: Replica) -> None:
+def test_the_fuzz_through_an_api_replica_finds_nothing(replica: Served) -> None:
     admin = {"Authorization": f"Bearer {replica.tokens['admin']}"}
     spec = httpx.get(f"{replica.url}/openapi.json", headers=admin, timeout=10).json()
     ops = write_operations(spec)
     assert "POST /api/incidents/{incident_id}/{action}" in {op.label for op in ops}
-    own = _db(replica.dsn, "SELECT id FROM auth_tokens WHERE name LIKE 'fuzz-%'")
+    own = _db(replica, "SELECT id FROM auth_tokens WHERE name LIKE 'fuzz-%'")
     examples = int(os.environ.get("IOC_ACTION_FUZZ_EXAMPLES", "12"))
     fuzz = Fuzz(replica.url, replica.dsn, replica.tokens, ops, {"/api/incidents": list(replica.odd["all"])},
                 protected={"token_id": {str(r["id"]) for r in own}}, max_per_op=max(8, examples // 2))
@@ -112,11 +91,11 @@ def test_the_fuzz_through_an_api_replica_finds_nothing(replica: Replica) -> None
     assert fuzz.sent >= 80
 
     deadline = time.monotonic() + 15
-    while (pending := _db(replica.dsn, "SELECT id, action FROM cluster_actions WHERE status = 'pending'")) \
+    while (pending := _db(replica, "SELECT id, action FROM cluster_actions WHERE status = 'pending'")) \
             and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not pending, pending  # every action the replica queued was applied or failed for good
-    done = _db(replica.dsn, "SELECT count(*) AS n FROM cluster_actions WHERE status = 'done'")[0]["n"]
+    done = _db(replica, "SELECT count(*) AS n FROM cluster_actions WHERE status = 'done'")[0]["n"]
     assert done >= 5, done  # the fuzz did go through the leader's action queue
     target = replica.odd["open, device unknown"][0]
     r = httpx.post(f"{replica.url}/api/incidents/{target}/comment", json={"note": "still applied after the fuzz"},
