@@ -163,19 +163,24 @@ def test_the_fuzz_of_every_write_operation_finds_nothing(served: Served) -> None
     assert "POST /api/incidents/{incident_id}/{action}" in labels and "PATCH /api/silences/{silence_id}" in labels
     action = spec["paths"]["/api/incidents/{incident_id}/{action}"]["post"]["parameters"][1]["schema"]
     assert set(action.get("enum", [])) >= {"ack", "resolve", "close"}, action  # the fuzz draws every action
+    fuzz = fuzz_writes(served, ops, int(os.environ.get("IOC_ACTION_FUZZ_EXAMPLES", "16")), 12, "action fuzz")
+    assert fuzz.sent >= 100
+
+
+def fuzz_writes(served: Served, ops: list[Any], examples: int, steps: int, what: str) -> Fuzz:
+    """Run the stateful fuzz of ``ops`` against ``served`` (its own tokens protected); fails on any finding."""
     own = _db(served, "SELECT id FROM auth_tokens WHERE name LIKE 'fuzz-%'")
-    examples = int(os.environ.get("IOC_ACTION_FUZZ_EXAMPLES", "16"))  # more for a deeper run, by hand
     fuzz = Fuzz(served.url, served.dsn, served.tokens, ops, {"/api/incidents": list(served.odd["all"])},
                 protected={"token_id": {str(r["id"]) for r in own}}, max_per_op=max(8, examples // 2))
     started = time.monotonic()
     try:
         run_state_machine_as_test(machine(fuzz), settings=settings(
-            max_examples=examples, stateful_step_count=12, derandomize=True, database=None, deadline=None,
+            max_examples=examples, stateful_step_count=steps, derandomize=True, database=None, deadline=None,
             phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck)))
     finally:
         fuzz.close()
     took = time.monotonic() - started
-    print(f"action fuzz: {len(ops)} operations, {fuzz.sent} requests in {took:.1f} s, statuses "
+    print(f"{what}: {len(ops)} operations, {fuzz.sent} requests in {took:.1f} s, statuses "
           f"{dict(sorted(fuzz.statuses.items()))}")
     assert not fuzz.failures, "\n".join(map(str, fuzz.failures))
-    assert fuzz.sent >= 100
+    return fuzz

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import run_state_machine_as_test
 
 from tests.conftest import ingest_env, own_database
-from tests.integration.test_action_fuzz import Served, _db
-from tests.support.action_fuzz import Fuzz, machine, seed_odd_states, write_operations
+from tests.integration.test_action_fuzz import Served, _db, fuzz_writes
+from tests.support.action_fuzz import seed_odd_states, write_operations
 from tests.support.auth import make_token
 from tests.support.services import ServiceProcess
 
@@ -74,20 +72,8 @@ def test_the_fuzz_through_an_api_replica_finds_nothing(replica: Served) -> None:
     spec = httpx.get(f"{replica.url}/openapi.json", headers=admin, timeout=10).json()
     ops = write_operations(spec)
     assert "POST /api/incidents/{incident_id}/{action}" in {op.label for op in ops}
-    own = _db(replica, "SELECT id FROM auth_tokens WHERE name LIKE 'fuzz-%'")
     examples = int(os.environ.get("IOC_ACTION_FUZZ_EXAMPLES", "12"))
-    fuzz = Fuzz(replica.url, replica.dsn, replica.tokens, ops, {"/api/incidents": list(replica.odd["all"])},
-                protected={"token_id": {str(r["id"]) for r in own}}, max_per_op=max(8, examples // 2))
-    started = time.monotonic()
-    try:
-        run_state_machine_as_test(machine(fuzz), settings=settings(
-            max_examples=examples, stateful_step_count=10, derandomize=True, database=None, deadline=None,
-            phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck)))
-    finally:
-        fuzz.close()
-    print(f"action fuzz through an API replica: {len(ops)} operations, {fuzz.sent} requests in "
-          f"{time.monotonic() - started:.1f} s, statuses {dict(sorted(fuzz.statuses.items()))}")
-    assert not fuzz.failures, "\n".join(map(str, fuzz.failures))
+    fuzz = fuzz_writes(replica, ops, examples, 10, "action fuzz through an API replica")
     assert fuzz.sent >= 80
 
     deadline = time.monotonic() + 15
