@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from ingest import contract as c
-from ingest.detail import bound_detail
+from ingest.detail import VIEW_BYTES, bound_detail, read_large_event
 from ingest.records import (
     DeviceEvent,
     ParsedMessage,
@@ -90,6 +90,13 @@ def _parse_message(topic: str, payload: bytes, received_at: datetime, retained: 
     if len(payload) > c.MAX_JSON_BYTES:
         return _reject(topic, received_at, payload, Reason.TOO_LARGE,
                        f"payload is {len(payload)} bytes; the {channel} limit is {c.MAX_JSON_BYTES}")
+    # a large event: its detail is not built as a tree (ingest/detail.py); None: read whole, as any other
+    large = read_large_event(payload) if channel == "event" and len(payload) > VIEW_BYTES else None
+    if large is not None:
+        try:
+            return ParsedMessage([_event(device_id, kind, large[0], received_at, len(payload), large[1])], [])
+        except ItemError as err:
+            return _reject(topic, received_at, payload, err.reason, err.detail)
     try:
         doc = _load_json(payload)
     except ItemError as err:
@@ -266,7 +273,8 @@ def _status(device_id: str, kind: str, doc: Any, received_at: datetime, retained
                         ts_from_device=has_ts or not retained)
 
 
-def _event(device_id: str, kind: str, doc: Any, received_at: datetime, size: int) -> DeviceEvent:
+def _event(device_id: str, kind: str, doc: Any, received_at: datetime, size: int,
+           bounded: tuple[dict[str, Any], str | None] | None = None) -> DeviceEvent:
     if not isinstance(doc, dict):
         raise ItemError(Reason.BAD_SHAPE, f"event must be a JSON object, got {_type_name(doc)}")
     etype = doc.get("type")
@@ -279,7 +287,8 @@ def _event(device_id: str, kind: str, doc: Any, received_at: datetime, size: int
     if not isinstance(detail, dict):
         raise ItemError(Reason.BAD_SHAPE, "'detail' must be an object")
     ts = _timestamp(doc.get("ts"), received_at, required=True)
-    view, stored = bound_detail(detail, size)  # a large detail: stored whole, carried on bounded (ingest/detail.py)
+    # a large detail: stored whole, carried on bounded (ingest/detail.py); ``bounded``: read so from its text
+    view, stored = bound_detail(detail, size) if bounded is None else bounded
     return DeviceEvent(device_id, kind, ts, etype, severity, view, stored)
 
 
