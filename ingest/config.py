@@ -65,7 +65,8 @@ class IngestConfig(BaseModel):
         256 * 1024, ge=0, description="Each device's share of a process's event loop: message bytes a second (a "
         "message costs 256 plus its bytes, a snapshot a 64th of its bytes); a message its device cannot pay for is "
         "quarantined unparsed, reason device_rate (ingest/device_rate.py). 0: no bound. Applied by every process "
-        "that reads the devices' messages (ingest workers, brain, live listener).")
+        "that reads the devices' messages (ingest workers, brain, live listener); the N ingest workers of a share "
+        "group grant 1/N each (ingest/members.py).")
     device_burst_bytes: int = Field(
         8 * 1024 * 1024, ge=0, description="...and what a device may send at once (its bucket when full; at least "
         "the largest message, 256 KiB and 256): room for a store-and-forward device's backlog uploaded at once (a "

@@ -39,9 +39,20 @@ class DeviceRate:
     """Token buckets of message bytes per device (``bytes_per_s`` 0: no bound)."""
 
     def __init__(self, bytes_per_s: int, burst_bytes: int) -> None:
-        # a full bucket takes any message the contract allows (a snapshot costs less than the JSON limit)
-        self.rate, self.burst = float(bytes_per_s), float(max(burst_bytes, bytes_per_s, MAX_JSON_BYTES + MESSAGE_COST))
+        self._whole = (float(bytes_per_s), float(burst_bytes))
+        self.shares = 1
+        self.share(1)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, monotonic time)
+
+    def share(self, workers: int) -> None:
+        """Grant each device 1/``workers`` of its share: the ingest workers of one shared subscription each read part
+        of a device's messages (:mod:`ingest.members`). A bucket holding more than the new burst is cut at its next
+        message."""
+        self.shares = max(1, workers)
+        rate, burst = self._whole
+        # a full bucket takes any message the contract allows (a snapshot costs less than the JSON limit)
+        self.rate = rate / self.shares
+        self.burst = max(burst / self.shares, self.rate, float(MAX_JSON_BYTES + MESSAGE_COST))
 
     def check(self, topic: str, payload: bytes, received_at: datetime) -> ParsedMessage | None:
         """None when the message's device can pay for it (paid), else the message quarantined as ``device_rate``."""

@@ -35,6 +35,7 @@ from ingest.guard import MetricNameGuard
 from ingest.handling import ParsedSink, handle_message
 from ingest.kinds import DeviceKinds
 from ingest.latest import LatestValues
+from ingest.members import Membership, share_group
 from ingest.mqtt_session import MqttSession, SessionOptions
 from ingest.quarantine_budget import QuarantineBudget
 from ingest.records import ParsedMessage, Reading, Reason, Rejection
@@ -86,6 +87,8 @@ class IngestWorker:
         self.registry = RegistryCache(config.registry_touch_s)
         self.guard = MetricNameGuard()
         self.rate = DeviceRate(config.device_bytes_per_s, config.device_burst_bytes)
+        # the workers of a share group split each device's share (ingest/members.py)
+        self.members = Membership(share_group(session.subscriptions), session.client_id, self.rate)
         self.kinds = DeviceKinds()  # the registry's kinds: a known device's message under another is refused
         self.quarantine_budget = QuarantineBudget(config.quarantine_bytes_per_device_min)
         self.latest = LatestValues()
@@ -121,6 +124,7 @@ class IngestWorker:
                  for i in range(self.config.writers)]
         tasks.append(asyncio.create_task(self._latest_loop(), name="ingest-latest"))
         tasks.append(asyncio.create_task(self.kinds.run(self._pool), name="ingest-kinds"))
+        tasks.append(asyncio.create_task(self.members.run(self._pool), name="ingest-members"))
         if self.maintenance_interval_s:
             tasks.append(asyncio.create_task(self._maintenance_loop(), name="ingest-maintenance"))
             tasks.append(asyncio.create_task(self._rollup_loop(), name="ingest-rollups"))
