@@ -25,6 +25,7 @@ from ioc.api import (
     routes_devices,
     routes_health,
     routes_live,
+    routes_mfa,
     routes_sso,
     routes_ui,
     routes_wall,
@@ -116,6 +117,7 @@ def create_app(settings: Settings, embed_ingest: bool = False, role: Role = "all
     app.include_router(routes_health.router)
     app.include_router(routes_auth.router)
     app.include_router(routes_sso.router)
+    app.include_router(routes_mfa.router)
     app.include_router(routes_devices.router)
     app.include_router(routes_live.router)
     app.include_router(routes_alerts.router)

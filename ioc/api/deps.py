@@ -14,10 +14,14 @@ from starlette.requests import HTTPConnection
 
 from ioc.auth.model import AuthError, Principal, Role
 from ioc.auth.secrets import same
-from ioc.auth.service import CSRF_HEADER, PRINCIPAL_SCOPE_KEY, Authenticator, client_address
+from ioc.auth.service import CSRF_HEADER, PAGE_PATHS, PRINCIPAL_SCOPE_KEY, Authenticator, client_address
 from storage.db import Backend, SchemaNotReady, read_backend
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: All a session waiting for its user's second factor may reach (IOC_AUTH__MFA_REQUIRED_ROLES); public routes too.
+MFA_SETUP_PATHS = frozenset({"/api/auth/me", "/api/auth/logout", "/api/auth/mfa/setup", "/api/auth/mfa/confirm"})
+MFA_SETUP_DETAIL = ("your role needs a second factor: set one up first (POST /api/auth/mfa/setup, then "
+                    "/api/auth/mfa/confirm; the login page walks you through it)")
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
@@ -36,6 +40,9 @@ async def require_access(connection: HTTPConnection) -> Principal | None:
     needed = Role.ADMIN if declared is None else declared
     if principal is None:
         raise HTTPException(401, "log in or present a token", headers=_UNAUTHORIZED)
+    if principal.mfa_pending and connection.scope["path"] not in MFA_SETUP_PATHS:
+        # a page sends the browser back to the login page, which walks the user through the setup
+        raise HTTPException(401 if connection.scope["path"] in PAGE_PATHS else 403, MFA_SETUP_DETAIL)
     if principal.role < needed:
         raise HTTPException(403, f"needs the {needed.label} role; you are {principal.role.label}"
                             + ("" if declared is not None else " (this route declares no role)"))

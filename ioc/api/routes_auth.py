@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ioc.api.deps import PoolDep, Principal, Role, requires
 from ioc.api.heavy import ANY_ROWS, heavy_slot, json_model
 from ioc.api.routes_wall import serve_page
+from ioc.auth import mfa, store
 from ioc.auth import secrets as sec
-from ioc.auth import store
 from ioc.auth.service import CSRF_COOKIE, DEVICE_COOKIE, SESSION_COOKIE, Authenticator, client_address
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 AccountsLimit = Annotated[int, Query(ge=1, le=10_000)]
 router = APIRouter(tags=["auth"])
 #: Password checks (Argon2, tens of ms of CPU each) run on their own two threads: on asyncio's default executor a
@@ -35,6 +37,8 @@ class LoginRequest(BaseModel):
 
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
+    otp: str | None = Field(None, max_length=64, description="a user with a second factor: the 6-digit code of "
+                            "their authenticator app, or one of their recovery codes")
 
 
 class UserCreate(BaseModel):
@@ -76,9 +80,14 @@ def local_path(target: str) -> bool:
             and not any(ord(c) < 0x20 or c == "\x7f" for c in cleaned))
 
 
-@router.post("/api/auth/login", dependencies=[requires(Role.PUBLIC)])
-async def login(request: Request, response: Response, pool: PoolDep, body: LoginRequest) -> dict[str, Any]:
-    """Check a local user's password and open a session (HttpOnly cookie + a CSRF token for the pages)."""
+@router.post("/api/auth/login", dependencies=[requires(Role.PUBLIC)], response_model=None,
+             responses={401: {"description": "wrong user name, password or code; ``mfa_required: true`` when the "
+                              "password was right and the user's second factor's code is missing or wrong"}})
+async def login(request: Request, response: Response, pool: PoolDep,
+                body: LoginRequest) -> dict[str, Any] | JSONResponse:
+    """Check a local user's password (and their second factor's code, when they have one: ``otp``) and open a
+    session (HttpOnly cookie + a CSRF token for the pages). A user whose role needs a second factor and who has
+    none gets a session that can only set one up (``mfa_setup_required: true``)."""
     auth = _auth(request)
     origin = request.headers.get("origin")
     if origin and not _same_origin(request, origin) and origin not in auth.config.cors_origins:
@@ -105,18 +114,67 @@ async def login(request: Request, response: Response, pool: PoolDep, body: Login
         logger.info("login refused for %r from %s", body.username[:64], client_address(request))
         raise HTTPException(401, "wrong user name or password")
     async with pool.acquire() as conn:
+        totp_active = await mfa.is_active(conn, user["id"])
+    if totp_active:
+        refused = await second_factor(request, pool, user["id"], body.otp)
+        if refused is not None:
+            logger.info("login refused for %r from %s: %s", user["username"], client_address(request), refused)
+            return JSONResponse({"detail": refused, "mfa_required": True}, status_code=401)
+    setup_required = not totp_active and user["role"] in auth.config.mfa_required_roles
+    async with pool.acquire() as conn:
         if sec.needs_rehash(user["password_hash"]):
             await store.rehash_password(conn, user["id"], body.password)
         await store.note_login(conn, user["id"])
-        sid, csrf = await store.create_session(conn, auth.config.session_hours, user_id=user["id"])
+        sid, csrf = await store.create_session(conn, auth.config.session_hours, user_id=user["id"],
+                                               mfa_pending=setup_required)
         days = auth.config.login_device_days
         remembered = await store.remember_device(conn, user["id"], days) if days > 0 and not known else None
     set_session_cookies(request, response, sid, csrf)
     if remembered is not None:  # sent back to the login route alone, never readable by a script
         response.set_cookie(DEVICE_COOKIE, remembered, max_age=int(days * 86400), path="/api/auth/login",
                             httponly=True, secure=auth.cookie_secure(request), samesite="strict")
-    logger.info("login: %s (%s) from %s", user["username"], user["role"], client_address(request))
-    return {"name": user["username"], "display_name": user["display_name"], "role": user["role"], "csrf": csrf}
+    logger.info("login: %s (%s%s) from %s", user["username"], user["role"],
+                ", second factor" if totp_active else ", must set up a second factor" if setup_required else "",
+                client_address(request))
+    return {"name": user["username"], "display_name": user["display_name"], "role": user["role"], "csrf": csrf,
+            "mfa_setup_required": setup_required}
+
+
+async def second_factor(request: Request, pool: Any, user_id: int, otp: str | None) -> str | None:
+    """Why the code does not let this user in (``None``: it does): missing, wrong, or a step already used. A
+    recovery code is used up by this."""
+    if not otp or not otp.strip():
+        return "enter the 6-digit code of your authenticator app (or a recovery code)"
+    async with pool.acquire() as conn:
+        if mfa.is_totp_code(otp):
+            row = await mfa.state(conn, user_id)
+            try:
+                secret = mfa.unseal(row["secret"], user_id, mfa_key(request)) if row and row["secret"] else None
+            except mfa.MfaKeyError as err:
+                logger.error("second factor of user %d unreadable: %s", user_id, err)
+                raise HTTPException(503, "the server cannot read second factors (IOC_AUTH__MFA_KEY); ask an "
+                                    "administrator") from None
+            step = mfa.matching_step(secret, otp) if secret else None
+            if step is None:
+                return "wrong code"
+            return None if await mfa.use_step(conn, user_id, step) else "this code was used already; wait for the next"
+        stored = await mfa.recovery_hashes(conn, user_id)
+    found = await on_password_threads(mfa.find_recovery, stored, otp)
+    async with pool.acquire() as conn:
+        if found is None or not await mfa.use_recovery(conn, found):
+            return "wrong code"
+        logger.warning("user %d logged in with a recovery code (%d left)", user_id, len(stored) - 1)
+    return None
+
+
+async def on_password_threads(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the password checks' threads (Argon2 work: off the event loop, beside the logins)."""
+    return await asyncio.get_running_loop().run_in_executor(_PASSWORDS, fn, *args)
+
+
+def mfa_key(request: Request) -> str | None:
+    key = _auth(request).config.mfa_key
+    return key.get_secret_value() if key is not None else None
 
 
 @router.post("/api/auth/logout")
@@ -136,7 +194,7 @@ async def whoami(request: Request, me: Annotated[Principal, requires(Role.VIEWER
     """The caller: name, role, how authenticated, and (for a cookie session) the CSRF token the pages send;
     what the pages may offer them (``can``) and the longest silence they may set (null: no limit)."""
     limit = None if me.role >= Role.SUPERVISOR else _auth(request).config.officer_silence_max_h
-    return {**me.public(), "csrf": me.csrf, "silence_max_h": limit,
+    return {**me.public(), "csrf": me.csrf, "silence_max_h": limit, "mfa_setup_required": me.mfa_pending,
             "can": {"act": me.role >= Role.OFFICER, "silence_long": me.role >= Role.SUPERVISOR,
                     "roster": me.role >= Role.SUPERVISOR, "admin": me.role >= Role.ADMIN}}
 

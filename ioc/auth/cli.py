@@ -10,8 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from ioc.auth import mfa, store
 from ioc.auth import secrets as sec
-from ioc.auth import store
 from ioc.auth.model import Role
 from ioc.settings import Settings
 
@@ -37,6 +37,9 @@ def add_users_arguments(parser: argparse.ArgumentParser) -> None:
                         "the user's sessions end")
     pw.add_argument("username")
     pw.add_argument("--password-stdin", action="store_true")
+    reset = sub.add_parser("mfa-reset", help="forget a user's second factor (TOTP) and recovery codes, e.g. a lost "
+                           "phone; their sessions end")
+    reset.add_argument("username")
 
 
 def add_tokens_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +75,7 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
     try:
         cmd = args.users_command
         if cmd == "list":
-            _table(await store.list_users(conn), ["id", "username", "role", "disabled", "display_name",
+            _table(await store.list_users(conn), ["id", "username", "role", "disabled", "mfa", "display_name",
                                                   "last_login_at"])
         elif cmd == "add":
             password, generated = _password(args)
@@ -92,6 +95,10 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
             print(f"password of {args.username} changed; their sessions ended")
             if generated:
                 print(f"password: {password}   (shown once)")
+        elif cmd == "mfa-reset":
+            removed = await mfa.reset_user(conn, args.username)
+            print(f"second factor of {args.username} " + ("reset; their sessions ended" if removed
+                                                           else "was not set; their sessions ended"))
     except (ValueError, store.AuthStoreError) as err:
         print(f"ioc users: {err}", file=sys.stderr)
         return 2

@@ -65,6 +65,15 @@ class AuthConfig(BaseModel):
     docs: Literal["off", "viewer", "public"] = Field("viewer", description="/docs and /openapi.json: off, "
                                                      "for authenticated callers, or for anyone.")
     csp: str = Field(DEFAULT_CSP, description="Content-Security-Policy of the pages.")
+    mfa_required_roles: list[str] = Field([], description='Roles whose local users need a second factor (TOTP), '
+                                          'e.g. ["admin", "supervisor"]: such a user without one logs in to a '
+                                          "session that reaches the MFA setup routes, who-am-I and logout only, "
+                                          "until they confirm one. API tokens and SSO logins are not affected.")
+    mfa_key: SecretStr | None = Field(None, description="Key sealing the stored TOTP secrets (AES-GCM); unset: "
+                                      "they are stored as plain text. Changing it makes the sealed ones unreadable "
+                                      "(their users then need `ioc users mfa-reset`).")
+    mfa_issuer: str = Field("IOC", max_length=64, description="The issuer an authenticator app shows next to the "
+                            "user name.")
     oidc_issuer: str | None = Field(None, description="OpenID Connect issuer URL; set it to accept the "
                                     "provider's bearer JWTs (Keycloak: https://host/realms/NAME).")
     oidc_audience: str | None = Field(None, description="Expected aud claim (the client id at the provider).")
@@ -104,6 +113,15 @@ class AuthConfig(BaseModel):
         if self.oidc_client_id and not self.oidc_audience:
             self.oidc_audience = self.oidc_client_id
         return self
+
+    @field_validator("mfa_required_roles")
+    @classmethod
+    def _check_mfa_roles(cls, value: list[str]) -> list[str]:
+        known = ("viewer", "officer", "supervisor", "admin")
+        bad = [r for r in value if r.strip().lower() not in known]
+        if bad:
+            raise ValueError(f"IOC_AUTH__MFA_REQUIRED_ROLES: {bad} unknown; use {', '.join(known)}")
+        return [r.strip().lower() for r in value]
 
     @field_validator("connections_proxies")
     @classmethod

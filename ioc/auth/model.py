@@ -43,6 +43,7 @@ class Principal:
     token_id: int | None = None
     session_id: int | None = None
     csrf: str | None = None  # the session's CSRF token (cookie sessions only)
+    mfa_pending: bool = False  # a session that may only set up a second factor (IOC_AUTH__MFA_REQUIRED_ROLES)
 
     @property
     def actor(self) -> str:

@@ -1,5 +1,6 @@
 """SQL for users, API tokens and browser sessions (tables of migration 0007), known devices (0015), and the
-sessions of people logged in through the OpenID Connect provider (0016)."""
+sessions of people logged in through the OpenID Connect provider (0016); whether a user has a second factor (0018,
+ioc/auth/mfa.py)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ async def create_user(conn: Any, username: str, role: Role, password: str,
 
 
 async def list_users(conn: Any, limit: int | None = None) -> list[dict[str, Any]]:
-    rows = await conn.fetch("SELECT id, username, display_name, role, disabled, created_at, last_login_at "
+    rows = await conn.fetch("SELECT id, username, display_name, role, disabled, created_at, last_login_at, "
+                            "EXISTS (SELECT 1 FROM auth_totp m WHERE m.user_id = auth_users.id "
+                            "AND m.active_since IS NOT NULL) AS mfa "
                             "FROM auth_users ORDER BY username LIMIT $1", limit)
     return [dict(r) for r in rows]
 
@@ -183,17 +186,19 @@ async def token_principal(conn: Any, secret: str) -> Principal | None:
 # --- browser sessions -------------------------------------------------------------------------------------
 
 async def create_session(conn: Any, hours: float, *, user_id: int | None = None, token_id: int | None = None,
-                         oidc: tuple[str, Role] | None = None) -> tuple[str, str]:
+                         oidc: tuple[str, Role] | None = None, mfa_pending: bool = False) -> tuple[str, str]:
     """A new session for a user, an API token exchanged by a wall, or a person the OpenID Connect provider logged in
-    (``oidc``: their name and mapped role, kept for the session's life): returns (cookie value, CSRF token)."""
+    (``oidc``: their name and mapped role, kept for the session's life): returns (cookie value, CSRF token).
+    ``mfa_pending``: a user who must set up a second factor first (the session reaches the setup routes only)."""
     sid, csrf = sec.new_session_id(), sec.new_csrf()
     # Sessions that ended a week ago are of no use, not even to an audit: each login sweeps them away.
     await conn.execute("DELETE FROM auth_sessions WHERE least(expires_at, coalesce(revoked_at, expires_at)) "
                        "< now() - interval '7 days'")
     oidc_name, oidc_role = (oidc[0], Role.parse(oidc[1].label).label) if oidc else (None, None)
     await conn.execute("INSERT INTO auth_sessions (token_hash, csrf_token, user_id, api_token_id, oidc_name, "
-                       "oidc_role, expires_at) VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
-                       sec.digest(sid), csrf, user_id, token_id, oidc_name, oidc_role, hours * 3600.0)
+                       "oidc_role, expires_at, mfa_pending) "
+                       "VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)",
+                       sec.digest(sid), csrf, user_id, token_id, oidc_name, oidc_role, hours * 3600.0, mfa_pending)
     return sid, csrf
 
 
@@ -209,6 +214,7 @@ async def session_principal(conn: Any, sid: str, idle_s: float = 0.0) -> Princip
     ``idle_s`` seconds if a user's, user disabled, a wall's token revoked)."""
     row = await conn.fetchrow(
         "SELECT s.id, s.csrf_token, s.last_seen_at, s.user_id, s.api_token_id, s.oidc_name, s.oidc_role, "
+        "       s.mfa_pending, "
         "       u.username, u.role AS user_role, u.disabled, t.name AS token_name, t.role AS token_role, "
         "       t.revoked_at AS token_revoked, t.expires_at AS token_expires "
         "FROM auth_sessions s LEFT JOIN auth_users u ON u.id = s.user_id "
@@ -231,7 +237,7 @@ async def session_principal(conn: Any, sid: str, idle_s: float = 0.0) -> Princip
     if now - row["last_seen_at"] > _TOUCH_EVERY:
         await conn.execute("UPDATE auth_sessions SET last_seen_at = $2 WHERE id = $1", row["id"], now)
     return Principal(name=name, role=Role.parse(role), via="session", user_id=uid, token_id=tid,
-                     session_id=row["id"], csrf=row["csrf_token"])
+                     session_id=row["id"], csrf=row["csrf_token"], mfa_pending=row["mfa_pending"])
 
 
 async def live_token_roles(conn: Any, digests: list[bytes]) -> dict[bytes, Role]:
@@ -249,7 +255,7 @@ async def live_session_roles(conn: Any, digests: list[bytes], idle_s: float = 0.
         "SELECT s.token_hash, coalesce(u.role, t.role, s.oidc_role) AS role FROM auth_sessions s "
         "LEFT JOIN auth_users u ON u.id = s.user_id LEFT JOIN auth_tokens t ON t.id = s.api_token_id "
         "WHERE s.token_hash = ANY($1::bytea[]) AND s.revoked_at IS NULL AND s.expires_at > now() "
-        f"AND {_NOT_IDLE} AND CASE WHEN s.user_id IS NOT NULL THEN u.disabled IS FALSE "
+        f"AND NOT s.mfa_pending AND {_NOT_IDLE} AND CASE WHEN s.user_id IS NOT NULL THEN u.disabled IS FALSE "
         "WHEN s.api_token_id IS NOT NULL THEN t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now()) "
         "ELSE TRUE END", digests, idle_s)
     return {bytes(r["token_hash"]): Role.parse(r["role"]) for r in rows if r["role"] is not None}
