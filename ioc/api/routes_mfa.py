@@ -58,7 +58,8 @@ async def setup(request: Request, pool: PoolDep, me: Annotated[Principal, requir
 async def confirm(request: Request, pool: PoolDep, body: MfaConfirm,
                   me: Annotated[Principal, requires(Role.VIEWER)]) -> dict[str, Any]:
     """Activate the pending secret with a code of it; answers the recovery codes (shown once, stored hashed).
-    A session that was waiting for this (IOC_AUTH__MFA_REQUIRED_ROLES) now reaches everything its role may."""
+    A session that was waiting for this (IOC_AUTH__MFA_REQUIRED_ROLES) now reaches everything its role may; the
+    user's other waiting sessions end."""
     uid = _local_user(me)
     async with pool.acquire() as conn:
         row = await mfa.state(conn, uid)
@@ -74,7 +75,7 @@ async def confirm(request: Request, pool: PoolDep, body: MfaConfirm,
     codes = mfa.new_recovery_codes()
     hashes = await on_password_threads(mfa.hash_recovery_codes, codes)
     async with pool.acquire() as conn:
-        if not await mfa.activate(conn, uid, step, hashes):
+        if not await mfa.activate(conn, uid, step, hashes, me.session_id):
             raise HTTPException(409, "nothing to confirm: start with POST /api/auth/mfa/setup")
     logger.info("second factor set up by %s", me.name)
     return {"status": "active", "recovery_codes": codes}

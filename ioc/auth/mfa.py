@@ -136,9 +136,11 @@ async def begin(conn: Any, user_id: int, key: str | None) -> str | None:
     return secret if done else None
 
 
-async def activate(conn: Any, user_id: int, step: int, code_hashes: list[str]) -> bool:
+async def activate(conn: Any, user_id: int, step: int, code_hashes: list[str], session_id: int | None) -> bool:
     """The pending secret becomes the active one (its confirming ``step`` counts as used); the recovery codes are
-    replaced; the user's sessions waiting for a second factor are let through. False when nothing was pending."""
+    replaced; the confirming session, if it was waiting for a second factor, is let through, and the user's other
+    waiting sessions end (opened with the password alone, perhaps by someone else). False when nothing was
+    pending."""
     async with conn.transaction():
         done = await conn.fetchval(
             "UPDATE auth_totp SET secret = pending, pending = NULL, pending_at = NULL, active_since = now(), "
@@ -149,8 +151,9 @@ async def activate(conn: Any, user_id: int, step: int, code_hashes: list[str]) -
         await conn.execute("DELETE FROM auth_recovery_codes WHERE user_id = $1", user_id)
         await conn.executemany("INSERT INTO auth_recovery_codes (user_id, code_hash) VALUES ($1, $2)",
                                [(user_id, h) for h in code_hashes])
-        await conn.execute("UPDATE auth_sessions SET mfa_pending = false WHERE user_id = $1 AND mfa_pending",
-                           user_id)
+        await conn.execute("UPDATE auth_sessions SET mfa_pending = false WHERE id = $1 AND mfa_pending", session_id)
+        await conn.execute("UPDATE auth_sessions SET revoked_at = now() WHERE user_id = $1 AND mfa_pending "
+                           "AND revoked_at IS NULL", user_id)
     return True
 
 

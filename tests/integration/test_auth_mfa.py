@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.integration.test_auth_hardening import app_with, ioc
+from tests.integration.test_auth_routes import serve, ws_status
 from tests.support.auth import bearer, make_token, make_user
 
 pytestmark = pytest.mark.integration
@@ -149,8 +150,16 @@ async def test_a_role_that_needs_a_second_factor_gets_a_setup_only_session(datab
         assert blocked.status_code == 403 and "second factor" in blocked.json()["detail"]
         assert (await client.get("/ops")).status_code == 401  # the page goes back to the login page
         assert (await client.post("/api/silences", json={})).status_code == 403
-        _, recovery, _ = await enrol(client)
-        assert (await client.get("/api/summary")).status_code == 200  # the same session, let through
+        async with serve(app) as port:  # nor the live feed
+            cookie = {"Cookie": f"ioc_session={client.cookies['ioc_session']}"}
+            assert await ws_status(f"ws://127.0.0.1:{port}/ws/live", additional_headers=cookie) in (401, 403)
+        async with browser(app) as elsewhere:  # another password-only session, waiting too
+            assert (await log_in(elsewhere, lead, lead_pw)).json()["mfa_setup_required"] is True
+            _, recovery, _ = await enrol(client)
+            assert (await client.get("/api/summary")).status_code == 200  # the same session, let through
+            assert (await elsewhere.get("/api/auth/me")).status_code == 401  # not the other one: it ended
+        async with serve(app) as port:
+            assert await ws_status(f"ws://127.0.0.1:{port}/ws/live", additional_headers=cookie) == 101
         assert (await client.get("/api/auth/me")).json()["mfa_setup_required"] is False
         removal = await client.request("DELETE", "/api/auth/mfa", json={"password": lead_pw, "code": recovery[0]})
         assert removal.status_code == 409  # the role needs one: a new phone goes through an admin's reset
