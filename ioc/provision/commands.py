@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ingest.tls import TlsOptions
-from ioc.provision import accounts, dynsec, pki
+from ioc.provision import accounts, dynsec, pki, revocation
 
 DEFAULT_BROKER_DIR = Path("deploy/mosquitto")
 DEFAULT_DYNSEC = DEFAULT_BROKER_DIR / "dynsec" / "dynamic-security.json"
@@ -31,10 +31,27 @@ def add_pki_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--days", type=int, default=pki.CERT_DAYS, help="server certificate validity (default 825)")
     init.add_argument("--client", action="append", default=[], metavar="NAME",
                       help="also issue a client certificate with this CN; repeat")
-    client = sub.add_parser("client", help="issue a client certificate (CN = NAME) from the CA")
-    client.add_argument("name", help="device id or service account name")
+    client = sub.add_parser("client", help="issue a client certificate (CN = NAME) from the CA, or one per device of "
+                            "a CSV")
+    client.add_argument("name", nargs="?", help="device id or service account name (ioc-admin: the provisioning "
+                        "account on a device listener that requires certificates)")
+    client.add_argument("--csv", type=Path, help="bulk: CSV with a header row and columns kind,device_id (as for "
+                        "`ioc devices provision --csv`); devices that have a certificate keep it")
+    client.add_argument("--reissue", action="store_true", help="with --csv: new certificates for those that have one")
+    client.add_argument("--quiet", action="store_true", help="no progress bar")
     client.add_argument("--dir", type=Path, default=DEFAULT_BROKER_DIR / "certs", help="PKI folder")
     client.add_argument("--days", type=int, default=pki.CERT_DAYS)
+    revoke = sub.add_parser("revoke", help="revoke client certificates: add them to the CA's CRL (ca.crl)",
+                            description="Writes a new CRL signed by the CA. Mosquitto 2.0.11 reads its crlfile when it "
+                            "starts and on SIGHUP, and keeps open connections of a revoked certificate: reload it and "
+                            "`ioc devices remove --admin-url` the devices (docs/broker-security.md).")
+    revoke.add_argument("targets", nargs="+", metavar="NAME|SERIAL",
+                        help="a client name (clients/NAME.crt) or a certificate serial (hex or decimal)")
+    revoke.add_argument("--dir", type=Path, default=DEFAULT_BROKER_DIR / "certs", help="PKI folder")
+    check = sub.add_parser("check", help="list certificates (CA, server, unrevoked clients) and the CRL that end "
+                           "within DAYS; exit 1 when any")
+    check.add_argument("--days", type=int, default=30, help="look this far ahead (default 30)")
+    check.add_argument("--dir", type=Path, default=DEFAULT_BROKER_DIR / "certs", help="PKI folder")
 
 
 def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +66,10 @@ def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
     prov.add_argument("device_id", nargs="?", help="the device id (its MQTT username)")
     prov.add_argument("--csv", type=Path, help="bulk: CSV with a header row and columns kind,device_id[,...]")
     _store_args(prov)
-    prov.add_argument("--out", type=Path, required=True, help="CSV to write the new credentials to (must not exist)")
+    prov.add_argument("--out", type=Path, help="CSV to write the new credentials to (must not exist; not with --cert)")
+    prov.add_argument("--cert", action="store_true", help="accounts without a password, for devices that log in with "
+                      "a client certificate (CN = device id, `ioc pki client`) on a device listener with "
+                      "require_certificate and use_identity_as_username (docs/broker-security.md)")
     prov.add_argument("--rotate", action="store_true", help="new passwords for devices that already have an account")
     prov.add_argument("--broker-url", help="written next to each credential, e.g. mqtts://broker.example.vn:8883")
     rm = sub.add_parser("remove", help="delete devices' accounts and ACL blocks (lost, stolen or retired devices)")
@@ -90,6 +110,11 @@ def _store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", default=os.environ.get("IOC_MQTT__CA_FILE"),
                         help="CA of the broker's certificate for --admin-url (default $IOC_MQTT__CA_FILE, else "
                         "deploy/mosquitto/certs/ca.crt if present)")
+    parser.add_argument("--cert-file", default=os.environ.get("IOC_MQTT__CERT_FILE"),
+                        help="with --admin-url on a listener that requires client certificates: the admin's (CN "
+                        f"{dynsec.ADMIN}, `ioc pki client {dynsec.ADMIN}`; default $IOC_MQTT__CERT_FILE)")
+    parser.add_argument("--key-file", default=os.environ.get("IOC_MQTT__KEY_FILE"),
+                        help="its key (default $IOC_MQTT__KEY_FILE)")
     parser.add_argument("--dynsec", type=Path, default=DEFAULT_DYNSEC,
                         help=f"without --admin-url: the plugin's file, for a stopped broker (default {DEFAULT_DYNSEC})")
     parser.add_argument("--passwd", type=Path, help="instead: a Mosquitto password file (a device listener still "
@@ -128,17 +153,46 @@ def run_pki(args: argparse.Namespace) -> int:
             print(f"{'created' if new_ca else 'kept existing'} CA: {pki.describe(store.ca_cert)}")
             print(f"broker certificate: {pki.describe(store.server_cert)}")
             print(f"  key: {store.server_key} (0600; the broker must be able to read it)")
+            print(f"revocation list: {revocation.ensure_crl(store)} (the device listener's crlfile)")
             for name in args.client:
                 cert, key = pki.issue_client(store, name)
                 print(f"client: {pki.describe(cert)}; key {key}")
             return 0
         if args.pki_command == "client":
-            cert, key = pki.issue_client(pki.Pki(args.dir), args.name, args.days)
-            print(f"client: {pki.describe(cert)}; key {key}")
+            return _pki_client(args)
+        if args.pki_command == "revoke":
+            done = revocation.revoke(pki.Pki(args.dir), args.targets)
+            for what, serial in done:
+                print(f"revoked {what} (serial {serial:x})")
+            store = pki.Pki(args.dir)
+            print(f"{revocation.crl_path(store)} rewritten ({len(revocation.revoked_serials(store))}"
+                  " revoked in all). Reload the broker (SIGHUP) to refuse new connections of these certificates, and "
+                  "`ioc devices remove --admin-url` the devices: their open connections stay until then")
             return 0
-    except pki.PkiError as err:
+        if args.pki_command == "check":
+            soon = revocation.expiring(pki.Pki(args.dir), args.days)
+            for item in soon:
+                print(f"{item.path}: {item.name} ends {item.until:%Y-%m-%d %H:%M} UTC")
+            print(f"{len(soon)} ending within {args.days} days" if soon else f"nothing ends within {args.days} days")
+            return 1 if soon else 0
+    except (pki.PkiError, accounts.ProvisionError, OSError, ValueError) as err:
         return _fail(str(err))
     return 2
+
+
+def _pki_client(args: argparse.Namespace) -> int:
+    store = pki.Pki(args.dir)
+    if bool(args.csv) == bool(args.name):
+        return _fail("give either NAME or --csv FILE")
+    if args.name:
+        cert, key = pki.issue_client(store, args.name, args.days)
+        print(f"client: {pki.describe(cert)}; key {key}")
+        return 0
+    names = [d.device_id for d in accounts.read_device_csv(_csv_text(args.csv))]
+    issued, kept = pki.issue_clients(store, names, args.days, args.reissue, progress=not args.quiet)
+    print(f"{len(issued)} client certificate(s) issued in {store.root / 'clients'} (keys 0600), {len(kept)} kept "
+          "(--reissue replaces them)")
+    return 0
 
 
 def run_devices(args: argparse.Namespace, database_url: str | None = None) -> int:
@@ -149,7 +203,9 @@ def run_devices(args: argparse.Namespace, database_url: str | None = None) -> in
         return _set_kind(args, database_url)
     if args.devices_command == "migrate":
         return _migrate(args)
-    if args.out.exists():
+    if args.out is None and not getattr(args, "cert", False):
+        return _fail("give --out FILE for the new credentials")
+    if args.out is not None and args.out.exists():
         return _fail(f"{args.out} exists: credentials are written once, choose a new file")
     try:
         if args.devices_command == "provision":
@@ -214,7 +270,8 @@ def _legacy_files(args: argparse.Namespace) -> tuple[Path, Path]:
 def _admin(args: argparse.Namespace) -> dynsec.DynsecAdmin:
     ca = args.ca_file or (str(DEFAULT_BROKER_DIR / "certs" / "ca.crt")
                           if (DEFAULT_BROKER_DIR / "certs" / "ca.crt").exists() else None)
-    return dynsec.DynsecAdmin(args.admin_url, TlsOptions(ca), os.environ.get(dynsec.ADMIN_ENV))
+    return dynsec.DynsecAdmin(args.admin_url, TlsOptions(ca, args.cert_file, args.key_file),
+                              os.environ.get(dynsec.ADMIN_ENV))
 
 
 def _applied(args: argparse.Namespace, online: str) -> str:
@@ -293,11 +350,20 @@ def _provision(args: argparse.Namespace) -> int:
                   "while other clients wait; a province's list goes faster through --dynsec with the broker stopped "
                   "(docs/broker-security.md)", file=sys.stderr)
         with _admin(args) as admin:
-            result = admin.provision(devices, rotate=args.rotate)
+            result = admin.provision(devices, rotate=args.rotate, cert=args.cert)
     elif args.passwd or args.acl:
+        if args.cert:
+            return _fail("--cert needs the dynamic-security plugin (a password file cannot hold an account without "
+                         "a password)")
         result = accounts.provision(devices, *_legacy_files(args), rotate=args.rotate)
     else:
-        result = dynsec.provision_file(devices, args.dynsec, rotate=args.rotate)
+        result = dynsec.provision_file(devices, args.dynsec, rotate=args.rotate, cert=args.cert)
+    if args.cert:
+        print(f"{len(result.created)} certificate account(s) created (no password: the client certificate's CN is "
+              f"the account), {len(result.kept)} already provisioned and kept")
+        if result.created:
+            print(_applied(args, "issue their certificates with `ioc pki client --csv`"))
+        return 0
     if result.created:
         # Written even when the broker has them already: losing the only copy of new passwords is worse.
         accounts.write_credentials_csv(args.out, result.created, args.broker_url)

@@ -129,10 +129,15 @@ def _check_kinds(devices: list[Device], known: dict[str, str], taken: set[str]) 
             raise ProvisionError(f"{dev.device_id} is an account or role of the plugin that is not a device's")
 
 
-def provision_file(devices: Iterable[Device], path: Path, rotate: bool = False) -> ProvisionResult:
+def provision_file(devices: Iterable[Device], path: Path, rotate: bool = False, cert: bool = False
+                   ) -> ProvisionResult:
     """Add device clients and roles to the plugin's file (the broker stopped); ``rotate``: new passwords for those
-    already there. Nothing is written when a device conflicts."""
+    already there; ``cert``: clients without a password (they log in with a client certificate, CN = device id, on
+    a listener with ``use_identity_as_username``; their passwords in ``created`` are empty). Nothing is written when
+    a device conflicts."""
     devices = list(devices)
+    if cert and rotate:
+        raise ProvisionError("certificate accounts have no password to rotate: revoke and reissue the certificate")
     config = _load(path)
     known = file_devices(config)
     _check_kinds(devices, known, {c["username"] for c in config["clients"]} | {r["rolename"] for r in config["roles"]})
@@ -142,11 +147,11 @@ def provision_file(devices: Iterable[Device], path: Path, rotate: bool = False) 
         if dev.device_id in known and not rotate:
             result.kept.append(dev)
             continue
-        password = new_password()
+        password = "" if cert else new_password()
         if dev.device_id in known:
             clients[dev.device_id].update(_hash(password))
         else:
-            config["clients"].append({"username": dev.device_id, **_hash(password),
+            config["clients"].append({"username": dev.device_id, **(_hash(password) if password else {}),
                                       "roles": [{"rolename": dev.device_id}]})
             config["roles"].append({"rolename": dev.device_id, "acls": device_acls(dev)})
             known[dev.device_id] = dev.kind
@@ -206,7 +211,9 @@ class DynsecAdmin:
         self.host, self.port = parts.hostname, default_port(url)
         user = unquote(parts.username) if parts.username else ADMIN
         secret = unquote(parts.password) if parts.password else password
-        if not secret:
+        if not secret and not (tls and tls.cert_file):
+            # With a client certificate the password may be absent: a listener with use_identity_as_username
+            # ignores it (the certificate's CN is the account).
             raise ProvisionError(f"no password for {user}: put it in the URL or in ${ADMIN_ENV}")
         self.timeout = timeout
         self._cond = threading.Condition()
@@ -304,10 +311,13 @@ class DynsecAdmin:
                 out[device_id] = role_kind(device_id, resp.get("data", {}).get("role", {}).get("acls", []))
         return out
 
-    def provision(self, devices: Iterable[Device], rotate: bool = False) -> ProvisionResult:
+    def provision(self, devices: Iterable[Device], rotate: bool = False, cert: bool = False) -> ProvisionResult:
         """Create device clients and roles; ``rotate``: new passwords for those there (their connection is
-        closed by the broker). Idempotent; nothing is changed when a device conflicts."""
+        closed by the broker); ``cert``: clients without a password (see :func:`provision_file`). Idempotent;
+        nothing is changed when a device conflicts."""
         devices = list(devices)
+        if cert and rotate:
+            raise ProvisionError("certificate accounts have no password to rotate: revoke and reissue the certificate")
         existing = self.clients()
         roles = self.kinds(d.device_id for d in devices)
         known = {d: k for d, k in roles.items() if d in existing and k}
@@ -318,13 +328,13 @@ class DynsecAdmin:
             if dev.device_id in known and not rotate:
                 result.kept.append(dev)
                 continue
-            password = new_password()
+            password = "" if cert else new_password()
             if dev.device_id in known:
                 commands.append({"command": "setClientPassword", "username": dev.device_id, "password": password})
             else:
                 commands += [{"command": "createRole", "rolename": dev.device_id, "acls": device_acls(dev)},
-                             {"command": "createClient", "username": dev.device_id, "password": password,
-                              "roles": [{"rolename": dev.device_id}]}]
+                             {"command": "createClient", "username": dev.device_id,
+                              **({"password": password} if password else {}), "roles": [{"rolename": dev.device_id}]}]
             result.created.append((dev, password))
         self.check(commands)
         return result

@@ -5,8 +5,9 @@ Layout of a PKI folder::
     ca.crt  ca.key            the CA (the key never leaves this folder; 0600)
     server.crt  server.key    the broker's certificate, with the host names / IPs clients dial as SANs
     clients/<name>.crt .key   client certificates (CN = name), for brokers that want them
+    ca.crl                    revoked client certificates (:mod:`ioc.provision.revocation`)
 
-Not done here: revocation lists and automatic rotation (see docs/broker-security.md).
+Not done here: automatic rotation (see docs/broker-security.md).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +181,25 @@ def issue_client(pki: Pki, name: str, days: int = CERT_DAYS) -> tuple[Path, Path
     _write_key(pki.client_key(name), key)
     _write_cert(pki.client_cert(name), cert)
     return pki.client_cert(name), pki.client_key(name)
+
+
+def issue_clients(pki: Pki, names: Iterable[str], days: int = CERT_DAYS, reissue: bool = False,
+                  progress: bool = False) -> tuple[list[str], list[str]]:
+    """Issue one client certificate per name (checked beforehand); returns (issued, kept: had one, not reissued)."""
+    from tqdm import tqdm
+
+    names = list(names)
+    for name in names:
+        if not DEVICE_ID_RE.fullmatch(name):
+            raise PkiError(f"client name must match {DEVICE_ID_RE.pattern}: {name!r}")
+    issued, kept = [], []
+    for name in tqdm(names, disable=not progress, unit="cert", desc="client certificates"):
+        if not reissue and pki.client_cert(name).exists():
+            kept.append(name)
+            continue
+        issue_client(pki, name, days)
+        issued.append(name)
+    return issued, kept
 
 
 def init_pki(root: Path, hosts: list[str] | None = None, days: int = CERT_DAYS,
