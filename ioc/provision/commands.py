@@ -167,7 +167,9 @@ def run_pki(args: argparse.Namespace) -> int:
             store = pki.Pki(args.dir)
             print(f"{revocation.crl_path(store)} rewritten ({len(revocation.revoked_serials(store))}"
                   " revoked in all). Reload the broker (SIGHUP) to refuse new connections of these certificates, and "
-                  "`ioc devices remove --admin-url` the devices: their open connections stay until then")
+                  "`ioc devices remove --admin-url` the devices: their open connections stay until then. After the "
+                  "reload check the broker's log: 'Unable to load certificate revocation file' means it checks no "
+                  "CRL at all")
             return 0
         if args.pki_command == "check":
             soon = revocation.expiring(pki.Pki(args.dir), args.days)

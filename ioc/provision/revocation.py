@@ -2,7 +2,8 @@
 
 The CRL is ``<pki>/ca.crl`` (PEM), what the device listener's ``crlfile`` names. It is the only record of what was
 revoked: each revocation reads it, adds the serial and signs a new one (CRL number + 1). Mosquitto 2.0.11 reads it
-at start and on SIGHUP (new connections are then checked against it; open ones are kept: docs/broker-security.md).
+at start and on SIGHUP (new connections are then checked against it; open ones are kept: docs/broker-security.md);
+a SIGHUP that cannot read it leaves the broker checking no CRL at all, hence the atomic replace below.
 OpenSSL refuses every client certificate when the CRL is past its next update, so it is valid as long as a
 certificate and ``ioc pki check`` warns before it lapses.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from ingest.tls import TlsOptions
 from ioc.cli import main
@@ -198,3 +200,58 @@ def test_revocation_needs_a_reload_and_removal_cuts_off(broker: CertBroker) -> N
         assert main(["devices", "remove", name, "--admin-url", url, "--ca-file", str(admin.ca_file),
                      "--cert-file", str(admin.cert_file), "--key-file", str(admin.key_file)]) == 0
         wait_until(lambda: not held.client.is_connected(), 5, what="the revoked device's connection to close")
+
+
+def test_an_unreadable_crl_on_sighup_fails_open(broker: CertBroker) -> None:
+    """Mosquitto 2.0.11's hazard, held here so an upgrade that fixes it shows: a SIGHUP while ``crlfile`` is
+    unreadable logs "Unable to load certificate revocation file" and keeps running with no CRL check at all, so a
+    revoked certificate gets in again (at start the same file stops the broker). ``ioc pki revoke`` therefore
+    replaces the file atomically; docs/broker-security.md says to check the log after the reload."""
+    name = BTS_R.device_id
+    crl = revocation.crl_path(broker.store)
+    good = crl.read_bytes()
+    assert serial_of(broker, name) in revocation.revoked_serials(broker.store)  # revoked by the test above
+    try:
+        crl.write_text("not a CRL\n")
+        broker.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "Unable to load certificate revocation file" in broker.log(), 5, what="the reload error")
+        time.sleep(0.5)
+        with device(broker, name) as again:
+            assert connected(again)  # fails open
+    finally:
+        crl.write_bytes(good)
+        broker.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: broker.log().count("Reloading config") >= 3, 5, what="reload")
+    time.sleep(0.5)
+    with device(broker, name) as again:
+        assert again.connect(timeout=3) is None  # the good CRL back: refused again
+
+
+def serial_of(broker: CertBroker, name: str) -> int:
+    return x509.load_pem_x509_certificate(broker.store.client_cert(name).read_bytes()).serial_number
+
+
+def test_an_expired_crl_refuses_everyone(broker: CertBroker) -> None:
+    """A CRL past its next update makes OpenSSL refuse every client certificate (why ``ioc pki check`` lists it)."""
+    crl = revocation.crl_path(broker.store)
+    good = crl.read_bytes()
+    ca, key = pki._load_ca(broker.store)
+    now = dt.datetime.now(dt.UTC)
+    expired = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+               .last_update(now - dt.timedelta(days=10)).next_update(now - dt.timedelta(days=1))
+               .sign(key, hashes.SHA256()))
+    reloads = broker.log().count("Reloading config")
+    try:
+        crl.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+        broker.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: broker.log().count("Reloading config") > reloads, 5, what="reload")
+        time.sleep(0.5)
+        with device(broker, CAM_B.device_id) as b:
+            assert b.connect(timeout=3) is None
+    finally:
+        crl.write_bytes(good)
+        broker.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: broker.log().count("Reloading config") > reloads + 1, 5, what="reload")
+    time.sleep(0.5)
+    with device(broker, CAM_B.device_id) as b:
+        assert connected(b)
