@@ -143,9 +143,7 @@ def _check_silence_length(request: Request, me: Principal, starts: datetime, end
 
 
 async def _reload(request: Request) -> None:
-    """Apply a stored change to silences, roster or policies now. The change is committed before this runs, so
-    a failure here (the database blinked, the pool was exhausted) must not answer as if nothing was stored: it
-    is logged and applied later (the engine's next tick here, else the leader's periodic reload)."""
+    """Apply a committed change now; if that fails it is not the caller's error: the next tick applies it."""
     try:
         if request.app.state.alerts is not None:
             await request.app.state.alerts.reload_config()
@@ -155,8 +153,7 @@ async def _reload(request: Request) -> None:
     except Exception as err:
         if request.app.state.alerts is not None:
             request.app.state.alerts.reload_wanted = True
-        logger.warning("alert configuration stored but not applied yet (%s: %s); retried on the next tick",
-                       type(err).__name__, err)
+        logger.warning("alert configuration stored, not applied yet (%r); retried on the next tick", err)
 
 
 # --- incidents and alerts ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
@@ -33,14 +34,17 @@ async def test_setup_on_the_login_page_then_the_code_field(database_url: str, tm
     async with app_with(database_url, mfa_required_roles=["supervisor"]) as app, serve(app) as port:
         base = f"http://127.0.0.1:{port}"
 
+        def log_in(page: Any) -> None:
+            page.goto(f"{base}/login?next=%2Fops")
+            page.fill("#username", user)
+            page.fill("#password", password)
+            page.click("#login-submit")
+
         def drive() -> tuple[str, int, str, str]:
             with chromium() as browser:
                 pages = Pages(browser, tmp_path)
                 page = pages.open("setup")
-                page.goto(f"{base}/login?next=%2Fops")
-                page.fill("#username", user)
-                page.fill("#password", password)
-                page.click("#login-submit")
+                log_in(page)
                 page.wait_for_selector("#mfa-secret:not(:empty)", timeout=10_000)
                 totp = pyotp.TOTP(page.text_content("#mfa-secret") or "")
                 page.fill("#mfa-code", totp.now())
@@ -53,10 +57,7 @@ async def test_setup_on_the_login_page_then_the_code_field(database_url: str, tm
                 first = user_shown(page)
 
                 page = pages.open("login")
-                page.goto(f"{base}/login?next=%2Fops")
-                page.fill("#username", user)
-                page.fill("#password", password)
-                page.click("#login-submit")
+                log_in(page)
                 page.wait_for_selector("#otp-row:not([hidden])", timeout=10_000)
                 page.fill("#otp", totp.at(time.time() + 30))  # the next step's: the setup's code is spent
                 page.screenshot(path=str(tmp_path / "code.png"))
